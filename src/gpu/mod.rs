@@ -1,0 +1,155 @@
+//! The GPU runtime: one device, its limits, a buffer pool, pipelines built once, and a step
+//! recorder that puts all of a step's work into one command encoder.
+//!
+//! Why this shape (see ARCHITECTURE.md): wgpu calls are cheap but not free, and on lavapipe and in
+//! the browser every submission and every readback is a round trip. A training step is therefore
+//! recorded into a single encoder and submitted once; only what the caller asks for is read back.
+
+mod pipelines;
+mod step;
+mod tensor;
+
+pub use pipelines::{Access, Kernel};
+pub use step::Step;
+pub use tensor::Tensor;
+
+use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex};
+
+/// Device-level failures recorded by wgpu callbacks, surfaced as `Result` errors at the next
+/// submit or readback instead of wgpu's default panic.
+#[derive(Default)]
+struct Faults {
+    error: Option<String>,
+    lost: Option<String>,
+}
+
+/// An open GPU device with everything amad keeps per device.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pool: Arc<tensor::BufferPool>,
+    pipelines: pipelines::Cache,
+    uniforms: step::UniformPool,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl Gpu {
+    /// Opens the default adapter (high performance preference) with the adapter's own limits.
+    pub async fn new() -> Result<Gpu> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if cfg!(target_arch = "wasm32") {
+            desc.backends = wgpu::Backends::BROWSER_WEBGPU;
+        }
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(e.to_string()))?;
+        Self::from_adapter(adapter).await
+    }
+
+    /// Opens a device on a given adapter, requesting the adapter's own limits rather than the
+    /// WebGPU defaults (bigger storage bindings, more workgroup memory and invocations).
+    pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("amad"),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Device(format!("{} ({:?}): {e}", info.name, info.backend)))?;
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let f = faults.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut f = f.lock().unwrap();
+            if f.error.is_none() {
+                f.error = Some(e.to_string());
+            }
+        }));
+        let f = faults.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            f.lock().unwrap().lost = Some(format!("{reason:?}: {msg}"));
+        });
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pool: Arc::new(tensor::BufferPool::default()),
+            pipelines: pipelines::Cache::default(),
+            uniforms: step::UniformPool::default(),
+            faults,
+        })
+    }
+
+    /// One line naming the adapter, for logs and benchmark records.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    /// Returns (and clears) the first GPU error recorded since the last check.
+    pub fn check(&self) -> Result<()> {
+        let mut f = self.faults.lock().unwrap();
+        if let Some(l) = &f.lost {
+            return Err(Error::DeviceLost(l.clone()));
+        }
+        match f.error.take() {
+            Some(e) => Err(Error::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts recording a step: all dispatches go into one command encoder.
+    pub fn step(&self) -> Step<'_> {
+        Step::new(self)
+    }
+
+    /// Blocks (natively) until the GPU is idle. On wasm this is a no-op: the browser drives it.
+    pub fn wait_idle(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        self.check()
+    }
+
+    /// Bytes currently parked in the buffer pool (for memory reports).
+    pub fn pooled_bytes(&self) -> u64 {
+        self.pool.pooled_bytes()
+    }
+
+    /// Largest buffer this device can bind as storage.
+    pub fn max_binding(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+
+    /// Splits a linear workgroup count into (x, y) within the per-dimension limit; kernels
+    /// recover the linear index as `wid.x + wid.y * nwg.x` and bound-check it.
+    pub fn grid(&self, op: &'static str, groups: u64) -> Result<(u32, u32)> {
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        if groups <= max as u64 {
+            return Ok((groups.max(1) as u32, 1));
+        }
+        let y = groups.div_ceil(max as u64);
+        if y > max as u64 {
+            return Err(Error::TooManyWorkgroups { op, groups, limit: max });
+        }
+        Ok((max, y as u32))
+    }
+}

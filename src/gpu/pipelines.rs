@@ -1,0 +1,104 @@
+//! Compute pipelines, each built once per device and kept for its lifetime.
+
+use super::Gpu;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How a kernel binds one storage buffer. Binding 0 of every kernel is its uniform parameter
+/// block; storage buffers follow at bindings 1, 2, ... in the order listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// One entry point of one shader family, with its storage bindings.
+#[derive(Debug)]
+pub struct Kernel {
+    /// Unique name: the pipeline cache key.
+    pub name: &'static str,
+    /// The shader family: `shaders/<family>.wgsl`.
+    pub family: &'static str,
+    pub entry: &'static str,
+    pub bindings: &'static [Access],
+    /// Values of the shader's pipeline-overridable constants.
+    pub constants: &'static [(&'static str, f64)],
+}
+
+pub(super) struct Built {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub(super) struct Cache {
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    built: Mutex<HashMap<&'static str, std::sync::Arc<Built>>>,
+}
+
+impl Gpu {
+    /// The pipeline for a kernel, built on first use.
+    pub(super) fn pipeline(&self, k: &Kernel) -> std::sync::Arc<Built> {
+        if let Some(b) = self.pipelines.built.lock().unwrap().get(k.name) {
+            return b.clone();
+        }
+        let module = {
+            let mut modules = self.pipelines.modules.lock().unwrap();
+            modules
+                .entry(k.family)
+                .or_insert_with(|| {
+                    let src = crate::ops::shader_source(k.family);
+                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(k.family),
+                        source: wgpu::ShaderSource::Wgsl(src.into()),
+                    })
+                })
+                .clone()
+        };
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        for (i, a) in k.bindings.iter().enumerate() {
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: *a == Access::Read },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            });
+        }
+        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(k.entry),
+            entries: &entries,
+        });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(k.entry),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(k.name),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(k.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: k.constants,
+                ..Default::default()
+            },
+            cache: None,
+        });
+        let built = std::sync::Arc::new(Built { pipeline, layout });
+        self.pipelines.built.lock().unwrap().insert(k.name, built.clone());
+        built
+    }
+}

@@ -1,0 +1,241 @@
+//! The step recorder: every dispatch, copy and clear of a step goes into one command encoder,
+//! submitted once by [`Step::submit`]. Kernel parameters are packed into pooled uniform chunks,
+//! written with one `write_buffer` per chunk just before the submission.
+
+use super::tensor::DType;
+use super::{Access, Gpu, Kernel, Tensor};
+use crate::error::{Error, Result};
+use std::sync::Mutex;
+
+/// Bytes in one uniform chunk; each dispatch takes one aligned slot of it.
+const CHUNK: u64 = 64 * 1024;
+/// Largest parameter block a kernel may take.
+const MAX_PARAMS: u64 = 256;
+
+#[derive(Default)]
+pub(super) struct UniformPool {
+    free: Mutex<Vec<wgpu::Buffer>>,
+}
+
+struct Chunk {
+    buffer: wgpu::Buffer,
+    data: Vec<u8>,
+}
+
+/// Work recorded for one submission.
+pub struct Step<'g> {
+    gpu: &'g Gpu,
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    chunks: Vec<Chunk>,
+    align: u64,
+    dispatches: usize,
+}
+
+impl<'g> Step<'g> {
+    pub(super) fn new(gpu: &'g Gpu) -> Step<'g> {
+        let align = (gpu.limits.min_uniform_buffer_offset_alignment as u64).max(MAX_PARAMS);
+        Step {
+            gpu,
+            encoder: Some(gpu.device.create_command_encoder(&Default::default())),
+            pass: None,
+            chunks: Vec::new(),
+            align,
+            dispatches: 0,
+        }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Number of dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
+    }
+
+    /// The encoder for copy commands: closes the open compute pass first.
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder.as_mut().expect("encoder present until submit")
+    }
+
+    /// Places a parameter block; returns (chunk index, offset).
+    fn place_params(&mut self, bytes: &[u8]) -> (usize, u64) {
+        let need_new = match self.chunks.last() {
+            None => true,
+            Some(c) => c.data.len() as u64 + self.align > CHUNK,
+        };
+        if need_new {
+            let reused = self.gpu.uniforms.free.lock().unwrap().pop();
+            let buffer = reused.unwrap_or_else(|| {
+                self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: CHUNK,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            });
+            self.chunks.push(Chunk { buffer, data: Vec::with_capacity(CHUNK as usize) });
+        }
+        let idx = self.chunks.len() - 1;
+        let c = &mut self.chunks[idx];
+        let off = c.data.len() as u64;
+        c.data.extend_from_slice(bytes);
+        c.data.resize((off + self.align) as usize, 0);
+        (idx, off)
+    }
+
+    /// Records one dispatch of `kernel` with `params` (binding 0) and `tensors` (bindings 1..).
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Kernel,
+        params: &P,
+        tensors: &[&Tensor],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
+        if tensors.len() != kernel.bindings.len() {
+            return Err(Error::Invalid(format!(
+                "kernel {} takes {} buffers, got {}",
+                kernel.entry,
+                kernel.bindings.len(),
+                tensors.len()
+            )));
+        }
+        // A buffer written by a dispatch may not be bound twice in it (WebGPU forbids writable
+        // aliasing); catch it here with a message instead of a validation error.
+        for (i, (a, t)) in kernel.bindings.iter().zip(tensors).enumerate() {
+            if *a == Access::ReadWrite && tensors.iter().enumerate().any(|(j, u)| j != i && u.same_buffer(t)) {
+                return Err(Error::Invalid(format!(
+                    "kernel {}: output buffer {i} is also bound as another argument",
+                    kernel.entry
+                )));
+            }
+        }
+        let bytes = bytemuck::bytes_of(params);
+        debug_assert!(bytes.len() as u64 <= MAX_PARAMS, "parameter block too large");
+        let (ci, off) = self.place_params(bytes);
+        let built = self.gpu.pipeline(kernel);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.chunks[ci].buffer,
+                offset: off,
+                size: wgpu::BufferSize::new(bytes.len() as u64),
+            }),
+        }];
+        for (i, t) in tensors.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: t.buffer().as_entire_binding(),
+            });
+        }
+        let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout: &built.layout,
+            entries: &entries,
+        });
+        if self.pass.is_none() {
+            let enc = self.encoder.as_mut().expect("encoder present until submit");
+            self.pass = Some(enc.begin_compute_pass(&Default::default()).forget_lifetime());
+        }
+        let pass = self.pass.as_mut().unwrap();
+        pass.set_pipeline(&built.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        self.dispatches += 1;
+        Ok(())
+    }
+
+    /// Dispatches `groups` workgroups laid out in 2D when over the per-dimension limit.
+    pub fn dispatch_linear<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Kernel,
+        params: &P,
+        tensors: &[&Tensor],
+        groups: u64,
+    ) -> Result<()> {
+        let (x, y) = self.gpu.grid(kernel.entry, groups)?;
+        self.dispatch(kernel, params, tensors, (x, y, 1))
+    }
+
+    /// A new f32 tensor with undefined contents (every kernel that writes one fills all of it).
+    pub fn empty(&mut self, shape: &[usize]) -> Result<Tensor> {
+        Tensor::alloc(self.gpu, shape, DType::F32)
+    }
+
+    /// A new f32 tensor of zeros (cleared by an encoder command, in order).
+    pub fn zeros(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let t = Tensor::alloc(self.gpu, shape, DType::F32)?;
+        self.clear(&t);
+        Ok(t)
+    }
+
+    /// Zeroes a tensor, in recording order.
+    pub fn clear(&mut self, t: &Tensor) {
+        let size = t.bytes();
+        self.encoder().clear_buffer(t.buffer(), 0, Some(size));
+    }
+
+    /// Uploads data inside the step: staged into a fresh mapped buffer and copied in order.
+    pub fn upload(&mut self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload_bytes(shape, bytemuck::cast_slice(data), DType::F32)
+    }
+
+    /// Uploads u32 data inside the step.
+    pub fn upload_u32(&mut self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        self.upload_bytes(shape, bytemuck::cast_slice(data), DType::U32)
+    }
+
+    fn upload_bytes(&mut self, shape: &[usize], bytes: &[u8], dtype: DType) -> Result<Tensor> {
+        let t = Tensor::alloc(self.gpu, shape, dtype)?;
+        if t.bytes() != bytes.len() as u64 {
+            return Err(Error::Shape {
+                op: "upload",
+                msg: format!("shape {shape:?} needs {} elements, got {}", t.numel(), bytes.len() / 4),
+            });
+        }
+        use wgpu::util::DeviceExt;
+        let staging = self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("upload"),
+            contents: bytes,
+            usage: wgpu::BufferUsages::COPY_SRC,
+        });
+        self.encoder().copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, bytes.len() as u64);
+        Ok(t)
+    }
+
+    /// Copies `src` into `dst` (same element count), in order.
+    pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.numel() != dst.numel() {
+            return Err(Error::Shape {
+                op: "copy",
+                msg: format!("{:?} into {:?}", src.shape(), dst.shape()),
+            });
+        }
+        let size = src.bytes();
+        self.encoder().copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, size);
+        Ok(())
+    }
+
+    /// Writes the parameter chunks, submits the one command buffer, and reports any GPU error.
+    pub fn submit(mut self) -> Result<()> {
+        self.pass = None;
+        let encoder = self.encoder.take().expect("encoder present until submit");
+        for c in &self.chunks {
+            self.gpu.queue.write_buffer(&c.buffer, 0, &c.data);
+        }
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.check()
+    }
+}
+
+impl Drop for Step<'_> {
+    fn drop(&mut self) {
+        self.pass = None;
+        // Chunks go back to the pool; a later write_buffer into one is ordered after this
+        // step's submission on the queue timeline.
+        let mut free = self.gpu.uniforms.free.lock().unwrap();
+        free.extend(self.chunks.drain(..).map(|c| c.buffer));
+    }
+}

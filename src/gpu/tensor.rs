@@ -1,0 +1,229 @@
+//! Tensors: a pooled GPU buffer plus a shape. Buffers return to the pool when the last handle
+//! drops, so a training loop allocates nothing after its first step.
+//!
+//! Reuse is safe in recording order: a buffer freed during recording may be handed out again for a
+//! later dispatch in the same encoder, because wgpu orders dispatches that touch the same buffer.
+//! For the same reason every write into a pooled buffer is an encoder command (copy or clear),
+//! never `Queue::write_buffer`, which would jump ahead of commands not yet submitted.
+
+use super::Gpu;
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Element type of a tensor. Everything numeric is f32; token ids and indices are u32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    U32,
+}
+
+#[derive(Default)]
+pub(super) struct BufferPool {
+    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+impl BufferPool {
+    pub(super) fn pooled_bytes(&self) -> u64 {
+        self.free.lock().unwrap().iter().map(|(k, v)| k * v.len() as u64).sum()
+    }
+}
+
+struct Pooled {
+    buffer: wgpu::Buffer,
+    bytes: u64,
+    pool: Weak<BufferPool>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.free.lock().unwrap().entry(self.bytes).or_default().push(self.buffer.clone());
+        }
+    }
+}
+
+/// A GPU tensor: row-major, contiguous. Cloning shares the buffer.
+#[derive(Clone)]
+pub struct Tensor {
+    inner: Arc<Pooled>,
+    shape: Vec<usize>,
+    dtype: DType,
+}
+
+/// Usage flags every tensor buffer gets: bound as storage, copied in and out.
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Pool size classes: 256-byte granularity keeps classes few while wasting little.
+fn size_class(bytes: u64) -> u64 {
+    bytes.div_ceil(256).max(1) * 256
+}
+
+impl Tensor {
+    /// Checks a shape before anything is allocated: no zero-sized dimension, within the limits.
+    pub fn check_shape(gpu: &Gpu, shape: &[usize], what: &str) -> Result<u64> {
+        if shape.contains(&0) {
+            return Err(Error::Shape {
+                op: "tensor",
+                msg: format!("{what}: zero-sized dimension in shape {shape:?}"),
+            });
+        }
+        let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+        let bytes = numel.and_then(|n| n.checked_mul(4)).ok_or_else(|| Error::Shape {
+            op: "tensor",
+            msg: format!("{what}: shape {shape:?} overflows"),
+        })?;
+        if bytes > gpu.max_binding() {
+            return Err(Error::TooLarge {
+                what: format!("{what} {shape:?}"),
+                bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: gpu.max_binding(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// A tensor with undefined contents, from the pool when a buffer of its size class is free.
+    pub(crate) fn alloc(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = size_class(Self::check_shape(gpu, shape, "tensor")?);
+        let reused = gpu.pool.free.lock().unwrap().get_mut(&bytes).and_then(|v| v.pop());
+        let buffer = match reused {
+            Some(b) => b,
+            None => gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage: USAGE,
+                mapped_at_creation: false,
+            }),
+        };
+        Ok(Tensor {
+            inner: Arc::new(Pooled { buffer, bytes, pool: Arc::downgrade(&gpu.pool) }),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    /// Uploads data outside any step. The buffer is new (never a pooled one a pending encoder might
+    /// still read), created already holding the data; it joins the pool when dropped.
+    pub fn from_slice(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        Self::upload_new(gpu, shape, bytemuck::cast_slice(data), data.len(), DType::F32)
+    }
+
+    /// Like [`Tensor::from_slice`] for u32 data (token ids, indices).
+    pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        Self::upload_new(gpu, shape, bytemuck::cast_slice(data), data.len(), DType::U32)
+    }
+
+    fn upload_new(gpu: &Gpu, shape: &[usize], bytes: &[u8], len: usize, dtype: DType) -> Result<Tensor> {
+        let want = Self::check_shape(gpu, shape, "upload")?;
+        if want != len as u64 * 4 {
+            return Err(Error::Shape {
+                op: "upload",
+                msg: format!("shape {shape:?} needs {} elements, got {len}", want / 4),
+            });
+        }
+        let size = size_class(want);
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: USAGE,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| Error::Gpu(e.to_string()))?;
+            view.slice(..bytes.len()).copy_from_slice(bytes);
+        }
+        buffer.unmap();
+        Ok(Tensor {
+            inner: Arc::new(Pooled { buffer, bytes: size, pool: Arc::downgrade(&gpu.pool) }),
+            shape: shape.to_vec(),
+            dtype,
+        })
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.numel() as u64 * 4
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.inner.buffer
+    }
+    /// True when both handles share one buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The same buffer seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::Shape {
+                op: "reshape",
+                msg: format!("cannot view {:?} as {shape:?}", self.shape),
+            });
+        }
+        Ok(Tensor { inner: self.inner.clone(), shape: shape.to_vec(), dtype: self.dtype })
+    }
+
+    /// Reads the tensor back as f32 (async: on wasm it awaits the browser, natively it polls).
+    pub async fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        let bytes = self.read_bytes(gpu).await?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    /// Reads the tensor back as u32.
+    pub async fn read_u32(&self, gpu: &Gpu) -> Result<Vec<u32>> {
+        let bytes = self.read_bytes(gpu).await?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    async fn read_bytes(&self, gpu: &Gpu) -> Result<Vec<u8>> {
+        gpu.check()?;
+        let size = self.bytes();
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = gpu.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(self.buffer(), 0, &staging, 0, size);
+        gpu.queue.submit([enc.finish()]);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.await
+            .map_err(|_| Error::Readback("the map callback was dropped".into()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        gpu.check()?;
+        let out = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.dtype, self.shape)
+    }
+}

@@ -1,0 +1,232 @@
+//! Launcher for `shaders/matmul.wgsl`: batched strided matrix multiply with optional bias.
+
+use crate::error::{shape_err, Result};
+use crate::gpu::{Access, Kernel, Step, Tensor};
+
+use Access::{Read as R, ReadWrite as W};
+
+/// The general kernel: any strides, scalar loads.
+pub const MATMUL: Kernel = Kernel {
+    name: "matmul",
+    family: "matmul",
+    entry: "matmul",
+    bindings: &[R, R, R, W],
+    constants: &[],
+};
+
+const fn vec4_kernel(name: &'static str, a_along_k: bool, b_along_n: bool) -> Kernel {
+    Kernel {
+        name,
+        family: "matmul",
+        entry: "matmul_vec4",
+        bindings: &[R, R, R, W, R, R],
+        constants: if a_along_k {
+            if b_along_n {
+                &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)]
+            } else {
+                &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)]
+            }
+        } else if b_along_n {
+            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)]
+        } else {
+            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)]
+        },
+    }
+}
+
+/// The fast path, one pipeline per orientation of the A and B blocks: [a_along_k][b_along_n].
+pub const MATMUL_VEC4: [[Kernel; 2]; 2] = [
+    [vec4_kernel("matmul_vec4_am_bk", false, false), vec4_kernel("matmul_vec4_am_bn", false, true)],
+    [vec4_kernel("matmul_vec4_ak_bk", true, false), vec4_kernel("matmul_vec4_ak_bn", true, true)],
+];
+
+/// Output tile of one workgroup (rows, columns): see the shader.
+const SCALAR_TILE: (usize, usize) = (16, 64);
+const VEC4_TILE: (usize, usize) = (64, 64);
+
+/// A strided view of a batch of matrices in a tensor: element (r, c) of batch (b1, b2) sits at
+/// `off + r*rs + c*cs + b1*bs[0] + b2*bs[1]`.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a> {
+    pub t: &'a Tensor,
+    pub off: usize,
+    pub rs: usize,
+    pub cs: usize,
+    pub bs: [usize; 2],
+}
+
+impl<'a> View<'a> {
+    /// A contiguous [rows, cols] matrix (batch stride `rows*cols`), optionally read transposed.
+    pub fn matrix(t: &'a Tensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
+        let (rs, cs) = if transposed { (1, rows) } else { (cols, 1) };
+        View { t, off: 0, rs, cs, bs: [rows * cols, 0] }
+    }
+
+    fn max_index(&self, rows: usize, cols: usize, batch: [usize; 2]) -> usize {
+        self.off
+            + (rows - 1) * self.rs
+            + (cols - 1) * self.cs
+            + (batch[0] - 1) * self.bs[0]
+            + (batch[1] - 1) * self.bs[1]
+    }
+}
+
+/// A general matmul: C[b](m, n) = alpha * Σ_k A[b](m, k) B[b](k, n) (+ bias[n]) (+ C if accumulate).
+pub struct Gemm<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: [usize; 2],
+    pub a: View<'a>,
+    pub b: View<'a>,
+    pub c: View<'a>,
+    pub bias: Option<&'a Tensor>,
+    pub alpha: f32,
+    pub accumulate: bool,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch2: u32,
+    batch: u32,
+    tiles_m: u32,
+    tiles_n: u32,
+    flags: u32,
+    a: [u32; 5],
+    b: [u32; 5],
+    c: [u32; 5],
+    alpha: f32,
+}
+
+fn pack(op: &'static str, v: &View) -> Result<[u32; 5]> {
+    let u = |x| crate::ops::u32_of(op, "stride", x);
+    Ok([u(v.off)?, u(v.rs)?, u(v.cs)?, u(v.bs[0])?, u(v.bs[1])?])
+}
+
+impl Gemm<'_> {
+    /// Which way the vec4 kernel can read A and B blocks, if it can: every vec4 it loads must be
+    /// 16-byte aligned, so the contiguous axis has stride 1 and every other stride and offset is a
+    /// multiple of 4. Returns (A read along k, B read along n).
+    fn vec4_orientation(&self) -> Option<(bool, bool)> {
+        let aligned = |v: &View, other: usize| {
+            v.off % 4 == 0 && v.bs[0] % 4 == 0 && v.bs[1] % 4 == 0 && other % 4 == 0
+        };
+        let ak = if self.a.cs == 1 && aligned(&self.a, self.a.rs) {
+            true
+        } else if self.a.rs == 1 && aligned(&self.a, self.a.cs) {
+            false
+        } else {
+            return None;
+        };
+        let bn = if self.b.cs == 1 && aligned(&self.b, self.b.rs) {
+            true
+        } else if self.b.rs == 1 && aligned(&self.b, self.b.cs) {
+            false
+        } else {
+            return None;
+        };
+        Some((ak, bn))
+    }
+
+    /// Records the matmul into `step`.
+    pub fn record(&self, step: &mut Step) -> Result<()> {
+        const OP: &str = "matmul";
+        let [b1, b2] = self.batch;
+        if self.m == 0 || self.n == 0 || self.k == 0 || b1 == 0 || b2 == 0 {
+            return shape_err(OP, format!("zero-sized matmul m={} n={} k={} batch={:?}", self.m, self.n, self.k, self.batch));
+        }
+        for (name, v, r, c) in [("A", &self.a, self.m, self.k), ("B", &self.b, self.k, self.n), ("C", &self.c, self.m, self.n)] {
+            let need = v.max_index(r, c, self.batch) + 1;
+            if need > v.t.numel() {
+                return shape_err(OP, format!("{name} view needs {need} elements but its tensor {:?} has {}", v.t.shape(), v.t.numel()));
+            }
+        }
+        if let Some(bias) = self.bias {
+            if bias.numel() != self.n {
+                return shape_err(OP, format!("bias has {} elements, expected n = {}", bias.numel(), self.n));
+            }
+        }
+        if self.c.t.same_buffer(self.a.t) || self.c.t.same_buffer(self.b.t) {
+            return shape_err(OP, "the output may not alias an input");
+        }
+        let orientation = self.vec4_orientation();
+        let (tm, tn) = if orientation.is_some() { VEC4_TILE } else { SCALAR_TILE };
+        let tiles_m = self.m.div_ceil(tm);
+        let tiles_n = self.n.div_ceil(tn);
+        let total = (tiles_m * tiles_n) as u64 * (b1 * b2) as u64;
+        let u = |x| crate::ops::u32_of(OP, "size", x);
+        let params = Params {
+            m: u(self.m)?,
+            n: u(self.n)?,
+            k: u(self.k)?,
+            batch2: u(b2)?,
+            batch: u(b1 * b2)?,
+            tiles_m: u(tiles_m)?,
+            tiles_n: u(tiles_n)?,
+            flags: self.bias.is_some() as u32 | (self.accumulate as u32) << 1,
+            a: pack(OP, &self.a)?,
+            b: pack(OP, &self.b)?,
+            c: pack(OP, &self.c)?,
+            alpha: self.alpha,
+        };
+        let bias = self.bias.unwrap_or(self.b.t);
+        match orientation {
+            Some((ak, bn)) => step.dispatch_linear(
+                &MATMUL_VEC4[ak as usize][bn as usize],
+                &params,
+                &[self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t],
+                total,
+            ),
+            None => step.dispatch_linear(&MATMUL, &params, &[self.a.t, self.b.t, bias, self.c.t], total),
+        }
+    }
+}
+
+/// C = op(A) op(B) (+ bias) for contiguous tensors. A is [.., M, K] ([.., K, M] if `ta`), B is
+/// [.., K, N] ([.., N, K] if `tb`) with the same leading batch dims as A, or 2-D (shared by every
+/// batch). Returns C as [.., M, N].
+pub fn matmul(step: &mut Step, a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() < 2 || sb.len() < 2 {
+        return shape_err(OP, format!("operands must be at least 2-D, got {sa:?} and {sb:?}"));
+    }
+    let (ra, ca) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (rb, cb) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    let (m, k) = if ta { (ca, ra) } else { (ra, ca) };
+    let (kb, n) = if tb { (cb, rb) } else { (rb, cb) };
+    if k != kb {
+        return shape_err(OP, format!("inner dimensions differ: A {sa:?}{} · B {sb:?}{}", if ta { "ᵀ" } else { "" }, if tb { "ᵀ" } else { "" }));
+    }
+    let batch_dims = &sa[..sa.len() - 2];
+    let batch: usize = batch_dims.iter().product();
+    let b_shared = sb.len() == 2;
+    if !b_shared && &sb[..sb.len() - 2] != batch_dims {
+        return shape_err(OP, format!("batch dimensions differ: A {sa:?}, B {sb:?}"));
+    }
+    let mut out_shape = batch_dims.to_vec();
+    out_shape.extend([m, n]);
+    let c = step.empty(&out_shape)?;
+    let mut bv = View::matrix(b, rb, cb, tb);
+    if b_shared {
+        bv.bs = [0, 0];
+    }
+    Gemm {
+        m,
+        n,
+        k,
+        batch: [batch, 1],
+        a: View::matrix(a, ra, ca, ta),
+        b: bv,
+        c: View::matrix(&c, m, n, false),
+        bias,
+        alpha: 1.0,
+        accumulate: false,
+    }
+    .record(step)?;
+    Ok(c)
+}

@@ -1,0 +1,43 @@
+//! Typed launchers, one module per shader family. Each checks shapes and limits and returns a
+//! `Result` before anything reaches wgpu, then records its dispatches into a [`Step`].
+//!
+//! [`Step`]: crate::gpu::Step
+
+pub mod matmul;
+
+/// Every shader family: (name, WGSL source without the common prelude).
+pub const SHADERS: &[(&str, &str)] = &[
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+];
+
+/// Prepended to every family: shared helpers (WGSL has no includes).
+pub const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
+
+/// Full WGSL source of a shader family, prelude included.
+pub fn shader_source(family: &str) -> String {
+    let src = SHADERS
+        .iter()
+        .find(|(n, _)| *n == family)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| panic!("unknown shader family {family}"));
+    format!("{PRELUDE}\n{src}")
+}
+
+/// Every kernel launched by amad, for the validation tests.
+pub const KERNELS: &[&crate::gpu::Kernel] = &[
+    &matmul::MATMUL,
+    &matmul::MATMUL_VEC4[0][0],
+    &matmul::MATMUL_VEC4[0][1],
+    &matmul::MATMUL_VEC4[1][0],
+    &matmul::MATMUL_VEC4[1][1],
+];
+
+/// Workgroups needed to cover `n` items at `per` items per workgroup.
+pub(crate) fn groups(n: usize, per: usize) -> u64 {
+    (n as u64).div_ceil(per as u64)
+}
+
+/// Converts a size to the u32 the shaders index with, or says which dimension is too big.
+pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> crate::Result<u32> {
+    u32::try_from(v).map_err(|_| crate::Error::Shape { op, msg: format!("{what} = {v} exceeds u32") })
+}
