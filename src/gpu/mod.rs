@@ -11,7 +11,7 @@ mod tensor;
 
 pub use pipelines::{Access, Kernel};
 pub use step::Step;
-pub use tensor::Tensor;
+pub use tensor::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};

@@ -25,6 +25,13 @@ pub struct Kernel {
     pub constants: &'static [(&'static str, f64)],
 }
 
+impl Kernel {
+    /// A kernel without override constants, named after its entry point (unique across families).
+    pub const fn new(family: &'static str, entry: &'static str, bindings: &'static [Access]) -> Kernel {
+        Kernel { name: entry, family, entry, bindings, constants: &[] }
+    }
+}
+
 pub(super) struct Built {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,

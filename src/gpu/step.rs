@@ -2,7 +2,7 @@
 //! submitted once by [`Step::submit`]. Kernel parameters are packed into pooled uniform chunks,
 //! written with one `write_buffer` per chunk just before the submission.
 
-use super::tensor::DType;
+use super::DType;
 use super::{Access, Gpu, Kernel, Tensor};
 use crate::error::{Error, Result};
 use std::sync::Mutex;

@@ -6,13 +6,7 @@ use crate::gpu::{Access, Kernel, Step, Tensor};
 use Access::{Read as R, ReadWrite as W};
 
 /// The general kernel: any strides, scalar loads.
-pub const MATMUL: Kernel = Kernel {
-    name: "matmul",
-    family: "matmul",
-    entry: "matmul",
-    bindings: &[R, R, R, W],
-    constants: &[],
-};
+pub const MATMUL: Kernel = Kernel::new("matmul", "matmul", &[R, R, R, W]);
 
 const fn vec4_kernel(name: &'static str, a_along_k: bool, b_along_n: bool) -> Kernel {
     Kernel {
@@ -56,9 +50,10 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// A contiguous [rows, cols] matrix (batch stride `rows*cols`), optionally read transposed.
+    /// A contiguous stored [rows, cols] matrix (batch stride `rows*cols`), optionally read
+    /// transposed: logical element (i, j) is then stored element (j, i).
     pub fn matrix(t: &'a Tensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
-        let (rs, cs) = if transposed { (1, rows) } else { (cols, 1) };
+        let (rs, cs) = if transposed { (1, cols) } else { (cols, 1) };
         View { t, off: 0, rs, cs, bs: [rows * cols, 0] }
     }
 

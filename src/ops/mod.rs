@@ -3,11 +3,28 @@
 //!
 //! [`Step`]: crate::gpu::Step
 
+pub mod attention;
+pub mod elementwise;
+pub mod embedding;
+pub mod image;
+pub mod layernorm;
+pub mod loss;
 pub mod matmul;
+pub mod optim;
+pub mod reduce;
+pub mod softmax;
 
 /// Every shader family: (name, WGSL source without the common prelude).
 pub const SHADERS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
+    ("softmax", include_str!("../../shaders/softmax.wgsl")),
+    ("embedding", include_str!("../../shaders/embedding.wgsl")),
+    ("loss", include_str!("../../shaders/loss.wgsl")),
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("image", include_str!("../../shaders/image.wgsl")),
 ];
 
 /// Prepended to every family: shared helpers (WGSL has no includes).
@@ -30,6 +47,33 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &matmul::MATMUL_VEC4[0][1],
     &matmul::MATMUL_VEC4[1][0],
     &matmul::MATMUL_VEC4[1][1],
+    &elementwise::ADD,
+    &elementwise::BIAS_ADD,
+    &elementwise::AXPY,
+    &elementwise::GELU_ERF_FWD,
+    &elementwise::GELU_ERF_BWD,
+    &elementwise::GELU_TANH_FWD,
+    &elementwise::GELU_TANH_BWD,
+    &layernorm::FWD,
+    &layernorm::BWD_X,
+    &layernorm::BWD_PARAMS,
+    &softmax::FWD,
+    &softmax::BWD,
+    &embedding::FWD,
+    &embedding::BWD,
+    &loss::CE_FWD,
+    &loss::CE_BWD,
+    &loss::KL_FWD,
+    &loss::KL_BWD,
+    &loss::MEAN,
+    &reduce::SUM_SEGMENTS,
+    &reduce::SUM_COLUMNS,
+    &reduce::BROADCAST_SCALAR,
+    &optim::ADAMW,
+    &optim::CLIP_SCALE,
+    &image::RESIZE_H,
+    &image::RESIZE_V,
+    &image::PATCHIFY,
 ];
 
 /// Workgroups needed to cover `n` items at `per` items per workgroup.

@@ -1,0 +1,105 @@
+// Elementwise kernels: add, scaled accumulate, bias add, and GELU (both forms) forward/backward.
+// One invocation per element, 256 per workgroup.
+
+struct Params {
+    n: u32,       // elements
+    cols: u32,    // row length, for bias_add
+    alpha: f32,   // scale for axpy
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// out = x + y
+@compute @workgroup_size(256)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        out[i] = x[i] + y[i];
+    }
+}
+
+// out[r, c] = x[r, c] + y[c]   (y is the bias)
+@compute @workgroup_size(256)
+fn bias_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        out[i] = x[i] + y[i % p.cols];
+    }
+}
+
+// out = out + alpha * x   (gradient accumulation; y unused but bound)
+@compute @workgroup_size(256)
+fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        out[i] = out[i] + p.alpha * x[i];
+    }
+}
+
+// erf(z) by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, below f32 resolution of GELU's output).
+fn erf_approx(z: f32) -> f32 {
+    let s = sign(z);
+    let a = abs(z);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    return s * (1.0 - poly * exp(-a * a));
+}
+
+const INV_SQRT2: f32 = 0.7071067811865476;
+const INV_SQRT_2PI: f32 = 0.3989422804014327;
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+
+// Exact GELU (ViT): x * Phi(x).
+@compute @workgroup_size(256)
+fn gelu_erf_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        let v = x[i];
+        out[i] = 0.5 * v * (1.0 + erf_approx(v * INV_SQRT2));
+    }
+}
+
+// dx = dy * (Phi(x) + x * phi(x)); x = input, y = upstream gradient.
+@compute @workgroup_size(256)
+fn gelu_erf_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        let v = x[i];
+        let cdf = 0.5 * (1.0 + erf_approx(v * INV_SQRT2));
+        let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
+        out[i] = y[i] * (cdf + v * pdf);
+    }
+}
+
+// tanh(u) that stays finite for large |u| (WGSL's tanh may overflow through exp on some drivers).
+fn tanh_stable(u: f32) -> f32 {
+    let e = exp(-2.0 * abs(u));
+    return sign(u) * (1.0 - e) / (1.0 + e);
+}
+
+// GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+@compute @workgroup_size(256)
+fn gelu_tanh_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        let v = x[i];
+        let u = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
+        out[i] = 0.5 * v * (1.0 + tanh_stable(u));
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_tanh_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        let v = x[i];
+        let u = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
+        let th = tanh_stable(u);
+        let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+        out[i] = y[i] * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du);
+    }
+}

@@ -1,0 +1,65 @@
+// Embedding lookup and its backward (a scatter-add into the table's gradient).
+// WGSL has no float atomics, so the backward is made deterministic instead: for each (token, col),
+// only the first occurrence of a token id sums the gradients of every later occurrence and adds
+// that sum to the table row. Cost O(tokens^2 * dim), fine for caption batches (hundreds of tokens).
+// Ids >= vocab (never valid) read as zero rows and contribute no gradient.
+
+struct Params {
+    tokens: u32,
+    dim: u32,
+    vocab: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+
+// forward
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn embedding_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.tokens * p.dim) {
+        return;
+    }
+    let t = i / p.dim;
+    let c = i % p.dim;
+    let id = ids[t];
+    var v = 0.0;
+    if (id < p.vocab) {
+        v = table[id * p.dim + c];
+    }
+    out[i] = v;
+}
+
+// backward: d table[id] += sum of d out over the tokens with that id
+@group(0) @binding(2) var<storage, read> dout: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dtable: array<f32>;
+
+@compute @workgroup_size(256)
+fn embedding_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.tokens * p.dim) {
+        return;
+    }
+    let t = i / p.dim;
+    let c = i % p.dim;
+    let id = ids[t];
+    if (id >= p.vocab) {
+        return;
+    }
+    for (var u = 0u; u < t; u++) {
+        if (ids[u] == id) {
+            return; // an earlier token owns this id
+        }
+    }
+    var sum = 0.0;
+    for (var u = t; u < p.tokens; u++) {
+        if (ids[u] == id) {
+            sum += dout[u * p.dim + c];
+        }
+    }
+    dtable[id * p.dim + c] += sum;
+}

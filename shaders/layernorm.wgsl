@@ -1,0 +1,99 @@
+// LayerNorm over the last dimension: y = (x - mean) * rstd * gamma + beta.
+// One invocation per row (rows are short: 64-512 wide): no barriers, which lavapipe executes
+// slowly, and on GPUs the thousands of rows of a batch keep the device busy.
+// Each entry point numbers its own bindings (globals sharing a number belong to different entries).
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// forward
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;   // [rows, 2]: mean, rstd
+
+@compute @workgroup_size(256)
+fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    let o = r * p.cols;
+    var mean = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        mean += x[o + c];
+    }
+    mean /= f32(p.cols);
+    // Two-pass variance: no cancellation for rows with a large mean.
+    var var_ = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let d = x[o + c] - mean;
+        var_ += d * d;
+    }
+    let rstd = inverseSqrt(var_ / f32(p.cols) + p.eps);
+    for (var c = 0u; c < p.cols; c++) {
+        y[o + c] = (x[o + c] - mean) * rstd * gamma[c] + beta[c];
+    }
+    stats[2u * r] = mean;
+    stats[2u * r + 1u] = rstd;
+}
+
+// backward: x (1) and gamma (2) as in the forward, then:
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read> saved: array<f32>;        // the forward's stats
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)),  g = dy * gamma.
+@compute @workgroup_size(256)
+fn layernorm_bwd_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    let o = r * p.cols;
+    let mean = saved[2u * r];
+    let rstd = saved[2u * r + 1u];
+    var mg = 0.0;
+    var mgx = 0.0;
+    for (var c = 0u; c < p.cols; c++) {
+        let g = dy[o + c] * gamma[c];
+        mg += g;
+        mgx += g * (x[o + c] - mean) * rstd;
+    }
+    mg /= f32(p.cols);
+    mgx /= f32(p.cols);
+    for (var c = 0u; c < p.cols; c++) {
+        let xhat = (x[o + c] - mean) * rstd;
+        dx[o + c] = rstd * (dy[o + c] * gamma[c] - mg - xhat * mgx);
+    }
+}
+
+// parameter gradients: x (1), dy (3), saved (4) as above, then:
+@group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dbeta: array<f32>;
+
+// One invocation per column, accumulated (+=) so that callers can sum gradients:
+// dgamma[c] += sum_r dy * xhat,  dbeta[c] += sum_r dy.
+@compute @workgroup_size(256)
+fn layernorm_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let c = thread_index(wid, nwg, lid);
+    if (c >= p.cols) {
+        return;
+    }
+    var dg = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < p.rows; r++) {
+        let g = dy[r * p.cols + c];
+        dg += g * (x[r * p.cols + c] - saved[2u * r]) * saved[2u * r + 1u];
+        db += g;
+    }
+    dgamma[c] += dg;
+    dbeta[c] += db;
+}

@@ -1,0 +1,57 @@
+// AdamW (decoupled weight decay, bias-corrected moments) and global gradient-norm clipping.
+
+struct Params {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    c1: f32,        // 1 / (1 - beta1^t)
+    c2: f32,        // 1 / (1 - beta2^t)
+    max_norm: f32,  // clip_scale
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// adamw
+@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(2) var<storage, read> clip: array<f32>;      // [norm, scale] from clip_scale
+@group(0) @binding(3) var<storage, read_write> param: array<f32>;
+@group(0) @binding(4) var<storage, read_write> m: array<f32>;
+@group(0) @binding(5) var<storage, read_write> v: array<f32>;
+
+// As torch.optim.AdamW: p -= lr * wd * p; then p -= lr * m_hat / (sqrt(v_hat) + eps).
+@compute @workgroup_size(256)
+fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let g = grad[i] * clip[1];
+    let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+    let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    let w = param[i] * (1.0 - p.lr * p.weight_decay);
+    param[i] = w - p.lr * (mi * p.c1) / (sqrt(vi * p.c2) + p.eps);
+}
+
+// clip_scale: from per-tensor sums of squares, the global norm and the factor that brings it down
+// to max_norm (1 when already below; as torch.nn.utils.clip_grad_norm_, with its 1e-6).
+@group(0) @binding(1) var<storage, read> sumsq: array<f32>;
+@group(0) @binding(2) var<storage, read_write> norm_scale: array<f32>;
+
+@compute @workgroup_size(1)
+fn clip_scale() {
+    var total = 0.0;
+    for (var i = 0u; i < p.n; i++) {
+        total += sumsq[i];
+    }
+    let norm = sqrt(total);
+    norm_scale[0] = norm;
+    norm_scale[1] = min(1.0, p.max_norm / (norm + 1e-6));
+}

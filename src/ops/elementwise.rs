@@ -1,0 +1,94 @@
+//! Launchers for `shaders/elementwise.wgsl`: add, bias add, scaled accumulate, GELU.
+
+use super::{groups, u32_of};
+use crate::error::{shape_err, Result};
+use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
+
+pub const ADD: Kernel = Kernel::new("elementwise", "add", &[R, R, W]);
+pub const BIAS_ADD: Kernel = Kernel::new("elementwise", "bias_add", &[R, R, W]);
+pub const AXPY: Kernel = Kernel::new("elementwise", "axpy", &[R, R, W]);
+pub const GELU_ERF_FWD: Kernel = Kernel::new("elementwise", "gelu_erf_fwd", &[R, R, W]);
+pub const GELU_ERF_BWD: Kernel = Kernel::new("elementwise", "gelu_erf_bwd", &[R, R, W]);
+pub const GELU_TANH_FWD: Kernel = Kernel::new("elementwise", "gelu_tanh_fwd", &[R, R, W]);
+pub const GELU_TANH_BWD: Kernel = Kernel::new("elementwise", "gelu_tanh_bwd", &[R, R, W]);
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    cols: u32,
+    alpha: f32,
+    _pad: u32,
+}
+
+fn params(op: &'static str, n: usize, cols: usize, alpha: f32) -> Result<Params> {
+    Ok(Params { n: u32_of(op, "elements", n)?, cols: u32_of(op, "cols", cols)?, alpha, _pad: 0 })
+}
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return shape_err(op, format!("shapes differ: {:?} and {:?}", a.shape(), b.shape()));
+    }
+    Ok(())
+}
+
+/// out = x + y (the residual add; its backward passes the gradient to both inputs unchanged).
+pub fn add(step: &mut Step, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    same_shape("add", x, y)?;
+    let out = step.empty(x.shape())?;
+    let n = x.numel();
+    step.dispatch_linear(&ADD, &params("add", n, 1, 1.0)?, &[x, y, &out], groups(n, 256))?;
+    Ok(out)
+}
+
+/// out[.., c] = x[.., c] + bias[c]. Backward: dx = dy, dbias = column sums of dy
+/// ([`super::reduce::sum_columns`]).
+pub fn bias_add(step: &mut Step, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let cols = *x.shape().last().unwrap_or(&0);
+    if bias.numel() != cols {
+        return shape_err("bias_add", format!("bias has {} elements, x {:?} rows are {cols} wide", bias.numel(), x.shape()));
+    }
+    let out = step.empty(x.shape())?;
+    let n = x.numel();
+    step.dispatch_linear(&BIAS_ADD, &params("bias_add", n, cols, 1.0)?, &[x, bias, &out], groups(n, 256))?;
+    Ok(out)
+}
+
+/// acc += alpha * x, in place (gradient accumulation).
+pub fn axpy(step: &mut Step, acc: &Tensor, x: &Tensor, alpha: f32) -> Result<()> {
+    same_shape("axpy", acc, x)?;
+    let n = x.numel();
+    step.dispatch_linear(&AXPY, &params("axpy", n, 1, alpha)?, &[x, x, acc], groups(n, 256))
+}
+
+/// Which GELU: the exact one (ViT) or GPT-2's tanh approximation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gelu {
+    Erf,
+    Tanh,
+}
+
+/// y = gelu(x).
+pub fn gelu(step: &mut Step, x: &Tensor, kind: Gelu) -> Result<Tensor> {
+    let k = match kind {
+        Gelu::Erf => &GELU_ERF_FWD,
+        Gelu::Tanh => &GELU_TANH_FWD,
+    };
+    let out = step.empty(x.shape())?;
+    let n = x.numel();
+    step.dispatch_linear(k, &params("gelu", n, 1, 1.0)?, &[x, x, &out], groups(n, 256))?;
+    Ok(out)
+}
+
+/// dx = dy * gelu'(x).
+pub fn gelu_bwd(step: &mut Step, x: &Tensor, dy: &Tensor, kind: Gelu) -> Result<Tensor> {
+    same_shape("gelu_bwd", x, dy)?;
+    let k = match kind {
+        Gelu::Erf => &GELU_ERF_BWD,
+        Gelu::Tanh => &GELU_TANH_BWD,
+    };
+    let out = step.empty(x.shape())?;
+    let n = x.numel();
+    step.dispatch_linear(k, &params("gelu_bwd", n, 1, 1.0)?, &[x, dy, &out], groups(n, 256))?;
+    Ok(out)
+}

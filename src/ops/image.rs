@@ -1,0 +1,85 @@
+//! Launchers for `shaders/image.wgsl`: resize (PIL bilinear), rescale, normalise, cut into patches.
+//! Preprocessing has no backward: pixels are inputs, never learned.
+
+use super::{groups, u32_of};
+use crate::error::{shape_err, Result};
+use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step, Tensor};
+
+pub const RESIZE_H: Kernel = Kernel::new("image", "resize_h", &[R, W]);
+pub const RESIZE_V: Kernel = Kernel::new("image", "resize_v", &[R, W]);
+pub const PATCHIFY: Kernel = Kernel::new("image", "normalize_patchify", &[R, W]);
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct Params {
+    in_h: u32,
+    in_w: u32,
+    out_h: u32,
+    out_w: u32,
+    patch: u32,
+    _pad: [u32; 2],
+    rescale: f32,
+    mean: [f32; 4],
+    std: [f32; 4],
+}
+
+/// How ViTImageProcessor prepares an image (the fields of preprocessor_config.json).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    pub size: (usize, usize),
+    pub patch: usize,
+    pub rescale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// Resizes RGBA8 pixels (u32 [h, w], r in the low byte) to [out_h, out_w, 3] values in 0..=255.
+pub fn resize(step: &mut Step, rgba: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let s = rgba.shape();
+    if rgba.dtype() != DType::U32 || s.len() != 2 {
+        return shape_err("resize", format!("pixels must be u32 [h, w], got {:?} {s:?}", rgba.dtype()));
+    }
+    let p = Params {
+        in_h: u32_of("resize", "height", s[0])?,
+        in_w: u32_of("resize", "width", s[1])?,
+        out_h: u32_of("resize", "height", out_h)?,
+        out_w: u32_of("resize", "width", out_w)?,
+        ..Default::default()
+    };
+    let tmp = step.empty(&[s[0], out_w, 3])?;
+    step.dispatch_linear(&RESIZE_H, &p, &[rgba, &tmp], groups(s[0] * out_w, 256))?;
+    let out = step.empty(&[out_h, out_w, 3])?;
+    step.dispatch_linear(&RESIZE_V, &p, &[&tmp, &out], groups(out.numel(), 256))?;
+    Ok(out)
+}
+
+/// From resized pixels [h, w, 3] (0..=255) to normalised patch vectors
+/// [(h/patch)·(w/patch), 3·patch²], each ordered (channel, row, column).
+pub fn normalize_patchify(step: &mut Step, pixels: &Tensor, cfg: &Preprocess) -> Result<Tensor> {
+    let s = pixels.shape();
+    let pt = cfg.patch;
+    if s.len() != 3 || s[2] != 3 || pt == 0 || s[0] % pt != 0 || s[1] % pt != 0 {
+        return shape_err("patchify", format!("pixels {s:?} are not [h, w, 3] with h and w multiples of the patch size {pt}"));
+    }
+    if cfg.std.iter().any(|&v| v == 0.0) {
+        return shape_err("patchify", "image_std has a zero entry");
+    }
+    let p = Params {
+        out_h: s[0] as u32,
+        out_w: s[1] as u32,
+        patch: pt as u32,
+        rescale: cfg.rescale,
+        mean: [cfg.mean[0], cfg.mean[1], cfg.mean[2], 0.0],
+        std: [cfg.std[0], cfg.std[1], cfg.std[2], 1.0],
+        ..Default::default()
+    };
+    let out = step.empty(&[(s[0] / pt) * (s[1] / pt), 3 * pt * pt])?;
+    step.dispatch_linear(&PATCHIFY, &p, &[pixels, &out], groups(out.numel(), 256))?;
+    Ok(out)
+}
+
+/// The whole preprocessing: resize to `cfg.size`, then normalise and cut into patches.
+pub fn preprocess(step: &mut Step, rgba: &Tensor, cfg: &Preprocess) -> Result<Tensor> {
+    let pixels = resize(step, rgba, cfg.size.0, cfg.size.1)?;
+    normalize_patchify(step, &pixels, cfg)
+}

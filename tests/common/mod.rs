@@ -1,0 +1,103 @@
+//! Shared test helpers: one GPU device for the whole test binary, a seeded RNG, closeness checks
+//! and central finite differences.
+#![allow(dead_code)]
+
+use amad::{Gpu, Step, Tensor};
+use std::sync::OnceLock;
+
+/// The test device (lavapipe in CI). Tests in one binary share it, as an application would.
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| pollster::block_on(Gpu::new()).expect("a GPU adapter (on Linux: apt-get install mesa-vulkan-drivers)"))
+}
+
+/// Records with `f`, submits, and reads back the tensors it returns.
+pub fn run(f: impl FnOnce(&mut Step) -> amad::Result<Vec<Tensor>>) -> Vec<Vec<f32>> {
+    let g = gpu();
+    let mut step = g.step();
+    let outs = f(&mut step).expect("recording failed");
+    step.submit().expect("submit failed");
+    outs.iter().map(|t| pollster::block_on(t.read(g)).expect("readback failed")).collect()
+}
+
+pub fn upload(shape: &[usize], data: &[f64]) -> Tensor {
+    let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+    Tensor::from_slice(gpu(), shape, &v).unwrap()
+}
+
+pub fn upload_u32(shape: &[usize], data: &[u32]) -> Tensor {
+    Tensor::from_u32(gpu(), shape, data).unwrap()
+}
+
+/// Deterministic xorshift64* generator.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| scale * self.uniform()).collect()
+    }
+}
+
+/// Asserts |got - want| <= atol + rtol·|want| elementwise, naming the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs() - (atol + rtol * w.abs());
+        assert!(!(g as f64).is_nan(), "{what}: NaN at {i}");
+        if err > worst.1 {
+            worst = (i, err);
+        }
+    }
+    let i = worst.0;
+    assert!(worst.1 <= 0.0, "{what}: element {i}: got {} want {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+}
+
+/// Same check between two f64 vectors (reference backward against finite differences).
+pub fn assert_close64(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= atol + rtol * b.abs(), "{what}: element {i}: analytic {a} finite-difference {b}");
+    }
+}
+
+/// Central finite differences of a scalar function of x, in f64.
+pub fn finite_diff(x: &[f64], eps: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut xp = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = xp[i];
+            xp[i] = orig + eps;
+            let fp = f(&xp);
+            xp[i] = orig - eps;
+            let fm = f(&xp);
+            xp[i] = orig;
+            (fp - fm) / (2.0 * eps)
+        })
+        .collect()
+}
+
+/// Σ w·y: turns a vector output into the scalar whose gradient w.r.t. y is w.
+pub fn dot(w: &[f64], y: &[f64]) -> f64 {
+    w.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+pub fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
