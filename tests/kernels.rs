@@ -1,0 +1,300 @@
+//! Every non-matmul kernel against its CPU reference, forward and backward; every reference
+//! backward against central finite differences in f64.
+
+mod common;
+use amad::ops::elementwise::{add, axpy, bias_add, gelu, gelu_bwd, Gelu};
+use amad::ops::{attention, embedding, image, layernorm, loss, optim, reduce, softmax};
+use amad::reference as r;
+use common::*;
+
+// Finite differences use eps = 1e-6 in f64: truncation error ~eps² and rounding ~1e-16/eps,
+// both far below 1e-7, so 1e-6 relative (plus 1e-8 absolute) separates a right gradient from a
+// wrong one by orders of magnitude.
+const FD_EPS: f64 = 1e-6;
+const FD_ATOL: f64 = 1e-8;
+const FD_RTOL: f64 = 1e-6;
+
+#[test]
+fn add_bias_add_axpy() {
+    let mut rng = Rng::new(1);
+    let (x, y, b) = (rng.vec(3 * 70, 1.0), rng.vec(3 * 70, 1.0), rng.vec(70, 1.0));
+    let (tx, ty, tb) = (upload(&[3, 70], &x), upload(&[3, 70], &y), upload(&[70], &b));
+    let acc = upload(&[3, 70], &y);
+    let got = run(|s| {
+        let sum = add(s, &tx, &ty)?;
+        let biased = bias_add(s, &tx, &tb)?;
+        axpy(s, &acc, &tx, -2.0)?;
+        Ok(vec![sum, biased, acc.clone()])
+    });
+    // One f32 rounding of inputs in [-3, 3]: 1e-6 absolute.
+    let want_sum: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+    let want_axpy: Vec<f64> = x.iter().zip(&y).map(|(a, b)| b - 2.0 * a).collect();
+    assert_close("add", &got[0], &want_sum, 1e-6, 0.0);
+    assert_close("bias_add", &got[1], &r::bias_add(&x, &b), 1e-6, 0.0);
+    assert_close("axpy", &got[2], &want_axpy, 1e-6, 0.0);
+}
+
+#[test]
+fn gelu_both_forms_forward_and_backward() {
+    let mut rng = Rng::new(2);
+    // Include the tails, where erf saturates and tanh could overflow.
+    let mut x = rng.vec(1000, 4.0);
+    x.extend([-20.0, -9.0, 0.0, 9.0, 20.0]);
+    let dy = rng.vec(x.len(), 1.0);
+    for (kind, f, df) in [(Gelu::Erf, r::gelu_erf as fn(f64) -> f64, r::gelu_erf_grad as fn(f64) -> f64), (Gelu::Tanh, r::gelu_tanh, r::gelu_tanh_grad)] {
+        let want: Vec<f64> = x.iter().map(|&v| f(v)).collect();
+        let want_dx: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * df(v)).collect();
+        // Elementwise, so differentiate element by element: a finite difference of the whole
+        // Σ dy·f(x) would bury 1e-8 of rounding noise from its 1,005 terms in each quotient.
+        let fd: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * (f(v + FD_EPS) - f(v - FD_EPS)) / (2.0 * FD_EPS)).collect();
+        assert_close64(&format!("{kind:?} grad vs finite differences"), &want_dx, &fd, FD_ATOL, FD_RTOL);
+        let (tx, tdy) = (upload(&[x.len()], &x), upload(&[x.len()], &dy));
+        let got = run(|s| Ok(vec![gelu(s, &tx, kind)?, gelu_bwd(s, &tx, &tdy, kind)?]));
+        // erf by A&S 7.1.26 (error 1.5e-7) times |x| <= 20, plus f32 rounding: 4e-6 absolute.
+        assert_close(&format!("{kind:?} forward"), &got[0], &want, 4e-6, 1e-6);
+        assert_close(&format!("{kind:?} backward"), &got[1], &want_dx, 4e-6, 1e-5);
+    }
+}
+
+#[test]
+fn layernorm_forward_and_backward() {
+    let mut rng = Rng::new(3);
+    let (rows, cols, eps) = (37, 48, 1e-5);
+    // A large common offset checks the two-pass variance.
+    let x: Vec<f64> = rng.vec(rows * cols, 2.0).iter().map(|v| v + 30.0).collect();
+    let (gamma, beta, dy) = (rng.vec(cols, 1.0), rng.vec(cols, 1.0), rng.vec(rows * cols, 1.0));
+    let (y, _) = r::layernorm(&x, &gamma, &beta, eps);
+    let (dx, dg, db) = r::layernorm_bwd(&x, &gamma, &dy, eps);
+    let lx = |x: &[f64], g: &[f64], b: &[f64]| dot(&dy, &r::layernorm(x, g, b, eps).0);
+    assert_close64("dx vs FD", &dx, &finite_diff(&x, FD_EPS, |x| lx(x, &gamma, &beta)), 1e-6, FD_RTOL);
+    assert_close64("dgamma vs FD", &dg, &finite_diff(&gamma, FD_EPS, |g| lx(&x, g, &beta)), FD_ATOL, FD_RTOL);
+    assert_close64("dbeta vs FD", &db, &finite_diff(&beta, FD_EPS, |b| lx(&x, &gamma, b)), FD_ATOL, FD_RTOL);
+    let (tx, tg, tb, tdy) = (upload(&[rows, cols], &x), upload(&[cols], &gamma), upload(&[cols], &beta), upload(&[rows, cols], &dy));
+    let got = run(|s| {
+        let (y, stats) = layernorm::layernorm(s, &tx, &tg, &tb, eps as f32)?;
+        let (dg, db) = (s.zeros(&[cols])?, s.zeros(&[cols])?);
+        let dx = layernorm::layernorm_bwd(s, &tx, &tg, &stats, &tdy, &dg, &db)?;
+        Ok(vec![y, dx, dg, db])
+    });
+    // Normalised values are O(1) but x carries an offset of 30 in f32 (resolution 2e-6, times
+    // rstd ~ 0.9): 2e-5 absolute; parameter gradients sum 37 rows: 1e-4.
+    assert_close("layernorm y", &got[0], &y, 2e-5, 1e-5);
+    assert_close("layernorm dx", &got[1], &dx, 2e-5, 1e-4);
+    assert_close("layernorm dgamma", &got[2], &dg, 1e-4, 1e-5);
+    assert_close("layernorm dbeta", &got[3], &db, 1e-4, 1e-5);
+}
+
+#[test]
+fn row_softmax_forward_and_backward() {
+    let mut rng = Rng::new(4);
+    let (rows, cols) = (19, 33);
+    let x = rng.vec(rows * cols, 5.0);
+    let dy = rng.vec(rows * cols, 1.0);
+    let y = r::softmax(&x, cols);
+    let dx = r::softmax_bwd(&y, &dy, cols, 1.0);
+    let fd = finite_diff(&x, FD_EPS, |x| dot(&dy, &r::softmax(x, cols)));
+    assert_close64("softmax dx vs FD", &dx, &fd, FD_ATOL, FD_RTOL);
+    let (tx, tdy) = (upload(&[rows, cols], &x), upload(&[rows, cols], &dy));
+    let got = run(|s| {
+        let y = softmax::softmax(s, &tx)?;
+        let dx = softmax::softmax_bwd(s, &y, &tdy, 1.0)?;
+        Ok(vec![y, dx])
+    });
+    // Probabilities in [0, 1], exp in f32: 1e-6 absolute.
+    assert_close("softmax y", &got[0], &y, 1e-6, 1e-5);
+    assert_close("softmax dx", &got[1], &dx, 2e-6, 1e-5);
+}
+
+/// Attention forward and backward, with the masks, against the reference; the reference backward
+/// against finite differences (on a smaller problem).
+#[test]
+fn attention_forward_and_backward_with_masks() {
+    let mut rng = Rng::new(5);
+    for (causal, padded, (b, h, tq, tk, d)) in [
+        (false, false, (2, 3, 5, 7, 4)),
+        (true, false, (2, 2, 6, 6, 8)),
+        (false, true, (2, 2, 4, 9, 3)),
+        (true, true, (1, 4, 13, 13, 16)),
+    ] {
+        let a = r::AttnDims { b, h, tq, tk, d };
+        let (q, k, v, dout) = (rng.vec(b * tq * h * d, 1.0), rng.vec(b * tk * h * d, 1.0), rng.vec(b * tk * h * d, 1.0), rng.vec(b * tq * h * d, 1.0));
+        // Batch 0 keeps all keys; batch 1 loses its last two.
+        let mask: Vec<f64> = (0..b * tk).map(|i| if padded && i / tk == 1 && i % tk >= tk - 2 { 0.0 } else { 1.0 }).collect();
+        let m = r::Masks { causal, key_mask: padded.then_some(&mask[..]) };
+        let (out, probs) = r::attention(&q, &k, &v, a, m);
+        let (dq, dk, dv) = r::attention_bwd(&q, &k, &v, &dout, a, m);
+        let lq = |q: &[f64], k: &[f64], v: &[f64]| dot(&dout, &r::attention(q, k, v, a, m).0);
+        assert_close64("attention dq vs FD", &dq, &finite_diff(&q, FD_EPS, |x| lq(x, &k, &v)), FD_ATOL, FD_RTOL);
+        assert_close64("attention dk vs FD", &dk, &finite_diff(&k, FD_EPS, |x| lq(&q, x, &v)), FD_ATOL, FD_RTOL);
+        assert_close64("attention dv vs FD", &dv, &finite_diff(&v, FD_EPS, |x| lq(&q, &k, x)), FD_ATOL, FD_RTOL);
+        let (gq, gk, gv, gdo) = (upload(&[b, tq, h * d], &q), upload(&[b, tk, h * d], &k), upload(&[b, tk, h * d], &v), upload(&[b, tq, h * d], &dout));
+        let gmask = upload(&[b, tk], &mask);
+        let got = run(|s| {
+            let masks = softmax::Masks { causal, key_mask: padded.then_some(&gmask) };
+            let (o, p) = attention::attention(s, &gq, &gk, &gv, h, masks)?;
+            let (dq, dk, dv) = attention::attention_bwd(s, &gq, &gk, &gv, &p, &gdo, h)?;
+            Ok(vec![o, p, dq, dk, dv])
+        });
+        let what = format!("attention causal={causal} padded={padded}");
+        // Sums of up to 16 products of O(1) values through a softmax: 2e-5 absolute.
+        assert_close(&format!("{what} out"), &got[0], &out, 2e-5, 1e-4);
+        assert_close(&format!("{what} probs"), &got[1], &probs, 2e-6, 1e-4);
+        assert_close(&format!("{what} dq"), &got[2], &dq, 2e-5, 1e-4);
+        assert_close(&format!("{what} dk"), &got[3], &dk, 2e-5, 1e-4);
+        assert_close(&format!("{what} dv"), &got[4], &dv, 2e-5, 1e-4);
+        // Masked cells are exactly zero: the distillation losses rely on it.
+        for (i, &p) in got[1].iter().enumerate() {
+            if probs[i] == 0.0 {
+                assert_eq!(p, 0.0, "{what}: masked cell {i} is {p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_lookup_and_scatter_add() {
+    let (vocab, dim) = (11, 6);
+    let mut rng = Rng::new(6);
+    let table = rng.vec(vocab * dim, 1.0);
+    // Repeated ids (3 three times) and one id past the vocabulary (reads zeros, adds nothing).
+    let ids = [3u32, 0, 3, 10, 7, 3, 99, 0];
+    let dout = rng.vec(ids.len() * dim, 1.0);
+    let want = r::embedding(&ids, &table, dim);
+    let want_d = r::embedding_bwd(&ids, &dout, vocab, dim);
+    let fd = finite_diff(&table, FD_EPS, |t| dot(&dout, &r::embedding(&ids, t, dim)));
+    assert_close64("embedding dtable vs FD", &want_d, &fd, FD_ATOL, FD_RTOL);
+    let (tt, tids, tdo) = (upload(&[vocab, dim], &table), upload_u32(&[ids.len()], &ids), upload(&[ids.len(), dim], &dout));
+    let got = run(|s| {
+        let out = embedding::embedding(s, &tids, &tt)?;
+        let d = s.zeros(&[vocab, dim])?;
+        embedding::embedding_bwd(s, &tids, &tdo, &d)?;
+        Ok(vec![out, d])
+    });
+    // A copy is exact up to the f32 rounding of the uploaded table (relative 2⁻²⁴); the scatter
+    // sums at most 3 values: 1e-6.
+    assert_close("embedding", &got[0], &want, 0.0, 6e-8);
+    assert_close("embedding grad", &got[1], &want_d, 1e-6, 0.0);
+}
+
+#[test]
+fn cross_entropy_and_kl_with_ignored_rows() {
+    let (rows, vocab, temp) = (7, 13, 2.0);
+    let mut rng = Rng::new(8);
+    let (zs, zt) = (rng.vec(rows * vocab, 3.0), rng.vec(rows * vocab, 3.0));
+    let ign = loss::IGNORE;
+    let targets = [4u32, ign, 0, 12, ign, 5, 1];
+    let ce = r::cross_entropy(&zs, &targets, vocab, ign);
+    let dce = r::cross_entropy_bwd(&zs, &targets, vocab, ign);
+    let kl = r::kl_div(&zt, &zs, &targets, vocab, ign, temp);
+    let dkl = r::kl_div_bwd(&zt, &zs, &targets, vocab, ign, temp);
+    assert_close64("CE grad vs FD", &dce, &finite_diff(&zs, FD_EPS, |z| r::cross_entropy(z, &targets, vocab, ign)), FD_ATOL, FD_RTOL);
+    assert_close64("KL grad vs FD", &dkl, &finite_diff(&zs, FD_EPS, |z| r::kl_div(&zt, z, &targets, vocab, ign, temp)), FD_ATOL, FD_RTOL);
+    let (ts, tt, ttg) = (upload(&[rows, vocab], &zs), upload(&[rows, vocab], &zt), upload_u32(&[rows], &targets));
+    let got = run(|s| {
+        let (l, totals) = loss::cross_entropy(s, &ts, &ttg)?;
+        let d = loss::cross_entropy_bwd(s, &ts, &ttg, &totals, 0.5)?;
+        let (kl, kt) = loss::kl_div(s, &tt, &ts, &ttg, temp as f32)?;
+        let dk = loss::kl_div_bwd(s, &tt, &ts, &ttg, &kt, temp as f32, 1.0)?;
+        Ok(vec![l, d, kl, dk, totals])
+    });
+    // log-sum-exp of 13 logits of magnitude <= 3 in f32: 1e-5 absolute.
+    assert_close("CE", &got[0], &[ce], 1e-5, 1e-5);
+    let half: Vec<f64> = dce.iter().map(|v| 0.5 * v).collect();
+    assert_close("CE grad (upstream 0.5)", &got[1], &half, 1e-6, 1e-5);
+    assert_close("KL", &got[2], &[kl], 1e-6, 1e-4);
+    assert_close("KL grad", &got[3], &dkl, 1e-6, 1e-4);
+    assert_close("CE count", &got[4][1..], &[5.0], 0.0, 0.0);
+}
+
+#[test]
+fn sum_mean_and_their_backward() {
+    let mut rng = Rng::new(9);
+    // Longer than one workgroup pass (256) and not a multiple of it.
+    let x = rng.vec(1000, 1.0);
+    let tx = upload(&[10, 100], &x);
+    let g = upload(&[1], &[3.0]);
+    let got = run(|s| {
+        let sum = reduce::sum(s, &tx)?;
+        let mean = reduce::mean(s, &tx)?;
+        let dsum = reduce::broadcast_scalar(s, &g, &[10, 100], 1.0)?;
+        let dmean = reduce::broadcast_scalar(s, &g, &[10, 100], 1.0 / 1000.0)?;
+        Ok(vec![sum, mean, dsum, dmean])
+    });
+    let total: f64 = x.iter().sum();
+    // 1000 f32 additions of values in [-1, 1]: 1e-4 absolute.
+    assert_close("sum", &got[0], &[total], 1e-4, 0.0);
+    assert_close("mean", &got[1], &[total / 1000.0], 1e-7, 0.0);
+    // The backward of Σ and of the mean, checked against finite differences of those functions.
+    let fd_sum = finite_diff(&x[..20], FD_EPS, |v| 3.0 * v.iter().sum::<f64>());
+    let fd_mean = finite_diff(&x[..20], FD_EPS, |v| 3.0 * (v.iter().sum::<f64>() + x[20..].iter().sum::<f64>()) / 1000.0);
+    assert_close("d sum", &got[2][..20], &fd_sum, 1e-6, 0.0);
+    assert_close("d mean", &got[3][..20], &fd_mean, 1e-9, 1e-6);
+}
+
+#[test]
+fn grad_norm_clipping_and_adamw_against_reference() {
+    let mut rng = Rng::new(10);
+    let (p1, g1) = (rng.vec(300, 1.0), rng.vec(300, 1.0));
+    let (p2, g2) = (rng.vec(7, 1.0), rng.vec(7, 2.0));
+    let cfg = optim::AdamW { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+    let max_norm = 1.0;
+    let (norm, scale) = r::clip_grad_norm(&[&g1, &g2], max_norm);
+    assert!(scale < 1.0, "the test should exercise clipping");
+    // Reference: three steps with the same (clipped) gradients.
+    let (mut rp1, mut rm1, mut rv1) = (p1.clone(), vec![0.0; 300], vec![0.0; 300]);
+    let (mut rp2, mut rm2, mut rv2) = (p2.clone(), vec![0.0; 7], vec![0.0; 7]);
+    let c1: Vec<f64> = g1.iter().map(|g| g * scale).collect();
+    let c2: Vec<f64> = g2.iter().map(|g| g * scale).collect();
+    for t in 1..=3 {
+        r::adamw(&mut rp1, &c1, &mut rm1, &mut rv1, 0.01, (0.9, 0.999), 1e-8, 0.1, t);
+        r::adamw(&mut rp2, &c2, &mut rm2, &mut rv2, 0.01, (0.9, 0.999), 1e-8, 0.1, t);
+    }
+    let g = gpu();
+    let (tp1, tg1, tp2, tg2) = (upload(&[300], &p1), upload(&[300], &g1), upload(&[7], &p2), upload(&[7], &g2));
+    let (m1, v1, m2, v2) = (upload(&[300], &[0.0; 300]), upload(&[300], &[0.0; 300]), upload(&[7], &[0.0; 7]), upload(&[7], &[0.0; 7]));
+    let mut clip_out = vec![];
+    for t in 1..=3 {
+        let mut s = g.step();
+        let clip = optim::clip_grad_norm(&mut s, &[&tg1, &tg2], max_norm as f32).unwrap();
+        let slots = [
+            optim::Slot { param: &tp1, grad: &tg1, m: &m1, v: &v1 },
+            optim::Slot { param: &tp2, grad: &tg2, m: &m2, v: &v2 },
+        ];
+        optim::adamw(&mut s, &slots, &cfg, t, &clip).unwrap();
+        s.submit().unwrap();
+        clip_out = pollster::block_on(clip.read(g)).unwrap();
+    }
+    // Sum of 307 squares in f32: 1e-5 relative.
+    assert_close("grad norm and scale", &clip_out, &[norm, scale], 0.0, 1e-5);
+    // Three AdamW steps of size ~lr: 1e-6 absolute.
+    assert_close("adamw params", &pollster::block_on(tp1.read(g)).unwrap(), &rp1, 1e-6, 1e-5);
+    assert_close("adamw m", &pollster::block_on(m1.read(g)).unwrap(), &rm1, 1e-6, 1e-5);
+    assert_close("adamw v", &pollster::block_on(v1.read(g)).unwrap(), &rv1, 1e-7, 1e-5);
+    assert_close("adamw params (second tensor)", &pollster::block_on(tp2.read(g)).unwrap(), &rp2, 1e-6, 1e-5);
+    assert_close("adamw m (second tensor)", &pollster::block_on(m2.read(g)).unwrap(), &rm2, 1e-6, 1e-5);
+    assert_close("adamw v (second tensor)", &pollster::block_on(v2.read(g)).unwrap(), &rv2, 1e-7, 1e-5);
+}
+
+#[test]
+fn image_resize_and_patchify() {
+    let mut rng = Rng::new(12);
+    let cfg = image::Preprocess { size: (16, 16), patch: 4, rescale: 1.0 / 255.0, mean: [0.5, 0.4, 0.3], std: [0.5, 0.25, 0.2] };
+    // Shrinking (antialiased), growing, and a non-square aspect.
+    for (h, w) in [(40, 50), (7, 5), (16, 16), (1, 1)] {
+        let rgba: Vec<u32> = (0..h * w).map(|_| rng.next_u64() as u32).collect();
+        let pix = r::image::resize(&rgba, h, w, 16, 16);
+        let want = r::image::normalize_patchify(&pix, 16, 16, 4, 1.0 / 255.0, [0.5, 0.4, 0.3], [0.5, 0.25, 0.2]);
+        let t = upload_u32(&[h, w], &rgba);
+        let got = run(|s| {
+            let pixels = image::resize(s, &t, 16, 16)?;
+            let patches = image::normalize_patchify(s, &pixels, &cfg)?;
+            Ok(vec![pixels, patches])
+        });
+        // Each pass rounds to integers; f32 weights may flip a value sitting at .5 by one level.
+        let off: usize = got[0].iter().zip(&pix).filter(|(g, w)| (**g as f64 - **w).abs() > 0.0).count();
+        assert!(off * 50 <= pix.len(), "{h}x{w}: {off} of {} resized values differ", pix.len());
+        assert_close(&format!("{h}x{w} resize"), &got[0], &pix, 1.0, 0.0);
+        // One level is 1/255/std <= 0.02 after normalisation.
+        assert_close(&format!("{h}x{w} patches"), &got[1], &want, 0.021, 0.0);
+    }
+}
