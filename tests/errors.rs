@@ -1,0 +1,82 @@
+//! Bad input gives a `Result` error with a message, never a panic and never a wgpu validation
+//! error: mismatched shapes, zero-sized tensors, buffers over the device's limits.
+
+mod common;
+use amad::ops::{attention, elementwise, embedding, layernorm, loss, matmul::matmul, softmax};
+use amad::{Error, Tensor};
+use common::*;
+
+fn expect_err<T: std::fmt::Debug>(r: amad::Result<T>, needle: &str) {
+    match r {
+        Ok(v) => panic!("expected an error mentioning {needle:?}, got Ok({v:?})"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains(needle), "error {msg:?} does not mention {needle:?}");
+        }
+    }
+}
+
+#[test]
+fn mismatched_shapes_are_errors() {
+    let g = gpu();
+    let a = upload(&[3, 4], &[0.0; 12]);
+    let b = upload(&[5, 6], &[0.0; 30]);
+    let v = upload(&[7], &[0.0; 7]);
+    let mut s = g.step();
+    expect_err(matmul(&mut s, &a, &b, false, false, None), "inner dimensions differ");
+    expect_err(matmul(&mut s, &a, &v, false, false, None), "at least 2-D");
+    expect_err(elementwise::add(&mut s, &a, &b), "shapes differ");
+    expect_err(elementwise::bias_add(&mut s, &a, &v), "bias has 7 elements");
+    expect_err(layernorm::layernorm(&mut s, &a, &v, &v, 1e-5), "gamma has 7 elements");
+    expect_err(softmax::masked_softmax(&mut s, &a, 1.0, softmax::Masks::default()), "[batch, heads, q, k]");
+    let q = upload(&[2, 3, 8], &[0.0; 48]);
+    expect_err(attention::attention(&mut s, &q, &q, &q, 3, softmax::Masks::default()), "not divisible into 3 heads");
+    let ids_f32 = upload(&[3], &[0.0; 3]);
+    expect_err(embedding::embedding(&mut s, &ids_f32, &a), "ids must be a u32 tensor");
+    let targets = upload_u32(&[2], &[0, 1]);
+    expect_err(loss::cross_entropy(&mut s, &a, &targets), "targets must be u32 [3]");
+    expect_err(loss::kl_div(&mut s, &a, &a, &upload_u32(&[3], &[0, 1, 2]), 0.0), "temperature must be positive");
+    expect_err(s.upload(&[2, 2], &[1.0; 3]), "needs 4 elements");
+    // Nothing invalid reached wgpu: the step still submits cleanly.
+    s.submit().expect("a step whose recordings all failed validation still submits");
+    g.check().expect("no GPU error was recorded");
+}
+
+#[test]
+fn zero_sized_tensors_are_errors() {
+    let g = gpu();
+    expect_err(Tensor::from_slice(g, &[0, 3], &[]), "zero-sized dimension");
+    let mut s = g.step();
+    expect_err(s.empty(&[4, 0]), "zero-sized dimension");
+    expect_err(s.zeros(&[0]), "zero-sized dimension");
+}
+
+#[test]
+fn buffers_over_the_device_limit_name_the_limit() {
+    let g = gpu();
+    let too_many = (g.max_binding() / 4 + 1) as usize;
+    let mut s = g.step();
+    match s.empty(&[too_many]) {
+        Err(Error::TooLarge { limit_name, .. }) => assert_eq!(limit_name, "max_storage_buffer_binding_size"),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    expect_err(s.empty(&[usize::MAX / 2, 4]), "overflows");
+}
+
+#[test]
+fn an_output_bound_twice_is_an_error_not_a_validation_failure() {
+    let g = gpu();
+    let x = upload(&[8], &[1.0; 8]);
+    let mut s = g.step();
+    // axpy(acc, x) with acc and x the same buffer would bind one buffer as read and read_write.
+    expect_err(elementwise::axpy(&mut s, &x, &x, 1.0), "also bound");
+    s.submit().unwrap();
+    g.check().unwrap();
+}
+
+#[test]
+fn reshape_checks_the_element_count() {
+    let x = upload(&[2, 6], &[0.0; 12]);
+    assert_eq!(x.reshape(&[3, 4]).unwrap().shape(), &[3, 4]);
+    expect_err(x.reshape(&[5, 2]), "cannot view");
+}
