@@ -13,17 +13,30 @@ pub enum Error {
     #[error("could not open the GPU device: {0}")]
     Device(String),
     /// The GPU device was lost (driver reset, tab backgrounded, out of memory...).
-    #[error("the GPU device was lost ({0}); create a new device and resume from the last checkpoint")]
+    #[error(
+        "the GPU device was lost ({0}); create a new device and resume from the last checkpoint"
+    )]
     DeviceLost(String),
     /// Shapes that do not fit the operation, caught before anything reaches wgpu.
     #[error("{op}: {msg}")]
     Shape { op: &'static str, msg: String },
     /// A buffer that would exceed one of the device's limits.
     #[error("{what} needs {bytes} bytes, over this device's {limit_name} of {limit} bytes; use a smaller batch or model")]
-    TooLarge { what: String, bytes: u64, limit_name: &'static str, limit: u64 },
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit_name: &'static str,
+        limit: u64,
+    },
     /// A dispatch that would exceed the device's workgroup-count limit in every dimension.
-    #[error("{op}: {groups} workgroups exceed this device's dispatch limit ({limit}² per dispatch)")]
-    TooManyWorkgroups { op: &'static str, groups: u64, limit: u32 },
+    #[error(
+        "{op}: {groups} workgroups exceed this device's dispatch limit ({limit}² per dispatch)"
+    )]
+    TooManyWorkgroups {
+        op: &'static str,
+        groups: u64,
+        limit: u32,
+    },
     /// A validation or out-of-memory error reported by wgpu.
     #[error("GPU error: {0}")]
     Gpu(String),
@@ -34,7 +47,10 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn no_adapter_hint() -> &'static str {
@@ -50,5 +66,8 @@ fn no_adapter_hint() -> &'static str {
 
 /// Shorthand for a shape error.
 pub fn shape_err<T>(op: &'static str, msg: impl Into<String>) -> Result<T> {
-    Err(Error::Shape { op, msg: msg.into() })
+    Err(Error::Shape {
+        op,
+        msg: msg.into(),
+    })
 }

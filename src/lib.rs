@@ -1,6 +1,12 @@
 //! amad: Attention Map Alignment Distillation for image-captioning transformers, with every
 //! forward and backward pass in hand-written WGSL compute shaders on wgpu.
 
+// On the web wgpu's handles are !Send (one thread per worker), so an Arc of them is "not Send"
+// there; natively the same Arcs are shared across threads. One code path serves both.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod error;
 pub mod gpu;
 pub mod ops;
@@ -8,3 +14,5 @@ pub mod reference;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, Step, Tensor};
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -11,7 +11,10 @@ fn expect_err<T: std::fmt::Debug>(r: amad::Result<T>, needle: &str) {
         Ok(v) => panic!("expected an error mentioning {needle:?}, got Ok({v:?})"),
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains(needle), "error {msg:?} does not mention {needle:?}");
+            assert!(
+                msg.contains(needle),
+                "error {msg:?} does not mention {needle:?}"
+            );
         }
     }
 }
@@ -23,22 +26,44 @@ fn mismatched_shapes_are_errors() {
     let b = upload(&[5, 6], &[0.0; 30]);
     let v = upload(&[7], &[0.0; 7]);
     let mut s = g.step();
-    expect_err(matmul(&mut s, &a, &b, false, false, None), "inner dimensions differ");
+    expect_err(
+        matmul(&mut s, &a, &b, false, false, None),
+        "inner dimensions differ",
+    );
     expect_err(matmul(&mut s, &a, &v, false, false, None), "at least 2-D");
     expect_err(elementwise::add(&mut s, &a, &b), "shapes differ");
     expect_err(elementwise::bias_add(&mut s, &a, &v), "bias has 7 elements");
-    expect_err(layernorm::layernorm(&mut s, &a, &v, &v, 1e-5), "gamma has 7 elements");
-    expect_err(softmax::masked_softmax(&mut s, &a, 1.0, softmax::Masks::default()), "[batch, heads, q, k]");
+    expect_err(
+        layernorm::layernorm(&mut s, &a, &v, &v, 1e-5),
+        "gamma has 7 elements",
+    );
+    expect_err(
+        softmax::masked_softmax(&mut s, &a, 1.0, softmax::Masks::default()),
+        "[batch, heads, q, k]",
+    );
     let q = upload(&[2, 3, 8], &[0.0; 48]);
-    expect_err(attention::attention(&mut s, &q, &q, &q, 3, softmax::Masks::default()), "not divisible into 3 heads");
+    expect_err(
+        attention::attention(&mut s, &q, &q, &q, 3, softmax::Masks::default()),
+        "not divisible into 3 heads",
+    );
     let ids_f32 = upload(&[3], &[0.0; 3]);
-    expect_err(embedding::embedding(&mut s, &ids_f32, &a), "ids must be a u32 tensor");
+    expect_err(
+        embedding::embedding(&mut s, &ids_f32, &a),
+        "ids must be a u32 tensor",
+    );
     let targets = upload_u32(&[2], &[0, 1]);
-    expect_err(loss::cross_entropy(&mut s, &a, &targets), "targets must be u32 [3]");
-    expect_err(loss::kl_div(&mut s, &a, &a, &upload_u32(&[3], &[0, 1, 2]), 0.0), "temperature must be positive");
+    expect_err(
+        loss::cross_entropy(&mut s, &a, &targets),
+        "targets must be u32 [3]",
+    );
+    expect_err(
+        loss::kl_div(&mut s, &a, &a, &upload_u32(&[3], &[0, 1, 2]), 0.0),
+        "temperature must be positive",
+    );
     expect_err(s.upload(&[2, 2], &[1.0; 3]), "needs 4 elements");
     // Nothing invalid reached wgpu: the step still submits cleanly.
-    s.submit().expect("a step whose recordings all failed validation still submits");
+    s.submit()
+        .expect("a step whose recordings all failed validation still submits");
     g.check().expect("no GPU error was recorded");
 }
 
@@ -57,7 +82,9 @@ fn buffers_over_the_device_limit_name_the_limit() {
     let too_many = (g.max_binding() / 4 + 1) as usize;
     let mut s = g.step();
     match s.empty(&[too_many]) {
-        Err(Error::TooLarge { limit_name, .. }) => assert_eq!(limit_name, "max_storage_buffer_binding_size"),
+        Err(Error::TooLarge { limit_name, .. }) => {
+            assert_eq!(limit_name, "max_storage_buffer_binding_size")
+        }
         other => panic!("expected TooLarge, got {other:?}"),
     }
     expect_err(s.empty(&[usize::MAX / 2, 4]), "overflows");

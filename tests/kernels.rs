@@ -18,7 +18,11 @@ const FD_RTOL: f64 = 1e-6;
 fn add_bias_add_axpy() {
     let mut rng = Rng::new(1);
     let (x, y, b) = (rng.vec(3 * 70, 1.0), rng.vec(3 * 70, 1.0), rng.vec(70, 1.0));
-    let (tx, ty, tb) = (upload(&[3, 70], &x), upload(&[3, 70], &y), upload(&[70], &b));
+    let (tx, ty, tb) = (
+        upload(&[3, 70], &x),
+        upload(&[3, 70], &y),
+        upload(&[70], &b),
+    );
     let acc = upload(&[3, 70], &y);
     let got = run(|s| {
         let sum = add(s, &tx, &ty)?;
@@ -41,13 +45,30 @@ fn gelu_both_forms_forward_and_backward() {
     let mut x = rng.vec(1000, 4.0);
     x.extend([-20.0, -9.0, 0.0, 9.0, 20.0]);
     let dy = rng.vec(x.len(), 1.0);
-    for (kind, f, df) in [(Gelu::Erf, r::gelu_erf as fn(f64) -> f64, r::gelu_erf_grad as fn(f64) -> f64), (Gelu::Tanh, r::gelu_tanh, r::gelu_tanh_grad)] {
+    for (kind, f, df) in [
+        (
+            Gelu::Erf,
+            r::gelu_erf as fn(f64) -> f64,
+            r::gelu_erf_grad as fn(f64) -> f64,
+        ),
+        (Gelu::Tanh, r::gelu_tanh, r::gelu_tanh_grad),
+    ] {
         let want: Vec<f64> = x.iter().map(|&v| f(v)).collect();
         let want_dx: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * df(v)).collect();
         // Elementwise, so differentiate element by element: a finite difference of the whole
         // Σ dy·f(x) would bury 1e-8 of rounding noise from its 1,005 terms in each quotient.
-        let fd: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * (f(v + FD_EPS) - f(v - FD_EPS)) / (2.0 * FD_EPS)).collect();
-        assert_close64(&format!("{kind:?} grad vs finite differences"), &want_dx, &fd, FD_ATOL, FD_RTOL);
+        let fd: Vec<f64> = x
+            .iter()
+            .zip(&dy)
+            .map(|(&v, g)| g * (f(v + FD_EPS) - f(v - FD_EPS)) / (2.0 * FD_EPS))
+            .collect();
+        assert_close64(
+            &format!("{kind:?} grad vs finite differences"),
+            &want_dx,
+            &fd,
+            FD_ATOL,
+            FD_RTOL,
+        );
         let (tx, tdy) = (upload(&[x.len()], &x), upload(&[x.len()], &dy));
         let got = run(|s| Ok(vec![gelu(s, &tx, kind)?, gelu_bwd(s, &tx, &tdy, kind)?]));
         // erf by A&S 7.1.26 (error 1.5e-7) times |x| <= 20, plus f32 rounding: 4e-6 absolute.
@@ -62,14 +83,41 @@ fn layernorm_forward_and_backward() {
     let (rows, cols, eps) = (37, 48, 1e-5);
     // A large common offset checks the two-pass variance.
     let x: Vec<f64> = rng.vec(rows * cols, 2.0).iter().map(|v| v + 30.0).collect();
-    let (gamma, beta, dy) = (rng.vec(cols, 1.0), rng.vec(cols, 1.0), rng.vec(rows * cols, 1.0));
+    let (gamma, beta, dy) = (
+        rng.vec(cols, 1.0),
+        rng.vec(cols, 1.0),
+        rng.vec(rows * cols, 1.0),
+    );
     let (y, _) = r::layernorm(&x, &gamma, &beta, eps);
     let (dx, dg, db) = r::layernorm_bwd(&x, &gamma, &dy, eps);
     let lx = |x: &[f64], g: &[f64], b: &[f64]| dot(&dy, &r::layernorm(x, g, b, eps).0);
-    assert_close64("dx vs FD", &dx, &finite_diff(&x, FD_EPS, |x| lx(x, &gamma, &beta)), 1e-6, FD_RTOL);
-    assert_close64("dgamma vs FD", &dg, &finite_diff(&gamma, FD_EPS, |g| lx(&x, g, &beta)), FD_ATOL, FD_RTOL);
-    assert_close64("dbeta vs FD", &db, &finite_diff(&beta, FD_EPS, |b| lx(&x, &gamma, b)), FD_ATOL, FD_RTOL);
-    let (tx, tg, tb, tdy) = (upload(&[rows, cols], &x), upload(&[cols], &gamma), upload(&[cols], &beta), upload(&[rows, cols], &dy));
+    assert_close64(
+        "dx vs FD",
+        &dx,
+        &finite_diff(&x, FD_EPS, |x| lx(x, &gamma, &beta)),
+        1e-6,
+        FD_RTOL,
+    );
+    assert_close64(
+        "dgamma vs FD",
+        &dg,
+        &finite_diff(&gamma, FD_EPS, |g| lx(&x, g, &beta)),
+        FD_ATOL,
+        FD_RTOL,
+    );
+    assert_close64(
+        "dbeta vs FD",
+        &db,
+        &finite_diff(&beta, FD_EPS, |b| lx(&x, &gamma, b)),
+        FD_ATOL,
+        FD_RTOL,
+    );
+    let (tx, tg, tb, tdy) = (
+        upload(&[rows, cols], &x),
+        upload(&[cols], &gamma),
+        upload(&[cols], &beta),
+        upload(&[rows, cols], &dy),
+    );
     let got = run(|s| {
         let (y, stats) = layernorm::layernorm(s, &tx, &tg, &tb, eps as f32)?;
         let (dg, db) = (s.zeros(&[cols])?, s.zeros(&[cols])?);
@@ -117,20 +165,62 @@ fn attention_forward_and_backward_with_masks() {
         (true, true, (1, 4, 13, 13, 16)),
     ] {
         let a = r::AttnDims { b, h, tq, tk, d };
-        let (q, k, v, dout) = (rng.vec(b * tq * h * d, 1.0), rng.vec(b * tk * h * d, 1.0), rng.vec(b * tk * h * d, 1.0), rng.vec(b * tq * h * d, 1.0));
+        let (q, k, v, dout) = (
+            rng.vec(b * tq * h * d, 1.0),
+            rng.vec(b * tk * h * d, 1.0),
+            rng.vec(b * tk * h * d, 1.0),
+            rng.vec(b * tq * h * d, 1.0),
+        );
         // Batch 0 keeps all keys; batch 1 loses its last two.
-        let mask: Vec<f64> = (0..b * tk).map(|i| if padded && i / tk == 1 && i % tk >= tk - 2 { 0.0 } else { 1.0 }).collect();
-        let m = r::Masks { causal, key_mask: padded.then_some(&mask[..]) };
+        let mask: Vec<f64> = (0..b * tk)
+            .map(|i| {
+                if padded && i / tk == 1 && i % tk >= tk - 2 {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let m = r::Masks {
+            causal,
+            key_mask: padded.then_some(&mask[..]),
+        };
         let (out, probs) = r::attention(&q, &k, &v, a, m);
         let (dq, dk, dv) = r::attention_bwd(&q, &k, &v, &dout, a, m);
         let lq = |q: &[f64], k: &[f64], v: &[f64]| dot(&dout, &r::attention(q, k, v, a, m).0);
-        assert_close64("attention dq vs FD", &dq, &finite_diff(&q, FD_EPS, |x| lq(x, &k, &v)), FD_ATOL, FD_RTOL);
-        assert_close64("attention dk vs FD", &dk, &finite_diff(&k, FD_EPS, |x| lq(&q, x, &v)), FD_ATOL, FD_RTOL);
-        assert_close64("attention dv vs FD", &dv, &finite_diff(&v, FD_EPS, |x| lq(&q, &k, x)), FD_ATOL, FD_RTOL);
-        let (gq, gk, gv, gdo) = (upload(&[b, tq, h * d], &q), upload(&[b, tk, h * d], &k), upload(&[b, tk, h * d], &v), upload(&[b, tq, h * d], &dout));
+        assert_close64(
+            "attention dq vs FD",
+            &dq,
+            &finite_diff(&q, FD_EPS, |x| lq(x, &k, &v)),
+            FD_ATOL,
+            FD_RTOL,
+        );
+        assert_close64(
+            "attention dk vs FD",
+            &dk,
+            &finite_diff(&k, FD_EPS, |x| lq(&q, x, &v)),
+            FD_ATOL,
+            FD_RTOL,
+        );
+        assert_close64(
+            "attention dv vs FD",
+            &dv,
+            &finite_diff(&v, FD_EPS, |x| lq(&q, &k, x)),
+            FD_ATOL,
+            FD_RTOL,
+        );
+        let (gq, gk, gv, gdo) = (
+            upload(&[b, tq, h * d], &q),
+            upload(&[b, tk, h * d], &k),
+            upload(&[b, tk, h * d], &v),
+            upload(&[b, tq, h * d], &dout),
+        );
         let gmask = upload(&[b, tk], &mask);
         let got = run(|s| {
-            let masks = softmax::Masks { causal, key_mask: padded.then_some(&gmask) };
+            let masks = softmax::Masks {
+                causal,
+                key_mask: padded.then_some(&gmask),
+            };
             let (o, p) = attention::attention(s, &gq, &gk, &gv, h, masks)?;
             let (dq, dk, dv) = attention::attention_bwd(s, &gq, &gk, &gv, &p, &gdo, h)?;
             Ok(vec![o, p, dq, dk, dv])
@@ -163,7 +253,11 @@ fn embedding_lookup_and_scatter_add() {
     let want_d = r::embedding_bwd(&ids, &dout, vocab, dim);
     let fd = finite_diff(&table, FD_EPS, |t| dot(&dout, &r::embedding(&ids, t, dim)));
     assert_close64("embedding dtable vs FD", &want_d, &fd, FD_ATOL, FD_RTOL);
-    let (tt, tids, tdo) = (upload(&[vocab, dim], &table), upload_u32(&[ids.len()], &ids), upload(&[ids.len(), dim], &dout));
+    let (tt, tids, tdo) = (
+        upload(&[vocab, dim], &table),
+        upload_u32(&[ids.len()], &ids),
+        upload(&[ids.len(), dim], &dout),
+    );
     let got = run(|s| {
         let out = embedding::embedding(s, &tids, &tt)?;
         let d = s.zeros(&[vocab, dim])?;
@@ -187,9 +281,27 @@ fn cross_entropy_and_kl_with_ignored_rows() {
     let dce = r::cross_entropy_bwd(&zs, &targets, vocab, ign);
     let kl = r::kl_div(&zt, &zs, &targets, vocab, ign, temp);
     let dkl = r::kl_div_bwd(&zt, &zs, &targets, vocab, ign, temp);
-    assert_close64("CE grad vs FD", &dce, &finite_diff(&zs, FD_EPS, |z| r::cross_entropy(z, &targets, vocab, ign)), FD_ATOL, FD_RTOL);
-    assert_close64("KL grad vs FD", &dkl, &finite_diff(&zs, FD_EPS, |z| r::kl_div(&zt, z, &targets, vocab, ign, temp)), FD_ATOL, FD_RTOL);
-    let (ts, tt, ttg) = (upload(&[rows, vocab], &zs), upload(&[rows, vocab], &zt), upload_u32(&[rows], &targets));
+    assert_close64(
+        "CE grad vs FD",
+        &dce,
+        &finite_diff(&zs, FD_EPS, |z| r::cross_entropy(z, &targets, vocab, ign)),
+        FD_ATOL,
+        FD_RTOL,
+    );
+    assert_close64(
+        "KL grad vs FD",
+        &dkl,
+        &finite_diff(&zs, FD_EPS, |z| {
+            r::kl_div(&zt, z, &targets, vocab, ign, temp)
+        }),
+        FD_ATOL,
+        FD_RTOL,
+    );
+    let (ts, tt, ttg) = (
+        upload(&[rows, vocab], &zs),
+        upload(&[rows, vocab], &zt),
+        upload_u32(&[rows], &targets),
+    );
     let got = run(|s| {
         let (l, totals) = loss::cross_entropy(s, &ts, &ttg)?;
         let d = loss::cross_entropy_bwd(s, &ts, &ttg, &totals, 0.5)?;
@@ -226,7 +338,9 @@ fn sum_mean_and_their_backward() {
     assert_close("mean", &got[1], &[total / 1000.0], 1e-7, 0.0);
     // The backward of Σ and of the mean, checked against finite differences of those functions.
     let fd_sum = finite_diff(&x[..20], FD_EPS, |v| 3.0 * v.iter().sum::<f64>());
-    let fd_mean = finite_diff(&x[..20], FD_EPS, |v| 3.0 * (v.iter().sum::<f64>() + x[20..].iter().sum::<f64>()) / 1000.0);
+    let fd_mean = finite_diff(&x[..20], FD_EPS, |v| {
+        3.0 * (v.iter().sum::<f64>() + x[20..].iter().sum::<f64>()) / 1000.0
+    });
     assert_close("d sum", &got[2][..20], &fd_sum, 1e-6, 0.0);
     assert_close("d mean", &got[3][..20], &fd_mean, 1e-9, 1e-6);
 }
@@ -236,7 +350,13 @@ fn grad_norm_clipping_and_adamw_against_reference() {
     let mut rng = Rng::new(10);
     let (p1, g1) = (rng.vec(300, 1.0), rng.vec(300, 1.0));
     let (p2, g2) = (rng.vec(7, 1.0), rng.vec(7, 2.0));
-    let cfg = optim::AdamW { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+    let cfg = optim::AdamW {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
     let max_norm = 1.0;
     let (norm, scale) = r::clip_grad_norm(&[&g1, &g2], max_norm);
     assert!(scale < 1.0, "the test should exercise clipping");
@@ -246,19 +366,59 @@ fn grad_norm_clipping_and_adamw_against_reference() {
     let c1: Vec<f64> = g1.iter().map(|g| g * scale).collect();
     let c2: Vec<f64> = g2.iter().map(|g| g * scale).collect();
     for t in 1..=3 {
-        r::adamw(&mut rp1, &c1, &mut rm1, &mut rv1, 0.01, (0.9, 0.999), 1e-8, 0.1, t);
-        r::adamw(&mut rp2, &c2, &mut rm2, &mut rv2, 0.01, (0.9, 0.999), 1e-8, 0.1, t);
+        r::adamw(
+            &mut rp1,
+            &c1,
+            &mut rm1,
+            &mut rv1,
+            0.01,
+            (0.9, 0.999),
+            1e-8,
+            0.1,
+            t,
+        );
+        r::adamw(
+            &mut rp2,
+            &c2,
+            &mut rm2,
+            &mut rv2,
+            0.01,
+            (0.9, 0.999),
+            1e-8,
+            0.1,
+            t,
+        );
     }
     let g = gpu();
-    let (tp1, tg1, tp2, tg2) = (upload(&[300], &p1), upload(&[300], &g1), upload(&[7], &p2), upload(&[7], &g2));
-    let (m1, v1, m2, v2) = (upload(&[300], &[0.0; 300]), upload(&[300], &[0.0; 300]), upload(&[7], &[0.0; 7]), upload(&[7], &[0.0; 7]));
+    let (tp1, tg1, tp2, tg2) = (
+        upload(&[300], &p1),
+        upload(&[300], &g1),
+        upload(&[7], &p2),
+        upload(&[7], &g2),
+    );
+    let (m1, v1, m2, v2) = (
+        upload(&[300], &[0.0; 300]),
+        upload(&[300], &[0.0; 300]),
+        upload(&[7], &[0.0; 7]),
+        upload(&[7], &[0.0; 7]),
+    );
     let mut clip_out = vec![];
     for t in 1..=3 {
         let mut s = g.step();
         let clip = optim::clip_grad_norm(&mut s, &[&tg1, &tg2], max_norm as f32).unwrap();
         let slots = [
-            optim::Slot { param: &tp1, grad: &tg1, m: &m1, v: &v1 },
-            optim::Slot { param: &tp2, grad: &tg2, m: &m2, v: &v2 },
+            optim::Slot {
+                param: &tp1,
+                grad: &tg1,
+                m: &m1,
+                v: &v1,
+            },
+            optim::Slot {
+                param: &tp2,
+                grad: &tg2,
+                m: &m2,
+                v: &v2,
+            },
         ];
         optim::adamw(&mut s, &slots, &cfg, t, &clip).unwrap();
         s.submit().unwrap();
@@ -267,23 +427,73 @@ fn grad_norm_clipping_and_adamw_against_reference() {
     // Sum of 307 squares in f32: 1e-5 relative.
     assert_close("grad norm and scale", &clip_out, &[norm, scale], 0.0, 1e-5);
     // Three AdamW steps of size ~lr: 1e-6 absolute.
-    assert_close("adamw params", &pollster::block_on(tp1.read(g)).unwrap(), &rp1, 1e-6, 1e-5);
-    assert_close("adamw m", &pollster::block_on(m1.read(g)).unwrap(), &rm1, 1e-6, 1e-5);
-    assert_close("adamw v", &pollster::block_on(v1.read(g)).unwrap(), &rv1, 1e-7, 1e-5);
-    assert_close("adamw params (second tensor)", &pollster::block_on(tp2.read(g)).unwrap(), &rp2, 1e-6, 1e-5);
-    assert_close("adamw m (second tensor)", &pollster::block_on(m2.read(g)).unwrap(), &rm2, 1e-6, 1e-5);
-    assert_close("adamw v (second tensor)", &pollster::block_on(v2.read(g)).unwrap(), &rv2, 1e-7, 1e-5);
+    assert_close(
+        "adamw params",
+        &pollster::block_on(tp1.read(g)).unwrap(),
+        &rp1,
+        1e-6,
+        1e-5,
+    );
+    assert_close(
+        "adamw m",
+        &pollster::block_on(m1.read(g)).unwrap(),
+        &rm1,
+        1e-6,
+        1e-5,
+    );
+    assert_close(
+        "adamw v",
+        &pollster::block_on(v1.read(g)).unwrap(),
+        &rv1,
+        1e-7,
+        1e-5,
+    );
+    assert_close(
+        "adamw params (second tensor)",
+        &pollster::block_on(tp2.read(g)).unwrap(),
+        &rp2,
+        1e-6,
+        1e-5,
+    );
+    assert_close(
+        "adamw m (second tensor)",
+        &pollster::block_on(m2.read(g)).unwrap(),
+        &rm2,
+        1e-6,
+        1e-5,
+    );
+    assert_close(
+        "adamw v (second tensor)",
+        &pollster::block_on(v2.read(g)).unwrap(),
+        &rv2,
+        1e-7,
+        1e-5,
+    );
 }
 
 #[test]
 fn image_resize_and_patchify() {
     let mut rng = Rng::new(12);
-    let cfg = image::Preprocess { size: (16, 16), patch: 4, rescale: 1.0 / 255.0, mean: [0.5, 0.4, 0.3], std: [0.5, 0.25, 0.2] };
+    let cfg = image::Preprocess {
+        size: (16, 16),
+        patch: 4,
+        rescale: 1.0 / 255.0,
+        mean: [0.5, 0.4, 0.3],
+        std: [0.5, 0.25, 0.2],
+    };
     // Shrinking (antialiased), growing, and a non-square aspect.
     for (h, w) in [(40, 50), (7, 5), (16, 16), (1, 1)] {
         let rgba: Vec<u32> = (0..h * w).map(|_| rng.next_u64() as u32).collect();
         let pix = r::image::resize(&rgba, h, w, 16, 16);
-        let want = r::image::normalize_patchify(&pix, 16, 16, 4, 1.0 / 255.0, [0.5, 0.4, 0.3], [0.5, 0.25, 0.2]);
+        let want = r::image::normalize_patchify(
+            &pix,
+            16,
+            16,
+            4,
+            1.0 / 255.0,
+            [0.5, 0.4, 0.3],
+            [0.5, 0.25, 0.2],
+        );
         let t = upload_u32(&[h, w], &rgba);
         let got = run(|s| {
             let pixels = image::resize(s, &t, 16, 16)?;
@@ -291,8 +501,16 @@ fn image_resize_and_patchify() {
             Ok(vec![pixels, patches])
         });
         // Each pass rounds to integers; f32 weights may flip a value sitting at .5 by one level.
-        let off: usize = got[0].iter().zip(&pix).filter(|(g, w)| (**g as f64 - **w).abs() > 0.0).count();
-        assert!(off * 50 <= pix.len(), "{h}x{w}: {off} of {} resized values differ", pix.len());
+        let off: usize = got[0]
+            .iter()
+            .zip(&pix)
+            .filter(|(g, w)| (**g as f64 - **w).abs() > 0.0)
+            .count();
+        assert!(
+            off * 50 <= pix.len(),
+            "{h}x{w}: {off} of {} resized values differ",
+            pix.len()
+        );
         assert_close(&format!("{h}x{w} resize"), &got[0], &pix, 1.0, 0.0);
         // One level is 1/255/std <= 0.02 after normalisation.
         assert_close(&format!("{h}x{w} patches"), &got[1], &want, 0.021, 0.0);

@@ -13,21 +13,59 @@ fn tol(k: usize) -> f64 {
     4e-6 * k as f64
 }
 
-fn check(seed: u64, batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: bool, b_shared: bool, bias: bool) {
+#[allow(clippy::too_many_arguments)]
+fn check(
+    seed: u64,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    b_shared: bool,
+    bias: bool,
+) {
     let mut rng = Rng::new(seed);
     let a = rng.vec(batch * m * k, 1.0);
     let nb = if b_shared { k * n } else { batch * k * n };
     let b = rng.vec(nb, 1.0);
     let bv = rng.vec(n, 1.0);
-    let want = r::matmul(&a, &b, bias.then_some(&bv[..]), batch, m, n, k, ta, tb, b_shared);
-    let a_shape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+    let want = r::matmul(
+        &a,
+        &b,
+        bias.then_some(&bv[..]),
+        batch,
+        m,
+        n,
+        k,
+        ta,
+        tb,
+        b_shared,
+    );
+    let a_shape = if ta {
+        vec![batch, k, m]
+    } else {
+        vec![batch, m, k]
+    };
     let mut b_shape = if tb { vec![n, k] } else { vec![k, n] };
     if !b_shared {
         b_shape.insert(0, batch);
     }
-    let (ta_, tb_, bt) = (upload(&a_shape, &a), upload(&b_shape, &b), upload(&[n], &bv));
+    let (ta_, tb_, bt) = (
+        upload(&a_shape, &a),
+        upload(&b_shape, &b),
+        upload(&[n], &bv),
+    );
     let got = run(|s| Ok(vec![matmul(s, &ta_, &tb_, ta, tb, bias.then_some(&bt))?]));
-    assert_close(&format!("matmul b={batch} m={m} n={n} k={k} ta={ta} tb={tb} shared={b_shared} bias={bias}"), &got[0], &want, tol(k), 1e-5);
+    assert_close(
+        &format!(
+            "matmul b={batch} m={m} n={n} k={k} ta={ta} tb={tb} shared={b_shared} bias={bias}"
+        ),
+        &got[0],
+        &want,
+        tol(k),
+        1e-5,
+    );
 }
 
 #[test]
@@ -36,7 +74,11 @@ fn random_shapes_all_transposes() {
     for case in 0..40u64 {
         let (m, n, k) = (1 + rng.below(130), 1 + rng.below(130), 1 + rng.below(70));
         // Every fourth case uses multiples of 4 so the vec4 kernel runs too.
-        let (m, n, k) = if case % 4 == 0 { (m.div_ceil(4) * 4, n.div_ceil(4) * 4, k.div_ceil(4) * 4) } else { (m, n, k) };
+        let (m, n, k) = if case % 4 == 0 {
+            (m.div_ceil(4) * 4, n.div_ceil(4) * 4, k.div_ceil(4) * 4)
+        } else {
+            (m, n, k)
+        };
         let batch = 1 + rng.below(3);
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             check(case, batch, m, n, k, ta, tb, case % 3 == 0, case % 2 == 0);
@@ -46,7 +88,16 @@ fn random_shapes_all_transposes() {
 
 #[test]
 fn awkward_sizes() {
-    for (m, n, k) in [(1, 1, 1), (1, 7, 1), (5, 1, 3), (63, 65, 17), (64, 64, 64), (65, 67, 129), (4, 4, 5), (8, 12, 6)] {
+    for (m, n, k) in [
+        (1, 1, 1),
+        (1, 7, 1),
+        (5, 1, 3),
+        (63, 65, 17),
+        (64, 64, 64),
+        (65, 67, 129),
+        (4, 4, 5),
+        (8, 12, 6),
+    ] {
         for (ta, tb) in [(false, false), (true, true), (true, false), (false, true)] {
             check(1000 + m as u64, 2, m, n, k, ta, tb, false, true);
         }
@@ -76,16 +127,38 @@ fn strided_views_and_accumulate() {
     let q = rng.vec(b * t * h * d, 1.0);
     let kk = rng.vec(b * t * h * d, 1.0);
     let c0 = rng.vec(b * h * t * t, 1.0);
-    let (tq, tk, tc) = (upload(&[b, t, h * d], &q), upload(&[b, t, h * d], &kk), upload(&[b, h, t, t], &c0));
+    let (tq, tk, tc) = (
+        upload(&[b, t, h * d], &q),
+        upload(&[b, t, h * d], &kk),
+        upload(&[b, h, t, t], &c0),
+    );
     let got = run(|s| {
         Gemm {
             m: t,
             n: t,
             k: d,
             batch: [b, h],
-            a: View { t: &tq, off: 0, rs: h * d, cs: 1, bs: [t * h * d, d] },
-            b: View { t: &tk, off: 0, rs: 1, cs: h * d, bs: [t * h * d, d] },
-            c: View { t: &tc, off: 0, rs: t, cs: 1, bs: [h * t * t, t * t] },
+            a: View {
+                t: &tq,
+                off: 0,
+                rs: h * d,
+                cs: 1,
+                bs: [t * h * d, d],
+            },
+            b: View {
+                t: &tk,
+                off: 0,
+                rs: 1,
+                cs: h * d,
+                bs: [t * h * d, d],
+            },
+            c: View {
+                t: &tc,
+                off: 0,
+                rs: t,
+                cs: 1,
+                bs: [h * t * t, t * t],
+            },
             bias: None,
             alpha: 0.5,
             accumulate: true,
@@ -98,7 +171,12 @@ fn strided_views_and_accumulate() {
         for hi in 0..h {
             for i in 0..t {
                 for j in 0..t {
-                    let dot: f64 = (0..d).map(|x| q[(bi * t + i) * h * d + hi * d + x] * kk[(bi * t + j) * h * d + hi * d + x]).sum();
+                    let dot: f64 = (0..d)
+                        .map(|x| {
+                            q[(bi * t + i) * h * d + hi * d + x]
+                                * kk[(bi * t + j) * h * d + hi * d + x]
+                        })
+                        .sum();
                     want[((bi * h + hi) * t + i) * t + j] += 0.5 * dot;
                 }
             }
@@ -113,15 +191,47 @@ fn backward_matches_reference_and_finite_differences() {
     // transposed-operand matmuls the model's backward uses.
     let (m, k, n) = (9, 6, 5);
     let mut rng = Rng::new(5);
-    let (x, w, bias, g) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0), rng.vec(n, 1.0), rng.vec(m * n, 1.0));
+    let (x, w, bias, g) = (
+        rng.vec(m * k, 1.0),
+        rng.vec(k * n, 1.0),
+        rng.vec(n, 1.0),
+        rng.vec(m * n, 1.0),
+    );
     let dx_ref = r::matmul(&g, &w, None, 1, m, k, n, false, true, false);
     let dw_ref = r::matmul(&x, &g, None, 1, k, n, m, true, false, false);
     let db_ref = r::sum_columns(&g, n);
-    let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&g, &r::matmul(x, w, Some(b), 1, m, n, k, false, false, false));
-    assert_close64("dX vs finite differences", &dx_ref, &finite_diff(&x, 1e-6, |x| loss(x, &w, &bias)), 1e-7, 1e-7);
-    assert_close64("dW vs finite differences", &dw_ref, &finite_diff(&w, 1e-6, |w| loss(&x, w, &bias)), 1e-7, 1e-7);
-    assert_close64("db vs finite differences", &db_ref, &finite_diff(&bias, 1e-6, |b| loss(&x, &w, b)), 1e-7, 1e-7);
-    let (tx, tw, tg) = (upload(&[m, k], &x), upload(&[k, n], &w), upload(&[m, n], &g));
+    let loss = |x: &[f64], w: &[f64], b: &[f64]| {
+        dot(
+            &g,
+            &r::matmul(x, w, Some(b), 1, m, n, k, false, false, false),
+        )
+    };
+    assert_close64(
+        "dX vs finite differences",
+        &dx_ref,
+        &finite_diff(&x, 1e-6, |x| loss(x, &w, &bias)),
+        1e-7,
+        1e-7,
+    );
+    assert_close64(
+        "dW vs finite differences",
+        &dw_ref,
+        &finite_diff(&w, 1e-6, |w| loss(&x, w, &bias)),
+        1e-7,
+        1e-7,
+    );
+    assert_close64(
+        "db vs finite differences",
+        &db_ref,
+        &finite_diff(&bias, 1e-6, |b| loss(&x, &w, b)),
+        1e-7,
+        1e-7,
+    );
+    let (tx, tw, tg) = (
+        upload(&[m, k], &x),
+        upload(&[k, n], &w),
+        upload(&[m, n], &g),
+    );
     let got = run(|s| {
         let dx = matmul(s, &tg, &tw, false, true, None)?;
         let dw = matmul(s, &tx, &tg, true, false, None)?;

@@ -136,7 +136,9 @@ impl Gpu {
 
     /// Largest buffer this device can bind as storage.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// Splits a linear workgroup count into (x, y) within the per-dimension limit; kernels
@@ -148,7 +150,11 @@ impl Gpu {
         }
         let y = groups.div_ceil(max as u64);
         if y > max as u64 {
-            return Err(Error::TooManyWorkgroups { op, groups, limit: max });
+            return Err(Error::TooManyWorkgroups {
+                op,
+                groups,
+                limit: max,
+            });
         }
         Ok((max, y as u32))
     }

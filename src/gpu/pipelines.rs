@@ -27,8 +27,18 @@ pub struct Kernel {
 
 impl Kernel {
     /// A kernel without override constants, named after its entry point (unique across families).
-    pub const fn new(family: &'static str, entry: &'static str, bindings: &'static [Access]) -> Kernel {
-        Kernel { name: entry, family, entry, bindings, constants: &[] }
+    pub const fn new(
+        family: &'static str,
+        entry: &'static str,
+        bindings: &'static [Access],
+    ) -> Kernel {
+        Kernel {
+            name: entry,
+            family,
+            entry,
+            bindings,
+            constants: &[],
+        }
     }
 }
 
@@ -55,10 +65,11 @@ impl Gpu {
                 .entry(k.family)
                 .or_insert_with(|| {
                     let src = crate::ops::shader_source(k.family);
-                    self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(k.family),
-                        source: wgpu::ShaderSource::Wgsl(src.into()),
-                    })
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(k.family),
+                            source: wgpu::ShaderSource::Wgsl(src.into()),
+                        })
                 })
                 .clone()
         };
@@ -77,35 +88,47 @@ impl Gpu {
                 binding: i as u32 + 1,
                 visibility: wgpu::ShaderStages::COMPUTE,
                 ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: *a == Access::Read },
+                    ty: wgpu::BufferBindingType::Storage {
+                        read_only: *a == Access::Read,
+                    },
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },
                 count: None,
             });
         }
-        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(k.entry),
-            entries: &entries,
-        });
-        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(k.entry),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(k.name),
-            layout: Some(&pl),
-            module: &module,
-            entry_point: Some(k.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: k.constants,
-                ..Default::default()
-            },
-            cache: None,
-        });
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(k.entry),
+                entries: &entries,
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(k.entry),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(k.name),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(k.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: k.constants,
+                    ..Default::default()
+                },
+                cache: None,
+            });
         let built = std::sync::Arc::new(Built { pipeline, layout });
-        self.pipelines.built.lock().unwrap().insert(k.name, built.clone());
+        self.pipelines
+            .built
+            .lock()
+            .unwrap()
+            .insert(k.name, built.clone());
         built
     }
 }

@@ -76,7 +76,10 @@ impl<'g> Step<'g> {
                     mapped_at_creation: false,
                 })
             });
-            self.chunks.push(Chunk { buffer, data: Vec::with_capacity(CHUNK as usize) });
+            self.chunks.push(Chunk {
+                buffer,
+                data: Vec::with_capacity(CHUNK as usize),
+            });
         }
         let idx = self.chunks.len() - 1;
         let c = &mut self.chunks[idx];
@@ -105,7 +108,12 @@ impl<'g> Step<'g> {
         // A buffer written by a dispatch may not be bound twice in it (WebGPU forbids writable
         // aliasing); catch it here with a message instead of a validation error.
         for (i, (a, t)) in kernel.bindings.iter().zip(tensors).enumerate() {
-            if *a == Access::ReadWrite && tensors.iter().enumerate().any(|(j, u)| j != i && u.same_buffer(t)) {
+            if *a == Access::ReadWrite
+                && tensors
+                    .iter()
+                    .enumerate()
+                    .any(|(j, u)| j != i && u.same_buffer(t))
+            {
                 return Err(Error::Invalid(format!(
                     "kernel {}: output buffer {i} is also bound as another argument",
                     kernel.entry
@@ -113,7 +121,10 @@ impl<'g> Step<'g> {
             }
         }
         let bytes = bytemuck::bytes_of(params);
-        debug_assert!(bytes.len() as u64 <= MAX_PARAMS, "parameter block too large");
+        debug_assert!(
+            bytes.len() as u64 <= MAX_PARAMS,
+            "parameter block too large"
+        );
         let (ci, off) = self.place_params(bytes);
         let built = self.gpu.pipeline(kernel);
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -130,14 +141,20 @@ impl<'g> Step<'g> {
                 resource: t.buffer().as_entire_binding(),
             });
         }
-        let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry),
-            layout: &built.layout,
-            entries: &entries,
-        });
+        let bind_group = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry),
+                layout: &built.layout,
+                entries: &entries,
+            });
         if self.pass.is_none() {
             let enc = self.encoder.as_mut().expect("encoder present until submit");
-            self.pass = Some(enc.begin_compute_pass(&Default::default()).forget_lifetime());
+            self.pass = Some(
+                enc.begin_compute_pass(&Default::default())
+                    .forget_lifetime(),
+            );
         }
         let pass = self.pass.as_mut().unwrap();
         pass.set_pipeline(&built.pipeline);
@@ -192,16 +209,24 @@ impl<'g> Step<'g> {
         if t.bytes() != bytes.len() as u64 {
             return Err(Error::Shape {
                 op: "upload",
-                msg: format!("shape {shape:?} needs {} elements, got {}", t.numel(), bytes.len() / 4),
+                msg: format!(
+                    "shape {shape:?} needs {} elements, got {}",
+                    t.numel(),
+                    bytes.len() / 4
+                ),
             });
         }
         use wgpu::util::DeviceExt;
-        let staging = self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("upload"),
-            contents: bytes,
-            usage: wgpu::BufferUsages::COPY_SRC,
-        });
-        self.encoder().copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, bytes.len() as u64);
+        let staging = self
+            .gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("upload"),
+                contents: bytes,
+                usage: wgpu::BufferUsages::COPY_SRC,
+            });
+        self.encoder()
+            .copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, bytes.len() as u64);
         Ok(t)
     }
 
@@ -214,7 +239,8 @@ impl<'g> Step<'g> {
             });
         }
         let size = src.bytes();
-        self.encoder().copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, size);
+        self.encoder()
+            .copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, size);
         Ok(())
     }
 

@@ -25,7 +25,12 @@ pub(super) struct BufferPool {
 
 impl BufferPool {
     pub(super) fn pooled_bytes(&self) -> u64 {
-        self.free.lock().unwrap().iter().map(|(k, v)| k * v.len() as u64).sum()
+        self.free
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| k * v.len() as u64)
+            .sum()
     }
 }
 
@@ -38,7 +43,12 @@ struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.free.lock().unwrap().entry(self.bytes).or_default().push(self.buffer.clone());
+            pool.free
+                .lock()
+                .unwrap()
+                .entry(self.bytes)
+                .or_default()
+                .push(self.buffer.clone());
         }
     }
 }
@@ -71,10 +81,12 @@ impl Tensor {
             });
         }
         let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
-        let bytes = numel.and_then(|n| n.checked_mul(4)).ok_or_else(|| Error::Shape {
-            op: "tensor",
-            msg: format!("{what}: shape {shape:?} overflows"),
-        })?;
+        let bytes = numel
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(|| Error::Shape {
+                op: "tensor",
+                msg: format!("{what}: shape {shape:?} overflows"),
+            })?;
         if bytes > gpu.max_binding() {
             return Err(Error::TooLarge {
                 what: format!("{what} {shape:?}"),
@@ -89,7 +101,13 @@ impl Tensor {
     /// A tensor with undefined contents, from the pool when a buffer of its size class is free.
     pub(crate) fn alloc(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let bytes = size_class(Self::check_shape(gpu, shape, "tensor")?);
-        let reused = gpu.pool.free.lock().unwrap().get_mut(&bytes).and_then(|v| v.pop());
+        let reused = gpu
+            .pool
+            .free
+            .lock()
+            .unwrap()
+            .get_mut(&bytes)
+            .and_then(|v| v.pop());
         let buffer = match reused {
             Some(b) => b,
             None => gpu.device.create_buffer(&wgpu::BufferDescriptor {
@@ -100,7 +118,11 @@ impl Tensor {
             }),
         };
         Ok(Tensor {
-            inner: Arc::new(Pooled { buffer, bytes, pool: Arc::downgrade(&gpu.pool) }),
+            inner: Arc::new(Pooled {
+                buffer,
+                bytes,
+                pool: Arc::downgrade(&gpu.pool),
+            }),
             shape: shape.to_vec(),
             dtype,
         })
@@ -109,15 +131,33 @@ impl Tensor {
     /// Uploads data outside any step. The buffer is new (never a pooled one a pending encoder might
     /// still read), created already holding the data; it joins the pool when dropped.
     pub fn from_slice(gpu: &Gpu, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        Self::upload_new(gpu, shape, bytemuck::cast_slice(data), data.len(), DType::F32)
+        Self::upload_new(
+            gpu,
+            shape,
+            bytemuck::cast_slice(data),
+            data.len(),
+            DType::F32,
+        )
     }
 
     /// Like [`Tensor::from_slice`] for u32 data (token ids, indices).
     pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32]) -> Result<Tensor> {
-        Self::upload_new(gpu, shape, bytemuck::cast_slice(data), data.len(), DType::U32)
+        Self::upload_new(
+            gpu,
+            shape,
+            bytemuck::cast_slice(data),
+            data.len(),
+            DType::U32,
+        )
     }
 
-    fn upload_new(gpu: &Gpu, shape: &[usize], bytes: &[u8], len: usize, dtype: DType) -> Result<Tensor> {
+    fn upload_new(
+        gpu: &Gpu,
+        shape: &[usize],
+        bytes: &[u8],
+        len: usize,
+        dtype: DType,
+    ) -> Result<Tensor> {
         let want = Self::check_shape(gpu, shape, "upload")?;
         if want != len as u64 * 4 {
             return Err(Error::Shape {
@@ -133,12 +173,19 @@ impl Tensor {
             mapped_at_creation: true,
         });
         {
-            let mut view = buffer.slice(..).get_mapped_range_mut().map_err(|e| Error::Gpu(e.to_string()))?;
+            let mut view = buffer
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
             view.slice(..bytes.len()).copy_from_slice(bytes);
         }
         buffer.unmap();
         Ok(Tensor {
-            inner: Arc::new(Pooled { buffer, bytes: size, pool: Arc::downgrade(&gpu.pool) }),
+            inner: Arc::new(Pooled {
+                buffer,
+                bytes: size,
+                pool: Arc::downgrade(&gpu.pool),
+            }),
             shape: shape.to_vec(),
             dtype,
         })
@@ -173,7 +220,11 @@ impl Tensor {
                 msg: format!("cannot view {:?} as {shape:?}", self.shape),
             });
         }
-        Ok(Tensor { inner: self.inner.clone(), shape: shape.to_vec(), dtype: self.dtype })
+        Ok(Tensor {
+            inner: self.inner.clone(),
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
     }
 
     /// Reads the tensor back as f32 (async: on wasm it awaits the browser, natively it polls).

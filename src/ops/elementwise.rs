@@ -22,12 +22,20 @@ struct Params {
 }
 
 fn params(op: &'static str, n: usize, cols: usize, alpha: f32) -> Result<Params> {
-    Ok(Params { n: u32_of(op, "elements", n)?, cols: u32_of(op, "cols", cols)?, alpha, _pad: 0 })
+    Ok(Params {
+        n: u32_of(op, "elements", n)?,
+        cols: u32_of(op, "cols", cols)?,
+        alpha,
+        _pad: 0,
+    })
 }
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return shape_err(op, format!("shapes differ: {:?} and {:?}", a.shape(), b.shape()));
+        return shape_err(
+            op,
+            format!("shapes differ: {:?} and {:?}", a.shape(), b.shape()),
+        );
     }
     Ok(())
 }
@@ -37,7 +45,12 @@ pub fn add(step: &mut Step, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     same_shape("add", x, y)?;
     let out = step.empty(x.shape())?;
     let n = x.numel();
-    step.dispatch_linear(&ADD, &params("add", n, 1, 1.0)?, &[x, y, &out], groups(n, 256))?;
+    step.dispatch_linear(
+        &ADD,
+        &params("add", n, 1, 1.0)?,
+        &[x, y, &out],
+        groups(n, 256),
+    )?;
     Ok(out)
 }
 
@@ -46,11 +59,23 @@ pub fn add(step: &mut Step, x: &Tensor, y: &Tensor) -> Result<Tensor> {
 pub fn bias_add(step: &mut Step, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let cols = *x.shape().last().unwrap_or(&0);
     if bias.numel() != cols {
-        return shape_err("bias_add", format!("bias has {} elements, x {:?} rows are {cols} wide", bias.numel(), x.shape()));
+        return shape_err(
+            "bias_add",
+            format!(
+                "bias has {} elements, x {:?} rows are {cols} wide",
+                bias.numel(),
+                x.shape()
+            ),
+        );
     }
     let out = step.empty(x.shape())?;
     let n = x.numel();
-    step.dispatch_linear(&BIAS_ADD, &params("bias_add", n, cols, 1.0)?, &[x, bias, &out], groups(n, 256))?;
+    step.dispatch_linear(
+        &BIAS_ADD,
+        &params("bias_add", n, cols, 1.0)?,
+        &[x, bias, &out],
+        groups(n, 256),
+    )?;
     Ok(out)
 }
 
@@ -58,7 +83,12 @@ pub fn bias_add(step: &mut Step, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 pub fn axpy(step: &mut Step, acc: &Tensor, x: &Tensor, alpha: f32) -> Result<()> {
     same_shape("axpy", acc, x)?;
     let n = x.numel();
-    step.dispatch_linear(&AXPY, &params("axpy", n, 1, alpha)?, &[x, x, acc], groups(n, 256))
+    step.dispatch_linear(
+        &AXPY,
+        &params("axpy", n, 1, alpha)?,
+        &[x, x, acc],
+        groups(n, 256),
+    )
 }
 
 /// Which GELU: the exact one (ViT) or GPT-2's tanh approximation.
@@ -76,7 +106,12 @@ pub fn gelu(step: &mut Step, x: &Tensor, kind: Gelu) -> Result<Tensor> {
     };
     let out = step.empty(x.shape())?;
     let n = x.numel();
-    step.dispatch_linear(k, &params("gelu", n, 1, 1.0)?, &[x, x, &out], groups(n, 256))?;
+    step.dispatch_linear(
+        k,
+        &params("gelu", n, 1, 1.0)?,
+        &[x, x, &out],
+        groups(n, 256),
+    )?;
     Ok(out)
 }
 
@@ -89,6 +124,11 @@ pub fn gelu_bwd(step: &mut Step, x: &Tensor, dy: &Tensor, kind: Gelu) -> Result<
     };
     let out = step.empty(x.shape())?;
     let n = x.numel();
-    step.dispatch_linear(k, &params("gelu_bwd", n, 1, 1.0)?, &[x, dy, &out], groups(n, 256))?;
+    step.dispatch_linear(
+        k,
+        &params("gelu_bwd", n, 1, 1.0)?,
+        &[x, dy, &out],
+        groups(n, 256),
+    )?;
     Ok(out)
 }

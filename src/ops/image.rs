@@ -37,7 +37,10 @@ pub struct Preprocess {
 pub fn resize(step: &mut Step, rgba: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     let s = rgba.shape();
     if rgba.dtype() != DType::U32 || s.len() != 2 {
-        return shape_err("resize", format!("pixels must be u32 [h, w], got {:?} {s:?}", rgba.dtype()));
+        return shape_err(
+            "resize",
+            format!("pixels must be u32 [h, w], got {:?} {s:?}", rgba.dtype()),
+        );
     }
     let p = Params {
         in_h: u32_of("resize", "height", s[0])?,
@@ -58,10 +61,14 @@ pub fn resize(step: &mut Step, rgba: &Tensor, out_h: usize, out_w: usize) -> Res
 pub fn normalize_patchify(step: &mut Step, pixels: &Tensor, cfg: &Preprocess) -> Result<Tensor> {
     let s = pixels.shape();
     let pt = cfg.patch;
-    if s.len() != 3 || s[2] != 3 || pt == 0 || s[0] % pt != 0 || s[1] % pt != 0 {
-        return shape_err("patchify", format!("pixels {s:?} are not [h, w, 3] with h and w multiples of the patch size {pt}"));
+    if s.len() != 3 || s[2] != 3 || pt == 0 || !s[0].is_multiple_of(pt) || !s[1].is_multiple_of(pt)
+    {
+        return shape_err(
+            "patchify",
+            format!("pixels {s:?} are not [h, w, 3] with h and w multiples of the patch size {pt}"),
+        );
     }
-    if cfg.std.iter().any(|&v| v == 0.0) {
+    if cfg.std.contains(&0.0) {
         return shape_err("patchify", "image_std has a zero entry");
     }
     let p = Params {

@@ -20,21 +20,42 @@ struct Params {
 fn dims(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
     let cols = *x.shape().last().unwrap_or(&0);
     if gamma.numel() != cols {
-        return shape_err("layernorm", format!("gamma has {} elements, rows of x {:?} are {cols} wide", gamma.numel(), x.shape()));
+        return shape_err(
+            "layernorm",
+            format!(
+                "gamma has {} elements, rows of x {:?} are {cols} wide",
+                gamma.numel(),
+                x.shape()
+            ),
+        );
     }
     Ok((x.numel() / cols, cols))
 }
 
 /// y = LayerNorm(x) over the last dimension. Returns y and the per-row (mean, rstd) the backward
 /// needs, as [rows, 2].
-pub fn layernorm(step: &mut Step, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+pub fn layernorm(
+    step: &mut Step,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
     let (rows, cols) = dims(x, gamma)?;
     if beta.numel() != cols {
-        return shape_err("layernorm", format!("beta has {} elements, expected {cols}", beta.numel()));
+        return shape_err(
+            "layernorm",
+            format!("beta has {} elements, expected {cols}", beta.numel()),
+        );
     }
     let y = step.empty(x.shape())?;
     let stats = step.empty(&[rows, 2])?;
-    let p = Params { rows: u32_of("layernorm", "rows", rows)?, cols: cols as u32, eps, _pad: 0 };
+    let p = Params {
+        rows: u32_of("layernorm", "rows", rows)?,
+        cols: cols as u32,
+        eps,
+        _pad: 0,
+    };
     step.dispatch_linear(&FWD, &p, &[x, gamma, beta, &y, &stats], groups(rows, 256))?;
     Ok((y, stats))
 }
@@ -50,7 +71,11 @@ pub fn layernorm_bwd(
     dbeta: &Tensor,
 ) -> Result<Tensor> {
     let (rows, cols) = dims(x, gamma)?;
-    if dy.shape() != x.shape() || stats.numel() != rows * 2 || dgamma.numel() != cols || dbeta.numel() != cols {
+    if dy.shape() != x.shape()
+        || stats.numel() != rows * 2
+        || dgamma.numel() != cols
+        || dbeta.numel() != cols
+    {
         return shape_err(
             "layernorm_bwd",
             format!(
@@ -64,8 +89,18 @@ pub fn layernorm_bwd(
         );
     }
     let dx = step.empty(x.shape())?;
-    let p = Params { rows: u32_of("layernorm_bwd", "rows", rows)?, cols: cols as u32, eps: 0.0, _pad: 0 };
+    let p = Params {
+        rows: u32_of("layernorm_bwd", "rows", rows)?,
+        cols: cols as u32,
+        eps: 0.0,
+        _pad: 0,
+    };
     step.dispatch_linear(&BWD_X, &p, &[x, gamma, dy, stats, &dx], groups(rows, 256))?;
-    step.dispatch_linear(&BWD_PARAMS, &p, &[x, dgamma, dy, stats, dbeta], groups(cols, 256))?;
+    step.dispatch_linear(
+        &BWD_PARAMS,
+        &p,
+        &[x, dgamma, dy, stats, dbeta],
+        groups(cols, 256),
+    )?;
     Ok(dx)
 }

@@ -28,13 +28,27 @@ struct Params {
     _pad1: [u32; 2],
 }
 
-fn params(op: &'static str, logits: &Tensor, targets: &Tensor, inv_t: f32, grad: f32) -> Result<Params> {
+fn params(
+    op: &'static str,
+    logits: &Tensor,
+    targets: &Tensor,
+    inv_t: f32,
+    grad: f32,
+) -> Result<Params> {
     let s = logits.shape();
     if s.len() != 2 {
         return shape_err(op, format!("logits must be [rows, vocab], got {s:?}"));
     }
     if targets.dtype() != DType::U32 || targets.numel() != s[0] {
-        return shape_err(op, format!("targets must be u32 [{}], got {:?} {:?}", s[0], targets.dtype(), targets.shape()));
+        return shape_err(
+            op,
+            format!(
+                "targets must be u32 [{}], got {:?} {:?}",
+                s[0],
+                targets.dtype(),
+                targets.shape()
+            ),
+        );
     }
     Ok(Params {
         rows: u32_of(op, "rows", s[0])?,
@@ -52,39 +66,85 @@ fn finish(step: &mut Step, rowvals: &Tensor) -> Result<(Tensor, Tensor)> {
     let totals = step.empty(&[2])?;
     sum_segments(step, rowvals, 2, 1.0, false, &totals, 0, false)?;
     let loss = step.empty(&[1])?;
-    step.dispatch(&MEAN, &<Params as bytemuck::Zeroable>::zeroed(), &[&totals, &loss], (1, 1, 1))?;
+    step.dispatch(
+        &MEAN,
+        &<Params as bytemuck::Zeroable>::zeroed(),
+        &[&totals, &loss],
+        (1, 1, 1),
+    )?;
     Ok((loss, totals))
 }
 
 /// Mean cross-entropy of logits [N, V] against targets [N] (u32; [`IGNORE`] rows not counted).
 /// Returns (loss [1], totals [2] = [sum, count]).
-pub fn cross_entropy(step: &mut Step, logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn cross_entropy(
+    step: &mut Step,
+    logits: &Tensor,
+    targets: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let p = params("cross_entropy", logits, targets, 1.0, 0.0)?;
     let rowvals = step.empty(&[2, p.rows as usize])?;
-    step.dispatch_linear(&CE_FWD, &p, &[logits, targets, &rowvals], groups(p.rows as usize, 256))?;
+    step.dispatch_linear(
+        &CE_FWD,
+        &p,
+        &[logits, targets, &rowvals],
+        groups(p.rows as usize, 256),
+    )?;
     finish(step, &rowvals)
 }
 
 /// d loss / d logits, scaled by `grad` (the upstream gradient, e.g. the loss weight).
-pub fn cross_entropy_bwd(step: &mut Step, logits: &Tensor, targets: &Tensor, totals: &Tensor, grad: f32) -> Result<Tensor> {
+pub fn cross_entropy_bwd(
+    step: &mut Step,
+    logits: &Tensor,
+    targets: &Tensor,
+    totals: &Tensor,
+    grad: f32,
+) -> Result<Tensor> {
     let p = params("cross_entropy_bwd", logits, targets, 1.0, grad)?;
     let d = step.empty(logits.shape())?;
-    step.dispatch_linear(&CE_BWD, &p, &[logits, targets, totals, &d], groups(p.rows as usize, 256))?;
+    step.dispatch_linear(
+        &CE_BWD,
+        &p,
+        &[logits, targets, totals, &d],
+        groups(p.rows as usize, 256),
+    )?;
     Ok(d)
 }
 
 /// Mean over counted rows of KL(softmax(teacher/T) ‖ softmax(student/T)). Rows whose target is
 /// [`IGNORE`] are not counted. Returns (loss [1], totals [2]). The T² factor is the caller's.
-pub fn kl_div(step: &mut Step, teacher: &Tensor, student: &Tensor, targets: &Tensor, temperature: f32) -> Result<(Tensor, Tensor)> {
+pub fn kl_div(
+    step: &mut Step,
+    teacher: &Tensor,
+    student: &Tensor,
+    targets: &Tensor,
+    temperature: f32,
+) -> Result<(Tensor, Tensor)> {
     if teacher.shape() != student.shape() {
-        return shape_err("kl_div", format!("teacher {:?} and student {:?} logits differ", teacher.shape(), student.shape()));
+        return shape_err(
+            "kl_div",
+            format!(
+                "teacher {:?} and student {:?} logits differ",
+                teacher.shape(),
+                student.shape()
+            ),
+        );
     }
     if temperature.is_nan() || temperature <= 0.0 {
-        return shape_err("kl_div", format!("temperature must be positive, got {temperature}"));
+        return shape_err(
+            "kl_div",
+            format!("temperature must be positive, got {temperature}"),
+        );
     }
     let p = params("kl_div", student, targets, 1.0 / temperature, 0.0)?;
     let rowvals = step.empty(&[2, p.rows as usize])?;
-    step.dispatch_linear(&KL_FWD, &p, &[student, targets, teacher, &rowvals], groups(p.rows as usize, 256))?;
+    step.dispatch_linear(
+        &KL_FWD,
+        &p,
+        &[student, targets, teacher, &rowvals],
+        groups(p.rows as usize, 256),
+    )?;
     finish(step, &rowvals)
 }
 
@@ -100,6 +160,11 @@ pub fn kl_div_bwd(
 ) -> Result<Tensor> {
     let p = params("kl_div_bwd", student, targets, 1.0 / temperature, grad)?;
     let d = step.empty(student.shape())?;
-    step.dispatch_linear(&KL_BWD, &p, &[student, targets, teacher, totals, &d], groups(p.rows as usize, 256))?;
+    step.dispatch_linear(
+        &KL_BWD,
+        &p,
+        &[student, targets, teacher, totals, &d],
+        groups(p.rows as usize, 256),
+    )?;
     Ok(d)
 }

@@ -30,8 +30,14 @@ const fn vec4_kernel(name: &'static str, a_along_k: bool, b_along_n: bool) -> Ke
 
 /// The fast path, one pipeline per orientation of the A and B blocks: [a_along_k][b_along_n].
 pub const MATMUL_VEC4: [[Kernel; 2]; 2] = [
-    [vec4_kernel("matmul_vec4_am_bk", false, false), vec4_kernel("matmul_vec4_am_bn", false, true)],
-    [vec4_kernel("matmul_vec4_ak_bk", true, false), vec4_kernel("matmul_vec4_ak_bn", true, true)],
+    [
+        vec4_kernel("matmul_vec4_am_bk", false, false),
+        vec4_kernel("matmul_vec4_am_bn", false, true),
+    ],
+    [
+        vec4_kernel("matmul_vec4_ak_bk", true, false),
+        vec4_kernel("matmul_vec4_ak_bn", true, true),
+    ],
 ];
 
 /// Output tile of one workgroup (rows, columns): see the shader.
@@ -54,7 +60,13 @@ impl<'a> View<'a> {
     /// transposed: logical element (i, j) is then stored element (j, i).
     pub fn matrix(t: &'a Tensor, rows: usize, cols: usize, transposed: bool) -> View<'a> {
         let (rs, cs) = if transposed { (1, cols) } else { (cols, 1) };
-        View { t, off: 0, rs, cs, bs: [rows * cols, 0] }
+        View {
+            t,
+            off: 0,
+            rs,
+            cs,
+            bs: [rows * cols, 0],
+        }
     }
 
     fn max_index(&self, rows: usize, cols: usize, batch: [usize; 2]) -> usize {
@@ -108,7 +120,10 @@ impl Gemm<'_> {
     /// multiple of 4. Returns (A read along k, B read along n).
     fn vec4_orientation(&self) -> Option<(bool, bool)> {
         let aligned = |v: &View, other: usize| {
-            v.off % 4 == 0 && v.bs[0] % 4 == 0 && v.bs[1] % 4 == 0 && other % 4 == 0
+            v.off.is_multiple_of(4)
+                && v.bs[0].is_multiple_of(4)
+                && v.bs[1].is_multiple_of(4)
+                && other.is_multiple_of(4)
         };
         let ak = if self.a.cs == 1 && aligned(&self.a, self.a.rs) {
             true
@@ -132,24 +147,52 @@ impl Gemm<'_> {
         const OP: &str = "matmul";
         let [b1, b2] = self.batch;
         if self.m == 0 || self.n == 0 || self.k == 0 || b1 == 0 || b2 == 0 {
-            return shape_err(OP, format!("zero-sized matmul m={} n={} k={} batch={:?}", self.m, self.n, self.k, self.batch));
+            return shape_err(
+                OP,
+                format!(
+                    "zero-sized matmul m={} n={} k={} batch={:?}",
+                    self.m, self.n, self.k, self.batch
+                ),
+            );
         }
-        for (name, v, r, c) in [("A", &self.a, self.m, self.k), ("B", &self.b, self.k, self.n), ("C", &self.c, self.m, self.n)] {
+        for (name, v, r, c) in [
+            ("A", &self.a, self.m, self.k),
+            ("B", &self.b, self.k, self.n),
+            ("C", &self.c, self.m, self.n),
+        ] {
             let need = v.max_index(r, c, self.batch) + 1;
             if need > v.t.numel() {
-                return shape_err(OP, format!("{name} view needs {need} elements but its tensor {:?} has {}", v.t.shape(), v.t.numel()));
+                return shape_err(
+                    OP,
+                    format!(
+                        "{name} view needs {need} elements but its tensor {:?} has {}",
+                        v.t.shape(),
+                        v.t.numel()
+                    ),
+                );
             }
         }
         if let Some(bias) = self.bias {
             if bias.numel() != self.n {
-                return shape_err(OP, format!("bias has {} elements, expected n = {}", bias.numel(), self.n));
+                return shape_err(
+                    OP,
+                    format!(
+                        "bias has {} elements, expected n = {}",
+                        bias.numel(),
+                        self.n
+                    ),
+                );
             }
         }
         if self.c.t.same_buffer(self.a.t) || self.c.t.same_buffer(self.b.t) {
             return shape_err(OP, "the output may not alias an input");
         }
         let orientation = self.vec4_orientation();
-        let (tm, tn) = if orientation.is_some() { VEC4_TILE } else { SCALAR_TILE };
+        let (tm, tn) = if orientation.is_some() {
+            VEC4_TILE
+        } else {
+            SCALAR_TILE
+        };
         let tiles_m = self.m.div_ceil(tm);
         let tiles_n = self.n.div_ceil(tn);
         let total = (tiles_m * tiles_n) as u64 * (b1 * b2) as u64;
@@ -176,7 +219,12 @@ impl Gemm<'_> {
                 &[self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t],
                 total,
             ),
-            None => step.dispatch_linear(&MATMUL, &params, &[self.a.t, self.b.t, bias, self.c.t], total),
+            None => step.dispatch_linear(
+                &MATMUL,
+                &params,
+                &[self.a.t, self.b.t, bias, self.c.t],
+                total,
+            ),
         }
     }
 }
@@ -184,18 +232,35 @@ impl Gemm<'_> {
 /// C = op(A) op(B) (+ bias) for contiguous tensors. A is [.., M, K] ([.., K, M] if `ta`), B is
 /// [.., K, N] ([.., N, K] if `tb`) with the same leading batch dims as A, or 2-D (shared by every
 /// batch). Returns C as [.., M, N].
-pub fn matmul(step: &mut Step, a: &Tensor, b: &Tensor, ta: bool, tb: bool, bias: Option<&Tensor>) -> Result<Tensor> {
+pub fn matmul(
+    step: &mut Step,
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     const OP: &str = "matmul";
     let (sa, sb) = (a.shape(), b.shape());
     if sa.len() < 2 || sb.len() < 2 {
-        return shape_err(OP, format!("operands must be at least 2-D, got {sa:?} and {sb:?}"));
+        return shape_err(
+            OP,
+            format!("operands must be at least 2-D, got {sa:?} and {sb:?}"),
+        );
     }
     let (ra, ca) = (sa[sa.len() - 2], sa[sa.len() - 1]);
     let (rb, cb) = (sb[sb.len() - 2], sb[sb.len() - 1]);
     let (m, k) = if ta { (ca, ra) } else { (ra, ca) };
     let (kb, n) = if tb { (cb, rb) } else { (rb, cb) };
     if k != kb {
-        return shape_err(OP, format!("inner dimensions differ: A {sa:?}{} · B {sb:?}{}", if ta { "ᵀ" } else { "" }, if tb { "ᵀ" } else { "" }));
+        return shape_err(
+            OP,
+            format!(
+                "inner dimensions differ: A {sa:?}{} · B {sb:?}{}",
+                if ta { "ᵀ" } else { "" },
+                if tb { "ᵀ" } else { "" }
+            ),
+        );
     }
     let batch_dims = &sa[..sa.len() - 2];
     let batch: usize = batch_dims.iter().product();

@@ -17,7 +17,10 @@ pub mod softmax;
 /// Every shader family: (name, WGSL source without the common prelude).
 pub const SHADERS: &[(&str, &str)] = &[
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
-    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    (
+        "elementwise",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
     ("softmax", include_str!("../../shaders/softmax.wgsl")),
     ("embedding", include_str!("../../shaders/embedding.wgsl")),
@@ -83,5 +86,8 @@ pub(crate) fn groups(n: usize, per: usize) -> u64 {
 
 /// Converts a size to the u32 the shaders index with, or says which dimension is too big.
 pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> crate::Result<u32> {
-    u32::try_from(v).map_err(|_| crate::Error::Shape { op, msg: format!("{what} = {v} exceeds u32") })
+    u32::try_from(v).map_err(|_| crate::Error::Shape {
+        op,
+        msg: format!("{what} = {v} exceeds u32"),
+    })
 }

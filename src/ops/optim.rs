@@ -35,7 +35,13 @@ pub struct AdamW {
 
 impl Default for AdamW {
     fn default() -> Self {
-        AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -59,7 +65,11 @@ pub fn clip_grad_norm(step: &mut Step, grads: &[&Tensor], max_norm: f32) -> Resu
         sum_segments(step, g, 1, 1.0, true, &sumsq, i, false)?;
     }
     let out = step.empty(&[2])?;
-    let p = Params { n: grads.len() as u32, max_norm, ..Default::default() };
+    let p = Params {
+        n: grads.len() as u32,
+        max_norm,
+        ..Default::default()
+    };
     step.dispatch(&CLIP_SCALE, &p, &[&sumsq, &out], (1, 1, 1))?;
     Ok(out)
 }
@@ -71,12 +81,23 @@ pub fn adamw(step: &mut Step, slots: &[Slot], cfg: &AdamW, t: u32, clip: &Tensor
         return shape_err("adamw", "the step count t is 1-based");
     }
     if clip.numel() != 2 {
-        return shape_err("adamw", format!("clip must be [norm, scale], got {:?}", clip.shape()));
+        return shape_err(
+            "adamw",
+            format!("clip must be [norm, scale], got {:?}", clip.shape()),
+        );
     }
     for s in slots {
         let shape = s.param.shape();
         if s.grad.shape() != shape || s.m.shape() != shape || s.v.shape() != shape {
-            return shape_err("adamw", format!("param {shape:?}, grad {:?}, m {:?}, v {:?} differ", s.grad.shape(), s.m.shape(), s.v.shape()));
+            return shape_err(
+                "adamw",
+                format!(
+                    "param {shape:?}, grad {:?}, m {:?}, v {:?} differ",
+                    s.grad.shape(),
+                    s.m.shape(),
+                    s.v.shape()
+                ),
+            );
         }
         let n = s.param.numel();
         let p = Params {
@@ -90,7 +111,12 @@ pub fn adamw(step: &mut Step, slots: &[Slot], cfg: &AdamW, t: u32, clip: &Tensor
             c2: 1.0 / (1.0 - cfg.beta2.powi(t as i32)),
             ..Default::default()
         };
-        step.dispatch_linear(&ADAMW, &p, &[s.grad, clip, s.param, s.m, s.v], groups(n, 256))?;
+        step.dispatch_linear(
+            &ADAMW,
+            &p,
+            &[s.grad, clip, s.param, s.m, s.v],
+            groups(n, 256),
+        )?;
     }
     Ok(())
 }

@@ -33,8 +33,15 @@ pub(crate) fn sum_segments(
     out_off: usize,
     accumulate: bool,
 ) -> Result<()> {
-    if segments == 0 || x.numel() % segments != 0 || out_off + segments > out.numel() {
-        return shape_err("sum", format!("cannot sum {:?} in {segments} segments into {:?} at {out_off}", x.shape(), out.shape()));
+    if segments == 0 || !x.numel().is_multiple_of(segments) || out_off + segments > out.numel() {
+        return shape_err(
+            "sum",
+            format!(
+                "cannot sum {:?} in {segments} segments into {:?} at {out_off}",
+                x.shape(),
+                out.shape()
+            ),
+        );
     }
     let p = Params {
         segments: u32_of("sum", "segments", segments)?,
@@ -62,12 +69,27 @@ pub fn mean(step: &mut Step, x: &Tensor) -> Result<Tensor> {
 }
 
 /// Backward of [`sum`] (scale 1) or [`mean`] (scale 1/n): every element gets scale · g[0].
-pub fn broadcast_scalar(step: &mut Step, g: &Tensor, shape: &[usize], scale: f32) -> Result<Tensor> {
+pub fn broadcast_scalar(
+    step: &mut Step,
+    g: &Tensor,
+    shape: &[usize],
+    scale: f32,
+) -> Result<Tensor> {
     if g.numel() != 1 {
-        return shape_err("broadcast_scalar", format!("the upstream gradient must be a scalar, got {:?}", g.shape()));
+        return shape_err(
+            "broadcast_scalar",
+            format!(
+                "the upstream gradient must be a scalar, got {:?}",
+                g.shape()
+            ),
+        );
     }
     let out = step.empty(shape)?;
-    let p = Params { len: u32_of("broadcast", "elements", out.numel())?, scale, ..Default::default() };
+    let p = Params {
+        len: u32_of("broadcast", "elements", out.numel())?,
+        scale,
+        ..Default::default()
+    };
     step.dispatch_linear(&BROADCAST_SCALAR, &p, &[g, &out], groups(out.numel(), 256))?;
     Ok(out)
 }
@@ -76,7 +98,14 @@ pub fn broadcast_scalar(step: &mut Step, g: &Tensor, shape: &[usize], scale: f32
 pub fn sum_columns(step: &mut Step, x: &Tensor, out: &Tensor) -> Result<()> {
     let cols = *x.shape().last().unwrap_or(&0);
     if out.numel() != cols {
-        return shape_err("sum_columns", format!("out has {} elements, x {:?} has {cols} columns", out.numel(), x.shape()));
+        return shape_err(
+            "sum_columns",
+            format!(
+                "out has {} elements, x {:?} has {cols} columns",
+                out.numel(),
+                x.shape()
+            ),
+        );
     }
     let p = Params {
         len: u32_of("sum_columns", "rows", x.numel() / cols)?,

@@ -37,24 +37,61 @@ pub fn softmax(step: &mut Step, x: &Tensor) -> Result<Tensor> {
 
 /// Softmax of `scale * scores` over keys, for scores [batch, heads, q, k], with optional causal
 /// and key-padding masks. Masked cells are exactly 0.
-pub fn masked_softmax(step: &mut Step, scores: &Tensor, scale: f32, masks: Masks) -> Result<Tensor> {
+pub fn masked_softmax(
+    step: &mut Step,
+    scores: &Tensor,
+    scale: f32,
+    masks: Masks,
+) -> Result<Tensor> {
     let s = scores.shape();
     if s.len() != 4 {
-        return shape_err("masked_softmax", format!("scores must be [batch, heads, q, k], got {s:?}"));
+        return shape_err(
+            "masked_softmax",
+            format!("scores must be [batch, heads, q, k], got {s:?}"),
+        );
     }
     if let Some(m) = masks.key_mask {
         if m.shape() != [s[0], s[3]] {
-            return shape_err("masked_softmax", format!("key mask must be [batch, k] = [{}, {}], got {:?}", s[0], s[3], m.shape()));
+            return shape_err(
+                "masked_softmax",
+                format!(
+                    "key mask must be [batch, k] = [{}, {}], got {:?}",
+                    s[0],
+                    s[3],
+                    m.shape()
+                ),
+            );
         }
     }
     if masks.causal && s[2] > s[3] {
-        return shape_err("masked_softmax", format!("a causal mask needs q <= k, got q = {}, k = {}", s[2], s[3]));
+        return shape_err(
+            "masked_softmax",
+            format!("a causal mask needs q <= k, got q = {}, k = {}", s[2], s[3]),
+        );
     }
-    run(step, scores, s[0] * s[1] * s[2], s[3], s[2], s[1], scale, masks)
+    run(
+        step,
+        scores,
+        s[0] * s[1] * s[2],
+        s[3],
+        s[2],
+        s[1],
+        scale,
+        masks,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run(step: &mut Step, x: &Tensor, rows: usize, cols: usize, q: usize, heads: usize, scale: f32, m: Masks) -> Result<Tensor> {
+fn run(
+    step: &mut Step,
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    q: usize,
+    heads: usize,
+    scale: f32,
+    m: Masks,
+) -> Result<Tensor> {
     let y = step.empty(x.shape())?;
     let p = Params {
         rows: u32_of("softmax", "rows", rows)?,
@@ -74,7 +111,10 @@ fn run(step: &mut Step, x: &Tensor, rows: usize, cols: usize, q: usize, heads: u
 /// Masked cells have y = 0 and so get no gradient.
 pub fn softmax_bwd(step: &mut Step, y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
     if y.shape() != dy.shape() {
-        return shape_err("softmax_bwd", format!("y {:?} and dy {:?} differ", y.shape(), dy.shape()));
+        return shape_err(
+            "softmax_bwd",
+            format!("y {:?} and dy {:?} differ", y.shape(), dy.shape()),
+        );
     }
     let cols = *y.shape().last().unwrap_or(&0);
     let rows = y.numel() / cols.max(1);

@@ -7,7 +7,14 @@ fn taps(o: usize, len: usize, out_len: usize) -> Vec<(usize, f64)> {
     let center = (o as f64 + 0.5) * scale;
     let lo = (center - fscale + 0.5).floor().max(0.0) as usize;
     let hi = ((center + fscale + 0.5).floor() as usize).min(len);
-    let w: Vec<(usize, f64)> = (lo..hi).map(|i| (i, f64::max(0.0, 1.0 - ((i as f64 - center + 0.5) / fscale).abs()))).collect();
+    let w: Vec<(usize, f64)> = (lo..hi)
+        .map(|i| {
+            (
+                i,
+                f64::max(0.0, 1.0 - ((i as f64 - center + 0.5) / fscale).abs()),
+            )
+        })
+        .collect();
     let sum: f64 = w.iter().map(|x| x.1).sum();
     w.into_iter().map(|(i, x)| (i, x / sum)).collect()
 }
@@ -22,7 +29,10 @@ pub fn resize(rgba: &[u32], h: usize, w: usize, out_h: usize, out_w: usize) -> V
     for y in 0..h {
         for ox in 0..out_w {
             for ch in 0..3 {
-                let v: f64 = taps(ox, w, out_w).iter().map(|&(x, k)| k * ((rgba[y * w + x] >> (8 * ch)) & 255) as f64).sum();
+                let v: f64 = taps(ox, w, out_w)
+                    .iter()
+                    .map(|&(x, k)| k * ((rgba[y * w + x] >> (8 * ch)) & 255) as f64)
+                    .sum();
                 tmp[(y * out_w + ox) * 3 + ch] = to_u8(v);
             }
         }
@@ -31,7 +41,10 @@ pub fn resize(rgba: &[u32], h: usize, w: usize, out_h: usize, out_w: usize) -> V
     for oy in 0..out_h {
         for ox in 0..out_w {
             for ch in 0..3 {
-                let v: f64 = taps(oy, h, out_h).iter().map(|&(y, k)| k * tmp[(y * out_w + ox) * 3 + ch]).sum();
+                let v: f64 = taps(oy, h, out_h)
+                    .iter()
+                    .map(|&(y, k)| k * tmp[(y * out_w + ox) * 3 + ch])
+                    .sum();
                 out[(oy * out_w + ox) * 3 + ch] = to_u8(v);
             }
         }
@@ -40,7 +53,15 @@ pub fn resize(rgba: &[u32], h: usize, w: usize, out_h: usize, out_w: usize) -> V
 }
 
 /// [h, w, 3] pixels -> [patches, 3·patch²] normalised vectors ordered (channel, row, column).
-pub fn normalize_patchify(pix: &[f64], h: usize, w: usize, patch: usize, rescale: f64, mean: [f64; 3], std: [f64; 3]) -> Vec<f64> {
+pub fn normalize_patchify(
+    pix: &[f64],
+    h: usize,
+    w: usize,
+    patch: usize,
+    rescale: f64,
+    mean: [f64; 3],
+    std: [f64; 3],
+) -> Vec<f64> {
     let mut out = vec![];
     for py in 0..h / patch {
         for px in 0..w / patch {

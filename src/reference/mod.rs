@@ -27,8 +27,16 @@ pub fn matmul(
             for j in 0..n {
                 let mut s = 0.0;
                 for kk in 0..k {
-                    let av = if ta { a[ao + kk * m + i] } else { a[ao + i * k + kk] };
-                    let bv = if tb { b[bo + j * k + kk] } else { b[bo + kk * n + j] };
+                    let av = if ta {
+                        a[ao + kk * m + i]
+                    } else {
+                        a[ao + i * k + kk]
+                    };
+                    let bv = if tb {
+                        b[bo + j * k + kk]
+                    } else {
+                        b[bo + kk * n + j]
+                    };
                     s += av * bv;
                 }
                 c[bi * m * n + i * n + j] = s + bias.map_or(0.0, |b| b[j]);
@@ -40,7 +48,10 @@ pub fn matmul(
 
 /// out[r, c] = x[r, c] + bias[c]
 pub fn bias_add(x: &[f64], bias: &[f64]) -> Vec<f64> {
-    x.iter().enumerate().map(|(i, v)| v + bias[i % bias.len()]).collect()
+    x.iter()
+        .enumerate()
+        .map(|(i, v)| v + bias[i % bias.len()])
+        .collect()
 }
 
 /// Column sums of a [rows, cols] matrix (the bias gradient).
@@ -134,7 +145,12 @@ pub fn layernorm(x: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> (Vec<f64>,
 }
 
 /// Backward of [`layernorm`]: (dx, dgamma, dbeta).
-pub fn layernorm_bwd(x: &[f64], gamma: &[f64], dy: &[f64], eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn layernorm_bwd(
+    x: &[f64],
+    gamma: &[f64],
+    dy: &[f64],
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let cols = gamma.len();
     let (_, stats) = layernorm(x, gamma, &vec![0.0; cols], eps);
     let mut dx = vec![0.0; x.len()];
@@ -165,14 +181,33 @@ pub struct Masks<'a> {
 
 /// Softmax of scale·x over rows of [batch, heads, q, k], masked cells exactly 0, a fully masked
 /// row all 0.
-pub fn masked_softmax(x: &[f64], heads: usize, q: usize, k: usize, scale: f64, m: Masks) -> Vec<f64> {
+pub fn masked_softmax(
+    x: &[f64],
+    heads: usize,
+    q: usize,
+    k: usize,
+    scale: f64,
+    m: Masks,
+) -> Vec<f64> {
     let mut y = vec![0.0; x.len()];
     for (r, row) in x.chunks(k).enumerate() {
         let query = r % q;
         let b = r / (heads * q);
-        let valid = |c: usize| !(m.causal && c > query) && m.key_mask.is_none_or(|km| km[b * k + c] != 0.0);
-        let mx = (0..k).filter(|&c| valid(c)).map(|c| scale * row[c]).fold(f64::NEG_INFINITY, f64::max);
-        let e: Vec<f64> = (0..k).map(|c| if valid(c) { (scale * row[c] - mx).exp() } else { 0.0 }).collect();
+        let valid =
+            |c: usize| !(m.causal && c > query) && m.key_mask.is_none_or(|km| km[b * k + c] != 0.0);
+        let mx = (0..k)
+            .filter(|&c| valid(c))
+            .map(|c| scale * row[c])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = (0..k)
+            .map(|c| {
+                if valid(c) {
+                    (scale * row[c] - mx).exp()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let s: f64 = e.iter().sum();
         for c in 0..k {
             y[r * k + c] = if s > 0.0 { e[c] / s } else { 0.0 };
@@ -241,7 +276,11 @@ pub struct AttnDims {
 
 /// Attention forward on [B, T, H·D] inputs: (out [B, Tq, H·D], probs [B, H, Tq, Tk]).
 pub fn attention(q: &[f64], k: &[f64], v: &[f64], a: AttnDims, m: Masks) -> (Vec<f64>, Vec<f64>) {
-    let (qh, kh, vh) = (split_heads(q, a.b, a.tq, a.h, a.d), split_heads(k, a.b, a.tk, a.h, a.d), split_heads(v, a.b, a.tk, a.h, a.d));
+    let (qh, kh, vh) = (
+        split_heads(q, a.b, a.tq, a.h, a.d),
+        split_heads(k, a.b, a.tk, a.h, a.d),
+        split_heads(v, a.b, a.tk, a.h, a.d),
+    );
     let bh = a.b * a.h;
     let scores = matmul(&qh, &kh, None, bh, a.tq, a.tk, a.d, false, true, false);
     let probs = masked_softmax(&scores, a.h, a.tq, a.tk, 1.0 / (a.d as f64).sqrt(), m);
@@ -250,9 +289,20 @@ pub fn attention(q: &[f64], k: &[f64], v: &[f64], a: AttnDims, m: Masks) -> (Vec
 }
 
 /// Attention backward: (dq, dk, dv) in [B, T, H·D].
-pub fn attention_bwd(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], a: AttnDims, m: Masks) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn attention_bwd(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    a: AttnDims,
+    m: Masks,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (_, probs) = attention(q, k, v, a, m);
-    let (qh, kh, vh) = (split_heads(q, a.b, a.tq, a.h, a.d), split_heads(k, a.b, a.tk, a.h, a.d), split_heads(v, a.b, a.tk, a.h, a.d));
+    let (qh, kh, vh) = (
+        split_heads(q, a.b, a.tq, a.h, a.d),
+        split_heads(k, a.b, a.tk, a.h, a.d),
+        split_heads(v, a.b, a.tk, a.h, a.d),
+    );
     let doh = split_heads(dout, a.b, a.tq, a.h, a.d);
     let bh = a.b * a.h;
     let dprobs = matmul(&doh, &vh, None, bh, a.tq, a.tk, a.d, false, true, false);
@@ -260,14 +310,26 @@ pub fn attention_bwd(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], a: AttnDims,
     let ds = softmax_bwd(&probs, &dprobs, a.tk, 1.0 / (a.d as f64).sqrt());
     let dqh = matmul(&ds, &kh, None, bh, a.tq, a.d, a.tk, false, false, false);
     let dkh = matmul(&ds, &qh, None, bh, a.tk, a.d, a.tq, true, false, false);
-    (merge_heads(&dqh, a.b, a.tq, a.h, a.d), merge_heads(&dkh, a.b, a.tk, a.h, a.d), merge_heads(&dvh, a.b, a.tk, a.h, a.d))
+    (
+        merge_heads(&dqh, a.b, a.tq, a.h, a.d),
+        merge_heads(&dkh, a.b, a.tk, a.h, a.d),
+        merge_heads(&dvh, a.b, a.tk, a.h, a.d),
+    )
 }
 
 /// Embedding lookup; ids outside the table give zero rows.
 pub fn embedding(ids: &[u32], table: &[f64], dim: usize) -> Vec<f64> {
     let vocab = table.len() / dim;
     ids.iter()
-        .flat_map(|&id| (0..dim).map(move |c| if (id as usize) < vocab { table[id as usize * dim + c] } else { 0.0 }))
+        .flat_map(|&id| {
+            (0..dim).map(move |c| {
+                if (id as usize) < vocab {
+                    table[id as usize * dim + c]
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect()
 }
 
@@ -303,13 +365,17 @@ pub fn cross_entropy(logits: &[f64], targets: &[u32], vocab: usize, ignore: u32)
 }
 
 pub fn cross_entropy_bwd(logits: &[f64], targets: &[u32], vocab: usize, ignore: u32) -> Vec<f64> {
-    let count = targets.iter().filter(|&&t| t != ignore && (t as usize) < vocab).count() as f64;
+    let count = targets
+        .iter()
+        .filter(|&&t| t != ignore && (t as usize) < vocab)
+        .count() as f64;
     let mut d = vec![0.0; logits.len()];
     for (r, &t) in targets.iter().enumerate() {
         if t != ignore && (t as usize) < vocab {
             let ls = log_softmax(&logits[r * vocab..(r + 1) * vocab], 1.0);
             for c in 0..vocab {
-                d[r * vocab + c] = (ls[c].exp() - if c == t as usize { 1.0 } else { 0.0 }) / count.max(1.0);
+                d[r * vocab + c] =
+                    (ls[c].exp() - if c == t as usize { 1.0 } else { 0.0 }) / count.max(1.0);
             }
         }
     }
@@ -317,20 +383,36 @@ pub fn cross_entropy_bwd(logits: &[f64], targets: &[u32], vocab: usize, ignore: 
 }
 
 /// Mean over counted rows of KL(softmax(t/T) ‖ softmax(s/T)).
-pub fn kl_div(teacher: &[f64], student: &[f64], targets: &[u32], vocab: usize, ignore: u32, temp: f64) -> f64 {
+pub fn kl_div(
+    teacher: &[f64],
+    student: &[f64],
+    targets: &[u32],
+    vocab: usize,
+    ignore: u32,
+    temp: f64,
+) -> f64 {
     let (mut sum, mut count) = (0.0, 0.0);
     for (r, &t) in targets.iter().enumerate() {
         if t != ignore {
             let lt = log_softmax(&teacher[r * vocab..(r + 1) * vocab], 1.0 / temp);
             let ls = log_softmax(&student[r * vocab..(r + 1) * vocab], 1.0 / temp);
-            sum += (0..vocab).map(|c| lt[c].exp() * (lt[c] - ls[c])).sum::<f64>();
+            sum += (0..vocab)
+                .map(|c| lt[c].exp() * (lt[c] - ls[c]))
+                .sum::<f64>();
             count += 1.0;
         }
     }
     sum / f64::max(count, 1.0)
 }
 
-pub fn kl_div_bwd(teacher: &[f64], student: &[f64], targets: &[u32], vocab: usize, ignore: u32, temp: f64) -> Vec<f64> {
+pub fn kl_div_bwd(
+    teacher: &[f64],
+    student: &[f64],
+    targets: &[u32],
+    vocab: usize,
+    ignore: u32,
+    temp: f64,
+) -> Vec<f64> {
     let count = targets.iter().filter(|&&t| t != ignore).count() as f64;
     let mut d = vec![0.0; student.len()];
     for (r, &t) in targets.iter().enumerate() {
@@ -347,13 +429,28 @@ pub fn kl_div_bwd(teacher: &[f64], student: &[f64], targets: &[u32], vocab: usiz
 
 /// Global gradient norm and the clip factor (as torch.nn.utils.clip_grad_norm_).
 pub fn clip_grad_norm(grads: &[&[f64]], max_norm: f64) -> (f64, f64) {
-    let norm = grads.iter().flat_map(|g| g.iter()).map(|v| v * v).sum::<f64>().sqrt();
+    let norm = grads
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|v| v * v)
+        .sum::<f64>()
+        .sqrt();
     (norm, f64::min(1.0, max_norm / (norm + 1e-6)))
 }
 
 /// One AdamW step at 1-based step t (as torch.optim.AdamW), updating param, m, v in place.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw(param: &mut [f64], grad: &[f64], m: &mut [f64], v: &mut [f64], lr: f64, betas: (f64, f64), eps: f64, wd: f64, t: i32) {
+pub fn adamw(
+    param: &mut [f64],
+    grad: &[f64],
+    m: &mut [f64],
+    v: &mut [f64],
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    wd: f64,
+    t: i32,
+) {
     let (b1, b2) = betas;
     for i in 0..param.len() {
         m[i] = b1 * m[i] + (1.0 - b1) * grad[i];

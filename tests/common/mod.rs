@@ -8,7 +8,10 @@ use std::sync::OnceLock;
 /// The test device (lavapipe in CI). Tests in one binary share it, as an application would.
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| pollster::block_on(Gpu::new()).expect("a GPU adapter (on Linux: apt-get install mesa-vulkan-drivers)"))
+    GPU.get_or_init(|| {
+        pollster::block_on(Gpu::new())
+            .expect("a GPU adapter (on Linux: apt-get install mesa-vulkan-drivers)")
+    })
 }
 
 /// Records with `f`, submits, and reads back the tensors it returns.
@@ -17,7 +20,9 @@ pub fn run(f: impl FnOnce(&mut Step) -> amad::Result<Vec<Tensor>>) -> Vec<Vec<f3
     let mut step = g.step();
     let outs = f(&mut step).expect("recording failed");
     step.submit().expect("submit failed");
-    outs.iter().map(|t| pollster::block_on(t.read(g)).expect("readback failed")).collect()
+    outs.iter()
+        .map(|t| pollster::block_on(t.read(g)).expect("readback failed"))
+        .collect()
 }
 
 pub fn upload(shape: &[usize], data: &[f64]) -> Tensor {
@@ -66,14 +71,22 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
         }
     }
     let i = worst.0;
-    assert!(worst.1 <= 0.0, "{what}: element {i}: got {} want {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+    assert!(
+        worst.1 <= 0.0,
+        "{what}: element {i}: got {} want {} (atol {atol}, rtol {rtol})",
+        got[i],
+        want[i]
+    );
 }
 
 /// Same check between two f64 vectors (reference backward against finite differences).
 pub fn assert_close64(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
-        assert!((a - b).abs() <= atol + rtol * b.abs(), "{what}: element {i}: analytic {a} finite-difference {b}");
+        assert!(
+            (a - b).abs() <= atol + rtol * b.abs(),
+            "{what}: element {i}: analytic {a} finite-difference {b}"
+        );
     }
 }
 

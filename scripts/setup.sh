@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian/Ubuntu machine lacks to build and test amad. Idempotent: each step
+# checks first. `--web` also installs the page's build tools (trunk, wasm-bindgen-cli).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_web=0
+[ "${1:-}" = "--web" ] && want_web=1
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# A Vulkan driver: Mesa lavapipe runs the WGSL kernels on the CPU where there is no GPU.
+if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
+  echo "setup: installing mesa-vulkan-drivers (Vulkan on the CPU: lavapipe)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+fi
+
+if ! rustup target list --installed | grep -q wasm32-unknown-unknown; then
+  echo "setup: adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+if [ "$want_web" = 1 ]; then
+  # trunk 0.21.14: 0.22 needs a newer rustc than this toolchain.
+  if ! command -v trunk >/dev/null 2>&1; then
+    echo "setup: installing trunk 0.21.14 (about 9 minutes on 2 cores)"
+    cargo install --locked trunk@0.21.14
+  fi
+  # wasm-bindgen-cli must equal the wasm-bindgen in Cargo.lock; no --locked (see shared/TOOLCHAIN.md).
+  wb=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
+  if ! wasm-bindgen --version 2>/dev/null | grep -q " $wb\$"; then
+    echo "setup: installing wasm-bindgen-cli $wb"
+    cargo install wasm-bindgen-cli@"$wb"
+  fi
+fi

@@ -1,0 +1,134 @@
+//! Benchmarks that print figures (`amad bench ...`). Never timed tests: these machines are noisy,
+//! so comparisons are made side by side within one run.
+
+use crate::ops::{attention, matmul::matmul, softmax::Masks};
+use crate::{Gpu, Result, Tensor};
+use std::time::Instant;
+
+struct Record {
+    name: String,
+    shape: String,
+    ms: f64,
+    gflops: Option<f64>,
+}
+
+impl Record {
+    fn print(&self, gpu: &Gpu, json: bool) {
+        if json {
+            let gf = self
+                .gflops
+                .map_or("null".to_string(), |g| format!("{g:.3}"));
+            println!(
+                "{{\"name\":\"{}\",\"shape\":\"{}\",\"ms\":{:.4},\"gflops\":{gf},\"adapter\":\"{}\"}}",
+                self.name,
+                self.shape,
+                self.ms,
+                gpu.info.name.replace('"', "'")
+            );
+        } else {
+            let gf = self
+                .gflops
+                .map_or(String::new(), |g| format!("{g:8.2} GFLOP/s"));
+            println!(
+                "{:<28} {:<26} {:>9.3} ms {gf}",
+                self.name, self.shape, self.ms
+            );
+        }
+    }
+}
+
+/// Seconds per repetition of `record`, `iters` repetitions in one submission after one warm-up
+/// (which also builds the pipelines).
+fn time(gpu: &Gpu, iters: usize, record: &dyn Fn(&mut crate::Step) -> Result<()>) -> Result<f64> {
+    for reps in [1, iters] {
+        let t = Instant::now();
+        let mut step = gpu.step();
+        for _ in 0..reps {
+            record(&mut step)?;
+        }
+        step.submit()?;
+        gpu.wait_idle()?;
+        if reps == iters {
+            return Ok(t.elapsed().as_secs_f64() / iters as f64);
+        }
+    }
+    unreachable!()
+}
+
+fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    Tensor::from_slice(gpu, shape, &data)
+}
+
+/// `amad bench kernels`: matmul GFLOP/s at 512³ and at the teacher's shapes (batch 32 × 65 image
+/// tokens × 128 wide), and the attention core's forward + backward time.
+pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
+    if !json {
+        println!("adapter: {}", gpu.describe());
+    }
+    let tokens = 32 * 65;
+    // (name, m, n, k, transpose A, transpose B): the square probe, then the teacher's linear
+    // layers forward (X·W), and their backward (dX = dY·Wᵀ, dW = Xᵀ·dY).
+    let cases: &[(&str, usize, usize, usize, bool, bool)] = &[
+        ("matmul", 512, 512, 512, false, false),
+        ("matmul_at", 512, 512, 512, true, false),
+        ("matmul_bt", 512, 512, 512, false, true),
+        ("teacher_qkv_fwd", tokens, 384, 128, false, false),
+        ("teacher_mlp_up_fwd", tokens, 512, 128, false, false),
+        ("teacher_mlp_down_fwd", tokens, 128, 512, false, false),
+        ("teacher_mlp_up_dx", tokens, 128, 512, false, true),
+        ("teacher_mlp_up_dw", 128, 512, tokens, true, false),
+    ];
+    for &(name, m, n, k, ta, tb) in cases {
+        let a = filled(gpu, &if ta { [k, m] } else { [m, k] })?;
+        let b = filled(gpu, &if tb { [n, k] } else { [k, n] })?;
+        let s = time(gpu, iters, &|step| {
+            matmul(step, &a, &b, ta, tb, None).map(drop)
+        })?;
+        let shape = format!(
+            "{m}x{n}x{k}{}{}",
+            if ta { " Aᵀ" } else { "" },
+            if tb { " Bᵀ" } else { "" }
+        );
+        Record {
+            name: name.into(),
+            shape,
+            ms: s * 1e3,
+            gflops: Some(2.0 * (m * n * k) as f64 / s / 1e9),
+        }
+        .print(gpu, json);
+    }
+    // Attention core at the teacher's encoder shape: B = 32, H = 8, T = 65, head width 16.
+    let (b, h, t, d) = (32, 8, 65, 16);
+    let q = filled(gpu, &[b, t, h * d])?;
+    let k = filled(gpu, &[b, t, h * d])?;
+    let v = filled(gpu, &[b, t, h * d])?;
+    let dout = filled(gpu, &[b, t, h * d])?;
+    let flops_fwd = 2.0 * 2.0 * (b * h * t * t * d) as f64;
+    let s = time(gpu, iters, &|step| {
+        attention::attention(step, &q, &k, &v, h, Masks::default()).map(drop)
+    })?;
+    let shape = format!("B{b} H{h} T{t} D{d}");
+    Record {
+        name: "attention_fwd".into(),
+        shape: shape.clone(),
+        ms: s * 1e3,
+        gflops: Some(flops_fwd / s / 1e9),
+    }
+    .print(gpu, json);
+    let s = time(gpu, iters, &|step| {
+        let (_, p) = attention::attention(step, &q, &k, &v, h, Masks::default())?;
+        attention::attention_bwd(step, &q, &k, &v, &p, &dout, h).map(drop)
+    })?;
+    Record {
+        name: "attention_fwd_bwd".into(),
+        shape,
+        ms: s * 1e3,
+        gflops: Some(3.0 * flops_fwd / s / 1e9),
+    }
+    .print(gpu, json);
+    Ok(())
+}
