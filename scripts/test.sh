@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --web
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"   # silences a harmless lavapipe warning
-cargo test --release
+log=$(mktemp)
+cargo test --release 2>&1 | tee "$log"
 cargo build --release --target wasm32-unknown-unknown
 trunk build --release --offline
-echo "test.sh: native tests passed; wasm32 and the page build"
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "amad: %d passed, %d failed\n", p, f }' "$log"
