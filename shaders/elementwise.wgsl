@@ -81,14 +81,18 @@ fn tanh_stable(u: f32) -> f32 {
     return sign(u) * (1.0 - e) / (1.0 + e);
 }
 
-// GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+// The argument of tanh in GPT-2's GELU: sqrt(2/pi) (x + 0.044715 x^3).
+fn gelu_tanh_arg(v: f32) -> f32 {
+    return SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
+}
+
+// GPT-2's GELU: 0.5 x (1 + tanh(gelu_tanh_arg(x))).
 @compute @workgroup_size(256)
 fn gelu_tanh_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = thread_index(wid, nwg, lid);
     if (i < p.n) {
         let v = x[i];
-        let u = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
-        out[i] = 0.5 * v * (1.0 + tanh_stable(u));
+        out[i] = 0.5 * v * (1.0 + tanh_stable(gelu_tanh_arg(v)));
     }
 }
 
@@ -97,8 +101,7 @@ fn gelu_tanh_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let i = thread_index(wid, nwg, lid);
     if (i < p.n) {
         let v = x[i];
-        let u = SQRT_2_OVER_PI * (v + 0.044715 * v * v * v);
-        let th = tanh_stable(u);
+        let th = tanh_stable(gelu_tanh_arg(v));
         let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
         out[i] = y[i] * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du);
     }

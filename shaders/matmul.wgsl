@@ -28,6 +28,24 @@ struct Params {
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
 
+// Where workgroup g's tile of C lies: its batch matrix (b1, b2) and its first row and column.
+// Tiles are numbered batch-major, then row-major; `valid` is false for the spare workgroups of a
+// 2-D dispatch grid.
+struct Tile {
+    valid: bool,
+    b1: u32,
+    b2: u32,
+    row: u32,
+    col: u32,
+}
+
+fn locate_tile(g: u32, tile_rows: u32, tile_cols: u32) -> Tile {
+    let tiles = p.tiles_m * p.tiles_n;
+    let bi = g / tiles;
+    let t = g % tiles;
+    return Tile(g < tiles * p.batch, bi / p.batch2, bi % p.batch2, (t / p.tiles_n) * tile_rows, (t % p.tiles_n) * tile_cols);
+}
+
 const TM: u32 = 4u;
 const TN: u32 = 4u;
 const WX: u32 = 16u;
@@ -39,17 +57,14 @@ fn matmul(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let g = group_index(wid, nwg);
-    let tiles = p.tiles_m * p.tiles_n;
-    if (g >= tiles * p.batch) {
+    let tile = locate_tile(group_index(wid, nwg), WY * TM, WX * TN);
+    if (!tile.valid) {
         return;
     }
-    let bi = g / tiles;
-    let t = g % tiles;
-    let row0 = (t / p.tiles_n) * (WY * TM) + lid.y * TM;
-    let col0 = (t % p.tiles_n) * (WX * TN) + lid.x;
-    let b1 = bi / p.batch2;
-    let b2 = bi % p.batch2;
+    let row0 = tile.row + lid.y * TM;
+    let col0 = tile.col + lid.x;
+    let b1 = tile.b1;
+    let b2 = tile.b2;
 
     // Out-of-range rows and columns read the last valid one (no branches in the inner loop) and are
     // discarded at the store.
@@ -134,17 +149,14 @@ fn matmul_vec4(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let g = group_index(wid, nwg);
-    let tiles = p.tiles_m * p.tiles_n;
-    if (g >= tiles * p.batch) {
+    let tile = locate_tile(group_index(wid, nwg), 64u, 64u);
+    if (!tile.valid) {
         return;
     }
-    let bi = g / tiles;
-    let t = g % tiles;
-    let row0 = (t / p.tiles_n) * 64u + lid.y * 8u;
-    let col0 = (t % p.tiles_n) * 64u + lid.x * 8u;
-    let b1 = bi / p.batch2;
-    let b2 = bi % p.batch2;
+    let row0 = tile.row + lid.y * 8u;
+    let col0 = tile.col + lid.x * 8u;
+    let b1 = tile.b1;
+    let b2 = tile.b2;
     let abase = p.a_off + b1 * p.a_bs1 + b2 * p.a_bs2 + row0 * p.a_rs;
     let bbase = p.b_off + b1 * p.b_bs1 + b2 * p.b_bs2 + col0 * p.b_cs;
     // accXY: math matrix (row i, column j) = C(row0 + 4X + i, col0 + 4Y + j).

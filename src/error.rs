@@ -46,11 +46,6 @@ pub enum Error {
     /// Bad user input that is not a shape (a wrong argument, a malformed file...).
     #[error("{0}")]
     Invalid(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
 }
 
 fn no_adapter_hint() -> &'static str {

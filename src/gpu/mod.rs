@@ -129,11 +129,6 @@ impl Gpu {
         self.check()
     }
 
-    /// Bytes currently parked in the buffer pool (for memory reports).
-    pub fn pooled_bytes(&self) -> u64 {
-        self.pool.pooled_bytes()
-    }
-
     /// Largest buffer this device can bind as storage.
     pub fn max_binding(&self) -> u64 {
         self.limits

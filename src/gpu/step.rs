@@ -29,7 +29,6 @@ pub struct Step<'g> {
     pass: Option<wgpu::ComputePass<'static>>,
     chunks: Vec<Chunk>,
     align: u64,
-    dispatches: usize,
 }
 
 impl<'g> Step<'g> {
@@ -41,17 +40,7 @@ impl<'g> Step<'g> {
             pass: None,
             chunks: Vec::new(),
             align,
-            dispatches: 0,
         }
-    }
-
-    pub fn gpu(&self) -> &'g Gpu {
-        self.gpu
-    }
-
-    /// Number of dispatches recorded so far.
-    pub fn dispatches(&self) -> usize {
-        self.dispatches
     }
 
     /// The encoder for copy commands: closes the open compute pass first.
@@ -160,7 +149,6 @@ impl<'g> Step<'g> {
         pass.set_pipeline(&built.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-        self.dispatches += 1;
         Ok(())
     }
 
@@ -196,16 +184,8 @@ impl<'g> Step<'g> {
 
     /// Uploads data inside the step: staged into a fresh mapped buffer and copied in order.
     pub fn upload(&mut self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        self.upload_bytes(shape, bytemuck::cast_slice(data), DType::F32)
-    }
-
-    /// Uploads u32 data inside the step.
-    pub fn upload_u32(&mut self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
-        self.upload_bytes(shape, bytemuck::cast_slice(data), DType::U32)
-    }
-
-    fn upload_bytes(&mut self, shape: &[usize], bytes: &[u8], dtype: DType) -> Result<Tensor> {
-        let t = Tensor::alloc(self.gpu, shape, dtype)?;
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let t = Tensor::alloc(self.gpu, shape, DType::F32)?;
         if t.bytes() != bytes.len() as u64 {
             return Err(Error::Shape {
                 op: "upload",
@@ -228,20 +208,6 @@ impl<'g> Step<'g> {
         self.encoder()
             .copy_buffer_to_buffer(&staging, 0, t.buffer(), 0, bytes.len() as u64);
         Ok(t)
-    }
-
-    /// Copies `src` into `dst` (same element count), in order.
-    pub fn copy(&mut self, src: &Tensor, dst: &Tensor) -> Result<()> {
-        if src.numel() != dst.numel() {
-            return Err(Error::Shape {
-                op: "copy",
-                msg: format!("{:?} into {:?}", src.shape(), dst.shape()),
-            });
-        }
-        let size = src.bytes();
-        self.encoder()
-            .copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, size);
-        Ok(())
     }
 
     /// Writes the parameter chunks, submits the one command buffer, and reports any GPU error.

@@ -23,17 +23,6 @@ pub(super) struct BufferPool {
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
 }
 
-impl BufferPool {
-    pub(super) fn pooled_bytes(&self) -> u64 {
-        self.free
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| k * v.len() as u64)
-            .sum()
-    }
-}
-
 struct Pooled {
     buffer: wgpu::Buffer,
     bytes: u64,
@@ -117,7 +106,18 @@ impl Tensor {
                 mapped_at_creation: false,
             }),
         };
-        Ok(Tensor {
+        Ok(Self::pooled(gpu, buffer, bytes, shape, dtype))
+    }
+
+    /// Wraps a buffer of size class `bytes` so that it returns to `gpu`'s pool when dropped.
+    fn pooled(
+        gpu: &Gpu,
+        buffer: wgpu::Buffer,
+        bytes: u64,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Tensor {
+        Tensor {
             inner: Arc::new(Pooled {
                 buffer,
                 bytes,
@@ -125,7 +125,7 @@ impl Tensor {
             }),
             shape: shape.to_vec(),
             dtype,
-        })
+        }
     }
 
     /// Uploads data outside any step. The buffer is new (never a pooled one a pending encoder might
@@ -180,15 +180,7 @@ impl Tensor {
             view.slice(..bytes.len()).copy_from_slice(bytes);
         }
         buffer.unmap();
-        Ok(Tensor {
-            inner: Arc::new(Pooled {
-                buffer,
-                bytes: size,
-                pool: Arc::downgrade(&gpu.pool),
-            }),
-            shape: shape.to_vec(),
-            dtype,
-        })
+        Ok(Self::pooled(gpu, buffer, size, shape, dtype))
     }
 
     pub fn shape(&self) -> &[usize] {

@@ -8,35 +8,37 @@ use Access::{Read as R, ReadWrite as W};
 /// The general kernel: any strides, scalar loads.
 pub const MATMUL: Kernel = Kernel::new("matmul", "matmul", &[R, R, R, W]);
 
-const fn vec4_kernel(name: &'static str, a_along_k: bool, b_along_n: bool) -> Kernel {
+const fn vec4_kernel(name: &'static str, constants: &'static [(&'static str, f64)]) -> Kernel {
     Kernel {
         name,
         family: "matmul",
         entry: "matmul_vec4",
         bindings: &[R, R, R, W, R, R],
-        constants: if a_along_k {
-            if b_along_n {
-                &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)]
-            } else {
-                &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)]
-            }
-        } else if b_along_n {
-            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)]
-        } else {
-            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)]
-        },
+        constants,
     }
 }
 
 /// The fast path, one pipeline per orientation of the A and B blocks: [a_along_k][b_along_n].
 pub const MATMUL_VEC4: [[Kernel; 2]; 2] = [
     [
-        vec4_kernel("matmul_vec4_am_bk", false, false),
-        vec4_kernel("matmul_vec4_am_bn", false, true),
+        vec4_kernel(
+            "matmul_vec4_am_bk",
+            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)],
+        ),
+        vec4_kernel(
+            "matmul_vec4_am_bn",
+            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)],
+        ),
     ],
     [
-        vec4_kernel("matmul_vec4_ak_bk", true, false),
-        vec4_kernel("matmul_vec4_ak_bn", true, true),
+        vec4_kernel(
+            "matmul_vec4_ak_bk",
+            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)],
+        ),
+        vec4_kernel(
+            "matmul_vec4_ak_bn",
+            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)],
+        ),
     ],
 ];
 

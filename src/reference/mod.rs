@@ -234,14 +234,21 @@ pub fn softmax_bwd(y: &[f64], dy: &[f64], cols: usize, scale: f64) -> Vec<f64> {
     dx
 }
 
-/// Splits [B, T, H·D] into [B, H, T, D].
-fn split_heads(x: &[f64], b: usize, t: usize, h: usize, d: usize) -> Vec<f64> {
+/// Moves between the [B, T, H·D] layout of projections and the [B, H, T, D] layout of heads:
+/// `to_heads` splits, otherwise merges.
+fn permute_heads(x: &[f64], b: usize, t: usize, h: usize, d: usize, to_heads: bool) -> Vec<f64> {
     let mut out = vec![0.0; x.len()];
     for bi in 0..b {
         for ti in 0..t {
             for hi in 0..h {
                 for di in 0..d {
-                    out[((bi * h + hi) * t + ti) * d + di] = x[(bi * t + ti) * h * d + hi * d + di];
+                    let tokens = (bi * t + ti) * h * d + hi * d + di;
+                    let heads = ((bi * h + hi) * t + ti) * d + di;
+                    if to_heads {
+                        out[heads] = x[tokens];
+                    } else {
+                        out[tokens] = x[heads];
+                    }
                 }
             }
         }
@@ -249,19 +256,12 @@ fn split_heads(x: &[f64], b: usize, t: usize, h: usize, d: usize) -> Vec<f64> {
     out
 }
 
-/// Merges [B, H, T, D] into [B, T, H·D].
+fn split_heads(x: &[f64], b: usize, t: usize, h: usize, d: usize) -> Vec<f64> {
+    permute_heads(x, b, t, h, d, true)
+}
+
 fn merge_heads(x: &[f64], b: usize, t: usize, h: usize, d: usize) -> Vec<f64> {
-    let mut out = vec![0.0; x.len()];
-    for bi in 0..b {
-        for ti in 0..t {
-            for hi in 0..h {
-                for di in 0..d {
-                    out[(bi * t + ti) * h * d + hi * d + di] = x[((bi * h + hi) * t + ti) * d + di];
-                }
-            }
-        }
-    }
-    out
+    permute_heads(x, b, t, h, d, false)
 }
 
 /// Attention sizes: batch, heads, query length, key length, head width.
@@ -352,31 +352,35 @@ fn log_softmax(row: &[f64], s: f64) -> Vec<f64> {
     row.iter().map(|v| s * v - lse).collect()
 }
 
+/// The rows that count toward a mean loss, and the divisor the losses use: max(count, 1).
+fn counted_rows(targets: &[u32], counts: impl Fn(u32) -> bool) -> (Vec<usize>, f64) {
+    let rows: Vec<usize> = (0..targets.len()).filter(|&r| counts(targets[r])).collect();
+    let n = rows.len().max(1) as f64;
+    (rows, n)
+}
+
+fn row(x: &[f64], r: usize, vocab: usize) -> &[f64] {
+    &x[r * vocab..(r + 1) * vocab]
+}
+
 /// Mean cross-entropy over rows whose target is not `ignore` (or out of range).
 pub fn cross_entropy(logits: &[f64], targets: &[u32], vocab: usize, ignore: u32) -> f64 {
-    let (mut sum, mut count) = (0.0, 0.0);
-    for (r, &t) in targets.iter().enumerate() {
-        if t != ignore && (t as usize) < vocab {
-            sum -= log_softmax(&logits[r * vocab..(r + 1) * vocab], 1.0)[t as usize];
-            count += 1.0;
-        }
-    }
-    sum / f64::max(count, 1.0)
+    let (rows, n) = counted_rows(targets, |t| t != ignore && (t as usize) < vocab);
+    let sum: f64 = rows
+        .iter()
+        .map(|&r| -log_softmax(row(logits, r, vocab), 1.0)[targets[r] as usize])
+        .sum();
+    sum / n
 }
 
 pub fn cross_entropy_bwd(logits: &[f64], targets: &[u32], vocab: usize, ignore: u32) -> Vec<f64> {
-    let count = targets
-        .iter()
-        .filter(|&&t| t != ignore && (t as usize) < vocab)
-        .count() as f64;
+    let (rows, n) = counted_rows(targets, |t| t != ignore && (t as usize) < vocab);
     let mut d = vec![0.0; logits.len()];
-    for (r, &t) in targets.iter().enumerate() {
-        if t != ignore && (t as usize) < vocab {
-            let ls = log_softmax(&logits[r * vocab..(r + 1) * vocab], 1.0);
-            for c in 0..vocab {
-                d[r * vocab + c] =
-                    (ls[c].exp() - if c == t as usize { 1.0 } else { 0.0 }) / count.max(1.0);
-            }
+    for r in rows {
+        let ls = log_softmax(row(logits, r, vocab), 1.0);
+        for c in 0..vocab {
+            let onehot = if c == targets[r] as usize { 1.0 } else { 0.0 };
+            d[r * vocab + c] = (ls[c].exp() - onehot) / n;
         }
     }
     d
@@ -391,18 +395,18 @@ pub fn kl_div(
     ignore: u32,
     temp: f64,
 ) -> f64 {
-    let (mut sum, mut count) = (0.0, 0.0);
-    for (r, &t) in targets.iter().enumerate() {
-        if t != ignore {
-            let lt = log_softmax(&teacher[r * vocab..(r + 1) * vocab], 1.0 / temp);
-            let ls = log_softmax(&student[r * vocab..(r + 1) * vocab], 1.0 / temp);
-            sum += (0..vocab)
+    let (rows, n) = counted_rows(targets, |t| t != ignore);
+    let sum: f64 = rows
+        .iter()
+        .map(|&r| {
+            let lt = log_softmax(row(teacher, r, vocab), 1.0 / temp);
+            let ls = log_softmax(row(student, r, vocab), 1.0 / temp);
+            (0..vocab)
                 .map(|c| lt[c].exp() * (lt[c] - ls[c]))
-                .sum::<f64>();
-            count += 1.0;
-        }
-    }
-    sum / f64::max(count, 1.0)
+                .sum::<f64>()
+        })
+        .sum();
+    sum / n
 }
 
 pub fn kl_div_bwd(
@@ -413,15 +417,13 @@ pub fn kl_div_bwd(
     ignore: u32,
     temp: f64,
 ) -> Vec<f64> {
-    let count = targets.iter().filter(|&&t| t != ignore).count() as f64;
+    let (rows, n) = counted_rows(targets, |t| t != ignore);
     let mut d = vec![0.0; student.len()];
-    for (r, &t) in targets.iter().enumerate() {
-        if t != ignore {
-            let lt = log_softmax(&teacher[r * vocab..(r + 1) * vocab], 1.0 / temp);
-            let ls = log_softmax(&student[r * vocab..(r + 1) * vocab], 1.0 / temp);
-            for c in 0..vocab {
-                d[r * vocab + c] = (ls[c].exp() - lt[c].exp()) / (temp * count.max(1.0));
-            }
+    for r in rows {
+        let lt = log_softmax(row(teacher, r, vocab), 1.0 / temp);
+        let ls = log_softmax(row(student, r, vocab), 1.0 / temp);
+        for c in 0..vocab {
+            d[r * vocab + c] = (ls[c].exp() - lt[c].exp()) / (temp * n);
         }
     }
     d
