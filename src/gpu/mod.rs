@@ -91,16 +91,20 @@ impl Gpu {
         })
     }
 
-    /// One line naming the adapter, for logs and benchmark records.
+    /// One line naming the adapter, for logs and benchmark records. Browsers may withhold the
+    /// adapter's name (wgpu then reports it empty); the line says so rather than print blanks.
     pub fn describe(&self) -> String {
-        format!(
-            "{} ({:?}, {:?}, driver {} {})",
-            self.info.name,
-            self.info.backend,
-            self.info.device_type,
-            self.info.driver,
-            self.info.driver_info
-        )
+        let i = &self.info;
+        let name = if i.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &i.name
+        };
+        let mut line = format!("{name} ({:?}, {:?}", i.backend, i.device_type);
+        if !i.driver.is_empty() || !i.driver_info.is_empty() {
+            line += format!(", driver {} {}", i.driver, i.driver_info).trim_end();
+        }
+        line + ")"
     }
 
     /// Returns (and clears) the first GPU error recorded since the last check.
