@@ -12,6 +12,8 @@ mod tensor;
 pub use pipelines::{Access, Kernel};
 pub use step::Step;
 pub use tensor::{DType, Tensor};
+/// The wgpu this crate is built on, for callers that pick backends or adapters.
+pub use wgpu;
 
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,14 @@ use std::sync::{Arc, Mutex};
 struct Faults {
     error: Option<String>,
     lost: Option<String>,
+}
+
+/// See [`Gpu::stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Buffers ever created for tensors (reused pool buffers are not counted again).
+    pub tensor_buffers_created: u64,
+    pub pipelines_built: usize,
 }
 
 /// An open GPU device with everything amad keeps per device.
@@ -37,12 +47,21 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens the default adapter (high performance preference) with the adapter's own limits.
+    /// Opens the default adapter (high performance preference) with the adapter's own limits:
+    /// WebGPU in the browser; natively any backend, or those named in WGPU_BACKEND.
     pub async fn new() -> Result<Gpu> {
+        let backends = if cfg!(target_arch = "wasm32") {
+            wgpu::Backends::BROWSER_WEBGPU
+        } else {
+            wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
+        };
+        Self::with_backends(backends).await
+    }
+
+    /// Like [`Gpu::new`], restricted to the given backends.
+    pub async fn with_backends(backends: wgpu::Backends) -> Result<Gpu> {
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-        if cfg!(target_arch = "wasm32") {
-            desc.backends = wgpu::Backends::BROWSER_WEBGPU;
-        }
+        desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -105,6 +124,14 @@ impl Gpu {
             line += format!(", driver {} {}", i.driver, i.driver_info).trim_end();
         }
         line + ")"
+    }
+
+    /// Counts for checking that steady-state work allocates nothing and builds nothing.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            tensor_buffers_created: self.pool.created.load(std::sync::atomic::Ordering::Relaxed),
+            pipelines_built: self.pipelines.len(),
+        }
     }
 
     /// Returns (and clears) the first GPU error recorded since the last check.

@@ -53,6 +53,12 @@ pub(super) struct Cache {
     built: Mutex<HashMap<&'static str, std::sync::Arc<Built>>>,
 }
 
+impl Cache {
+    pub(super) fn len(&self) -> usize {
+        self.built.lock().unwrap().len()
+    }
+}
+
 impl Gpu {
     /// The pipeline for a kernel, built on first use.
     pub(super) fn pipeline(&self, k: &Kernel) -> std::sync::Arc<Built> {

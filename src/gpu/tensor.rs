@@ -21,6 +21,21 @@ pub enum DType {
 #[derive(Default)]
 pub(super) struct BufferPool {
     free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Buffers created for tensors so far (see `Gpu::stats`).
+    pub(super) created: std::sync::atomic::AtomicU64,
+}
+
+impl BufferPool {
+    fn create(&self, gpu: &Gpu, size: u64, mapped_at_creation: bool) -> wgpu::Buffer {
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size,
+            usage: USAGE,
+            mapped_at_creation,
+        })
+    }
 }
 
 struct Pooled {
@@ -99,12 +114,7 @@ impl Tensor {
             .and_then(|v| v.pop());
         let buffer = match reused {
             Some(b) => b,
-            None => gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: None,
-                size: bytes,
-                usage: USAGE,
-                mapped_at_creation: false,
-            }),
+            None => gpu.pool.create(gpu, bytes, false),
         };
         Ok(Self::pooled(gpu, buffer, bytes, shape, dtype))
     }
@@ -166,12 +176,7 @@ impl Tensor {
             });
         }
         let size = size_class(want);
-        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size,
-            usage: USAGE,
-            mapped_at_creation: true,
-        });
+        let buffer = gpu.pool.create(gpu, size, true);
         {
             let mut view = buffer
                 .slice(..)

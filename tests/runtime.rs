@@ -1,0 +1,65 @@
+//! The runtime's promises: a clear error without an adapter, no allocation and no pipeline
+//! building in steady state, errors reported as `Result`s.
+
+mod common;
+use amad::ops::{elementwise, layernorm, matmul::matmul, reduce};
+use amad::{Error, Gpu};
+use common::*;
+
+#[test]
+fn no_adapter_says_what_to_install() {
+    match pollster::block_on(Gpu::with_backends(amad::gpu::wgpu::Backends::empty())) {
+        Err(e @ Error::NoAdapter(_)) => {
+            let msg = e.to_string();
+            assert!(msg.contains("mesa-vulkan-drivers"), "{msg}");
+        }
+        Err(e) => panic!("expected NoAdapter, got {e}"),
+        Ok(_) => panic!("an instance with no backends found an adapter"),
+    }
+}
+
+#[test]
+fn second_identical_step_allocates_no_buffer_and_builds_no_pipeline() {
+    // Its own device: other tests running in parallel would move a shared device's counters.
+    let g = pollster::block_on(Gpu::new()).unwrap();
+    let mut rng = Rng::new(1);
+    let x = amad::Tensor::from_slice(
+        &g,
+        &[33, 40],
+        &rng.vec(33 * 40, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let w = amad::Tensor::from_slice(
+        &g,
+        &[40, 24],
+        &rng.vec(40 * 24, 1.0)
+            .iter()
+            .map(|&v| v as f32)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let gamma = amad::Tensor::from_slice(&g, &[24], &[1.0; 24]).unwrap();
+    let beta = amad::Tensor::from_slice(&g, &[24], &[0.0; 24]).unwrap();
+    let step = || -> Vec<f32> {
+        let mut s = g.step();
+        let y = matmul(&mut s, &x, &w, false, false, None).unwrap();
+        let h = elementwise::gelu(&mut s, &y, elementwise::Gelu::Tanh).unwrap();
+        let (n, _) = layernorm::layernorm(&mut s, &h, &gamma, &beta, 1e-5).unwrap();
+        let total = reduce::sum(&mut s, &n).unwrap();
+        s.submit().unwrap();
+        pollster::block_on(total.read(&g)).unwrap()
+    };
+    let first = step();
+    let after_first = g.stats();
+    let second = step();
+    assert_eq!(
+        g.stats(),
+        after_first,
+        "the second step allocated tensors or built pipelines"
+    );
+    assert_eq!(first, second, "same inputs, same result");
+    assert!(after_first.pipelines_built >= 4 && after_first.tensor_buffers_created >= 4);
+}
