@@ -42,10 +42,19 @@ fn mismatched_shapes_are_errors() {
         "[batch, heads, q, k]",
     );
     let q = upload(&[2, 3, 8], &[0.0; 48]);
+    let dims = attention::Dims {
+        batch: 2,
+        heads: 3,
+        q_len: 3,
+        k_len: 3,
+        head_dim: 3,
+    };
+    let whole = attention::Seq::whole(&q);
     expect_err(
-        attention::attention(&mut s, &q, &q, &q, 3, softmax::Masks::default()),
-        "not divisible into 3 heads",
+        attention::attention(&mut s, dims, whole, whole, whole, softmax::Masks::default()),
+        "are not 3 tokens × 9",
     );
+
     let ids_f32 = upload(&[3], &[0.0; 3]);
     expect_err(
         embedding::embedding(&mut s, &ids_f32, &a),

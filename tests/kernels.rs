@@ -221,17 +221,41 @@ fn attention_forward_and_backward_with_masks() {
                 causal,
                 key_mask: padded.then_some(&gmask),
             };
-            let (o, p) = attention::attention(s, &gq, &gk, &gv, h, masks)?;
-            let (dq, dk, dv) = attention::attention_bwd(s, &gq, &gk, &gv, &p, &gdo, h)?;
-            Ok(vec![o, p, dq, dk, dv])
+            let dims = attention::Dims {
+                batch: b,
+                heads: h,
+                q_len: tq,
+                k_len: tk,
+                head_dim: d,
+            };
+            let (whole, part) = (attention::Seq::whole, attention::Seq::part);
+            let (o, p) = attention::attention(s, dims, whole(&gq), whole(&gk), whole(&gv), masks)?;
+            // Gradients of K and V land in one fused [B, Tk, 2·H·D] buffer, as GPT-2's
+            // cross-attention produces them; dQ in its own.
+            let dq = s.empty(&[b, tq, h * d])?;
+            let dkv = s.empty(&[b, tk, 2 * h * d])?;
+            let grads = attention::Grads {
+                dq: whole(&dq),
+                dk: part(&dkv, 0, 2),
+                dv: part(&dkv, 1, 2),
+            };
+            attention::attention_bwd(s, dims, whole(&gq), whole(&gk), whole(&gv), &p, &gdo, grads)?;
+            Ok(vec![o, p, dq, dkv])
         });
+        // Split the fused gradient back into dK and dV for the comparison.
+        let w = h * d;
+        let (mut got_dk, mut got_dv) = (vec![], vec![]);
+        for row in got[3].chunks(2 * w) {
+            got_dk.extend_from_slice(&row[..w]);
+            got_dv.extend_from_slice(&row[w..]);
+        }
         let what = format!("attention causal={causal} padded={padded}");
         // Sums of up to 16 products of O(1) values through a softmax: 2e-5 absolute.
         assert_close(&format!("{what} out"), &got[0], &out, 2e-5, 1e-4);
         assert_close(&format!("{what} probs"), &got[1], &probs, 2e-6, 1e-4);
         assert_close(&format!("{what} dq"), &got[2], &dq, 2e-5, 1e-4);
-        assert_close(&format!("{what} dk"), &got[3], &dk, 2e-5, 1e-4);
-        assert_close(&format!("{what} dv"), &got[4], &dv, 2e-5, 1e-4);
+        assert_close(&format!("{what} dk"), &got_dk, &dk, 2e-5, 1e-4);
+        assert_close(&format!("{what} dv"), &got_dv, &dv, 2e-5, 1e-4);
         // Masked cells are exactly zero: the distillation losses rely on it.
         for (i, &p) in got[1].iter().enumerate() {
             if probs[i] == 0.0 {

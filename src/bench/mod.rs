@@ -1,7 +1,8 @@
 //! Benchmarks that print figures (`amad bench ...`). Never timed tests: these machines are noisy,
 //! so comparisons are made side by side within one run.
 
-use crate::ops::{attention, matmul::matmul, softmax::Masks};
+use crate::ops::attention::{self, Seq};
+use crate::ops::{matmul::matmul, softmax::Masks};
 use crate::{Gpu, Result, Tensor};
 use std::time::Instant;
 
@@ -107,8 +108,16 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     let v = filled(gpu, &[b, t, h * d])?;
     let dout = filled(gpu, &[b, t, h * d])?;
     let flops_fwd = 2.0 * 2.0 * (b * h * t * t * d) as f64;
+    let dims = attention::Dims {
+        batch: b,
+        heads: h,
+        q_len: t,
+        k_len: t,
+        head_dim: d,
+    };
+    let (q, k, v) = (Seq::whole(&q), Seq::whole(&k), Seq::whole(&v));
     let s = time(gpu, iters, &|step| {
-        attention::attention(step, &q, &k, &v, h, Masks::default()).map(drop)
+        attention::attention(step, dims, q, k, v, Masks::default()).map(drop)
     })?;
     let shape = format!("B{b} H{h} T{t} D{d}");
     Record {
@@ -119,8 +128,18 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     }
     .print(gpu, json);
     let s = time(gpu, iters, &|step| {
-        let (_, p) = attention::attention(step, &q, &k, &v, h, Masks::default())?;
-        attention::attention_bwd(step, &q, &k, &v, &p, &dout, h).map(drop)
+        let (_, p) = attention::attention(step, dims, q, k, v, Masks::default())?;
+        let (dq, dk, dv) = (
+            step.empty(&[b, t, h * d])?,
+            step.empty(&[b, t, h * d])?,
+            step.empty(&[b, t, h * d])?,
+        );
+        let grads = attention::Grads {
+            dq: Seq::whole(&dq),
+            dk: Seq::whole(&dk),
+            dv: Seq::whole(&dv),
+        };
+        attention::attention_bwd(step, dims, q, k, v, &p, &dout, grads)
     })?;
     Record {
         name: "attention_fwd_bwd".into(),
