@@ -63,3 +63,45 @@ fn embedding_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     dtable[id * p.dim + c] += sum;
 }
+
+// ViT token assembly: out[b, t] = (t == 0 ? cls : patches[b, t - 1]) + pos[t]; t < tokens = N + 1.
+// Uses Params as (tokens = batch·(N+1) rows, dim, vocab = N + 1 tokens per image).
+@group(0) @binding(1) var<storage, read> patch_emb: array<f32>;   // [B, N, dim]
+@group(0) @binding(2) var<storage, read> cls: array<f32>;         // [dim]
+@group(0) @binding(3) var<storage, read> pos: array<f32>;         // [N + 1, dim]
+@group(0) @binding(4) var<storage, read_write> tokens: array<f32>; // [B, N + 1, dim]
+
+@compute @workgroup_size(256)
+fn vit_tokens_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.tokens * p.dim) {
+        return;
+    }
+    let c = i % p.dim;
+    let row = i / p.dim;
+    let t = row % p.vocab;
+    let b = row / p.vocab;
+    var v = cls[c];
+    if (t > 0u) {
+        v = patch_emb[(b * (p.vocab - 1u) + t - 1u) * p.dim + c];
+    }
+    tokens[i] = v + pos[t * p.dim + c];
+}
+
+// Backward to the patch embeddings (the CLS and position gradients are column sums of dtokens).
+@group(0) @binding(1) var<storage, read> dtokens: array<f32>;      // [B, N + 1, dim]
+@group(0) @binding(2) var<storage, read_write> dpatch: array<f32>; // [B, N, dim]
+
+@compute @workgroup_size(256)
+fn vit_tokens_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    let n = p.vocab - 1u;
+    if (i >= (p.tokens / p.vocab) * n * p.dim) {
+        return;
+    }
+    let c = i % p.dim;
+    let row = i / p.dim;
+    let b = row / n;
+    let t = row % n + 1u;
+    dpatch[i] = dtokens[(b * p.vocab + t) * p.dim + c];
+}

@@ -2,9 +2,9 @@
 // column sums (bias gradients), and the broadcast that is the backward of a sum or a mean.
 
 struct Params {
-    segments: u32,
+    segments: u32,  // sum_segments: segments; sum_columns: columns summed (the first ones)
     len: u32,       // segment length (sum_segments) or rows (sum_columns)
-    cols: u32,      // sum_columns: columns
+    cols: u32,      // sum_columns: row length
     flags: u32,     // sum_segments: 1 = sum of squares, 2 = accumulate into out
     scale: f32,     // multiplies every result (1/len makes a mean)
     out_off: u32,   // sum_segments: first output slot
@@ -53,11 +53,12 @@ fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
-// out[c] += scale * sum_r x[r, c]: the gradient of a bias broadcast over rows.
+// out[c] += scale * sum_r x[r, c] for the first `segments` columns: the gradient of a bias
+// broadcast over rows (all columns), or of a vector added to the first columns only.
 @compute @workgroup_size(256)
 fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let c = thread_index(wid, nwg, lid);
-    if (c >= p.cols) {
+    if (c >= p.segments) {
         return;
     }
     var acc = 0.0;

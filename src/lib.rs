@@ -9,8 +9,10 @@
 pub mod bench;
 pub mod error;
 pub mod gpu;
+pub mod model;
 pub mod ops;
 pub mod reference;
+pub mod rng;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, Step, Tensor};

@@ -34,6 +34,10 @@ fn mismatched_shapes_are_errors() {
     expect_err(elementwise::add(&mut s, &a, &b), "shapes differ");
     expect_err(elementwise::bias_add(&mut s, &a, &v), "bias has 7 elements");
     expect_err(
+        amad::ops::reduce::sum_columns(&mut s, &a, &v),
+        "only 4 columns",
+    );
+    expect_err(
         layernorm::layernorm(&mut s, &a, &v, &v, 1e-5),
         "gamma has 7 elements",
     );

@@ -5,6 +5,7 @@ mod common;
 use amad::ops::elementwise::{add, axpy, bias_add, gelu, gelu_bwd, Gelu};
 use amad::ops::{attention, embedding, image, layernorm, loss, optim, reduce, softmax};
 use amad::reference as r;
+use amad::rng::Rng;
 use common::*;
 
 // Finite differences use eps = 1e-6 in f64: truncation error ~eps² and rounding ~1e-16/eps,
@@ -292,6 +293,40 @@ fn embedding_lookup_and_scatter_add() {
     // sums at most 3 values: 1e-6.
     assert_close("embedding", &got[0], &want, 0.0, 6e-8);
     assert_close("embedding grad", &got[1], &want_d, 1e-6, 0.0);
+}
+
+#[test]
+fn vit_tokens_forward_and_backward() {
+    let (b, n, d) = (3, 5, 6);
+    let mut rng = Rng::new(13);
+    let (patches, cls, pos) = (
+        rng.vec(b * n * d, 1.0),
+        rng.vec(d, 1.0),
+        rng.vec((n + 1) * d, 1.0),
+    );
+    let dy = rng.vec(b * (n + 1) * d, 1.0);
+    let want = r::vit_tokens(&patches, &cls, &pos, b, n, d);
+    let l = |p: &[f64], c: &[f64], q: &[f64]| dot(&dy, &r::vit_tokens(p, c, q, b, n, d));
+    let fd_patch = finite_diff(&patches, FD_EPS, |x| l(x, &cls, &pos));
+    let fd_cls = finite_diff(&cls, FD_EPS, |x| l(&patches, x, &pos));
+    let fd_pos = finite_diff(&pos, FD_EPS, |x| l(&patches, &cls, x));
+    let (tp, tc, tq, tdy) = (
+        upload(&[b, n, d], &patches),
+        upload(&[1, 1, d], &cls),
+        upload(&[1, n + 1, d], &pos),
+        upload(&[b, n + 1, d], &dy),
+    );
+    let got = run(|s| {
+        let y = embedding::vit_tokens(s, &tp, &tc, &tq)?;
+        let (dc, dq) = (s.zeros(&[1, 1, d])?, s.zeros(&[1, n + 1, d])?);
+        let dp = embedding::vit_tokens_bwd(s, &tdy, &dc, &dq)?;
+        Ok(vec![y, dp, dc, dq])
+    });
+    // Sums of two f32 values, or of 3 over the batch: 1e-6.
+    assert_close("vit tokens", &got[0], &want, 1e-6, 0.0);
+    assert_close("d patches vs FD", &got[1], &fd_patch, 1e-6, 1e-6);
+    assert_close("d cls vs FD", &got[2], &fd_cls, 1e-6, 1e-6);
+    assert_close("d positions vs FD", &got[3], &fd_pos, 1e-6, 1e-6);
 }
 
 #[test]

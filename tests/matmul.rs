@@ -4,6 +4,7 @@
 mod common;
 use amad::ops::matmul::{matmul, Gemm, View};
 use amad::reference as r;
+use amad::rng::Rng;
 use common::*;
 
 /// f32 accumulation of k products of values in [-1, 1]: the rounding error is at most about

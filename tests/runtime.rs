@@ -3,6 +3,7 @@
 
 mod common;
 use amad::ops::{elementwise, layernorm, matmul::matmul, reduce};
+use amad::rng::Rng;
 use amad::{Error, Gpu};
 use common::*;
 

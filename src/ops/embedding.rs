@@ -6,6 +6,8 @@ use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step,
 
 pub const FWD: Kernel = Kernel::new("embedding", "embedding_fwd", &[R, R, W]);
 pub const BWD: Kernel = Kernel::new("embedding", "embedding_bwd", &[R, R, W]);
+pub const VIT_TOKENS_FWD: Kernel = Kernel::new("embedding", "vit_tokens_fwd", &[R, R, R, W]);
+pub const VIT_TOKENS_BWD: Kernel = Kernel::new("embedding", "vit_tokens_bwd", &[R, W]);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -64,4 +66,74 @@ pub fn embedding_bwd(step: &mut Step, ids: &Tensor, dout: &Tensor, dtable: &Tens
         );
     }
     step.dispatch_linear(&BWD, &p, &[ids, dout, dtable], groups(dout.numel(), 256))
+}
+
+fn vit_params(op: &'static str, batch: usize, tokens: usize, dim: usize) -> Result<Params> {
+    Ok(Params {
+        tokens: u32_of(op, "rows", batch * tokens)?,
+        dim: u32_of(op, "dim", dim)?,
+        vocab: u32_of(op, "tokens", tokens)?,
+        _pad: 0,
+    })
+}
+
+/// ViT's token sequence: [CLS; patch embeddings] + position embeddings.
+/// patches [B, N, D], cls [.., D] (D elements), pos [.., N + 1, D] → [B, N + 1, D].
+pub fn vit_tokens(step: &mut Step, patches: &Tensor, cls: &Tensor, pos: &Tensor) -> Result<Tensor> {
+    let s = patches.shape();
+    if s.len() != 3 || cls.numel() != s[2] || pos.numel() != (s[1] + 1) * s[2] {
+        return shape_err(
+            "vit_tokens",
+            format!(
+                "patches {s:?}, cls {:?} and positions {:?} do not fit together",
+                cls.shape(),
+                pos.shape()
+            ),
+        );
+    }
+    let (b, n, d) = (s[0], s[1], s[2]);
+    let p = vit_params("vit_tokens", b, n + 1, d)?;
+    let out = step.empty(&[b, n + 1, d])?;
+    step.dispatch_linear(
+        &VIT_TOKENS_FWD,
+        &p,
+        &[patches, cls, pos, &out],
+        groups(out.numel(), 256),
+    )?;
+    Ok(out)
+}
+
+/// Backward of [`vit_tokens`]: returns d patches and adds the CLS and position gradients
+/// (column sums over the batch) into `dcls`, `dpos`.
+pub fn vit_tokens_bwd(
+    step: &mut Step,
+    dtokens: &Tensor,
+    dcls: &Tensor,
+    dpos: &Tensor,
+) -> Result<Tensor> {
+    let s = dtokens.shape();
+    if s.len() != 3 || s[1] < 2 || dcls.numel() != s[2] || dpos.numel() != s[1] * s[2] {
+        return shape_err(
+            "vit_tokens_bwd",
+            format!(
+                "dtokens {s:?}, dcls {:?} and dpos {:?} do not fit together",
+                dcls.shape(),
+                dpos.shape()
+            ),
+        );
+    }
+    let (b, t, d) = (s[0], s[1], s[2]);
+    let p = vit_params("vit_tokens_bwd", b, t, d)?;
+    let dpatch = step.empty(&[b, t - 1, d])?;
+    step.dispatch_linear(
+        &VIT_TOKENS_BWD,
+        &p,
+        &[dtokens, &dpatch],
+        groups(dpatch.numel(), 256),
+    )?;
+    // Position t's gradient sums over the batch; CLS's is position 0's: the first d columns.
+    let per_image = dtokens.reshape(&[b, t * d])?;
+    super::reduce::sum_columns(step, &per_image, dpos)?;
+    super::reduce::sum_columns(step, &per_image, dcls)?;
+    Ok(dpatch)
 }

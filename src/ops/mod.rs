@@ -64,6 +64,8 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &softmax::BWD,
     &embedding::FWD,
     &embedding::BWD,
+    &embedding::VIT_TOKENS_FWD,
+    &embedding::VIT_TOKENS_BWD,
     &loss::CE_FWD,
     &loss::CE_BWD,
     &loss::KL_FWD,

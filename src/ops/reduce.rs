@@ -94,24 +94,26 @@ pub fn broadcast_scalar(
     Ok(out)
 }
 
-/// out[c] += Σ_r x[r, c] over all leading dimensions: the gradient of a broadcast bias.
+/// out[c] += Σ_r x[r, c] over all leading dimensions, for the first out.numel() columns: the
+/// gradient of a broadcast bias (all columns) or of a vector added to the first columns only.
 pub fn sum_columns(step: &mut Step, x: &Tensor, out: &Tensor) -> Result<()> {
     let cols = *x.shape().last().unwrap_or(&0);
-    if out.numel() != cols {
+    if out.numel() > cols {
         return shape_err(
             "sum_columns",
             format!(
-                "out has {} elements, x {:?} has {cols} columns",
+                "out has {} elements, x {:?} only {cols} columns",
                 out.numel(),
                 x.shape()
             ),
         );
     }
     let p = Params {
+        segments: out.numel() as u32,
         len: u32_of("sum_columns", "rows", x.numel() / cols)?,
         cols: cols as u32,
         scale: 1.0,
         ..Default::default()
     };
-    step.dispatch_linear(&SUM_COLUMNS, &p, &[x, out], groups(cols, 256))
+    step.dispatch_linear(&SUM_COLUMNS, &p, &[x, out], groups(out.numel(), 256))
 }

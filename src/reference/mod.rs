@@ -463,3 +463,28 @@ pub fn adamw(
         param[i] -= lr * mh / (vh.sqrt() + eps);
     }
 }
+
+/// ViT's tokens: [CLS; patches] + positions, for patches [B, N, D] → [B, N + 1, D].
+pub fn vit_tokens(
+    patches: &[f64],
+    cls: &[f64],
+    pos: &[f64],
+    b: usize,
+    n: usize,
+    d: usize,
+) -> Vec<f64> {
+    let mut out = vec![0.0; b * (n + 1) * d];
+    for bi in 0..b {
+        for t in 0..=n {
+            for c in 0..d {
+                let v = if t == 0 {
+                    cls[c]
+                } else {
+                    patches[(bi * n + t - 1) * d + c]
+                };
+                out[(bi * (n + 1) + t) * d + c] = v + pos[t * d + c];
+            }
+        }
+    }
+    out
+}

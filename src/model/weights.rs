@@ -1,0 +1,316 @@
+//! The parameters: their Hugging Face names and shapes (the layout), the GPU tensors, and
+//! safetensors I/O. Weights keep transformers' own layouts (nn.Linear [out, in] in the ViT,
+//! Conv1D [in, out] in GPT-2), so checkpoints need no conversion either way; the matmul reads
+//! whichever orientation through strides.
+
+use super::config::Config;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::rng::Rng;
+
+/// How a parameter starts (as transformers initialises these models).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    Normal(f32),
+    Zeros,
+    Ones,
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+}
+
+/// Indices of one ViT layer's parameters.
+#[derive(Clone, Debug)]
+pub struct EncLayer {
+    pub ln1: (usize, usize),
+    pub q: (usize, usize),
+    pub k: (usize, usize),
+    pub v: (usize, usize),
+    pub out: (usize, usize),
+    pub ln2: (usize, usize),
+    pub fc1: (usize, usize),
+    pub fc2: (usize, usize),
+}
+
+/// Indices of one GPT-2 layer's parameters.
+#[derive(Clone, Debug)]
+pub struct DecLayer {
+    pub ln1: (usize, usize),
+    pub qkv: (usize, usize),
+    pub attn_proj: (usize, usize),
+    pub ln_cross: (usize, usize),
+    pub cross_q: (usize, usize),
+    pub cross_kv: (usize, usize),
+    pub cross_proj: (usize, usize),
+    pub ln2: (usize, usize),
+    pub fc: (usize, usize),
+    pub proj: (usize, usize),
+}
+
+/// Every parameter of a config, in a fixed order, with the indices the layers use.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub specs: Vec<Spec>,
+    pub patch: (usize, usize),
+    pub cls: usize,
+    pub pos: usize,
+    pub enc: Vec<EncLayer>,
+    pub enc_ln: (usize, usize),
+    /// enc_to_dec_proj, present when encoder and decoder widths differ.
+    pub enc_to_dec: Option<(usize, usize)>,
+    pub wte: usize,
+    pub wpe: usize,
+    pub dec: Vec<DecLayer>,
+    pub ln_f: (usize, usize),
+}
+
+/// transformers' initializer_range.
+const STD: f32 = 0.02;
+
+struct Builder(Vec<Spec>);
+
+impl Builder {
+    fn add(&mut self, name: String, shape: &[usize], init: Init) -> usize {
+        self.0.push(Spec {
+            name,
+            shape: shape.to_vec(),
+            init,
+        });
+        self.0.len() - 1
+    }
+    /// weight (normal) and bias (zeros) of a linear map.
+    fn linear(&mut self, name: &str, w: &[usize], b: usize) -> (usize, usize) {
+        (
+            self.add(format!("{name}.weight"), w, Init::Normal(STD)),
+            self.add(format!("{name}.bias"), &[b], Init::Zeros),
+        )
+    }
+    fn layernorm(&mut self, name: &str, n: usize) -> (usize, usize) {
+        (
+            self.add(format!("{name}.weight"), &[n], Init::Ones),
+            self.add(format!("{name}.bias"), &[n], Init::Zeros),
+        )
+    }
+}
+
+impl Layout {
+    pub fn new(cfg: &Config) -> Layout {
+        let (e, d) = (&cfg.encoder, &cfg.decoder);
+        let (de, dd) = (e.hidden_size, d.n_embd);
+        let mut b = Builder(vec![]);
+        let patch = b.linear(
+            "encoder.embeddings.patch_embeddings.projection",
+            &[de, e.num_channels, e.patch_size, e.patch_size],
+            de,
+        );
+        let cls = b.add(
+            "encoder.embeddings.cls_token".into(),
+            &[1, 1, de],
+            Init::Normal(STD),
+        );
+        let pos = b.add(
+            "encoder.embeddings.position_embeddings".into(),
+            &[1, e.tokens(), de],
+            Init::Normal(STD),
+        );
+        let enc = (0..e.num_hidden_layers)
+            .map(|i| {
+                let p = format!("encoder.encoder.layer.{i}");
+                EncLayer {
+                    ln1: b.layernorm(&format!("{p}.layernorm_before"), de),
+                    q: b.linear(&format!("{p}.attention.attention.query"), &[de, de], de),
+                    k: b.linear(&format!("{p}.attention.attention.key"), &[de, de], de),
+                    v: b.linear(&format!("{p}.attention.attention.value"), &[de, de], de),
+                    out: b.linear(&format!("{p}.attention.output.dense"), &[de, de], de),
+                    ln2: b.layernorm(&format!("{p}.layernorm_after"), de),
+                    fc1: b.linear(
+                        &format!("{p}.intermediate.dense"),
+                        &[e.intermediate_size, de],
+                        e.intermediate_size,
+                    ),
+                    fc2: b.linear(&format!("{p}.output.dense"), &[de, e.intermediate_size], de),
+                }
+            })
+            .collect();
+        let enc_ln = b.layernorm("encoder.layernorm", de);
+        let enc_to_dec = (de != dd).then(|| b.linear("enc_to_dec_proj", &[dd, de], dd));
+        let wte = b.add(
+            "decoder.transformer.wte.weight".into(),
+            &[d.vocab_size, dd],
+            Init::Normal(STD),
+        );
+        let wpe = b.add(
+            "decoder.transformer.wpe.weight".into(),
+            &[d.n_positions, dd],
+            Init::Normal(STD),
+        );
+        let dec = (0..d.n_layer)
+            .map(|i| {
+                let p = format!("decoder.transformer.h.{i}");
+                DecLayer {
+                    ln1: b.layernorm(&format!("{p}.ln_1"), dd),
+                    qkv: b.linear(&format!("{p}.attn.c_attn"), &[dd, 3 * dd], 3 * dd),
+                    attn_proj: b.linear(&format!("{p}.attn.c_proj"), &[dd, dd], dd),
+                    ln_cross: b.layernorm(&format!("{p}.ln_cross_attn"), dd),
+                    cross_q: b.linear(&format!("{p}.crossattention.q_attn"), &[dd, dd], dd),
+                    cross_kv: b.linear(
+                        &format!("{p}.crossattention.c_attn"),
+                        &[dd, 2 * dd],
+                        2 * dd,
+                    ),
+                    cross_proj: b.linear(&format!("{p}.crossattention.c_proj"), &[dd, dd], dd),
+                    ln2: b.layernorm(&format!("{p}.ln_2"), dd),
+                    fc: b.linear(&format!("{p}.mlp.c_fc"), &[dd, d.n_inner], d.n_inner),
+                    proj: b.linear(&format!("{p}.mlp.c_proj"), &[d.n_inner, dd], dd),
+                }
+            })
+            .collect();
+        let ln_f = b.layernorm("decoder.transformer.ln_f", dd);
+        Layout {
+            specs: b.0,
+            patch,
+            cls,
+            pos,
+            enc,
+            enc_ln,
+            enc_to_dec,
+            wte,
+            wpe,
+            dec,
+            ln_f,
+        }
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.specs
+            .iter()
+            .map(|s| s.shape.iter().product::<usize>())
+            .sum()
+    }
+}
+
+/// Tensors saved by transformers that amad does not use: ViTModel's pooler (captioning reads the
+/// token states) and GPT-2's lm_head, which is the token embedding (tied).
+fn ignorable(name: &str) -> bool {
+    name.starts_with("encoder.pooler.") || name == "decoder.lm_head.weight"
+}
+
+/// One GPU tensor per spec of a layout, in the layout's order.
+pub struct Weights {
+    pub tensors: Vec<Tensor>,
+}
+
+impl Weights {
+    /// Fresh weights drawn as transformers initialises them, deterministic from `seed`.
+    pub fn init(gpu: &Gpu, layout: &Layout, seed: u64) -> Result<Weights> {
+        let mut rng = Rng::new(seed);
+        let tensors = layout
+            .specs
+            .iter()
+            .map(|s| {
+                let n: usize = s.shape.iter().product();
+                let data: Vec<f32> = match s.init {
+                    Init::Normal(std) => (0..n).map(|_| std * rng.normal() as f32).collect(),
+                    Init::Zeros => vec![0.0; n],
+                    Init::Ones => vec![1.0; n],
+                };
+                Tensor::from_slice(gpu, &s.shape, &data)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Weights { tensors })
+    }
+
+    /// Zero tensors shaped like every parameter (gradients, optimiser moments).
+    pub fn zeros(gpu: &Gpu, layout: &Layout) -> Result<Weights> {
+        let tensors = layout
+            .specs
+            .iter()
+            .map(|s| Tensor::from_slice(gpu, &s.shape, &vec![0.0; s.shape.iter().product()]))
+            .collect::<Result<_>>()?;
+        Ok(Weights { tensors })
+    }
+
+    /// Loads model.safetensors bytes. `file` names the source in error messages. Every tensor of
+    /// the layout must be present, f32, and of the configured shape; nothing else may be there
+    /// but transformers' unused pooler and the tied lm_head.
+    pub fn from_safetensors(
+        gpu: &Gpu,
+        layout: &Layout,
+        bytes: &[u8],
+        file: &str,
+    ) -> Result<Weights> {
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+            Error::Invalid(format!(
+                "{file}: not a readable safetensors file ({e}); is it truncated?"
+            ))
+        })?;
+        for name in st.names() {
+            if !ignorable(name) && !layout.specs.iter().any(|s| s.name == name) {
+                return Err(Error::Invalid(format!(
+                    "{file}: unexpected tensor {name}: the file does not match config.json"
+                )));
+            }
+        }
+        let tensors = layout
+            .specs
+            .iter()
+            .map(|s| {
+                let view = st.tensor(&s.name).map_err(|_| {
+                    Error::Invalid(format!(
+                        "{file}: tensor {} is missing (expected shape {:?})",
+                        s.name, s.shape
+                    ))
+                })?;
+                if view.dtype() != safetensors::Dtype::F32 {
+                    return Err(Error::Invalid(format!(
+                        "{file}: tensor {} is {:?}; amad reads f32 checkpoints",
+                        s.name,
+                        view.dtype()
+                    )));
+                }
+                if view.shape() != s.shape {
+                    return Err(Error::Invalid(format!(
+                        "{file}: tensor {} has shape {:?}, but config.json implies {:?}",
+                        s.name,
+                        view.shape(),
+                        s.shape
+                    )));
+                }
+                // The data of a safetensors file need not be 4-byte aligned in memory: copy.
+                let data: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                Tensor::from_slice(gpu, &s.shape, &data)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Weights { tensors })
+    }
+
+    /// Reads every tensor back and serialises them as model.safetensors bytes.
+    pub async fn to_safetensors(&self, gpu: &Gpu, layout: &Layout) -> Result<Vec<u8>> {
+        let mut data = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let v = t.read(gpu).await?;
+            data.push(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+        }
+        let views = layout
+            .specs
+            .iter()
+            .zip(&data)
+            .map(|(s, d)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.shape.clone(), d)
+                    .map(|v| (s.name.clone(), v))
+                    .map_err(|e| Error::Invalid(format!("serialising {}: {e}", s.name)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize(views, Some(meta))
+            .map_err(|e| Error::Invalid(format!("serialising the weights: {e}")))
+    }
+}
