@@ -1,11 +1,9 @@
 //! The runtime's promises: a clear error without an adapter, no allocation and no pipeline
 //! building in steady state, errors reported as `Result`s.
 
-mod common;
 use amad::ops::{elementwise, layernorm, matmul::matmul, reduce};
 use amad::rng::Rng;
 use amad::{Error, Gpu};
-use common::*;
 
 #[test]
 fn no_adapter_says_what_to_install() {
