@@ -184,8 +184,16 @@ impl<'g> Step<'g> {
 
     /// Uploads data inside the step: staged into a fresh mapped buffer and copied in order.
     pub fn upload(&mut self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
-        let bytes: &[u8] = bytemuck::cast_slice(data);
-        let t = Tensor::alloc(self.gpu, shape, DType::F32)?;
+        self.upload_bytes(shape, bytemuck::cast_slice(data), DType::F32)
+    }
+
+    /// Uploads u32 data (token ids) inside the step.
+    pub fn upload_u32(&mut self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        self.upload_bytes(shape, bytemuck::cast_slice(data), DType::U32)
+    }
+
+    fn upload_bytes(&mut self, shape: &[usize], bytes: &[u8], dtype: DType) -> Result<Tensor> {
+        let t = Tensor::alloc(self.gpu, shape, dtype)?;
         if t.bytes() != bytes.len() as u64 {
             return Err(Error::Shape {
                 op: "upload",

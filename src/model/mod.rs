@@ -1,8 +1,272 @@
 //! The captioner: a ViT encoder and a GPT-2 decoder with cross-attention, in Hugging Face's
 //! VisionEncoderDecoder layout. Teacher and student are two configs of the same code.
+//!
+//! Forward and backward are written out layer by layer (encoder.rs, decoder.rs); every
+//! activation the backward needs is kept in the returned structs, on the GPU.
 
 pub mod config;
+pub mod decoder;
+pub mod encoder;
+pub mod linear;
 pub mod weights;
 
 pub use config::Config;
 pub use weights::{Layout, Weights};
+
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{Gpu, Step, Tensor};
+use crate::ops::loss::{cross_entropy, cross_entropy_bwd};
+use crate::ops::optim::{adamw, clip_grad_norm, AdamW, Slot};
+
+/// A model: its config, parameter layout and weights on one device.
+pub struct Model {
+    pub cfg: Config,
+    pub layout: Layout,
+    pub weights: Weights,
+}
+
+/// The forward pass of a batch: logits, every attention map, and what the backward needs.
+pub struct Forward {
+    pub encoder: encoder::EncoderActs,
+    pub decoder: decoder::DecoderActs,
+}
+
+impl Forward {
+    /// [B, L, vocab]
+    pub fn logits(&self) -> &Tensor {
+        &self.decoder.logits
+    }
+    /// Encoder self-attention per layer: [B, H, T, T].
+    pub fn encoder_attentions(&self) -> Vec<&Tensor> {
+        self.encoder.blocks.iter().map(|b| &b.probs).collect()
+    }
+    /// Decoder causal self-attention per layer: [B, H, L, L].
+    pub fn decoder_attentions(&self) -> Vec<&Tensor> {
+        self.decoder.blocks.iter().map(|b| &b.self_probs).collect()
+    }
+    /// Decoder cross-attention per layer: [B, H, L, T].
+    pub fn cross_attentions(&self) -> Vec<&Tensor> {
+        self.decoder.blocks.iter().map(|b| &b.cross_probs).collect()
+    }
+}
+
+/// Optimiser state: gradients and AdamW moments, one tensor per parameter.
+pub struct Optimizer {
+    pub grads: Weights,
+    m: Weights,
+    v: Weights,
+    pub cfg: AdamW,
+    /// Global gradient-norm bound (`f32::INFINITY`: measure, never clip).
+    pub max_norm: f32,
+    /// Steps taken.
+    pub t: u32,
+}
+
+impl Optimizer {
+    pub fn new(gpu: &Gpu, layout: &Layout, cfg: AdamW, max_norm: f32) -> Result<Optimizer> {
+        Ok(Optimizer {
+            grads: Weights::zeros(gpu, layout)?,
+            m: Weights::zeros(gpu, layout)?,
+            v: Weights::zeros(gpu, layout)?,
+            cfg,
+            max_norm,
+            t: 0,
+        })
+    }
+
+    /// Zeroes the gradients (in recording order).
+    pub fn zero_grad(&self, step: &mut Step) {
+        for g in &self.grads.tensors {
+            step.clear(g);
+        }
+    }
+
+    /// Clips the gradients' global norm and applies one AdamW update; returns [norm, scale].
+    pub fn update(&mut self, step: &mut Step, weights: &Weights) -> Result<Tensor> {
+        self.t += 1;
+        let grads: Vec<&Tensor> = self.grads.tensors.iter().collect();
+        let clip = clip_grad_norm(step, &grads, self.max_norm)?;
+        let slots: Vec<Slot> = (0..weights.tensors.len())
+            .map(|i| Slot {
+                param: &weights.tensors[i],
+                grad: &self.grads.tensors[i],
+                m: &self.m.tensors[i],
+                v: &self.v.tensors[i],
+            })
+            .collect();
+        adamw(step, &slots, &self.cfg, self.t, &clip)?;
+        Ok(clip)
+    }
+}
+
+impl Model {
+    /// A freshly initialised model.
+    pub fn new(gpu: &Gpu, cfg: Config, seed: u64) -> Result<Model> {
+        cfg.validate()?;
+        let layout = Layout::new(&cfg);
+        let weights = Weights::init(gpu, &layout, seed)?;
+        Ok(Model {
+            cfg,
+            layout,
+            weights,
+        })
+    }
+
+    /// A model from config.json text and model.safetensors bytes; `source` names them in errors.
+    pub fn from_bytes(
+        gpu: &Gpu,
+        config_json: &str,
+        safetensors: &[u8],
+        source: &str,
+    ) -> Result<Model> {
+        let cfg = Config::from_json(config_json)
+            .map_err(|e| Error::Invalid(format!("{source}/config.json: {e}")))?;
+        let layout = Layout::new(&cfg);
+        let weights = Weights::from_safetensors(
+            gpu,
+            &layout,
+            safetensors,
+            &format!("{source}/model.safetensors"),
+        )?;
+        Ok(Model {
+            cfg,
+            layout,
+            weights,
+        })
+    }
+
+    /// Loads a checkpoint directory (config.json + model.safetensors).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(gpu: &Gpu, dir: &std::path::Path) -> Result<Model> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+        };
+        let config = String::from_utf8(read("config.json")?).map_err(|_| {
+            Error::Invalid(format!("{}/config.json is not UTF-8 text", dir.display()))
+        })?;
+        Self::from_bytes(
+            gpu,
+            &config,
+            &read("model.safetensors")?,
+            &dir.display().to_string(),
+        )
+    }
+
+    /// Writes config.json and model.safetensors into `dir` (created if needed).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn save(&self, gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
+        let bytes = self.weights.to_safetensors(gpu, &self.layout).await?;
+        let write = |name: &str, data: &[u8]| {
+            let path = dir.join(name);
+            std::fs::write(&path, data)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+        write("config.json", self.cfg.to_json().as_bytes())?;
+        write("model.safetensors", &bytes)
+    }
+
+    pub(crate) fn w(&self, i: usize) -> &Tensor {
+        &self.weights.tensors[i]
+    }
+
+    /// A linear layer by parameter indices (weight, bias).
+    fn lin(
+        &self,
+        layout: linear::Layout,
+        step: &mut Step,
+        x: &Tensor,
+        (w, b): (usize, usize),
+    ) -> Result<Tensor> {
+        linear::linear(step, x, self.w(w), Some(self.w(b)), layout)
+    }
+
+    /// Its backward: adds into the gradients of (weight, bias); returns dx when `need_dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn lin_bwd(
+        &self,
+        layout: linear::Layout,
+        step: &mut Step,
+        x: &Tensor,
+        (w, b): (usize, usize),
+        dy: &Tensor,
+        g: &Weights,
+        need_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        linear::linear_bwd(
+            step,
+            x,
+            self.w(w),
+            layout,
+            dy,
+            &g.tensors[w],
+            Some(&g.tensors[b]),
+            need_dx,
+        )
+    }
+
+    /// Forward of a batch: patches [B, N, C·P·P] and decoder input ids [B, L] (u32).
+    pub fn forward(&self, step: &mut Step, patches: &Tensor, ids: &Tensor) -> Result<Forward> {
+        let e = &self.cfg.encoder;
+        if patches.shape().len() != 3 || patches.shape()[1..] != [e.patches(), e.patch_dim()] {
+            return shape_err(
+                "forward",
+                format!(
+                    "patches must be [batch, {}, {}], got {:?}",
+                    e.patches(),
+                    e.patch_dim(),
+                    patches.shape()
+                ),
+            );
+        }
+        if ids.shape().first() != patches.shape().first() {
+            return shape_err(
+                "forward",
+                format!(
+                    "{} images but {} captions",
+                    patches.shape()[0],
+                    ids.shape().first().unwrap_or(&0)
+                ),
+            );
+        }
+        let encoder = self.encode(step, patches)?;
+        let decoder = self.decode(step, &encoder.states, ids)?;
+        Ok(Forward { encoder, decoder })
+    }
+
+    /// Backward from d logits through decoder and encoder, adding into `grads`.
+    pub fn backward(
+        &self,
+        step: &mut Step,
+        fwd: &Forward,
+        dlogits: &Tensor,
+        grads: &Weights,
+    ) -> Result<()> {
+        let dstates = self.decode_bwd(step, &fwd.encoder.states, &fwd.decoder, dlogits, grads)?;
+        self.encode_bwd(step, &fwd.encoder, &dstates, grads)
+    }
+
+    /// One training step on cross-entropy against `labels` [B·L] (u32, `loss::IGNORE` where not
+    /// counted), recorded into `step`: forward, loss, backward, clipping, AdamW. Returns the loss
+    /// [1] (on the GPU; read it after submitting).
+    pub fn train_step(
+        &self,
+        step: &mut Step,
+        opt: &mut Optimizer,
+        patches: &Tensor,
+        ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
+        opt.zero_grad(step);
+        let fwd = self.forward(step, patches, ids)?;
+        let vocab = self.cfg.decoder.vocab_size;
+        let logits = fwd.logits().reshape(&[labels.numel(), vocab])?;
+        let (loss, totals) = cross_entropy(step, &logits, labels)?;
+        let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, 1.0)?;
+        self.backward(step, &fwd, &dlogits, &opt.grads)?;
+        opt.update(step, &self.weights)?;
+        Ok(loss)
+    }
+}

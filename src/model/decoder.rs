@@ -1,0 +1,299 @@
+//! The GPT-2 decoder with cross-attention, forward and backward: token and position embeddings,
+//! pre-LN blocks of causal self-attention, cross-attention over the encoder states and a
+//! tanh-GELU MLP, final LayerNorm, and the LM head tied to the token embedding.
+
+use super::linear::{linear, linear_bwd, Layout::InOut, Layout::OutIn};
+use super::weights::DecLayer;
+use super::{Model, Weights};
+use crate::error::{shape_err, Result};
+use crate::gpu::{DType, Step, Tensor};
+use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
+use crate::ops::elementwise::{add, axpy, gelu, gelu_bwd, Gelu};
+use crate::ops::embedding::{embedding, embedding_bwd};
+use crate::ops::layernorm::{layernorm, layernorm_bwd};
+use crate::ops::softmax::Masks;
+
+/// What one block keeps for its backward.
+pub struct BlockActs {
+    x: Tensor,
+    ln1: (Tensor, Tensor),
+    qkv: Tensor,
+    /// Causal self-attention probabilities [B, H, L, L].
+    pub self_probs: Tensor,
+    self_out: Tensor,
+    x_mid1: Tensor,
+    ln_cross: (Tensor, Tensor),
+    cross_q: Tensor,
+    cross_kv: Tensor,
+    /// Cross-attention probabilities [B, H, L, T].
+    pub cross_probs: Tensor,
+    cross_out: Tensor,
+    x_mid2: Tensor,
+    ln2: (Tensor, Tensor),
+    fc: Tensor,
+    act: Tensor,
+}
+
+/// What the decoder keeps for its backward.
+pub struct DecoderActs {
+    ids: Tensor,
+    positions: Tensor,
+    pub blocks: Vec<BlockActs>,
+    x_final: Tensor,
+    ln_stats: Tensor,
+    hidden: Tensor,
+    /// [B, L, vocab]
+    pub logits: Tensor,
+}
+
+impl Model {
+    fn self_dims(&self, batch: usize, len: usize) -> Dims {
+        let d = &self.cfg.decoder;
+        Dims {
+            batch,
+            heads: d.n_head,
+            q_len: len,
+            k_len: len,
+            head_dim: d.head_dim(),
+        }
+    }
+
+    fn cross_dims(&self, batch: usize, len: usize) -> Dims {
+        Dims {
+            k_len: self.cfg.encoder.tokens(),
+            ..self.self_dims(batch, len)
+        }
+    }
+
+    /// Token ids [B, L] (u32) attending to encoder states [B, T, D] → logits and activations.
+    pub fn decode(&self, step: &mut Step, states: &Tensor, ids: &Tensor) -> Result<DecoderActs> {
+        let (l, cfg) = (&self.layout, &self.cfg.decoder);
+        let s = ids.shape();
+        if ids.dtype() != DType::U32 || s.len() != 2 || s[1] > cfg.n_positions {
+            return shape_err(
+                "decode",
+                format!(
+                    "ids must be u32 [batch, length ≤ {}], got {:?} {s:?}",
+                    cfg.n_positions,
+                    ids.dtype()
+                ),
+            );
+        }
+        let (batch, len) = (s[0], s[1]);
+        let eps = cfg.layer_norm_epsilon;
+        let positions: Vec<u32> = (0..batch * len).map(|i| (i % len) as u32).collect();
+        let positions = step.upload_u32(&[batch, len], &positions)?;
+        let tokens = embedding(step, ids, self.w(l.wte))?;
+        let placed = embedding(step, &positions, self.w(l.wpe))?;
+        let mut x = add(step, &tokens, &placed)?;
+        let (sd, xd) = (self.self_dims(batch, len), self.cross_dims(batch, len));
+        let mut blocks = Vec::with_capacity(l.dec.len());
+        for layer in &l.dec {
+            let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
+            let qkv = self.lin(InOut, step, &a, layer.qkv)?;
+            let causal = Masks {
+                causal: true,
+                key_mask: None,
+            };
+            let (self_out, self_probs) = attention(
+                step,
+                sd,
+                Seq::part(&qkv, 0, 3),
+                Seq::part(&qkv, 1, 3),
+                Seq::part(&qkv, 2, 3),
+                causal,
+            )?;
+            let x_mid1_branch = self.lin(InOut, step, &self_out, layer.attn_proj)?;
+            let x_mid1 = add(step, &x, &x_mid1_branch)?;
+            let (c, s2) = layernorm(
+                step,
+                &x_mid1,
+                self.w(layer.ln_cross.0),
+                self.w(layer.ln_cross.1),
+                eps,
+            )?;
+            let cross_q = self.lin(InOut, step, &c, layer.cross_q)?;
+            let cross_kv = self.lin(InOut, step, states, layer.cross_kv)?;
+            let (cross_out, cross_probs) = attention(
+                step,
+                xd,
+                Seq::whole(&cross_q),
+                Seq::part(&cross_kv, 0, 2),
+                Seq::part(&cross_kv, 1, 2),
+                Masks::default(),
+            )?;
+            let x_mid2_branch = self.lin(InOut, step, &cross_out, layer.cross_proj)?;
+            let x_mid2 = add(step, &x_mid1, &x_mid2_branch)?;
+            let (m, s3) = layernorm(step, &x_mid2, self.w(layer.ln2.0), self.w(layer.ln2.1), eps)?;
+            let fc = self.lin(InOut, step, &m, layer.fc)?;
+            let act = gelu(step, &fc, Gelu::Tanh)?;
+            let x_out_branch = self.lin(InOut, step, &act, layer.proj)?;
+            let x_out = add(step, &x_mid2, &x_out_branch)?;
+            blocks.push(BlockActs {
+                x,
+                ln1: (a, s1),
+                qkv,
+                self_probs,
+                self_out,
+                x_mid1,
+                ln_cross: (c, s2),
+                cross_q,
+                cross_kv,
+                cross_probs,
+                cross_out,
+                x_mid2,
+                ln2: (m, s3),
+                fc,
+                act,
+            });
+            x = x_out;
+        }
+        let (hidden, ln_stats) = layernorm(step, &x, self.w(l.ln_f.0), self.w(l.ln_f.1), eps)?;
+        // The LM head is the token embedding: logits = h · wteᵀ.
+        let logits = linear(step, &hidden, self.w(l.wte), None, OutIn)?;
+        Ok(DecoderActs {
+            ids: ids.clone(),
+            positions,
+            blocks,
+            x_final: x,
+            ln_stats,
+            hidden,
+            logits,
+        })
+    }
+
+    /// Backward from d logits; adds every decoder parameter's gradient into `g` and returns
+    /// d states (summed over the layers' cross-attentions).
+    pub fn decode_bwd(
+        &self,
+        step: &mut Step,
+        states: &Tensor,
+        acts: &DecoderActs,
+        dlogits: &Tensor,
+        g: &Weights,
+    ) -> Result<Tensor> {
+        let l = &self.layout;
+        let s = acts.ids.shape();
+        let (sd, xd) = (self.self_dims(s[0], s[1]), self.cross_dims(s[0], s[1]));
+        let dhidden = linear_bwd(
+            step,
+            &acts.hidden,
+            self.w(l.wte),
+            OutIn,
+            dlogits,
+            &g.tensors[l.wte],
+            None,
+            true,
+        )?
+        .expect("dx requested");
+        let mut dx = layernorm_bwd(
+            step,
+            &acts.x_final,
+            self.w(l.ln_f.0),
+            &acts.ln_stats,
+            &dhidden,
+            &g.tensors[l.ln_f.0],
+            &g.tensors[l.ln_f.1],
+        )?;
+        let dstates = step.zeros(states.shape())?;
+        for (layer, a) in l.dec.iter().zip(&acts.blocks).rev() {
+            dx = self.dec_block_bwd(step, layer, a, (sd, xd), states, &dstates, dx, g)?;
+        }
+        embedding_bwd(step, &acts.ids, &dx, &g.tensors[l.wte])?;
+        embedding_bwd(step, &acts.positions, &dx, &g.tensors[l.wpe])?;
+        Ok(dstates)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dec_block_bwd(
+        &self,
+        step: &mut Step,
+        layer: &DecLayer,
+        a: &BlockActs,
+        (sd, xd): (Dims, Dims),
+        states: &Tensor,
+        dstates: &Tensor,
+        dx: Tensor,
+        g: &Weights,
+    ) -> Result<Tensor> {
+        let need = |t: Option<Tensor>| t.expect("dx requested");
+        // x_out = x_mid2 + proj(gelu(fc(ln2(x_mid2))))
+        let dact = need(self.lin_bwd(InOut, step, &a.act, layer.proj, &dx, g, true)?);
+        let dfc = gelu_bwd(step, &a.fc, &dact, Gelu::Tanh)?;
+        let dm = need(self.lin_bwd(InOut, step, &a.ln2.0, layer.fc, &dfc, g, true)?);
+        let dx_mid2 = layernorm_bwd(
+            step,
+            &a.x_mid2,
+            self.w(layer.ln2.0),
+            &a.ln2.1,
+            &dm,
+            &g.tensors[layer.ln2.0],
+            &g.tensors[layer.ln2.1],
+        )?;
+        axpy(step, &dx_mid2, &dx, 1.0)?;
+        // x_mid2 = x_mid1 + cross_proj(attention(q(ln_cross x_mid1), kv(states)))
+        let dcross_out = need(self.lin_bwd(
+            InOut,
+            step,
+            &a.cross_out,
+            layer.cross_proj,
+            &dx_mid2,
+            g,
+            true,
+        )?);
+        let dcq = step.empty(a.cross_q.shape())?;
+        let dckv = step.empty(a.cross_kv.shape())?;
+        let grads = Grads {
+            dq: Seq::whole(&dcq),
+            dk: Seq::part(&dckv, 0, 2),
+            dv: Seq::part(&dckv, 1, 2),
+        };
+        let (q, k, v) = (
+            Seq::whole(&a.cross_q),
+            Seq::part(&a.cross_kv, 0, 2),
+            Seq::part(&a.cross_kv, 1, 2),
+        );
+        attention_bwd(step, xd, q, k, v, &a.cross_probs, &dcross_out, grads)?;
+        let dstates_layer =
+            need(self.lin_bwd(InOut, step, states, layer.cross_kv, &dckv, g, true)?);
+        axpy(step, dstates, &dstates_layer, 1.0)?;
+        let dc = need(self.lin_bwd(InOut, step, &a.ln_cross.0, layer.cross_q, &dcq, g, true)?);
+        let dx_mid1 = layernorm_bwd(
+            step,
+            &a.x_mid1,
+            self.w(layer.ln_cross.0),
+            &a.ln_cross.1,
+            &dc,
+            &g.tensors[layer.ln_cross.0],
+            &g.tensors[layer.ln_cross.1],
+        )?;
+        axpy(step, &dx_mid1, &dx_mid2, 1.0)?;
+        // x_mid1 = x + attn_proj(causal attention(qkv(ln1 x)))
+        let dself_out =
+            need(self.lin_bwd(InOut, step, &a.self_out, layer.attn_proj, &dx_mid1, g, true)?);
+        let dqkv = step.empty(a.qkv.shape())?;
+        let grads = Grads {
+            dq: Seq::part(&dqkv, 0, 3),
+            dk: Seq::part(&dqkv, 1, 3),
+            dv: Seq::part(&dqkv, 2, 3),
+        };
+        let (q, k, v) = (
+            Seq::part(&a.qkv, 0, 3),
+            Seq::part(&a.qkv, 1, 3),
+            Seq::part(&a.qkv, 2, 3),
+        );
+        attention_bwd(step, sd, q, k, v, &a.self_probs, &dself_out, grads)?;
+        let da = need(self.lin_bwd(InOut, step, &a.ln1.0, layer.qkv, &dqkv, g, true)?);
+        let dx_in = layernorm_bwd(
+            step,
+            &a.x,
+            self.w(layer.ln1.0),
+            &a.ln1.1,
+            &da,
+            &g.tensors[layer.ln1.0],
+            &g.tensors[layer.ln1.1],
+        )?;
+        axpy(step, &dx_in, &dx_mid1, 1.0)?;
+        Ok(dx_in)
+    }
+}

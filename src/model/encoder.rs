@@ -1,0 +1,220 @@
+//! The ViT encoder, forward and backward: patch embedding, CLS and positions, pre-LN blocks with
+//! exact-GELU MLPs, final LayerNorm, and the projection to the decoder's width when they differ.
+
+use super::linear::Layout::OutIn;
+use super::weights::EncLayer;
+use super::{Model, Weights};
+use crate::error::Result;
+use crate::gpu::{Step, Tensor};
+use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
+use crate::ops::elementwise::{add, axpy, gelu, gelu_bwd, Gelu};
+use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
+use crate::ops::layernorm::{layernorm, layernorm_bwd};
+use crate::ops::softmax::Masks;
+
+/// What one block keeps for its backward.
+pub struct BlockActs {
+    x: Tensor,
+    ln1: (Tensor, Tensor),
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// Attention probabilities [B, H, T, T].
+    pub probs: Tensor,
+    attn: Tensor,
+    x_mid: Tensor,
+    ln2: (Tensor, Tensor),
+    fc1: Tensor,
+    act: Tensor,
+}
+
+/// What the encoder keeps for its backward.
+pub struct EncoderActs {
+    patches: Tensor,
+    pub blocks: Vec<BlockActs>,
+    x_final: Tensor,
+    ln_stats: Tensor,
+    normed: Tensor,
+    /// The states the decoder attends to: [B, T, decoder width].
+    pub states: Tensor,
+}
+
+impl Model {
+    fn enc_dims(&self, batch: usize) -> Dims {
+        let e = &self.cfg.encoder;
+        Dims {
+            batch,
+            heads: e.num_attention_heads,
+            q_len: e.tokens(),
+            k_len: e.tokens(),
+            head_dim: e.head_dim(),
+        }
+    }
+
+    /// patches [B, N, C·P·P] (normalised, ordered (channel, row, column)) → encoder states.
+    pub fn encode(&self, step: &mut Step, patches: &Tensor) -> Result<EncoderActs> {
+        let l = &self.layout;
+        let eps = self.cfg.encoder.layer_norm_eps;
+        let batch = patches.shape()[0];
+        let dims = self.enc_dims(batch);
+        let embedded = self.lin(OutIn, step, patches, l.patch)?;
+        let mut x = vit_tokens(step, &embedded, self.w(l.cls), self.w(l.pos))?;
+        let mut blocks = Vec::with_capacity(l.enc.len());
+        for layer in &l.enc {
+            let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
+            let (q, k, v) = (
+                self.lin(OutIn, step, &a, layer.q)?,
+                self.lin(OutIn, step, &a, layer.k)?,
+                self.lin(OutIn, step, &a, layer.v)?,
+            );
+            let (attn, probs) = attention(
+                step,
+                dims,
+                Seq::whole(&q),
+                Seq::whole(&k),
+                Seq::whole(&v),
+                Masks::default(),
+            )?;
+            let x_mid_branch = self.lin(OutIn, step, &attn, layer.out)?;
+            let x_mid = add(step, &x, &x_mid_branch)?;
+            let (m, s2) = layernorm(step, &x_mid, self.w(layer.ln2.0), self.w(layer.ln2.1), eps)?;
+            let fc1 = self.lin(OutIn, step, &m, layer.fc1)?;
+            let act = gelu(step, &fc1, Gelu::Erf)?;
+            let x_out_branch = self.lin(OutIn, step, &act, layer.fc2)?;
+            let x_out = add(step, &x_mid, &x_out_branch)?;
+            blocks.push(BlockActs {
+                x,
+                ln1: (a, s1),
+                q,
+                k,
+                v,
+                probs,
+                attn,
+                x_mid,
+                ln2: (m, s2),
+                fc1,
+                act,
+            });
+            x = x_out;
+        }
+        let (normed, ln_stats) = layernorm(step, &x, self.w(l.enc_ln.0), self.w(l.enc_ln.1), eps)?;
+        let states = match l.enc_to_dec {
+            Some(p) => self.lin(OutIn, step, &normed, p)?,
+            None => normed.clone(),
+        };
+        Ok(EncoderActs {
+            patches: patches.clone(),
+            blocks,
+            x_final: x,
+            ln_stats,
+            normed,
+            states,
+        })
+    }
+
+    /// Backward from d states; adds every encoder parameter's gradient into `g`.
+    pub fn encode_bwd(
+        &self,
+        step: &mut Step,
+        acts: &EncoderActs,
+        dstates: &Tensor,
+        g: &Weights,
+    ) -> Result<()> {
+        let l = &self.layout;
+        let dims = self.enc_dims(acts.patches.shape()[0]);
+        let dnormed = match l.enc_to_dec {
+            Some(p) => self
+                .lin_bwd(OutIn, step, &acts.normed, p, dstates, g, true)?
+                .expect("dx requested"),
+            None => dstates.clone(),
+        };
+        let mut dx = layernorm_bwd(
+            step,
+            &acts.x_final,
+            self.w(l.enc_ln.0),
+            &acts.ln_stats,
+            &dnormed,
+            &g.tensors[l.enc_ln.0],
+            &g.tensors[l.enc_ln.1],
+        )?;
+        for (layer, a) in l.enc.iter().zip(&acts.blocks).rev() {
+            dx = self.block_bwd(step, layer, a, dims, dx, g)?;
+        }
+        let dembedded = vit_tokens_bwd(step, &dx, &g.tensors[l.cls], &g.tensors[l.pos])?;
+        self.lin_bwd(OutIn, step, &acts.patches, l.patch, &dembedded, g, false)?;
+        Ok(())
+    }
+
+    fn block_bwd(
+        &self,
+        step: &mut Step,
+        layer: &EncLayer,
+        a: &BlockActs,
+        dims: Dims,
+        dx: Tensor,
+        g: &Weights,
+    ) -> Result<Tensor> {
+        // x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
+        let dact = self
+            .lin_bwd(OutIn, step, &a.act, layer.fc2, &dx, g, true)?
+            .expect("dx requested");
+        let dfc1 = gelu_bwd(step, &a.fc1, &dact, Gelu::Erf)?;
+        let dm = self
+            .lin_bwd(OutIn, step, &a.ln2.0, layer.fc1, &dfc1, g, true)?
+            .expect("dx requested");
+        let dx_mid = layernorm_bwd(
+            step,
+            &a.x_mid,
+            self.w(layer.ln2.0),
+            &a.ln2.1,
+            &dm,
+            &g.tensors[layer.ln2.0],
+            &g.tensors[layer.ln2.1],
+        )?;
+        axpy(step, &dx_mid, &dx, 1.0)?;
+        // x_mid = x + out(attention(q(ln1 x), k(ln1 x), v(ln1 x)))
+        let dattn = self
+            .lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g, true)?
+            .expect("dx requested");
+        let (dq, dk, dv) = (
+            step.empty(a.q.shape())?,
+            step.empty(a.k.shape())?,
+            step.empty(a.v.shape())?,
+        );
+        let grads = Grads {
+            dq: Seq::whole(&dq),
+            dk: Seq::whole(&dk),
+            dv: Seq::whole(&dv),
+        };
+        attention_bwd(
+            step,
+            dims,
+            Seq::whole(&a.q),
+            Seq::whole(&a.k),
+            Seq::whole(&a.v),
+            &a.probs,
+            &dattn,
+            grads,
+        )?;
+        let da = self
+            .lin_bwd(OutIn, step, &a.ln1.0, layer.q, &dq, g, true)?
+            .expect("dx requested");
+        for (proj, d) in [(layer.k, &dk), (layer.v, &dv)] {
+            let more = self
+                .lin_bwd(OutIn, step, &a.ln1.0, proj, d, g, true)?
+                .expect("dx requested");
+            axpy(step, &da, &more, 1.0)?;
+        }
+        let dx_in = layernorm_bwd(
+            step,
+            &a.x,
+            self.w(layer.ln1.0),
+            &a.ln1.1,
+            &da,
+            &g.tensors[layer.ln1.0],
+            &g.tensors[layer.ln1.1],
+        )?;
+        axpy(step, &dx_in, &dx_mid, 1.0)?;
+        Ok(dx_in)
+    }
+}

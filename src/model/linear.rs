@@ -1,0 +1,194 @@
+//! Linear maps in both of transformers' weight layouts, forward and backward, over the last
+//! dimension of any [.., in] activation. The backward accumulates into the gradient tensors, so
+//! parameters used twice (the tied token embedding) sum their gradients.
+
+use crate::error::{shape_err, Result};
+use crate::gpu::{Step, Tensor};
+use crate::ops::matmul::{Gemm, View};
+use crate::ops::reduce::sum_columns;
+
+/// How a weight matrix is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// torch.nn.Linear: [out, in] (the ViT, enc_to_dec_proj, the tied LM head).
+    OutIn,
+    /// GPT-2's Conv1D: [in, out].
+    InOut,
+}
+
+fn dims(op: &'static str, x: &Tensor, w: &Tensor, layout: Layout) -> Result<(usize, usize, usize)> {
+    let ws = w.shape();
+    let (out, inp) = match (layout, ws.len()) {
+        (Layout::OutIn, 2) => (ws[0], ws[1]),
+        (Layout::InOut, 2) => (ws[1], ws[0]),
+        // The patch embedding's convolution weight [out, C, P, P] is a linear map of patches.
+        (Layout::OutIn, _) if !ws.is_empty() => (ws[0], w.numel() / ws[0]),
+        _ => return shape_err(op, format!("weight {ws:?} is not a matrix")),
+    };
+    let cols = *x.shape().last().unwrap_or(&0);
+    if cols != inp {
+        return shape_err(
+            op,
+            format!(
+                "input {:?} is {cols} wide, the weight {ws:?} takes {inp}",
+                x.shape()
+            ),
+        );
+    }
+    Ok((x.numel() / inp, inp, out))
+}
+
+/// W read as the k × n right operand of x·W: element (i, o).
+fn weight_view<'a>(w: &'a Tensor, layout: Layout, inp: usize, out: usize) -> View<'a> {
+    match layout {
+        Layout::OutIn => View {
+            t: w,
+            off: 0,
+            rs: 1,
+            cs: inp,
+            bs: [0, 0],
+        },
+        Layout::InOut => View {
+            t: w,
+            off: 0,
+            rs: out,
+            cs: 1,
+            bs: [0, 0],
+        },
+    }
+}
+
+fn plain(t: &Tensor, cols: usize) -> View<'_> {
+    View {
+        t,
+        off: 0,
+        rs: cols,
+        cs: 1,
+        bs: [0, 0],
+    }
+}
+
+/// y = x·W (+ b), y [.., out].
+pub fn linear(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    layout: Layout,
+) -> Result<Tensor> {
+    let (rows, inp, out) = dims("linear", x, w, layout)?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().unwrap() = out;
+    let y = step.empty(&shape)?;
+    Gemm {
+        m: rows,
+        n: out,
+        k: inp,
+        batch: [1, 1],
+        a: plain(x, inp),
+        b: weight_view(w, layout, inp, out),
+        c: plain(&y, out),
+        bias: b,
+        alpha: 1.0,
+        accumulate: false,
+    }
+    .record(step)?;
+    Ok(y)
+}
+
+/// Backward of [`linear`]: adds dW (and db) into `dw` (and `db`); returns dx when `need_dx`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bwd(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    layout: Layout,
+    dy: &Tensor,
+    dw: &Tensor,
+    db: Option<&Tensor>,
+    need_dx: bool,
+) -> Result<Option<Tensor>> {
+    let (rows, inp, out) = dims("linear_bwd", x, w, layout)?;
+    if dy.numel() != rows * out || dw.numel() != w.numel() {
+        return shape_err(
+            "linear_bwd",
+            format!(
+                "dy {:?} or dw {:?} do not match x {:?}, w {:?}",
+                dy.shape(),
+                dw.shape(),
+                x.shape(),
+                w.shape()
+            ),
+        );
+    }
+    // dW: [out, in] += dYᵀ X, or [in, out] += Xᵀ dY.
+    let dyt = View {
+        t: dy,
+        off: 0,
+        rs: 1,
+        cs: out,
+        bs: [0, 0],
+    };
+    let xt = View {
+        t: x,
+        off: 0,
+        rs: 1,
+        cs: inp,
+        bs: [0, 0],
+    };
+    let (m, n, a, b) = match layout {
+        Layout::OutIn => (out, inp, dyt, plain(x, inp)),
+        Layout::InOut => (inp, out, xt, plain(dy, out)),
+    };
+    Gemm {
+        m,
+        n,
+        k: rows,
+        batch: [1, 1],
+        a,
+        b,
+        c: plain(dw, n),
+        bias: None,
+        alpha: 1.0,
+        accumulate: true,
+    }
+    .record(step)?;
+    if let Some(db) = db {
+        sum_columns(step, &dy.reshape(&[rows, out])?, db)?;
+    }
+    if !need_dx {
+        return Ok(None);
+    }
+    // dX = dY Wᵀ: the weight read as an out × in operand.
+    let wt = match layout {
+        Layout::OutIn => View {
+            t: w,
+            off: 0,
+            rs: inp,
+            cs: 1,
+            bs: [0, 0],
+        },
+        Layout::InOut => View {
+            t: w,
+            off: 0,
+            rs: 1,
+            cs: out,
+            bs: [0, 0],
+        },
+    };
+    let dx = step.empty(x.shape())?;
+    Gemm {
+        m: rows,
+        n: inp,
+        k: out,
+        batch: [1, 1],
+        a: plain(dy, out),
+        b: wt,
+        c: plain(&dx, inp),
+        bias: None,
+        alpha: 1.0,
+        accumulate: false,
+    }
+    .record(step)?;
+    Ok(Some(dx))
+}
