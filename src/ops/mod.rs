@@ -3,6 +3,7 @@
 //!
 //! [`Step`]: crate::gpu::Step
 
+pub mod amad;
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
@@ -28,6 +29,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("image", include_str!("../../shaders/image.wgsl")),
+    ("amad", include_str!("../../shaders/amad.wgsl")),
 ];
 
 /// Prepended to every family: shared helpers (WGSL has no includes).
@@ -79,6 +81,8 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &image::RESIZE_H,
     &image::RESIZE_V,
     &image::PATCHIFY,
+    &amad::ALIGN,
+    &amad::ONE_TO_ONE,
 ];
 
 /// Workgroups needed to cover `n` items at `per` items per workgroup.

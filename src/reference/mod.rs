@@ -2,6 +2,7 @@
 //! speed. Tests compare the GPU against these and check each backward here against central
 //! finite differences of its forward.
 
+pub mod amad;
 pub mod image;
 
 /// Batched C = op(A) op(B) (+ bias). A is [batch, M, K] ([batch, K, M] if `ta`); B is
