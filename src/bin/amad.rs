@@ -18,42 +18,136 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    use amad::distill::maps_file;
+    use amad::ops::amad::Options;
     use amad::{Error, Gpu, Result};
 
-    const USAGE: &str = "usage: amad <command>
+    const USAGE: &str = "usage: amad <command> [options]
 
 commands:
-  bench kernels [--json] [--iters N]   GFLOP/s of matmul at 512³ and at the teacher's shapes,
-                                       and attention forward+backward time
-  help                                 this text";
+  loss --input MAPS.safetensors --variant V --output OUT.safetensors [--tau T] [--detach-weights]
+        the attention-distillation loss of teacher [B,Ht,q,k] and student [B,Hs,q,k] maps
+        (optional mask [B,q,k]); writes loss, grad_student and weights.
+        V: mse, kl, token-kl, one-to-one-kl, one-to-one-mse
+  bench kernels [--json] [--iters N]
+        GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward+backward time
+  help  this text";
+
+    /// Flags of one command: `--name value` pairs and bare `--switch`es.
+    struct Flags<'a> {
+        args: &'a [String],
+        used: Vec<bool>,
+    }
+
+    impl<'a> Flags<'a> {
+        fn new(args: &'a [String]) -> Flags<'a> {
+            Flags {
+                args,
+                used: vec![false; args.len()],
+            }
+        }
+
+        fn value(&mut self, name: &str) -> Result<Option<&'a str>> {
+            let Some(i) = self.args.iter().position(|a| a == name) else {
+                return Ok(None);
+            };
+            let v = self
+                .args
+                .get(i + 1)
+                .filter(|v| !v.starts_with("--"))
+                .ok_or_else(|| Error::Invalid(format!("{name} needs a value")))?;
+            self.used[i] = true;
+            self.used[i + 1] = true;
+            Ok(Some(v))
+        }
+
+        fn required(&mut self, name: &str) -> Result<&'a str> {
+            self.value(name)?
+                .ok_or_else(|| Error::Invalid(format!("missing {name}\n\n{USAGE}")))
+        }
+
+        fn switch(&mut self, name: &str) -> bool {
+            match self.args.iter().position(|a| a == name) {
+                Some(i) => {
+                    self.used[i] = true;
+                    true
+                }
+                None => false,
+            }
+        }
+
+        fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T> {
+            match self.value(name)? {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| Error::Invalid(format!("{name}: {v:?} is not a valid number"))),
+                None => Ok(default),
+            }
+        }
+
+        /// Errors on anything not consumed, so that a typo is never silently ignored.
+        fn done(self) -> Result<()> {
+            match self.args.iter().zip(&self.used).find(|(_, u)| !**u) {
+                Some((a, _)) => Err(Error::Invalid(format!(
+                    "unexpected argument {a:?}\n\n{USAGE}"
+                ))),
+                None => Ok(()),
+            }
+        }
+    }
+
+    fn gpu() -> Result<Gpu> {
+        pollster::block_on(Gpu::new())
+    }
 
     pub fn run(args: &[String]) -> Result<()> {
+        let rest = args.get(1..).unwrap_or(&[]);
         match args.first().map(String::as_str) {
-            Some("bench") => match args.get(1).map(String::as_str) {
+            Some("loss") => loss(Flags::new(rest)),
+            Some("bench") => match rest.first().map(String::as_str) {
                 Some("kernels") => {
-                    let json = args.iter().any(|a| a == "--json");
-                    let iters = match args.iter().position(|a| a == "--iters") {
-                        Some(i) => args
-                            .get(i + 1)
-                            .and_then(|v| v.parse().ok())
-                            .filter(|&n: &usize| n > 0)
-                            .ok_or_else(|| {
-                                Error::Invalid("--iters needs a positive number".into())
-                            })?,
-                        None => 10,
-                    };
-                    let gpu = pollster::block_on(Gpu::new())?;
-                    amad::bench::kernels(&gpu, iters, json)
+                    let mut f = Flags::new(&rest[1..]);
+                    let json = f.switch("--json");
+                    let iters: usize = f.number("--iters", 10)?;
+                    f.done()?;
+                    if iters == 0 {
+                        return Err(Error::Invalid("--iters must be at least 1".into()));
+                    }
+                    amad::bench::kernels(&gpu()?, iters, json)
                 }
-                _ => Err(Error::Invalid(format!("unknown benchmark; {USAGE}"))),
+                _ => Err(Error::Invalid(format!("unknown benchmark\n\n{USAGE}"))),
             },
             Some("help") | Some("--help") | Some("-h") | None => {
                 println!("{USAGE}");
                 Ok(())
             }
             Some(other) => Err(Error::Invalid(format!(
-                "unknown command {other:?}\n{USAGE}"
+                "unknown command {other:?}\n\n{USAGE}"
             ))),
         }
+    }
+
+    fn loss(mut f: Flags) -> Result<()> {
+        let input = f.required("--input")?;
+        let output = f.required("--output")?;
+        let variant = maps_file::parse_variant(f.required("--variant")?)?;
+        let tau: f32 = f.number("--tau", 1.0)?;
+        let detach_weights = f.switch("--detach-weights");
+        f.done()?;
+        let bytes = std::fs::read(input).map_err(|e| Error::Invalid(format!("{input}: {e}")))?;
+        let gpu = gpu()?;
+        let out = pollster::block_on(maps_file::loss_file(
+            &gpu,
+            &bytes,
+            input,
+            Options {
+                variant,
+                tau,
+                detach_weights,
+            },
+        ))?;
+        std::fs::write(output, out).map_err(|e| Error::Invalid(format!("{output}: {e}")))?;
+        println!("wrote {output}");
+        Ok(())
     }
 }
