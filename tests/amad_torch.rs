@@ -103,8 +103,7 @@ fn bad_files_are_errors() {
             "maps.safetensors",
             Options::default(),
         ))
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string()
     };
     assert!(err(b"not a safetensors file")

@@ -19,9 +19,11 @@ pub fn parse_variant(name: &str) -> Result<Variant> {
         "token-kl" => Variant::TokenKl,
         "one-to-one-kl" => Variant::OneToOneKl,
         "one-to-one-mse" => Variant::OneToOneMse,
-        other => return Err(Error::Invalid(format!(
+        other => {
+            return Err(Error::Invalid(format!(
             "unknown variant {other:?}; choose mse, kl, token-kl, one-to-one-kl or one-to-one-mse"
-        ))),
+        )))
+        }
     })
 }
 
