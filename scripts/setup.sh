@@ -16,6 +16,10 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mesa-vulkan-drivers >/dev/null
 fi
 
+if ! rustup component list --installed | grep -q '^clippy'; then
+  rustup component add clippy rustfmt
+fi
+
 if ! rustup target list --installed | grep -q wasm32-unknown-unknown; then
   echo "setup: adding the wasm32-unknown-unknown target"
   rustup target add wasm32-unknown-unknown

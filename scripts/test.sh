@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what is missing, then runs every native test on wgpu (lavapipe
-# where there is no GPU), builds the wasm32 target, and builds the page with trunk.
+# The whole test suite: installs what is missing, checks formatting and lints (both targets), runs
+# every native test on wgpu (lavapipe where there is no GPU), builds the wasm32 target, and builds
+# the page with trunk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --web
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"   # silences a harmless lavapipe warning
+cargo fmt --all --check
+cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --target wasm32-unknown-unknown -- -D warnings
 log=$(mktemp)
 cargo test --release 2>&1 | tee "$log"
 cargo build --release --target wasm32-unknown-unknown
