@@ -239,6 +239,7 @@ fn attention_forward_and_backward_with_masks() {
                 dq: whole(&dq),
                 dk: part(&dkv, 0, 2),
                 dv: part(&dkv, 1, 2),
+                dprobs: None,
             };
             attention::attention_bwd(s, dims, whole(&gq), whole(&gk), whole(&gv), &p, &gdo, grads)?;
             Ok(vec![o, p, dq, dkv])

@@ -160,7 +160,8 @@ fn every_gradient_matches_transformers() {
         let logits = fwd.logits().reshape(&[c.labels.numel(), vocab])?;
         let (_, totals) = amad::ops::loss::cross_entropy(s, &logits, &c.labels)?;
         let dlogits = amad::ops::loss::cross_entropy_bwd(s, &logits, &c.labels, &totals, 1.0)?;
-        c.model.backward(s, &fwd, &dlogits, &opt.grads)?;
+        c.model
+            .backward(s, &fwd, &dlogits, &Default::default(), &opt.grads)?;
         Ok(opt.grads.tensors.clone())
     });
     let mut checked = 0;

@@ -138,6 +138,7 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
             dq: Seq::whole(&dq),
             dk: Seq::whole(&dk),
             dv: Seq::whole(&dv),
+            dprobs: None,
         };
         attention::attention_bwd(step, dims, q, k, v, &p, &dout, grads)
     })?;

@@ -1,4 +1,9 @@
-//! Distillation: the attention-alignment losses on files (`amad loss`), and (next) the layer
-//! pairing and total loss of a distillation step.
+//! Distillation: the attention-alignment losses on files (`amad loss`), layer pairing and the
+//! total loss of a distillation step (step.rs).
 
 pub mod maps_file;
+pub mod step;
+
+pub use step::{
+    distill_grads, distill_step, layer_pairs, Batch, DistillConfig, Kind, Kinds, LayerMap,
+};

@@ -170,6 +170,7 @@ impl Model {
         states: &Tensor,
         acts: &DecoderActs,
         dlogits: &Tensor,
+        dmaps: (&[Option<Tensor>], &[Option<Tensor>]),
         g: &Weights,
     ) -> Result<Tensor> {
         let l = &self.layout;
@@ -196,8 +197,12 @@ impl Model {
             &g.tensors[l.ln_f.1],
         )?;
         let dstates = step.zeros(states.shape())?;
-        for (layer, a) in l.dec.iter().zip(&acts.blocks).rev() {
-            dx = self.dec_block_bwd(step, layer, a, (sd, xd), states, &dstates, dx, g)?;
+        for (i, (layer, a)) in l.dec.iter().zip(&acts.blocks).enumerate().rev() {
+            let dprobs = (
+                dmaps.0.get(i).and_then(Option::as_ref),
+                dmaps.1.get(i).and_then(Option::as_ref),
+            );
+            dx = self.dec_block_bwd(step, layer, a, (sd, xd), states, &dstates, dx, dprobs, g)?;
         }
         embedding_bwd(step, &acts.ids, &dx, &g.tensors[l.wte])?;
         embedding_bwd(step, &acts.positions, &dx, &g.tensors[l.wpe])?;
@@ -214,6 +219,7 @@ impl Model {
         states: &Tensor,
         dstates: &Tensor,
         dx: Tensor,
+        (dself, dcross): (Option<&Tensor>, Option<&Tensor>),
         g: &Weights,
     ) -> Result<Tensor> {
         let need = |t: Option<Tensor>| t.expect("dx requested");
@@ -247,6 +253,7 @@ impl Model {
             dq: Seq::whole(&dcq),
             dk: Seq::part(&dckv, 0, 2),
             dv: Seq::part(&dckv, 1, 2),
+            dprobs: dcross,
         };
         let (q, k, v) = (
             Seq::whole(&a.cross_q),
@@ -276,6 +283,7 @@ impl Model {
             dq: Seq::part(&dqkv, 0, 3),
             dk: Seq::part(&dqkv, 1, 3),
             dv: Seq::part(&dqkv, 2, 3),
+            dprobs: dself,
         };
         let (q, k, v) = (
             Seq::part(&a.qkv, 0, 3),

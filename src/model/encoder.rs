@@ -118,6 +118,7 @@ impl Model {
         step: &mut Step,
         acts: &EncoderActs,
         dstates: &Tensor,
+        dmaps: &[Option<Tensor>],
         g: &Weights,
     ) -> Result<()> {
         let l = &self.layout;
@@ -137,8 +138,9 @@ impl Model {
             &g.tensors[l.enc_ln.0],
             &g.tensors[l.enc_ln.1],
         )?;
-        for (layer, a) in l.enc.iter().zip(&acts.blocks).rev() {
-            dx = self.block_bwd(step, layer, a, dims, dx, g)?;
+        for (i, (layer, a)) in l.enc.iter().zip(&acts.blocks).enumerate().rev() {
+            let dprobs = dmaps.get(i).and_then(Option::as_ref);
+            dx = self.block_bwd(step, layer, a, dims, dx, dprobs, g)?;
         }
         let dembedded = vit_tokens_bwd(step, &dx, &g.tensors[l.cls], &g.tensors[l.pos])?;
         self.lin_bwd(OutIn, step, &acts.patches, l.patch, &dembedded, g, false)?;
@@ -152,6 +154,7 @@ impl Model {
         a: &BlockActs,
         dims: Dims,
         dx: Tensor,
+        dprobs: Option<&Tensor>,
         g: &Weights,
     ) -> Result<Tensor> {
         // x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
@@ -185,6 +188,7 @@ impl Model {
             dq: Seq::whole(&dq),
             dk: Seq::whole(&dk),
             dv: Seq::whole(&dv),
+            dprobs,
         };
         attention_bwd(
             step,

@@ -50,6 +50,15 @@ impl Forward {
     }
 }
 
+/// Gradients arriving at the attention maps from a distillation loss, per layer (`None`: none),
+/// for the encoder's self-attention, the decoder's self-attention and its cross-attention.
+#[derive(Default)]
+pub struct MapGrads {
+    pub encoder: Vec<Option<Tensor>>,
+    pub decoder_self: Vec<Option<Tensor>>,
+    pub cross: Vec<Option<Tensor>>,
+}
+
 /// Optimiser state: gradients and AdamW moments, one tensor per parameter.
 pub struct Optimizer {
     pub grads: Weights,
@@ -236,16 +245,25 @@ impl Model {
         Ok(Forward { encoder, decoder })
     }
 
-    /// Backward from d logits through decoder and encoder, adding into `grads`.
+    /// Backward from d logits (and from the attention maps, when a distillation loss reads them)
+    /// through decoder and encoder, adding into `grads`.
     pub fn backward(
         &self,
         step: &mut Step,
         fwd: &Forward,
         dlogits: &Tensor,
+        dmaps: &MapGrads,
         grads: &Weights,
     ) -> Result<()> {
-        let dstates = self.decode_bwd(step, &fwd.encoder.states, &fwd.decoder, dlogits, grads)?;
-        self.encode_bwd(step, &fwd.encoder, &dstates, grads)
+        let dstates = self.decode_bwd(
+            step,
+            &fwd.encoder.states,
+            &fwd.decoder,
+            dlogits,
+            (&dmaps.decoder_self, &dmaps.cross),
+            grads,
+        )?;
+        self.encode_bwd(step, &fwd.encoder, &dstates, &dmaps.encoder, grads)
     }
 
     /// One training step on cross-entropy against `labels` [B·L] (u32, `loss::IGNORE` where not
@@ -265,7 +283,7 @@ impl Model {
         let logits = fwd.logits().reshape(&[labels.numel(), vocab])?;
         let (loss, totals) = cross_entropy(step, &logits, labels)?;
         let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, 1.0)?;
-        self.backward(step, &fwd, &dlogits, &opt.grads)?;
+        self.backward(step, &fwd, &dlogits, &MapGrads::default(), &opt.grads)?;
         opt.update(step, &self.weights)?;
         Ok(loss)
     }

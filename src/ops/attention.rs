@@ -6,6 +6,7 @@
 //! or not (ViT's query/key/value), and the head split and merge are strides, never copies. The
 //! backward writes dQ, dK, dV into views of the same kind.
 
+use super::elementwise::axpy;
 use super::matmul::{Gemm, View};
 use super::softmax::{masked_softmax, softmax_bwd, Masks};
 use crate::error::{shape_err, Result};
@@ -182,6 +183,9 @@ pub struct Grads<'a> {
     pub dq: Seq<'a>,
     pub dk: Seq<'a>,
     pub dv: Seq<'a>,
+    /// A gradient arriving at the probabilities themselves (a distillation loss on the maps),
+    /// [B, H, Tq, Tk], added to the one coming back through O = P V.
+    pub dprobs: Option<&'a Tensor>,
 }
 
 /// Backward: from dO [B, Tq, H·D] and the saved P, writes dQ, dK, dV.
@@ -228,6 +232,19 @@ pub fn attention_bwd(
         d.tokens(&v, tk, true),
         d.map(&dprobs, false),
     )?;
+    if let Some(extra) = grads.dprobs {
+        if extra.shape() != probs.shape() {
+            return shape_err(
+                "attention_bwd",
+                format!(
+                    "dprobs {:?} do not match probs {:?}",
+                    extra.shape(),
+                    probs.shape()
+                ),
+            );
+        }
+        axpy(step, &dprobs, extra, 1.0)?;
+    }
     d.gemm(
         step,
         (tk, hd, tq),

@@ -1,0 +1,298 @@
+//! One distillation step (shared/AMAD.md, "Total loss"): teacher forward, student forward,
+//!   L = α·CE(student, reference) + β·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + γ·L_attn,
+//! student backward and AdamW, all recorded into one submission. L_attn is the mean, over the
+//! paired layers of each enabled attention kind, of the alignment loss of their maps.
+
+use crate::error::{shape_err, Error, Result};
+use crate::gpu::{Step, Tensor};
+use crate::model::{Forward, MapGrads, Model, Optimizer, Weights};
+use crate::ops::amad::{align, Options, Variant};
+use crate::ops::elementwise::axpy;
+use crate::ops::loss::{cross_entropy, cross_entropy_bwd, kl_div, kl_div_bwd};
+use crate::ops::reduce::sum_segments;
+
+/// Which attention maps are distilled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kinds {
+    pub encoder: bool,
+    pub decoder_self: bool,
+    pub cross: bool,
+}
+
+impl Default for Kinds {
+    fn default() -> Self {
+        Kinds {
+            encoder: true,
+            decoder_self: true,
+            cross: true,
+        }
+    }
+}
+
+/// How student layers find their teacher layer when depths differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerMap {
+    /// Student layer j (0-based, of L_s) learns from teacher layer round((j+1)·L_t/L_s) − 1.
+    Spread,
+    /// Only the last layers are paired.
+    LastOnly,
+}
+
+/// The (student layer, teacher layer) pairs.
+pub fn layer_pairs(
+    teacher_layers: usize,
+    student_layers: usize,
+    map: LayerMap,
+) -> Vec<(usize, usize)> {
+    if teacher_layers == 0 || student_layers == 0 {
+        return vec![];
+    }
+    match map {
+        LayerMap::LastOnly => vec![(student_layers - 1, teacher_layers - 1)],
+        LayerMap::Spread => (0..student_layers)
+            .map(|j| {
+                let t = ((j + 1) as f64 * teacher_layers as f64 / student_layers as f64).round()
+                    as usize;
+                (j, t.clamp(1, teacher_layers) - 1)
+            })
+            .collect(),
+    }
+}
+
+/// Everything a distillation step needs to know; defaults as in shared/AMAD.md.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DistillConfig {
+    pub alpha: f32,
+    pub beta: f32,
+    pub gamma: f32,
+    /// Temperature T of output distillation.
+    pub temperature: f32,
+    /// The attention loss (`None`: no attention term).
+    pub attention: Option<Options>,
+    pub kinds: Kinds,
+    pub layer_map: LayerMap,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        DistillConfig {
+            alpha: 1.0,
+            beta: 1.0,
+            gamma: 1.0,
+            temperature: 2.0,
+            attention: Some(Options {
+                variant: Variant::Kl,
+                tau: 1.0,
+                detach_weights: false,
+            }),
+            kinds: Kinds::default(),
+            layer_map: LayerMap::Spread,
+        }
+    }
+}
+
+/// A batch as both models see it.
+pub struct Batch {
+    /// Patches for the teacher and for the student (the same tensor when they share preprocessing).
+    pub teacher_patches: Tensor,
+    pub student_patches: Tensor,
+    /// Decoder inputs [B, L] (u32).
+    pub ids: Tensor,
+    /// Targets [B·L] (u32, `loss::IGNORE` at padding).
+    pub labels: Tensor,
+    /// Whether each position b·L + l holds a real token (its label is not ignored).
+    pub valid: Vec<bool>,
+}
+
+/// Which attention kind a pair of maps belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Encoder,
+    DecoderSelf,
+    Cross,
+}
+
+/// The alignment weights of one paired layer, [B, H_t, H_s] on the GPU.
+pub struct PairWeights {
+    pub kind: Kind,
+    pub student_layer: usize,
+    pub teacher_layer: usize,
+    pub weights: Tensor,
+}
+
+/// What a step reports: [ce, kd, attention, total] in one tensor (one readback), and the
+/// alignment weights of every paired layer.
+pub struct StepOut {
+    pub terms: Tensor,
+    pub weights: Vec<PairWeights>,
+}
+
+fn maps<'a>(fwd: &'a Forward, kind: Kind) -> Vec<&'a Tensor> {
+    match kind {
+        Kind::Encoder => fwd.encoder_attentions(),
+        Kind::DecoderSelf => fwd.decoder_attentions(),
+        Kind::Cross => fwd.cross_attentions(),
+    }
+}
+
+/// Valid-cell masks for decoder maps: self [B, L, L] (query and key real), cross [B, L, T].
+fn decoder_masks(
+    step: &mut Step,
+    valid: &[bool],
+    batch: usize,
+    len: usize,
+    image_tokens: usize,
+) -> Result<(Tensor, Tensor)> {
+    let v = |b: usize, l: usize| valid[b * len + l] as u32 as f32;
+    let mut selfm = Vec::with_capacity(batch * len * len);
+    let mut cross = Vec::with_capacity(batch * len * image_tokens);
+    for b in 0..batch {
+        for l in 0..len {
+            selfm.extend((0..len).map(|m| v(b, l) * v(b, m)));
+            cross.extend(std::iter::repeat_n(v(b, l), image_tokens));
+        }
+    }
+    Ok((
+        step.upload(&[batch, len, len], &selfm)?,
+        step.upload(&[batch, len, image_tokens], &cross)?,
+    ))
+}
+
+/// Records the distillation loss and its gradient w.r.t. the student's parameters into `grads`
+/// (which it zeroes first). Returns the loss terms and alignment weights.
+pub fn distill_grads(
+    step: &mut Step,
+    teacher: &Model,
+    student: &Model,
+    grads: &Weights,
+    batch: &Batch,
+    cfg: &DistillConfig,
+) -> Result<StepOut> {
+    let (te, se) = (&teacher.cfg.encoder, &student.cfg.encoder);
+    let (td, sd) = (&teacher.cfg.decoder, &student.cfg.decoder);
+    if td.vocab_size != sd.vocab_size {
+        return Err(Error::Invalid(format!(
+            "teacher and student vocabularies differ: {} and {} tokens",
+            td.vocab_size, sd.vocab_size
+        )));
+    }
+    if cfg.attention.is_some()
+        && (cfg.kinds.encoder || cfg.kinds.cross)
+        && te.tokens() != se.tokens()
+    {
+        return Err(Error::Invalid(format!(
+            "attention maps over the image need the same image tokens: the teacher has {}, the student {}",
+            te.tokens(),
+            se.tokens()
+        )));
+    }
+    let s = batch.ids.shape();
+    if s.len() != 2 || batch.valid.len() != s[0] * s[1] || batch.labels.numel() != s[0] * s[1] {
+        return shape_err(
+            "distill",
+            format!(
+                "ids {s:?}, labels {:?} and {} validity flags do not agree",
+                batch.labels.shape(),
+                batch.valid.len()
+            ),
+        );
+    }
+    let (b, len) = (s[0], s[1]);
+    for g in &grads.tensors {
+        step.clear(g);
+    }
+    let tf = teacher.forward(step, &batch.teacher_patches, &batch.ids)?;
+    let sf = student.forward(step, &batch.student_patches, &batch.ids)?;
+    let rows = [b * len, sd.vocab_size];
+    let (zt, zs) = (tf.logits().reshape(&rows)?, sf.logits().reshape(&rows)?);
+    let terms = step.zeros(&[4])?;
+    // Output terms.
+    let (ce, ce_totals) = cross_entropy(step, &zs, &batch.labels)?;
+    let dlogits = cross_entropy_bwd(step, &zs, &batch.labels, &ce_totals, cfg.alpha)?;
+    let t2 = cfg.temperature * cfg.temperature;
+    let (kd, kd_totals) = kl_div(step, &zt, &zs, &batch.labels, cfg.temperature)?;
+    if cfg.beta != 0.0 {
+        let dkd = kl_div_bwd(
+            step,
+            &zt,
+            &zs,
+            &batch.labels,
+            &kd_totals,
+            cfg.temperature,
+            cfg.beta * t2,
+        )?;
+        axpy(step, &dlogits, &dkd, 1.0)?;
+    }
+    let add_term = |step: &mut Step, x: &Tensor, slot: usize, scale: f32| {
+        sum_segments(step, x, 1, scale, false, &terms, slot, true)
+    };
+    add_term(step, &ce, 0, 1.0)?;
+    add_term(step, &kd, 1, 1.0)?;
+    add_term(step, &ce, 3, cfg.alpha)?;
+    add_term(step, &kd, 3, cfg.beta * t2)?;
+    // Attention term.
+    let mut dmaps = MapGrads {
+        encoder: vec![None; se.num_hidden_layers],
+        decoder_self: vec![None; sd.n_layer],
+        cross: vec![None; sd.n_layer],
+    };
+    let mut weights = vec![];
+    if let Some(opts) = cfg.attention {
+        let enc_pairs = layer_pairs(te.num_hidden_layers, se.num_hidden_layers, cfg.layer_map);
+        let dec_pairs = layer_pairs(td.n_layer, sd.n_layer, cfg.layer_map);
+        let mut jobs: Vec<(Kind, (usize, usize))> = vec![];
+        for (on, kind, pairs) in [
+            (cfg.kinds.encoder, Kind::Encoder, &enc_pairs),
+            (cfg.kinds.decoder_self, Kind::DecoderSelf, &dec_pairs),
+            (cfg.kinds.cross, Kind::Cross, &dec_pairs),
+        ] {
+            if on {
+                jobs.extend(pairs.iter().map(|&p| (kind, p)));
+            }
+        }
+        let (self_mask, cross_mask) = decoder_masks(step, &batch.valid, b, len, se.tokens())?;
+        let share = 1.0 / jobs.len().max(1) as f32;
+        for (kind, (js, jt)) in jobs {
+            let (tm, sm) = (maps(&tf, kind)[jt], maps(&sf, kind)[js]);
+            let mask = match kind {
+                Kind::Encoder => None,
+                Kind::DecoderSelf => Some(&self_mask),
+                Kind::Cross => Some(&cross_mask),
+            };
+            let a = align(step, tm, sm, mask, opts, cfg.gamma * share)?;
+            add_term(step, &a.loss, 2, share)?;
+            add_term(step, &a.loss, 3, cfg.gamma * share)?;
+            let slot = match kind {
+                Kind::Encoder => &mut dmaps.encoder[js],
+                Kind::DecoderSelf => &mut dmaps.decoder_self[js],
+                Kind::Cross => &mut dmaps.cross[js],
+            };
+            match slot {
+                Some(acc) => axpy(step, acc, &a.grad, 1.0)?,
+                None => *slot = Some(a.grad),
+            }
+            weights.push(PairWeights {
+                kind,
+                student_layer: js,
+                teacher_layer: jt,
+                weights: a.weights,
+            });
+        }
+    }
+    student.backward(step, &sf, &dlogits, &dmaps, grads)?;
+    Ok(StepOut { terms, weights })
+}
+
+/// One distillation step: gradients, then clipping and AdamW on the student.
+pub fn distill_step(
+    step: &mut Step,
+    teacher: &Model,
+    student: &Model,
+    opt: &mut Optimizer,
+    batch: &Batch,
+    cfg: &DistillConfig,
+) -> Result<StepOut> {
+    let out = distill_grads(step, teacher, student, &opt.grads, batch, cfg)?;
+    opt.update(step, &student.weights)?;
+    Ok(out)
+}
