@@ -127,7 +127,7 @@ pub struct StepOut {
     pub weights: Vec<PairWeights>,
 }
 
-fn maps<'a>(fwd: &'a Forward, kind: Kind) -> Vec<&'a Tensor> {
+fn maps(fwd: &Forward, kind: Kind) -> Vec<&Tensor> {
     match kind {
         Kind::Encoder => fwd.encoder_attentions(),
         Kind::DecoderSelf => fwd.decoder_attentions(),

@@ -147,6 +147,7 @@ impl Model {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn block_bwd(
         &self,
         step: &mut Step,
