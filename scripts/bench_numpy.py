@@ -1,5 +1,5 @@
 """numpy/OpenBLAS matmul GFLOP/s at the shapes `amad bench kernels` measures, printed as the same
-JSON lines, so docs/benchmarks.md can set them side by side from one run (scripts/bench_kernels.sh).
+JSON lines, so docs/benchmarks.md can set them side by side from one run (scripts/bench.sh).
 """
 import json
 import time

@@ -1,4 +1,5 @@
-"""Writes docs/benchmarks.md from one run of scripts/bench_kernels.sh (amad's and numpy's JSON lines)."""
+"""Writes docs/benchmarks.md from one run of scripts/bench.sh: amad's JSON lines and the reference
+implementations' (numpy/OpenBLAS for kernels, PyTorch eager for steps), matched by name."""
 import datetime
 import json
 import platform
@@ -6,36 +7,61 @@ import subprocess
 import sys
 
 amad = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-numpy = {r["name"]: r for r in (json.loads(l) for l in open(sys.argv[2]) if l.strip())}
+refs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+by_name = {r["name"]: r for r in refs}
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
 cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+sources = sorted({r["adapter"] for r in refs})
 
 out = [
     "# Benchmarks",
     "",
-    "Figures from one run of `scripts/bench_kernels.sh` (which runs `amad bench kernels --json` and",
-    "`scripts/bench_numpy.py` back to back on the same machine), written by `scripts/bench_report.py`.",
-    "Benchmarks print figures; no test is timed. Re-run to refresh.",
+    "Figures from one run of `scripts/bench.sh`: `amad bench kernels --json` and `amad bench step --json`,",
+    "then the reference implementations on the same machine right after (numpy/OpenBLAS matmul by",
+    "`scripts/bench_numpy.py`, PyTorch eager by `scripts/bench_step_torch.py`); written by",
+    "`scripts/bench_report.py`. Benchmarks print figures; no test is timed. Re-run to refresh.",
     "",
     f"- date: {datetime.date.today()}",
     f"- machine: {cpu}, {cores} cores ({platform.system()})",
     f"- amad adapter: {amad[0]['adapter']}",
-    f"- numpy: {next(iter(numpy.values()))['adapter'] if numpy else 'not run'}",
+] + [f"- reference: {s}" for s in sources] + [
     "",
-    "| kernel | shape | amad ms | amad GFLOP/s | numpy ms | numpy GFLOP/s |",
+    "## Kernels",
+    "",
+    "| kernel | shape | amad ms | amad GFLOP/s | reference ms | reference GFLOP/s |",
     "|---|---|---:|---:|---:|---:|",
 ]
+steps = []
 for r in amad:
-    n = numpy.get(r["name"])
-    gf = f"{r['gflops']:.2f}" if r.get("gflops") is not None else ""
-    ncols = f"{n['ms']:.3f} | {n['gflops']:.2f}" if n else "— | —"
-    out.append(f"| {r['name']} | {r['shape']} | {r['ms']:.3f} | {gf} | {ncols} |")
+    ref = by_name.get(r["name"])
+    if r.get("gflops") is None:
+        steps.append((r, ref))
+        continue
+    rc = f"{ref['ms']:.3f} | {ref['gflops']:.2f}" if ref else "— | —"
+    out.append(f"| {r['name']} | {r['shape']} | {r['ms']:.3f} | {r['gflops']:.2f} | {rc} |")
 out += [
     "",
-    "Shapes: `matmul*` is the 512³ probe (`_at`: A transposed, `_bt`: B transposed). `teacher_*` are the",
-    "teacher's linear layers at batch 32 × 65 image tokens × 128 wide: forward X·W, and the backward",
-    "products dX = dY·Wᵀ and dW = Xᵀ·dY. `attention_*` is the attention core (B 32, H 8, T 65, head",
-    "width 16); its GFLOP/s counts the two (forward) or six (forward + backward) matmuls only.",
+    "`matmul*` is the 512³ probe (`_at`: A transposed, `_bt`: B transposed). `teacher_*` are the teacher's",
+    "linear layers at batch 32 × 65 image tokens × 128 wide: forward X·W, and the backward products",
+    "dX = dY·Wᵀ and dW = Xᵀ·dY. `attention_*` is the attention core (B 32, H 8, T 65, head width 16); its",
+    "GFLOP/s counts the matmul-equivalent work (Q·Kᵀ and P·V forward; four more products backward).",
+    "",
+    "## Training steps",
+    "",
+    "| step | shape | amad ms | PyTorch eager ms | amad / PyTorch |",
+    "|---|---|---:|---:|---:|",
+]
+for r, ref in steps:
+    ratio = f"{r['ms'] / ref['ms']:.1f}×" if ref else "—"
+    rc = f"{ref['ms']:.1f}" if ref else "— (torch not installed)"
+    out.append(f"| {r['name']} | {r['shape']} | {r['ms']:.1f} | {rc} | {ratio} |")
+out += [
+    "",
+    "Default configs (shared/TOOLCHAIN.md): teacher ViT 4×128×8 heads + GPT-2 4×128×8 heads; student",
+    "ViT 2×64×2 + GPT-2 2×64×2; 64×64 images in 8×8 patches; vocabulary 64, captions of 16 tokens.",
+    "`teacher_train_step`: forward with attention maps, cross-entropy, backward, AdamW.",
+    "`distill_step_amad_kl`: teacher forward, student forward and backward, CE + T²·KD + AMAD-KL over the",
+    "encoder, decoder and cross attention of the paired layers, AdamW.",
     "",
 ]
 open("docs/benchmarks.md", "w").write("\n".join(out))

@@ -151,3 +151,95 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     .print(gpu, json);
     Ok(())
 }
+
+/// Vocabulary and caption length of the step benchmark: the scale of the generated captions.
+pub const STEP_VOCAB: usize = 64;
+pub const STEP_LEN: usize = 16;
+
+/// A random batch for the step benchmark: patches, decoder inputs, labels (no padding).
+fn step_batch(
+    gpu: &Gpu,
+    cfg: &crate::model::Config,
+    batch: usize,
+) -> Result<crate::distill::Batch> {
+    let mut rng = crate::rng::Rng::new(1);
+    let e = &cfg.encoder;
+    let patches: Vec<f32> = (0..batch * e.patches() * e.patch_dim())
+        .map(|_| rng.uniform() as f32)
+        .collect();
+    let ids: Vec<u32> = (0..batch * STEP_LEN)
+        .map(|_| rng.below(STEP_VOCAB) as u32)
+        .collect();
+    let patches = Tensor::from_slice(gpu, &[batch, e.patches(), e.patch_dim()], &patches)?;
+    Ok(crate::distill::Batch {
+        teacher_patches: patches.clone(),
+        student_patches: patches,
+        ids: Tensor::from_u32(gpu, &[batch, STEP_LEN], &ids)?,
+        labels: Tensor::from_u32(gpu, &[batch * STEP_LEN], &ids)?,
+        valid: vec![true; batch * STEP_LEN],
+    })
+}
+
+/// `amad bench step`: the time of one teacher training step and one distillation step (teacher
+/// forward + student forward and backward + AMAD + AdamW) at the default configs, batch `batch`.
+pub fn step(gpu: &Gpu, batch: usize, iters: usize, json: bool) -> Result<()> {
+    use crate::distill::{distill_step, DistillConfig};
+    use crate::model::{Config, Model, Optimizer};
+    use crate::ops::optim::AdamW;
+    if !json {
+        println!("adapter: {}", gpu.describe());
+    }
+    let teacher = Model::new(gpu, Config::teacher(STEP_VOCAB, STEP_LEN), 1)?;
+    let student = Model::new(gpu, Config::student(STEP_VOCAB, STEP_LEN), 2)?;
+    let data = step_batch(gpu, &teacher.cfg, batch)?;
+    let mut topt = Optimizer::new(gpu, &teacher.layout, AdamW::default(), 1.0)?;
+    let mut sopt = Optimizer::new(gpu, &student.layout, AdamW::default(), 1.0)?;
+    let cfg = DistillConfig::default();
+    // The steps mutate the optimisers, so time() (which takes a Fn) gets them through RefCells.
+    let (topt_cell, sopt_cell) = (
+        std::cell::RefCell::new(&mut topt),
+        std::cell::RefCell::new(&mut sopt),
+    );
+    let shape = format!(
+        "batch {batch}, {} + {} tokens",
+        teacher.cfg.encoder.tokens(),
+        STEP_LEN
+    );
+    let s = time(gpu, iters, &|st| {
+        teacher
+            .train_step(
+                st,
+                &mut topt_cell.borrow_mut(),
+                &data.teacher_patches,
+                &data.ids,
+                &data.labels,
+            )
+            .map(drop)
+    })?;
+    Record {
+        name: "teacher_train_step".into(),
+        shape: shape.clone(),
+        ms: s * 1e3,
+        gflops: None,
+    }
+    .print(gpu, json);
+    let s = time(gpu, iters, &|st| {
+        distill_step(
+            st,
+            &teacher,
+            &student,
+            &mut sopt_cell.borrow_mut(),
+            &data,
+            &cfg,
+        )
+        .map(drop)
+    })?;
+    Record {
+        name: "distill_step_amad_kl".into(),
+        shape,
+        ms: s * 1e3,
+        gflops: None,
+    }
+    .print(gpu, json);
+    Ok(())
+}

@@ -31,6 +31,8 @@ commands:
         V: mse, kl, token-kl, one-to-one-kl, one-to-one-mse
   bench kernels [--json] [--iters N]
         GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward+backward time
+  bench step [--json] [--iters N] [--batch B]
+        time of one teacher training step and one distillation step at the default configs
   help  this text";
 
     /// Flags of one command: `--name value` pairs and bare `--switch`es.
@@ -114,6 +116,19 @@ commands:
                         return Err(Error::Invalid("--iters must be at least 1".into()));
                     }
                     amad::bench::kernels(&gpu()?, iters, json)
+                }
+                Some("step") => {
+                    let mut f = Flags::new(&rest[1..]);
+                    let json = f.switch("--json");
+                    let iters: usize = f.number("--iters", 3)?;
+                    let batch: usize = f.number("--batch", 32)?;
+                    f.done()?;
+                    if iters == 0 || batch == 0 {
+                        return Err(Error::Invalid(
+                            "--iters and --batch must be at least 1".into(),
+                        ));
+                    }
+                    amad::bench::step(&gpu()?, batch, iters, json)
                 }
                 _ => Err(Error::Invalid(format!("unknown benchmark\n\n{USAGE}"))),
             },

@@ -1,16 +1,19 @@
 //! The attention core: P = softmax(scale · Q Kᵀ + masks), O = P V, with P kept as an output (the
-//! distillation losses read it). Composed from the strided matmul and the masked softmax.
+//! distillation losses read it), and its backward: launchers for `shaders/attention.wgsl`.
 //!
 //! Q, K and V are [`Seq`] views: columns `off .. off + H·D` of a [batch, tokens, stride] buffer.
 //! So they are read straight from the projections, fused (GPT-2's c_attn: Q, K, V side by side)
 //! or not (ViT's query/key/value), and the head split and merge are strides, never copies. The
 //! backward writes dQ, dK, dV into views of the same kind.
 
-use super::elementwise::axpy;
-use super::matmul::{Gemm, View};
-use super::softmax::{masked_softmax, softmax_bwd, Masks};
+use super::softmax::Masks;
+use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Step, Tensor};
+use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
+
+pub const FWD: Kernel = Kernel::new("attention", "attention_fwd", &[R, R, R, R, W, W]);
+pub const BWD_Q: Kernel = Kernel::new("attention", "attention_bwd_q", &[R, R, R, R, R, W, W]);
+pub const BWD_KV: Kernel = Kernel::new("attention", "attention_bwd_kv", &[R, R, W]);
 
 /// Columns `off .. off + width` of every token of a [batch, len, stride] buffer.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +42,23 @@ impl<'a> Seq<'a> {
             stride,
         }
     }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct Params {
+    batch: u32,
+    heads: u32,
+    tq: u32,
+    tk: u32,
+    hd: u32,
+    flags: u32,
+    scale: f32,
+    _pad: u32,
+    q: [u32; 2],
+    k: [u32; 2],
+    v: [u32; 2],
+    o: [u32; 2],
 }
 
 /// Sizes of one attention call.
@@ -83,61 +103,23 @@ impl Dims {
         Ok(())
     }
 
-    /// Row (token, head-dim) view of a sequence, batched over (batch, head).
-    fn tokens<'a>(&self, s: &Seq<'a>, len: usize, transposed: bool) -> View<'a> {
-        let (rs, cs) = if transposed {
-            (1, s.stride)
-        } else {
-            (s.stride, 1)
-        };
-        View {
-            t: s.t,
-            off: s.off,
-            rs,
-            cs,
-            bs: [len * s.stride, self.head_dim],
-        }
-    }
-
-    /// View of a [B, H, Tq, Tk] map, batched over (batch, head).
-    fn map<'a>(&self, t: &'a Tensor, transposed: bool) -> View<'a> {
-        let (rs, cs) = if transposed {
-            (1, self.k_len)
-        } else {
-            (self.k_len, 1)
-        };
-        let per_head = self.q_len * self.k_len;
-        View {
-            t,
-            off: 0,
-            rs,
-            cs,
-            bs: [self.heads * per_head, per_head],
-        }
-    }
-
-    fn gemm(
-        &self,
-        step: &mut Step,
-        mnk: (usize, usize, usize),
-        a: View,
-        b: View,
-        c: View,
-    ) -> Result<()> {
-        let (m, n, k) = mnk;
-        Gemm {
-            m,
-            n,
-            k,
-            batch: [self.batch, self.heads],
-            a,
-            b,
-            c,
-            bias: None,
-            alpha: 1.0,
-            accumulate: false,
-        }
-        .record(step)
+    fn params(&self, flags: u32, views: [&Seq; 4]) -> Result<Params> {
+        let u = |x| u32_of("attention", "size", x);
+        let pair = |s: &Seq| -> Result<[u32; 2]> { Ok([u(s.off)?, u(s.stride)?]) };
+        Ok(Params {
+            batch: u(self.batch)?,
+            heads: u(self.heads)?,
+            tq: u(self.q_len)?,
+            tk: u(self.k_len)?,
+            hd: u(self.head_dim)?,
+            flags,
+            scale: self.scale(),
+            _pad: 0,
+            q: pair(views[0])?,
+            k: pair(views[1])?,
+            v: pair(views[2])?,
+            o: pair(views[3])?,
+        })
     }
 }
 
@@ -156,24 +138,39 @@ pub fn attention(
     d.check("q", &q, d.q_len)?;
     d.check("k", &k, d.k_len)?;
     d.check("v", &v, d.k_len)?;
-    let scores = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
-    let (tq, tk, hd) = (d.q_len, d.k_len, d.head_dim);
-    d.gemm(
-        step,
-        (tq, tk, hd),
-        d.tokens(&q, tq, false),
-        d.tokens(&k, tk, true),
-        d.map(&scores, false),
-    )?;
-    let probs = masked_softmax(step, &scores, d.scale(), masks)?;
-    drop(scores);
-    let out = step.empty(&[d.batch, tq, d.width()])?;
-    d.gemm(
-        step,
-        (tq, hd, tk),
-        d.map(&probs, false),
-        d.tokens(&v, tk, false),
-        d.tokens(&Seq::whole(&out), tq, false),
+    if let Some(m) = masks.key_mask {
+        if m.shape() != [d.batch, d.k_len] {
+            return shape_err(
+                "attention",
+                format!(
+                    "key mask must be [batch, k] = [{}, {}], got {:?}",
+                    d.batch,
+                    d.k_len,
+                    m.shape()
+                ),
+            );
+        }
+    }
+    if masks.causal && d.q_len > d.k_len {
+        return shape_err(
+            "attention",
+            format!(
+                "a causal mask needs q <= k, got q = {}, k = {}",
+                d.q_len, d.k_len
+            ),
+        );
+    }
+    let probs = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
+    let out = step.empty(&[d.batch, d.q_len, d.width()])?;
+    let flags = masks.causal as u32 | (masks.key_mask.is_some() as u32) << 1;
+    let p = d.params(flags, [&q, &k, &v, &Seq::whole(&out)])?;
+    let mask = masks.key_mask.unwrap_or(q.t);
+    let rows = d.batch * d.heads * d.q_len;
+    step.dispatch_linear(
+        &FWD,
+        &p,
+        &[q.t, k.t, v.t, mask, &probs, &out],
+        groups(rows, 64),
     )?;
     Ok((out, probs))
 }
@@ -200,38 +197,13 @@ pub fn attention_bwd(
     dout: &Tensor,
     grads: Grads,
 ) -> Result<()> {
-    let (tq, tk, hd) = (d.q_len, d.k_len, d.head_dim);
+    let (tq, tk) = (d.q_len, d.k_len);
     if probs.shape() != [d.batch, d.heads, tq, tk] {
         return shape_err(
             "attention_bwd",
             format!("probs {:?} do not match {d:?}", probs.shape()),
         );
     }
-    let dout = Seq::whole(dout);
-    for (what, s, len) in [
-        ("q", &q, tq),
-        ("k", &k, tk),
-        ("v", &v, tk),
-        ("dout", &dout, tq),
-    ] {
-        d.check(what, s, len)?;
-    }
-    for (what, s, len) in [
-        ("dq", &grads.dq, tq),
-        ("dk", &grads.dk, tk),
-        ("dv", &grads.dv, tk),
-    ] {
-        d.check(what, s, len)?;
-    }
-    // dP = dO Vᵀ;  dV = Pᵀ dO
-    let dprobs = step.empty(probs.shape())?;
-    d.gemm(
-        step,
-        (tq, tk, hd),
-        d.tokens(&dout, tq, false),
-        d.tokens(&v, tk, true),
-        d.map(&dprobs, false),
-    )?;
     if let Some(extra) = grads.dprobs {
         if extra.shape() != probs.shape() {
             return shape_err(
@@ -243,32 +215,46 @@ pub fn attention_bwd(
                 ),
             );
         }
-        axpy(step, &dprobs, extra, 1.0)?;
     }
-    d.gemm(
-        step,
-        (tk, hd, tq),
-        d.map(probs, true),
-        d.tokens(&dout, tq, false),
-        d.tokens(&grads.dv, tk, false),
+    let dout_seq = Seq::whole(dout);
+    if dout_seq.off != 0 || dout_seq.stride != d.width() {
+        return shape_err(
+            "attention_bwd",
+            format!("dout {:?} must be [B, Tq, H·D]", dout.shape()),
+        );
+    }
+    for (what, s, len) in [
+        ("q", &q, tq),
+        ("k", &k, tk),
+        ("v", &v, tk),
+        ("dout", &dout_seq, tq),
+    ] {
+        d.check(what, s, len)?;
+    }
+    for (what, s, len) in [
+        ("dq", &grads.dq, tq),
+        ("dk", &grads.dk, tk),
+        ("dv", &grads.dv, tk),
+    ] {
+        d.check(what, s, len)?;
+    }
+    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)) with dP = dO Vᵀ (+ extra), and dQ = dS K.
+    let dscores = step.empty(probs.shape())?;
+    let flags = (grads.dprobs.is_some() as u32) << 2;
+    let p = d.params(flags, [&q, &k, &v, &grads.dq])?;
+    let extra = grads.dprobs.unwrap_or(probs);
+    let rows = d.batch * d.heads * tq;
+    step.dispatch_linear(
+        &BWD_Q,
+        &p,
+        &[probs, dout, v.t, k.t, extra, &dscores, grads.dq.t],
+        groups(rows, 64),
     )?;
-    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP))
-    let dscores = softmax_bwd(step, probs, &dprobs, d.scale())?;
-    drop(dprobs);
-    // dQ = dS K;  dK = dSᵀ Q
-    d.gemm(
-        step,
-        (tq, hd, tk),
-        d.map(&dscores, false),
-        d.tokens(&k, tk, false),
-        d.tokens(&grads.dq, tq, false),
-    )?;
-    d.gemm(
-        step,
-        (tk, hd, tq),
-        d.map(&dscores, true),
-        d.tokens(&q, tq, false),
-        d.tokens(&grads.dk, tk, false),
-    )?;
+    // dK = dSᵀ Q and dV = Pᵀ dO, one invocation per key, one gradient per dispatch.
+    let cols = d.batch * d.heads * tk;
+    let pk = d.params(0, [&q, &k, &v, &grads.dk])?;
+    step.dispatch_linear(&BWD_KV, &pk, &[&dscores, q.t, grads.dk.t], groups(cols, 64))?;
+    let pv = d.params(0, [&dout_seq, &k, &v, &grads.dv])?;
+    step.dispatch_linear(&BWD_KV, &pv, &[probs, dout, grads.dv.t], groups(cols, 64))?;
     Ok(())
 }

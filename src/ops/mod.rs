@@ -30,6 +30,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("image", include_str!("../../shaders/image.wgsl")),
     ("amad", include_str!("../../shaders/amad.wgsl")),
+    ("attention", include_str!("../../shaders/attention.wgsl")),
 ];
 
 /// Prepended to every family: shared helpers (WGSL has no includes).
@@ -82,6 +83,9 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &image::RESIZE_V,
     &image::PATCHIFY,
     &amad::ALIGN,
+    &attention::FWD,
+    &attention::BWD_Q,
+    &attention::BWD_KV,
     &amad::ONE_TO_ONE,
 ];
 

@@ -1,0 +1,96 @@
+"""PyTorch eager on the CPU, timed at the same steps as `amad bench step`: one teacher training step
+(AdamW, output_attentions) and one distillation step (teacher forward, student forward and backward,
+CE + T²·KD + AMAD-KL over all three attention kinds, AdamW), default configs, batch 32. Prints JSON
+lines like amad's. Skipped (with a message) where torch is not installed.
+"""
+import json
+import sys
+import time
+
+try:
+    import torch
+    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+except ImportError:
+    print("torch/transformers not installed: skipping the PyTorch step benchmark", file=sys.stderr)
+    sys.exit(0)
+
+VOCAB, LEN, BATCH = 64, 16, int(sys.argv[1]) if len(sys.argv) > 1 else 32
+
+
+def model(enc, dec):
+    vit = ViTConfig(image_size=64, patch_size=8, hidden_size=enc[1], num_hidden_layers=enc[0],
+                    num_attention_heads=enc[2], intermediate_size=4 * enc[1], hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0)
+    gpt = GPT2Config(vocab_size=VOCAB, n_positions=LEN, n_embd=dec[1], n_layer=dec[0], n_head=dec[2],
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, add_cross_attention=True, is_decoder=True,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    m = VisionEncoderDecoderModel(config=VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit, gpt))
+    for c in (m.config, m.encoder.config, m.decoder.config):
+        c._attn_implementation = "eager"
+    return m
+
+
+def amad_kl(t, s, mask=None):
+    """Map-level AMAD-KL, [B,H,q,k] maps, mask [B,q,k]: summed over teacher heads, mean over batch."""
+    if mask is not None:
+        t, s = t * mask[:, None], s * mask[:, None]
+    t, s = t.flatten(2), s.flatten(2)
+    w = torch.nn.functional.normalize(t, dim=2) @ torch.nn.functional.normalize(s, dim=2).transpose(1, 2)
+    a = torch.softmax(w, dim=2)
+    tt = t / t.sum(2, keepdim=True)
+    m = a @ (s / s.sum(2, keepdim=True))
+    return (torch.xlogy(tt, tt) - torch.xlogy(tt, m)).sum((1, 2)).mean()
+
+
+def timed(step, iters=3):
+    step()
+    t = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - t) / iters
+
+
+torch.manual_seed(0)
+torch.set_num_threads(torch.get_num_threads())
+teacher, student = model((4, 128, 8), (4, 128, 8)), model((2, 64, 2), (2, 64, 2))
+pixels = torch.randn(BATCH, 3, 64, 64)
+ids = torch.randint(0, VOCAB, (BATCH, LEN))
+topt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
+sopt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+
+
+def teacher_step():
+    topt.zero_grad()
+    out = teacher(pixel_values=pixels, decoder_input_ids=ids, labels=ids, output_attentions=True)
+    out.loss.backward()
+    topt.step()
+
+
+pairs = [(0, 1), (1, 3)]  # student layer j <- teacher layer round((j+1)*4/2) - 1
+valid = torch.ones(BATCH, LEN)
+
+
+def distill_step():
+    sopt.zero_grad()
+    with torch.no_grad():
+        t = teacher(pixel_values=pixels, decoder_input_ids=ids, output_attentions=True)
+    s = student(pixel_values=pixels, decoder_input_ids=ids, labels=ids, output_attentions=True)
+    T = 2.0
+    kd = torch.nn.functional.kl_div(torch.log_softmax(s.logits / T, -1), torch.log_softmax(t.logits / T, -1),
+                                    log_target=True, reduction="none").sum(-1).mean()
+    self_mask = valid[:, :, None] * valid[:, None, :]
+    cross_mask = valid[:, :, None].expand(BATCH, LEN, 65)
+    attn = 0
+    for js, jt in pairs:
+        attn = attn + amad_kl(t.encoder_attentions[jt], s.encoder_attentions[js])
+        attn = attn + amad_kl(t.decoder_attentions[jt], s.decoder_attentions[js], self_mask)
+        attn = attn + amad_kl(t.cross_attentions[jt], s.cross_attentions[js], cross_mask)
+    loss = s.loss + T * T * kd + attn / (3 * len(pairs))
+    loss.backward()
+    sopt.step()
+
+
+shape = f"batch {BATCH}, 65 + {LEN} tokens"
+who = f"pytorch {torch.__version__} eager, {torch.get_num_threads()} threads"
+for name, fn in [("teacher_train_step", teacher_step), ("distill_step_amad_kl", distill_step)]:
+    print(json.dumps({"name": name, "shape": shape, "ms": round(timed(fn) * 1e3, 3), "gflops": None, "adapter": who}))
