@@ -1,8 +1,10 @@
-// Image preprocessing as ViTImageProcessor does it: resize with PIL's bilinear filter (a triangle
-// filter widened by the scale factor when shrinking, i.e. antialiased), rounding to 8 bits after
-// each pass as PIL does for 8-bit images; then rescale, normalise with a per-channel mean and
-// std, and cut into patch vectors ordered (channel, row, column) to match the patch-embedding
-// convolution's weight layout.
+// Image preprocessing as ViTImageProcessor does it, bit for bit with its PIL backend: resize with
+// PIL's bilinear filter (a triangle filter widened by the scale factor when shrinking, i.e.
+// antialiased) in PIL's fixed-point arithmetic (coefficients with 22 fractional bits, integer
+// sums, round half up, 8-bit clip after each pass), in PIL's pass order (vertical first when the
+// height shrinks more than twice as much as the width, as Pillow 13 does); then rescale,
+// normalise with a per-channel mean and std, and cut into patch vectors ordered (channel, row,
+// column) to match the patch-embedding convolution's weight layout.
 // Input pixels are RGBA8 packed in a u32 (r in the low byte); alpha is ignored here (the loader
 // flattens it onto a background first).
 
@@ -26,79 +28,88 @@ fn filter_tap(x: f32) -> f32 {
     return max(0.0, 1.0 - abs(x));
 }
 
-// Resampled value at output coordinate o along an axis of `len` input samples shrunk/grown to
-// `out_len`; `sample(i)` is read through the callers below (WGSL has no closures).
+// The taps of output sample o along an axis of `len` inputs resized to `out_len`.
 struct Window {
     lo: u32,
     hi: u32,
     center: f32,
     inv_support: f32,
+    total: f32,     // sum of the filter over the window (the normaliser)
 }
 
 fn window(o: u32, len: u32, out_len: u32) -> Window {
     let scale = f32(len) / f32(out_len);
     let fscale = max(scale, 1.0);
-    let support = fscale;   // bilinear support (1) times the filter scale
     let center = (f32(o) + 0.5) * scale;
-    let lo = u32(max(floor(center - support + 0.5), 0.0));
-    let hi = u32(min(floor(center + support + 0.5), f32(len)));
-    return Window(lo, hi, center, 1.0 / fscale);
+    let lo = u32(max(floor(center - fscale + 0.5), 0.0));
+    let hi = u32(min(floor(center + fscale + 0.5), f32(len)));
+    var total = 0.0;
+    for (var i = lo; i < hi; i++) {
+        total += filter_tap((f32(i) - center + 0.5) / fscale);
+    }
+    return Window(lo, hi, center, 1.0 / fscale, total);
 }
 
-fn to_u8(v: f32) -> f32 {
-    return clamp(round(v), 0.0, 255.0);
+// Tap i's coefficient in PIL's fixed point: weight/total scaled by 2^22, rounded half up.
+fn coefficient(w: Window, i: u32) -> i32 {
+    return i32(floor(filter_tap((f32(i) - w.center + 0.5) * w.inv_support) / w.total * 4194304.0 + 0.5));
 }
 
-// horizontal pass: rgba [in_h, in_w] -> tmp [in_h, out_w, 3]
+// Sum of coefficient·value plus half a unit, shifted back and clipped to 8 bits, as PIL does.
+fn to_u8(acc: i32) -> f32 {
+    return f32(clamp(acc >> 22u, 0, 255));
+}
+
+// unpack: rgba [in_h, in_w] -> values [in_h, in_w, 3] (0..255)
 @group(0) @binding(1) var<storage, read> rgba: array<u32>;
-@group(0) @binding(2) var<storage, read_write> tmp: array<f32>;
+@group(0) @binding(2) var<storage, read_write> unpacked: array<f32>;
+
+@compute @workgroup_size(256)
+fn unpack_rgb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.in_h * p.in_w * 3u) {
+        return;
+    }
+    unpacked[i] = f32((rgba[i / 3u] >> (8u * (i % 3u))) & 255u);
+}
+
+// One resampling pass over [in_h, in_w, 3] values into [out_h, out_w, 3]: along x (resize_h:
+// out_h = in_h) or along y (resize_v: out_w = in_w). Which goes first is the launcher's choice.
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
 @compute @workgroup_size(256)
 fn resize_h(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = thread_index(wid, nwg, lid);
-    if (i >= p.in_h * p.out_w) {
-        return;
-    }
-    let y = i / p.out_w;
-    let ox = i % p.out_w;
-    let w = window(ox, p.in_w, p.out_w);
-    var acc = vec3<f32>();
-    var wsum = 0.0;
-    for (var x = w.lo; x < w.hi; x++) {
-        let k = filter_tap((f32(x) - w.center + 0.5) * w.inv_support);
-        let px = rgba[y * p.in_w + x];
-        acc += k * vec3<f32>(f32(px & 255u), f32((px >> 8u) & 255u), f32((px >> 16u) & 255u));
-        wsum += k;
-    }
-    acc /= wsum;
-    let o = i * 3u;
-    tmp[o] = to_u8(acc.r);
-    tmp[o + 1u] = to_u8(acc.g);
-    tmp[o + 2u] = to_u8(acc.b);
-}
-
-// vertical pass: tmp [in_h, out_w, 3] -> pixels [out_h, out_w, 3] (0..255)
-@group(0) @binding(1) var<storage, read> tmp_in: array<f32>;
-@group(0) @binding(2) var<storage, read_write> pixels: array<f32>;
-
-@compute @workgroup_size(256)
-fn resize_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = thread_index(wid, nwg, lid);
-    if (i >= p.out_h * p.out_w * 3u) {
+    if (i >= p.in_h * p.out_w * 3u) {
         return;
     }
     let ch = i % 3u;
     let ox = (i / 3u) % p.out_w;
-    let oy = i / (3u * p.out_w);
-    let w = window(oy, p.in_h, p.out_h);
-    var acc = 0.0;
-    var wsum = 0.0;
-    for (var y = w.lo; y < w.hi; y++) {
-        let k = filter_tap((f32(y) - w.center + 0.5) * w.inv_support);
-        acc += k * tmp_in[(y * p.out_w + ox) * 3u + ch];
-        wsum += k;
+    let y = i / (3u * p.out_w);
+    let w = window(ox, p.in_w, p.out_w);
+    var acc = 1 << 21u;
+    for (var x = w.lo; x < w.hi; x++) {
+        acc += coefficient(w, x) * i32(src[(y * p.in_w + x) * 3u + ch]);
     }
-    pixels[i] = to_u8(acc / wsum);
+    dst[i] = to_u8(acc);
+}
+
+@compute @workgroup_size(256)
+fn resize_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.out_h * p.in_w * 3u) {
+        return;
+    }
+    let ch = i % 3u;
+    let x = (i / 3u) % p.in_w;
+    let oy = i / (3u * p.in_w);
+    let w = window(oy, p.in_h, p.out_h);
+    var acc = 1 << 21u;
+    for (var y = w.lo; y < w.hi; y++) {
+        acc += coefficient(w, y) * i32(src[(y * p.in_w + x) * 3u + ch]);
+    }
+    dst[i] = to_u8(acc);
 }
 
 // pixels [out_h, out_w, 3] -> patches [(out_h/patch) * (out_w/patch), 3 * patch * patch]

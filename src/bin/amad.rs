@@ -25,6 +25,9 @@ mod cli {
     const USAGE: &str = "usage: amad <command> [options]
 
 commands:
+  caption --model DIR [--beam N] [--max-tokens N] IMAGE...
+        one line per image: the file name, a tab, the caption; unreadable files are reported on
+        stderr (exit status 1) and the others still caption
   loss --input MAPS.safetensors --variant V --output OUT.safetensors [--tau T] [--detach-weights]
         the attention-distillation loss of teacher [B,Ht,q,k] and student [B,Hs,q,k] maps
         (optional mask [B,q,k]); writes loss, grad_student and weights.
@@ -87,6 +90,20 @@ commands:
             }
         }
 
+        /// The arguments no flag consumed (file names); an unknown `--flag` among them is an error.
+        fn positionals(self) -> Result<Vec<&'a str>> {
+            let mut out = vec![];
+            for (a, used) in self.args.iter().zip(&self.used) {
+                if !used {
+                    if a.starts_with("--") {
+                        return Err(Error::Invalid(format!("unknown option {a:?}\n\n{USAGE}")));
+                    }
+                    out.push(a.as_str());
+                }
+            }
+            Ok(out)
+        }
+
         /// Errors on anything not consumed, so that a typo is never silently ignored.
         fn done(self) -> Result<()> {
             match self.args.iter().zip(&self.used).find(|(_, u)| !**u) {
@@ -106,6 +123,7 @@ commands:
         let rest = args.get(1..).unwrap_or(&[]);
         match args.first().map(String::as_str) {
             Some("loss") => loss(Flags::new(rest)),
+            Some("caption") => caption(Flags::new(rest)),
             Some("bench") => match rest.first().map(String::as_str) {
                 Some("kernels") => {
                     let mut f = Flags::new(&rest[1..]);
@@ -140,6 +158,55 @@ commands:
                 "unknown command {other:?}\n\n{USAGE}"
             ))),
         }
+    }
+
+    fn caption(mut f: Flags) -> Result<()> {
+        use amad::model::captioner::Captioner;
+        use amad::model::generate::Generation;
+        let dir = f.required("--model")?;
+        let beams: usize = f.number("--beam", 1)?;
+        let max_new_tokens: usize = f.number("--max-tokens", 15)?;
+        let images = f.positionals()?;
+        if images.is_empty() {
+            return Err(Error::Invalid(format!("no images given\n\n{USAGE}")));
+        }
+        if beams == 0 || max_new_tokens == 0 {
+            return Err(Error::Invalid(
+                "--beam and --max-tokens must be at least 1".into(),
+            ));
+        }
+        let gpu = gpu()?;
+        let captioner = Captioner::load(&gpu, std::path::Path::new(dir))?;
+        let generation = Generation {
+            max_new_tokens,
+            beams,
+        };
+        let mut failed = 0;
+        for path in &images {
+            let name = std::path::Path::new(path)
+                .file_name()
+                .map_or(path.to_string(), |n| n.to_string_lossy().into_owned());
+            let result = std::fs::read(path)
+                .map_err(|e| Error::Invalid(format!("{path}: {e}")))
+                .and_then(|bytes| amad::data::image::decode(&bytes, path))
+                .and_then(|pixels| {
+                    pollster::block_on(captioner.caption(&gpu, &pixels, generation))
+                });
+            match result {
+                Ok(text) => println!("{name}\t{text}"),
+                Err(e) => {
+                    eprintln!("amad: {e}");
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(Error::Invalid(format!(
+                "{failed} of {} images could not be captioned",
+                images.len()
+            )));
+        }
+        Ok(())
     }
 
     fn loss(mut f: Flags) -> Result<()> {

@@ -4,13 +4,18 @@
 //! Forward and backward are written out layer by layer (encoder.rs, decoder.rs); every
 //! activation the backward needs is kept in the returned structs, on the GPU.
 
+pub mod captioner;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod generate;
 pub mod linear;
+pub mod preprocessor;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::Config;
+pub use tokenizer::Tokenizer;
 pub use weights::{Layout, Weights};
 
 use crate::error::{shape_err, Error, Result};

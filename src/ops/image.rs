@@ -1,10 +1,12 @@
-//! Launchers for `shaders/image.wgsl`: resize (PIL bilinear), rescale, normalise, cut into patches.
+//! Launchers for `shaders/image.wgsl`: resize (PIL's bilinear, bit for bit), rescale, normalise,
+//! cut into patches.
 //! Preprocessing has no backward: pixels are inputs, never learned.
 
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step, Tensor};
 
+pub const UNPACK: Kernel = Kernel::new("image", "unpack_rgb", &[R, W]);
 pub const RESIZE_H: Kernel = Kernel::new("image", "resize_h", &[R, W]);
 pub const RESIZE_V: Kernel = Kernel::new("image", "resize_v", &[R, W]);
 pub const PATCHIFY: Kernel = Kernel::new("image", "normalize_patchify", &[R, W]);
@@ -33,7 +35,14 @@ pub struct Preprocess {
     pub std: [f32; 3],
 }
 
-/// Resizes RGBA8 pixels (u32 [h, w], r in the low byte) to [out_h, out_w, 3] values in 0..=255.
+/// Whether PIL (Pillow 13) resizes vertically first: when the height shrinks more than twice as
+/// much as the width, in relative terms. The order changes the 8-bit rounding between passes.
+pub fn vertical_first(in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> bool {
+    in_h > out_h && (in_h - out_h) * out_w > 2 * in_w.saturating_sub(out_w) * out_h
+}
+
+/// Resizes RGBA8 pixels (u32 [h, w], r in the low byte) to [out_h, out_w, 3] values in 0..=255,
+/// bit for bit as PIL's bilinear resize (see the shader).
 pub fn resize(step: &mut Step, rgba: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     let s = rgba.shape();
     if rgba.dtype() != DType::U32 || s.len() != 2 {
@@ -42,18 +51,65 @@ pub fn resize(step: &mut Step, rgba: &Tensor, out_h: usize, out_w: usize) -> Res
             format!("pixels must be u32 [h, w], got {:?} {s:?}", rgba.dtype()),
         );
     }
-    let p = Params {
-        in_h: u32_of("resize", "height", s[0])?,
-        in_w: u32_of("resize", "width", s[1])?,
-        out_h: u32_of("resize", "height", out_h)?,
-        out_w: u32_of("resize", "width", out_w)?,
-        ..Default::default()
+    if out_h == 0 || out_w == 0 {
+        return shape_err("resize", format!("cannot resize to {out_h}×{out_w}"));
+    }
+    let (h, w) = (s[0], s[1]);
+    let dims = |in_h, in_w, oh, ow| -> Result<Params> {
+        let u = |x| u32_of("resize", "size", x);
+        Ok(Params {
+            in_h: u(in_h)?,
+            in_w: u(in_w)?,
+            out_h: u(oh)?,
+            out_w: u(ow)?,
+            ..Default::default()
+        })
     };
-    let tmp = step.empty(&[s[0], out_w, 3])?;
-    step.dispatch_linear(&RESIZE_H, &p, &[rgba, &tmp], groups(s[0] * out_w, 256))?;
-    let out = step.empty(&[out_h, out_w, 3])?;
-    step.dispatch_linear(&RESIZE_V, &p, &[&tmp, &out], groups(out.numel(), 256))?;
-    Ok(out)
+    let mut cur = step.empty(&[h, w, 3])?;
+    step.dispatch_linear(
+        &UNPACK,
+        &dims(h, w, h, w)?,
+        &[rgba, &cur],
+        groups(cur.numel(), 256),
+    )?;
+    let (mut ch, mut cw) = (h, w);
+    let horizontal = |step: &mut Step, cur: &Tensor, ch: usize, cw: usize| -> Result<Tensor> {
+        let next = step.empty(&[ch, out_w, 3])?;
+        step.dispatch_linear(
+            &RESIZE_H,
+            &dims(ch, cw, ch, out_w)?,
+            &[cur, &next],
+            groups(next.numel(), 256),
+        )?;
+        Ok(next)
+    };
+    let vertical = |step: &mut Step, cur: &Tensor, ch: usize, cw: usize| -> Result<Tensor> {
+        let next = step.empty(&[out_h, cw, 3])?;
+        step.dispatch_linear(
+            &RESIZE_V,
+            &dims(ch, cw, out_h, cw)?,
+            &[cur, &next],
+            groups(next.numel(), 256),
+        )?;
+        Ok(next)
+    };
+    // As PIL, a dimension that does not change gets no pass.
+    if vertical_first(h, w, out_h, out_w) {
+        cur = vertical(step, &cur, ch, cw)?;
+        ch = out_h;
+        if cw != out_w {
+            cur = horizontal(step, &cur, ch, cw)?;
+        }
+    } else {
+        if cw != out_w {
+            cur = horizontal(step, &cur, ch, cw)?;
+            cw = out_w;
+        }
+        if ch != out_h {
+            cur = vertical(step, &cur, ch, cw)?;
+        }
+    }
+    Ok(cur)
 }
 
 /// From resized pixels [h, w, 3] (0..=255) to normalised patch vectors

@@ -79,6 +79,7 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &reduce::BROADCAST_SCALAR,
     &optim::ADAMW,
     &optim::CLIP_SCALE,
+    &image::UNPACK,
     &image::RESIZE_H,
     &image::RESIZE_V,
     &image::PATCHIFY,

@@ -1,55 +1,79 @@
 //! CPU reference of image preprocessing (see shaders/image.wgsl for the policy).
 
-/// One axis of PIL's bilinear resampling: for output index o, the input window and weights.
-fn taps(o: usize, len: usize, out_len: usize) -> Vec<(usize, f64)> {
+/// One axis of PIL's bilinear resampling: for output index o, the input window and its
+/// coefficients in PIL's fixed point (22 fractional bits, rounded half up).
+fn taps(o: usize, len: usize, out_len: usize) -> Vec<(usize, i64)> {
     let scale = len as f64 / out_len as f64;
     let fscale = scale.max(1.0);
     let center = (o as f64 + 0.5) * scale;
     let lo = (center - fscale + 0.5).floor().max(0.0) as usize;
     let hi = ((center + fscale + 0.5).floor() as usize).min(len);
-    let w: Vec<(usize, f64)> = (lo..hi)
-        .map(|i| {
-            (
-                i,
-                f64::max(0.0, 1.0 - ((i as f64 - center + 0.5) / fscale).abs()),
-            )
-        })
+    let w: Vec<f64> = (lo..hi)
+        .map(|i| f64::max(0.0, 1.0 - ((i as f64 - center + 0.5) / fscale).abs()))
         .collect();
-    let sum: f64 = w.iter().map(|x| x.1).sum();
-    w.into_iter().map(|(i, x)| (i, x / sum)).collect()
+    let sum: f64 = w.iter().sum();
+    (lo..hi)
+        .zip(w)
+        .map(|(i, x)| (i, (x / sum * (1u64 << 22) as f64 + 0.5).floor() as i64))
+        .collect()
 }
 
-fn to_u8(v: f64) -> f64 {
-    v.round().clamp(0.0, 255.0)
+/// Σ coefficient · value + ½, shifted back, clipped to 8 bits: PIL's 8-bit accumulation.
+fn fixed(acc: i64) -> f64 {
+    ((acc + (1 << 21)) >> 22).clamp(0, 255) as f64
 }
 
-/// RGBA8 pixels (r in the low byte) [h, w] -> [out_h, out_w, 3] in 0..=255, rounded per pass.
+/// RGBA8 pixels (r in the low byte) [h, w] -> [out_h, out_w, 3] in 0..=255, as PIL resizes them
+/// (pass order included: see `ops::image::vertical_first`).
 pub fn resize(rgba: &[u32], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<f64> {
-    let mut tmp = vec![0.0; h * out_w * 3];
-    for y in 0..h {
-        for ox in 0..out_w {
-            for ch in 0..3 {
-                let v: f64 = taps(ox, w, out_w)
-                    .iter()
-                    .map(|&(x, k)| k * ((rgba[y * w + x] >> (8 * ch)) & 255) as f64)
-                    .sum();
-                tmp[(y * out_w + ox) * 3 + ch] = to_u8(v);
+    let mut cur: Vec<f64> = rgba
+        .iter()
+        .flat_map(|p| (0..3).map(move |c| ((p >> (8 * c)) & 255) as f64))
+        .collect();
+    let horizontal = |src: &[f64], ch: usize, cw: usize| -> Vec<f64> {
+        let mut out = vec![0.0; ch * out_w * 3];
+        for y in 0..ch {
+            for ox in 0..out_w {
+                for c in 0..3 {
+                    let acc: i64 = taps(ox, cw, out_w)
+                        .iter()
+                        .map(|&(x, k)| k * src[(y * cw + x) * 3 + c] as i64)
+                        .sum();
+                    out[(y * out_w + ox) * 3 + c] = fixed(acc);
+                }
             }
         }
-    }
-    let mut out = vec![0.0; out_h * out_w * 3];
-    for oy in 0..out_h {
-        for ox in 0..out_w {
-            for ch in 0..3 {
-                let v: f64 = taps(oy, h, out_h)
-                    .iter()
-                    .map(|&(y, k)| k * tmp[(y * out_w + ox) * 3 + ch])
-                    .sum();
-                out[(oy * out_w + ox) * 3 + ch] = to_u8(v);
+        out
+    };
+    let vertical = |src: &[f64], ch: usize, cw: usize| -> Vec<f64> {
+        let mut out = vec![0.0; out_h * cw * 3];
+        for oy in 0..out_h {
+            for x in 0..cw {
+                for c in 0..3 {
+                    let acc: i64 = taps(oy, ch, out_h)
+                        .iter()
+                        .map(|&(y, k)| k * src[(y * cw + x) * 3 + c] as i64)
+                        .sum();
+                    out[(oy * cw + x) * 3 + c] = fixed(acc);
+                }
             }
         }
+        out
+    };
+    if crate::ops::image::vertical_first(h, w, out_h, out_w) {
+        cur = vertical(&cur, h, w);
+        if w != out_w {
+            cur = horizontal(&cur, out_h, w);
+        }
+    } else {
+        if w != out_w {
+            cur = horizontal(&cur, h, w);
+        }
+        if h != out_h {
+            cur = vertical(&cur, h, out_w);
+        }
     }
-    out
+    cur
 }
 
 /// [h, w, 3] pixels -> [patches, 3·patch²] normalised vectors ordered (channel, row, column).

@@ -1,0 +1,69 @@
+//! Decoding user images: PNG, JPEG, WebP and the first frame of a GIF, of any size and aspect.
+//!
+//! Policy, as ViTImageProcessor does it: the whole image is resized to the model's square input
+//! (aspect not kept, nothing cropped); that resize runs on the GPU (shaders/image.wgsl). Alpha is
+//! flattened onto white. Images larger than `MAX_SIDE` on a side are first shrunk on the CPU
+//! (aspect kept), so that any image fits the GPU's buffer limits; the final resize is unaffected
+//! in practice, since the model sees 64×64.
+
+use crate::error::{Error, Result};
+
+/// Longest side uploaded to the GPU.
+pub const MAX_SIDE: u32 = 2048;
+
+/// An RGBA8 image packed one pixel per u32 (r in the low byte), alpha already flattened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pixels {
+    pub width: usize,
+    pub height: usize,
+    pub rgba: Vec<u32>,
+}
+
+/// Decodes an image file's bytes; `name` labels errors.
+pub fn decode(bytes: &[u8], name: &str) -> Result<Pixels> {
+    let format = image::guess_format(bytes).map_err(|_| {
+        Error::Invalid(format!(
+            "{name}: not an image amad can read (PNG, JPEG, WebP or GIF)"
+        ))
+    })?;
+    if !matches!(
+        format,
+        image::ImageFormat::Png
+            | image::ImageFormat::Jpeg
+            | image::ImageFormat::WebP
+            | image::ImageFormat::Gif
+    ) {
+        return Err(Error::Invalid(format!(
+            "{name}: {format:?} images are not supported (use PNG, JPEG, WebP or GIF)"
+        )));
+    }
+    // For a GIF this is its first frame.
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| {
+        Error::Invalid(format!(
+            "{name}: corrupt or unreadable {format:?} image ({e})"
+        ))
+    })?;
+    let img = if img.width().max(img.height()) > MAX_SIDE {
+        img.resize(MAX_SIDE, MAX_SIDE, image::imageops::FilterType::Triangle)
+    } else {
+        img
+    };
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    if w == 0 || h == 0 {
+        return Err(Error::Invalid(format!("{name}: the image is empty")));
+    }
+    let flatten = |c: u8, a: u8| ((c as u32 * a as u32 + 255 * (255 - a as u32) + 127) / 255) as u8;
+    let packed = rgba
+        .pixels()
+        .map(|p| {
+            let [r, g, b, a] = p.0;
+            u32::from_le_bytes([flatten(r, a), flatten(g, a), flatten(b, a), 255])
+        })
+        .collect();
+    Ok(Pixels {
+        width: w as usize,
+        height: h as usize,
+        rgba: packed,
+    })
+}

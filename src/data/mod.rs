@@ -1,0 +1,3 @@
+//! Data: image loading (more to come: the scene generator and the vocabulary).
+
+pub mod image;

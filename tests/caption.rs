@@ -1,0 +1,227 @@
+//! Captioning end to end: a checkpoint directory with all four files, image decoding, and the
+//! `amad caption` and `amad loss` commands run as a user runs them.
+
+mod common;
+use amad::data::image::{decode, MAX_SIDE};
+use amad::model::captioner::Captioner;
+use amad::model::{preprocessor, Model, Tokenizer};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+fn temp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("amad-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The tiny model with a 30-token vocabulary (4 special + 26 words) and 16×16 preprocessing.
+fn captioner_dir(tag: &str) -> PathBuf {
+    let dir = temp(tag);
+    write_captioner(&dir);
+    dir
+}
+
+fn write_captioner(dir: &Path) {
+    let words: Vec<String> = (b'a'..=b'z').map(|c| format!("w{}", c as char)).collect();
+    let c = Captioner {
+        model: Model::load(gpu(), Path::new(TINY)).unwrap(),
+        tokenizer: Tokenizer::new(&words),
+        preprocess: preprocessor::default_for(16, 4),
+    };
+    pollster::block_on(c.save(gpu(), dir)).unwrap();
+}
+
+fn image(w: u32, h: u32, seed: u8) -> image::RgbaImage {
+    image::RgbaImage::from_fn(w, h, |x, y| {
+        image::Rgba([
+            (x * 7) as u8 ^ seed,
+            (y * 5) as u8,
+            seed,
+            if x % 3 == 0 { 128 } else { 255 },
+        ])
+    })
+}
+
+#[test]
+fn a_checkpoint_directory_round_trips() {
+    let dir = captioner_dir("roundtrip");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "tokenizer.json",
+    ] {
+        assert!(dir.join(f).exists(), "{f} was not written");
+    }
+    let back = Captioner::load(gpu(), &dir).unwrap();
+    // AMAD_KEEP_SAVED=DIR also writes it there for tests/fixtures/check_transformers_loads.py.
+    if let Ok(keep) = std::env::var("AMAD_KEEP_SAVED") {
+        std::fs::create_dir_all(&keep).unwrap();
+        write_captioner(Path::new(&keep));
+    }
+    assert_eq!(back.tokenizer.len(), 30);
+    assert_eq!(back.preprocess, preprocessor::default_for(16, 4));
+    assert_eq!(
+        back.tokenizer
+            .decode(&back.tokenizer.encode("wa WB, wz! unknown")),
+        "wa wb wz"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn decoding_flattens_alpha_and_shrinks_huge_images() {
+    let mut png = vec![];
+    image(4, 2, 9)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let px = decode(&png, "a.png").unwrap();
+    assert_eq!((px.width, px.height), (4, 2));
+    // Pixel (0, 0) has alpha 128: its colour is blended halfway to white, and alpha becomes 255.
+    let [r, _, _, a] = px.rgba[0].to_le_bytes();
+    assert_eq!(a, 255);
+    assert_eq!(r, ((9u32 * 128 + 255 * 127 + 127) / 255) as u8);
+    let mut huge = vec![];
+    image(3 * MAX_SIDE, 10, 1)
+        .write_to(
+            &mut std::io::Cursor::new(&mut huge),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let px = decode(&huge, "huge.png").unwrap();
+    assert_eq!(
+        px.width, MAX_SIDE as usize,
+        "the longest side is shrunk to MAX_SIDE"
+    );
+    let err = decode(b"hello, I am text", "fake.png")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fake.png") && err.contains("not an image"),
+        "{err}"
+    );
+    let err = decode(&png[..png.len() / 2], "cut.png")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cut.png") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn caption_command_captions_every_readable_image_and_reports_the_rest() {
+    let dir = captioner_dir("cli");
+    let imgs = temp("images");
+    let good = [
+        ("a.png", image::ImageFormat::Png),
+        ("b.jpg", image::ImageFormat::Jpeg),
+        ("c.gif", image::ImageFormat::Gif),
+        ("d.webp", image::ImageFormat::WebP),
+    ];
+    for (i, (name, format)) in good.iter().enumerate() {
+        let img = image::DynamicImage::ImageRgba8(image(40 + 10 * i as u32, 30, i as u8 * 40));
+        let img = if *format == image::ImageFormat::Jpeg {
+            image::DynamicImage::ImageRgb8(img.to_rgb8())
+        } else {
+            img
+        };
+        img.save_with_format(imgs.join(name), *format).unwrap();
+    }
+    std::fs::write(imgs.join("text.png"), "this is not an image").unwrap();
+    let mut args: Vec<String> = vec![
+        "caption".into(),
+        "--model".into(),
+        dir.display().to_string(),
+        "--beam".into(),
+        "2".into(),
+    ];
+    args.extend(good.iter().map(|(n, _)| imgs.join(n).display().to_string()));
+    args.push(imgs.join("text.png").display().to_string());
+    args.push(imgs.join("missing.jpg").display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_amad"))
+        .args(&args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "one line per readable image:\n{stdout}\n{stderr}"
+    );
+    for ((name, _), line) in good.iter().zip(&lines) {
+        let (file, caption) = line
+            .split_once('\t')
+            .unwrap_or_else(|| panic!("no tab in {line:?}"));
+        assert_eq!(file, *name);
+        assert!(
+            caption
+                .split(' ')
+                .all(|w| w.is_empty() || (w.len() == 2 && w.starts_with('w'))),
+            "{caption:?} is not words of the vocabulary"
+        );
+    }
+    assert!(
+        stderr.contains("text.png") && stderr.contains("not an image"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing.jpg"), "{stderr}");
+    assert!(
+        !out.status.success(),
+        "two images failed, so the exit status says so"
+    );
+    std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(imgs).ok();
+}
+
+#[test]
+fn loss_command_writes_loss_gradient_and_weights() {
+    let dir = temp("loss");
+    let (b, h, q, k) = (1, 2, 3, 3);
+    let maps: Vec<f32> = (0..b * h * q * k)
+        .map(|i| [0.2f32, 0.3, 0.5][i % 3])
+        .collect();
+    let bytes: Vec<u8> = maps.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = |shape: Vec<usize>| {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes).unwrap()
+    };
+    let input = safetensors::serialize(
+        [
+            ("teacher", view(vec![b, h, q, k])),
+            ("student", view(vec![b, h, q, k])),
+        ],
+        None,
+    )
+    .unwrap();
+    std::fs::write(dir.join("maps.safetensors"), input).unwrap();
+    let (inp, outp) = (dir.join("maps.safetensors"), dir.join("out.safetensors"));
+    let out = Command::new(env!("CARGO_BIN_EXE_amad"))
+        .args([
+            "loss",
+            "--input",
+            inp.to_str().unwrap(),
+            "--variant",
+            "token-kl",
+            "--tau",
+            "0.5",
+            "--output",
+            outp.to_str().unwrap(),
+        ])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = std::fs::read(&outp).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&written).unwrap();
+    assert_eq!(st.tensor("loss").unwrap().shape(), &[] as &[usize]);
+    assert_eq!(st.tensor("grad_student").unwrap().shape(), &[b, h, q, k]);
+    assert_eq!(st.tensor("weights").unwrap().shape(), &[b, h, h]);
+    std::fs::remove_dir_all(dir).ok();
+}
