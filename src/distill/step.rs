@@ -120,6 +120,18 @@ pub struct PairWeights {
     pub weights: Tensor,
 }
 
+impl PairWeights {
+    /// The alignment weights averaged over the batch, [H_t × H_s] row-major, for display.
+    pub async fn mean_over_batch(&self, gpu: &crate::gpu::Gpu) -> Result<Vec<f32>> {
+        let s = self.weights.shape().to_vec();
+        let v = self.weights.read(gpu).await?;
+        let per = s[1] * s[2];
+        Ok((0..per)
+            .map(|i| v.iter().skip(i).step_by(per).sum::<f32>() / s[0] as f32)
+            .collect())
+    }
+}
+
 /// What a step reports: [ce, kd, attention, total] in one tensor (one readback), and the
 /// alignment weights of every paired layer.
 pub struct StepOut {
