@@ -28,6 +28,9 @@ commands:
   caption --model DIR [--beam N] [--max-tokens N] IMAGE...
         one line per image: the file name, a tab, the caption; unreadable files are reported on
         stderr (exit status 1) and the others still caption
+  data export --split train|validation|test --n N --out DIR
+        generated scenes as PNG files, captions.jsonl (file, references, scene graph) and the
+        vocabulary as tokenizer.json
   loss --input MAPS.safetensors --variant V --output OUT.safetensors [--tau T] [--detach-weights]
         the attention-distillation loss of teacher [B,Ht,q,k] and student [B,Hs,q,k] maps
         (optional mask [B,q,k]); writes loss, grad_student and weights.
@@ -124,6 +127,10 @@ commands:
         match args.first().map(String::as_str) {
             Some("loss") => loss(Flags::new(rest)),
             Some("caption") => caption(Flags::new(rest)),
+            Some("data") => match rest.first().map(String::as_str) {
+                Some("export") => data_export(Flags::new(&rest[1..])),
+                _ => Err(Error::Invalid(format!("unknown data command\n\n{USAGE}"))),
+            },
             Some("bench") => match rest.first().map(String::as_str) {
                 Some("kernels") => {
                     let mut f = Flags::new(&rest[1..]);
@@ -206,6 +213,22 @@ commands:
                 images.len()
             )));
         }
+        Ok(())
+    }
+
+    fn data_export(mut f: Flags) -> Result<()> {
+        use amad::data::scenes::Split;
+        let name = f.required("--split")?;
+        let split = Split::parse(name).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown split {name:?}; choose train, validation or test"
+            ))
+        })?;
+        let n: usize = f.number("--n", 200)?;
+        let out = f.required("--out")?;
+        f.done()?;
+        amad::data::export::export(split, n, std::path::Path::new(out), name)?;
+        println!("wrote {n} {name} scenes to {out}");
         Ok(())
     }
 

@@ -1,3 +1,7 @@
-//! Data: image loading (more to come: the scene generator and the vocabulary).
+//! Data: the procedural scenes and their captions, and image loading.
 
+pub mod captions;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod export;
 pub mod image;
+pub mod scenes;

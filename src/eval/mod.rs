@@ -1,0 +1,3 @@
+//! Evaluation: whether captions are true of their scenes (metrics of wording come next).
+
+pub mod truth;
