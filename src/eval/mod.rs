@@ -1,3 +1,5 @@
-//! Evaluation: whether captions are true of their scenes (metrics of wording come next).
+//! Evaluation: caption metrics as the COCO toolkit computes them, and whether captions are true
+//! of their scenes.
 
+pub mod metrics;
 pub mod truth;
