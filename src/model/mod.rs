@@ -88,6 +88,18 @@ impl Optimizer {
         })
     }
 
+    /// The AdamW moments (for checkpoints).
+    pub fn moments(&self) -> (&Weights, &Weights) {
+        (&self.m, &self.v)
+    }
+
+    /// Restores moments and the step count saved by a checkpoint.
+    pub fn restore(&mut self, m: Weights, v: Weights, t: u32) {
+        self.m = m;
+        self.v = v;
+        self.t = t;
+    }
+
     /// Zeroes the gradients (in recording order).
     pub fn zero_grad(&self, step: &mut Step) {
         for g in &self.grads.tensors {

@@ -1,0 +1,308 @@
+//! The training workflow shared by `amad train-teacher` and `amad distill`: batches from the
+//! scene stream, a learning-rate schedule, a progress line, a JSONL metrics log, checkpoints
+//! every N steps that a restarted run resumes from, and a stop with a message on a non-finite loss
+//! (the last checkpoint, written before it, stays good).
+
+pub mod batch;
+
+use crate::data::captions::references;
+use crate::data::scenes::{Scene, Split};
+use crate::error::{Error, Result};
+use crate::eval::{metrics, truth};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::captioner::Captioner;
+use crate::model::generate::Generation;
+use crate::model::{Optimizer, Weights};
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// Options of a training run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The run's length: the learning-rate schedule spans it.
+    pub steps: u64,
+    /// Stop after this many steps (`None`: at `steps`), to continue later from the checkpoint.
+    pub until: Option<u64>,
+    pub batch: usize,
+    pub lr: f32,
+    pub warmup: u64,
+    pub checkpoint_every: u64,
+    pub max_norm: f32,
+}
+
+/// Linear warmup, then cosine decay to a tenth of the peak.
+pub fn learning_rate(o: &RunOptions, step: u64) -> f32 {
+    if step < o.warmup {
+        return o.lr * (step + 1) as f32 / o.warmup as f32;
+    }
+    let t = (step - o.warmup) as f32 / (o.steps - o.warmup).max(1) as f32;
+    o.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f32::consts::PI * t.min(1.0)).cos()))
+}
+
+/// The optimiser's state beside the checkpoint: moments and the step count.
+const STATE: &str = "train_state.safetensors";
+
+/// Writes the captioner and the optimiser state into `dir`; `step` steps are done.
+pub async fn checkpoint(
+    gpu: &Gpu,
+    c: &Captioner,
+    opt: &Optimizer,
+    step: u64,
+    dir: &Path,
+) -> Result<()> {
+    c.save(gpu, dir).await?;
+    let (m, v) = opt.moments();
+    let mut data = vec![];
+    for (i, spec) in c.model.layout.specs.iter().enumerate() {
+        for (prefix, t) in [("m", &m.tensors[i]), ("v", &v.tensors[i])] {
+            data.push((
+                format!("{prefix}.{}", spec.name),
+                spec.shape.clone(),
+                t.read(gpu).await?,
+            ));
+        }
+    }
+    let bytes: Vec<Vec<u8>> = data
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = data
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let meta = std::collections::HashMap::from([("step".to_string(), step.to_string())]);
+    let out =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(e.to_string()))?;
+    // Write then rename, so an interrupted write never leaves a half state behind.
+    let tmp = dir.join(format!("{STATE}.tmp"));
+    std::fs::write(&tmp, out).map_err(|e| Error::Invalid(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, dir.join(STATE))
+        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))
+}
+
+/// Restores the optimiser state saved in `dir`; returns the steps done.
+pub fn restore(gpu: &Gpu, c: &Captioner, opt: &mut Optimizer, dir: &Path) -> Result<u64> {
+    let path = dir.join(STATE);
+    let bytes =
+        std::fs::read(&path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let step: u64 = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::Invalid(format!("{}: no step count", path.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let load = |prefix: &str| -> Result<Weights> {
+        let tensors = c
+            .model
+            .layout
+            .specs
+            .iter()
+            .map(|s| {
+                let name = format!("{prefix}.{}", s.name);
+                let t = st
+                    .tensor(&name)
+                    .map_err(|_| Error::Invalid(format!("{}: no {name}", path.display())))?;
+                let v: Vec<f32> = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                Tensor::from_slice(gpu, &s.shape, &v)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Weights { tensors })
+    };
+    opt.restore(load("m")?, load("v")?, step as u32);
+    Ok(step)
+}
+
+/// One line of the metrics log and the progress line.
+pub struct Progress {
+    pub step: u64,
+    pub terms: Vec<(&'static str, f32)>,
+    pub lr: f32,
+}
+
+/// Runs `record` for steps `start..opts.steps`, each one submission that returns its loss terms
+/// (the last term is the total); checkpoints, logs, shows progress, and stops on a non-finite loss.
+pub fn run_loop(
+    gpu: &Gpu,
+    c: &Captioner,
+    opt: &mut Optimizer,
+    opts: &RunOptions,
+    dir: &Path,
+    start: u64,
+    names: &[&'static str],
+    mut record: impl FnMut(&mut Optimizer, u64) -> Result<Tensor>,
+) -> Result<()> {
+    let log_path = dir.join("metrics.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
+    let began = Instant::now();
+    let end = opts.until.map_or(opts.steps, |u| u.min(opts.steps));
+    for step in start..end {
+        opt.cfg.lr = learning_rate(opts, step);
+        let terms = pollster::block_on(record(opt, step)?.read(gpu))?;
+        if let Some(bad) = terms.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "step {}: the loss is {bad}; stopped. The checkpoint in {} (from step {}) is the last good one; lower --lr to continue",
+                step + 1,
+                dir.display(),
+                step - step % opts.checkpoint_every
+            )));
+        }
+        let p = Progress {
+            step: step + 1,
+            terms: names.iter().copied().zip(terms.iter().copied()).collect(),
+            lr: opt.cfg.lr,
+        };
+        let line = serde_json::json!({
+            "step": p.step,
+            "lr": p.lr,
+            "losses": p.terms.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "seconds": began.elapsed().as_secs_f64(),
+        });
+        writeln!(log, "{line}")
+            .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
+        let done = (step + 1 - start) as f64;
+        let rate = done / began.elapsed().as_secs_f64();
+        let eta = (opts.steps - step - 1) as f64 / rate;
+        let losses: Vec<String> = p.terms.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+        eprint!(
+            "\rstep {}/{} | {} | lr {:.2e} | {rate:.2} steps/s | ETA {:.0}m{:02.0}s   ",
+            p.step,
+            opts.steps,
+            losses.join(" | "),
+            p.lr,
+            (eta / 60.0).floor(),
+            eta % 60.0
+        );
+        if (step + 1) % opts.checkpoint_every == 0 || step + 1 == end {
+            pollster::block_on(checkpoint(gpu, c, opt, step + 1, dir))?;
+        }
+    }
+    eprintln!();
+    Ok(())
+}
+
+/// Trains a captioner on the scene stream with cross-entropy, into `dir`: resumes from the
+/// checkpoint there if there is one, otherwise starts from `fresh()`. Returns the trained model.
+pub fn train_captioner(
+    gpu: &Gpu,
+    dir: &Path,
+    opts: &RunOptions,
+    fresh: impl FnOnce() -> Result<Captioner>,
+) -> Result<Captioner> {
+    use crate::model::Optimizer;
+    use crate::ops::optim::AdamW;
+    if opts.steps == 0
+        || opts.batch == 0
+        || opts.checkpoint_every == 0
+        || opts.lr.is_nan()
+        || opts.lr <= 0.0
+    {
+        return Err(Error::Invalid(
+            "steps, batch, checkpoint interval and learning rate must be positive".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    let resuming = dir.join(STATE).exists();
+    let c = if resuming {
+        Captioner::load(gpu, dir)?
+    } else {
+        fresh()?
+    };
+    let mut opt = Optimizer::new(
+        gpu,
+        &c.model.layout,
+        AdamW {
+            lr: opts.lr,
+            ..AdamW::default()
+        },
+        opts.max_norm,
+    )?;
+    let start = if resuming {
+        restore(gpu, &c, &mut opt, dir)?
+    } else {
+        0
+    };
+    eprintln!(
+        "{} {} parameters in {} at step {start} of {}, on {}",
+        if resuming { "resuming" } else { "training" },
+        c.model.layout.param_count(),
+        dir.display(),
+        opts.steps,
+        gpu.describe()
+    );
+    run_loop(gpu, &c, &mut opt, opts, dir, start, &["ce"], |opt, step| {
+        let (b, _) = batch::scene_batch(
+            gpu,
+            &c.model.cfg,
+            &c.preprocess,
+            Split::Train,
+            step,
+            opts.batch,
+        )?;
+        let mut s = gpu.step();
+        let loss = c
+            .model
+            .train_step(&mut s, opt, &b.teacher_patches, &b.ids, &b.labels)?;
+        s.submit()?;
+        Ok(loss)
+    })?;
+    Ok(c)
+}
+
+/// Scores of generated captions on scenes 0..n of a split.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub n: usize,
+    pub bleu4: f64,
+    pub cider_d: f64,
+    pub rouge_l: f64,
+    pub truth: f64,
+}
+
+/// Greedy captions for scenes 0..n of `split`, scored against their references and their graphs.
+pub async fn evaluate(
+    gpu: &Gpu,
+    c: &Captioner,
+    split: Split,
+    n: usize,
+    generation: Generation,
+) -> Result<Evaluation> {
+    let mut captions = vec![];
+    let mut scenes = vec![];
+    for start in (0..n).step_by(64) {
+        let chunk: Vec<Scene> = (start..(start + 64).min(n))
+            .map(|i| Scene::generate(split, i as u64))
+            .collect();
+        let patches = batch::scene_patches(gpu, &chunk, &c.preprocess)?;
+        for ids in c.model.generate(gpu, &patches, generation).await? {
+            captions.push(c.tokenizer.decode(&ids));
+        }
+        scenes.extend(chunk);
+    }
+    let refs: Vec<Vec<String>> = scenes.iter().map(references).collect();
+    let s = metrics::score(&captions, &refs);
+    Ok(Evaluation {
+        n,
+        bleu4: s.bleu[3],
+        cider_d: s.cider_d,
+        rouge_l: s.rouge_l,
+        truth: truth::truth(&captions, &scenes),
+    })
+}

@@ -1,0 +1,129 @@
+//! The training workflow: a run interrupted and resumed ends exactly where an uninterrupted run
+//! does; a non-finite loss stops the run with a message and leaves the last good checkpoint.
+
+mod common;
+use amad::model::captioner::Captioner;
+use amad::model::{preprocessor, Config, Model, Optimizer};
+use amad::ops::optim::AdamW;
+use amad::train::{run_loop, train_captioner, RunOptions};
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn tiny() -> amad::Result<Captioner> {
+    let tokenizer = amad::data::captions::tokenizer();
+    let cfg = Config::sized(tokenizer.len(), 16, (1, 16, 2), (1, 16, 2));
+    Ok(Captioner {
+        model: Model::new(gpu(), cfg, 3)?,
+        tokenizer,
+        preprocess: preprocessor::default_for(64, 8),
+    })
+}
+
+fn dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("amad-train-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    d
+}
+
+fn opts(until: Option<u64>) -> RunOptions {
+    RunOptions {
+        steps: 6,
+        until,
+        batch: 4,
+        lr: 3e-3,
+        warmup: 2,
+        checkpoint_every: 2,
+        max_norm: 1.0,
+    }
+}
+
+fn weights(d: &Path) -> Vec<Vec<f32>> {
+    let c = Captioner::load(gpu(), d).unwrap();
+    c.model
+        .weights
+        .tensors
+        .iter()
+        .map(|t| pollster::block_on(t.read(gpu())).unwrap())
+        .collect()
+}
+
+fn losses(d: &Path) -> Vec<f64> {
+    std::fs::read_to_string(d.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["losses"]["ce"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    let (a, b) = (dir("whole"), dir("resumed"));
+    train_captioner(gpu(), &a, &opts(None), tiny).unwrap();
+    // Stopped after 4 of its 6 steps (at a checkpoint), then started again with the same command.
+    train_captioner(gpu(), &b, &opts(Some(4)), tiny).unwrap();
+    train_captioner(gpu(), &b, &opts(None), || {
+        panic!("a resumed run must not start afresh")
+    })
+    .unwrap();
+    assert_eq!(
+        losses(&a),
+        losses(&b),
+        "the same batches and losses, step by step"
+    );
+    assert_eq!(weights(&a), weights(&b), "the same final weights");
+    assert!(
+        losses(&a)[5] < losses(&a)[0],
+        "training lowered the loss: {:?}",
+        losses(&a)
+    );
+    std::fs::remove_dir_all(a).ok();
+    std::fs::remove_dir_all(b).ok();
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let d = dir("nan");
+    std::fs::create_dir_all(&d).unwrap();
+    let c = tiny().unwrap();
+    let mut opt = Optimizer::new(gpu(), &c.model.layout, AdamW::default(), 1.0).unwrap();
+    let o = RunOptions {
+        steps: 10,
+        ..opts(None)
+    };
+    let err = run_loop(gpu(), &c, &mut opt, &o, &d, 0, &["ce"], |_, step| {
+        // Steps 0-4 report a loss; step 5 a NaN.
+        amad::Tensor::from_slice(gpu(), &[1], &[if step == 5 { f32::NAN } else { 1.0 }])
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("step 6") && err.contains("NaN") && err.contains("from step 4"),
+        "{err}"
+    );
+    assert_eq!(losses(&d).len(), 5, "nothing logged for the bad step");
+    // The checkpoint of step 4 loads and resumes.
+    Captioner::load(gpu(), &d).unwrap();
+    let mut opt = Optimizer::new(gpu(), &c.model.layout, AdamW::default(), 1.0).unwrap();
+    assert_eq!(amad::train::restore(gpu(), &c, &mut opt, &d).unwrap(), 4);
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn the_learning_rate_warms_up_and_decays() {
+    let o = RunOptions {
+        steps: 100,
+        until: None,
+        batch: 1,
+        lr: 1.0,
+        warmup: 10,
+        checkpoint_every: 10,
+        max_norm: 1.0,
+    };
+    let lr = |s| amad::train::learning_rate(&o, s);
+    assert!((lr(0) - 0.1).abs() < 1e-6 && (lr(9) - 1.0).abs() < 1e-6);
+    assert!(lr(10) > lr(50) && lr(50) > lr(99) && (lr(99) - 0.1).abs() < 0.01);
+}
