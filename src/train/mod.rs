@@ -135,6 +135,7 @@ pub struct Progress {
 
 /// Runs `record` for steps `start..opts.steps`, each one submission that returns its loss terms
 /// (the last term is the total); checkpoints, logs, shows progress, and stops on a non-finite loss.
+#[allow(clippy::too_many_arguments)]
 pub fn run_loop(
     gpu: &Gpu,
     c: &Captioner,
