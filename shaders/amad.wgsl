@@ -51,6 +51,18 @@ fn sv(b: u32, j: u32, cell: u32) -> f32 {
     return student[(b * p.hs + j) * p.q * p.k + cell];
 }
 
+// Zeroes example b's weights and gradient: cells a kernel skips (masked, padded rows, heads
+// without a partner) must read 0.
+fn clear_example(b: u32) {
+    let qk = p.q * p.k;
+    for (var x = 0u; x < p.ht * p.hs; x++) {
+        weights[b * p.ht * p.hs + x] = 0.0;
+    }
+    for (var x = 0u; x < p.hs * qk; x++) {
+        grad[b * p.hs * qk + x] = 0.0;
+    }
+}
+
 fn safe_div(x: f32, y: f32) -> f32 {
     if (y == 0.0) {
         return 0.0;
@@ -69,12 +81,7 @@ fn amad_align(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let detach = (p.flags & 4u) != 0u;
     let qk = p.q * p.k;
     let hs = p.hs;
-    for (var x = 0u; x < p.ht * hs; x++) {
-        weights[b * p.ht * hs + x] = 0.0;
-    }
-    for (var x = 0u; x < hs * qk; x++) {
-        grad[b * hs * qk + x] = 0.0;
-    }
+    clear_example(b);
     var segs = 1u;
     var seg_len = qk;
     if (token) {
@@ -287,12 +294,7 @@ fn one_to_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let mse = (p.flags & 1u) != 0u;
     let qk = p.q * p.k;
     let hs = p.hs;
-    for (var x = 0u; x < p.ht * hs; x++) {
-        weights[b * p.ht * hs + x] = 0.0;
-    }
-    for (var x = 0u; x < hs * qk; x++) {
-        grad[b * hs * qk + x] = 0.0;
-    }
+    clear_example(b);
     // Normaliser: valid cells (MSE) or rows with a valid cell (KL).
     var count = 0u;
     for (var l = 0u; l < p.q; l++) {

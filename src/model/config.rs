@@ -151,6 +151,15 @@ impl Config {
         }
     }
 
+    /// (decoder start, end of sequence, padding) token ids.
+    pub fn special_ids(&self) -> (u32, u32, u32) {
+        (
+            self.decoder_start_token_id,
+            self.eos_token_id,
+            self.pad_token_id,
+        )
+    }
+
     /// Checks that the sizes fit together.
     pub fn validate(&self) -> Result<()> {
         let (e, d) = (&self.encoder, &self.decoder);

@@ -3,12 +3,13 @@
 //! tanh-GELU MLP, final LayerNorm, and the LM head tied to the token embedding.
 
 use super::linear::{linear, linear_bwd, Layout::InOut, Layout::OutIn};
+use super::mlp::{Mlp, MlpActs};
 use super::weights::DecLayer;
 use super::{Model, Weights};
 use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
-use crate::ops::elementwise::{add, axpy, gelu, gelu_bwd, Gelu};
+use crate::ops::elementwise::{add, axpy, Gelu};
 use crate::ops::embedding::{embedding, embedding_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
@@ -29,9 +30,7 @@ pub struct BlockActs {
     pub cross_probs: Tensor,
     cross_out: Tensor,
     x_mid2: Tensor,
-    ln2: (Tensor, Tensor),
-    fc: Tensor,
-    act: Tensor,
+    mlp: MlpActs,
 }
 
 /// What the decoder keeps for its backward.
@@ -47,6 +46,17 @@ pub struct DecoderActs {
 }
 
 impl Model {
+    fn dec_mlp(&self, layer: &DecLayer) -> Mlp {
+        Mlp {
+            ln: layer.ln2,
+            fc: layer.fc,
+            proj: layer.proj,
+            layout: InOut,
+            gelu: Gelu::Tanh,
+            eps: self.cfg.decoder.layer_norm_epsilon,
+        }
+    }
+
     fn self_dims(&self, batch: usize, len: usize) -> Dims {
         let d = &self.cfg.decoder;
         Dims {
@@ -124,11 +134,7 @@ impl Model {
             )?;
             let x_mid2_branch = self.lin(InOut, step, &cross_out, layer.cross_proj)?;
             let x_mid2 = add(step, &x_mid1, &x_mid2_branch)?;
-            let (m, s3) = layernorm(step, &x_mid2, self.w(layer.ln2.0), self.w(layer.ln2.1), eps)?;
-            let fc = self.lin(InOut, step, &m, layer.fc)?;
-            let act = gelu(step, &fc, Gelu::Tanh)?;
-            let x_out_branch = self.lin(InOut, step, &act, layer.proj)?;
-            let x_out = add(step, &x_mid2, &x_out_branch)?;
+            let (x_out, mlp) = self.mlp(step, &x_mid2, &self.dec_mlp(layer))?;
             blocks.push(BlockActs {
                 x,
                 ln1: (a, s1),
@@ -142,9 +148,7 @@ impl Model {
                 cross_probs,
                 cross_out,
                 x_mid2,
-                ln2: (m, s3),
-                fc,
-                act,
+                mlp,
             });
             x = x_out;
         }
@@ -224,19 +228,7 @@ impl Model {
     ) -> Result<Tensor> {
         let need = |t: Option<Tensor>| t.expect("dx requested");
         // x_out = x_mid2 + proj(gelu(fc(ln2(x_mid2))))
-        let dact = need(self.lin_bwd(InOut, step, &a.act, layer.proj, &dx, g, true)?);
-        let dfc = gelu_bwd(step, &a.fc, &dact, Gelu::Tanh)?;
-        let dm = need(self.lin_bwd(InOut, step, &a.ln2.0, layer.fc, &dfc, g, true)?);
-        let dx_mid2 = layernorm_bwd(
-            step,
-            &a.x_mid2,
-            self.w(layer.ln2.0),
-            &a.ln2.1,
-            &dm,
-            &g.tensors[layer.ln2.0],
-            &g.tensors[layer.ln2.1],
-        )?;
-        axpy(step, &dx_mid2, &dx, 1.0)?;
+        let dx_mid2 = self.mlp_bwd(step, &a.x_mid2, &self.dec_mlp(layer), &a.mlp, &dx, g)?;
         // x_mid2 = x_mid1 + cross_proj(attention(q(ln_cross x_mid1), kv(states)))
         let dcross_out = need(self.lin_bwd(
             InOut,

@@ -2,12 +2,13 @@
 //! exact-GELU MLPs, final LayerNorm, and the projection to the decoder's width when they differ.
 
 use super::linear::Layout::OutIn;
+use super::mlp::{Mlp, MlpActs};
 use super::weights::EncLayer;
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
-use crate::ops::elementwise::{add, axpy, gelu, gelu_bwd, Gelu};
+use crate::ops::elementwise::{add, axpy, Gelu};
 use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
@@ -23,9 +24,7 @@ pub struct BlockActs {
     pub probs: Tensor,
     attn: Tensor,
     x_mid: Tensor,
-    ln2: (Tensor, Tensor),
-    fc1: Tensor,
-    act: Tensor,
+    mlp: MlpActs,
 }
 
 /// What the encoder keeps for its backward.
@@ -40,6 +39,17 @@ pub struct EncoderActs {
 }
 
 impl Model {
+    fn enc_mlp(&self, layer: &EncLayer) -> Mlp {
+        Mlp {
+            ln: layer.ln2,
+            fc: layer.fc1,
+            proj: layer.fc2,
+            layout: OutIn,
+            gelu: Gelu::Erf,
+            eps: self.cfg.encoder.layer_norm_eps,
+        }
+    }
+
     fn enc_dims(&self, batch: usize) -> Dims {
         let e = &self.cfg.encoder;
         Dims {
@@ -77,11 +87,7 @@ impl Model {
             )?;
             let x_mid_branch = self.lin(OutIn, step, &attn, layer.out)?;
             let x_mid = add(step, &x, &x_mid_branch)?;
-            let (m, s2) = layernorm(step, &x_mid, self.w(layer.ln2.0), self.w(layer.ln2.1), eps)?;
-            let fc1 = self.lin(OutIn, step, &m, layer.fc1)?;
-            let act = gelu(step, &fc1, Gelu::Erf)?;
-            let x_out_branch = self.lin(OutIn, step, &act, layer.fc2)?;
-            let x_out = add(step, &x_mid, &x_out_branch)?;
+            let (x_out, mlp) = self.mlp(step, &x_mid, &self.enc_mlp(layer))?;
             blocks.push(BlockActs {
                 x,
                 ln1: (a, s1),
@@ -91,9 +97,7 @@ impl Model {
                 probs,
                 attn,
                 x_mid,
-                ln2: (m, s2),
-                fc1,
-                act,
+                mlp,
             });
             x = x_out;
         }
@@ -159,23 +163,7 @@ impl Model {
         g: &Weights,
     ) -> Result<Tensor> {
         // x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
-        let dact = self
-            .lin_bwd(OutIn, step, &a.act, layer.fc2, &dx, g, true)?
-            .expect("dx requested");
-        let dfc1 = gelu_bwd(step, &a.fc1, &dact, Gelu::Erf)?;
-        let dm = self
-            .lin_bwd(OutIn, step, &a.ln2.0, layer.fc1, &dfc1, g, true)?
-            .expect("dx requested");
-        let dx_mid = layernorm_bwd(
-            step,
-            &a.x_mid,
-            self.w(layer.ln2.0),
-            &a.ln2.1,
-            &dm,
-            &g.tensors[layer.ln2.0],
-            &g.tensors[layer.ln2.1],
-        )?;
-        axpy(step, &dx_mid, &dx, 1.0)?;
+        let dx_mid = self.mlp_bwd(step, &a.x_mid, &self.enc_mlp(layer), &a.mlp, &dx, g)?;
         // x_mid = x + out(attention(q(ln1 x), k(ln1 x), v(ln1 x)))
         let dattn = self
             .lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g, true)?

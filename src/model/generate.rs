@@ -113,11 +113,7 @@ impl Model {
         batch: usize,
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>> {
-        let (start, eos, pad) = (
-            self.cfg.decoder_start_token_id,
-            self.cfg.eos_token_id,
-            self.cfg.pad_token_id,
-        );
+        let (start, eos, pad) = self.cfg.special_ids();
         let mut prefixes = vec![vec![start]; batch];
         let mut done = vec![false; batch];
         for _ in 0..max_new {
@@ -158,11 +154,7 @@ impl Model {
         beams: usize,
         max_new: usize,
     ) -> Result<Vec<Vec<u32>>> {
-        let (start, eos, pad) = (
-            self.cfg.decoder_start_token_id,
-            self.cfg.eos_token_id,
-            self.cfg.pad_token_id,
-        );
+        let (start, eos, pad) = self.cfg.special_ids();
         // Per image: live beams (all `beams` rows always present; dead rows have -inf) and
         // finished hypotheses.
         let mut live: Vec<Vec<Hypothesis>> = (0..batch)

@@ -10,6 +10,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod generate;
 pub mod linear;
+pub mod mlp;
 pub mod preprocessor;
 pub mod tokenizer;
 pub mod weights;

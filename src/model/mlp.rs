@@ -1,0 +1,77 @@
+//! The pre-LN MLP sublayer both stacks share: y = x + proj(gelu(fc(LayerNorm(x)))), forward and
+//! backward. The ViT uses nn.Linear weights and exact GELU, GPT-2 Conv1D weights and tanh GELU.
+
+use super::linear::Layout;
+use super::{Model, Weights};
+use crate::error::Result;
+use crate::gpu::{Step, Tensor};
+use crate::ops::elementwise::{add, axpy, gelu, gelu_bwd, Gelu};
+use crate::ops::layernorm::{layernorm, layernorm_bwd};
+
+/// Which parameters and forms a sublayer uses.
+pub struct Mlp {
+    pub ln: (usize, usize),
+    pub fc: (usize, usize),
+    pub proj: (usize, usize),
+    pub layout: Layout,
+    pub gelu: Gelu,
+    pub eps: f32,
+}
+
+/// What the sublayer keeps for its backward (its input is kept by the caller).
+pub struct MlpActs {
+    normed: Tensor,
+    stats: Tensor,
+    hidden: Tensor,
+    act: Tensor,
+}
+
+impl Model {
+    pub(super) fn mlp(&self, step: &mut Step, x: &Tensor, p: &Mlp) -> Result<(Tensor, MlpActs)> {
+        let (normed, stats) = layernorm(step, x, self.w(p.ln.0), self.w(p.ln.1), p.eps)?;
+        let hidden = self.lin(p.layout, step, &normed, p.fc)?;
+        let act = gelu(step, &hidden, p.gelu)?;
+        let branch = self.lin(p.layout, step, &act, p.proj)?;
+        let y = add(step, x, &branch)?;
+        Ok((
+            y,
+            MlpActs {
+                normed,
+                stats,
+                hidden,
+                act,
+            },
+        ))
+    }
+
+    /// From dy, adds the sublayer's parameter gradients into `g` and returns dx (through the
+    /// branch and the residual).
+    pub(super) fn mlp_bwd(
+        &self,
+        step: &mut Step,
+        x: &Tensor,
+        p: &Mlp,
+        a: &MlpActs,
+        dy: &Tensor,
+        g: &Weights,
+    ) -> Result<Tensor> {
+        let dact = self
+            .lin_bwd(p.layout, step, &a.act, p.proj, dy, g, true)?
+            .expect("dx requested");
+        let dhidden = gelu_bwd(step, &a.hidden, &dact, p.gelu)?;
+        let dnormed = self
+            .lin_bwd(p.layout, step, &a.normed, p.fc, &dhidden, g, true)?
+            .expect("dx requested");
+        let dx = layernorm_bwd(
+            step,
+            x,
+            self.w(p.ln.0),
+            &a.stats,
+            &dnormed,
+            &g.tensors[p.ln.0],
+            &g.tensors[p.ln.1],
+        )?;
+        axpy(step, &dx, dy, 1.0)?;
+        Ok(dx)
+    }
+}
