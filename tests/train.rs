@@ -127,3 +127,42 @@ fn the_learning_rate_warms_up_and_decays() {
     assert!((lr(0) - 0.1).abs() < 1e-6 && (lr(9) - 1.0).abs() < 1e-6);
     assert!(lr(10) > lr(50) && lr(50) > lr(99) && (lr(99) - 0.1).abs() < 0.01);
 }
+
+#[test]
+fn distillation_runs_through_the_same_loop() {
+    use amad::distill::DistillConfig;
+    let d = dir("distill");
+    let teacher = tiny().unwrap();
+    let o = RunOptions {
+        steps: 3,
+        ..opts(None)
+    };
+    let student = || {
+        let tokenizer = amad::data::captions::tokenizer();
+        let cfg = Config::sized(tokenizer.len(), 16, (1, 8, 1), (1, 8, 1));
+        Ok(Captioner {
+            model: Model::new(gpu(), cfg, 4)?,
+            tokenizer,
+            preprocess: preprocessor::default_for(64, 8),
+        })
+    };
+    amad::train::distill_captioner(gpu(), &teacher, &d, &o, &DistillConfig::default(), student)
+        .unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(d.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        for term in ["ce", "kd", "attn", "total"] {
+            assert!(l["losses"][term].as_f64().unwrap().is_finite(), "{l}");
+        }
+    }
+    let back = Captioner::load(gpu(), &d).unwrap();
+    assert_eq!(
+        back.model.cfg.encoder.hidden_size, 8,
+        "the checkpoint is the student"
+    );
+    std::fs::remove_dir_all(d).ok();
+}

@@ -33,6 +33,11 @@ commands:
         trains the default teacher on generated scenes; DIR gets the checkpoint, metrics.jsonl and
         the optimiser state, and a run started again on the same DIR resumes from its checkpoint
         (--until N stops after step N, to continue later)
+  distill --teacher DIR --out DIR [--method M] [--student-layers L] [--student-width W]
+          [--student-heads H] [--steps N] [--batch B] [--lr LR] [--alpha A] [--beta B] [--gamma G]
+          [--temperature T] [--tau T] [--detach-weights] [--seed S] [--checkpoint-every N] [--until N]
+        distils a student from the teacher on generated scenes; M: ce, kd, one-to-one, amad-mse,
+        amad-kl (default), amad-token. Resumes like train-teacher.
   eval --model DIR [--split test] [--n N] [--beam N] [--json]
         BLEU-4, CIDEr-D, ROUGE-L and truth of the model's captions of generated scenes
   data export --split train|validation|test --n N --out DIR
@@ -135,6 +140,7 @@ commands:
             Some("loss") => loss(Flags::new(rest)),
             Some("caption") => caption(Flags::new(rest)),
             Some("train-teacher") => train_teacher(Flags::new(rest)),
+            Some("distill") => distill(Flags::new(rest)),
             Some("eval") => eval(Flags::new(rest)),
             Some("data") => match rest.first().map(String::as_str) {
                 Some("export") => data_export(Flags::new(&rest[1..])),
@@ -230,24 +236,10 @@ commands:
         use amad::model::captioner::Captioner;
         use amad::model::generate::Generation;
         use amad::model::{preprocessor, Config, Model};
-        use amad::train::{evaluate, train_captioner, RunOptions};
+        use amad::train::{evaluate, train_captioner};
         let out = std::path::PathBuf::from(f.required("--out")?);
-        let opts = RunOptions {
-            // 2,400 steps of batch 32 take under 60 minutes on lavapipe on 2 cores (0.67 steps/s).
-            steps: f.number("--steps", 2400)?,
-            until: f
-                .value("--until")?
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| Error::Invalid(format!("--until: {v:?} is not a number")))
-                })
-                .transpose()?,
-            batch: f.number("--batch", 32)?,
-            lr: f.number("--lr", 1e-3)?,
-            warmup: f.number("--warmup", 100)?,
-            checkpoint_every: f.number("--checkpoint-every", 100)?,
-            max_norm: 1.0,
-        };
+        // 2,400 steps of batch 32 take under 60 minutes on lavapipe on 2 cores (0.7 steps/s).
+        let opts = run_options(&mut f, 2400)?;
         let seed: u64 = f.number("--seed", 1)?;
         f.done()?;
         let gpu = gpu()?;
@@ -261,6 +253,102 @@ commands:
             })
         })?;
         let e = pollster::block_on(evaluate(
+            &gpu,
+            &c,
+            Split::Validation,
+            200,
+            Generation::default(),
+        ))?;
+        println!(
+            "validation ({} scenes): BLEU-4 {:.4}  CIDEr-D {:.4}  ROUGE-L {:.4}  truth {:.4}",
+            e.n, e.bleu4, e.cider_d, e.rouge_l, e.truth
+        );
+        Ok(())
+    }
+
+    /// The run options shared by train-teacher and distill.
+    fn run_options(f: &mut Flags, steps: u64) -> Result<amad::train::RunOptions> {
+        Ok(amad::train::RunOptions {
+            steps: f.number("--steps", steps)?,
+            until: f
+                .value("--until")?
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| Error::Invalid(format!("--until: {v:?} is not a number")))
+                })
+                .transpose()?,
+            batch: f.number("--batch", 32)?,
+            lr: f.number("--lr", 1e-3)?,
+            warmup: f.number("--warmup", 100)?,
+            checkpoint_every: f.number("--checkpoint-every", 100)?,
+            max_norm: 1.0,
+        })
+    }
+
+    fn distill(mut f: Flags) -> Result<()> {
+        use amad::data::scenes::Split;
+        use amad::distill::DistillConfig;
+        use amad::model::captioner::Captioner;
+        use amad::model::generate::Generation;
+        use amad::model::{Config, Model};
+        use amad::ops::amad::{Options, Variant};
+        let teacher_dir = f.required("--teacher")?;
+        let out = std::path::PathBuf::from(f.required("--out")?);
+        let method = f.value("--method")?.unwrap_or("amad-kl");
+        let layers: usize = f.number("--student-layers", 2)?;
+        let width: usize = f.number("--student-width", 64)?;
+        let heads: usize = f.number("--student-heads", 2)?;
+        let opts = run_options(&mut f, 2400)?;
+        let d = DistillConfig::default();
+        let mut cfg = DistillConfig {
+            alpha: f.number("--alpha", d.alpha)?,
+            beta: f.number("--beta", d.beta)?,
+            gamma: f.number("--gamma", d.gamma)?,
+            temperature: f.number("--temperature", d.temperature)?,
+            ..d
+        };
+        let tau: f32 = f.number("--tau", 1.0)?;
+        let detach_weights = f.switch("--detach-weights");
+        let seed: u64 = f.number("--seed", 2)?;
+        f.done()?;
+        let attention = |variant| {
+            Some(Options {
+                variant,
+                tau,
+                detach_weights,
+            })
+        };
+        cfg.attention = match method {
+            "ce" => {
+                cfg.beta = 0.0;
+                None
+            }
+            "kd" => None,
+            "one-to-one" => attention(Variant::OneToOneKl),
+            "amad-mse" => attention(Variant::Mse),
+            "amad-kl" => attention(Variant::Kl),
+            "amad-token" => attention(Variant::TokenKl),
+            other => return Err(Error::Invalid(format!("unknown method {other:?}; choose ce, kd, one-to-one, amad-mse, amad-kl or amad-token"))),
+        };
+        let gpu = gpu()?;
+        let teacher = Captioner::load(&gpu, std::path::Path::new(teacher_dir))?;
+        let c = amad::train::distill_captioner(&gpu, &teacher, &out, &opts, &cfg, || {
+            let t = &teacher.model.cfg;
+            let mut scfg = Config::sized(
+                t.decoder.vocab_size,
+                t.decoder.n_positions,
+                (layers, width, heads),
+                (layers, width, heads),
+            );
+            scfg.encoder.image_size = t.encoder.image_size;
+            scfg.encoder.patch_size = t.encoder.patch_size;
+            Ok(Captioner {
+                model: Model::new(&gpu, scfg, seed)?,
+                tokenizer: teacher.tokenizer.clone(),
+                preprocess: teacher.preprocess.clone(),
+            })
+        })?;
+        let e = pollster::block_on(amad::train::evaluate(
             &gpu,
             &c,
             Split::Validation,

@@ -199,15 +199,17 @@ pub fn run_loop(
     Ok(())
 }
 
-/// Trains a captioner on the scene stream with cross-entropy, into `dir`: resumes from the
-/// checkpoint there if there is one, otherwise starts from `fresh()`. Returns the trained model.
-pub fn train_captioner(
+/// Runs a training loop for the captioner checkpointed in `dir`: resumes from the checkpoint there
+/// if there is one, otherwise starts from `fresh()`. `record(captioner, optimiser, step)` records
+/// and submits one step and returns its loss terms, named by `names` (the last is the total).
+fn run_captioner(
     gpu: &Gpu,
     dir: &Path,
     opts: &RunOptions,
+    names: &[&'static str],
     fresh: impl FnOnce() -> Result<Captioner>,
+    mut record: impl FnMut(&Captioner, &mut Optimizer, u64) -> Result<Tensor>,
 ) -> Result<Captioner> {
-    use crate::model::Optimizer;
     use crate::ops::optim::AdamW;
     if opts.steps == 0
         || opts.batch == 0
@@ -248,7 +250,20 @@ pub fn train_captioner(
         opts.steps,
         gpu.describe()
     );
-    run_loop(gpu, &c, &mut opt, opts, dir, start, &["ce"], |opt, step| {
+    run_loop(gpu, &c, &mut opt, opts, dir, start, names, |opt, step| {
+        record(&c, opt, step)
+    })?;
+    Ok(c)
+}
+
+/// Trains a captioner on the scene stream with cross-entropy, into `dir` (see `run_captioner`).
+pub fn train_captioner(
+    gpu: &Gpu,
+    dir: &Path,
+    opts: &RunOptions,
+    fresh: impl FnOnce() -> Result<Captioner>,
+) -> Result<Captioner> {
+    run_captioner(gpu, dir, opts, &["ce"], fresh, |c, opt, step| {
         let (b, _) = batch::scene_batch(
             gpu,
             &c.model.cfg,
@@ -263,8 +278,40 @@ pub fn train_captioner(
             .train_step(&mut s, opt, &b.teacher_patches, &b.ids, &b.labels)?;
         s.submit()?;
         Ok(loss)
-    })?;
-    Ok(c)
+    })
+}
+
+/// Distils a student from `teacher` on the scene stream with the loss `cfg`, into `dir` (see
+/// `run_captioner`). The teacher and the student must share the image size and vocabulary.
+pub fn distill_captioner(
+    gpu: &Gpu,
+    teacher: &Captioner,
+    dir: &Path,
+    opts: &RunOptions,
+    cfg: &crate::distill::DistillConfig,
+    fresh: impl FnOnce() -> Result<Captioner>,
+) -> Result<Captioner> {
+    run_captioner(
+        gpu,
+        dir,
+        opts,
+        &["ce", "kd", "attn", "total"],
+        fresh,
+        |c, opt, step| {
+            let (b, _) = batch::scene_batch(
+                gpu,
+                &c.model.cfg,
+                &c.preprocess,
+                Split::Train,
+                step,
+                opts.batch,
+            )?;
+            let mut s = gpu.step();
+            let out = crate::distill::distill_step(&mut s, &teacher.model, &c.model, opt, &b, cfg)?;
+            s.submit()?;
+            Ok(out.terms)
+        },
+    )
 }
 
 /// Scores of generated captions on scenes 0..n of a split.
