@@ -1,19 +1,27 @@
-// Attention-map distillation losses (shared/AMAD.md), forward and backward in one pass per example.
+// Attention-map distillation losses (shared/AMAD.md), forward and backward.
 //
-// amad_align: AMAD variants 1 (MSE), 2 (KL) and 3 (token-level KL). A "segment" is the set of
-// valid cells the maps are flattened over: the whole q×k map (variants 1, 2) or one query row
-// (variant 3); everything below is per segment, summed over segments, and written per example.
-// one_to_one: the baselines (teacher head i teaches student head i).
+// AMAD variants 1 (MSE), 2 (KL) and 3 (token-level KL). A "segment" is the set of valid cells the
+// maps are flattened over: the whole q×k map (variants 1, 2) or one query row (variant 3); a
+// "unit" is one segment of one example. Everything is per unit, then summed per example.
 //
-// One invocation per example: per segment the statistics are H_t×H_s numbers, and the work is a
-// few passes over the cells. Heads are capped at 16 each (the launcher checks).
-//
-// Notation per segment: t_i, s_j the teacher/student maps over the valid cells; nt_i = |t_i|_2,
+// Notation per unit: t_i, s_j the teacher/student maps over the valid cells; nt_i = |t_i|_2,
 // ns_j = |s_j|_2; w_ij = t_i·s_j / (nt_i ns_j) (cosine); a_ij = softmax_j(w_ij / tau).
 // Gradients w.r.t. s come in closed form from a few scalars per (i, j):
 //   dA_ij = dL/da_ij;  dW_ij = dL/dw_ij = (1/tau) a_ij (dA_ij - sum_j' a_ij' dA_ij')  (0 if detached)
 // and the cosine path reaches s_j through the L2 normalisation:
 //   d s_j += (h_j - s^_j (s^_j · h_j)) / ns_j,  h_j = sum_i dW_ij t^_i,  s^_j · h_j = sum_i dW_ij w_ij.
+//
+// Why so many small kernels: the work is split into chunks of CHUNK cells, one invocation per
+// (unit, chunk), with the per-unit statistics summed between passes. Besides spreading the work
+// over the whole GPU, this keeps every invocation's loops short: lavapipe stops an invocation's
+// loops after 65,535 iterations in all (an encoder map is 65×65 cells × heads²), silently.
+//   align_stats   (unit, chunk): dot products, norms, sums         -> scratch partials
+//   align_sum     (unit, value): partials summed over chunks        -> scratch sums
+//   align_weights (unit): w, a; for MSE also the loss and dW        -> state
+//   align_kl      (unit, chunk): KL loss and dA partials            -> scratch partials
+//   align_kl_dw   (unit): the KL loss and dW                        -> state
+//   align_grad    (unit, chunk): d loss / d student at every cell   -> grad
+//   align_reduce  (example, value): alignment weights and loss      -> weights, loss
 
 struct Params {
     batch: u32,
@@ -24,6 +32,14 @@ struct Params {
     flags: u32,       // 1 = MSE (else KL), 2 = token level, 4 = detach weights, 8 = mask bound
     inv_tau: f32,
     grad_scale: f32,  // d(total loss)/d(per-example loss): upstream / batch
+    segs: u32,        // segments per example
+    seg_len: u32,     // cells per segment
+    chunks: u32,      // chunks per segment
+    width: u32,       // values per partial (align_sum)
+    sums_at: u32,     // where the sums start in scratch (after the partials)
+    units: u32,       // batch · segs
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,8 +49,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> loss: array<f32>;     // [B]
 @group(0) @binding(5) var<storage, read_write> grad: array<f32>;     // [B, Hs, q, k]
 @group(0) @binding(6) var<storage, read_write> weights: array<f32>;  // [B, Ht, Hs]
+@group(0) @binding(7) var<storage, read_write> scratch: array<f32>;  // partials, then sums
+@group(0) @binding(8) var<storage, read_write> state: array<f32>;    // per unit, see st_* below
 
 const MAX_H: u32 = 16u;
+const CHUNK: u32 = 64u;
 // Floor for the student mixture m inside log m: a cell the teacher weighs but no student head
 // covers would otherwise cost infinity (masked softmax cells are exactly 0 in both maps).
 const TINY: f32 = 1e-30;
@@ -51,18 +70,6 @@ fn sv(b: u32, j: u32, cell: u32) -> f32 {
     return student[(b * p.hs + j) * p.q * p.k + cell];
 }
 
-// Zeroes example b's weights and gradient: cells a kernel skips (masked, padded rows, heads
-// without a partner) must read 0.
-fn clear_example(b: u32) {
-    let qk = p.q * p.k;
-    for (var x = 0u; x < p.ht * p.hs; x++) {
-        weights[b * p.ht * p.hs + x] = 0.0;
-    }
-    for (var x = 0u; x < p.hs * qk; x++) {
-        grad[b * p.hs * qk + x] = 0.0;
-    }
-}
-
 fn safe_div(x: f32, y: f32) -> f32 {
     if (y == 0.0) {
         return 0.0;
@@ -70,232 +77,382 @@ fn safe_div(x: f32, y: f32) -> f32 {
     return x / y;
 }
 
-@compute @workgroup_size(64)
-fn amad_align(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let b = group_index(wid, nwg) * 64u + lid;
-    if (b >= p.batch) {
+fn is_mse() -> bool {
+    return (p.flags & 1u) != 0u;
+}
+
+// Layout of the first statistics (align_stats), per unit: ct [ht][hs] = t_i·s_j, gs [hs][hs] =
+// s_j·s_j', nt2 [ht] = |t_i|², lt [ht] = |t_i|_1, ls [hs] = |s_j|_1, and the valid-cell count.
+fn s1_gs() -> u32 { return p.ht * p.hs; }
+fn s1_nt2() -> u32 { return s1_gs() + p.hs * p.hs; }
+fn s1_lt() -> u32 { return s1_nt2() + p.ht; }
+fn s1_ls() -> u32 { return s1_lt() + p.ht; }
+fn s1_n() -> u32 { return s1_ls() + p.hs; }
+
+// Layout of the unit state: w, a, dw [ht][hs], nt, lt [ht], ns, ls, cos_proj, mix_proj [hs],
+// the unit's loss, and whether it has a valid cell.
+fn st_size() -> u32 { return 3u * p.ht * p.hs + 2u * p.ht + 4u * p.hs + 2u; }
+fn st_w(u: u32) -> u32 { return u * st_size(); }
+fn st_a(u: u32) -> u32 { return st_w(u) + p.ht * p.hs; }
+fn st_dw(u: u32) -> u32 { return st_a(u) + p.ht * p.hs; }
+fn st_nt(u: u32) -> u32 { return st_dw(u) + p.ht * p.hs; }
+fn st_lt(u: u32) -> u32 { return st_nt(u) + p.ht; }
+fn st_ns(u: u32) -> u32 { return st_lt(u) + p.ht; }
+fn st_ls(u: u32) -> u32 { return st_ns(u) + p.hs; }
+fn st_cos(u: u32) -> u32 { return st_ls(u) + p.hs; }
+fn st_mix(u: u32) -> u32 { return st_cos(u) + p.hs; }
+fn st_loss(u: u32) -> u32 { return st_mix(u) + p.hs; }
+fn st_live(u: u32) -> u32 { return st_loss(u) + 1u; }
+
+// The (unit, chunk) of an invocation, or false past the end.
+struct Piece {
+    ok: bool,
+    b: u32,
+    u: u32,
+    ch: u32,
+    first: u32,   // first cell (index within the example's q·k map)
+    end: u32,     // one past the last
+}
+
+fn piece(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Piece {
+    let x = thread_index(wid, nwg, lid);
+    var r: Piece;
+    r.ok = x < p.units * p.chunks;
+    r.u = x / max(p.chunks, 1u);
+    r.ch = x % max(p.chunks, 1u);
+    r.b = r.u / p.segs;
+    let base = (r.u % p.segs) * p.seg_len;
+    r.first = base + r.ch * CHUNK;
+    r.end = base + min((r.ch + 1u) * CHUNK, p.seg_len);
+    return r;
+}
+
+@compute @workgroup_size(256)
+fn align_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let pc = piece(wid, nwg, lid);
+    if (!pc.ok) {
         return;
     }
-    let mse = (p.flags & 1u) != 0u;
-    let token = (p.flags & 2u) != 0u;
-    let detach = (p.flags & 4u) != 0u;
-    let qk = p.q * p.k;
     let hs = p.hs;
-    clear_example(b);
-    var segs = 1u;
-    var seg_len = qk;
-    if (token) {
-        segs = p.q;
-        seg_len = p.k;
-    }
-    // Segments with no valid cell (padded query rows) take no part; the weights of the others are
-    // averaged.
-    var live = 0u;
-    for (var sg = 0u; sg < segs; sg++) {
-        var any = false;
-        for (var c = 0u; c < seg_len; c++) {
-            any = any || valid(b, sg * seg_len + c);
+    var ct: array<f32, 256>;
+    var gs: array<f32, 256>;
+    var nt2: array<f32, 16>;
+    var lt: array<f32, 16>;
+    var ls: array<f32, 16>;
+    var n = 0u;
+    for (var cell = pc.first; cell < pc.end; cell++) {
+        if (!valid(pc.b, cell)) {
+            continue;
         }
-        if (any) {
-            live++;
-        }
-    }
-    let share = 1.0 / f32(max(live, 1u));
-    var total = 0.0;
-    for (var sg = 0u; sg < segs; sg++) {
-        let base = sg * seg_len;
-        // Pass 1: dot products over the valid cells.
-        var ct: array<f32, 256>;   // t_i · s_j  [ht][hs]
-        var gs: array<f32, 256>;   // s_j · s_j' [hs][hs]
-        var nt: array<f32, 16>;    // |t_i|_2 (squared until below)
-        var lt: array<f32, 16>;    // |t_i|_1
-        var ls: array<f32, 16>;    // |s_j|_1
-        var ns: array<f32, 16>;    // |s_j|_2
-        var n_valid = 0u;
-        for (var c = 0u; c < seg_len; c++) {
-            let cell = base + c;
-            if (!valid(b, cell)) {
-                continue;
+        n++;
+        for (var j = 0u; j < hs; j++) {
+            let s = sv(pc.b, j, cell);
+            ls[j] += s;
+            for (var j2 = 0u; j2 < hs; j2++) {
+                gs[j * hs + j2] += s * sv(pc.b, j2, cell);
             }
-            n_valid++;
+        }
+        for (var i = 0u; i < p.ht; i++) {
+            let t = tv(pc.b, i, cell);
+            nt2[i] += t * t;
+            lt[i] += t;
             for (var j = 0u; j < hs; j++) {
-                let s = sv(b, j, cell);
-                ls[j] += s;
-                for (var j2 = 0u; j2 < hs; j2++) {
-                    gs[j * hs + j2] += s * sv(b, j2, cell);
-                }
-            }
-            for (var i = 0u; i < p.ht; i++) {
-                let t = tv(b, i, cell);
-                nt[i] += t * t;
-                lt[i] += t;
-                for (var j = 0u; j < hs; j++) {
-                    ct[i * hs + j] += t * sv(b, j, cell);
-                }
+                ct[i * hs + j] += t * sv(pc.b, j, cell);
             }
         }
-        if (n_valid == 0u) {
+    }
+    let o = (pc.u * p.chunks + pc.ch) * p.width;
+    for (var x = 0u; x < p.ht * hs; x++) {
+        scratch[o + x] = ct[x];
+    }
+    for (var x = 0u; x < hs * hs; x++) {
+        scratch[o + s1_gs() + x] = gs[x];
+    }
+    for (var i = 0u; i < p.ht; i++) {
+        scratch[o + s1_nt2() + i] = nt2[i];
+        scratch[o + s1_lt() + i] = lt[i];
+    }
+    for (var j = 0u; j < hs; j++) {
+        scratch[o + s1_ls() + j] = ls[j];
+    }
+    scratch[o + s1_n()] = f32(n);
+}
+
+@compute @workgroup_size(256)
+fn align_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let x = thread_index(wid, nwg, lid);
+    if (x >= p.units * p.width) {
+        return;
+    }
+    let u = x / p.width;
+    let v = x % p.width;
+    var acc = 0.0;
+    for (var ch = 0u; ch < p.chunks; ch++) {
+        acc += scratch[(u * p.chunks + ch) * p.width + v];
+    }
+    scratch[p.sums_at + x] = acc;
+}
+
+// From dA (held in the dw slot), dW and the two projections per student head (see the top).
+fn finish_dw(u: u32) {
+    let hs = p.hs;
+    for (var j = 0u; j < hs; j++) {
+        state[st_cos(u) + j] = 0.0;
+        state[st_mix(u) + j] = 0.0;
+    }
+    for (var i = 0u; i < p.ht; i++) {
+        var dot = 0.0;
+        for (var j = 0u; j < hs; j++) {
+            dot += state[st_a(u) + i * hs + j] * state[st_dw(u) + i * hs + j];
+        }
+        for (var j = 0u; j < hs; j++) {
+            let a = state[st_a(u) + i * hs + j];
+            let da = state[st_dw(u) + i * hs + j];
+            var dw = 0.0;
+            if ((p.flags & 4u) == 0u && state[st_nt(u) + i] > 0.0) {
+                dw = p.inv_tau * a * (da - dot);
+            }
+            state[st_dw(u) + i * hs + j] = dw;
+            state[st_cos(u) + j] += dw * state[st_w(u) + i * hs + j];
+            state[st_mix(u) + j] += a * da;
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn align_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = group_index(wid, nwg) * 64u + lid;
+    if (u >= p.units) {
+        return;
+    }
+    let hs = p.hs;
+    let s = p.sums_at + u * p.width;
+    let live = scratch[s + s1_n()] > 0.0;
+    state[st_live(u)] = select(0.0, 1.0, live);
+    state[st_loss(u)] = 0.0;
+    for (var i = 0u; i < p.ht; i++) {
+        state[st_nt(u) + i] = sqrt(scratch[s + s1_nt2() + i]);
+        state[st_lt(u) + i] = scratch[s + s1_lt() + i];
+    }
+    for (var j = 0u; j < hs; j++) {
+        state[st_ns(u) + j] = sqrt(scratch[s + s1_gs() + j * hs + j]);
+        state[st_ls(u) + j] = scratch[s + s1_ls() + j];
+    }
+    // Alignment weights (Eq. 2).
+    for (var i = 0u; i < p.ht; i++) {
+        let nt = state[st_nt(u) + i];
+        var mx = -3.4e38;
+        for (var j = 0u; j < hs; j++) {
+            let w = safe_div(scratch[s + i * hs + j], nt * state[st_ns(u) + j]);
+            state[st_w(u) + i * hs + j] = w;
+            mx = max(mx, w * p.inv_tau);
+        }
+        var z = 0.0;
+        for (var j = 0u; j < hs; j++) {
+            let e = exp(state[st_w(u) + i * hs + j] * p.inv_tau - mx);
+            state[st_a(u) + i * hs + j] = e;
+            z += e;
+        }
+        for (var j = 0u; j < hs; j++) {
+            state[st_a(u) + i * hs + j] /= z;
+            state[st_dw(u) + i * hs + j] = 0.0;
+        }
+    }
+    if (!is_mse() || !live) {
+        return;
+    }
+    // L_i = |t^_i - sum_j a_ij s^_j|^2 = 1 - 2 sum_j a_ij w_ij + sum_jj' a_ij a_ij' G^_jj'
+    // dA_ij = -2 r_i · s^_j = -2 (w_ij - sum_j' a_ij' G^_j'j)
+    var total = 0.0;
+    for (var i = 0u; i < p.ht; i++) {
+        if (state[st_nt(u) + i] == 0.0) {
+            continue;
+        }
+        var li = 1.0;
+        for (var j = 0u; j < hs; j++) {
+            var mix = 0.0;
+            for (var j2 = 0u; j2 < hs; j2++) {
+                let g = safe_div(scratch[s + s1_gs() + j2 * hs + j], state[st_ns(u) + j2] * state[st_ns(u) + j]);
+                mix += state[st_a(u) + i * hs + j2] * g;
+            }
+            let a = state[st_a(u) + i * hs + j];
+            let w = state[st_w(u) + i * hs + j];
+            li += a * (mix - 2.0 * w);
+            state[st_dw(u) + i * hs + j] = -2.0 * (w - mix);
+        }
+        total += li;
+    }
+    state[st_loss(u)] = total;
+    finish_dw(u);
+}
+
+// KL: L_i = sum_c t~_ic (log t~_ic - log m_ic), m_ic = sum_j a_ij s~_jc;
+// dA_ij = -sum_c t~_ic s~_jc / m_ic. Partials: [loss, dA [ht][hs]].
+@compute @workgroup_size(256)
+fn align_kl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let pc = piece(wid, nwg, lid);
+    if (!pc.ok) {
+        return;
+    }
+    let hs = p.hs;
+    let u = pc.u;
+    var total = 0.0;
+    var da: array<f32, 256>;
+    for (var cell = pc.first; cell < pc.end; cell++) {
+        if (!valid(pc.b, cell)) {
             continue;
         }
         for (var i = 0u; i < p.ht; i++) {
-            nt[i] = sqrt(nt[i]);
-        }
-        for (var j = 0u; j < hs; j++) {
-            ns[j] = sqrt(gs[j * hs + j]);
-        }
-        // Alignment weights (Eq. 2).
-        var w: array<f32, 256>;
-        var a: array<f32, 256>;
-        for (var i = 0u; i < p.ht; i++) {
-            var mx = -3.4e38;
-            for (var j = 0u; j < hs; j++) {
-                w[i * hs + j] = safe_div(ct[i * hs + j], nt[i] * ns[j]);
-                mx = max(mx, w[i * hs + j] * p.inv_tau);
-            }
-            var z = 0.0;
-            for (var j = 0u; j < hs; j++) {
-                a[i * hs + j] = exp(w[i * hs + j] * p.inv_tau - mx);
-                z += a[i * hs + j];
-            }
-            for (var j = 0u; j < hs; j++) {
-                a[i * hs + j] /= z;
-                if (nt[i] > 0.0) {
-                    weights[(b * p.ht + i) * hs + j] += share * a[i * hs + j];
-                }
-            }
-        }
-        // The loss and dA_ij.
-        var da: array<f32, 256>;
-        if (mse) {
-            // L_i = |t^_i - sum_j a_ij s^_j|^2 = 1 - 2 sum_j a_ij w_ij + sum_jj' a_ij a_ij' G^_jj'
-            // dA_ij = -2 r_i · s^_j = -2 (w_ij - sum_j' a_ij' G^_j'j)
-            for (var i = 0u; i < p.ht; i++) {
-                if (nt[i] == 0.0) {
-                    continue;
-                }
-                var li = 1.0;
-                for (var j = 0u; j < hs; j++) {
-                    var mix = 0.0;
-                    for (var j2 = 0u; j2 < hs; j2++) {
-                        mix += a[i * hs + j2] * safe_div(gs[j2 * hs + j], ns[j2] * ns[j]);
-                    }
-                    li += a[i * hs + j] * (mix - 2.0 * w[i * hs + j]);
-                    da[i * hs + j] = -2.0 * (w[i * hs + j] - mix);
-                }
-                total += li;
-            }
-        } else {
-            // Pass 2: L_i = sum_c t~_ic (log t~_ic - log m_ic), m_ic = sum_j a_ij s~_jc;
-            // dA_ij = -sum_c t~_ic s~_jc / m_ic.
-            for (var c = 0u; c < seg_len; c++) {
-                let cell = base + c;
-                if (!valid(b, cell)) {
-                    continue;
-                }
-                for (var i = 0u; i < p.ht; i++) {
-                    let tt = safe_div(tv(b, i, cell), lt[i]);
-                    if (tt <= 0.0) {
-                        continue;
-                    }
-                    var m = 0.0;
-                    for (var j = 0u; j < hs; j++) {
-                        m += a[i * hs + j] * safe_div(sv(b, j, cell), ls[j]);
-                    }
-                    m = max(m, TINY);
-                    total += tt * (log(tt) - log(m));
-                    for (var j = 0u; j < hs; j++) {
-                        da[i * hs + j] -= tt * safe_div(sv(b, j, cell), ls[j]) / m;
-                    }
-                }
-            }
-        }
-        // dW_ij through the softmax over student heads (none when the weights are detached).
-        var dw: array<f32, 256>;
-        var cos_proj: array<f32, 16>;   // s^_j · h_j = sum_i dW_ij w_ij
-        var mix_proj: array<f32, 16>;   // sum_i a_ij dA_ij
-        for (var i = 0u; i < p.ht; i++) {
-            if (nt[i] == 0.0) {
+            let tt = safe_div(tv(pc.b, i, cell), state[st_lt(u) + i]);
+            if (tt <= 0.0) {
                 continue;
             }
-            var dot = 0.0;
+            var m = 0.0;
             for (var j = 0u; j < hs; j++) {
-                dot += a[i * hs + j] * da[i * hs + j];
+                m += state[st_a(u) + i * hs + j] * safe_div(sv(pc.b, j, cell), state[st_ls(u) + j]);
             }
+            m = max(m, TINY);
+            total += tt * (log(tt) - log(m));
             for (var j = 0u; j < hs; j++) {
-                if (!detach) {
-                    dw[i * hs + j] = p.inv_tau * a[i * hs + j] * (da[i * hs + j] - dot);
-                }
-                cos_proj[j] += dw[i * hs + j] * w[i * hs + j];
-                mix_proj[j] += a[i * hs + j] * da[i * hs + j];
-            }
-        }
-        // Pass 3: the gradient of every valid cell of every student head.
-        for (var c = 0u; c < seg_len; c++) {
-            let cell = base + c;
-            if (!valid(b, cell)) {
-                continue;
-            }
-            // The student mixture at this cell, per teacher head: MSE mixes s^, KL mixes s~.
-            var mixed: array<f32, 16>;
-            for (var i = 0u; i < p.ht; i++) {
-                for (var j = 0u; j < hs; j++) {
-                    var sn = safe_div(sv(b, j, cell), ls[j]);
-                    if (mse) {
-                        sn = safe_div(sv(b, j, cell), ns[j]);
-                    }
-                    mixed[i] += a[i * hs + j] * sn;
-                }
-            }
-            for (var j = 0u; j < hs; j++) {
-                let s = sv(b, j, cell);
-                var direct = 0.0;   // dL/ds^_jc (MSE) or dL/ds~_jc (KL), weights held fixed
-                var cosine = 0.0;   // h_jc = sum_i dW_ij t^_ic
-                for (var i = 0u; i < p.ht; i++) {
-                    if (nt[i] == 0.0) {
-                        continue;
-                    }
-                    let t = tv(b, i, cell);
-                    cosine += dw[i * hs + j] * t / nt[i];
-                    if (mse) {
-                        direct += -2.0 * a[i * hs + j] * (t / nt[i] - mixed[i]);
-                    } else {
-                        let tt = safe_div(t, lt[i]);
-                        if (tt > 0.0) {
-                            direct -= a[i * hs + j] * tt / max(mixed[i], TINY);
-                        }
-                    }
-                }
-                var g = 0.0;
-                if (mse) {
-                    // both paths go through s^ = s / ns: (g - s^ (s^ · g)) / ns
-                    let sh = safe_div(s, ns[j]);
-                    g = safe_div(direct + cosine - sh * (mix_proj[j] + cos_proj[j]), ns[j]);
-                } else {
-                    // direct path through s~ = s / |s|_1, cosine path through s^
-                    g = safe_div(direct - mix_proj[j], ls[j]);
-                    g += safe_div(cosine - safe_div(s, ns[j]) * cos_proj[j], ns[j]);
-                }
-                grad[(b * hs + j) * qk + cell] = p.grad_scale * g;
+                da[i * hs + j] -= tt * safe_div(sv(pc.b, j, cell), state[st_ls(u) + j]) / m;
             }
         }
     }
-    loss[b] = total;
+    let o = (pc.u * p.chunks + pc.ch) * p.width;
+    scratch[o] = total;
+    for (var x = 0u; x < p.ht * hs; x++) {
+        scratch[o + 1u + x] = da[x];
+    }
+}
+
+@compute @workgroup_size(64)
+fn align_kl_dw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = group_index(wid, nwg) * 64u + lid;
+    if (u >= p.units) {
+        return;
+    }
+    let s = p.sums_at + u * p.width;
+    state[st_loss(u)] = scratch[s];
+    for (var x = 0u; x < p.ht * p.hs; x++) {
+        state[st_dw(u) + x] = scratch[s + 1u + x];
+    }
+    finish_dw(u);
+}
+
+// The gradient of every cell of every student head (0 at masked cells and in empty units).
+@compute @workgroup_size(256)
+fn align_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let pc = piece(wid, nwg, lid);
+    if (!pc.ok) {
+        return;
+    }
+    let hs = p.hs;
+    let u = pc.u;
+    let mse = is_mse();
+    let qk = p.q * p.k;
+    let live = state[st_live(u)] > 0.0;
+    for (var cell = pc.first; cell < pc.end; cell++) {
+        if (!live || !valid(pc.b, cell)) {
+            for (var j = 0u; j < hs; j++) {
+                grad[(pc.b * hs + j) * qk + cell] = 0.0;
+            }
+            continue;
+        }
+        // The student mixture at this cell, per teacher head: MSE mixes s^, KL mixes s~.
+        var mixed: array<f32, 16>;
+        for (var i = 0u; i < p.ht; i++) {
+            for (var j = 0u; j < hs; j++) {
+                var sn = safe_div(sv(pc.b, j, cell), state[st_ls(u) + j]);
+                if (mse) {
+                    sn = safe_div(sv(pc.b, j, cell), state[st_ns(u) + j]);
+                }
+                mixed[i] += state[st_a(u) + i * hs + j] * sn;
+            }
+        }
+        for (var j = 0u; j < hs; j++) {
+            let s = sv(pc.b, j, cell);
+            let ns = state[st_ns(u) + j];
+            let ls = state[st_ls(u) + j];
+            var direct = 0.0;   // dL/ds^_jc (MSE) or dL/ds~_jc (KL), weights held fixed
+            var cosine = 0.0;   // h_jc = sum_i dW_ij t^_ic
+            for (var i = 0u; i < p.ht; i++) {
+                let nt = state[st_nt(u) + i];
+                if (nt == 0.0) {
+                    continue;
+                }
+                let a = state[st_a(u) + i * hs + j];
+                let t = tv(pc.b, i, cell);
+                cosine += state[st_dw(u) + i * hs + j] * t / nt;
+                if (mse) {
+                    direct += -2.0 * a * (t / nt - mixed[i]);
+                } else {
+                    let tt = safe_div(t, state[st_lt(u) + i]);
+                    if (tt > 0.0) {
+                        direct -= a * tt / max(mixed[i], TINY);
+                    }
+                }
+            }
+            let cos_proj = state[st_cos(u) + j];
+            let mix_proj = state[st_mix(u) + j];
+            var g = 0.0;
+            if (mse) {
+                // both paths go through s^ = s / ns: (g - s^ (s^ · g)) / ns
+                let sh = safe_div(s, ns);
+                g = safe_div(direct + cosine - sh * (mix_proj + cos_proj), ns);
+            } else {
+                // direct path through s~ = s / |s|_1, cosine path through s^
+                g = safe_div(direct - mix_proj, ls);
+                g += safe_div(cosine - safe_div(s, ns) * cos_proj, ns);
+            }
+            grad[(pc.b * hs + j) * qk + cell] = p.grad_scale * g;
+        }
+    }
+}
+
+// Per example: the alignment weights averaged over its live segments (teacher heads with an empty
+// map get 0), and the loss summed over them. One invocation per (example, weight or loss).
+@compute @workgroup_size(256)
+fn align_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let per = p.ht * p.hs + 1u;
+    let x = thread_index(wid, nwg, lid);
+    if (x >= p.batch * per) {
+        return;
+    }
+    let b = x / per;
+    let v = x % per;
+    var live = 0u;
+    var acc = 0.0;
+    for (var sg = 0u; sg < p.segs; sg++) {
+        let u = b * p.segs + sg;
+        if (state[st_live(u)] == 0.0) {
+            continue;
+        }
+        live++;
+        if (v == per - 1u) {
+            acc += state[st_loss(u)];
+        } else if (state[st_nt(u) + v / p.hs] > 0.0) {
+            acc += state[st_a(u) + v];
+        }
+    }
+    if (v == per - 1u) {
+        loss[b] = acc;
+    } else {
+        weights[b * p.ht * p.hs + v] = acc / f32(max(live, 1u));
+    }
 }
 
 // The baselines. KL (MiniLM): sum over paired heads of the mean over valid rows of
 // KL(t_i[row] || s_i[row]); MSE (TinyBERT): sum over paired heads of the mean over valid cells of
 // (t - s)^2. Surplus teacher heads (i >= Hs) are dropped; surplus student heads get no gradient.
+// Units here are examples (segs = 1); pieces are (example, chunk) over the whole map.
+
+// The normaliser per example: 1 / (valid cells (MSE) or rows with a valid cell (KL)).
 @compute @workgroup_size(64)
-fn one_to_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn one_to_one_count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = group_index(wid, nwg) * 64u + lid;
     if (b >= p.batch) {
         return;
     }
-    let mse = (p.flags & 1u) != 0u;
-    let qk = p.q * p.k;
-    let hs = p.hs;
-    clear_example(b);
-    // Normaliser: valid cells (MSE) or rows with a valid cell (KL).
     var count = 0u;
     for (var l = 0u; l < p.q; l++) {
         var cells = 0u;
@@ -304,33 +461,59 @@ fn one_to_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                 cells++;
             }
         }
-        if (mse) {
+        if (is_mse()) {
             count += cells;
         } else if (cells > 0u) {
             count++;
         }
     }
-    let inv = 1.0 / f32(max(count, 1u));
+    state[b] = 1.0 / f32(max(count, 1u));
+}
+
+@compute @workgroup_size(256)
+fn one_to_one(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let pc = piece(wid, nwg, lid);
+    if (!pc.ok) {
+        return;
+    }
+    let qk = p.q * p.k;
+    let inv = state[pc.b];
     var total = 0.0;
-    for (var i = 0u; i < min(p.ht, hs); i++) {
-        weights[(b * p.ht + i) * hs + i] = 1.0;
-        for (var cell = 0u; cell < qk; cell++) {
-            if (!valid(b, cell)) {
-                continue;
-            }
-            let t = tv(b, i, cell);
-            let s = sv(b, i, cell);
+    for (var j = 0u; j < p.hs; j++) {
+        for (var cell = pc.first; cell < pc.end; cell++) {
             var g = 0.0;
-            if (mse) {
-                total += inv * (t - s) * (t - s);
-                g = -2.0 * inv * (t - s);
-            } else if (t > 0.0) {
-                let sc = max(s, TINY);
-                total += inv * t * (log(t) - log(sc));
-                g = -inv * t / sc;
+            if (j < p.ht && valid(pc.b, cell)) {
+                let t = tv(pc.b, j, cell);
+                let s = sv(pc.b, j, cell);
+                if (is_mse()) {
+                    total += inv * (t - s) * (t - s);
+                    g = -2.0 * inv * (t - s);
+                } else if (t > 0.0) {
+                    let sc = max(s, TINY);
+                    total += inv * t * (log(t) - log(sc));
+                    g = -inv * t / sc;
+                }
             }
-            grad[(b * hs + i) * qk + cell] = p.grad_scale * g;
+            grad[(pc.b * p.hs + j) * qk + cell] = p.grad_scale * g;
         }
     }
+    scratch[pc.u * p.chunks + pc.ch] = total;
+}
+
+@compute @workgroup_size(64)
+fn one_to_one_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let b = group_index(wid, nwg) * 64u + lid;
+    if (b >= p.batch) {
+        return;
+    }
+    var total = 0.0;
+    for (var ch = 0u; ch < p.chunks; ch++) {
+        total += scratch[b * p.chunks + ch];
+    }
     loss[b] = total;
+    for (var i = 0u; i < p.ht; i++) {
+        for (var j = 0u; j < p.hs; j++) {
+            weights[(b * p.ht + i) * p.hs + j] = select(0.0, 1.0, i == j);
+        }
+    }
 }

@@ -339,3 +339,67 @@ fn bad_shapes_are_errors() {
         "tau = 0"
     );
 }
+
+/// Maps the size of the models' encoder maps (65 × 65 cells, 8 teacher heads), where one
+/// invocation per example would run past lavapipe's cap on loop iterations and silently stop:
+/// loss and weights against the reference, and the gradient along a random direction against a
+/// central difference of the reference.
+#[test]
+fn maps_as_large_as_the_models_match_the_reference() {
+    let (b, ht, hs, q, k) = (2, 8, 2, 65, 65);
+    for (n, variant) in ALL.iter().enumerate() {
+        let mut rng = Rng::new(100 + n as u64);
+        let (t, s) = (
+            maps(&mut rng, b, ht, q, k, false),
+            maps(&mut rng, b, hs, q, k, false),
+        );
+        let mask = padding_mask(b, q, k);
+        let dims = (b, ht, hs, q, k);
+        let (want, want_w) = r::loss(
+            &reference_maps(&t, &s, None, Some(&mask), dims),
+            *variant,
+            1.0,
+        );
+        let dir: Vec<f64> = (0..s.len()).map(|_| rng.uniform() - 0.5).collect();
+        let eps = 1e-6;
+        let at = |sign: f64| {
+            let x: Vec<f64> = s
+                .iter()
+                .zip(&dir)
+                .map(|(v, d)| v + sign * eps * d)
+                .collect();
+            r::loss(
+                &reference_maps(&t, &x, None, Some(&mask), dims),
+                *variant,
+                1.0,
+            )
+            .0
+        };
+        let want_dd = (at(1.0) - at(-1.0)) / (2.0 * eps);
+        let got = run(|st| {
+            let a = align(
+                st,
+                &upload(&[b, ht, q, k], &t),
+                &upload(&[b, hs, q, k], &s),
+                Some(&upload(&[b, q, k], &mask)),
+                Options {
+                    variant: *variant,
+                    ..Options::default()
+                },
+                1.0,
+            )?;
+            Ok(vec![a.loss, a.grad, a.weights])
+        });
+        let what = format!("{variant:?} at 65×65, 8 → 2 heads");
+        assert_close(&format!("{what}: loss"), &got[0], &[want], 1e-5, 1e-5);
+        assert_close(&format!("{what}: weights"), &got[2], &want_w, 1e-5, 0.0);
+        let dd: f64 = got[1].iter().zip(&dir).map(|(g, d)| *g as f64 * d).sum();
+        assert_close(
+            &format!("{what}: directional derivative"),
+            &[dd as f32],
+            &[want_dd],
+            1e-3,
+            1e-4,
+        );
+    }
+}

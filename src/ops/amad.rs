@@ -6,8 +6,22 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
 pub use crate::reference::amad::Variant;
 
-pub const ALIGN: Kernel = Kernel::new("amad", "amad_align", &[R, R, R, W, W, W]);
-pub const ONE_TO_ONE: Kernel = Kernel::new("amad", "one_to_one", &[R, R, R, W, W, W]);
+/// Every kernel of the family binds the same buffers: teacher, student, mask, loss, grad,
+/// weights, scratch, state (see the shader's header for the passes).
+const BINDINGS: &[crate::gpu::Access] = &[R, R, R, W, W, W, W, W];
+pub const ALIGN_STATS: Kernel = Kernel::new("amad", "align_stats", BINDINGS);
+pub const ALIGN_SUM: Kernel = Kernel::new("amad", "align_sum", BINDINGS);
+pub const ALIGN_WEIGHTS: Kernel = Kernel::new("amad", "align_weights", BINDINGS);
+pub const ALIGN_KL: Kernel = Kernel::new("amad", "align_kl", BINDINGS);
+pub const ALIGN_KL_DW: Kernel = Kernel::new("amad", "align_kl_dw", BINDINGS);
+pub const ALIGN_GRAD: Kernel = Kernel::new("amad", "align_grad", BINDINGS);
+pub const ALIGN_REDUCE: Kernel = Kernel::new("amad", "align_reduce", BINDINGS);
+pub const ONE_TO_ONE_COUNT: Kernel = Kernel::new("amad", "one_to_one_count", BINDINGS);
+pub const ONE_TO_ONE: Kernel = Kernel::new("amad", "one_to_one", BINDINGS);
+pub const ONE_TO_ONE_FINISH: Kernel = Kernel::new("amad", "one_to_one_finish", BINDINGS);
+
+/// Cells per invocation (the shader's CHUNK).
+const CHUNK: usize = 64;
 
 /// Heads per map the kernel supports (its per-example statistics live in registers).
 pub const MAX_HEADS: usize = 16;
@@ -23,6 +37,13 @@ struct Params {
     flags: u32,
     inv_tau: f32,
     grad_scale: f32,
+    segs: u32,
+    seg_len: u32,
+    chunks: u32,
+    width: u32,
+    sums_at: u32,
+    units: u32,
+    pad: [u32; 2],
 }
 
 /// How to align: the loss, the temperature of the alignment softmax, and whether gradients flow
@@ -94,14 +115,22 @@ pub fn align(
             format!("tau must be positive and finite, got {}", opts.tau),
         );
     }
-    let (kernel, mode) = match opts.variant {
-        Variant::Mse => (&ALIGN, 1),
-        Variant::Kl => (&ALIGN, 0),
-        Variant::TokenKl => (&ALIGN, 2),
-        Variant::OneToOneMse => (&ONE_TO_ONE, 1),
-        Variant::OneToOneKl => (&ONE_TO_ONE, 0),
+    let (one_to_one, mode) = match opts.variant {
+        Variant::Mse => (false, 1),
+        Variant::Kl => (false, 0),
+        Variant::TokenKl => (false, 2),
+        Variant::OneToOneMse => (true, 1),
+        Variant::OneToOneKl => (true, 0),
     };
-    let p = Params {
+    // Units (segments of examples) and their chunks of CHUNK cells.
+    let (segs, seg_len) = if mode == 2 { (q, k) } else { (1, q * k) };
+    let chunks = seg_len.div_ceil(CHUNK);
+    let units = b * segs;
+    // Scratch: partials [units, chunks, width] then their sums [units, width], for the wider of
+    // the two partial layouts (statistics; KL loss and dA).
+    let width = (ht * hs + hs * hs + 2 * ht + hs + 1).max(1 + ht * hs);
+    let state_size = 3 * ht * hs + 2 * ht + 4 * hs + 2;
+    let mut p = Params {
         batch: u32_of(OP, "batch", b)?,
         ht: ht as u32,
         hs: hs as u32,
@@ -110,17 +139,51 @@ pub fn align(
         flags: mode | (opts.detach_weights as u32) << 2 | (mask.is_some() as u32) << 3,
         inv_tau: 1.0 / opts.tau,
         grad_scale: upstream / b as f32,
+        segs: u32_of(OP, "segments", segs)?,
+        seg_len: u32_of(OP, "segment length", seg_len)?,
+        chunks: u32_of(OP, "chunks", chunks)?,
+        width: 0,
+        sums_at: u32_of(OP, "scratch", units * chunks * width)?,
+        units: u32_of(OP, "units", units)?,
+        pad: [0; 2],
     };
     let per_example = step.empty(&[b])?;
     let grad = step.empty(ss)?;
     let weights = step.empty(&[b, ht, hs])?;
+    let scratch = step.empty(&[units * (chunks + 1) * width])?;
+    let state = step.empty(&[units * state_size])?;
     let mask = mask.unwrap_or(teacher);
-    step.dispatch_linear(
-        kernel,
-        &p,
-        &[teacher, student, mask, &per_example, &grad, &weights],
-        groups(b, 64),
-    )?;
+    let bufs = [
+        teacher,
+        student,
+        mask,
+        &per_example,
+        &grad,
+        &weights,
+        &scratch,
+        &state,
+    ];
+    let pieces = groups(units * chunks, 256);
+    if one_to_one {
+        step.dispatch_linear(&ONE_TO_ONE_COUNT, &p, &bufs, groups(b, 64))?;
+        step.dispatch_linear(&ONE_TO_ONE, &p, &bufs, pieces)?;
+        step.dispatch_linear(&ONE_TO_ONE_FINISH, &p, &bufs, groups(b, 64))?;
+    } else {
+        let stats_width = ht * hs + hs * hs + 2 * ht + hs + 1;
+        p.width = stats_width as u32;
+        step.dispatch_linear(&ALIGN_STATS, &p, &bufs, pieces)?;
+        step.dispatch_linear(&ALIGN_SUM, &p, &bufs, groups(units * stats_width, 256))?;
+        step.dispatch_linear(&ALIGN_WEIGHTS, &p, &bufs, groups(units, 64))?;
+        if mode != 1 {
+            let kl_width = 1 + ht * hs;
+            p.width = kl_width as u32;
+            step.dispatch_linear(&ALIGN_KL, &p, &bufs, pieces)?;
+            step.dispatch_linear(&ALIGN_SUM, &p, &bufs, groups(units * kl_width, 256))?;
+            step.dispatch_linear(&ALIGN_KL_DW, &p, &bufs, groups(units, 64))?;
+        }
+        step.dispatch_linear(&ALIGN_GRAD, &p, &bufs, pieces)?;
+        step.dispatch_linear(&ALIGN_REDUCE, &p, &bufs, groups(b * (ht * hs + 1), 256))?;
+    }
     let loss = step.empty(&[1])?;
     sum_segments(
         step,

@@ -83,11 +83,19 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &image::RESIZE_H,
     &image::RESIZE_V,
     &image::PATCHIFY,
-    &amad::ALIGN,
+    &amad::ALIGN_STATS,
+    &amad::ALIGN_SUM,
+    &amad::ALIGN_WEIGHTS,
+    &amad::ALIGN_KL,
+    &amad::ALIGN_KL_DW,
+    &amad::ALIGN_GRAD,
+    &amad::ALIGN_REDUCE,
+    &amad::ONE_TO_ONE_COUNT,
     &attention::FWD,
     &attention::BWD_Q,
     &attention::BWD_KV,
     &amad::ONE_TO_ONE,
+    &amad::ONE_TO_ONE_FINISH,
 ];
 
 /// Workgroups needed to cover `n` items at `per` items per workgroup.
