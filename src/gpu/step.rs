@@ -29,6 +29,8 @@ pub struct Step<'g> {
     pass: Option<wgpu::ComputePass<'static>>,
     chunks: Vec<Chunk>,
     align: u64,
+    /// This step's id in the buffer pool (see `tensor`'s note on threads).
+    id: u64,
 }
 
 impl<'g> Step<'g> {
@@ -40,6 +42,7 @@ impl<'g> Step<'g> {
             pass: None,
             chunks: Vec::new(),
             align,
+            id: gpu.pool.open_step(),
         }
     }
 
@@ -166,12 +169,12 @@ impl<'g> Step<'g> {
 
     /// A new f32 tensor with undefined contents (every kernel that writes one fills all of it).
     pub fn empty(&mut self, shape: &[usize]) -> Result<Tensor> {
-        Tensor::alloc(self.gpu, shape, DType::F32)
+        Tensor::alloc(self.gpu, shape, DType::F32, self.id)
     }
 
     /// A new f32 tensor of zeros (cleared by an encoder command, in order).
     pub fn zeros(&mut self, shape: &[usize]) -> Result<Tensor> {
-        let t = Tensor::alloc(self.gpu, shape, DType::F32)?;
+        let t = Tensor::alloc(self.gpu, shape, DType::F32, self.id)?;
         self.clear(&t);
         Ok(t)
     }
@@ -193,7 +196,7 @@ impl<'g> Step<'g> {
     }
 
     fn upload_bytes(&mut self, shape: &[usize], bytes: &[u8], dtype: DType) -> Result<Tensor> {
-        let t = Tensor::alloc(self.gpu, shape, dtype)?;
+        let t = Tensor::alloc(self.gpu, shape, dtype, self.id)?;
         if t.bytes() != bytes.len() as u64 {
             return Err(Error::Shape {
                 op: "upload",
@@ -226,6 +229,7 @@ impl<'g> Step<'g> {
             self.gpu.queue.write_buffer(&c.buffer, 0, &c.data);
         }
         self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.pool.close_step(self.id);
         self.gpu.check()
     }
 }
@@ -233,6 +237,7 @@ impl<'g> Step<'g> {
 impl Drop for Step<'_> {
     fn drop(&mut self) {
         self.pass = None;
+        self.gpu.pool.close_step(self.id);
         // Chunks go back to the pool; a later write_buffer into one is ordered after this
         // step's submission on the queue timeline.
         let mut free = self.gpu.uniforms.free.lock().unwrap();

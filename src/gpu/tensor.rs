@@ -5,6 +5,11 @@
 //! later dispatch in the same encoder, because wgpu orders dispatches that touch the same buffer.
 //! For the same reason every write into a pooled buffer is an encoder command (copy or clear),
 //! never `Queue::write_buffer`, which would jump ahead of commands not yet submitted.
+//!
+//! Steps recorded at once on several threads (tests share one device) need one more rule: a
+//! buffer freed while steps are open may still be read by one of them, so no other step may
+//! reuse it (and submit first, overwriting it) until every step open at the time has been
+//! submitted or dropped. The step that freed it may keep reusing it in order.
 
 use super::Gpu;
 use crate::error::{Error, Result};
@@ -18,14 +23,37 @@ pub enum DType {
     U32,
 }
 
+/// A free buffer, with the newest step open when it was freed (`None`: none was open).
+struct Free {
+    buffer: wgpu::Buffer,
+    open_at_free: Option<u64>,
+}
+
 #[derive(Default)]
 pub(super) struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    free: Mutex<HashMap<u64, Vec<Free>>>,
+    /// Ids of the steps being recorded, and the next id.
+    open: Mutex<std::collections::BTreeSet<u64>>,
+    next_step: std::sync::atomic::AtomicU64,
     /// Buffers created for tensors so far (see `Gpu::stats`).
     pub(super) created: std::sync::atomic::AtomicU64,
 }
 
 impl BufferPool {
+    /// Registers a step being recorded; returns its id.
+    pub(super) fn open_step(&self) -> u64 {
+        let id = self
+            .next_step
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.open.lock().unwrap().insert(id);
+        id
+    }
+
+    /// The step was submitted or dropped.
+    pub(super) fn close_step(&self, id: u64) {
+        self.open.lock().unwrap().remove(&id);
+    }
+
     fn create(&self, gpu: &Gpu, size: u64, mapped_at_creation: bool) -> wgpu::Buffer {
         self.created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -47,12 +75,16 @@ struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
+            let open_at_free = pool.open.lock().unwrap().last().copied();
             pool.free
                 .lock()
                 .unwrap()
                 .entry(self.bytes)
                 .or_default()
-                .push(self.buffer.clone());
+                .push(Free {
+                    buffer: self.buffer.clone(),
+                    open_at_free,
+                });
         }
     }
 }
@@ -102,16 +134,21 @@ impl Tensor {
         Ok(bytes)
     }
 
-    /// A tensor with undefined contents, from the pool when a buffer of its size class is free.
-    pub(crate) fn alloc(gpu: &Gpu, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    /// A tensor with undefined contents for step `step`, from the pool when a buffer of its size
+    /// class is free and no other step open when it was freed is still open.
+    pub(crate) fn alloc(gpu: &Gpu, shape: &[usize], dtype: DType, step: u64) -> Result<Tensor> {
         let bytes = size_class(Self::check_shape(gpu, shape, "tensor")?);
-        let reused = gpu
-            .pool
-            .free
-            .lock()
-            .unwrap()
-            .get_mut(&bytes)
-            .and_then(|v| v.pop());
+        let reused = {
+            let open = gpu.pool.open.lock().unwrap();
+            let mut free = gpu.pool.free.lock().unwrap();
+            free.get_mut(&bytes).and_then(|v| {
+                let usable = v.iter().rposition(|f| {
+                    f.open_at_free
+                        .is_none_or(|last| open.range(..=last).all(|&id| id == step))
+                })?;
+                Some(v.swap_remove(usable).buffer)
+            })
+        };
         let buffer = match reused {
             Some(b) => b,
             None => gpu.pool.create(gpu, bytes, false),
