@@ -5,7 +5,7 @@ mod common;
 use amad::model::captioner::Captioner;
 use amad::model::{preprocessor, Config, Model, Optimizer};
 use amad::ops::optim::AdamW;
-use amad::train::{run_loop, train_captioner, RunOptions};
+use amad::train::{run_loop, train_captioner, RunOptions, Source};
 use common::*;
 use std::path::{Path, PathBuf};
 
@@ -34,6 +34,8 @@ fn opts(until: Option<u64>) -> RunOptions {
         warmup: 2,
         checkpoint_every: 2,
         max_norm: 1.0,
+        eval_every: 0,
+        eval_n: 0,
     }
 }
 
@@ -122,6 +124,8 @@ fn the_learning_rate_warms_up_and_decays() {
         warmup: 10,
         checkpoint_every: 10,
         max_norm: 1.0,
+        eval_every: 0,
+        eval_n: 0,
     };
     let lr = |s| amad::train::learning_rate(&o, s);
     assert!((lr(0) - 0.1).abs() < 1e-6 && (lr(9) - 1.0).abs() < 1e-6);
@@ -146,15 +150,35 @@ fn distillation_runs_through_the_same_loop() {
             preprocess: preprocessor::default_for(64, 8),
         })
     };
-    amad::train::distill_captioner(gpu(), &teacher, &d, &o, &DistillConfig::default(), student)
-        .unwrap();
+    let o = RunOptions {
+        eval_every: 3,
+        eval_n: 4,
+        ..o
+    };
+    amad::train::distill_captioner(
+        gpu(),
+        &teacher,
+        &d,
+        &o,
+        &DistillConfig::default(),
+        &Source::Scenes,
+        student,
+    )
+    .unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(d.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
-    for l in &lines {
+    assert_eq!(lines.len(), 4, "three steps and one evaluation");
+    let eval = &lines[3]["eval"];
+    assert_eq!(lines[3]["step"], 3);
+    assert_eq!(eval["n"], 4);
+    assert!(
+        (0.0..=1.0).contains(&eval["truth"].as_f64().unwrap()),
+        "{eval}"
+    );
+    for l in &lines[..3] {
         for term in ["ce", "kd", "attn", "total"] {
             assert!(l["losses"][term].as_f64().unwrap().is_finite(), "{l}");
         }
@@ -164,5 +188,90 @@ fn distillation_runs_through_the_same_loop() {
         back.model.cfg.encoder.hidden_size, 8,
         "the checkpoint is the student"
     );
+    std::fs::remove_dir_all(d).ok();
+}
+
+fn tiny_student() -> amad::Result<Captioner> {
+    let tokenizer = amad::data::captions::tokenizer();
+    let cfg = Config::sized(tokenizer.len(), 16, (1, 8, 2), (1, 8, 2));
+    Ok(Captioner {
+        model: Model::new(gpu(), cfg, 4)?,
+        tokenizer,
+        preprocess: preprocessor::default_for(64, 8),
+    })
+}
+
+#[test]
+fn distilling_from_own_images_uses_the_teachers_captions_and_skips_bad_files() {
+    use amad::data::scenes::{Scene, Split};
+    use amad::distill::DistillConfig;
+    use amad::train::batch::ImageTargets;
+    let d = dir("images");
+    let teacher = tiny().unwrap();
+    let png = |i: u64| {
+        let s = Scene::generate(Split::Test, i);
+        let mut out = std::io::Cursor::new(vec![]);
+        image::RgbImage::from_raw(64, 64, s.render())
+            .unwrap()
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    };
+    let files = vec![
+        ("a.png".to_string(), png(0)),
+        ("notes.png".to_string(), b"not an image".to_vec()),
+        ("b.png".to_string(), png(1)),
+    ];
+    let (t, skipped) = pollster::block_on(ImageTargets::caption(gpu(), &teacher, &files)).unwrap();
+    assert_eq!(t.names, ["a.png", "b.png"]);
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].contains("notes.png"), "{skipped:?}");
+    // The targets are the teacher's own greedy captions.
+    for (i, name) in t.names.iter().enumerate() {
+        let pixels =
+            amad::data::image::decode(&files.iter().find(|f| &f.0 == name).unwrap().1, name)
+                .unwrap();
+        let own = pollster::block_on(teacher.caption(gpu(), &pixels, Default::default())).unwrap();
+        assert_eq!(t.captions[i], own);
+    }
+    let o = RunOptions {
+        steps: 2,
+        ..opts(None)
+    };
+    amad::train::distill_captioner(
+        gpu(),
+        &teacher,
+        &d,
+        &o,
+        &DistillConfig::default(),
+        &Source::Images(t),
+        tiny_student,
+    )
+    .unwrap();
+    // The alignment weights of the last step: per pair, each teacher head's row sums to 1.
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("alignment.json")).unwrap()).unwrap();
+    assert_eq!(a["step"], 2);
+    eprintln!("{a}");
+    let pairs = a["pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 3, "encoder, decoder self and cross: {a}");
+    for p in pairs {
+        let rows = p["weights"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "two teacher heads");
+        for r in rows {
+            let sum: f64 = r
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .sum();
+            assert!((sum - 1.0).abs() < 1e-5, "{p}");
+        }
+    }
+    let err = pollster::block_on(ImageTargets::caption(gpu(), &teacher, &files[1..2]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("none of the 1 files"), "{err}");
     std::fs::remove_dir_all(d).ok();
 }

@@ -29,15 +29,19 @@ commands:
         one line per image: the file name, a tab, the caption; unreadable files are reported on
         stderr (exit status 1) and the others still caption
   train-teacher --out DIR [--steps N] [--batch B] [--lr LR] [--warmup N] [--seed S]
-                [--checkpoint-every N] [--until N]
+                [--checkpoint-every N] [--until N] [--eval-every N] [--eval-n N]
         trains the default teacher on generated scenes; DIR gets the checkpoint, metrics.jsonl and
         the optimiser state, and a run started again on the same DIR resumes from its checkpoint
         (--until N stops after step N, to continue later)
   distill --teacher DIR --out DIR [--method M] [--student-layers L] [--student-width W]
           [--student-heads H] [--steps N] [--batch B] [--lr LR] [--alpha A] [--beta B] [--gamma G]
           [--temperature T] [--tau T] [--detach-weights] [--seed S] [--checkpoint-every N] [--until N]
-        distils a student from the teacher on generated scenes; M: ce, kd, one-to-one, amad-mse,
-        amad-kl (default), amad-token. Resumes like train-teacher.
+          [--images DIR] [--eval-every N] [--eval-n N]
+        distils a student from the teacher on generated scenes, or on the images in DIR with the
+        teacher's captions as targets (written to OUT/targets.jsonl); M: ce, kd, one-to-one,
+        amad-mse, amad-kl (default), amad-token. OUT/alignment.json gets the AMAD alignment weights
+        at each checkpoint; --eval-every N logs validation scores (N scenes: --eval-n, default 50)
+        to OUT/metrics.jsonl. Resumes like train-teacher.
   eval --model DIR [--split test] [--n N] [--beam N] [--json]
         BLEU-4, CIDEr-D, ROUGE-L and truth of the model's captions of generated scenes
   data export --split train|validation|test --n N --out DIR
@@ -282,6 +286,8 @@ commands:
             warmup: f.number("--warmup", 100)?,
             checkpoint_every: f.number("--checkpoint-every", 100)?,
             max_norm: 1.0,
+            eval_every: f.number("--eval-every", 0)?,
+            eval_n: f.number("--eval-n", 50)?,
         })
     }
 
@@ -310,6 +316,7 @@ commands:
         let tau: f32 = f.number("--tau", 1.0)?;
         let detach_weights = f.switch("--detach-weights");
         let seed: u64 = f.number("--seed", 2)?;
+        let images = f.value("--images")?;
         f.done()?;
         let attention = |variant| {
             Some(Options {
@@ -332,7 +339,11 @@ commands:
         };
         let gpu = gpu()?;
         let teacher = Captioner::load(&gpu, std::path::Path::new(teacher_dir))?;
-        let c = amad::train::distill_captioner(&gpu, &teacher, &out, &opts, &cfg, || {
+        let source = match images {
+            None => amad::train::Source::Scenes,
+            Some(dir) => amad::train::Source::Images(image_targets(&gpu, &teacher, dir, &out)?),
+        };
+        let c = amad::train::distill_captioner(&gpu, &teacher, &out, &opts, &cfg, &source, || {
             let t = &teacher.model.cfg;
             let mut scfg = Config::sized(
                 t.decoder.vocab_size,
@@ -360,6 +371,53 @@ commands:
             e.n, e.bleu4, e.cider_d, e.rouge_l, e.truth
         );
         Ok(())
+    }
+
+    /// The teacher's captions of the images in `dir` (non-recursive, sorted by name), also
+    /// written to `out`/targets.jsonl; unreadable files are reported and skipped.
+    fn image_targets(
+        gpu: &Gpu,
+        teacher: &amad::model::captioner::Captioner,
+        dir: &str,
+        out: &std::path::Path,
+    ) -> Result<amad::train::batch::ImageTargets> {
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::Invalid(format!("--images {dir}: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        let mut files = vec![];
+        for p in paths {
+            match std::fs::read(&p) {
+                Ok(b) => files.push((p.display().to_string(), b)),
+                Err(e) => eprintln!("amad: {}: {e} (skipped)", p.display()),
+            }
+        }
+        eprintln!("the teacher captions {} files in {dir}…", files.len());
+        let (t, skipped) = pollster::block_on(amad::train::batch::ImageTargets::caption(
+            gpu, teacher, &files,
+        ))?;
+        for s in &skipped {
+            eprintln!("amad: {s} (skipped)");
+        }
+        std::fs::create_dir_all(out)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
+        let lines: String = t
+            .names
+            .iter()
+            .zip(&t.captions)
+            .map(|(n, c)| format!("{}\n", serde_json::json!({"file": n, "caption": c})))
+            .collect();
+        let path = out.join("targets.jsonl");
+        std::fs::write(&path, lines)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        eprintln!(
+            "{} images, their captions in {}",
+            t.names.len(),
+            path.display()
+        );
+        Ok(t)
     }
 
     fn eval(mut f: Flags) -> Result<()> {

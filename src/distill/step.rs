@@ -112,6 +112,16 @@ pub enum Kind {
     Cross,
 }
 
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Encoder => "encoder",
+            Kind::DecoderSelf => "decoder-self",
+            Kind::Cross => "cross",
+        }
+    }
+}
+
 /// The alignment weights of one paired layer, [B, H_t, H_s] on the GPU.
 pub struct PairWeights {
     pub kind: Kind,

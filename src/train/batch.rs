@@ -93,3 +93,92 @@ fn tokenizer_for(cfg: &Config) -> Result<Tokenizer> {
     }
     Ok(tok)
 }
+
+/// The user's own images with the teacher's captions as targets (`amad distill --images`): the
+/// teacher captions each image once, and batches draw from them.
+pub struct ImageTargets {
+    /// File names, in order.
+    pub names: Vec<String>,
+    /// Normalised patches of each image, [N·C·P·P] on the CPU (small: 65×192 floats at 64×64).
+    pub patches: Vec<Vec<f32>>,
+    /// The teacher's caption of each image.
+    pub captions: Vec<String>,
+    /// Patches per image and values per patch.
+    pub patch_shape: [usize; 2],
+}
+
+impl ImageTargets {
+    /// Decodes and captions `files` (name, bytes) with `teacher`. Unreadable files are skipped and
+    /// returned as error messages, so one bad file never stops the run; no usable image is an error.
+    pub async fn caption(
+        gpu: &Gpu,
+        teacher: &crate::model::captioner::Captioner,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<(ImageTargets, Vec<String>)> {
+        let mut t = ImageTargets {
+            names: vec![],
+            patches: vec![],
+            captions: vec![],
+            patch_shape: [0, 0],
+        };
+        let mut skipped = vec![];
+        for (name, bytes) in files {
+            let pixels = match crate::data::image::decode(bytes, name) {
+                Ok(p) => p,
+                Err(e) => {
+                    skipped.push(e.to_string());
+                    continue;
+                }
+            };
+            let patches = teacher.patches(gpu, &pixels)?;
+            let ids = teacher
+                .model
+                .generate(gpu, &patches, crate::model::generate::Generation::default())
+                .await?;
+            let s = patches.shape();
+            t.patch_shape = [s[1], s[2]];
+            t.patches.push(patches.read(gpu).await?);
+            t.captions.push(teacher.tokenizer.decode(&ids[0]));
+            t.names.push(name.clone());
+        }
+        if t.names.is_empty() {
+            return Err(crate::Error::Invalid(format!(
+                "none of the {} files is an image amad can read (PNG, JPEG, WebP or GIF)",
+                files.len()
+            )));
+        }
+        Ok((t, skipped))
+    }
+
+    /// Batch `step`: `batch` images drawn with replacement (by the step, so a resumed run sees the
+    /// same batches), each with the teacher's caption as decoder input and target.
+    pub fn batch(
+        &self,
+        gpu: &Gpu,
+        cfg: &Config,
+        tok: &Tokenizer,
+        step: u64,
+        batch: usize,
+    ) -> Result<Batch> {
+        let len = cfg.decoder.n_positions;
+        let mut rng = Rng::new(step.wrapping_mul(0x9e37_79b9) ^ 0x1a9e5);
+        let (mut ids, mut labels, mut patches) = (vec![], vec![], vec![]);
+        for _ in 0..batch {
+            let i = rng.below(self.names.len());
+            let (a, b) = caption_ids(cfg, tok, &self.captions[i], len);
+            ids.extend(a);
+            labels.extend(b);
+            patches.extend_from_slice(&self.patches[i]);
+        }
+        let [n, d] = self.patch_shape;
+        let patches = Tensor::from_slice(gpu, &[batch, n, d], &patches)?;
+        let valid = labels.iter().map(|&l| l != IGNORE).collect();
+        Ok(Batch {
+            teacher_patches: patches.clone(),
+            student_patches: patches,
+            ids: Tensor::from_u32(gpu, &[batch, len], &ids)?,
+            labels: Tensor::from_u32(gpu, &[batch * len], &labels)?,
+            valid,
+        })
+    }
+}

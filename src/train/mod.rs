@@ -29,6 +29,9 @@ pub struct RunOptions {
     pub warmup: u64,
     pub checkpoint_every: u64,
     pub max_norm: f32,
+    /// Evaluate on the validation split every this many steps (0: never), on `eval_n` scenes.
+    pub eval_every: u64,
+    pub eval_n: usize,
 }
 
 /// Linear warmup, then cosine decay to a tenth of the peak.
@@ -191,6 +194,29 @@ pub fn run_loop(
             (eta / 60.0).floor(),
             eta % 60.0
         );
+        if opts.eval_every > 0 && (step + 1) % opts.eval_every == 0 {
+            let e = pollster::block_on(evaluate(
+                gpu,
+                c,
+                Split::Validation,
+                opts.eval_n,
+                Generation::default(),
+            ))?;
+            let line = serde_json::json!({
+                "step": step + 1,
+                "eval": {"split": "validation", "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth},
+            });
+            writeln!(log, "{line}")
+                .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
+            eprintln!(
+                "\nstep {}: validation ({} scenes) BLEU-4 {:.4}  CIDEr-D {:.4}  truth {:.4}",
+                step + 1,
+                e.n,
+                e.bleu4,
+                e.cider_d,
+                e.truth
+            );
+        }
         if (step + 1) % opts.checkpoint_every == 0 || step + 1 == end {
             pollster::block_on(checkpoint(gpu, c, opt, step + 1, dir))?;
         }
@@ -281,16 +307,27 @@ pub fn train_captioner(
     })
 }
 
-/// Distils a student from `teacher` on the scene stream with the loss `cfg`, into `dir` (see
-/// `run_captioner`). The teacher and the student must share the image size and vocabulary.
+/// Where a distillation run's batches come from.
+pub enum Source {
+    /// The generated scene stream, one reference caption per scene.
+    Scenes,
+    /// The user's own images, the teacher's captions as targets.
+    Images(batch::ImageTargets),
+}
+
+/// Distils a student from `teacher` on `source` with the loss `cfg`, into `dir` (see
+/// `run_captioner`). The teacher and the student must share the image size and vocabulary. At
+/// each checkpoint `alignment.json` gets the alignment weights of the step (mean over its batch).
 pub fn distill_captioner(
     gpu: &Gpu,
     teacher: &Captioner,
     dir: &Path,
     opts: &RunOptions,
     cfg: &crate::distill::DistillConfig,
+    source: &Source,
     fresh: impl FnOnce() -> Result<Captioner>,
 ) -> Result<Captioner> {
+    let end = opts.until.map_or(opts.steps, |u| u.min(opts.steps));
     run_captioner(
         gpu,
         dir,
@@ -298,20 +335,57 @@ pub fn distill_captioner(
         &["ce", "kd", "attn", "total"],
         fresh,
         |c, opt, step| {
-            let (b, _) = batch::scene_batch(
-                gpu,
-                &c.model.cfg,
-                &c.preprocess,
-                Split::Train,
-                step,
-                opts.batch,
-            )?;
+            let b = match source {
+                Source::Scenes => {
+                    batch::scene_batch(
+                        gpu,
+                        &c.model.cfg,
+                        &c.preprocess,
+                        Split::Train,
+                        step,
+                        opts.batch,
+                    )?
+                    .0
+                }
+                Source::Images(t) => t.batch(gpu, &c.model.cfg, &c.tokenizer, step, opts.batch)?,
+            };
             let mut s = gpu.step();
             let out = crate::distill::distill_step(&mut s, &teacher.model, &c.model, opt, &b, cfg)?;
             s.submit()?;
+            if !out.weights.is_empty()
+                && ((step + 1) % opts.checkpoint_every == 0 || step + 1 == end)
+            {
+                write_alignment(gpu, &out.weights, step + 1, dir)?;
+            }
             Ok(out.terms)
         },
     )
+}
+
+/// `alignment.json`: per paired layer, the alignment weights [H_t][H_s] averaged over the batch.
+fn write_alignment(
+    gpu: &Gpu,
+    pairs: &[crate::distill::step::PairWeights],
+    step: u64,
+    dir: &Path,
+) -> Result<()> {
+    let mut out = vec![];
+    for p in pairs {
+        let s = p.weights.shape();
+        let w = pollster::block_on(p.mean_over_batch(gpu))?;
+        out.push(serde_json::json!({
+            "kind": p.kind.name(),
+            "student_layer": p.student_layer,
+            "teacher_layer": p.teacher_layer,
+            "weights": w.chunks(s[2]).collect::<Vec<_>>(),
+        }));
+    }
+    let path = dir.join("alignment.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({"step": step, "pairs": out}).to_string(),
+    )
+    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// Scores of generated captions on scenes 0..n of a split.
