@@ -16,7 +16,6 @@ pub mod model;
 pub mod ops;
 pub mod reference;
 pub mod rng;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod train;
 
 pub use error::{Error, Result};

@@ -200,6 +200,7 @@ fn ignorable(name: &str) -> bool {
 }
 
 /// One GPU tensor per spec of a layout, in the layout's order.
+#[derive(Clone)]
 pub struct Weights {
     pub tensors: Vec<Tensor>,
 }

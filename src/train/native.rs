@@ -1,0 +1,285 @@
+//! The native training loop: checkpoints on disk, a progress line on stderr, a JSONL log.
+
+use super::*;
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+/// The optimiser's state beside the checkpoint: moments and the step count.
+const STATE: &str = "train_state.safetensors";
+
+/// Writes the captioner and the optimiser state into `dir`; `step` steps are done.
+pub async fn checkpoint(
+    gpu: &Gpu,
+    c: &Captioner,
+    opt: &Optimizer,
+    step: u64,
+    dir: &Path,
+) -> Result<()> {
+    c.save(gpu, dir).await?;
+    let out = optimizer_state(gpu, c, opt.moments(), step).await?;
+    // Write then rename, so an interrupted write never leaves a half state behind.
+    let tmp = dir.join(format!("{STATE}.tmp"));
+    std::fs::write(&tmp, out).map_err(|e| Error::Invalid(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, dir.join(STATE))
+        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))
+}
+
+/// Restores the optimiser state saved in `dir`; returns the steps done.
+pub fn restore(gpu: &Gpu, c: &Captioner, opt: &mut Optimizer, dir: &Path) -> Result<u64> {
+    let path = dir.join(STATE);
+    let bytes =
+        std::fs::read(&path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    restore_state(gpu, c, opt, &bytes, &path.display().to_string())
+}
+
+/// One line of the metrics log and the progress line.
+pub struct Progress {
+    pub step: u64,
+    pub terms: Vec<(&'static str, f32)>,
+    pub lr: f32,
+}
+
+/// Runs `record` for steps `start..opts.steps`, each one submission that returns its loss terms
+/// (the last term is the total); checkpoints, logs, shows progress, and stops on a non-finite loss.
+#[allow(clippy::too_many_arguments)]
+pub fn run_loop(
+    gpu: &Gpu,
+    c: &Captioner,
+    opt: &mut Optimizer,
+    opts: &RunOptions,
+    dir: &Path,
+    start: u64,
+    names: &[&'static str],
+    mut record: impl FnMut(&mut Optimizer, u64) -> Result<Tensor>,
+) -> Result<()> {
+    let log_path = dir.join("metrics.jsonl");
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
+    let began = Instant::now();
+    let end = opts.until.map_or(opts.steps, |u| u.min(opts.steps));
+    for step in start..end {
+        opt.cfg.lr = learning_rate(opts, step);
+        let terms = pollster::block_on(record(opt, step)?.read(gpu))?;
+        if let Some(bad) = terms.iter().find(|v| !v.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "step {}: the loss is {bad}; stopped. The checkpoint in {} (from step {}) is the last good one; lower --lr to continue",
+                step + 1,
+                dir.display(),
+                step - step % opts.checkpoint_every
+            )));
+        }
+        let p = Progress {
+            step: step + 1,
+            terms: names.iter().copied().zip(terms.iter().copied()).collect(),
+            lr: opt.cfg.lr,
+        };
+        let line = serde_json::json!({
+            "step": p.step,
+            "lr": p.lr,
+            "losses": p.terms.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "seconds": began.elapsed().as_secs_f64(),
+        });
+        writeln!(log, "{line}")
+            .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
+        let done = (step + 1 - start) as f64;
+        let rate = done / began.elapsed().as_secs_f64();
+        let eta = (opts.steps - step - 1) as f64 / rate;
+        let losses: Vec<String> = p.terms.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
+        eprint!(
+            "\rstep {}/{} | {} | lr {:.2e} | {rate:.2} steps/s | ETA {:.0}m{:02.0}s   ",
+            p.step,
+            opts.steps,
+            losses.join(" | "),
+            p.lr,
+            (eta / 60.0).floor(),
+            eta % 60.0
+        );
+        if opts.eval_every > 0 && (step + 1) % opts.eval_every == 0 {
+            let e = pollster::block_on(evaluate(
+                gpu,
+                c,
+                Split::Validation,
+                opts.eval_n,
+                Generation::default(),
+            ))?;
+            let line = serde_json::json!({
+                "step": step + 1,
+                "eval": {"split": "validation", "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth},
+            });
+            writeln!(log, "{line}")
+                .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
+            eprintln!(
+                "\nstep {}: validation ({} scenes) BLEU-4 {:.4}  CIDEr-D {:.4}  truth {:.4}",
+                step + 1,
+                e.n,
+                e.bleu4,
+                e.cider_d,
+                e.truth
+            );
+        }
+        if (step + 1) % opts.checkpoint_every == 0 || step + 1 == end {
+            pollster::block_on(checkpoint(gpu, c, opt, step + 1, dir))?;
+        }
+    }
+    eprintln!();
+    Ok(())
+}
+
+/// Runs a training loop for the captioner checkpointed in `dir`: resumes from the checkpoint there
+/// if there is one, otherwise starts from `fresh()`. `record(captioner, optimiser, step)` records
+/// and submits one step and returns its loss terms, named by `names` (the last is the total).
+fn run_captioner(
+    gpu: &Gpu,
+    dir: &Path,
+    opts: &RunOptions,
+    names: &[&'static str],
+    fresh: impl FnOnce() -> Result<Captioner>,
+    mut record: impl FnMut(&Captioner, &mut Optimizer, u64) -> Result<Tensor>,
+) -> Result<Captioner> {
+    use crate::ops::optim::AdamW;
+    if opts.steps == 0
+        || opts.batch == 0
+        || opts.checkpoint_every == 0
+        || opts.lr.is_nan()
+        || opts.lr <= 0.0
+    {
+        return Err(Error::Invalid(
+            "steps, batch, checkpoint interval and learning rate must be positive".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    let resuming = dir.join(STATE).exists();
+    let c = if resuming {
+        Captioner::load(gpu, dir)?
+    } else {
+        fresh()?
+    };
+    let mut opt = Optimizer::new(
+        gpu,
+        &c.model.layout,
+        AdamW {
+            lr: opts.lr,
+            ..AdamW::default()
+        },
+        opts.max_norm,
+    )?;
+    let start = if resuming {
+        restore(gpu, &c, &mut opt, dir)?
+    } else {
+        0
+    };
+    eprintln!(
+        "{} {} parameters in {} at step {start} of {}, on {}",
+        if resuming { "resuming" } else { "training" },
+        c.model.layout.param_count(),
+        dir.display(),
+        opts.steps,
+        gpu.describe()
+    );
+    run_loop(gpu, &c, &mut opt, opts, dir, start, names, |opt, step| {
+        record(&c, opt, step)
+    })?;
+    Ok(c)
+}
+
+/// Trains a captioner on the scene stream with cross-entropy, into `dir` (see `run_captioner`).
+pub fn train_captioner(
+    gpu: &Gpu,
+    dir: &Path,
+    opts: &RunOptions,
+    fresh: impl FnOnce() -> Result<Captioner>,
+) -> Result<Captioner> {
+    run_captioner(gpu, dir, opts, &["ce"], fresh, |c, opt, step| {
+        let (b, _) = batch::scene_batch(
+            gpu,
+            &c.model.cfg,
+            &c.preprocess,
+            Split::Train,
+            step,
+            opts.batch,
+        )?;
+        let mut s = gpu.step();
+        let loss = c
+            .model
+            .train_step(&mut s, opt, &b.teacher_patches, &b.ids, &b.labels)?;
+        s.submit()?;
+        Ok(loss)
+    })
+}
+
+/// Distils a student from `teacher` on `source` with the loss `cfg`, into `dir` (see
+/// `run_captioner`). The teacher and the student must share the image size and vocabulary. At
+/// each checkpoint `alignment.json` gets the alignment weights of the step (mean over its batch).
+pub fn distill_captioner(
+    gpu: &Gpu,
+    teacher: &Captioner,
+    dir: &Path,
+    opts: &RunOptions,
+    cfg: &crate::distill::DistillConfig,
+    source: &Source,
+    fresh: impl FnOnce() -> Result<Captioner>,
+) -> Result<Captioner> {
+    let end = opts.until.map_or(opts.steps, |u| u.min(opts.steps));
+    run_captioner(
+        gpu,
+        dir,
+        opts,
+        &["ce", "kd", "attn", "total"],
+        fresh,
+        |c, opt, step| {
+            let b = match source {
+                Source::Scenes => {
+                    batch::scene_batch(
+                        gpu,
+                        &c.model.cfg,
+                        &c.preprocess,
+                        Split::Train,
+                        step,
+                        opts.batch,
+                    )?
+                    .0
+                }
+                Source::Images(t) => t.batch(gpu, &c.model.cfg, &c.tokenizer, step, opts.batch)?,
+            };
+            let mut s = gpu.step();
+            let out = crate::distill::distill_step(&mut s, &teacher.model, &c.model, opt, &b, cfg)?;
+            s.submit()?;
+            if !out.weights.is_empty()
+                && ((step + 1) % opts.checkpoint_every == 0 || step + 1 == end)
+            {
+                write_alignment(gpu, &out.weights, step + 1, dir)?;
+            }
+            Ok(out.terms)
+        },
+    )
+}
+
+/// `alignment.json`: per paired layer, the alignment weights [H_t][H_s] averaged over the batch.
+fn write_alignment(
+    gpu: &Gpu,
+    pairs: &[crate::distill::step::PairWeights],
+    step: u64,
+    dir: &Path,
+) -> Result<()> {
+    let mut out = vec![];
+    for p in pairs {
+        let s = p.weights.shape();
+        let w = pollster::block_on(p.mean_over_batch(gpu))?;
+        out.push(serde_json::json!({
+            "kind": p.kind.name(),
+            "student_layer": p.student_layer,
+            "teacher_layer": p.teacher_layer,
+            "weights": w.chunks(s[2]).collect::<Vec<_>>(),
+        }));
+    }
+    let path = dir.join("alignment.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({"step": step, "pairs": out}).to_string(),
+    )
+    .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+}
