@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test amad. Idempotent: each step
-# checks first. `--web` also installs the page's build tools (trunk, wasm-bindgen-cli).
+# checks first. `--web` also installs the page's build tools (trunk, wasm-bindgen-cli); `--browser`
+# adds what the page's tests need (Debian's chromium, playwright-core from npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_web=0
-[ "${1:-}" = "--web" ] && want_web=1
+want_browser=0
+for a in "$@"; do
+  case "$a" in
+    --web) want_web=1 ;;
+    --browser) want_web=1; want_browser=1 ;;
+  esac
+done
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -36,5 +43,23 @@ if [ "$want_web" = 1 ]; then
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $wb\$"; then
     echo "setup: installing wasm-bindgen-cli $wb"
     cargo install wasm-bindgen-cli@"$wb"
+  fi
+fi
+
+if [ "$want_browser" = 1 ]; then
+  # Debian's chromium (its WebGPU runs on SwiftShader without a GPU) and playwright-core, which
+  # drives it without downloading a browser of its own.
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing chromium (for the page's tests)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+  fi
+  if ! command -v node >/dev/null 2>&1; then
+    echo "setup: installing nodejs and npm"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    (cd tests/browser && npm ci --no-audit --no-fund --silent)
   fi
 fi

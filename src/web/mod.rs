@@ -1,34 +1,93 @@
-//! The browser entry point. This opens the user's GPU through WebGPU, proves it computes with a
-//! small matmul read back asynchronously, and reports the adapter, or says plainly what is
-//! missing; the caption and distill tabs build on it.
+//! The browser side. All GPU work runs in a Web Worker (www/worker.js) that calls these exports;
+//! the page (www/app.js) only draws, so it stays responsive while a student trains.
+//!
+//! wasm-bindgen's async exports cannot borrow, so the state (device, loaded models, the
+//! distillation run) lives in a thread-local; each export takes what it needs as `Rc`s and lets go
+//! of the `RefCell` before it awaits.
 
-use crate::ops::matmul::matmul;
-use crate::{Error, Gpu, Result, Tensor};
+use crate::data::scenes::{Scene, Split};
+use crate::distill::DistillConfig;
+use crate::model::captioner::{Captioner, CheckpointFiles};
+use crate::model::generate::Generation;
+use crate::model::{Config, Model, Optimizer};
+use crate::ops::amad::{Options, Variant};
+use crate::ops::optim::AdamW;
+use crate::train::{batch, learning_rate, RunOptions};
+use crate::{Error, Gpu, Result};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 
-fn element(id: &str) -> Option<web_sys::Element> {
-    web_sys::window()?.document()?.get_element_by_id(id)
+/// A distillation in progress.
+struct Run {
+    teacher: Rc<Captioner>,
+    student: Rc<Captioner>,
+    opt: Optimizer,
+    opts: RunOptions,
+    cfg: DistillConfig,
+    /// The options as the page sent them, kept with checkpoints so a resumed run is the same run.
+    options_json: String,
+    step: u64,
+    /// The user's own images with the teacher's captions (`None`: generated scenes).
+    images: Option<batch::ImageTargets>,
 }
 
-fn set_text(id: &str, text: &str) {
-    if let Some(el) = element(id) {
-        el.set_text_content(Some(text));
-    }
+#[derive(Default)]
+struct State {
+    gpu: Option<Rc<Gpu>>,
+    models: HashMap<String, Rc<Captioner>>,
+    run: Option<Rc<RefCell<Run>>>,
 }
 
-fn show_missing(text: &str) {
-    set_text("webgpu-missing", text);
-    if let Some(el) = element("webgpu-missing") {
-        let _ = el.remove_attribute("hidden");
-    }
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn js(e: Error) -> JsError {
+    JsError::new(&e.to_string())
+}
+
+fn gpu() -> Result<Rc<Gpu>> {
+    STATE
+        .with(|s| s.borrow().gpu.clone())
+        .ok_or_else(|| Error::Gpu("the GPU is not open yet".into()))
+}
+
+fn model(name: &str) -> Result<Rc<Captioner>> {
+    STATE
+        .with(|s| s.borrow().models.get(name).cloned())
+        .ok_or_else(|| Error::Invalid(format!("no model named {name:?} is loaded")))
+}
+
+fn run() -> Result<Rc<RefCell<Run>>> {
+    STATE
+        .with(|s| s.borrow().run.clone())
+        .ok_or_else(|| Error::Invalid("no distillation run: start one first".into()))
+}
+
+/// Opens the GPU and proves it computes (a small matmul read back); returns JSON with the
+/// adapter's description and the limits that bound model sizes. A browser without WebGPU, or
+/// with no adapter behind it, gets an error that says so.
+#[wasm_bindgen]
+pub async fn open_gpu() -> std::result::Result<String, JsError> {
+    let gpu = Gpu::new().await.map_err(js)?;
+    self_test(&gpu).await.map_err(js)?;
+    let out = serde_json::json!({
+        "adapter": gpu.describe(),
+        "max_binding_bytes": gpu.max_binding(),
+    });
+    STATE.with(|s| s.borrow_mut().gpu = Some(Rc::new(gpu)));
+    Ok(out.to_string())
 }
 
 /// [[1 2 3] [4 5 6]] · [[7 8] [9 10] [11 12]] on the GPU, read back without blocking.
 async fn self_test(gpu: &Gpu) -> Result<()> {
+    use crate::Tensor;
     let a = Tensor::from_slice(gpu, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
     let b = Tensor::from_slice(gpu, &[3, 2], &[7.0, 8.0, 9.0, 10.0, 11.0, 12.0])?;
     let mut step = gpu.step();
-    let c = matmul(&mut step, &a, &b, false, false, None)?;
+    let c = crate::ops::matmul::matmul(&mut step, &a, &b, false, false, None)?;
     step.submit()?;
     let got = c.read(gpu).await?;
     if got != [58.0, 64.0, 139.0, 154.0] {
@@ -39,20 +98,493 @@ async fn self_test(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
-#[wasm_bindgen(start)]
-pub fn start() {
-    wasm_bindgen_futures::spawn_local(async {
-        let gpu = match Gpu::new().await {
-            Ok(gpu) => gpu,
-            Err(e) => return show_missing(&e.to_string()),
-        };
-        set_text("adapter", &format!("GPU: {}", gpu.describe()));
-        match self_test(&gpu).await {
-            Ok(()) => set_text(
-                "gpu-self-test",
-                "GPU self-test passed (matmul on your GPU, read back).",
-            ),
-            Err(e) => show_missing(&e.to_string()),
+fn summary(c: &Captioner) -> String {
+    let (e, d) = (&c.model.cfg.encoder, &c.model.cfg.decoder);
+    serde_json::json!({
+        "parameters": c.model.layout.param_count(),
+        "encoder": [e.num_hidden_layers, e.hidden_size, e.num_attention_heads],
+        "decoder": [d.n_layer, d.n_embd, d.n_head],
+        "image_size": e.image_size,
+        "patch_size": e.patch_size,
+    })
+    .to_string()
+}
+
+/// Loads a checkpoint (its four files) as model `name`; returns a JSON summary of its sizes.
+#[wasm_bindgen]
+pub fn load_model(
+    name: &str,
+    config: &str,
+    weights: &[u8],
+    preprocessor: &str,
+    tokenizer: &str,
+) -> std::result::Result<String, JsError> {
+    let gpu = gpu().map_err(js)?;
+    let files = CheckpointFiles {
+        config,
+        weights,
+        preprocessor,
+        tokenizer,
+    };
+    let c = Captioner::from_files(&gpu, &files, name).map_err(js)?;
+    let out = summary(&c);
+    STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), Rc::new(c)));
+    Ok(out)
+}
+
+/// Captions an image file's bytes with model `name`. Returns JSON: the caption, its words, and
+/// per word the cross-attention over the image patches (mean over layers and heads, at the
+/// position that produced the word) as a grid × grid map.
+#[wasm_bindgen]
+pub async fn caption(name: &str, image: &[u8], file: &str) -> std::result::Result<String, JsError> {
+    caption_inner(name, image, file).await.map_err(js)
+}
+
+async fn caption_inner(name: &str, image: &[u8], file: &str) -> Result<String> {
+    let gpu = gpu()?;
+    let c = model(name)?;
+    let pixels = crate::data::image::decode(image, file)?;
+    let patches = c.patches(&gpu, &pixels)?;
+    let ids = c
+        .model
+        .generate(&gpu, &patches, Generation::default())
+        .await?
+        .remove(0);
+    let words: Vec<String> = ids.iter().map(|&i| c.tokenizer.decode(&[i])).collect();
+    // Teacher-forced forward over [start, w1 .. wn]: position l's cross-attention produced w(l+1).
+    let mut input = vec![c.model.cfg.decoder_start_token_id];
+    input.extend(&ids);
+    input.truncate(c.model.cfg.decoder.n_positions);
+    let mut step = gpu.step();
+    let id_tensor = step.upload_u32(&[1, input.len()], &input)?;
+    let fwd = c.model.forward(&mut step, &patches, &id_tensor)?;
+    step.submit()?;
+    let e = &c.model.cfg.encoder;
+    let (tokens, len) = (e.tokens(), input.len());
+    let mut heat = vec![vec![0f32; tokens - 1]; words.len().min(len)];
+    let maps = fwd.cross_attentions();
+    let layers = maps.len();
+    for m in maps {
+        let heads = m.shape()[1];
+        let v = m.read(&gpu).await?;
+        for (w, row) in heat.iter_mut().enumerate() {
+            for h in 0..heads {
+                let base = (h * len + w) * tokens;
+                // Token 0 is the CLS token: no place in the image.
+                for (p, x) in row.iter_mut().enumerate() {
+                    *x += v[base + 1 + p] / (heads * layers) as f32;
+                }
+            }
         }
+    }
+    Ok(serde_json::json!({
+        "caption": c.tokenizer.decode(&ids),
+        "words": words,
+        "grid": e.image_size / e.patch_size,
+        "heat": heat,
+    })
+    .to_string())
+}
+
+/// A random scene from the models' training domain (test split, scene `index`) as PNG bytes.
+#[wasm_bindgen]
+pub fn scene_png(index: u32) -> std::result::Result<Vec<u8>, JsError> {
+    let s = Scene::generate(Split::Test, index as u64);
+    let size = crate::data::scenes::SIZE as u32;
+    let img = image::RgbImage::from_raw(size, size, s.render())
+        .ok_or_else(|| JsError::new("scene render has the wrong size"))?;
+    let mut out = std::io::Cursor::new(vec![]);
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .map_err(|e| JsError::new(&e.to_string()))?;
+    Ok(out.into_inner())
+}
+
+/// The reference captions of that scene, as a JSON list.
+#[wasm_bindgen]
+pub fn scene_references(index: u32) -> String {
+    let s = Scene::generate(Split::Test, index as u64);
+    serde_json::json!(crate::data::captions::references(&s)).to_string()
+}
+
+/// A run as the page describes it.
+struct PageOptions {
+    opts: RunOptions,
+    cfg: DistillConfig,
+    /// Student (layers, width, heads).
+    shape: (usize, usize, usize),
+    seed: u64,
+}
+
+/// The options of a run, from the page's JSON (missing fields take the CLI's defaults).
+fn parse_options(json: &str) -> Result<PageOptions> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Error::Invalid(format!("distillation options: {e}")))?;
+    let num = |k: &str, d: f64| v.get(k).and_then(|x| x.as_f64()).unwrap_or(d);
+    let int = |k: &str, d: u64| -> Result<u64> {
+        let x = num(k, d as f64);
+        if x < 0.0 || x.fract() != 0.0 {
+            return Err(Error::Invalid(format!(
+                "{k} must be a whole number, got {x}"
+            )));
+        }
+        Ok(x as u64)
+    };
+    let opts = RunOptions {
+        steps: int("steps", 500)?,
+        until: None,
+        batch: int("batch", 8)? as usize,
+        lr: num("lr", 2e-3) as f32,
+        warmup: int("warmup", 20)?,
+        checkpoint_every: int("checkpoint_every", 50)?,
+        max_norm: 1.0,
+        eval_every: int("eval_every", 0)?,
+        eval_n: int("eval_n", 20)? as usize,
+    };
+    if opts.steps == 0
+        || opts.batch == 0
+        || opts.lr.is_nan()
+        || opts.lr <= 0.0
+        || opts.checkpoint_every == 0
+    {
+        return Err(Error::Invalid(
+            "steps, batch, learning rate and checkpoint interval must be positive".into(),
+        ));
+    }
+    let d = DistillConfig::default();
+    let mut cfg = DistillConfig {
+        alpha: num("alpha", d.alpha as f64) as f32,
+        beta: num("beta", d.beta as f64) as f32,
+        gamma: num("gamma", d.gamma as f64) as f32,
+        temperature: num("temperature", d.temperature as f64) as f32,
+        ..d
+    };
+    let attention = |variant| {
+        Some(Options {
+            variant,
+            tau: num("tau", 1.0) as f32,
+            detach_weights: v.get("detach").and_then(|x| x.as_bool()).unwrap_or(false),
+        })
+    };
+    let method = v
+        .get("method")
+        .and_then(|m| m.as_str())
+        .unwrap_or("amad-kl");
+    cfg.attention = match method {
+        "ce" => {
+            cfg.beta = 0.0;
+            None
+        }
+        "kd" => None,
+        "one-to-one" => attention(Variant::OneToOneKl),
+        "amad-mse" => attention(Variant::Mse),
+        "amad-kl" => attention(Variant::Kl),
+        "amad-token" => attention(Variant::TokenKl),
+        other => {
+            return Err(Error::Invalid(format!(
+            "unknown method {other:?}; choose ce, kd, one-to-one, amad-mse, amad-kl or amad-token"
+        )))
+        }
+    };
+    let shape = (
+        int("layers", 2)? as usize,
+        int("width", 64)? as usize,
+        int("heads", 2)? as usize,
+    );
+    if shape.0 == 0 || shape.2 == 0 || shape.1 == 0 || !shape.1.is_multiple_of(shape.2) {
+        return Err(Error::Invalid(format!(
+            "the student needs at least one layer and head, and a width divisible by its heads (got {} layers, width {}, {} heads)",
+            shape.0, shape.1, shape.2
+        )));
+    }
+    Ok(PageOptions {
+        opts,
+        cfg,
+        shape,
+        seed: int("seed", 2)?,
+    })
+}
+
+fn student_config(teacher: &Captioner, (layers, width, heads): (usize, usize, usize)) -> Config {
+    let t = &teacher.model.cfg;
+    let mut s = Config::sized(
+        t.decoder.vocab_size,
+        t.decoder.n_positions,
+        (layers, width, heads),
+        (layers, width, heads),
+    );
+    s.encoder.image_size = t.encoder.image_size;
+    s.encoder.patch_size = t.encoder.patch_size;
+    s
+}
+
+/// Starts a distillation run from model "teacher" with the page's options (JSON: layers, width,
+/// heads, method, steps, batch, lr, warmup, alpha, beta, gamma, temperature, tau, detach, seed,
+/// checkpoint_every). With `resume` (a checkpoint from `checkpoint`: the student's files and the
+/// optimiser state) it continues that run instead. Returns a JSON summary of the student.
+#[wasm_bindgen]
+pub fn distill_start(
+    options: &str,
+    resume_config: Option<String>,
+    resume_weights: Option<Vec<u8>>,
+    resume_state: Option<Vec<u8>>,
+) -> std::result::Result<String, JsError> {
+    distill_start_inner(options, resume_config, resume_weights, resume_state).map_err(js)
+}
+
+fn distill_start_inner(
+    options: &str,
+    resume_config: Option<String>,
+    resume_weights: Option<Vec<u8>>,
+    resume_state: Option<Vec<u8>>,
+) -> Result<String> {
+    let gpu = gpu()?;
+    let teacher = model("teacher")?;
+    let PageOptions {
+        opts,
+        cfg,
+        shape,
+        seed,
+    } = parse_options(options)?;
+    let model = match (&resume_config, &resume_weights) {
+        (Some(c), Some(w)) => Model::from_bytes(&gpu, c, w, "the saved run")?,
+        _ => Model::new(&gpu, student_config(&teacher, shape), seed)?,
+    };
+    let student = Captioner {
+        model,
+        tokenizer: teacher.tokenizer.clone(),
+        preprocess: teacher.preprocess.clone(),
+    };
+    let mut opt = Optimizer::new(
+        &gpu,
+        &student.model.layout,
+        AdamW {
+            lr: opts.lr,
+            ..AdamW::default()
+        },
+        opts.max_norm,
+    )?;
+    let step = match &resume_state {
+        Some(bytes) => {
+            crate::train::restore_state(&gpu, &student, &mut opt, bytes, "the saved run")?
+        }
+        None => 0,
+    };
+    // Would the largest activation of a step fit this device? (The encoder's attention maps.)
+    let e = &teacher.model.cfg.encoder;
+    let maps =
+        opts.batch as u64 * e.num_attention_heads as u64 * (e.tokens() * e.tokens()) as u64 * 4;
+    if maps > gpu.max_binding() {
+        return Err(Error::TooLarge {
+            what: format!("the teacher's attention maps at batch {}", opts.batch),
+            bytes: maps,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: gpu.max_binding(),
+        });
+    }
+    let out = summary(&student);
+    let previous_images = STATE.with(|s| {
+        s.borrow()
+            .run
+            .as_ref()
+            .and_then(|r| r.borrow_mut().images.take())
     });
+    let r = Run {
+        teacher,
+        student: Rc::new(student),
+        opt,
+        opts,
+        cfg,
+        options_json: options.to_string(),
+        step,
+        images: previous_images,
+    };
+    STATE.with(|s| s.borrow_mut().run = Some(Rc::new(RefCell::new(r))));
+    Ok(out)
+}
+
+/// Uses the user's own images for the current run: the teacher captions each (the targets).
+/// `files` is an array of [name, Uint8Array]. Returns JSON: the captions and the skipped files.
+#[wasm_bindgen]
+pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String, JsError> {
+    let gpu = gpu().map_err(js)?;
+    let teacher = model("teacher").map_err(js)?;
+    let mut list = vec![];
+    for f in files.iter() {
+        let pair = js_sys::Array::from(&f);
+        let name = pair.get(0).as_string().unwrap_or_default();
+        let bytes = js_sys::Uint8Array::new(&pair.get(1)).to_vec();
+        list.push((name, bytes));
+    }
+    let (t, skipped) = batch::ImageTargets::caption(&gpu, &teacher, &list)
+        .await
+        .map_err(js)?;
+    let out = serde_json::json!({
+        "images": t.names.iter().zip(&t.captions).map(|(n, c)| serde_json::json!({"file": n, "caption": c})).collect::<Vec<_>>(),
+        "skipped": skipped,
+    });
+    let r = run().map_err(js)?;
+    r.borrow_mut().images = Some(t);
+    Ok(out.to_string())
+}
+
+/// Uses generated scenes again for the current run.
+#[wasm_bindgen]
+pub fn distill_scenes() -> std::result::Result<(), JsError> {
+    run().map_err(js)?.borrow_mut().images = None;
+    Ok(())
+}
+
+/// One distillation step. Returns JSON: step, steps, lr, the loss terms, and with `weights` the
+/// alignment weights (teacher heads × student heads, mean over the batch) of every paired layer.
+#[wasm_bindgen]
+pub async fn distill_step(weights: bool) -> std::result::Result<String, JsError> {
+    distill_step_inner(weights).await.map_err(js)
+}
+
+async fn distill_step_inner(with_weights: bool) -> Result<String> {
+    let gpu = gpu()?;
+    let r = run()?;
+    // Record and submit under the borrow; read back after letting it go.
+    let (out, step, steps, lr) = {
+        let mut guard = r.borrow_mut();
+        let run = &mut *guard;
+        if run.step >= run.opts.steps {
+            return Err(Error::Invalid(format!(
+                "the run is complete ({} steps)",
+                run.opts.steps
+            )));
+        }
+        let step = run.step;
+        run.opt.cfg.lr = learning_rate(&run.opts, step);
+        let c = &run.student;
+        let b = match &run.images {
+            None => {
+                batch::scene_batch(
+                    &gpu,
+                    &c.model.cfg,
+                    &c.preprocess,
+                    Split::Train,
+                    step,
+                    run.opts.batch,
+                )?
+                .0
+            }
+            Some(t) => t.batch(&gpu, &c.model.cfg, &c.tokenizer, step, run.opts.batch)?,
+        };
+        let mut s = gpu.step();
+        let out = crate::distill::distill_step(
+            &mut s,
+            &run.teacher.model,
+            &c.model,
+            &mut run.opt,
+            &b,
+            &run.cfg,
+        )?;
+        s.submit()?;
+        run.step += 1;
+        (out, run.step, run.opts.steps, run.opt.cfg.lr)
+    };
+    let terms = out.terms.read(&gpu).await?;
+    if let Some(bad) = terms.iter().find(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "step {step}: the loss is {bad}; the run stopped. Resume from the last checkpoint with a lower learning rate"
+        )));
+    }
+    let mut pairs = vec![];
+    if with_weights {
+        for p in &out.weights {
+            let s = p.weights.shape().to_vec();
+            let w = p.mean_over_batch(&gpu).await?;
+            pairs.push(serde_json::json!({
+                "kind": p.kind.name(),
+                "student_layer": p.student_layer,
+                "teacher_layer": p.teacher_layer,
+                "weights": w.chunks(s[2]).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    Ok(serde_json::json!({
+        "step": step,
+        "steps": steps,
+        "lr": lr,
+        "terms": {"ce": terms[0], "kd": terms[1], "attn": terms[2], "total": terms[3]},
+        "alignment": pairs,
+    })
+    .to_string())
+}
+
+/// Validation BLEU-4, CIDEr-D, ROUGE-L and truth of the run's student on `n` scenes (JSON).
+#[wasm_bindgen]
+pub async fn distill_eval(n: u32) -> std::result::Result<String, JsError> {
+    let gpu = gpu().map_err(js)?;
+    let (student, step) = {
+        let r = run().map_err(js)?;
+        let r = r.borrow();
+        (r.student.clone(), r.step)
+    };
+    let e = crate::train::evaluate(
+        &gpu,
+        &student,
+        Split::Validation,
+        n.max(1) as usize,
+        Generation::default(),
+    )
+    .await
+    .map_err(js)?;
+    Ok(serde_json::json!({"step": step, "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth}).to_string())
+}
+
+/// The run's student checkpoint: an object with config, weights (model.safetensors bytes),
+/// preprocessor, tokenizer (the four files the CLI and transformers read), plus state (the
+/// optimiser's moments), step and options, for resuming.
+#[wasm_bindgen]
+pub async fn checkpoint() -> std::result::Result<js_sys::Object, JsError> {
+    let gpu = gpu().map_err(js)?;
+    let r = run().map_err(js)?;
+    let (student, step, options) = {
+        let r = r.borrow();
+        (r.student.clone(), r.step, r.options_json.clone())
+    };
+    let weights = student
+        .model
+        .weights
+        .to_safetensors(&gpu, &student.model.layout)
+        .await
+        .map_err(js)?;
+    // The moments are cloned handles, taken under a short borrow.
+    let (m, v) = {
+        let guard = r.borrow();
+        let (m, v) = guard.opt.moments();
+        (m.clone(), v.clone())
+    };
+    let state = crate::train::optimizer_state(&gpu, &student, (&m, &v), step)
+        .await
+        .map_err(js)?;
+    let o = js_sys::Object::new();
+    let set = |k: &str, v: JsValue| js_sys::Reflect::set(&o, &k.into(), &v).map(|_| ());
+    let bytes = |b: &[u8]| JsValue::from(js_sys::Uint8Array::from(b));
+    (|| -> std::result::Result<(), JsValue> {
+        set("config", student.model.cfg.to_json().into())?;
+        set("weights", bytes(&weights))?;
+        set(
+            "preprocessor",
+            crate::model::preprocessor::to_json(&student.preprocess).into(),
+        )?;
+        set("tokenizer", student.tokenizer.to_json().into())?;
+        set("state", bytes(&state))?;
+        set("step", (step as f64).into())?;
+        set("options", options.into())
+    })()
+    .map_err(|_| JsError::new("could not build the checkpoint object"))?;
+    Ok(o)
+}
+
+/// Makes the run's student available to `caption` as model `name`.
+#[wasm_bindgen]
+pub fn use_student(name: &str) -> std::result::Result<String, JsError> {
+    let r = run().map_err(js)?;
+    let student = r.borrow().student.clone();
+    let out = summary(&student);
+    STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), student));
+    Ok(out)
 }

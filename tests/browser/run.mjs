@@ -1,0 +1,209 @@
+// The page in headless Chromium (WebGPU on SwiftShader), against the built dist/ served here on
+// 127.0.0.1. Run by scripts/test.sh after `trunk build`; prints one line per check and
+// "browser: N passed, M failed", and saves screenshots under the directory it names at the end.
+//   node tests/browser/run.mjs [dist]
+import { chromium } from 'playwright-core';
+import http from 'node:http';
+import fs from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const dist = path.resolve(process.argv[2] || path.join(here, '../../dist'));
+const shots = path.join(here, 'screenshots');
+fs.mkdirSync(shots, { recursive: true });
+const fixture = (name) => path.join(here, 'fixtures', name);
+
+const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css', '.json': 'application/json' };
+const server = http.createServer((req, res) => {
+  const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+  const file = path.join(dist, url.endsWith('/') ? url + 'index.html' : url);
+  if (!file.startsWith(dist) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+    res.writeHead(404);
+    return res.end('not found');
+  }
+  res.writeHead(200, { 'content-type': TYPES[path.extname(file)] || 'application/octet-stream' });
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const base = `http://127.0.0.1:${server.address().port}/`;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const context = await browser.newContext({ acceptDownloads: true });
+const page = await context.newPage();
+const problems = [];
+page.on('console', (m) => {
+  if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+});
+page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+
+let passed = 0;
+let failed = 0;
+async function check(name, f) {
+  const t0 = Date.now();
+  try {
+    await f();
+    passed++;
+    console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL ${name}: ${e.message.split('\n')[0]}`);
+    await page.screenshot({ path: path.join(shots, `failed-${name.replace(/\W+/g, '-')}.png`), fullPage: true }).catch(() => {});
+  }
+}
+function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+// Drops files on the drop zone as a user's drag and drop does (a DataTransfer of Files).
+async function drop(files) {
+  const payload = files.map((f) => ({ name: path.basename(f.as || f.path), type: f.type, b64: fs.readFileSync(f.path).toString('base64') }));
+  await page.evaluate((payload) => {
+    const dt = new DataTransfer();
+    for (const f of payload) {
+      const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+      dt.items.add(new File([bytes], f.name, { type: f.type }));
+    }
+    document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, payload);
+}
+
+const cards = () => page.$$eval('[data-testid=caption-card]', (cs) => cs.map((c) => ({
+  name: c.querySelector('.file-name').textContent,
+  student: c.querySelector('[data-testid=caption-student]')?.dataset.caption ?? null,
+  teacher: c.querySelector('[data-testid=caption-teacher]')?.dataset.caption ?? null,
+  error: c.querySelector('[data-testid=caption-error]')?.textContent ?? null,
+})));
+const settled = (n) => page.waitForFunction((n) => {
+  const cs = [...document.querySelectorAll('[data-testid=caption-card]')];
+  return cs.length >= n && cs.every((c) => c.querySelector('[data-testid=caption-error]') || c.querySelector('[data-testid=caption-teacher]')?.dataset.caption !== undefined);
+}, n, { timeout: 180000 });
+
+await check('the page loads, finds an adapter and loads both models', async () => {
+  await page.goto(base);
+  await page.waitForFunction(() => document.getElementById('models-status').dataset.ready === 'true' || !document.getElementById('webgpu-missing').hidden || !document.getElementById('notice').hidden, null, { timeout: 120000 });
+  assert(await page.$eval('#webgpu-missing', (e) => e.hidden), `WebGPU missing: ${await page.textContent('#webgpu-missing')}`);
+  assert(await page.$eval('#notice', (e) => e.hidden), await page.textContent('#notice'));
+  const adapter = await page.textContent('#adapter');
+  assert(adapter.startsWith('GPU: '), adapter);
+  console.log(`     ${adapter}`);
+});
+
+await check('a dropped PNG and a dropped JPEG get non-empty captions from both models', async () => {
+  await drop([{ path: fixture('scene.png'), type: 'image/png' }, { path: fixture('photo.jpg'), type: 'image/jpeg' }]);
+  await settled(2);
+  const got = await cards();
+  for (const c of got) {
+    assert(!c.error, `${c.name}: ${c.error}`);
+    assert(c.student && c.teacher, `${c.name}: student ${JSON.stringify(c.student)}, teacher ${JSON.stringify(c.teacher)}`);
+    console.log(`     ${c.name}: student "${c.student}", teacher "${c.teacher}"`);
+  }
+  await page.screenshot({ path: path.join(shots, 'captions.png'), fullPage: true });
+});
+
+await check('a text file named .png gets an error card while another image still captions', async () => {
+  await page.setInputFiles('[data-testid=file-input]', [fixture('notes.png'), fixture('scene.png')]);
+  await settled(4);
+  const got = (await cards()).slice(0, 2);
+  const bad = got.find((c) => c.name === 'notes.png');
+  const good = got.find((c) => c.name === 'scene.png');
+  assert(bad && bad.error && bad.error.includes('notes.png'), `notes.png: ${JSON.stringify(bad)}`);
+  assert(good && good.student && good.teacher && !good.error, `scene.png: ${JSON.stringify(good)}`);
+  console.log(`     notes.png: ${bad.error}`);
+});
+
+await check('hovering a word shows its cross-attention over the image', async () => {
+  await page.hover('[data-testid=caption-card] [data-testid=caption-teacher] .word');
+  const painted = await page.$eval('[data-testid=caption-card] canvas', (c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 3; i < d.length; i += 4) n += d[i] > 0;
+    return n;
+  });
+  assert(painted > 0, 'the overlay stayed empty');
+});
+
+await check('20 distillation steps run and the loss goes down', async () => {
+  await page.click('#tab-distill');
+  const set = async (name, v) => page.fill(`#distill-form [name=${name}]`, String(v));
+  await set('steps', 20);
+  await set('batch', 4);
+  await set('lr', 0.005);
+  await set('checkpoint_every', 10);
+  await set('eval_every', 0);
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => document.querySelector('[data-testid=distill-step]').textContent === '20' && document.getElementById('distill-state').textContent === 'complete', null, { timeout: 600000 });
+  const total = JSON.parse(await page.$eval('#loss-plot', (c) => c.dataset.total));
+  assert(total.length === 20, `${total.length} losses`);
+  const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const [first, last] = [mean(total.slice(0, 5)), mean(total.slice(-5))];
+  console.log(`     total loss: first five ${first.toFixed(3)}, last five ${last.toFixed(3)}; shown ${await page.textContent('[data-testid=distill-loss]')}`);
+  assert(last < first, `the loss did not go down: ${total.map((x) => x.toFixed(3)).join(' ')}`);
+  assert((await page.$$('#alignment canvas')).length > 0, 'no alignment heatmaps');
+  await page.screenshot({ path: path.join(shots, 'distill.png'), fullPage: true });
+});
+
+await check('a reload offers to resume an unfinished run', async () => {
+  // A longer run, paused after its first checkpoint, then the page is reloaded.
+  await page.fill('#distill-form [name=steps]', '40');
+  await page.fill('#distill-form [name=checkpoint_every]', '2');
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => document.getElementById('distill-steps').textContent === '40' && Number(document.querySelector('[data-testid=distill-step]').textContent) >= 3, null, { timeout: 300000 });
+  await page.click('[data-testid=distill-pause]');
+  await page.waitForFunction(() => document.getElementById('distill-state').textContent === 'paused', null, { timeout: 120000 });
+  await page.reload();
+  await page.waitForFunction(() => !document.querySelector('[data-testid=distill-resume]').hidden, null, { timeout: 120000 });
+  const offer = await page.textContent('[data-testid=resume-offer]');
+  assert(/saved at step \d+ of 40/.test(offer), offer);
+  console.log(`     ${offer}`);
+  await page.click('#tab-distill');
+  await page.click('[data-testid=distill-resume]');
+  const resumedAt = Number(offer.match(/step (\d+)/)[1]);
+  await page.waitForFunction((n) => Number(document.querySelector('[data-testid=distill-step]').textContent) > n, resumedAt, { timeout: 300000 });
+  await page.click('[data-testid=distill-pause]');
+  await page.waitForFunction(() => document.getElementById('distill-state').textContent === 'paused', null, { timeout: 120000 });
+});
+
+await check('a downloaded student loads back and captions', async () => {
+  const downloads = [];
+  page.on('download', (d) => downloads.push(d));
+  await page.click('[data-testid=distill-download]');
+  const t0 = Date.now();
+  while (downloads.length < 4 && Date.now() - t0 < 60000) await page.waitForTimeout(200);
+  assert(downloads.length === 4, `${downloads.length} downloads`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'amad-download-'));
+  const files = [];
+  for (const d of downloads) {
+    const p = path.join(dir, d.suggestedFilename());
+    await d.saveAs(p);
+    files.push(p);
+  }
+  const names = files.map((f) => path.basename(f)).sort().join(' ');
+  assert(names === 'config.json model.safetensors preprocessor_config.json tokenizer.json', names);
+  await page.setInputFiles('[data-testid=load-checkpoint]', files);
+  await page.waitForFunction(() => document.getElementById('models-status').dataset.loaded === 'true' || !document.getElementById('distill-error').hidden, null, { timeout: 60000 });
+  assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
+  await page.click('#tab-caption');
+  const before = (await cards()).length;
+  await page.setInputFiles('[data-testid=file-input]', [fixture('scene.png')]);
+  await settled(before + 1);
+  const c = (await cards())[0];
+  assert(c.student !== null && !c.error, JSON.stringify(c));
+  console.log(`     downloaded to ${dir}; the loaded student says "${c.student}"`);
+});
+
+await check('no console errors', async () => {
+  assert(problems.length === 0, problems.join(' | '));
+});
+
+await page.screenshot({ path: path.join(shots, 'final.png'), fullPage: true });
+await browser.close();
+server.close();
+console.log(`browser: ${passed} passed, ${failed} failed; screenshots in ${shots}`);
+process.exit(failed ? 1 : 0);

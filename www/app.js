@@ -1,0 +1,459 @@
+// The page: drawing and input only. All GPU work goes to the worker (worker.js) by message.
+import { linePlot, heatmap, attentionOverlay } from './plot.js';
+
+const $ = (id) => document.getElementById(id);
+
+const HOW_TO_GET_WEBGPU =
+  'amad needs WebGPU: Chrome or Edge 113+ (Windows, macOS, ChromeOS, Android 12+), Safari 26+, ' +
+  'or Firefox 141+ on Windows. On Linux, start Chrome with --enable-unsafe-webgpu (or enable ' +
+  'chrome://flags/#enable-unsafe-webgpu) and make sure a Vulkan driver is installed.';
+
+// ---------- the worker and its calls ----------
+
+let worker = null;
+let nextId = 1;
+const pending = new Map();
+let gpuReady = null; // resolves when the GPU is open and both bundled models are loaded
+
+function startWorker() {
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = (e) => {
+    const m = e.data;
+    if (m.event) return onDistillEvent(m);
+    const p = pending.get(m.id);
+    if (!p) return;
+    pending.delete(m.id);
+    if (m.ok) p.resolve(m.result);
+    else {
+      if (m.lost) onDeviceLost(m.error);
+      p.reject(new Error(m.error));
+    }
+  };
+  worker.onerror = (e) => showNotice(`The GPU worker failed: ${e.message || 'unknown error'}`);
+}
+
+function call(op, ...args) {
+  return new Promise((resolve, reject) => {
+    const id = nextId++;
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, op, args });
+  });
+}
+
+function showNotice(text, action) {
+  const n = $('notice');
+  n.textContent = text;
+  if (action) {
+    const b = document.createElement('button');
+    b.textContent = action.label;
+    b.onclick = action.run;
+    n.append(' ', b);
+  }
+  n.hidden = false;
+}
+
+async function boot() {
+  startWorker();
+  gpuReady = (async () => {
+    let gpu;
+    try {
+      gpu = await call('open');
+    } catch (e) {
+      $('adapter').textContent = 'No usable WebGPU adapter.';
+      const m = $('webgpu-missing');
+      m.textContent = `${e.message}. ${HOW_TO_GET_WEBGPU}`;
+      m.hidden = false;
+      throw e;
+    }
+    $('adapter').textContent = `GPU: ${gpu.adapter}`;
+    const [teacher, student] = await Promise.all([
+      call('loadBundled', 'teacher', 'teacher'),
+      call('loadBundled', 'student', 'student'),
+    ]);
+    $('models-status').textContent =
+      `Ready: student ${fmtParams(student.parameters)} parameters, teacher ${fmtParams(teacher.parameters)}.`;
+    $('models-status').dataset.ready = 'true';
+    await offerResume();
+  })();
+  gpuReady.catch((e) => {
+    if ($('webgpu-missing').hidden) showNotice(`Could not load the models: ${e.message}`);
+  });
+}
+
+function onDeviceLost(error) {
+  showNotice(`The GPU device was lost (${error}). Your last checkpoint is saved.`, {
+    label: 'Recover',
+    run: () => {
+      worker.terminate();
+      for (const p of pending.values()) p.reject(new Error('the GPU worker was restarted'));
+      pending.clear();
+      $('notice').hidden = true;
+      setDistillState('idle');
+      boot();
+    },
+  });
+}
+
+const fmtParams = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : `${(n / 1e3).toFixed(0)} k`);
+
+// ---------- tabs ----------
+
+for (const b of document.querySelectorAll('.tab')) {
+  b.onclick = () => {
+    for (const t of document.querySelectorAll('.tab')) t.classList.toggle('active', t === b);
+    for (const p of document.querySelectorAll('.panel')) p.hidden = p.id !== b.dataset.tab;
+  };
+}
+
+// ---------- caption ----------
+
+let captionQueue = Promise.resolve();
+
+function captionFiles(files) {
+  for (const f of files) {
+    const card = makeCard(f.name, f);
+    captionQueue = captionQueue.then(() => captionCard(card, f)).catch(() => {});
+  }
+}
+
+function makeCard(name, blob) {
+  const card = document.createElement('div');
+  card.className = 'card';
+  card.dataset.testid = 'caption-card';
+  card.setAttribute('data-testid', 'caption-card');
+  const fig = document.createElement('div');
+  fig.className = 'figure';
+  const img = document.createElement('img');
+  img.alt = name;
+  img.src = URL.createObjectURL(blob);
+  img.onerror = () => img.remove();
+  const overlay = document.createElement('canvas');
+  overlay.width = overlay.height = 128;
+  fig.append(img, overlay);
+  const body = document.createElement('div');
+  body.className = 'card-body';
+  const title = document.createElement('div');
+  title.className = 'file-name';
+  title.textContent = name;
+  body.append(title);
+  card.append(fig, body);
+  $('cards').prepend(card);
+  card.overlay = overlay;
+  card.body = body;
+  return card;
+}
+
+async function captionCard(card, file) {
+  const bytes = await file.arrayBuffer();
+  try {
+    await gpuReady;
+  } catch (e) {
+    return cardError(card, `no GPU: ${e.message}`);
+  }
+  for (const who of ['student', 'teacher']) {
+    const line = document.createElement('div');
+    line.className = 'caption-line';
+    line.setAttribute('data-testid', `caption-${who}`);
+    line.textContent = `${who}: …`;
+    card.body.append(line);
+    const t0 = performance.now();
+    let r;
+    try {
+      r = await call('caption', who, bytes, file.name);
+    } catch (e) {
+      line.remove();
+      return cardError(card, e.message);
+    }
+    const ms = performance.now() - t0;
+    line.textContent = '';
+    const label = document.createElement('span');
+    label.className = 'who';
+    label.textContent = `${who} `;
+    line.append(label);
+    r.words.forEach((w, i) => {
+      const s = document.createElement('span');
+      s.className = 'word';
+      s.textContent = w;
+      s.onmouseenter = () => attentionOverlay(card.overlay, r.heat[i], r.grid);
+      s.onmouseleave = () => attentionOverlay(card.overlay, null, r.grid);
+      line.append(s, ' ');
+    });
+    if (r.words.length === 0) line.append('(empty caption)');
+    const time = document.createElement('span');
+    time.className = 'time';
+    time.textContent = `${ms.toFixed(0)} ms`;
+    line.append(time);
+    line.dataset.caption = r.caption;
+  }
+}
+
+function cardError(card, text) {
+  card.classList.add('bad');
+  const e = document.createElement('div');
+  e.className = 'caption-error';
+  e.setAttribute('data-testid', 'caption-error');
+  e.textContent = text;
+  card.body.append(e);
+}
+
+document.addEventListener('dragover', (e) => {
+  e.preventDefault();
+  $('drop-zone').classList.add('over');
+});
+document.addEventListener('dragleave', () => $('drop-zone').classList.remove('over'));
+document.addEventListener('drop', (e) => {
+  e.preventDefault();
+  $('drop-zone').classList.remove('over');
+  if (e.dataTransfer && e.dataTransfer.files.length) captionFiles([...e.dataTransfer.files]);
+});
+document.addEventListener('paste', (e) => {
+  const files = [...(e.clipboardData ? e.clipboardData.files : [])];
+  if (files.length) captionFiles(files);
+});
+$('file-input').onchange = (e) => {
+  captionFiles([...e.target.files]);
+  e.target.value = '';
+};
+$('drop-zone').onclick = (e) => {
+  if (e.target === $('drop-zone')) $('file-input').click();
+};
+$('new-scene').onclick = async () => {
+  try {
+    await gpuReady;
+    const index = Math.floor(Math.random() * 1e6);
+    const s = await call('scene', index);
+    const file = new File([s.png], `scene ${index}.png`, { type: 'image/png' });
+    const card = makeCard(file.name, file);
+    const refs = document.createElement('div');
+    refs.className = 'muted';
+    refs.textContent = `references: ${s.references.slice(0, 3).join(' · ')}`;
+    card.body.append(refs);
+    captionQueue = captionQueue.then(() => captionCard(card, file)).catch(() => {});
+  } catch (e) {
+    showNotice(`Could not make a scene: ${e.message}`);
+  }
+};
+
+// ---------- distill ----------
+
+let distillState = 'idle'; // idle | running | paused | stopped | complete
+let runOptions = null;
+const losses = { ce: [], kd: [], attn: [], total: [] };
+
+function setDistillState(s) {
+  distillState = s;
+  $('distill-state').textContent = s;
+  $('distill-start').textContent = s === 'paused' ? 'Resume' : 'Start';
+  $('distill-start').disabled = s === 'running';
+  $('distill-pause').disabled = s !== 'running';
+  $('distill-stop').disabled = s !== 'running' && s !== 'paused';
+  const haveRun = s !== 'idle' || runOptions !== null;
+  $('distill-use').disabled = !haveRun || s === 'running';
+  $('distill-download').disabled = !haveRun || s === 'running';
+}
+
+function formOptions() {
+  const f = $('distill-form');
+  const o = {};
+  for (const el of f.elements) {
+    if (!el.name) continue;
+    if (el.type === 'checkbox') o[el.name] = el.checked;
+    else if (el.type === 'number') o[el.name] = Number(el.value);
+    else o[el.name] = el.value;
+  }
+  o.eval_n = 20;
+  o.warmup = Math.min(20, Math.max(1, Math.floor(o.steps / 10)));
+  return o;
+}
+
+function fillForm(o) {
+  for (const el of $('distill-form').elements) {
+    if (!el.name || !(el.name in o)) continue;
+    if (el.type === 'checkbox') el.checked = !!o[el.name];
+    else el.value = o[el.name];
+  }
+}
+
+function showError(text) {
+  $('distill-error').textContent = text;
+  $('distill-error').hidden = !text;
+}
+
+async function runLoop() {
+  setDistillState('running');
+  try {
+    const how = await call('distillRun', runOptions);
+    setDistillState(how);
+    if (how === 'complete' || how === 'stopped') $('distill-resume').hidden = true;
+  } catch (e) {
+    showError(e.message);
+    setDistillState('stopped');
+  }
+}
+
+$('distill-start').onclick = async () => {
+  showError('');
+  if (distillState === 'paused') return runLoop();
+  try {
+    await gpuReady;
+    const o = formOptions();
+    let images = null;
+    if (o.data === 'images') {
+      const files = [...$('distill-images').files];
+      if (!files.length) return showError('Choose some images first (or pick generated scenes).');
+      images = await Promise.all(files.map(async (f) => [f.name, await f.arrayBuffer()]));
+    }
+    const started = await call('distillStart', o, images, false);
+    beginRun(started);
+    runLoop();
+  } catch (e) {
+    showError(e.message);
+  }
+};
+
+function beginRun(started) {
+  runOptions = started.options;
+  for (const k of Object.keys(losses)) losses[k].length = 0;
+  $('eval-table').tBodies[0].innerHTML = '';
+  $('alignment').innerHTML = '';
+  $('distill-steps').textContent = runOptions.steps;
+  $('distill-step').textContent = started.step;
+  $('resume-offer').hidden = true;
+  $('distill-resume').hidden = true;
+  const s = started.student;
+  let text = `Student: ${fmtParams(s.parameters)} parameters (${s.encoder.join('/')} encoder, ${s.decoder.join('/')} decoder: layers/width/heads).`;
+  if (started.targets) {
+    text += ` Targets: the teacher's captions of ${started.targets.images.length} images`;
+    if (started.targets.skipped.length) text += `; skipped: ${started.targets.skipped.join('; ')}`;
+    text += '.';
+  }
+  $('targets').textContent = text;
+}
+
+$('distill-pause').onclick = () => call('distillPause');
+$('distill-stop').onclick = () => {
+  if (distillState === 'paused') {
+    setDistillState('stopped');
+    $('distill-resume').hidden = true;
+  } else call('distillStop');
+};
+
+function onDistillEvent(m) {
+  if (m.event === 'step') {
+    $('distill-step').textContent = m.step;
+    $('distill-steps').textContent = m.steps;
+    $('distill-loss').textContent = m.terms.total.toFixed(4);
+    for (const k of Object.keys(losses)) losses[k].push([m.step, m.terms[k]]);
+    $('loss-plot').dataset.total = JSON.stringify(losses.total.map((p) => p[1]));
+    linePlot($('loss-plot'), losses);
+    $('progress-bar').style.width = `${(100 * m.step) / m.steps}%`;
+    if (m.rate) {
+      const eta = (m.steps - m.step) / m.rate;
+      $('distill-rate').textContent = `${m.rate.toFixed(2)} steps/s, ETA ${Math.floor(eta / 60)}m${String(Math.round(eta % 60)).padStart(2, '0')}s`;
+    }
+    if (m.alignment.length) drawAlignment(m.alignment);
+  } else if (m.event === 'eval') {
+    const row = $('eval-table').tBodies[0].insertRow();
+    for (const v of [m.step, m.bleu4.toFixed(3), m.cider_d.toFixed(3), m.truth.toFixed(3)]) row.insertCell().textContent = v;
+  } else if (m.event === 'checkpoint') {
+    $('distill-state').textContent = `running (checkpoint saved at step ${m.step})`;
+  }
+}
+
+function drawAlignment(pairs) {
+  const box = $('alignment');
+  while (box.children.length > pairs.length) box.lastChild.remove();
+  pairs.forEach((p, i) => {
+    let c = box.children[i];
+    if (!c) {
+      c = document.createElement('canvas');
+      box.append(c);
+    }
+    heatmap(c, p.weights, `${p.kind} s${p.student_layer}←t${p.teacher_layer}`);
+  });
+}
+
+async function offerResume() {
+  const s = await call('savedRun');
+  if (!s || s.step >= s.options.steps) return;
+  $('resume-offer').textContent = `A run saved at step ${s.step} of ${s.options.steps} (${s.options.method}) can be resumed.`;
+  $('resume-offer').hidden = false;
+  $('distill-resume').hidden = false;
+  fillForm(s.options);
+}
+
+$('distill-resume').onclick = async () => {
+  showError('');
+  try {
+    const started = await call('distillStart', null, null, true);
+    beginRun(started);
+    runLoop();
+  } catch (e) {
+    showError(e.message);
+  }
+};
+
+$('distill-use').onclick = async () => {
+  try {
+    const s = await call('useStudent', 'student');
+    $('models-status').textContent = `The Caption tab now uses your distilled student (${fmtParams(s.parameters)} parameters).`;
+  } catch (e) {
+    showError(e.message);
+  }
+};
+
+$('distill-download').onclick = async () => {
+  try {
+    const c = await call('checkpoint');
+    const files = [
+      ['model.safetensors', c.weights, 'application/octet-stream'],
+      ['config.json', c.config, 'application/json'],
+      ['preprocessor_config.json', c.preprocessor, 'application/json'],
+      ['tokenizer.json', c.tokenizer, 'application/json'],
+    ];
+    for (const [name, data, type] of files) {
+      const a = document.createElement('a');
+      a.href = URL.createObjectURL(new Blob([data], { type }));
+      a.download = name;
+      document.body.append(a);
+      a.click();
+      a.remove();
+    }
+  } catch (e) {
+    showError(e.message);
+  }
+};
+
+$('load-checkpoint').onchange = async (e) => {
+  const byName = Object.fromEntries([...e.target.files].map((f) => [f.name.replace(/ \(\d+\)(?=\.)/, ''), f]));
+  e.target.value = '';
+  const need = ['model.safetensors', 'config.json', 'preprocessor_config.json', 'tokenizer.json'];
+  const missing = need.filter((n) => !byName[n]);
+  if (missing.length) return showError(`A checkpoint is four files; missing: ${missing.join(', ')}.`);
+  try {
+    await gpuReady;
+    const s = await call('loadFiles', 'student', {
+      config: await byName['config.json'].text(),
+      weights: await byName['model.safetensors'].arrayBuffer(),
+      preprocessor: await byName['preprocessor_config.json'].text(),
+      tokenizer: await byName['tokenizer.json'].text(),
+    });
+    showError('');
+    $('models-status').textContent = `Loaded your checkpoint as the student (${fmtParams(s.parameters)} parameters); the Caption tab uses it.`;
+    $('models-status').dataset.loaded = 'true';
+  } catch (err) {
+    showError(`Could not load that checkpoint: ${err.message}`);
+  }
+};
+
+// ---------- start ----------
+
+if (!navigator.gpu) {
+  $('adapter').textContent = 'This browser has no WebGPU.';
+  const m = $('webgpu-missing');
+  m.textContent = HOW_TO_GET_WEBGPU;
+  m.hidden = false;
+} else {
+  boot();
+}
+setDistillState('idle');
