@@ -116,7 +116,7 @@ function captionFiles(files) {
   }
 }
 
-function makeCard(name, blob) {
+function makeCard(name, blob, container = $('cards')) {
   const card = document.createElement('div');
   card.className = 'card';
   card.dataset.testid = 'caption-card';
@@ -137,20 +137,21 @@ function makeCard(name, blob) {
   title.textContent = name;
   body.append(title);
   card.append(fig, body);
-  $('cards').prepend(card);
+  container.prepend(card);
   card.overlay = overlay;
   card.body = body;
   return card;
 }
 
-async function captionCard(card, file) {
+// Captions `file` into `card` with each model in `models` ([model name, label]).
+async function captionCard(card, file, models = [['student', 'student'], ['teacher', 'teacher']]) {
   const bytes = await file.arrayBuffer();
   try {
     await gpuReady;
   } catch (e) {
     return cardError(card, `no GPU: ${e.message}`);
   }
-  for (const who of ['student', 'teacher']) {
+  for (const [model, who] of models) {
     const line = document.createElement('div');
     line.className = 'caption-line';
     line.setAttribute('data-testid', `caption-${who}`);
@@ -159,7 +160,7 @@ async function captionCard(card, file) {
     const t0 = performance.now();
     let r;
     try {
-      r = await call('caption', who, bytes, file.name);
+      r = await call('caption', model, bytes, file.name);
     } catch (e) {
       line.remove();
       return cardError(card, e.message);
@@ -357,6 +358,25 @@ function onDistillEvent(m) {
     for (const v of [m.step, m.bleu4.toFixed(3), m.cider_d.toFixed(3), m.truth.toFixed(3)]) row.insertCell().textContent = v;
   } else if (m.event === 'checkpoint') {
     $('distill-state').textContent = `running (checkpoint saved at step ${m.step})`;
+    showExample(m.step);
+  }
+}
+
+// One validation-domain scene captioned by the run's student and the teacher, with their
+// cross-attention per word (hover), refreshed at each checkpoint.
+const EXAMPLE_SCENE = 7;
+let examplePng = null;
+async function showExample(step) {
+  try {
+    if (!examplePng) examplePng = (await call('scene', EXAMPLE_SCENE)).png;
+    await call('useStudent', 'run');
+    const file = new File([examplePng], `example scene, step ${step}`, { type: 'image/png' });
+    const box = $('example');
+    const card = makeCard(file.name, file, box);
+    await captionCard(card, file, [['run', 'student'], ['teacher', 'teacher']]);
+    while (box.children.length > 1) box.lastChild.remove();
+  } catch (e) {
+    // The example is a view; the run goes on without it.
   }
 }
 

@@ -74,14 +74,14 @@ async function drop(files) {
   }, payload);
 }
 
-const cards = () => page.$$eval('[data-testid=caption-card]', (cs) => cs.map((c) => ({
+const cards = () => page.$$eval('#cards [data-testid=caption-card]', (cs) => cs.map((c) => ({
   name: c.querySelector('.file-name').textContent,
   student: c.querySelector('[data-testid=caption-student]')?.dataset.caption ?? null,
   teacher: c.querySelector('[data-testid=caption-teacher]')?.dataset.caption ?? null,
   error: c.querySelector('[data-testid=caption-error]')?.textContent ?? null,
 })));
 const settled = (n) => page.waitForFunction((n) => {
-  const cs = [...document.querySelectorAll('[data-testid=caption-card]')];
+  const cs = [...document.querySelectorAll('#cards [data-testid=caption-card]')];
   return cs.length >= n && cs.every((c) => c.querySelector('[data-testid=caption-error]') || c.querySelector('[data-testid=caption-teacher]')?.dataset.caption !== undefined);
 }, n, { timeout: 180000 });
 
@@ -129,6 +129,15 @@ await check('hovering a word shows its cross-attention over the image', async ()
   assert(painted > 0, 'the overlay stayed empty');
 });
 
+await check('"New scene" makes a scene from the training domain and captions it', async () => {
+  const before = (await cards()).length;
+  await page.click('[data-testid=new-scene]');
+  await settled(before + 1);
+  const c = (await cards())[0];
+  assert(c.name.startsWith('scene ') && c.student && c.teacher && !c.error, JSON.stringify(c));
+  console.log(`     ${c.name}: teacher "${c.teacher}"`);
+});
+
 await check('20 distillation steps run and the loss goes down', async () => {
   await page.click('#tab-distill');
   const set = async (name, v) => page.fill(`#distill-form [name=${name}]`, String(v));
@@ -146,6 +155,7 @@ await check('20 distillation steps run and the loss goes down', async () => {
   console.log(`     total loss: first five ${first.toFixed(3)}, last five ${last.toFixed(3)}; shown ${await page.textContent('[data-testid=distill-loss]')}`);
   assert(last < first, `the loss did not go down: ${total.map((x) => x.toFixed(3)).join(' ')}`);
   assert((await page.$$('#alignment canvas')).length > 0, 'no alignment heatmaps');
+  await page.waitForFunction(() => document.querySelector('[data-testid=distill-example] [data-testid=caption-teacher]')?.dataset.caption !== undefined, null, { timeout: 60000 });
   await page.screenshot({ path: path.join(shots, 'distill.png'), fullPage: true });
 });
 
@@ -204,6 +214,19 @@ await check('no console errors', async () => {
 
 await page.screenshot({ path: path.join(shots, 'final.png'), fullPage: true });
 await browser.close();
+
+await check('without WebGPU the page says what works', async () => {
+  const plain = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: ['--no-sandbox', '--disable-gpu'] });
+  const p = await plain.newPage();
+  await p.goto(base);
+  await p.waitForFunction(() => !document.querySelector('[data-testid=webgpu-missing]').hidden, null, { timeout: 60000 });
+  const text = await p.textContent('[data-testid=webgpu-missing]');
+  assert(/Chrome/.test(text) && /WebGPU/.test(text), text);
+  await p.screenshot({ path: path.join(shots, 'no-webgpu.png'), fullPage: true });
+  await plain.close();
+  console.log(`     ${text.slice(0, 100)}…`);
+});
+
 server.close();
 console.log(`browser: ${passed} passed, ${failed} failed; screenshots in ${shots}`);
 process.exit(failed ? 1 : 0);
