@@ -54,6 +54,8 @@ function showNotice(text, action) {
 
 async function boot() {
   startWorker();
+  $('models-status').textContent = 'Loading the bundled teacher and student…';
+  delete $('models-status').dataset.ready;
   gpuReady = (async () => {
     let gpu;
     try {
@@ -81,7 +83,7 @@ async function boot() {
 }
 
 function onDeviceLost(error) {
-  showNotice(`The GPU device was lost (${error}). Your last checkpoint is saved.`, {
+  showNotice(`${error}. Recover opens a new device, reloads the models and offers to resume a saved run.`, {
     label: 'Recover',
     run: () => {
       worker.terminate();
@@ -467,6 +469,9 @@ $('load-checkpoint').onchange = async (e) => {
 };
 
 // ---------- start ----------
+
+// For tests and the curious: lose the GPU device on purpose, to see the recovery.
+window.amadDebug = { loseDevice: () => call('loseDevice') };
 
 if (!navigator.gpu) {
   $('adapter').textContent = 'This browser has no WebGPU.';

@@ -129,6 +129,11 @@ const handlers = {
   async forgetSavedRun() {
     await db('delete');
   },
+
+  // Destroys the device (tests of the recovery path; see the page's amadDebug).
+  async loseDevice() {
+    amad.lose_device();
+  },
 };
 
 async function saveCheckpoint() {

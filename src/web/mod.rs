@@ -588,3 +588,11 @@ pub fn use_student(name: &str) -> std::result::Result<String, JsError> {
     STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), student));
     Ok(out)
 }
+
+/// Destroys the GPU device, as a driver reset or the browser would: what follows reports the
+/// device as lost. The page's tests use it to check the recovery path.
+#[wasm_bindgen]
+pub fn lose_device() -> std::result::Result<(), JsError> {
+    gpu().map_err(js)?.device.destroy();
+    Ok(())
+}

@@ -208,6 +208,22 @@ await check('a downloaded student loads back and captions', async () => {
   console.log(`     downloaded to ${dir}; the loaded student says "${c.student}"`);
 });
 
+await check('a lost device gives a message and a recovery that works', async () => {
+  await page.evaluate(() => window.amadDebug.loseDevice());
+  await page.setInputFiles('[data-testid=file-input]', [fixture('scene.png')]);
+  await page.waitForFunction(() => !document.getElementById('notice').hidden, null, { timeout: 60000 });
+  const notice = await page.textContent('#notice');
+  assert(/lost/.test(notice), notice);
+  console.log(`     ${notice.slice(0, 110)}…`);
+  await page.click('#notice button');
+  await page.waitForFunction(() => document.getElementById('models-status').textContent.startsWith('Ready'), null, { timeout: 120000 });
+  const before = (await cards()).length;
+  await page.setInputFiles('[data-testid=file-input]', [fixture('photo.jpg')]);
+  await settled(before + 1);
+  const c = (await cards())[0];
+  assert(c.teacher && !c.error, JSON.stringify(c));
+});
+
 await check('no console errors', async () => {
   assert(problems.length === 0, problems.join(' | '));
 });
