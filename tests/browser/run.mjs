@@ -118,6 +118,30 @@ await check('a text file named .png gets an error card while another image still
   console.log(`     notes.png: ${bad.error}`);
 });
 
+await check('a huge image is resized, not refused', async () => {
+  const before = (await cards()).length;
+  await page.evaluate(async () => {
+    const c = document.createElement('canvas');
+    c.width = 4000;
+    c.height = 3000;
+    const g = c.getContext('2d');
+    g.fillStyle = '#4a8';
+    g.fillRect(0, 0, c.width, c.height);
+    g.fillStyle = '#c22';
+    g.beginPath();
+    g.arc(2000, 1500, 900, 0, 2 * Math.PI);
+    g.fill();
+    const blob = await new Promise((r) => c.toBlob(r, 'image/png'));
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], 'huge.png', { type: 'image/png' }));
+    document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  });
+  await settled(before + 1);
+  const c = (await cards())[0];
+  assert(c.name === 'huge.png' && c.teacher && !c.error, JSON.stringify(c));
+  console.log(`     4000×3000 PNG: teacher "${c.teacher}"`);
+});
+
 await check('hovering a word shows its cross-attention over the image', async () => {
   await page.hover('[data-testid=caption-card] [data-testid=caption-teacher] .word');
   const painted = await page.$eval('[data-testid=caption-card] canvas', (c) => {
@@ -157,6 +181,23 @@ await check('20 distillation steps run and the loss goes down', async () => {
   assert((await page.$$('#alignment canvas')).length > 0, 'no alignment heatmaps');
   await page.waitForFunction(() => document.querySelector('[data-testid=distill-example] [data-testid=caption-teacher]')?.dataset.caption !== undefined, null, { timeout: 60000 });
   await page.screenshot({ path: path.join(shots, 'distill.png'), fullPage: true });
+});
+
+await check('distilling from the user\'s own images: the teacher\'s captions as targets, validation at intervals', async () => {
+  await page.selectOption('#distill-form [name=data]', 'images');
+  await page.setInputFiles('#distill-images', [fixture('scene.png'), fixture('photo.jpg'), fixture('notes.png')]);
+  await page.fill('#distill-form [name=steps]', '3');
+  await page.fill('#distill-form [name=eval_every]', '3');
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => (document.getElementById('distill-steps').textContent === '3' && document.getElementById('distill-state').textContent === 'complete') || !document.getElementById('distill-error').hidden, null, { timeout: 300000 });
+  assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
+  const targets = await page.textContent('#targets');
+  assert(/captions of 2 images/.test(targets) && /notes\.png/.test(targets), targets);
+  const rows = await page.$$eval('[data-testid=eval-table] tbody tr', (rs) => rs.map((r) => r.textContent));
+  assert(rows.length === 1, `validation rows: ${rows}`);
+  console.log(`     ${targets.slice(targets.indexOf('Targets'))}`);
+  await page.selectOption('#distill-form [name=data]', 'scenes');
+  await page.fill('#distill-form [name=eval_every]', '0');
 });
 
 await check('a reload offers to resume an unfinished run', async () => {
