@@ -9,14 +9,23 @@ use amad::train::{run_loop, train_captioner, RunOptions, Source};
 use common::*;
 use std::path::{Path, PathBuf};
 
-fn tiny() -> amad::Result<Captioner> {
+/// A one-layer captioner of the scene vocabulary with (width, heads) in both stacks.
+fn captioner((width, heads): (usize, usize), seed: u64) -> amad::Result<Captioner> {
     let tokenizer = amad::data::captions::tokenizer();
-    let cfg = Config::sized(tokenizer.len(), 16, (1, 16, 2), (1, 16, 2));
+    let cfg = Config::sized(tokenizer.len(), 16, (1, width, heads), (1, width, heads));
     Ok(Captioner {
-        model: Model::new(gpu(), cfg, 3)?,
+        model: Model::new(gpu(), cfg, seed)?,
         tokenizer,
         preprocess: preprocessor::default_for(64, 8),
     })
+}
+
+fn tiny() -> amad::Result<Captioner> {
+    captioner((16, 2), 3)
+}
+
+fn tiny_student() -> amad::Result<Captioner> {
+    captioner((8, 2), 4)
 }
 
 fn dir(tag: &str) -> PathBuf {
@@ -141,15 +150,7 @@ fn distillation_runs_through_the_same_loop() {
         steps: 3,
         ..opts(None)
     };
-    let student = || {
-        let tokenizer = amad::data::captions::tokenizer();
-        let cfg = Config::sized(tokenizer.len(), 16, (1, 8, 1), (1, 8, 1));
-        Ok(Captioner {
-            model: Model::new(gpu(), cfg, 4)?,
-            tokenizer,
-            preprocess: preprocessor::default_for(64, 8),
-        })
-    };
+    let student = || captioner((8, 1), 4);
     let o = RunOptions {
         eval_every: 3,
         eval_n: 4,
@@ -189,16 +190,6 @@ fn distillation_runs_through_the_same_loop() {
         "the checkpoint is the student"
     );
     std::fs::remove_dir_all(d).ok();
-}
-
-fn tiny_student() -> amad::Result<Captioner> {
-    let tokenizer = amad::data::captions::tokenizer();
-    let cfg = Config::sized(tokenizer.len(), 16, (1, 8, 2), (1, 8, 2));
-    Ok(Captioner {
-        model: Model::new(gpu(), cfg, 4)?,
-        tokenizer,
-        preprocess: preprocessor::default_for(64, 8),
-    })
 }
 
 #[test]

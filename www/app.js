@@ -294,18 +294,26 @@ async function runLoop() {
   }
 }
 
+// The chosen images as [name, bytes] when the data is "my images" (null for scenes); false, after
+// showing `missing`, when there are none.
+async function chosenImages(missing) {
+  if ($('distill-form').elements.data.value !== 'images') return null;
+  const files = [...$('distill-images').files];
+  if (!files.length) {
+    showError(missing);
+    return false;
+  }
+  return Promise.all(files.map(async (f) => [f.name, await f.arrayBuffer()]));
+}
+
 $('distill-start').onclick = async () => {
   showError('');
   if (distillState === 'paused') return runLoop();
   try {
     await gpuReady;
     const o = formOptions();
-    let images = null;
-    if (o.data === 'images') {
-      const files = [...$('distill-images').files];
-      if (!files.length) return showError('Choose some images first (or pick generated scenes).');
-      images = await Promise.all(files.map(async (f) => [f.name, await f.arrayBuffer()]));
-    }
+    const images = await chosenImages('Choose some images first (or pick generated scenes).');
+    if (images === false) return;
     const started = await call('distillStart', o, images, false);
     beginRun(started);
     runLoop();
@@ -407,7 +415,10 @@ async function offerResume() {
 $('distill-resume').onclick = async () => {
   showError('');
   try {
-    const started = await call('distillStart', null, null, true);
+    // A run on the user's images needs them again: they are not kept in the browser's storage.
+    const images = await chosenImages('This run trained on your images: choose them again, then resume.');
+    if (images === false) return;
+    const started = await call('distillStart', null, images, true);
     beginRun(started);
     runLoop();
   } catch (e) {

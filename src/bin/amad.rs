@@ -297,7 +297,6 @@ commands:
         use amad::model::captioner::Captioner;
         use amad::model::generate::Generation;
         use amad::model::{Config, Model};
-        use amad::ops::amad::{Options, Variant};
         let teacher_dir = f.required("--teacher")?;
         let out = std::path::PathBuf::from(f.required("--out")?);
         let method = f.value("--method")?.unwrap_or("amad-kl");
@@ -306,7 +305,7 @@ commands:
         let heads: usize = f.number("--student-heads", 2)?;
         let opts = run_options(&mut f, 2400)?;
         let d = DistillConfig::default();
-        let mut cfg = DistillConfig {
+        let cfg = DistillConfig {
             alpha: f.number("--alpha", d.alpha)?,
             beta: f.number("--beta", d.beta)?,
             gamma: f.number("--gamma", d.gamma)?,
@@ -318,25 +317,7 @@ commands:
         let seed: u64 = f.number("--seed", 2)?;
         let images = f.value("--images")?;
         f.done()?;
-        let attention = |variant| {
-            Some(Options {
-                variant,
-                tau,
-                detach_weights,
-            })
-        };
-        cfg.attention = match method {
-            "ce" => {
-                cfg.beta = 0.0;
-                None
-            }
-            "kd" => None,
-            "one-to-one" => attention(Variant::OneToOneKl),
-            "amad-mse" => attention(Variant::Mse),
-            "amad-kl" => attention(Variant::Kl),
-            "amad-token" => attention(Variant::TokenKl),
-            other => return Err(Error::Invalid(format!("unknown method {other:?}; choose ce, kd, one-to-one, amad-mse, amad-kl or amad-token"))),
-        };
+        let cfg = cfg.with_method(method, tau, detach_weights)?;
         let gpu = gpu()?;
         let teacher = Captioner::load(&gpu, std::path::Path::new(teacher_dir))?;
         let source = match images {
@@ -344,15 +325,7 @@ commands:
             Some(dir) => amad::train::Source::Images(image_targets(&gpu, &teacher, dir, &out)?),
         };
         let c = amad::train::distill_captioner(&gpu, &teacher, &out, &opts, &cfg, &source, || {
-            let t = &teacher.model.cfg;
-            let mut scfg = Config::sized(
-                t.decoder.vocab_size,
-                t.decoder.n_positions,
-                (layers, width, heads),
-                (layers, width, heads),
-            );
-            scfg.encoder.image_size = t.encoder.image_size;
-            scfg.encoder.patch_size = t.encoder.patch_size;
+            let scfg = Config::student_of(&teacher.model.cfg, (layers, width, heads));
             Ok(Captioner {
                 model: Model::new(&gpu, scfg, seed)?,
                 tokenizer: teacher.tokenizer.clone(),

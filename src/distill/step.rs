@@ -91,6 +91,42 @@ impl Default for DistillConfig {
     }
 }
 
+/// The names of the methods, as the CLI and the page spell them.
+pub const METHODS: &str = "ce, kd, one-to-one, amad-mse, amad-kl or amad-token";
+
+impl DistillConfig {
+    /// This configuration with the loss of `method` (see `METHODS`): `ce` trains on the reference
+    /// captions alone (β = 0, no attention term), `kd` adds output distillation, the others add
+    /// an attention term with temperature `tau` and, when `detach_weights`, alignment weights that
+    /// pass no gradient.
+    pub fn with_method(mut self, method: &str, tau: f32, detach_weights: bool) -> Result<Self> {
+        let attention = |variant| {
+            Some(Options {
+                variant,
+                tau,
+                detach_weights,
+            })
+        };
+        self.attention = match method {
+            "ce" => {
+                self.beta = 0.0;
+                None
+            }
+            "kd" => None,
+            "one-to-one" => attention(Variant::OneToOneKl),
+            "amad-mse" => attention(Variant::Mse),
+            "amad-kl" => attention(Variant::Kl),
+            "amad-token" => attention(Variant::TokenKl),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown method {other:?}; choose {METHODS}"
+                )))
+            }
+        };
+        Ok(self)
+    }
+}
+
 /// A batch as both models see it.
 pub struct Batch {
     /// Patches for the teacher and for the student (the same tensor when they share preprocessing).

@@ -117,6 +117,20 @@ impl Config {
         Self::sized(vocab_size, max_len, (2, 64, 2), (2, 64, 2))
     }
 
+    /// A student of `teacher`: its vocabulary, caption length, image and patch size, with
+    /// (layers, width, heads) for both the encoder and the decoder.
+    pub fn student_of(teacher: &Config, shape: (usize, usize, usize)) -> Config {
+        let mut s = Config::sized(
+            teacher.decoder.vocab_size,
+            teacher.decoder.n_positions,
+            shape,
+            shape,
+        );
+        s.encoder.image_size = teacher.encoder.image_size;
+        s.encoder.patch_size = teacher.encoder.patch_size;
+        s
+    }
+
     /// A captioner for 64×64 images with (layers, width, heads) for encoder and decoder.
     pub fn sized(
         vocab_size: usize,

@@ -139,6 +139,27 @@ pub enum Source {
     Images(batch::ImageTargets),
 }
 
+impl Source {
+    /// Training batch `step` for the captioner `c`.
+    pub fn batch(
+        &self,
+        gpu: &Gpu,
+        c: &Captioner,
+        step: u64,
+        size: usize,
+    ) -> Result<crate::distill::Batch> {
+        match self {
+            Source::Scenes => {
+                Ok(
+                    batch::scene_batch(gpu, &c.model.cfg, &c.preprocess, Split::Train, step, size)?
+                        .0,
+                )
+            }
+            Source::Images(t) => t.batch(gpu, &c.model.cfg, &c.tokenizer, step, size),
+        }
+    }
+}
+
 /// Scores of generated captions on scenes 0..n of a split.
 #[derive(Clone, Debug)]
 pub struct Evaluation {

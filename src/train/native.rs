@@ -194,14 +194,7 @@ pub fn train_captioner(
     fresh: impl FnOnce() -> Result<Captioner>,
 ) -> Result<Captioner> {
     run_captioner(gpu, dir, opts, &["ce"], fresh, |c, opt, step| {
-        let (b, _) = batch::scene_batch(
-            gpu,
-            &c.model.cfg,
-            &c.preprocess,
-            Split::Train,
-            step,
-            opts.batch,
-        )?;
+        let b = Source::Scenes.batch(gpu, c, step, opts.batch)?;
         let mut s = gpu.step();
         let loss = c
             .model
@@ -231,20 +224,7 @@ pub fn distill_captioner(
         &["ce", "kd", "attn", "total"],
         fresh,
         |c, opt, step| {
-            let b = match source {
-                Source::Scenes => {
-                    batch::scene_batch(
-                        gpu,
-                        &c.model.cfg,
-                        &c.preprocess,
-                        Split::Train,
-                        step,
-                        opts.batch,
-                    )?
-                    .0
-                }
-                Source::Images(t) => t.batch(gpu, &c.model.cfg, &c.tokenizer, step, opts.batch)?,
-            };
+            let b = source.batch(gpu, c, step, opts.batch)?;
             let mut s = gpu.step();
             let out = crate::distill::distill_step(&mut s, &teacher.model, &c.model, opt, &b, cfg)?;
             s.submit()?;

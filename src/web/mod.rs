@@ -10,9 +10,8 @@ use crate::distill::DistillConfig;
 use crate::model::captioner::{Captioner, CheckpointFiles};
 use crate::model::generate::Generation;
 use crate::model::{Config, Model, Optimizer};
-use crate::ops::amad::{Options, Variant};
 use crate::ops::optim::AdamW;
-use crate::train::{batch, learning_rate, RunOptions};
+use crate::train::{batch, learning_rate, RunOptions, Source};
 use crate::{Error, Gpu, Result};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,8 +28,8 @@ struct Run {
     /// The options as the page sent them, kept with checkpoints so a resumed run is the same run.
     options_json: String,
     step: u64,
-    /// The user's own images with the teacher's captions (`None`: generated scenes).
-    images: Option<batch::ImageTargets>,
+    /// Generated scenes, or the user's own images with the teacher's captions.
+    source: Source,
 }
 
 #[derive(Default)]
@@ -251,40 +250,20 @@ fn parse_options(json: &str) -> Result<PageOptions> {
         ));
     }
     let d = DistillConfig::default();
-    let mut cfg = DistillConfig {
+    let cfg = DistillConfig {
         alpha: num("alpha", d.alpha as f64) as f32,
         beta: num("beta", d.beta as f64) as f32,
         gamma: num("gamma", d.gamma as f64) as f32,
         temperature: num("temperature", d.temperature as f64) as f32,
         ..d
-    };
-    let attention = |variant| {
-        Some(Options {
-            variant,
-            tau: num("tau", 1.0) as f32,
-            detach_weights: v.get("detach").and_then(|x| x.as_bool()).unwrap_or(false),
-        })
-    };
-    let method = v
-        .get("method")
-        .and_then(|m| m.as_str())
-        .unwrap_or("amad-kl");
-    cfg.attention = match method {
-        "ce" => {
-            cfg.beta = 0.0;
-            None
-        }
-        "kd" => None,
-        "one-to-one" => attention(Variant::OneToOneKl),
-        "amad-mse" => attention(Variant::Mse),
-        "amad-kl" => attention(Variant::Kl),
-        "amad-token" => attention(Variant::TokenKl),
-        other => {
-            return Err(Error::Invalid(format!(
-            "unknown method {other:?}; choose ce, kd, one-to-one, amad-mse, amad-kl or amad-token"
-        )))
-        }
-    };
+    }
+    .with_method(
+        v.get("method")
+            .and_then(|m| m.as_str())
+            .unwrap_or("amad-kl"),
+        num("tau", 1.0) as f32,
+        v.get("detach").and_then(|x| x.as_bool()).unwrap_or(false),
+    )?;
     let shape = (
         int("layers", 2)? as usize,
         int("width", 64)? as usize,
@@ -302,19 +281,6 @@ fn parse_options(json: &str) -> Result<PageOptions> {
         shape,
         seed: int("seed", 2)?,
     })
-}
-
-fn student_config(teacher: &Captioner, (layers, width, heads): (usize, usize, usize)) -> Config {
-    let t = &teacher.model.cfg;
-    let mut s = Config::sized(
-        t.decoder.vocab_size,
-        t.decoder.n_positions,
-        (layers, width, heads),
-        (layers, width, heads),
-    );
-    s.encoder.image_size = t.encoder.image_size;
-    s.encoder.patch_size = t.encoder.patch_size;
-    s
 }
 
 /// Starts a distillation run from model "teacher" with the page's options (JSON: layers, width,
@@ -347,7 +313,7 @@ fn distill_start_inner(
     } = parse_options(options)?;
     let model = match (&resume_config, &resume_weights) {
         (Some(c), Some(w)) => Model::from_bytes(&gpu, c, w, "the saved run")?,
-        _ => Model::new(&gpu, student_config(&teacher, shape), seed)?,
+        _ => Model::new(&gpu, Config::student_of(&teacher.model.cfg, shape), seed)?,
     };
     let student = Captioner {
         model,
@@ -382,12 +348,6 @@ fn distill_start_inner(
         });
     }
     let out = summary(&student);
-    let previous_images = STATE.with(|s| {
-        s.borrow()
-            .run
-            .as_ref()
-            .and_then(|r| r.borrow_mut().images.take())
-    });
     let r = Run {
         teacher,
         student: Rc::new(student),
@@ -396,7 +356,7 @@ fn distill_start_inner(
         cfg,
         options_json: options.to_string(),
         step,
-        images: previous_images,
+        source: Source::Scenes,
     };
     STATE.with(|s| s.borrow_mut().run = Some(Rc::new(RefCell::new(r))));
     Ok(out)
@@ -423,15 +383,8 @@ pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String,
         "skipped": skipped,
     });
     let r = run().map_err(js)?;
-    r.borrow_mut().images = Some(t);
+    r.borrow_mut().source = Source::Images(t);
     Ok(out.to_string())
-}
-
-/// Uses generated scenes again for the current run.
-#[wasm_bindgen]
-pub fn distill_scenes() -> std::result::Result<(), JsError> {
-    run().map_err(js)?.borrow_mut().images = None;
-    Ok(())
 }
 
 /// One distillation step. Returns JSON: step, steps, lr, the loss terms, and with `weights` the
@@ -457,20 +410,7 @@ async fn distill_step_inner(with_weights: bool) -> Result<String> {
         let step = run.step;
         run.opt.cfg.lr = learning_rate(&run.opts, step);
         let c = &run.student;
-        let b = match &run.images {
-            None => {
-                batch::scene_batch(
-                    &gpu,
-                    &c.model.cfg,
-                    &c.preprocess,
-                    Split::Train,
-                    step,
-                    run.opts.batch,
-                )?
-                .0
-            }
-            Some(t) => t.batch(&gpu, &c.model.cfg, &c.tokenizer, step, run.opts.batch)?,
-        };
+        let b = run.source.batch(&gpu, c, step, run.opts.batch)?;
         let mut s = gpu.step();
         let out = crate::distill::distill_step(
             &mut s,
