@@ -62,3 +62,31 @@ fn second_identical_step_allocates_no_buffer_and_builds_no_pipeline() {
     assert_eq!(first, second, "same inputs, same result");
     assert!(after_first.pipelines_built >= 4 && after_first.tensor_buffers_created >= 4);
 }
+
+/// A buffer freed while its step is still being recorded must not go to another step that could
+/// be submitted first: step B would overwrite what step A still reads. (Tests record steps on
+/// several threads at once; here two steps are open on one thread, which is deterministic.)
+#[test]
+fn a_buffer_freed_mid_recording_is_not_handed_to_another_open_step() {
+    let g = pollster::block_on(Gpu::new()).unwrap();
+    let ones = amad::Tensor::from_slice(&g, &[64], &[1.0; 64]).unwrap();
+    // x = 1 + 1 = 2, computed and submitted.
+    let mut s = g.step();
+    let x = elementwise::add(&mut s, &ones, &ones).unwrap();
+    s.submit().unwrap();
+    // Step A reads x, then drops its handle before submitting.
+    let mut a = g.step();
+    let y = elementwise::add(&mut a, &x, &ones).unwrap();
+    drop(x);
+    // Step B, opened meanwhile, takes a buffer of the same size, zeroes it, and submits first.
+    let mut b = g.step();
+    let z = b.zeros(&[64]).unwrap();
+    b.submit().unwrap();
+    a.submit().unwrap();
+    assert_eq!(
+        pollster::block_on(y.read(&g)).unwrap(),
+        vec![3.0; 64],
+        "step A read x after step B overwrote it"
+    );
+    drop(z);
+}
