@@ -311,6 +311,18 @@ fn distill_start_inner(
         shape,
         seed,
     } = parse_options(options)?;
+    // Would the largest activation of a step fit this device? (The encoder's attention maps.)
+    let e = &teacher.model.cfg.encoder;
+    let maps =
+        opts.batch as u64 * e.num_attention_heads as u64 * (e.tokens() * e.tokens()) as u64 * 4;
+    if maps > gpu.max_binding() {
+        return Err(Error::TooLarge {
+            what: format!("the teacher's attention maps at batch {}", opts.batch),
+            bytes: maps,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: gpu.max_binding(),
+        });
+    }
     let model = match (&resume_config, &resume_weights) {
         (Some(c), Some(w)) => Model::from_bytes(&gpu, c, w, "the saved run")?,
         _ => Model::new(&gpu, Config::student_of(&teacher.model.cfg, shape), seed)?,
@@ -335,18 +347,6 @@ fn distill_start_inner(
         }
         None => 0,
     };
-    // Would the largest activation of a step fit this device? (The encoder's attention maps.)
-    let e = &teacher.model.cfg.encoder;
-    let maps =
-        opts.batch as u64 * e.num_attention_heads as u64 * (e.tokens() * e.tokens()) as u64 * 4;
-    if maps > gpu.max_binding() {
-        return Err(Error::TooLarge {
-            what: format!("the teacher's attention maps at batch {}", opts.batch),
-            bytes: maps,
-            limit_name: "max_storage_buffer_binding_size",
-            limit: gpu.max_binding(),
-        });
-    }
     let out = summary(&student);
     let r = Run {
         teacher,
