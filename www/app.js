@@ -68,6 +68,7 @@ async function boot() {
       throw e;
     }
     $('adapter').textContent = `GPU: ${gpu.adapter}`;
+    $('adapter').dataset.maxBinding = gpu.max_binding_bytes;
     const [teacher, student] = await Promise.all([
       call('loadBundled', 'teacher', 'teacher'),
       call('loadBundled', 'student', 'student'),
@@ -204,10 +205,17 @@ document.addEventListener('dragover', (e) => {
   $('drop-zone').classList.add('over');
 });
 document.addEventListener('dragleave', () => $('drop-zone').classList.remove('over'));
+// Images dropped while the Distill tab is open become its training images; elsewhere they caption.
+let distillDropped = [];
 document.addEventListener('drop', (e) => {
   e.preventDefault();
   $('drop-zone').classList.remove('over');
-  if (e.dataTransfer && e.dataTransfer.files.length) captionFiles([...e.dataTransfer.files]);
+  const files = e.dataTransfer ? [...e.dataTransfer.files] : [];
+  if (!files.length) return;
+  if ($('distill').hidden) return captionFiles(files);
+  distillDropped = files;
+  $('distill-form').elements.data.value = 'images';
+  $('distill-dropped').textContent = `${files.length} dropped for distillation: ${files.map((f) => f.name).join(', ')}`;
 });
 document.addEventListener('paste', (e) => {
   const files = [...(e.clipboardData ? e.clipboardData.files : [])];
@@ -298,7 +306,8 @@ async function runLoop() {
 // showing `missing`, when there are none.
 async function chosenImages(missing) {
   if ($('distill-form').elements.data.value !== 'images') return null;
-  const files = [...$('distill-images').files];
+  const chosen = [...$('distill-images').files];
+  const files = chosen.length ? chosen : distillDropped;
   if (!files.length) {
     showError(missing);
     return false;

@@ -104,6 +104,8 @@ await check('a dropped PNG and a dropped JPEG get non-empty captions from both m
     assert(c.student && c.teacher, `${c.name}: student ${JSON.stringify(c.student)}, teacher ${JSON.stringify(c.teacher)}`);
     console.log(`     ${c.name}: student "${c.student}", teacher "${c.teacher}"`);
   }
+  const times = await page.$$eval('#cards [data-testid=caption-card]', (cs) => cs.map((c) => [...c.querySelectorAll('.time')].map((t) => t.textContent)));
+  assert(times.every((t) => t.length === 2 && t.every((x) => /^\d+ ms$/.test(x))), `times: ${JSON.stringify(times)}`);
   await page.screenshot({ path: path.join(shots, 'captions.png'), fullPage: true });
 });
 
@@ -116,6 +118,19 @@ await check('a text file named .png gets an error card while another image still
   assert(bad && bad.error && bad.error.includes('notes.png'), `notes.png: ${JSON.stringify(bad)}`);
   assert(good && good.student && good.teacher && !good.error, `scene.png: ${JSON.stringify(good)}`);
   console.log(`     notes.png: ${bad.error}`);
+});
+
+await check('a pasted image captions', async () => {
+  const before = (await cards()).length;
+  const b64 = fs.readFileSync(fixture('scene.png')).toString('base64');
+  await page.evaluate((b64) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], 'pasted.png', { type: 'image/png' }));
+    document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true }));
+  }, b64);
+  await settled(before + 1);
+  const c = (await cards())[0];
+  assert(c.name === 'pasted.png' && c.student && c.teacher && !c.error, JSON.stringify(c));
 });
 
 await check('a huge image is resized, not refused', async () => {
@@ -162,8 +177,19 @@ await check('"New scene" makes a scene from the training domain and captions it'
   console.log(`     ${c.name}: teacher "${c.teacher}"`);
 });
 
-await check('20 distillation steps run and the loss goes down', async () => {
+await check('a batch over the adapter\'s limits is refused with a message', async () => {
   await page.click('#tab-distill');
+  const limit = Number(await page.$eval('#adapter', (e) => e.dataset.maxBinding));
+  const batch = Math.ceil(limit / (8 * 65 * 65 * 4)) + 1;
+  await page.fill('#distill-form [name=batch]', String(batch));
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => !document.getElementById('distill-error').hidden, null, { timeout: 60000 });
+  const err = await page.textContent('#distill-error');
+  assert(/max_storage_buffer_binding_size/.test(err), err);
+  console.log(`     batch ${batch}: ${err.slice(0, 120)}`);
+});
+
+await check('20 distillation steps run and the loss goes down, and the page stays responsive', async () => {
   const set = async (name, v) => page.fill(`#distill-form [name=${name}]`, String(v));
   await set('steps', 20);
   await set('batch', 4);
@@ -171,7 +197,22 @@ await check('20 distillation steps run and the loss goes down', async () => {
   await set('checkpoint_every', 10);
   await set('eval_every', 0);
   await page.click('[data-testid=distill-start]');
+  // While it trains, the main thread's timers keep firing on time (the work is in the worker).
+  const lag = await page.evaluate(() => new Promise((resolve) => {
+    let last = performance.now();
+    let worst = 0;
+    const t = setInterval(() => {
+      const now = performance.now();
+      worst = Math.max(worst, now - last - 20);
+      last = now;
+    }, 20);
+    setTimeout(() => { clearInterval(t); resolve(worst); }, 3000);
+  }));
+  console.log(`     worst main-thread timer delay during training: ${lag.toFixed(0)} ms`);
+  assert(lag < 250, `the page stalled for ${lag} ms`);
   await page.waitForFunction(() => document.querySelector('[data-testid=distill-step]').textContent === '20' && document.getElementById('distill-state').textContent === 'complete', null, { timeout: 600000 });
+  const rate = await page.textContent('#distill-rate');
+  assert(/^[\d.]+ steps\/s, ETA \d+m\d+s$/.test(rate), rate);
   const total = JSON.parse(await page.$eval('#loss-plot', (c) => c.dataset.total));
   assert(total.length === 20, `${total.length} losses`);
   const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
@@ -184,8 +225,9 @@ await check('20 distillation steps run and the loss goes down', async () => {
 });
 
 await check('distilling from the user\'s own images: the teacher\'s captions as targets, validation at intervals', async () => {
-  await page.selectOption('#distill-form [name=data]', 'images');
-  await page.setInputFiles('#distill-images', [fixture('scene.png'), fixture('photo.jpg'), fixture('notes.png')]);
+  // Dropped on the page while the Distill tab is open.
+  await drop([{ path: fixture('scene.png'), type: 'image/png' }, { path: fixture('photo.jpg'), type: 'image/jpeg' }, { path: fixture('notes.png'), type: 'image/png' }]);
+  assert(await page.$eval('#distill-form [name=data]', (e) => e.value) === 'images', 'dropping did not choose "my images"');
   await page.fill('#distill-form [name=steps]', '3');
   await page.fill('#distill-form [name=eval_every]', '3');
   await page.click('[data-testid=distill-start]');
@@ -249,6 +291,29 @@ await check('a downloaded student loads back and captions', async () => {
   console.log(`     downloaded to ${dir}; the loaded student says "${c.student}"`);
 });
 
+await check('the distilled student is used by the Caption tab at once', async () => {
+  await page.click('#tab-distill');
+  await page.click('[data-testid=distill-use]');
+  await page.waitForFunction(() => document.getElementById('models-status').textContent.startsWith('The Caption tab now uses your distilled student'), null, { timeout: 60000 });
+  await page.click('#tab-caption');
+  const before = (await cards()).length;
+  await page.setInputFiles('[data-testid=file-input]', [fixture('scene.png')]);
+  await settled(before + 1);
+  const c = (await cards())[0];
+  assert(c.student !== null && !c.error, JSON.stringify(c));
+});
+
+await check('a paused run resumes and stops', async () => {
+  await page.click('#tab-distill');
+  const at = Number(await page.textContent('[data-testid=distill-step]'));
+  assert((await page.textContent('[data-testid=distill-start]')) === 'Resume', 'the start button does not offer Resume');
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction((n) => Number(document.querySelector('[data-testid=distill-step]').textContent) > n, at, { timeout: 300000 });
+  await page.click('[data-testid=distill-stop]');
+  await page.waitForFunction(() => document.getElementById('distill-state').textContent === 'stopped', null, { timeout: 120000 });
+  await page.click('#tab-caption');
+});
+
 await check('a lost device gives a message and a recovery that works', async () => {
   await page.evaluate(() => window.amadDebug.loseDevice());
   await page.setInputFiles('[data-testid=file-input]', [fixture('scene.png')]);
@@ -257,7 +322,9 @@ await check('a lost device gives a message and a recovery that works', async () 
   assert(/lost/.test(notice), notice);
   console.log(`     ${notice.slice(0, 110)}…`);
   await page.click('#notice button');
-  await page.waitForFunction(() => document.getElementById('models-status').textContent.startsWith('Ready'), null, { timeout: 120000 });
+  await page.waitForFunction(() => document.getElementById('models-status').dataset.ready === 'true', null, { timeout: 120000 });
+  // The run saved before the loss (stopped at its last checkpoint) is offered again.
+  await page.waitForFunction(() => !document.querySelector('[data-testid=distill-resume]').hidden, null, { timeout: 60000 });
   const before = (await cards()).length;
   await page.setInputFiles('[data-testid=file-input]', [fixture('photo.jpg')]);
   await settled(before + 1);
