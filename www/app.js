@@ -318,18 +318,22 @@ async function chosenImages(missing) {
 $('distill-start').onclick = async () => {
   showError('');
   if (distillState === 'paused') return runLoop();
+  startRun(formOptions(), 'Choose some images first (or pick generated scenes).');
+};
+
+// Starts a run with `options`, or with null the saved one, and runs it.
+async function startRun(options, noImages) {
   try {
     await gpuReady;
-    const o = formOptions();
-    const images = await chosenImages('Choose some images first (or pick generated scenes).');
+    const images = await chosenImages(noImages);
     if (images === false) return;
-    const started = await call('distillStart', o, images, false);
+    const started = await call('distillStart', options, images, options === null);
     beginRun(started);
     runLoop();
   } catch (e) {
     showError(e.message);
   }
-};
+}
 
 function beginRun(started) {
   runOptions = started.options;
@@ -421,18 +425,10 @@ async function offerResume() {
   fillForm(s.options);
 }
 
-$('distill-resume').onclick = async () => {
+$('distill-resume').onclick = () => {
   showError('');
-  try {
-    // A run on the user's images needs them again: they are not kept in the browser's storage.
-    const images = await chosenImages('This run trained on your images: choose them again, then resume.');
-    if (images === false) return;
-    const started = await call('distillStart', null, images, true);
-    beginRun(started);
-    runLoop();
-  } catch (e) {
-    showError(e.message);
-  }
+  // A run on the user's images needs them again: they are not kept in the browser's storage.
+  startRun(null, 'This run trained on your images: choose them again, then resume.');
 };
 
 $('distill-use').onclick = async () => {

@@ -8,6 +8,8 @@ const ready = init({ module_or_path: './amad_bg.wasm' });
 // The distillation loop's control: 'idle' | 'running' | 'pausing' | 'stopping'.
 let control = 'idle';
 let started = null; // {step, time} of the current stretch, for steps/s
+let stepsRun = 0;
+const WEIGHTS_EVERY = 5;
 
 const handlers = {
   async open() {
@@ -74,7 +76,9 @@ const handlers = {
       for (;;) {
         if (control !== 'running') break;
         const first = started === null;
-        const r = JSON.parse(await amad.distill_step(true));
+        // The alignment weights are read back for the heatmaps every few steps, not every step.
+        const r = JSON.parse(await amad.distill_step(first || stepsRun % WEIGHTS_EVERY === 0));
+        stepsRun++;
         const now = performance.now();
         if (first) started = { step: r.step, time: now };
         const rate = r.step > started.step ? (r.step - started.step) / ((now - started.time) / 1000) : null;

@@ -167,14 +167,21 @@ pub struct PairWeights {
 }
 
 impl PairWeights {
-    /// The alignment weights averaged over the batch, [H_t × H_s] row-major, for display.
-    pub async fn mean_over_batch(&self, gpu: &crate::gpu::Gpu) -> Result<Vec<f32>> {
+    /// The pair for display: kind, layers, and the alignment weights [H_t][H_s] averaged over
+    /// the batch (one readback).
+    pub async fn to_json(&self, gpu: &crate::gpu::Gpu) -> Result<serde_json::Value> {
         let s = self.weights.shape().to_vec();
         let v = self.weights.read(gpu).await?;
         let per = s[1] * s[2];
-        Ok((0..per)
+        let mean: Vec<f32> = (0..per)
             .map(|i| v.iter().skip(i).step_by(per).sum::<f32>() / s[0] as f32)
-            .collect())
+            .collect();
+        Ok(serde_json::json!({
+            "kind": self.kind.name(),
+            "student_layer": self.student_layer,
+            "teacher_layer": self.teacher_layer,
+            "weights": mean.chunks(s[2]).collect::<Vec<_>>(),
+        }))
     }
 }
 

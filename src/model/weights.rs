@@ -256,27 +256,38 @@ impl Weights {
                 )));
             }
         }
+        Self::from_tensors(gpu, layout, &st, "", file)
+    }
+
+    /// The layout's tensors from an open safetensors file, each named `prefix` + its name: every
+    /// one present, f32, and of the configured shape. `file` names the source in errors.
+    pub fn from_tensors(
+        gpu: &Gpu,
+        layout: &Layout,
+        st: &safetensors::SafeTensors,
+        prefix: &str,
+        file: &str,
+    ) -> Result<Weights> {
         let tensors = layout
             .specs
             .iter()
             .map(|s| {
-                let view = st.tensor(&s.name).map_err(|_| {
+                let name = format!("{prefix}{}", s.name);
+                let view = st.tensor(&name).map_err(|_| {
                     Error::Invalid(format!(
-                        "{file}: tensor {} is missing (expected shape {:?})",
-                        s.name, s.shape
+                        "{file}: tensor {name} is missing (expected shape {:?})",
+                        s.shape
                     ))
                 })?;
                 if view.dtype() != safetensors::Dtype::F32 {
                     return Err(Error::Invalid(format!(
-                        "{file}: tensor {} is {:?}; amad reads f32 checkpoints",
-                        s.name,
+                        "{file}: tensor {name} is {:?}; amad reads f32 checkpoints",
                         view.dtype()
                     )));
                 }
                 if view.shape() != s.shape {
                     return Err(Error::Invalid(format!(
-                        "{file}: tensor {} has shape {:?}, but config.json implies {:?}",
-                        s.name,
+                        "{file}: tensor {name} has shape {:?}, but config.json implies {:?}",
                         view.shape(),
                         s.shape
                     )));
@@ -295,23 +306,35 @@ impl Weights {
 
     /// Reads every tensor back and serialises them as model.safetensors bytes.
     pub async fn to_safetensors(&self, gpu: &Gpu, layout: &Layout) -> Result<Vec<u8>> {
-        let mut data = Vec::with_capacity(self.tensors.len());
-        for t in &self.tensors {
-            let v = t.read(gpu).await?;
-            data.push(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
-        }
-        let views = layout
-            .specs
-            .iter()
-            .zip(&data)
-            .map(|(s, d)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.shape.clone(), d)
-                    .map(|v| (s.name.clone(), v))
-                    .map_err(|e| Error::Invalid(format!("serialising {}: {e}", s.name)))
-            })
-            .collect::<Result<Vec<_>>>()?;
         let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize(views, Some(meta))
-            .map_err(|e| Error::Invalid(format!("serialising the weights: {e}")))
+        serialize(gpu, layout, &[("", self)], meta).await
     }
+}
+
+/// Reads back several sets of weights of one layout and serialises them into one safetensors
+/// file, each tensor named its set's prefix + its name, with `meta` as the file's metadata.
+pub async fn serialize(
+    gpu: &Gpu,
+    layout: &Layout,
+    sets: &[(&str, &Weights)],
+    meta: std::collections::HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let mut data = vec![];
+    for (prefix, w) in sets {
+        for (s, t) in layout.specs.iter().zip(&w.tensors) {
+            let v = t.read(gpu).await?;
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            data.push((format!("{prefix}{}", s.name), s.shape.clone(), bytes));
+        }
+    }
+    let views = data
+        .iter()
+        .map(|(name, shape, d)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), d)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Invalid(format!("serialising {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Invalid(format!("serialising the weights: {e}")))
 }

@@ -9,7 +9,7 @@ use crate::data::captions::references;
 use crate::data::scenes::{Scene, Split};
 use crate::error::{Error, Result};
 use crate::eval::{metrics, truth};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::Gpu;
 use crate::model::captioner::Captioner;
 use crate::model::generate::Generation;
 use crate::model::{Optimizer, Weights};
@@ -53,31 +53,8 @@ pub async fn optimizer_state(
     (m, v): (&Weights, &Weights),
     step: u64,
 ) -> Result<Vec<u8>> {
-    let mut data = vec![];
-    for (i, spec) in c.model.layout.specs.iter().enumerate() {
-        for (prefix, t) in [("m", &m.tensors[i]), ("v", &v.tensors[i])] {
-            data.push((
-                format!("{prefix}.{}", spec.name),
-                spec.shape.clone(),
-                t.read(gpu).await?,
-            ));
-        }
-    }
-    let bytes: Vec<Vec<u8>> = data
-        .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = data
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Invalid(e.to_string()))?;
     let meta = std::collections::HashMap::from([("step".to_string(), step.to_string())]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(e.to_string()))
+    crate::model::weights::serialize(gpu, &c.model.layout, &[("m.", m), ("v.", v)], meta).await
 }
 
 /// Restores the optimiser state from `optimizer_state`'s bytes (`source` names them in errors);
@@ -99,35 +76,10 @@ pub fn restore_state(
         .ok_or_else(|| Error::Invalid(format!("{source}: no step count")))?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Invalid(format!("{source}: {e}")))?;
-    let load = |prefix: &str| -> Result<Weights> {
-        let tensors = c
-            .model
-            .layout
-            .specs
-            .iter()
-            .map(|s| {
-                let name = format!("{prefix}.{}", s.name);
-                let t = st
-                    .tensor(&name)
-                    .map_err(|_| Error::Invalid(format!("{source}: no {name}")))?;
-                if t.shape() != s.shape.as_slice() {
-                    return Err(Error::Invalid(format!(
-                        "{source}: {name} has shape {:?}, the model needs {:?}",
-                        t.shape(),
-                        s.shape
-                    )));
-                }
-                let v: Vec<f32> = t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                Tensor::from_slice(gpu, &s.shape, &v)
-            })
-            .collect::<Result<_>>()?;
-        Ok(Weights { tensors })
-    };
-    opt.restore(load("m")?, load("v")?, step as u32);
+    let layout = &c.model.layout;
+    let m = Weights::from_tensors(gpu, layout, &st, "m.", source)?;
+    let v = Weights::from_tensors(gpu, layout, &st, "v.", source)?;
+    opt.restore(m, v, step as u32);
     Ok(step)
 }
 

@@ -1,6 +1,7 @@
 //! The native training loop: checkpoints on disk, a progress line on stderr, a JSONL log.
 
 use super::*;
+use crate::gpu::Tensor;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -245,17 +246,10 @@ fn write_alignment(
     step: u64,
     dir: &Path,
 ) -> Result<()> {
-    let mut out = vec![];
-    for p in pairs {
-        let s = p.weights.shape();
-        let w = pollster::block_on(p.mean_over_batch(gpu))?;
-        out.push(serde_json::json!({
-            "kind": p.kind.name(),
-            "student_layer": p.student_layer,
-            "teacher_layer": p.teacher_layer,
-            "weights": w.chunks(s[2]).collect::<Vec<_>>(),
-        }));
-    }
+    let out = pairs
+        .iter()
+        .map(|p| pollster::block_on(p.to_json(gpu)))
+        .collect::<Result<Vec<_>>>()?;
     let path = dir.join("alignment.json");
     std::fs::write(
         &path,

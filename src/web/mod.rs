@@ -433,14 +433,7 @@ async fn distill_step_inner(with_weights: bool) -> Result<String> {
     let mut pairs = vec![];
     if with_weights {
         for p in &out.weights {
-            let s = p.weights.shape().to_vec();
-            let w = p.mean_over_batch(&gpu).await?;
-            pairs.push(serde_json::json!({
-                "kind": p.kind.name(),
-                "student_layer": p.student_layer,
-                "teacher_layer": p.teacher_layer,
-                "weights": w.chunks(s[2]).collect::<Vec<_>>(),
-            }));
+            pairs.push(p.to_json(&gpu).await?);
         }
     }
     Ok(serde_json::json!({
