@@ -85,6 +85,15 @@ const settled = (n) => page.waitForFunction((n) => {
   return cs.length >= n && cs.every((c) => c.querySelector('[data-testid=caption-error]') || c.querySelector('[data-testid=caption-teacher]')?.dataset.caption !== undefined);
 }, n, { timeout: 180000 });
 
+// Runs `act` (which adds one caption card), waits until that card is done, and returns it.
+async function newCard(act) {
+  const before = (await cards()).length;
+  await act();
+  await settled(before + 1);
+  return (await cards())[0];
+}
+const chooseFile = (name) => () => page.setInputFiles('[data-testid=file-input]', [fixture(name)]);
+
 await check('the page loads, finds an adapter and loads both models', async () => {
   await page.goto(base);
   await page.waitForFunction(() => document.getElementById('models-status').dataset.ready === 'true' || !document.getElementById('webgpu-missing').hidden || !document.getElementById('notice').hidden, null, { timeout: 120000 });
@@ -169,10 +178,7 @@ await check('hovering a word shows its cross-attention over the image', async ()
 });
 
 await check('"New scene" makes a scene from the training domain and captions it', async () => {
-  const before = (await cards()).length;
-  await page.click('[data-testid=new-scene]');
-  await settled(before + 1);
-  const c = (await cards())[0];
+  const c = await newCard(() => page.click('[data-testid=new-scene]'));
   assert(c.name.startsWith('scene ') && c.student && c.teacher && !c.error, JSON.stringify(c));
   console.log(`     ${c.name}: teacher "${c.teacher}"`);
 });
@@ -283,10 +289,7 @@ await check('a downloaded student loads back and captions', async () => {
   await page.waitForFunction(() => document.getElementById('models-status').dataset.loaded === 'true' || !document.getElementById('distill-error').hidden, null, { timeout: 60000 });
   assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
   await page.click('#tab-caption');
-  const before = (await cards()).length;
-  await page.setInputFiles('[data-testid=file-input]', [fixture('scene.png')]);
-  await settled(before + 1);
-  const c = (await cards())[0];
+  const c = await newCard(chooseFile('scene.png'));
   assert(c.student !== null && !c.error, JSON.stringify(c));
   console.log(`     downloaded to ${dir}; the loaded student says "${c.student}"`);
 });
@@ -296,10 +299,7 @@ await check('the distilled student is used by the Caption tab at once', async ()
   await page.click('[data-testid=distill-use]');
   await page.waitForFunction(() => document.getElementById('models-status').textContent.startsWith('The Caption tab now uses your distilled student'), null, { timeout: 60000 });
   await page.click('#tab-caption');
-  const before = (await cards()).length;
-  await page.setInputFiles('[data-testid=file-input]', [fixture('scene.png')]);
-  await settled(before + 1);
-  const c = (await cards())[0];
+  const c = await newCard(chooseFile('scene.png'));
   assert(c.student !== null && !c.error, JSON.stringify(c));
 });
 
@@ -325,10 +325,7 @@ await check('a lost device gives a message and a recovery that works', async () 
   await page.waitForFunction(() => document.getElementById('models-status').dataset.ready === 'true', null, { timeout: 120000 });
   // The run saved before the loss (stopped at its last checkpoint) is offered again.
   await page.waitForFunction(() => !document.querySelector('[data-testid=distill-resume]').hidden, null, { timeout: 60000 });
-  const before = (await cards()).length;
-  await page.setInputFiles('[data-testid=file-input]', [fixture('photo.jpg')]);
-  await settled(before + 1);
-  const c = (await cards())[0];
+  const c = await newCard(chooseFile('photo.jpg'));
   assert(c.teacher && !c.error, JSON.stringify(c));
 });
 
