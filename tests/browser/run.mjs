@@ -230,22 +230,30 @@ await check('20 distillation steps run and the loss goes down, and the page stay
   await page.screenshot({ path: path.join(shots, 'distill.png'), fullPage: true });
 });
 
-await check('distilling from the user\'s own images: the teacher\'s captions as targets, validation at intervals', async () => {
+await check('distilling a 1-head one-to-one student from the user\'s own dropped images: the teacher\'s captions as targets, validation at intervals', async () => {
   // Dropped on the page while the Distill tab is open.
   await drop([{ path: fixture('scene.png'), type: 'image/png' }, { path: fixture('photo.jpg'), type: 'image/jpeg' }, { path: fixture('notes.png'), type: 'image/png' }]);
   assert(await page.$eval('#distill-form [name=data]', (e) => e.value) === 'images', 'dropping did not choose "my images"');
   await page.fill('#distill-form [name=steps]', '3');
   await page.fill('#distill-form [name=eval_every]', '3');
+  // A student of another shape, with another method.
+  await page.fill('#distill-form [name=heads]', '1');
+  await page.fill('#distill-form [name=width]', '32');
+  await page.selectOption('#distill-form [name=method]', 'one-to-one');
   await page.click('[data-testid=distill-start]');
   await page.waitForFunction(() => (document.getElementById('distill-steps').textContent === '3' && document.getElementById('distill-state').textContent === 'complete') || !document.getElementById('distill-error').hidden, null, { timeout: 300000 });
   assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
   const targets = await page.textContent('#targets');
   assert(/captions of 2 images/.test(targets) && /notes\.png/.test(targets), targets);
+  assert(/2\/32\/1 encoder, 2\/32\/1 decoder/.test(targets), targets);
   const rows = await page.$$eval('[data-testid=eval-table] tbody tr', (rs) => rs.map((r) => r.textContent));
   assert(rows.length === 1, `validation rows: ${rows}`);
   console.log(`     ${targets.slice(targets.indexOf('Targets'))}`);
   await page.selectOption('#distill-form [name=data]', 'scenes');
   await page.fill('#distill-form [name=eval_every]', '0');
+  await page.fill('#distill-form [name=heads]', '2');
+  await page.fill('#distill-form [name=width]', '64');
+  await page.selectOption('#distill-form [name=method]', 'amad-kl');
 });
 
 await check('a reload offers to resume an unfinished run', async () => {
