@@ -164,6 +164,8 @@ fn attention_forward_and_backward_with_masks() {
         (true, false, (2, 2, 6, 6, 8)),
         (false, true, (2, 2, 4, 9, 3)),
         (true, true, (1, 4, 13, 13, 16)),
+        // Past one 8 × 8 block in every direction, a head width off the blocks' multiple.
+        (false, true, (2, 2, 17, 21, 12)),
     ] {
         let a = r::AttnDims { b, h, tq, tk, d };
         let (q, k, v, dout) = (

@@ -152,6 +152,62 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `amad bench profile`: where one teacher training step and one distillation step spend their
+/// time, kernel by kernel (see [`Gpu::profile`]: each dispatch runs on its own, so the totals
+/// exceed `bench step`'s times by the submissions' overhead).
+pub fn profile(gpu: &Gpu, batch: usize) -> Result<()> {
+    use crate::distill::{distill_step, DistillConfig};
+    use crate::model::{Config, Model, Optimizer};
+    use crate::ops::optim::AdamW;
+    println!("adapter: {}", gpu.describe());
+    let teacher = Model::new(gpu, Config::teacher(STEP_VOCAB, STEP_LEN), 1)?;
+    let student = Model::new(gpu, Config::student(STEP_VOCAB, STEP_LEN), 2)?;
+    let data = step_batch(gpu, &teacher.cfg, batch)?;
+    let mut topt = Optimizer::new(gpu, &teacher.layout, AdamW::default(), 1.0)?;
+    let mut sopt = Optimizer::new(gpu, &student.layout, AdamW::default(), 1.0)?;
+    let cfg = DistillConfig::default();
+    let mut teacher_step = || -> Result<()> {
+        let mut st = gpu.step();
+        teacher.train_step(
+            &mut st,
+            &mut topt,
+            &data.teacher_patches,
+            &data.ids,
+            &data.labels,
+        )?;
+        st.submit()?;
+        gpu.wait_idle()
+    };
+    teacher_step()?;
+    let t = gpu.profile(&mut teacher_step)?;
+    let mut distill = || -> Result<()> {
+        let mut st = gpu.step();
+        distill_step(&mut st, &teacher, &student, &mut sopt, &data, &cfg)?;
+        st.submit()?;
+        gpu.wait_idle()
+    };
+    distill()?;
+    let d = gpu.profile(&mut distill)?;
+    for (name, p) in [("teacher_train_step", t), ("distill_step_amad_kl", d)] {
+        let total: f64 = p.values().map(|v| v.1).sum();
+        println!(
+            "\n{name}, batch {batch}: {:.1} ms in {} dispatches",
+            total * 1e3,
+            p.values().map(|v| v.0).sum::<u64>()
+        );
+        let mut rows: Vec<_> = p.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        for (entry, (calls, secs)) in rows {
+            println!(
+                "  {entry:<28} {calls:>5} calls {:>9.2} ms {:>5.1}%",
+                secs * 1e3,
+                100.0 * secs / total
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Vocabulary and caption length of the step benchmark: the scale of the generated captions.
 pub const STEP_VOCAB: usize = 64;
 pub const STEP_LEN: usize = 16;

@@ -55,6 +55,9 @@ commands:
         GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward+backward time
   bench step [--json] [--iters N] [--batch B]
         time of one teacher training step and one distillation step at the default configs
+  bench profile [--batch B]
+        the same two steps kernel by kernel: dispatches and wall time per kernel (a developer's
+        breakdown: each dispatch is submitted on its own)
   help  this text";
 
     /// Flags of one command: `--name value` pairs and bare `--switch`es.
@@ -173,6 +176,15 @@ commands:
                         ));
                     }
                     amad::bench::step(&gpu()?, batch, iters, json)
+                }
+                Some("profile") => {
+                    let mut f = Flags::new(&rest[1..]);
+                    let batch: usize = f.number("--batch", 32)?;
+                    f.done()?;
+                    if batch == 0 {
+                        return Err(Error::Invalid("--batch must be at least 1".into()));
+                    }
+                    amad::bench::profile(&gpu()?, batch)
                 }
                 _ => Err(Error::Invalid(format!("unknown benchmark\n\n{USAGE}"))),
             },

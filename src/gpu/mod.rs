@@ -44,7 +44,12 @@ pub struct Gpu {
     pipelines: pipelines::Cache,
     uniforms: step::UniformPool,
     faults: Arc<Mutex<Faults>>,
+    /// Per-kernel times while profiling (see [`Gpu::profile`]); `None` otherwise.
+    profile: Mutex<Option<Profile>>,
 }
+
+/// Wall time and dispatch count per kernel entry point, gathered while profiling.
+pub type Profile = std::collections::BTreeMap<&'static str, (u64, f64)>;
 
 impl Gpu {
     /// Opens the default adapter (high performance preference) with the adapter's own limits:
@@ -107,6 +112,7 @@ impl Gpu {
             pipelines: pipelines::Cache::default(),
             uniforms: step::UniformPool::default(),
             faults,
+            profile: Mutex::new(None),
         })
     }
 
@@ -132,6 +138,18 @@ impl Gpu {
             tensor_buffers_created: self.pool.created.load(std::sync::atomic::Ordering::Relaxed),
             pipelines_built: self.pipelines.len(),
         }
+    }
+
+    /// Runs `work` with profiling on and returns each kernel's dispatch count and wall time. While
+    /// profiling, every dispatch is submitted and waited for on its own, so the times are each
+    /// kernel's own (plus a submission's overhead) and the whole runs slower than usual: a
+    /// developer's breakdown, not a benchmark of the step.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self, work: impl FnOnce() -> Result<()>) -> Result<Profile> {
+        *self.profile.lock().unwrap() = Some(Profile::new());
+        let result = work();
+        let profile = self.profile.lock().unwrap().take().unwrap_or_default();
+        result.map(|()| profile)
     }
 
     /// Returns (and clears) the first GPU error recorded since the last check.

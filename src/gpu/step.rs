@@ -31,6 +31,8 @@ pub struct Step<'g> {
     align: u64,
     /// This step's id in the buffer pool (see `tensor`'s note on threads).
     id: u64,
+    /// Whether the device is profiling: each dispatch is then submitted and timed on its own.
+    profiling: bool,
 }
 
 impl<'g> Step<'g> {
@@ -43,6 +45,7 @@ impl<'g> Step<'g> {
             chunks: Vec::new(),
             align,
             id: gpu.pool.open_step(),
+            profiling: gpu.profile.lock().unwrap().is_some(),
         }
     }
 
@@ -152,6 +155,37 @@ impl<'g> Step<'g> {
         pass.set_pipeline(&built.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        if self.profiling {
+            self.time_dispatch(kernel.entry)?;
+        }
+        Ok(())
+    }
+
+    /// Profiling: submits what is recorded so far, waits for it, and charges the time to `entry`.
+    /// Work recorded before this dispatch was flushed by the previous one, except copies and
+    /// clears recorded in between, which are charged here.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn time_dispatch(&mut self, entry: &'static str) -> Result<()> {
+        self.pass = None;
+        let encoder = self.encoder.take().expect("encoder present until submit");
+        for c in &self.chunks {
+            self.gpu.queue.write_buffer(&c.buffer, 0, &c.data);
+        }
+        let t = std::time::Instant::now();
+        self.gpu.queue.submit([encoder.finish()]);
+        self.gpu.wait_idle()?;
+        let secs = t.elapsed().as_secs_f64();
+        if let Some(p) = self.gpu.profile.lock().unwrap().as_mut() {
+            let e = p.entry(entry).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += secs;
+        }
+        self.encoder = Some(self.gpu.device.create_command_encoder(&Default::default()));
+        Ok(())
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn time_dispatch(&mut self, _entry: &'static str) -> Result<()> {
         Ok(())
     }
 

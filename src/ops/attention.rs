@@ -11,9 +11,10 @@ use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
 
-pub const FWD: Kernel = Kernel::new("attention", "attention_fwd", &[R, R, R, R, W, W]);
-pub const BWD_Q: Kernel = Kernel::new("attention", "attention_bwd_q", &[R, R, R, R, R, W, W]);
-pub const BWD_KV: Kernel = Kernel::new("attention", "attention_bwd_kv", &[R, R, W]);
+pub const SCORES: Kernel = Kernel::new("attention", "attention_scores", &[R, R, W]);
+pub const SOFTMAX: Kernel = Kernel::new("attention", "attention_softmax", &[R, W]);
+pub const DSCORES: Kernel = Kernel::new("attention", "attention_dscores", &[R, R, W]);
+pub const APPLY: Kernel = Kernel::new("attention", "attention_apply", &[R, R, W]);
 
 /// Columns `off .. off + width` of every token of a [batch, len, stride] buffer.
 #[derive(Clone, Copy, Debug)]
@@ -53,12 +54,12 @@ struct Params {
     tk: u32,
     hd: u32,
     flags: u32,
-    scale: f32,
-    _pad: u32,
-    q: [u32; 2],
-    k: [u32; 2],
-    v: [u32; 2],
+    alpha: f32,
+    transposed: u32,
+    x: [u32; 2],
+    y: [u32; 2],
     o: [u32; 2],
+    _pad: [u32; 2],
 }
 
 /// Sizes of one attention call.
@@ -103,9 +104,19 @@ impl Dims {
         Ok(())
     }
 
-    fn params(&self, flags: u32, views: [&Seq; 4]) -> Result<Params> {
+    /// Parameters of one kernel: `x`, `y`, `o` are the sequence views it reads and writes (see
+    /// the shader), unused ones `None`.
+    fn params(
+        &self,
+        flags: u32,
+        alpha: f32,
+        transposed: bool,
+        views: [Option<&Seq>; 3],
+    ) -> Result<Params> {
         let u = |x| u32_of("attention", "size", x);
-        let pair = |s: &Seq| -> Result<[u32; 2]> { Ok([u(s.off)?, u(s.stride)?]) };
+        let pair = |s: Option<&Seq>| -> Result<[u32; 2]> {
+            s.map_or(Ok([0, 0]), |s| Ok([u(s.off)?, u(s.stride)?]))
+        };
         Ok(Params {
             batch: u(self.batch)?,
             heads: u(self.heads)?,
@@ -113,14 +124,44 @@ impl Dims {
             tk: u(self.k_len)?,
             hd: u(self.head_dim)?,
             flags,
-            scale: self.scale(),
-            _pad: 0,
-            q: pair(views[0])?,
-            k: pair(views[1])?,
-            v: pair(views[2])?,
-            o: pair(views[3])?,
+            alpha,
+            transposed: transposed as u32,
+            x: pair(views[0])?,
+            y: pair(views[1])?,
+            o: pair(views[2])?,
+            _pad: [0; 2],
         })
     }
+
+    /// Invocations of a kernel giving each (batch, head) `rows` × `cols` in 8 × 8 blocks.
+    fn blocks(&self, rows: usize, cols: usize) -> usize {
+        self.batch * self.heads * rows.div_ceil(8) * cols.div_ceil(8)
+    }
+
+    /// Invocations of a kernel with one per row of the maps.
+    fn rows(&self) -> usize {
+        self.batch * self.heads * self.q_len
+    }
+}
+
+/// `out` = W Z for the map W [B, H, Tq, Tk] (or Wᵀ Z when `transposed`): O = P V and the
+/// backward products.
+fn apply(
+    step: &mut Step,
+    d: Dims,
+    map: &Tensor,
+    transposed: bool,
+    z: &Seq,
+    out: &Seq,
+) -> Result<()> {
+    let p = d.params(0, 1.0, transposed, [Some(z), None, Some(out)])?;
+    let rows = if transposed { d.k_len } else { d.q_len };
+    step.dispatch_linear(
+        &APPLY,
+        &p,
+        &[map, z.t, out.t],
+        groups(d.blocks(rows, d.head_dim), 64),
+    )
 }
 
 /// Forward: returns (O [B, Tq, H·D], P [B, H, Tq, Tk]).
@@ -162,16 +203,18 @@ pub fn attention(
     }
     let probs = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
     let out = step.empty(&[d.batch, d.q_len, d.width()])?;
-    let flags = masks.causal as u32 | (masks.key_mask.is_some() as u32) << 1;
-    let p = d.params(flags, [&q, &k, &v, &Seq::whole(&out)])?;
-    let mask = masks.key_mask.unwrap_or(q.t);
-    let rows = d.batch * d.heads * d.q_len;
+    let p = d.params(0, d.scale(), false, [Some(&q), Some(&k), None])?;
     step.dispatch_linear(
-        &FWD,
+        &SCORES,
         &p,
-        &[q.t, k.t, v.t, mask, &probs, &out],
-        groups(rows, 64),
+        &[q.t, k.t, &probs],
+        groups(d.blocks(d.q_len, d.k_len), 64),
     )?;
+    let flags = masks.causal as u32 | (masks.key_mask.is_some() as u32) << 1;
+    let p = d.params(flags, 1.0, false, [None; 3])?;
+    let mask = masks.key_mask.unwrap_or(q.t);
+    step.dispatch_linear(&SOFTMAX, &p, &[mask, &probs], groups(d.rows(), 64))?;
+    apply(step, d, &probs, false, &v, &Seq::whole(&out))?;
     Ok((out, probs))
 }
 
@@ -238,23 +281,27 @@ pub fn attention_bwd(
     ] {
         d.check(what, s, len)?;
     }
-    // dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)) with dP = dO Vᵀ (+ extra), and dQ = dS K.
+    // dP = dO Vᵀ (+ extra); dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)); dQ = dS K; dK = dSᵀ Q;
+    // dV = Pᵀ dO.
     let dscores = step.empty(probs.shape())?;
-    let flags = (grads.dprobs.is_some() as u32) << 2;
-    let p = d.params(flags, [&q, &k, &v, &grads.dq])?;
-    let extra = grads.dprobs.unwrap_or(probs);
-    let rows = d.batch * d.heads * tq;
+    let p = d.params(0, 1.0, false, [Some(&dout_seq), Some(&v), None])?;
     step.dispatch_linear(
-        &BWD_Q,
+        &SCORES,
         &p,
-        &[probs, dout, v.t, k.t, extra, &dscores, grads.dq.t],
-        groups(rows, 64),
+        &[dout, v.t, &dscores],
+        groups(d.blocks(tq, tk), 64),
     )?;
-    // dK = dSᵀ Q and dV = Pᵀ dO, one invocation per key, one gradient per dispatch.
-    let cols = d.batch * d.heads * tk;
-    let pk = d.params(0, [&q, &k, &v, &grads.dk])?;
-    step.dispatch_linear(&BWD_KV, &pk, &[&dscores, q.t, grads.dk.t], groups(cols, 64))?;
-    let pv = d.params(0, [&dout_seq, &k, &v, &grads.dv])?;
-    step.dispatch_linear(&BWD_KV, &pv, &[probs, dout, grads.dv.t], groups(cols, 64))?;
+    let flags = (grads.dprobs.is_some() as u32) << 2;
+    let p = d.params(flags, d.scale(), false, [None; 3])?;
+    let extra = grads.dprobs.unwrap_or(probs);
+    step.dispatch_linear(
+        &DSCORES,
+        &p,
+        &[probs, extra, &dscores],
+        groups(d.rows(), 64),
+    )?;
+    apply(step, d, &dscores, false, &k, &grads.dq)?;
+    apply(step, d, &dscores, true, &q, &grads.dk)?;
+    apply(step, d, probs, true, &dout_seq, &grads.dv)?;
     Ok(())
 }

@@ -91,9 +91,10 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &amad::ALIGN_GRAD,
     &amad::ALIGN_REDUCE,
     &amad::ONE_TO_ONE_COUNT,
-    &attention::FWD,
-    &attention::BWD_Q,
-    &attention::BWD_KV,
+    &attention::SCORES,
+    &attention::SOFTMAX,
+    &attention::DSCORES,
+    &attention::APPLY,
     &amad::ONE_TO_ONE,
     &amad::ONE_TO_ONE_FINISH,
 ];
