@@ -266,3 +266,62 @@ fn distilling_from_own_images_uses_the_teachers_captions_and_skips_bad_files() {
     assert!(err.contains("none of the 1 files"), "{err}");
     std::fs::remove_dir_all(d).ok();
 }
+
+/// Generated scenes reach a model of any input size: for 64×64 models the scenes are patchified
+/// as one stacked image, for other sizes each is resized; both must give what an image file of
+/// the scene would give, and a 32×32 model must evaluate on scenes (it used to stop at a shape
+/// check in the final validation of `amad distill`).
+#[test]
+fn scenes_reach_models_of_any_input_size() {
+    use amad::data::image::Pixels;
+    use amad::data::scenes::{Scene, Split, SIZE};
+    let scenes: Vec<Scene> = (0..3)
+        .map(|i| Scene::generate(Split::Validation, i))
+        .collect();
+    for side in [64, 32, 48] {
+        let mut c = captioner((16, 2), 5).unwrap();
+        c.preprocess = preprocessor::default_for(side, 8);
+        let got = amad::train::batch::scene_patches(gpu(), &scenes, &c.preprocess).unwrap();
+        let got = pollster::block_on(got.read(gpu())).unwrap();
+        let mut want = vec![];
+        for s in &scenes {
+            let rgb = s.render();
+            let pixels = Pixels {
+                width: SIZE,
+                height: SIZE,
+                rgba: rgb
+                    .chunks(3)
+                    .map(|p| p[0] as u32 | (p[1] as u32) << 8 | (p[2] as u32) << 16 | 255 << 24)
+                    .collect(),
+            };
+            let p = c.patches(gpu(), &pixels).unwrap();
+            want.extend(pollster::block_on(p.read(gpu())).unwrap());
+        }
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        assert_close(
+            &format!("scene patches at {side}×{side}"),
+            &got,
+            &want,
+            1e-6,
+            1e-6,
+        );
+    }
+    let tokenizer = amad::data::captions::tokenizer();
+    let mut cfg = Config::sized(tokenizer.len(), 16, (1, 16, 2), (1, 16, 2));
+    cfg.encoder.image_size = 32;
+    let c = Captioner {
+        model: Model::new(gpu(), cfg, 6).unwrap(),
+        tokenizer,
+        preprocess: preprocessor::default_for(32, 8),
+    };
+    let generation = amad::model::generate::Generation::default();
+    let e = pollster::block_on(amad::train::evaluate(
+        gpu(),
+        &c,
+        Split::Validation,
+        3,
+        generation,
+    ))
+    .unwrap();
+    assert_eq!(e.n, 3);
+}

@@ -219,6 +219,26 @@ impl<'g> Step<'g> {
         self.encoder().clear_buffer(t.buffer(), 0, Some(size));
     }
 
+    /// Copies all of `src` into `dst` from element `at` on, in recording order.
+    pub fn copy_into(&mut self, src: &Tensor, dst: &Tensor, at: usize) -> Result<()> {
+        if src.dtype() != dst.dtype() || at + src.numel() > dst.numel() {
+            return Err(Error::Shape {
+                op: "copy",
+                msg: format!(
+                    "{:?} {:?} does not fit in {:?} {:?} at element {at}",
+                    src.dtype(),
+                    src.shape(),
+                    dst.dtype(),
+                    dst.shape()
+                ),
+            });
+        }
+        let bytes = src.numel() as u64 * 4;
+        self.encoder()
+            .copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), at as u64 * 4, bytes);
+        Ok(())
+    }
+
     /// Uploads data inside the step: staged into a fresh mapped buffer and copied in order.
     pub fn upload(&mut self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         self.upload_bytes(shape, bytemuck::cast_slice(data), DType::F32)

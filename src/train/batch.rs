@@ -7,25 +7,49 @@ use crate::distill::Batch;
 use crate::error::Result;
 use crate::gpu::{Gpu, Tensor};
 use crate::model::{Config, Tokenizer};
-use crate::ops::image::{normalize_patchify, Preprocess};
+use crate::ops::image::{normalize_patchify, preprocess, Preprocess};
 use crate::ops::loss::IGNORE;
 use crate::rng::Rng;
 
-/// Normalised patches [B, N, C·P·P] of rendered scenes. The images are already the model's size
-/// (so the resize is the identity); stacking them vertically into one [B·64, 64, 3] image gives
-/// exactly each image's patches in order, since patches never straddle two images.
+/// Normalised patches [B, N, C·P·P] of rendered scenes. For a model of 64×64 images (the resize is
+/// the identity) the scenes are stacked vertically into one [B·64, 64, 3] image, which gives
+/// exactly each image's patches in order, since patches never straddle two images; for any other
+/// size each scene goes through the whole preprocessing, resize included.
 pub fn scene_patches(gpu: &Gpu, scenes: &[Scene], pre: &Preprocess) -> Result<Tensor> {
     let mut step = gpu.step();
-    let pixels: Vec<f32> = scenes
-        .iter()
-        .flat_map(|s| s.render())
-        .map(|v| v as f32)
-        .collect();
-    let stacked = step.upload(&[scenes.len() * SIZE, SIZE, 3], &pixels)?;
-    let patches = normalize_patchify(&mut step, &stacked, pre)?;
+    let patches = if pre.size == (SIZE, SIZE) {
+        // Scenes are already the model's size: one upload, one patchify for the whole batch.
+        let pixels: Vec<f32> = scenes
+            .iter()
+            .flat_map(|s| s.render())
+            .map(|v| v as f32)
+            .collect();
+        let stacked = step.upload(&[scenes.len() * SIZE, SIZE, 3], &pixels)?;
+        let p = normalize_patchify(&mut step, &stacked, pre)?;
+        let s = p.shape().to_vec();
+        p.reshape(&[scenes.len(), s[0] / scenes.len(), s[1]])?
+    } else {
+        // A model of another input size gets each scene resized as any image is.
+        let mut out: Option<Tensor> = None;
+        for (i, scene) in scenes.iter().enumerate() {
+            let rgba: Vec<u32> = scene
+                .render()
+                .chunks(3)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], 255]))
+                .collect();
+            let pixels = step.upload_u32(&[SIZE, SIZE], &rgba)?;
+            let p = preprocess(&mut step, &pixels, pre)?;
+            let s = p.shape().to_vec();
+            let all = match &out {
+                Some(t) => t,
+                None => out.insert(step.empty(&[scenes.len(), s[0], s[1]])?),
+            };
+            step.copy_into(&p, all, i * p.numel())?;
+        }
+        out.ok_or_else(|| crate::Error::Invalid("no scenes to patchify".into()))?
+    };
     step.submit()?;
-    let s = patches.shape().to_vec();
-    patches.reshape(&[scenes.len(), s[0] / scenes.len(), s[1]])
+    Ok(patches)
 }
 
 /// Decoder inputs [start, w1 .. wn] and targets [w1 .. wn, eos], padded to `len` (targets IGNORE).
