@@ -114,6 +114,14 @@ fn vec4_path_with_k_remainder_and_edges() {
     }
 }
 
+/// K past lavapipe's loop cap of 65,535 iterations per invocation (the scalar kernel loops K times,
+/// the vec4 one K/4): the launcher splits K and accumulates, so no product is dropped silently.
+#[test]
+fn k_longer_than_the_loop_cap() {
+    check(21, 1, 3, 5, 70_001, false, false, false, true);
+    check(22, 1, 4, 8, 300_000, false, false, false, false);
+}
+
 #[test]
 fn more_workgroups_than_one_dispatch_dimension_allows() {
     // 70,000 batched 1x1 products: 70,000 workgroups, over the 65,535 per-dimension limit.

@@ -42,6 +42,10 @@ pub const MATMUL_VEC4: [[Kernel; 2]; 2] = [
     ],
 ];
 
+/// The longest K recorded as one product: the scalar kernel loops K times per invocation, and
+/// lavapipe stops loops after 65,535 iterations. A multiple of 4, so vec4 alignment carries over.
+const MAX_K: usize = 16384;
+
 /// Output tile of one workgroup (rows, columns): see the shader.
 const SCALAR_TILE: (usize, usize) = (16, 64);
 const VEC4_TILE: (usize, usize) = (64, 64);
@@ -81,6 +85,7 @@ impl<'a> View<'a> {
 }
 
 /// A general matmul: C[b](m, n) = alpha * Σ_k A[b](m, k) B[b](k, n) (+ bias[n]) (+ C if accumulate).
+#[derive(Clone, Copy)]
 pub struct Gemm<'a> {
     pub m: usize,
     pub n: usize,
@@ -188,6 +193,22 @@ impl Gemm<'_> {
         }
         if self.c.t.same_buffer(self.a.t) || self.c.t.same_buffer(self.b.t) {
             return shape_err(OP, "the output may not alias an input");
+        }
+        if self.k > MAX_K {
+            // lavapipe silently stops an invocation's loops after 65,535 iterations in all (see
+            // ARCHITECTURE.md), so a long K runs as several products accumulated into C.
+            for k0 in (0..self.k).step_by(MAX_K) {
+                let mut part = Gemm {
+                    k: MAX_K.min(self.k - k0),
+                    bias: if k0 == 0 { self.bias } else { None },
+                    accumulate: self.accumulate || k0 > 0,
+                    ..*self
+                };
+                part.a.off += k0 * self.a.cs;
+                part.b.off += k0 * self.b.rs;
+                part.record(step)?;
+            }
+            return Ok(());
         }
         let orientation = self.vec4_orientation();
         let (tm, tn) = if orientation.is_some() {
