@@ -137,27 +137,31 @@ fn attention_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let i = row % p.tq;
     let b = row / (p.tq * p.heads);
     let base = row * p.tk;
+    // One pass for the maximum and the sum (the sum rescaled whenever the maximum grows), one to
+    // write the probabilities: each score is loaded twice and stored once.
     var mx = -3.4e38;
-    for (var j = 0u; j < p.tk; j++) {
-        if (!masked(b, i, j)) {
-            mx = max(mx, pmap[base + j]);
-        }
-    }
     var sum = 0.0;
     for (var j = 0u; j < p.tk; j++) {
-        var e = 0.0;
         if (!masked(b, i, j)) {
-            e = exp(pmap[base + j] - mx);
+            let s = pmap[base + j];
+            if (s > mx) {
+                sum = sum * exp(mx - s) + 1.0;
+                mx = s;
+            } else {
+                sum += exp(s - mx);
+            }
         }
-        pmap[base + j] = e;
-        sum += e;
     }
     var inv = 0.0;
     if (sum > 0.0) {
         inv = 1.0 / sum;
     }
     for (var j = 0u; j < p.tk; j++) {
-        pmap[base + j] *= inv;
+        var e = 0.0;
+        if (!masked(b, i, j)) {
+            e = exp(pmap[base + j] - mx) * inv;
+        }
+        pmap[base + j] = e;
     }
 }
 
