@@ -152,28 +152,52 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What the step benchmarks run: the default teacher and student, a random batch, their
+/// optimisers and the default distillation settings.
+struct StepSetup {
+    teacher: crate::model::Model,
+    student: crate::model::Model,
+    data: crate::distill::Batch,
+    topt: crate::model::Optimizer,
+    sopt: crate::model::Optimizer,
+    cfg: crate::distill::DistillConfig,
+}
+
+impl StepSetup {
+    fn new(gpu: &Gpu, batch: usize) -> Result<StepSetup> {
+        use crate::model::{Config, Model, Optimizer};
+        use crate::ops::optim::AdamW;
+        let teacher = Model::new(gpu, Config::teacher(STEP_VOCAB, STEP_LEN), 1)?;
+        let student = Model::new(gpu, Config::student(STEP_VOCAB, STEP_LEN), 2)?;
+        let data = step_batch(gpu, &teacher.cfg, batch)?;
+        let topt = Optimizer::new(gpu, &teacher.layout, AdamW::default(), 1.0)?;
+        let sopt = Optimizer::new(gpu, &student.layout, AdamW::default(), 1.0)?;
+        Ok(StepSetup {
+            teacher,
+            student,
+            data,
+            topt,
+            sopt,
+            cfg: crate::distill::DistillConfig::default(),
+        })
+    }
+}
+
 /// `amad bench profile`: where one teacher training step and one distillation step spend their
 /// time, kernel by kernel (see [`Gpu::profile`]: each dispatch runs on its own, so the totals
 /// exceed `bench step`'s times by the submissions' overhead).
 pub fn profile(gpu: &Gpu, batch: usize) -> Result<()> {
-    use crate::distill::{distill_step, DistillConfig};
-    use crate::model::{Config, Model, Optimizer};
-    use crate::ops::optim::AdamW;
+    use crate::distill::distill_step;
     println!("adapter: {}", gpu.describe());
-    let teacher = Model::new(gpu, Config::teacher(STEP_VOCAB, STEP_LEN), 1)?;
-    let student = Model::new(gpu, Config::student(STEP_VOCAB, STEP_LEN), 2)?;
-    let data = step_batch(gpu, &teacher.cfg, batch)?;
-    let mut topt = Optimizer::new(gpu, &teacher.layout, AdamW::default(), 1.0)?;
-    let mut sopt = Optimizer::new(gpu, &student.layout, AdamW::default(), 1.0)?;
-    let cfg = DistillConfig::default();
+    let mut setup = StepSetup::new(gpu, batch)?;
     let mut teacher_step = || -> Result<()> {
         let mut st = gpu.step();
-        teacher.train_step(
+        setup.teacher.train_step(
             &mut st,
-            &mut topt,
-            &data.teacher_patches,
-            &data.ids,
-            &data.labels,
+            &mut setup.topt,
+            &setup.data.teacher_patches,
+            &setup.data.ids,
+            &setup.data.labels,
         )?;
         st.submit()?;
         gpu.wait_idle()
@@ -182,7 +206,14 @@ pub fn profile(gpu: &Gpu, batch: usize) -> Result<()> {
     let t = gpu.profile(&mut teacher_step)?;
     let mut distill = || -> Result<()> {
         let mut st = gpu.step();
-        distill_step(&mut st, &teacher, &student, &mut sopt, &data, &cfg)?;
+        distill_step(
+            &mut st,
+            &setup.teacher,
+            &setup.student,
+            &mut setup.sopt,
+            &setup.data,
+            &setup.cfg,
+        )?;
         st.submit()?;
         gpu.wait_idle()
     };
@@ -239,36 +270,30 @@ fn step_batch(
 /// `amad bench step`: the time of one teacher training step and one distillation step (teacher
 /// forward + student forward and backward + AMAD + AdamW) at the default configs, batch `batch`.
 pub fn step(gpu: &Gpu, batch: usize, iters: usize, json: bool) -> Result<()> {
-    use crate::distill::{distill_step, DistillConfig};
-    use crate::model::{Config, Model, Optimizer};
-    use crate::ops::optim::AdamW;
+    use crate::distill::distill_step;
     if !json {
         println!("adapter: {}", gpu.describe());
     }
-    let teacher = Model::new(gpu, Config::teacher(STEP_VOCAB, STEP_LEN), 1)?;
-    let student = Model::new(gpu, Config::student(STEP_VOCAB, STEP_LEN), 2)?;
-    let data = step_batch(gpu, &teacher.cfg, batch)?;
-    let mut topt = Optimizer::new(gpu, &teacher.layout, AdamW::default(), 1.0)?;
-    let mut sopt = Optimizer::new(gpu, &student.layout, AdamW::default(), 1.0)?;
-    let cfg = DistillConfig::default();
+    let mut setup = StepSetup::new(gpu, batch)?;
     // The steps mutate the optimisers, so time() (which takes a Fn) gets them through RefCells.
     let (topt_cell, sopt_cell) = (
-        std::cell::RefCell::new(&mut topt),
-        std::cell::RefCell::new(&mut sopt),
+        std::cell::RefCell::new(&mut setup.topt),
+        std::cell::RefCell::new(&mut setup.sopt),
     );
     let shape = format!(
         "batch {batch}, {} + {} tokens",
-        teacher.cfg.encoder.tokens(),
+        setup.teacher.cfg.encoder.tokens(),
         STEP_LEN
     );
     let s = time(gpu, iters, &|st| {
-        teacher
+        setup
+            .teacher
             .train_step(
                 st,
                 &mut topt_cell.borrow_mut(),
-                &data.teacher_patches,
-                &data.ids,
-                &data.labels,
+                &setup.data.teacher_patches,
+                &setup.data.ids,
+                &setup.data.labels,
             )
             .map(drop)
     })?;
@@ -282,11 +307,11 @@ pub fn step(gpu: &Gpu, batch: usize, iters: usize, json: bool) -> Result<()> {
     let s = time(gpu, iters, &|st| {
         distill_step(
             st,
-            &teacher,
-            &student,
+            &setup.teacher,
+            &setup.student,
             &mut sopt_cell.borrow_mut(),
-            &data,
-            &cfg,
+            &setup.data,
+            &setup.cfg,
         )
         .map(drop)
     })?;
