@@ -166,13 +166,8 @@ impl<'g> Step<'g> {
     /// clears recorded in between, which are charged here.
     #[cfg(not(target_arch = "wasm32"))]
     fn time_dispatch(&mut self, entry: &'static str) -> Result<()> {
-        self.pass = None;
-        let encoder = self.encoder.take().expect("encoder present until submit");
-        for c in &self.chunks {
-            self.gpu.queue.write_buffer(&c.buffer, 0, &c.data);
-        }
         let t = std::time::Instant::now();
-        self.gpu.queue.submit([encoder.finish()]);
+        self.flush();
         self.gpu.wait_idle()?;
         let secs = t.elapsed().as_secs_f64();
         if let Some(p) = self.gpu.profile.lock().unwrap().as_mut() {
@@ -233,9 +228,14 @@ impl<'g> Step<'g> {
                 ),
             });
         }
-        let bytes = src.numel() as u64 * 4;
-        self.encoder()
-            .copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), at as u64 * 4, bytes);
+        // Every dtype is 4 bytes wide, as Tensor::bytes assumes.
+        self.encoder().copy_buffer_to_buffer(
+            src.buffer(),
+            0,
+            dst.buffer(),
+            at as u64 * 4,
+            src.bytes(),
+        );
         Ok(())
     }
 
@@ -275,14 +275,20 @@ impl<'g> Step<'g> {
         Ok(t)
     }
 
-    /// Writes the parameter chunks, submits the one command buffer, and reports any GPU error.
-    pub fn submit(mut self) -> Result<()> {
+    /// Closes the pass, writes the parameter chunks and submits what is recorded, leaving no
+    /// encoder (profiling opens a new one).
+    fn flush(&mut self) {
         self.pass = None;
         let encoder = self.encoder.take().expect("encoder present until submit");
         for c in &self.chunks {
             self.gpu.queue.write_buffer(&c.buffer, 0, &c.data);
         }
         self.gpu.queue.submit([encoder.finish()]);
+    }
+
+    /// Writes the parameter chunks, submits the one command buffer, and reports any GPU error.
+    pub fn submit(mut self) -> Result<()> {
+        self.flush();
         self.gpu.pool.close_step(self.id);
         self.gpu.check()
     }

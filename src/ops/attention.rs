@@ -144,6 +144,20 @@ impl Dims {
     }
 }
 
+/// The map alpha · X Yᵀ [B, H, Tq, Tk] of two sequences (Tq rows of X, Tk of Y): S = scale · Q Kᵀ
+/// and dP = dO Vᵀ.
+fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, alpha: f32) -> Result<Tensor> {
+    let map = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
+    let p = d.params(0, alpha, false, [Some(x), Some(y), None])?;
+    step.dispatch_linear(
+        &SCORES,
+        &p,
+        &[x.t, y.t, &map],
+        groups(d.blocks(d.q_len, d.k_len), 64),
+    )?;
+    Ok(map)
+}
+
 /// `out` = W Z for the map W [B, H, Tq, Tk] (or Wᵀ Z when `transposed`): O = P V and the
 /// backward products.
 fn apply(
@@ -201,19 +215,12 @@ pub fn attention(
             ),
         );
     }
-    let probs = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
-    let out = step.empty(&[d.batch, d.q_len, d.width()])?;
-    let p = d.params(0, d.scale(), false, [Some(&q), Some(&k), None])?;
-    step.dispatch_linear(
-        &SCORES,
-        &p,
-        &[q.t, k.t, &probs],
-        groups(d.blocks(d.q_len, d.k_len), 64),
-    )?;
+    let probs = scores(step, d, &q, &k, d.scale())?;
     let flags = masks.causal as u32 | (masks.key_mask.is_some() as u32) << 1;
     let p = d.params(flags, 1.0, false, [None; 3])?;
     let mask = masks.key_mask.unwrap_or(q.t);
     step.dispatch_linear(&SOFTMAX, &p, &[mask, &probs], groups(d.rows(), 64))?;
+    let out = step.empty(&[d.batch, d.q_len, d.width()])?;
     apply(step, d, &probs, false, &v, &Seq::whole(&out))?;
     Ok((out, probs))
 }
@@ -283,14 +290,7 @@ pub fn attention_bwd(
     }
     // dP = dO Vᵀ (+ extra); dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)); dQ = dS K; dK = dSᵀ Q;
     // dV = Pᵀ dO.
-    let dscores = step.empty(probs.shape())?;
-    let p = d.params(0, 1.0, false, [Some(&dout_seq), Some(&v), None])?;
-    step.dispatch_linear(
-        &SCORES,
-        &p,
-        &[dout, v.t, &dscores],
-        groups(d.blocks(tq, tk), 64),
-    )?;
+    let dscores = scores(step, d, &dout_seq, &v, 1.0)?;
     let flags = (grads.dprobs.is_some() as u32) << 2;
     let p = d.params(flags, d.scale(), false, [None; 3])?;
     let extra = grads.dprobs.unwrap_or(probs);

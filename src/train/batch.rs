@@ -30,23 +30,26 @@ pub fn scene_patches(gpu: &Gpu, scenes: &[Scene], pre: &Preprocess) -> Result<Te
         p.reshape(&[scenes.len(), s[0] / scenes.len(), s[1]])?
     } else {
         // A model of another input size gets each scene resized as any image is.
-        let mut out: Option<Tensor> = None;
-        for (i, scene) in scenes.iter().enumerate() {
+        let mut parts = vec![];
+        for scene in scenes {
             let rgba: Vec<u32> = scene
                 .render()
                 .chunks(3)
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], 255]))
                 .collect();
             let pixels = step.upload_u32(&[SIZE, SIZE], &rgba)?;
-            let p = preprocess(&mut step, &pixels, pre)?;
-            let s = p.shape().to_vec();
-            let all = match &out {
-                Some(t) => t,
-                None => out.insert(step.empty(&[scenes.len(), s[0], s[1]])?),
-            };
-            step.copy_into(&p, all, i * p.numel())?;
+            parts.push(preprocess(&mut step, &pixels, pre)?);
         }
-        out.ok_or_else(|| crate::Error::Invalid("no scenes to patchify".into()))?
+        let s = parts
+            .first()
+            .ok_or_else(|| crate::Error::Invalid("no scenes to patchify".into()))?
+            .shape()
+            .to_vec();
+        let all = step.empty(&[parts.len(), s[0], s[1]])?;
+        for (i, p) in parts.iter().enumerate() {
+            step.copy_into(p, &all, i * p.numel())?;
+        }
+        all
     };
     step.submit()?;
     Ok(patches)
