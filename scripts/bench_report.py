@@ -1,5 +1,7 @@
 """Writes docs/benchmarks.md from one run of scripts/bench.sh: amad's JSON lines and the reference
-implementations' (numpy/OpenBLAS for kernels, PyTorch eager for steps), matched by name."""
+implementations' (numpy/OpenBLAS for kernels, PyTorch eager for steps), matched by name (and, for
+steps, by shape). Usage: bench_report.py AMAD.jsonl REFERENCE.jsonl [OUT.md] (scripts/bench_gpu.sh
+writes its own page)."""
 import datetime
 import json
 import platform
@@ -8,7 +10,9 @@ import sys
 
 amad = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 refs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
-by_name = {r["name"]: r for r in refs}
+by_name = {(r["name"], r["shape"] if r.get("gflops") is None else None): r for r in refs}
+target = sys.argv[3] if len(sys.argv) > 3 else "docs/benchmarks.md"
+script = "scripts/bench_gpu.sh" if len(sys.argv) > 3 else "scripts/bench.sh"
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
 cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 sources = sorted({r["adapter"] for r in refs})
@@ -16,8 +20,8 @@ sources = sorted({r["adapter"] for r in refs})
 out = [
     "# Benchmarks",
     "",
-    "Figures from one run of `scripts/bench.sh`: `amad bench kernels --json` and `amad bench step --json`,",
-    "then the reference implementations on the same machine right after (numpy/OpenBLAS matmul by",
+    f"Figures from one run of `{script}`: `amad bench kernels --json` and `amad bench step --json`,",
+    "then the reference implementations on the same machine right after (matmul by",
     "`scripts/bench_numpy.py`, PyTorch eager by `scripts/bench_step_torch.py`); written by",
     "`scripts/bench_report.py`. Benchmarks print figures; no test is timed. Re-run to refresh.",
     "",
@@ -33,7 +37,7 @@ out = [
 ]
 steps = []
 for r in amad:
-    ref = by_name.get(r["name"])
+    ref = by_name.get((r["name"], r["shape"] if r.get("gflops") is None else None))
     if r.get("gflops") is None:
         steps.append((r, ref))
         continue
@@ -64,5 +68,5 @@ out += [
     "encoder, decoder and cross attention of the paired layers, AdamW.",
     "",
 ]
-open("docs/benchmarks.md", "w").write("\n".join(out))
+open(target, "w").write("\n".join(out))
 print("\n".join(out))

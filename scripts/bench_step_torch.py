@@ -2,7 +2,9 @@
 (AdamW, output_attentions) and one distillation step (teacher forward, student forward and backward,
 CE + T²·KD + AMAD-KL over all three attention kinds, AdamW), default configs, batch 32. Prints JSON
 lines like amad's. Skipped (with a message) where torch is not installed.
+Usage: bench_step_torch.py [BATCH] [--device cuda] [--iters N] (scripts/bench_gpu.sh runs it on the GPU).
 """
+import argparse
 import json
 import sys
 import time
@@ -14,7 +16,12 @@ except ImportError:
     print("torch/transformers not installed: skipping the PyTorch step benchmark", file=sys.stderr)
     sys.exit(0)
 
-VOCAB, LEN, BATCH = 64, 16, int(sys.argv[1]) if len(sys.argv) > 1 else 32
+args = argparse.ArgumentParser()
+args.add_argument("batch", nargs="?", type=int, default=32)
+args.add_argument("--device", default="cpu")
+args.add_argument("--iters", type=int, default=3)
+args = args.parse_args()
+VOCAB, LEN, BATCH, DEV = 64, 16, args.batch, torch.device(args.device)
 
 
 def model(enc, dec):
@@ -42,19 +49,26 @@ def amad_kl(t, s, mask=None):
     return (torch.xlogy(tt, tt) - torch.xlogy(tt, m)).sum((1, 2)).mean()
 
 
-def timed(step, iters=3):
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, iters=args.iters):
     step()
+    sync()
     t = time.perf_counter()
     for _ in range(iters):
         step()
+    sync()
     return (time.perf_counter() - t) / iters
 
 
 torch.manual_seed(0)
 torch.set_num_threads(torch.get_num_threads())
-teacher, student = model((4, 128, 8), (4, 128, 8)), model((2, 64, 2), (2, 64, 2))
-pixels = torch.randn(BATCH, 3, 64, 64)
-ids = torch.randint(0, VOCAB, (BATCH, LEN))
+teacher, student = model((4, 128, 8), (4, 128, 8)).to(DEV), model((2, 64, 2), (2, 64, 2)).to(DEV)
+pixels = torch.randn(BATCH, 3, 64, 64, device=DEV)
+ids = torch.randint(0, VOCAB, (BATCH, LEN), device=DEV)
 topt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
 sopt = torch.optim.AdamW(student.parameters(), lr=1e-3)
 
@@ -67,7 +81,7 @@ def teacher_step():
 
 
 pairs = [(0, 1), (1, 3)]  # student layer j <- teacher layer round((j+1)*4/2) - 1
-valid = torch.ones(BATCH, LEN)
+valid = torch.ones(BATCH, LEN, device=DEV)
 
 
 def distill_step():
@@ -91,6 +105,9 @@ def distill_step():
 
 
 shape = f"batch {BATCH}, 65 + {LEN} tokens"
-who = f"pytorch {torch.__version__} eager, {torch.get_num_threads()} threads"
+if DEV.type == "cuda":
+    who = f"pytorch {torch.__version__} eager, CUDA on {torch.cuda.get_device_name()}"
+else:
+    who = f"pytorch {torch.__version__} eager, {torch.get_num_threads()} threads"
 for name, fn in [("teacher_train_step", teacher_step), ("distill_step_amad_kl", distill_step)]:
     print(json.dumps({"name": name, "shape": shape, "ms": round(timed(fn) * 1e3, 3), "gflops": None, "adapter": who}))
