@@ -7,7 +7,11 @@ struct Params {
     rows: u32,
     cols: u32,
     eps: f32,
-    _pad: u32,
+    chunk: u32,       // layernorm_bwd_params: rows per invocation
+    accumulate: u32,  // layernorm_bwd_params: add to dgamma, dbeta (1) or set partial sums (0)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -79,21 +83,32 @@ fn layernorm_bwd_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dbeta: array<f32>;
 
-// One invocation per column, accumulated (+=) so that callers can sum gradients:
-// dgamma[c] += sum_r dy * xhat,  dbeta[c] += sum_r dy.
+// Column sums over chunks of `chunk` rows, as reduce.wgsl's sum_columns: invocation (k, c) adds
+// to (accumulate) or sets (the first pass of a long sum) dgamma[k·cols + c] = Σ_r dy·xhat and
+// dbeta[k·cols + c] = Σ_r dy over the rows of chunk k. Adding lets callers sum gradients.
 @compute @workgroup_size(256)
 fn layernorm_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = thread_index(wid, nwg, lid);
-    if (c >= p.cols) {
+    let i = thread_index(wid, nwg, lid);
+    let k = i / p.cols;
+    let c = i - k * p.cols;
+    let r0 = k * p.chunk;
+    if (r0 >= p.rows) {
         return;
     }
+    let r1 = min(r0 + p.chunk, p.rows);
     var dg = 0.0;
     var db = 0.0;
-    for (var r = 0u; r < p.rows; r++) {
+    for (var r = r0; r < r1; r++) {
         let g = dy[r * p.cols + c];
         dg += g * (x[r * p.cols + c] - saved[2u * r]) * saved[2u * r + 1u];
         db += g;
     }
-    dgamma[c] += dg;
-    dbeta[c] += db;
+    let o = k * p.cols + c;
+    if (p.accumulate != 0u) {
+        dgamma[o] += dg;
+        dbeta[o] += db;
+    } else {
+        dgamma[o] = dg;
+        dbeta[o] = db;
+    }
 }

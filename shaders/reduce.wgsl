@@ -5,11 +5,11 @@ struct Params {
     segments: u32,  // sum_segments: segments; sum_columns: columns summed (the first ones)
     len: u32,       // segment length (sum_segments) or rows (sum_columns)
     cols: u32,      // sum_columns: row length
-    flags: u32,     // sum_segments: 1 = sum of squares, 2 = accumulate into out
+    flags: u32,     // 1 = sum of squares (sum_segments), 2 = accumulate into out
     scale: f32,     // multiplies every result (1/len makes a mean)
-    out_off: u32,   // sum_segments: first output slot
-    _pad0: u32,
-    _pad1: u32,
+    out_off: u32,   // first output slot
+    chunk: u32,     // sum_columns: rows per invocation
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -53,19 +53,31 @@ fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
-// out[c] += scale * sum_r x[r, c] for the first `segments` columns: the gradient of a bias
-// broadcast over rows (all columns), or of a vector added to the first columns only.
+// Column sums in chunks of rows: invocation (k, c) sets (flag 2: adds to) out[out_off + k·segments + c]
+// the sum over rows k·chunk .. (k+1)·chunk of x[r, c], for the first `segments` columns of rows
+// `cols` long. One chunk of all rows is a whole column sum; several make the first pass of a long
+// one (see sum_columns in src/ops/reduce.rs), so that a GPU runs rows/chunk × columns invocations
+// rather than one per column looping over every row.
 @compute @workgroup_size(256)
 fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let c = thread_index(wid, nwg, lid);
-    if (c >= p.segments) {
+    let i = thread_index(wid, nwg, lid);
+    let k = i / p.segments;
+    let c = i - k * p.segments;
+    let r0 = k * p.chunk;
+    if (r0 >= p.len) {
         return;
     }
+    let r1 = min(r0 + p.chunk, p.len);
     var acc = 0.0;
-    for (var r = 0u; r < p.len; r++) {
+    for (var r = r0; r < r1; r++) {
         acc += x[r * p.cols + c];
     }
-    out[c] += p.scale * acc;
+    let o = p.out_off + k * p.segments + c;
+    if ((p.flags & 2u) != 0u) {
+        out[o] += p.scale * acc;
+    } else {
+        out[o] = p.scale * acc;
+    }
 }
 
 // out[i] = scale * x[0] for i < len: backward of sum (scale 1) and mean (scale 1/n).

@@ -113,24 +113,100 @@ fn layernorm_forward_and_backward() {
         FD_ATOL,
         FD_RTOL,
     );
+    check_layernorm_gpu(&x, &gamma, &beta, &dy, rows, cols, eps);
+    // Over 2·64 rows the parameter gradients are summed in two passes (chunks of rows, then the
+    // chunks): 300 rows, the GPU against the reference only.
+    let rows = 300;
+    let x = rng.vec(rows * cols, 2.0);
+    let dy = rng.vec(rows * cols, 1.0);
+    check_layernorm_gpu(&x, &gamma, &beta, &dy, rows, cols, eps);
+}
+
+/// LayerNorm forward and backward on the GPU against the reference; the parameter gradients are
+/// added to what dgamma and dbeta held (ones here).
+fn check_layernorm_gpu(
+    x: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    dy: &[f64],
+    rows: usize,
+    cols: usize,
+    eps: f64,
+) {
+    let (y, _) = r::layernorm(x, gamma, beta, eps);
+    let (dx, dg, db) = r::layernorm_bwd(x, gamma, dy, eps);
     let (tx, tg, tb, tdy) = (
-        upload(&[rows, cols], &x),
-        upload(&[cols], &gamma),
-        upload(&[cols], &beta),
-        upload(&[rows, cols], &dy),
+        upload(&[rows, cols], x),
+        upload(&[cols], gamma),
+        upload(&[cols], beta),
+        upload(&[rows, cols], dy),
     );
+    let ones = vec![1.0; cols];
     let got = run(|s| {
         let (y, stats) = layernorm::layernorm(s, &tx, &tg, &tb, eps as f32)?;
-        let (dg, db) = (s.zeros(&[cols])?, s.zeros(&[cols])?);
+        let (dg, db) = (upload(&[cols], &ones), upload(&[cols], &ones));
         let dx = layernorm::layernorm_bwd(s, &tx, &tg, &stats, &tdy, &dg, &db)?;
         Ok(vec![y, dx, dg, db])
     });
-    // Normalised values are O(1) but x carries an offset of 30 in f32 (resolution 2e-6, times
-    // rstd ~ 0.9): 2e-5 absolute; parameter gradients sum 37 rows: 1e-4.
-    assert_close("layernorm y", &got[0], &y, 2e-5, 1e-5);
-    assert_close("layernorm dx", &got[1], &dx, 2e-5, 1e-4);
-    assert_close("layernorm dgamma", &got[2], &dg, 1e-4, 1e-5);
-    assert_close("layernorm dbeta", &got[3], &db, 1e-4, 1e-5);
+    let plus_one = |v: Vec<f64>| v.iter().map(|x| x + 1.0).collect::<Vec<_>>();
+    // Normalised values are O(1) but x may carry an offset of 30 in f32 (resolution 2e-6, times
+    // rstd ~ 0.9): 2e-5 absolute; parameter gradients sum up to 300 rows: 1e-4 · rows / 37.
+    let sum_tol = 1e-4 * (rows as f64 / 37.0).max(1.0);
+    assert_close(
+        &format!("layernorm y ({rows} rows)"),
+        &got[0],
+        &y,
+        2e-5,
+        1e-5,
+    );
+    assert_close(
+        &format!("layernorm dx ({rows} rows)"),
+        &got[1],
+        &dx,
+        2e-5,
+        1e-4,
+    );
+    assert_close(
+        &format!("layernorm dgamma ({rows} rows)"),
+        &got[2],
+        &plus_one(dg),
+        sum_tol,
+        1e-5,
+    );
+    assert_close(
+        &format!("layernorm dbeta ({rows} rows)"),
+        &got[3],
+        &plus_one(db),
+        sum_tol,
+        1e-5,
+    );
+}
+
+/// Column sums added into the first columns of `out`: one pass up to 2·64 rows, then passes over
+/// chunks of 64 rows (two passes at 129 and 300 rows, three at 9,000).
+#[test]
+fn column_sums_in_passes() {
+    let mut rng = Rng::new(14);
+    let (cols, summed) = (7, 5);
+    for rows in [1, 128, 129, 300, 9000] {
+        let x = rng.vec(rows * cols, 1.0);
+        let init = rng.vec(summed, 1.0);
+        let (tx, tout) = (upload(&[rows, cols], &x), upload(&[summed], &init));
+        let got = run(|s| {
+            reduce::sum_columns(s, &tx, &tout)?;
+            Ok(vec![tout.clone()])
+        });
+        let sums = r::sum_columns(&x, cols);
+        let want: Vec<f64> = init.iter().zip(&sums).map(|(a, b)| a + b).collect();
+        // f32 sums of up to 9,000 values in [-1, 1]: 4e-6 per term.
+        assert_close(
+            &format!("column sums of {rows} rows"),
+            &got[0],
+            &want,
+            4e-6 * rows as f64,
+            1e-5,
+        );
+    }
 }
 
 #[test]

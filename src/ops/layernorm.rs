@@ -1,5 +1,6 @@
 //! Launchers for `shaders/layernorm.wgsl`.
 
+use super::reduce::{sum_rows_into, COLUMN_CHUNK};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
@@ -9,12 +10,14 @@ pub const BWD_X: Kernel = Kernel::new("layernorm", "layernorm_bwd_x", &[R, R, R,
 pub const BWD_PARAMS: Kernel = Kernel::new("layernorm", "layernorm_bwd_params", &[R, W, R, R, W]);
 
 #[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
 struct Params {
     rows: u32,
     cols: u32,
     eps: f32,
-    _pad: u32,
+    chunk: u32,
+    accumulate: u32,
+    _pad: [u32; 3],
 }
 
 fn dims(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
@@ -54,7 +57,7 @@ pub fn layernorm(
         rows: u32_of("layernorm", "rows", rows)?,
         cols: cols as u32,
         eps,
-        _pad: 0,
+        ..Default::default()
     };
     step.dispatch_linear(&FWD, &p, &[x, gamma, beta, &y, &stats], groups(rows, 256))?;
     Ok((y, stats))
@@ -89,18 +92,36 @@ pub fn layernorm_bwd(
         );
     }
     let dx = step.empty(x.shape())?;
-    let p = Params {
+    let mut p = Params {
         rows: u32_of("layernorm_bwd", "rows", rows)?,
         cols: cols as u32,
-        eps: 0.0,
-        _pad: 0,
+        chunk: rows as u32,
+        accumulate: 1,
+        ..Default::default()
     };
     step.dispatch_linear(&BWD_X, &p, &[x, gamma, dy, stats, &dx], groups(rows, 256))?;
+    if rows <= 2 * COLUMN_CHUNK {
+        step.dispatch_linear(
+            &BWD_PARAMS,
+            &p,
+            &[x, dgamma, dy, stats, dbeta],
+            groups(cols, 256),
+        )?;
+        return Ok(dx);
+    }
+    // A long column sum: partial sums over chunks of rows first, for a GPU's parallelism (see
+    // COLUMN_CHUNK), then the chunks' sums added into dgamma and dbeta.
+    let chunks = rows.div_ceil(COLUMN_CHUNK);
+    let (pg, pb) = (step.empty(&[chunks, cols])?, step.empty(&[chunks, cols])?);
+    p.chunk = COLUMN_CHUNK as u32;
+    p.accumulate = 0;
     step.dispatch_linear(
         &BWD_PARAMS,
         &p,
-        &[x, dgamma, dy, stats, dbeta],
-        groups(cols, 256),
+        &[x, &pg, dy, stats, &pb],
+        groups(chunks * cols, 256),
     )?;
+    sum_rows_into(step, &pg, chunks, cols, cols, dgamma, 0, true)?;
+    sum_rows_into(step, &pb, chunks, cols, cols, dbeta, 0, true)?;
     Ok(dx)
 }

@@ -17,8 +17,15 @@ struct Params {
     flags: u32,
     scale: f32,
     out_off: u32,
-    _pad: [u32; 2],
+    chunk: u32,
+    _pad: u32,
 }
+
+/// Rows per invocation in the first pass of a long column sum. One invocation per column looping
+/// over every row left a real GPU all but idle (128 invocations summing 16,640 rows each for a
+/// bias gradient at batch 256); chunks give it rows/64 × columns invocations, and a second pass
+/// sums the chunks. On lavapipe the passes cost about what one did: the loads are the same.
+pub(crate) const COLUMN_CHUNK: usize = 64;
 
 /// Sums `segments` contiguous runs of `x` into out[out_off ..]: scaled, optionally of squares,
 /// optionally accumulated.
@@ -108,12 +115,80 @@ pub fn sum_columns(step: &mut Step, x: &Tensor, out: &Tensor) -> Result<()> {
             ),
         );
     }
+    if out.numel() == 0 {
+        return Ok(());
+    }
+    let rows = x.numel() / cols;
+    sum_rows_into(step, x, rows, cols, out.numel(), out, 0, true)
+}
+
+/// out[out_off + c] (+= if `accumulate`, else =) Σ_r x[r, c] for c < len, x read as [rows, cols]:
+/// first in passes of COLUMN_CHUNK-row partial sums while more than two chunks' rows remain.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sum_rows_into(
+    step: &mut Step,
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    len: usize,
+    out: &Tensor,
+    out_off: usize,
+    accumulate: bool,
+) -> Result<()> {
+    if rows > 2 * COLUMN_CHUNK {
+        let chunks = rows.div_ceil(COLUMN_CHUNK);
+        let partial = step.empty(&[chunks, len])?;
+        column_pass(step, x, rows, cols, len, COLUMN_CHUNK, &partial, 0, false)?;
+        return sum_rows_into(step, &partial, chunks, len, len, out, out_off, accumulate);
+    }
+    column_pass(
+        step,
+        x,
+        rows,
+        cols,
+        len,
+        rows.max(1),
+        out,
+        out_off,
+        accumulate,
+    )
+}
+
+/// One dispatch of the `sum_columns` kernel: sums over chunks of `chunk` rows, the sum of chunk k
+/// going to out[out_off + k·len ..].
+#[allow(clippy::too_many_arguments)]
+fn column_pass(
+    step: &mut Step,
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    len: usize,
+    chunk: usize,
+    out: &Tensor,
+    out_off: usize,
+    accumulate: bool,
+) -> Result<()> {
+    const OP: &str = "sum_columns";
+    let chunks = rows.div_ceil(chunk).max(1);
+    if rows * cols > x.numel() || out_off + chunks * len > out.numel() {
+        return shape_err(
+            OP,
+            format!(
+                "cannot sum {rows} rows of {len} columns of {:?} into {:?} at {out_off}",
+                x.shape(),
+                out.shape()
+            ),
+        );
+    }
     let p = Params {
-        segments: out.numel() as u32,
-        len: u32_of("sum_columns", "rows", x.numel() / cols)?,
-        cols: cols as u32,
+        segments: u32_of(OP, "columns", len)?,
+        len: u32_of(OP, "rows", rows)?,
+        cols: u32_of(OP, "row length", cols)?,
+        flags: (accumulate as u32) << 1,
         scale: 1.0,
-        ..Default::default()
+        out_off: u32_of(OP, "offset", out_off)?,
+        chunk: u32_of(OP, "chunk", chunk)?,
+        _pad: 0,
     };
-    step.dispatch_linear(&SUM_COLUMNS, &p, &[x, out], groups(out.numel(), 256))
+    step.dispatch_linear(&SUM_COLUMNS, &p, &[x, out], groups(chunks * len, 256))
 }
