@@ -122,6 +122,59 @@ fn k_longer_than_the_loop_cap() {
     check(22, 1, 4, 8, 300_000, false, false, false, false);
 }
 
+/// Few output tiles and a long K (a weight gradient's shape): the launcher runs chunks of K as one
+/// batched product and sums them. Whole chunks only (K = 2,080 in 8 chunks) and a last partial
+/// chunk (K = 1,000: 3 chunks of 332, then 4), with both kernels and every transpose.
+#[test]
+fn split_k_for_few_tiles_and_long_k() {
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        check(31, 1, 64, 128, 2080, ta, tb, false, false);
+        check(32, 1, 20, 35, 1000, ta, tb, false, false);
+    }
+}
+
+/// Split-K into a C that is a view at an offset, accumulated into, with alpha.
+#[test]
+fn split_k_accumulates_into_an_offset_view() {
+    let (m, n, k, off) = (12, 20, 777, 3);
+    let mut rng = Rng::new(12);
+    let (a, b, c0) = (
+        rng.vec(k * m, 1.0),
+        rng.vec(k * n, 1.0),
+        rng.vec(off + m * n, 1.0),
+    );
+    let (ta, tb, tc) = (
+        upload(&[k, m], &a),
+        upload(&[k, n], &b),
+        upload(&[off + m * n], &c0),
+    );
+    let got = run(|s| {
+        Gemm {
+            m,
+            n,
+            k,
+            batch: [1, 1],
+            a: View::matrix(&ta, k, m, true),
+            b: View::matrix(&tb, k, n, false),
+            c: View {
+                off,
+                ..View::matrix(&tc, m, n, false)
+            },
+            bias: None,
+            alpha: 0.5,
+            accumulate: true,
+        }
+        .record(s)?;
+        Ok(vec![tc.clone()])
+    });
+    let prod = r::matmul(&a, &b, None, 1, m, n, k, true, false, false);
+    let mut want = c0.clone();
+    for (w, p) in want[off..].iter_mut().zip(&prod) {
+        *w += 0.5 * p;
+    }
+    assert_close("split-K into an offset view", &got[0], &want, tol(k), 1e-5);
+}
+
 #[test]
 fn more_workgroups_than_one_dispatch_dimension_allows() {
     // 70,000 batched 1x1 products: 70,000 workgroups, over the 65,535 per-dimension limit.

@@ -1,5 +1,6 @@
 //! Launcher for `shaders/matmul.wgsl`: batched strided matrix multiply with optional bias.
 
+use super::reduce::sum_rows_into;
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access, Kernel, Step, Tensor};
 
@@ -45,6 +46,15 @@ pub const MATMUL_VEC4: [[Kernel; 2]; 2] = [
 /// The longest K recorded as one product: the scalar kernel loops K times per invocation, and
 /// lavapipe stops loops after 65,535 iterations. A multiple of 4, so vec4 alignment carries over.
 const MAX_K: usize = 16384;
+
+/// Split-K: a product with fewer output tiles (workgroups) than SPLIT_BELOW_TILES and a long K runs
+/// as parallel partial products over chunks of K, summed afterwards. A weight gradient such as
+/// 128×512 over 2,080 tokens has 16 tiles, which leaves all but 16 of a GPU's cores idle while each
+/// loops over all of K; split, it gets up to SPLIT_TARGET_TILES workgroups, each chunk at least
+/// MIN_SPLIT_K long. On lavapipe, with 2 threads, the split neither helps nor costs much.
+const SPLIT_BELOW_TILES: usize = 64;
+const SPLIT_TARGET_TILES: usize = 256;
+const MIN_SPLIT_K: usize = 256;
 
 /// Output tile of one workgroup (rows, columns): see the shader.
 const SCALAR_TILE: (usize, usize) = (16, 64);
@@ -149,6 +159,68 @@ impl Gemm<'_> {
         Some((ak, bn))
     }
 
+    /// How many K chunks to split this product into (see SPLIT_BELOW_TILES), if any: only single
+    /// products without bias whose C rows are contiguous, so that the chunks' sum is a column sum.
+    fn k_splits(&self, tiles: usize) -> Option<usize> {
+        let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
+        if self.batch != [1, 1]
+            || self.bias.is_some()
+            || !contiguous_c
+            || tiles >= SPLIT_BELOW_TILES
+        {
+            return None;
+        }
+        let splits = (SPLIT_TARGET_TILES / tiles).min(self.k / MIN_SPLIT_K);
+        (splits >= 2).then_some(splits)
+    }
+
+    /// Split-K: the chunks of K as one batched product into a [splits, m, n] scratch tensor, their
+    /// sum into C (added if accumulating), then the last part of K that is not a whole chunk.
+    fn record_split(&self, step: &mut Step, splits: usize) -> Result<()> {
+        let chunk = self.k / splits / 4 * 4; // a multiple of 4 keeps the vec4 alignment of A and B
+        let splits = self.k / chunk;
+        let (m, n) = (self.m, self.n);
+        let partial = step.empty(&[splits, m, n])?;
+        Gemm {
+            k: chunk,
+            batch: [splits, 1],
+            a: View {
+                bs: [chunk * self.a.cs, 0],
+                ..self.a
+            },
+            b: View {
+                bs: [chunk * self.b.rs, 0],
+                ..self.b
+            },
+            c: View::matrix(&partial, m, n, false),
+            accumulate: false,
+            ..*self
+        }
+        .record(step)?;
+        sum_rows_into(
+            step,
+            &partial,
+            splits,
+            m * n,
+            m * n,
+            self.c.t,
+            self.c.off,
+            self.accumulate,
+        )?;
+        let done = splits * chunk;
+        if done < self.k {
+            let mut rest = Gemm {
+                k: self.k - done,
+                accumulate: true,
+                ..*self
+            };
+            rest.a.off += done * self.a.cs;
+            rest.b.off += done * self.b.rs;
+            rest.record(step)?;
+        }
+        Ok(())
+    }
+
     /// Records the matmul into `step`.
     pub fn record(&self, step: &mut Step) -> Result<()> {
         const OP: &str = "matmul";
@@ -218,6 +290,9 @@ impl Gemm<'_> {
         };
         let tiles_m = self.m.div_ceil(tm);
         let tiles_n = self.n.div_ceil(tn);
+        if let Some(splits) = self.k_splits(tiles_m * tiles_n) {
+            return self.record_split(step, splits);
+        }
         let total = (tiles_m * tiles_n) as u64 * (b1 * b2) as u64;
         let u = |x| crate::ops::u32_of(OP, "size", x);
         let params = Params {
