@@ -81,23 +81,20 @@ fn total(
 }
 
 fn shifted(student: &Model, base: &[Vec<f32>], dir: &[Vec<f64>], eps: f64) -> Model {
-    let tensors = base
+    let values: Vec<Vec<f32>> = base
         .iter()
         .zip(dir)
-        .zip(&student.layout.specs)
-        .map(|((w, d), spec)| {
-            let v: Vec<f32> = w
-                .iter()
+        .map(|(w, d)| {
+            w.iter()
                 .zip(d)
                 .map(|(&w, &d)| (w as f64 + eps * d) as f32)
-                .collect();
-            Tensor::from_slice(gpu(), &spec.shape, &v).unwrap()
+                .collect()
         })
         .collect();
     Model {
         cfg: student.cfg.clone(),
         layout: student.layout.clone(),
-        weights: Weights { tensors },
+        weights: Weights::from_values(gpu(), &student.layout, &values).unwrap(),
     }
 }
 

@@ -90,3 +90,53 @@ fn a_buffer_freed_mid_recording_is_not_handed_to_another_open_step() {
     );
     drop(z);
 }
+
+/// Parts of one buffer (how a model's parameters are stored): each reads and writes only its own
+/// elements, two parts may be written by one dispatch, and a part bound read-only beside a write
+/// to another part of its buffer is a clear error (wgpu rejects that mix as a usage conflict).
+#[test]
+fn parts_of_one_buffer_are_tensors_of_their_own() {
+    let g = pollster::block_on(Gpu::new()).unwrap();
+    let align = g.limits.min_storage_buffer_offset_alignment as usize / 4;
+    let block = amad::Tensor::from_slice(&g, &[4 * align], &vec![0.0; 4 * align]).unwrap();
+    let (dgamma, dbeta) = (
+        block.part(&g, 0, &[3]).unwrap(),
+        block.part(&g, align, &[3]).unwrap(),
+    );
+    let x = amad::Tensor::from_slice(&g, &[2, 3], &[1.0, 2.0, 4.0, 3.0, 2.0, 0.0]).unwrap();
+    let gamma = amad::Tensor::from_slice(&g, &[3], &[1.0; 3]).unwrap();
+    let beta = amad::Tensor::from_slice(&g, &[3], &[0.0; 3]).unwrap();
+    let dy = amad::Tensor::from_slice(&g, &[2, 3], &[1.0, 1.0, 1.0, 2.0, 0.0, -1.0]).unwrap();
+    let mut s = g.step();
+    let (_, stats) = layernorm::layernorm(&mut s, &x, &gamma, &beta, 1e-5).unwrap();
+    layernorm::layernorm_bwd(&mut s, &x, &gamma, &stats, &dy, &dgamma, &dbeta).unwrap();
+    let err = elementwise::axpy(&mut s, &dgamma, &dbeta, 1.0).unwrap_err();
+    assert!(err.to_string().contains("also bound"), "{err}");
+    s.submit().unwrap();
+    let all = pollster::block_on(block.read(&g)).unwrap();
+    // dbeta = column sums of dy; dgamma = Σ dy·xhat (rows of x normalised to mean 0, variance 1).
+    assert_eq!(&all[align..align + 3], &[3.0, 1.0, 0.0]);
+    let xhat = |r: [f32; 3]| {
+        let m = r.iter().sum::<f32>() / 3.0;
+        let sd = (r.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / 3.0 + 1e-5).sqrt();
+        r.map(|v| (v - m) / sd)
+    };
+    let (a, b) = (xhat([1.0, 2.0, 4.0]), xhat([3.0, 2.0, 0.0]));
+    for c in 0..3 {
+        let want = [1.0, 1.0, 1.0][c] * a[c] + [2.0, 0.0, -1.0][c] * b[c];
+        assert!(
+            (all[c] - want).abs() < 1e-5,
+            "dgamma[{c}] {} vs {want}",
+            all[c]
+        );
+    }
+    // Nothing outside the two parts was written.
+    let outside = all
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !(i < 3 || (align..align + 3).contains(&i)));
+    assert!(outside.clone().all(|(_, &v)| v == 0.0));
+    let misaligned = block.part(&g, 1, &[3]);
+    assert!(misaligned.is_err() || align == 1);
+    assert!(block.part(&g, 3 * align, &[align + 1]).is_err());
+}

@@ -263,9 +263,7 @@ pub fn distill_grads(
         );
     }
     let (b, len) = (s[0], s[1]);
-    for g in &grads.tensors {
-        step.clear(g);
-    }
+    grads.clear(step);
     let tf = teacher.forward(step, &batch.teacher_patches, &batch.ids)?;
     let sf = student.forward(step, &batch.student_patches, &batch.ids)?;
     let rows = [b * len, sd.vocab_size];

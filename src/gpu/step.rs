@@ -100,14 +100,19 @@ impl<'g> Step<'g> {
                 tensors.len()
             )));
         }
-        // A buffer written by a dispatch may not be bound twice in it (WebGPU forbids writable
-        // aliasing); catch it here with a message instead of a validation error.
+        // A buffer written by a dispatch may not share elements with another of its bindings
+        // (WebGPU forbids writable aliasing), nor be bound read-only beside (wgpu counts that as
+        // conflicting usages of one buffer); parts of one buffer may be written side by side.
+        // Catch it here with a message instead of a validation error.
         for (i, (a, t)) in kernel.bindings.iter().zip(tensors).enumerate() {
             if *a == Access::ReadWrite
                 && tensors
                     .iter()
+                    .zip(kernel.bindings)
                     .enumerate()
-                    .any(|(j, u)| j != i && u.same_buffer(t))
+                    .any(|(j, (u, b))| {
+                        j != i && (u.overlaps(t) || (*b == Access::Read && u.same_buffer(t)))
+                    })
             {
                 return Err(Error::Invalid(format!(
                     "kernel {}: output buffer {i} is also bound as another argument",
@@ -133,7 +138,7 @@ impl<'g> Step<'g> {
         for (i, t) in tensors.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
-                resource: t.buffer().as_entire_binding(),
+                resource: t.binding(),
             });
         }
         let bind_group = self
@@ -211,7 +216,8 @@ impl<'g> Step<'g> {
     /// Zeroes a tensor, in recording order.
     pub fn clear(&mut self, t: &Tensor) {
         let size = t.bytes();
-        self.encoder().clear_buffer(t.buffer(), 0, Some(size));
+        self.encoder()
+            .clear_buffer(t.buffer(), t.offset(), Some(size));
     }
 
     /// Copies all of `src` into `dst` from element `at` on, in recording order.
@@ -231,9 +237,9 @@ impl<'g> Step<'g> {
         // Every dtype is 4 bytes wide, as Tensor::bytes assumes.
         self.encoder().copy_buffer_to_buffer(
             src.buffer(),
-            0,
+            src.offset(),
             dst.buffer(),
-            at as u64 * 4,
+            dst.offset() + at as u64 * 4,
             src.bytes(),
         );
         Ok(())

@@ -89,10 +89,15 @@ impl Drop for Pooled {
     }
 }
 
-/// A GPU tensor: row-major, contiguous. Cloning shares the buffer.
+/// A GPU tensor: row-major, contiguous. Cloning shares the buffer. A tensor has a buffer of its
+/// own, or is a part of another tensor's ([`Tensor::part`]: a model's parameters live as parts of
+/// a few large buffers, so that one dispatch updates them all).
 #[derive(Clone)]
 pub struct Tensor {
     inner: Arc<Pooled>,
+    /// Byte offset in the buffer; bound as its own range when `part`.
+    offset: u64,
+    part: bool,
     shape: Vec<usize>,
     dtype: DType,
 }
@@ -170,9 +175,37 @@ impl Tensor {
                 bytes,
                 pool: Arc::downgrade(&gpu.pool),
             }),
+            offset: 0,
+            part: false,
             shape: shape.to_vec(),
             dtype,
         }
+    }
+
+    /// The elements `at ..` of this tensor, seen as a tensor of `shape`, sharing its buffer. The
+    /// part starts where the device allows a binding to start (min_storage_buffer_offset_alignment)
+    /// and is bound as its own byte range (rounded up to 16 bytes, which whoever lays out parts
+    /// leaves free), so parts of one buffer can be written by one dispatch each, or several at once.
+    pub fn part(&self, gpu: &Gpu, at: usize, shape: &[usize]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let offset = self.offset + at as u64 * 4;
+        let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
+        if at + numel > self.numel() || !offset.is_multiple_of(align) {
+            return Err(Error::Shape {
+                op: "part",
+                msg: format!(
+                    "{shape:?} at element {at} does not fit in {:?} or is not aligned to {align} bytes",
+                    self.shape
+                ),
+            });
+        }
+        Ok(Tensor {
+            inner: self.inner.clone(),
+            offset,
+            part: true,
+            shape: shape.to_vec(),
+            dtype: self.dtype,
+        })
     }
 
     /// Uploads data outside any step. The buffer is new (never a pooled one a pending encoder might
@@ -240,9 +273,35 @@ impl Tensor {
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.inner.buffer
     }
+    /// Byte offset of the tensor's first element in [`Tensor::buffer`].
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// The tensor as a storage binding: the whole buffer for a tensor of its own, the part's own
+    /// byte range for a part.
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        if !self.part {
+            return self.inner.buffer.as_entire_binding();
+        }
+        let size = self
+            .bytes()
+            .next_multiple_of(16)
+            .min(self.inner.bytes - self.offset);
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.inner.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(size),
+        })
+    }
     /// True when both handles share one buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
+    }
+    /// True when both share elements (the same buffer and overlapping byte ranges).
+    pub fn overlaps(&self, other: &Tensor) -> bool {
+        self.same_buffer(other)
+            && self.offset < other.offset + other.bytes()
+            && other.offset < self.offset + self.bytes()
     }
 
     /// The same buffer seen with another shape of the same element count.
@@ -255,9 +314,8 @@ impl Tensor {
             });
         }
         Ok(Tensor {
-            inner: self.inner.clone(),
             shape: shape.to_vec(),
-            dtype: self.dtype,
+            ..self.clone()
         })
     }
 
@@ -283,7 +341,7 @@ impl Tensor {
             mapped_at_creation: false,
         });
         let mut enc = gpu.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(self.buffer(), 0, &staging, 0, size);
+        enc.copy_buffer_to_buffer(self.buffer(), self.offset, &staging, 0, size);
         gpu.queue.submit([enc.finish()]);
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {

@@ -103,22 +103,22 @@ impl Optimizer {
 
     /// Zeroes the gradients (in recording order).
     pub fn zero_grad(&self, step: &mut Step) {
-        for g in &self.grads.tensors {
-            step.clear(g);
-        }
+        self.grads.clear(step);
     }
 
     /// Clips the gradients' global norm and applies one AdamW update; returns [norm, scale].
     pub fn update(&mut self, step: &mut Step, weights: &Weights) -> Result<Tensor> {
         self.t += 1;
-        let grads: Vec<&Tensor> = self.grads.tensors.iter().collect();
+        // Whole blocks at a time: parameters, gradients and moments share one block layout (the
+        // layout's), and AdamW leaves the zero gaps between parts zero.
+        let grads: Vec<&Tensor> = self.grads.blocks.iter().collect();
         let clip = clip_grad_norm(step, &grads, self.max_norm)?;
-        let slots: Vec<Slot> = (0..weights.tensors.len())
+        let slots: Vec<Slot> = (0..weights.blocks.len())
             .map(|i| Slot {
-                param: &weights.tensors[i],
-                grad: &self.grads.tensors[i],
-                m: &self.m.tensors[i],
-                v: &self.v.tensors[i],
+                param: &weights.blocks[i],
+                grad: &self.grads.blocks[i],
+                m: &self.m.blocks[i],
+                v: &self.v.blocks[i],
             })
             .collect();
         adamw(step, &slots, &self.cfg, self.t, &clip)?;

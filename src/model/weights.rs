@@ -5,7 +5,8 @@
 
 use super::config::Config;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Step, Tensor};
+use crate::ops::optim::NORM_SEGMENT;
 use crate::rng::Rng;
 
 /// How a parameter starts (as transformers initialises these models).
@@ -199,40 +200,110 @@ fn ignorable(name: &str) -> bool {
     name.starts_with("encoder.pooler.") || name == "decoder.lm_head.weight"
 }
 
-/// One GPU tensor per spec of a layout, in the layout's order.
+/// One GPU tensor per spec of a layout, in the layout's order, each a part of one of a few large
+/// buffers (`blocks`): one dispatch then zeroes, clips or updates a whole block where one per
+/// parameter was needed (154 in the teacher, each a dispatch's overhead on a real GPU), and one
+/// readback saves it.
 #[derive(Clone)]
 pub struct Weights {
     pub tensors: Vec<Tensor>,
+    /// The buffers holding the parameters, each seen whole; the gaps between parts stay zero.
+    pub blocks: Vec<Tensor>,
+    /// Where each tensor lives: (block, first element).
+    places: Vec<(usize, usize)>,
 }
 
 impl Weights {
-    /// Fresh weights drawn as transformers initialises them, deterministic from `seed`.
-    pub fn init(gpu: &Gpu, layout: &Layout, seed: u64) -> Result<Weights> {
-        let mut rng = Rng::new(seed);
+    /// Lays the layout's tensors out in blocks (each part aligned as bindings must be, each block
+    /// within one binding and a multiple of NORM_SEGMENT long) and uploads `data(i)` for tensor i
+    /// (`None`: zeros).
+    fn build(
+        gpu: &Gpu,
+        layout: &Layout,
+        mut data: impl FnMut(usize) -> Result<Option<Vec<f32>>>,
+    ) -> Result<Weights> {
+        let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
+        let cap = (gpu.max_binding() / 4) as usize / NORM_SEGMENT * NORM_SEGMENT;
+        let mut places = vec![];
+        let mut lens = vec![0usize];
+        for s in &layout.specs {
+            Tensor::check_shape(gpu, &s.shape, &s.name)?;
+            let n: usize = s.shape.iter().product();
+            let used = *lens.last().expect("one block at least");
+            if used > 0 && (used + n).next_multiple_of(NORM_SEGMENT) > cap {
+                lens.push(0);
+            }
+            let block = lens.len() - 1;
+            places.push((block, lens[block]));
+            lens[block] = (lens[block] + n).next_multiple_of(align);
+        }
+        let mut host: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|&n| vec![0.0; n.next_multiple_of(NORM_SEGMENT)])
+            .collect();
+        for (i, &(b, at)) in places.iter().enumerate() {
+            if let Some(d) = data(i)? {
+                host[b][at..at + d.len()].copy_from_slice(&d);
+            }
+        }
+        let blocks = host
+            .iter()
+            .map(|h| Tensor::from_slice(gpu, &[h.len()], h))
+            .collect::<Result<Vec<_>>>()?;
         let tensors = layout
             .specs
             .iter()
-            .map(|s| {
-                let n: usize = s.shape.iter().product();
-                let data: Vec<f32> = match s.init {
-                    Init::Normal(std) => (0..n).map(|_| std * rng.normal() as f32).collect(),
-                    Init::Zeros => vec![0.0; n],
-                    Init::Ones => vec![1.0; n],
-                };
-                Tensor::from_slice(gpu, &s.shape, &data)
-            })
+            .zip(&places)
+            .map(|(s, &(b, at))| blocks[b].part(gpu, at, &s.shape))
             .collect::<Result<_>>()?;
-        Ok(Weights { tensors })
+        Ok(Weights {
+            tensors,
+            blocks,
+            places,
+        })
+    }
+
+    /// Fresh weights drawn as transformers initialises them, deterministic from `seed`.
+    pub fn init(gpu: &Gpu, layout: &Layout, seed: u64) -> Result<Weights> {
+        let mut rng = Rng::new(seed);
+        Self::build(gpu, layout, |i| {
+            let s = &layout.specs[i];
+            let n: usize = s.shape.iter().product();
+            Ok(Some(match s.init {
+                Init::Normal(std) => (0..n).map(|_| std * rng.normal() as f32).collect(),
+                Init::Zeros => vec![0.0; n],
+                Init::Ones => vec![1.0; n],
+            }))
+        })
+    }
+
+    /// Weights holding `values`, one per spec of the layout, in its order.
+    pub fn from_values(gpu: &Gpu, layout: &Layout, values: &[Vec<f32>]) -> Result<Weights> {
+        let sizes: Vec<usize> = layout
+            .specs
+            .iter()
+            .map(|s| s.shape.iter().product())
+            .collect();
+        let given: Vec<usize> = values.iter().map(Vec::len).collect();
+        if sizes != given {
+            return Err(Error::Shape {
+                op: "weights",
+                msg: format!("the layout holds tensors of {sizes:?} elements, got {given:?}"),
+            });
+        }
+        Self::build(gpu, layout, |i| Ok(Some(values[i].clone())))
     }
 
     /// Zero tensors shaped like every parameter (gradients, optimiser moments).
     pub fn zeros(gpu: &Gpu, layout: &Layout) -> Result<Weights> {
-        let tensors = layout
-            .specs
-            .iter()
-            .map(|s| Tensor::from_slice(gpu, &s.shape, &vec![0.0; s.shape.iter().product()]))
-            .collect::<Result<_>>()?;
-        Ok(Weights { tensors })
+        Self::build(gpu, layout, |_| Ok(None))
+    }
+
+    /// Zeroes every tensor (in recording order): one clear per block.
+    pub fn clear(&self, step: &mut Step) {
+        for b in &self.blocks {
+            step.clear(b);
+        }
     }
 
     /// Loads model.safetensors bytes. `file` names the source in error messages. Every tensor of
@@ -268,40 +339,36 @@ impl Weights {
         prefix: &str,
         file: &str,
     ) -> Result<Weights> {
-        let tensors = layout
-            .specs
-            .iter()
-            .map(|s| {
-                let name = format!("{prefix}{}", s.name);
-                let view = st.tensor(&name).map_err(|_| {
-                    Error::Invalid(format!(
-                        "{file}: tensor {name} is missing (expected shape {:?})",
-                        s.shape
-                    ))
-                })?;
-                if view.dtype() != safetensors::Dtype::F32 {
-                    return Err(Error::Invalid(format!(
-                        "{file}: tensor {name} is {:?}; amad reads f32 checkpoints",
-                        view.dtype()
-                    )));
-                }
-                if view.shape() != s.shape {
-                    return Err(Error::Invalid(format!(
-                        "{file}: tensor {name} has shape {:?}, but config.json implies {:?}",
-                        view.shape(),
-                        s.shape
-                    )));
-                }
-                // The data of a safetensors file need not be 4-byte aligned in memory: copy.
-                let data: Vec<f32> = view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                Tensor::from_slice(gpu, &s.shape, &data)
-            })
-            .collect::<Result<_>>()?;
-        Ok(Weights { tensors })
+        Self::build(gpu, layout, |i| {
+            let s = &layout.specs[i];
+            let name = format!("{prefix}{}", s.name);
+            let view = st.tensor(&name).map_err(|_| {
+                Error::Invalid(format!(
+                    "{file}: tensor {name} is missing (expected shape {:?})",
+                    s.shape
+                ))
+            })?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(Error::Invalid(format!(
+                    "{file}: tensor {name} is {:?}; amad reads f32 checkpoints",
+                    view.dtype()
+                )));
+            }
+            if view.shape() != s.shape {
+                return Err(Error::Invalid(format!(
+                    "{file}: tensor {name} has shape {:?}, but config.json implies {:?}",
+                    view.shape(),
+                    s.shape
+                )));
+            }
+            // The data of a safetensors file need not be 4-byte aligned in memory: copy.
+            let data: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Ok(Some(data))
+        })
     }
 
     /// Reads every tensor back and serialises them as model.safetensors bytes.
@@ -321,9 +388,16 @@ pub async fn serialize(
 ) -> Result<Vec<u8>> {
     let mut data = vec![];
     for (prefix, w) in sets {
-        for (s, t) in layout.specs.iter().zip(&w.tensors) {
-            let v = t.read(gpu).await?;
-            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut blocks = vec![];
+        for b in &w.blocks {
+            blocks.push(b.read(gpu).await?);
+        }
+        for (s, &(b, at)) in layout.specs.iter().zip(&w.places) {
+            let n: usize = s.shape.iter().product();
+            let bytes: Vec<u8> = blocks[b][at..at + n]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
             data.push((format!("{prefix}{}", s.name), s.shape.clone(), bytes));
         }
     }

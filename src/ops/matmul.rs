@@ -263,7 +263,7 @@ impl Gemm<'_> {
                 );
             }
         }
-        if self.c.t.same_buffer(self.a.t) || self.c.t.same_buffer(self.b.t) {
+        if self.c.t.overlaps(self.a.t) || self.c.t.overlaps(self.b.t) {
             return shape_err(OP, "the output may not alias an input");
         }
         if self.k > MAX_K {

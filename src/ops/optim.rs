@@ -53,6 +53,11 @@ pub struct Slot<'a> {
     pub v: &'a Tensor,
 }
 
+/// Gradients are summed in segments of this many elements where their length allows (the blocks
+/// of a model's gradients always do: see `model::Weights`), so a GPU runs a workgroup per segment
+/// rather than one per tensor.
+pub const NORM_SEGMENT: usize = 4096;
+
 /// The global L2 norm of all gradients and the factor that clips it to `max_norm`:
 /// returns [norm, scale] on the GPU (scale = 1 when the norm is already within bounds; pass
 /// `f32::INFINITY` to measure without clipping).
@@ -60,13 +65,23 @@ pub fn clip_grad_norm(step: &mut Step, grads: &[&Tensor], max_norm: f32) -> Resu
     if grads.is_empty() {
         return shape_err("clip_grad_norm", "no gradients");
     }
-    let sumsq = step.empty(&[grads.len()])?;
-    for (i, g) in grads.iter().enumerate() {
-        sum_segments(step, g, 1, 1.0, true, &sumsq, i, false)?;
+    let segments: Vec<usize> = grads
+        .iter()
+        .map(|g| match g.numel() % NORM_SEGMENT {
+            0 => g.numel() / NORM_SEGMENT,
+            _ => 1,
+        })
+        .collect();
+    let total: usize = segments.iter().sum();
+    let sumsq = step.empty(&[total])?;
+    let mut at = 0;
+    for (g, &n) in grads.iter().zip(&segments) {
+        sum_segments(step, g, n, 1.0, true, &sumsq, at, false)?;
+        at += n;
     }
     let out = step.empty(&[2])?;
     let p = Params {
-        n: grads.len() as u32,
+        n: u32_of("clip_grad_norm", "segments", total)?,
         max_norm,
         ..Default::default()
     };
