@@ -225,3 +225,31 @@ fn loss_command_writes_loss_gradient_and_weights() {
     assert_eq!(st.tensor("weights").unwrap().shape(), &[b, h, h]);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `amad caption … | head -1` and the like: a reader that goes away ends the program quietly
+/// (as other command-line tools end, by SIGPIPE) instead of with a panic on the failed write.
+#[cfg(unix)]
+#[test]
+fn a_closed_output_pipe_ends_the_program_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = captioner_dir("pipe");
+    let imgs = temp("pipe-images");
+    let img = image::DynamicImage::ImageRgba8(image(40, 30, 7));
+    img.save_with_format(imgs.join("a.png"), image::ImageFormat::Png)
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amad"))
+        .args(["caption", "--model", dir.to_str().unwrap()])
+        .args(std::iter::repeat_n(imgs.join("a.png"), 20))
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {stderr}");
+    std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(imgs).ok();
+}

@@ -2,6 +2,13 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
+    // A reader that goes away (`amad caption … | head -1`) ends the program by SIGPIPE, as other
+    // command-line tools end, instead of Rust's panic on the failed write.
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match cli::run(&args) {
         Ok(()) => 0,
