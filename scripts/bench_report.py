@@ -18,7 +18,7 @@ cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 sources = sorted({r["adapter"] for r in refs})
 
 out = [
-    "# Benchmarks",
+    "# Benchmarks on a GPU" if len(sys.argv) > 3 else "# Benchmarks",
     "",
     f"Figures from one run of `{script}`: `amad bench kernels --json` and `amad bench step --json`,",
     "then the reference implementations on the same machine right after (matmul by",
