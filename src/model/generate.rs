@@ -184,6 +184,11 @@ impl Model {
             let logits = self.next_logits(gpu, states, &prefixes).await?;
             for b in 0..batch {
                 if finished[b].len() >= beams {
+                    // Done: its rows still run (every prefix of a batch is one length), as padding.
+                    for h in &mut live[b] {
+                        h.tokens.push(pad);
+                        h.logprob = f32::NEG_INFINITY;
+                    }
                     continue;
                 }
                 let mut candidates: Vec<(f32, usize, u32)> = vec![];

@@ -122,7 +122,8 @@ pub struct Evaluation {
     pub truth: f64,
 }
 
-/// Greedy captions for scenes 0..n of `split`, scored against their references and their graphs.
+/// Captions (greedy or beam search, as `generation` says) for scenes 0..n of `split`, scored
+/// against their references and their graphs.
 pub async fn evaluate(
     gpu: &Gpu,
     c: &Captioner,
