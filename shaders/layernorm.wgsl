@@ -7,11 +7,7 @@ struct Params {
     rows: u32,
     cols: u32,
     eps: f32,
-    chunk: u32,       // layernorm_bwd_params: rows per invocation
-    accumulate: u32,  // layernorm_bwd_params: add to dgamma, dbeta (1) or set partial sums (0)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    chunk: u32,  // layernorm_bwd_params: rows per invocation
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -83,9 +79,9 @@ fn layernorm_bwd_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 @group(0) @binding(2) var<storage, read_write> dgamma: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dbeta: array<f32>;
 
-// Column sums over chunks of `chunk` rows, as reduce.wgsl's sum_columns: invocation (k, c) adds
-// to (accumulate) or sets (the first pass of a long sum) dgamma[k·cols + c] = Σ_r dy·xhat and
-// dbeta[k·cols + c] = Σ_r dy over the rows of chunk k. Adding lets callers sum gradients.
+// The first pass of the parameter gradients' column sums (reduce.wgsl's sum_columns adds up the
+// chunks): invocation (k, c) sets dgamma[k·cols + c] = Σ_r dy·xhat and dbeta[k·cols + c] = Σ_r dy
+// over the rows of chunk k (`chunk` rows).
 @compute @workgroup_size(256)
 fn layernorm_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = thread_index(wid, nwg, lid);
@@ -103,12 +99,6 @@ fn layernorm_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         dg += g * (x[r * p.cols + c] - saved[2u * r]) * saved[2u * r + 1u];
         db += g;
     }
-    let o = k * p.cols + c;
-    if (p.accumulate != 0u) {
-        dgamma[o] += dg;
-        dbeta[o] += db;
-    } else {
-        dgamma[o] = dg;
-        dbeta[o] = db;
-    }
+    dgamma[k * p.cols + c] = dg;
+    dbeta[k * p.cols + c] = db;
 }

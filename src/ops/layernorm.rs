@@ -16,8 +16,6 @@ struct Params {
     cols: u32,
     eps: f32,
     chunk: u32,
-    accumulate: u32,
-    _pad: [u32; 3],
 }
 
 fn dims(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
@@ -92,29 +90,17 @@ pub fn layernorm_bwd(
         );
     }
     let dx = step.empty(x.shape())?;
-    let mut p = Params {
+    let p = Params {
         rows: u32_of("layernorm_bwd", "rows", rows)?,
         cols: cols as u32,
-        chunk: rows as u32,
-        accumulate: 1,
+        chunk: COLUMN_CHUNK as u32,
         ..Default::default()
     };
     step.dispatch_linear(&BWD_X, &p, &[x, gamma, dy, stats, &dx], groups(rows, 256))?;
-    if rows <= 2 * COLUMN_CHUNK {
-        step.dispatch_linear(
-            &BWD_PARAMS,
-            &p,
-            &[x, dgamma, dy, stats, dbeta],
-            groups(cols, 256),
-        )?;
-        return Ok(dx);
-    }
-    // A long column sum: partial sums over chunks of rows first, for a GPU's parallelism (see
-    // COLUMN_CHUNK), then the chunks' sums added into dgamma and dbeta.
+    // The parameter gradients are column sums: partial sums over chunks of rows (for a GPU's
+    // parallelism, see COLUMN_CHUNK), which sum_rows_into adds into dgamma and dbeta.
     let chunks = rows.div_ceil(COLUMN_CHUNK);
     let (pg, pb) = (step.empty(&[chunks, cols])?, step.empty(&[chunks, cols])?);
-    p.chunk = COLUMN_CHUNK as u32;
-    p.accumulate = 0;
     step.dispatch_linear(
         &BWD_PARAMS,
         &p,
