@@ -58,41 +58,76 @@ fn weights(d: &Path) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn losses(d: &Path) -> Vec<f64> {
+/// The losses logged under `name`, step by step.
+fn term(d: &Path, name: &str) -> Vec<f64> {
     std::fs::read_to_string(d.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["losses"]["ce"]
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["losses"][name]
                 .as_f64()
                 .unwrap()
         })
         .collect()
 }
 
-#[test]
-fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
-    let (a, b) = (dir("whole"), dir("resumed"));
-    train_captioner(gpu(), &a, &opts(None), tiny).unwrap();
-    // Stopped after 4 of its 6 steps (at a checkpoint), then started again with the same command.
-    train_captioner(gpu(), &b, &opts(Some(4)), tiny).unwrap();
-    train_captioner(gpu(), &b, &opts(None), || {
+/// Trains 6 steps whole and 4 + 2 with a restart between (at a checkpoint, with the same
+/// command), with the shape loss `shape_loss`; checks both end alike and training lowered `name`.
+fn resumed_and_whole(tag: &str, shape_loss: Option<f32>, names: &[&str]) {
+    let (a, b) = (dir(&format!("{tag}-whole")), dir(&format!("{tag}-resumed")));
+    train_captioner(gpu(), &a, &opts(None), shape_loss, tiny).unwrap();
+    train_captioner(gpu(), &b, &opts(Some(4)), shape_loss, tiny).unwrap();
+    train_captioner(gpu(), &b, &opts(None), shape_loss, || {
         panic!("a resumed run must not start afresh")
     })
     .unwrap();
-    assert_eq!(
-        losses(&a),
-        losses(&b),
-        "the same batches and losses, step by step"
-    );
+    for name in names {
+        assert_eq!(
+            term(&a, name),
+            term(&b, name),
+            "the same batches and {name} losses, step by step"
+        );
+        assert!(
+            term(&a, name)[5] < term(&a, name)[0],
+            "training lowered {name}: {:?}",
+            term(&a, name)
+        );
+    }
     assert_eq!(weights(&a), weights(&b), "the same final weights");
-    assert!(
-        losses(&a)[5] < losses(&a)[0],
-        "training lowered the loss: {:?}",
-        losses(&a)
-    );
     std::fs::remove_dir_all(a).ok();
     std::fs::remove_dir_all(b).ok();
+}
+
+#[test]
+fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
+    resumed_and_whole("plain", None, &["ce"]);
+}
+
+#[test]
+fn a_resumed_run_with_the_shape_loss_continues_its_head() {
+    // The shape loss of steps 5 and 6 depends on the head's weights and moments, so equal logs
+    // mean the head was saved and restored exactly.
+    resumed_and_whole("shapes", Some(5.0), &["ce", "shape", "total"]);
+}
+
+#[test]
+fn a_run_resumed_with_the_other_shape_loss_setting_is_refused() {
+    let d = dir("switch");
+    train_captioner(gpu(), &d, &opts(Some(2)), Some(5.0), tiny).unwrap();
+    let err = train_captioner(gpu(), &d, &opts(None), None, tiny)
+        .err()
+        .expect("resuming without the shape loss is refused")
+        .to_string();
+    assert!(err.contains("--shape-loss"), "{err}");
+    let d2 = dir("switch-back");
+    train_captioner(gpu(), &d2, &opts(Some(2)), None, tiny).unwrap();
+    let err = train_captioner(gpu(), &d2, &opts(None), Some(5.0), tiny)
+        .err()
+        .expect("resuming with the shape loss is refused")
+        .to_string();
+    assert!(err.contains("--shape-loss 0"), "{err}");
+    std::fs::remove_dir_all(d).ok();
+    std::fs::remove_dir_all(d2).ok();
 }
 
 #[test]
@@ -105,7 +140,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         steps: 10,
         ..opts(None)
     };
-    let err = run_loop(gpu(), &c, &mut opt, &o, &d, 0, &["ce"], |_, step| {
+    let err = run_loop(gpu(), &c, &mut opt, None, &o, &d, 0, &["ce"], |_, step| {
         // Steps 0-4 report a loss; step 5 a NaN.
         amad::Tensor::from_slice(gpu(), &[1], &[if step == 5 { f32::NAN } else { 1.0 }])
     })
@@ -115,11 +150,14 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         err.contains("step 6") && err.contains("NaN") && err.contains("from step 4"),
         "{err}"
     );
-    assert_eq!(losses(&d).len(), 5, "nothing logged for the bad step");
+    assert_eq!(term(&d, "ce").len(), 5, "nothing logged for the bad step");
     // The checkpoint of step 4 loads and resumes.
     Captioner::load(gpu(), &d).unwrap();
     let mut opt = Optimizer::new(gpu(), &c.model.layout, AdamW::default(), 1.0).unwrap();
-    assert_eq!(amad::train::restore(gpu(), &c, &mut opt, &d).unwrap(), 4);
+    assert_eq!(
+        amad::train::restore(gpu(), &c, &mut opt, None, &d).unwrap(),
+        4
+    );
     std::fs::remove_dir_all(d).ok();
 }
 

@@ -36,9 +36,11 @@ commands:
         one line per image: the file name, a tab, the caption; unreadable files are reported on
         stderr (exit status 1) and the others still caption
   train-teacher --out DIR [--steps N] [--batch B] [--lr LR] [--warmup N] [--seed S]
-                [--checkpoint-every N] [--until N] [--eval-every N] [--eval-n N]
-        trains the default teacher on generated scenes; DIR gets the checkpoint, metrics.jsonl and
-        the optimiser state, and a run started again on the same DIR resumes from its checkpoint
+                [--shape-loss W] [--checkpoint-every N] [--until N] [--eval-every N] [--eval-n N]
+        trains the default teacher on generated scenes (2,400 steps of batch 32, learning rate
+        1.5e-3), on the caption loss plus W (default 5; 0: none) times a per-patch shape loss that
+        teaches the encoder shapes directly; DIR gets the checkpoint, metrics.jsonl and the
+        optimiser state, and a run started again on the same DIR resumes from its checkpoint
         (--until N stops after step N, to continue later)
   distill --teacher DIR --out DIR [--method M] [--student-layers L] [--student-width W]
           [--student-heads H] [--steps N] [--batch B] [--lr LR] [--alpha A] [--beta B] [--gamma G]
@@ -259,12 +261,15 @@ commands:
         use amad::model::{preprocessor, Config, Model};
         use amad::train::train_captioner;
         let out = std::path::PathBuf::from(f.required("--out")?);
-        // 2,400 steps of batch 32 take under 60 minutes on lavapipe on 2 cores (0.7 steps/s).
-        let opts = run_options(&mut f, 2400)?;
+        // 2,400 steps of batch 32 take under 60 minutes on lavapipe on 2 cores (0.7 steps/s). The
+        // learning rate and the shape loss's weight won a sweep of recipes (docs/teacher.md).
+        let opts = run_options(&mut f, 2400, 1.5e-3)?;
         let seed: u64 = f.number("--seed", 1)?;
+        let weight: f32 = f.number("--shape-loss", 5.0)?;
+        let shape_loss = (weight != 0.0).then_some(weight);
         f.done()?;
         let gpu = gpu()?;
-        let c = train_captioner(&gpu, &out, &opts, || {
+        let c = train_captioner(&gpu, &out, &opts, shape_loss, || {
             let tokenizer = amad::data::captions::tokenizer();
             let cfg = Config::teacher(tokenizer.len(), 16);
             Ok(Captioner {
@@ -294,7 +299,7 @@ commands:
     }
 
     /// The run options shared by train-teacher and distill.
-    fn run_options(f: &mut Flags, steps: u64) -> Result<amad::train::RunOptions> {
+    fn run_options(f: &mut Flags, steps: u64, lr: f32) -> Result<amad::train::RunOptions> {
         Ok(amad::train::RunOptions {
             steps: f.number("--steps", steps)?,
             until: f
@@ -305,7 +310,7 @@ commands:
                 })
                 .transpose()?,
             batch: f.number("--batch", 32)?,
-            lr: f.number("--lr", 1e-3)?,
+            lr: f.number("--lr", lr)?,
             warmup: f.number("--warmup", 100)?,
             checkpoint_every: f.number("--checkpoint-every", 100)?,
             max_norm: 1.0,
@@ -324,7 +329,7 @@ commands:
         let layers: usize = f.number("--student-layers", 2)?;
         let width: usize = f.number("--student-width", 64)?;
         let heads: usize = f.number("--student-heads", 2)?;
-        let opts = run_options(&mut f, 2400)?;
+        let opts = run_options(&mut f, 2400, 1e-3)?;
         let d = DistillConfig::default();
         let cfg = DistillConfig {
             alpha: f.number("--alpha", d.alpha)?,

@@ -310,6 +310,37 @@ impl Scene {
         }
         out
     }
+
+    /// Per cell of a grid × grid division of the image, row by row: the index in SHAPES of the
+    /// object that covers most of the cell (sampled at 8 × 8 points), or SHAPES.len() ("none")
+    /// when none covers an eighth of it. The labels of `amad train-teacher --shape-loss`.
+    pub fn cell_shapes(&self, grid: usize) -> Vec<u32> {
+        let cell = SIZE as f32 / grid as f32;
+        let mut out = vec![];
+        for gy in 0..grid {
+            for gx in 0..grid {
+                let mut counts = vec![0usize; self.objects.len()];
+                for sy in 0..8 {
+                    for sx in 0..8 {
+                        let x = (gx as f32 + (sx as f32 + 0.5) / 8.0) * cell;
+                        let y = (gy as f32 + (sy as f32 + 0.5) / 8.0) * cell;
+                        if let Some(i) = self.objects.iter().position(|o| inside(o, x, y)) {
+                            counts[i] += 1;
+                        }
+                    }
+                }
+                let best = (0..counts.len()).max_by_key(|&i| counts[i]);
+                out.push(match best {
+                    Some(i) if counts[i] >= 8 => SHAPES
+                        .iter()
+                        .position(|&s| s == self.objects[i].shape)
+                        .unwrap() as u32,
+                    _ => SHAPES.len() as u32,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Whether (x, y) is inside object `o`.

@@ -27,7 +27,9 @@ pub fn parse_variant(name: &str) -> Result<Variant> {
     })
 }
 
-fn f32_tensor(
+/// The f32 tensor `name` of `rank` non-zero dimensions in `st` (`None`: absent); `file` names
+/// the file in errors.
+pub(crate) fn f32_tensor(
     gpu: &Gpu,
     st: &SafeTensors,
     file: &str,
@@ -77,17 +79,13 @@ pub async fn loss_file(gpu: &Gpu, input: &[u8], file: &str, opts: Options) -> Re
     let loss = a.loss.read(gpu).await?;
     let grad = a.grad.read(gpu).await?;
     let weights = a.weights.read(gpu).await?;
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let (lb, gb, wb) = (bytes(&loss), bytes(&grad), bytes(&weights));
-    let view = |shape: &[usize], data| {
-        safetensors::tensor::TensorView::new(Dtype::F32, shape.to_vec(), data)
-            .map_err(|e| Error::Invalid(e.to_string()))
-    };
-    let out = vec![
-        ("loss", view(&[], &lb)?),
-        ("grad_student", view(a.grad.shape(), &gb)?),
-        ("weights", view(a.weights.shape(), &wb)?),
-    ];
-    safetensors::serialize(out, None)
-        .map_err(|e| Error::Invalid(format!("writing the result: {e}")))
+    crate::model::weights::f32_safetensors(
+        &[
+            ("loss".into(), vec![], loss),
+            ("grad_student".into(), a.grad.shape().to_vec(), grad),
+            ("weights".into(), a.weights.shape().to_vec(), weights),
+        ],
+        None,
+    )
+    .map_err(|e| Error::Invalid(format!("writing the result: {e}")))
 }

@@ -273,6 +273,20 @@ impl Model {
         dmaps: &MapGrads,
         grads: &Weights,
     ) -> Result<()> {
+        self.backward_with(step, fwd, dlogits, dmaps, None, grads)
+    }
+
+    /// [`Model::backward`] with a further gradient on the encoder's output states (from a loss
+    /// that reads them besides the decoder's), added before the encoder's backward.
+    pub fn backward_with(
+        &self,
+        step: &mut Step,
+        fwd: &Forward,
+        dlogits: &Tensor,
+        dmaps: &MapGrads,
+        dstates_extra: Option<&Tensor>,
+        grads: &Weights,
+    ) -> Result<()> {
         let dstates = self.decode_bwd(
             step,
             &fwd.encoder.states,
@@ -281,6 +295,9 @@ impl Model {
             (&dmaps.decoder_self, &dmaps.cross),
             grads,
         )?;
+        if let Some(extra) = dstates_extra {
+            crate::ops::elementwise::axpy(step, &dstates, extra, 1.0)?;
+        }
         self.encode_bwd(step, &fwd.encoder, &dstates, &dmaps.encoder, grads)
     }
 
@@ -295,13 +312,36 @@ impl Model {
         ids: &Tensor,
         labels: &Tensor,
     ) -> Result<Tensor> {
+        self.train_step_with(step, opt, patches, ids, labels, |_, _| Ok(None))
+    }
+
+    /// [`Model::train_step`] with a further loss on the encoder's output states:
+    /// `encoder_loss(step, states)` records it and returns its gradient with respect to the
+    /// states (`None`: no gradient), which joins the decoder's in the encoder's backward.
+    pub fn train_step_with(
+        &self,
+        step: &mut Step,
+        opt: &mut Optimizer,
+        patches: &Tensor,
+        ids: &Tensor,
+        labels: &Tensor,
+        encoder_loss: impl FnOnce(&mut Step, &Tensor) -> Result<Option<Tensor>>,
+    ) -> Result<Tensor> {
         opt.zero_grad(step);
         let fwd = self.forward(step, patches, ids)?;
         let vocab = self.cfg.decoder.vocab_size;
         let logits = fwd.logits().reshape(&[labels.numel(), vocab])?;
         let (loss, totals) = cross_entropy(step, &logits, labels)?;
         let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, 1.0)?;
-        self.backward(step, &fwd, &dlogits, &MapGrads::default(), &opt.grads)?;
+        let extra = encoder_loss(step, &fwd.encoder.states)?;
+        self.backward_with(
+            step,
+            &fwd,
+            &dlogits,
+            &MapGrads::default(),
+            extra.as_ref(),
+            &opt.grads,
+        )?;
         opt.update(step, &self.weights)?;
         Ok(loss)
     }

@@ -374,18 +374,20 @@ impl Weights {
     /// Reads every tensor back and serialises them as model.safetensors bytes.
     pub async fn to_safetensors(&self, gpu: &Gpu, layout: &Layout) -> Result<Vec<u8>> {
         let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-        serialize(gpu, layout, &[("", self)], meta).await
+        f32_safetensors(&named_values(gpu, layout, &[("", self)]).await?, Some(meta))
     }
 }
 
-/// Reads back several sets of weights of one layout and serialises them into one safetensors
-/// file, each tensor named its set's prefix + its name, with `meta` as the file's metadata.
-pub async fn serialize(
+/// A tensor read back for saving: (name, shape, values).
+pub type Named = (String, Vec<usize>, Vec<f32>);
+
+/// Reads back several sets of weights of one layout, each tensor named its set's prefix + its
+/// name (for `f32_safetensors`).
+pub async fn named_values(
     gpu: &Gpu,
     layout: &Layout,
     sets: &[(&str, &Weights)],
-    meta: std::collections::HashMap<String, String>,
-) -> Result<Vec<u8>> {
+) -> Result<Vec<Named>> {
     let mut data = vec![];
     for (prefix, w) in sets {
         let mut blocks = vec![];
@@ -394,21 +396,34 @@ pub async fn serialize(
         }
         for (s, &(b, at)) in layout.specs.iter().zip(&w.places) {
             let n: usize = s.shape.iter().product();
-            let bytes: Vec<u8> = blocks[b][at..at + n]
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
-            data.push((format!("{prefix}{}", s.name), s.shape.clone(), bytes));
+            data.push((
+                format!("{prefix}{}", s.name),
+                s.shape.clone(),
+                blocks[b][at..at + n].to_vec(),
+            ));
         }
     }
-    let views = data
+    Ok(data)
+}
+
+/// A safetensors file of f32 tensors, given as (name, shape, values).
+pub fn f32_safetensors(
+    tensors: &[Named],
+    meta: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(name, shape, d)| {
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), d)| {
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), d)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| Error::Invalid(format!("serialising {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::Invalid(format!("serialising the weights: {e}")))
+    safetensors::serialize(views, meta)
+        .map_err(|e| Error::Invalid(format!("serialising the tensors: {e}")))
 }

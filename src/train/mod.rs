@@ -4,6 +4,9 @@
 //! (the last checkpoint, written before it, stays good).
 
 pub mod batch;
+pub mod shape_loss;
+
+pub use shape_loss::ShapeLoss;
 
 use crate::data::captions::references;
 use crate::data::scenes::{Scene, Split};
@@ -46,23 +49,31 @@ mod native;
 pub use native::*;
 
 /// The optimiser's moments and step count as safetensors bytes (`m.<name>`, `v.<name>`, metadata
-/// `step`): what a resumed run needs beside the weights.
+/// `step`): what a resumed run needs beside the weights; with the shape head of
+/// `--shape-loss` when there is one (`shape_head.*`).
 pub async fn optimizer_state(
     gpu: &Gpu,
     c: &Captioner,
     (m, v): (&Weights, &Weights),
     step: u64,
+    head: Option<&ShapeLoss>,
 ) -> Result<Vec<u8>> {
+    use crate::model::weights::{f32_safetensors, named_values};
     let meta = std::collections::HashMap::from([("step".to_string(), step.to_string())]);
-    crate::model::weights::serialize(gpu, &c.model.layout, &[("m.", m), ("v.", v)], meta).await
+    let mut tensors = named_values(gpu, &c.model.layout, &[("m.", m), ("v.", v)]).await?;
+    if let Some(h) = head {
+        tensors.extend(h.named_values(gpu).await?);
+    }
+    f32_safetensors(&tensors, Some(meta))
 }
 
-/// Restores the optimiser state from `optimizer_state`'s bytes (`source` names them in errors);
-/// returns the steps done.
+/// Restores the optimiser state (and the shape head, when `head` is given) from
+/// `optimizer_state`'s bytes (`source` names them in errors); returns the steps done.
 pub fn restore_state(
     gpu: &Gpu,
     c: &Captioner,
     opt: &mut Optimizer,
+    head: Option<&mut ShapeLoss>,
     bytes: &[u8],
     source: &str,
 ) -> Result<u64> {
@@ -79,6 +90,21 @@ pub fn restore_state(
     let layout = &c.model.layout;
     let m = Weights::from_tensors(gpu, layout, &st, "m.", source)?;
     let v = Weights::from_tensors(gpu, layout, &st, "v.", source)?;
+    let saved_head = st.names().iter().any(|n| n.starts_with(shape_loss::PREFIX));
+    match head {
+        Some(h) if saved_head => h.restore(gpu, &st, source)?,
+        Some(_) => {
+            return Err(Error::Invalid(format!(
+                "{source}: this run was started without the shape loss; resume it with --shape-loss 0, or start in a new directory"
+            )))
+        }
+        None if saved_head => {
+            return Err(Error::Invalid(format!(
+                "{source}: this run was started with the shape loss; resume it with a positive --shape-loss"
+            )))
+        }
+        None => {}
+    }
     opt.restore(m, v, step as u32);
     Ok(step)
 }

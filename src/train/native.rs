@@ -9,16 +9,18 @@ use std::time::Instant;
 /// The optimiser's state beside the checkpoint: moments and the step count.
 const STATE: &str = "train_state.safetensors";
 
-/// Writes the captioner and the optimiser state into `dir`; `step` steps are done.
+/// Writes the captioner and the optimiser state (with the shape head, if any) into `dir`; `step`
+/// steps are done.
 pub async fn checkpoint(
     gpu: &Gpu,
     c: &Captioner,
     opt: &Optimizer,
+    head: Option<&ShapeLoss>,
     step: u64,
     dir: &Path,
 ) -> Result<()> {
     c.save(gpu, dir).await?;
-    let out = optimizer_state(gpu, c, opt.moments(), step).await?;
+    let out = optimizer_state(gpu, c, opt.moments(), step, head).await?;
     // Write then rename, so an interrupted write never leaves a half state behind.
     let tmp = dir.join(format!("{STATE}.tmp"));
     std::fs::write(&tmp, out).map_err(|e| Error::Invalid(format!("{}: {e}", tmp.display())))?;
@@ -26,12 +28,19 @@ pub async fn checkpoint(
         .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))
 }
 
-/// Restores the optimiser state saved in `dir`; returns the steps done.
-pub fn restore(gpu: &Gpu, c: &Captioner, opt: &mut Optimizer, dir: &Path) -> Result<u64> {
+/// Restores the optimiser state (and the shape head, if any) saved in `dir`; returns the steps
+/// done.
+pub fn restore(
+    gpu: &Gpu,
+    c: &Captioner,
+    opt: &mut Optimizer,
+    head: Option<&mut ShapeLoss>,
+    dir: &Path,
+) -> Result<u64> {
     let path = dir.join(STATE);
     let bytes =
         std::fs::read(&path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    restore_state(gpu, c, opt, &bytes, &path.display().to_string())
+    restore_state(gpu, c, opt, head, &bytes, &path.display().to_string())
 }
 
 /// One line of the metrics log and the progress line.
@@ -42,12 +51,14 @@ pub struct Progress {
 }
 
 /// Runs `record` for steps `start..opts.steps`, each one submission that returns its loss terms
-/// (the last term is the total); checkpoints, logs, shows progress, and stops on a non-finite loss.
+/// (the last term is the total); checkpoints (with the shape head `head`, when training has one),
+/// logs, shows progress, and stops on a non-finite loss.
 #[allow(clippy::too_many_arguments)]
 pub fn run_loop(
     gpu: &Gpu,
     c: &Captioner,
     opt: &mut Optimizer,
+    head: Option<&ShapeLoss>,
     opts: &RunOptions,
     dir: &Path,
     start: u64,
@@ -123,7 +134,7 @@ pub fn run_loop(
             );
         }
         if (step + 1) % opts.checkpoint_every == 0 || step + 1 == end {
-            pollster::block_on(checkpoint(gpu, c, opt, step + 1, dir))?;
+            pollster::block_on(checkpoint(gpu, c, opt, head, step + 1, dir))?;
         }
     }
     eprintln!();
@@ -131,15 +142,18 @@ pub fn run_loop(
 }
 
 /// Runs a training loop for the captioner checkpointed in `dir`: resumes from the checkpoint there
-/// if there is one, otherwise starts from `fresh()`. `record(captioner, optimiser, step)` records
-/// and submits one step and returns its loss terms, named by `names` (the last is the total).
+/// if there is one, otherwise starts from `fresh()`. `record(captioner, optimiser, head, step)`
+/// records and submits one step and returns its loss terms, named by `names` (the last is the
+/// total). With `shape_loss` = Some(W) the run trains a shape head (see `shape_loss`) beside the
+/// captioner.
 fn run_captioner(
     gpu: &Gpu,
     dir: &Path,
     opts: &RunOptions,
+    shape_loss: Option<f32>,
     names: &[&'static str],
     fresh: impl FnOnce() -> Result<Captioner>,
-    mut record: impl FnMut(&Captioner, &mut Optimizer, u64) -> Result<Tensor>,
+    mut record: impl FnMut(&Captioner, &mut Optimizer, Option<&ShapeLoss>, u64) -> Result<Tensor>,
 ) -> Result<Captioner> {
     use crate::ops::optim::AdamW;
     if opts.steps == 0
@@ -168,8 +182,11 @@ fn run_captioner(
         },
         opts.max_norm,
     )?;
+    let mut head = shape_loss
+        .map(|w| ShapeLoss::new(gpu, &c.model.cfg.encoder, w, 1))
+        .transpose()?;
     let start = if resuming {
-        restore(gpu, &c, &mut opt, dir)?
+        restore(gpu, &c, &mut opt, head.as_mut(), dir)?
     } else {
         0
     };
@@ -181,28 +198,80 @@ fn run_captioner(
         opts.steps,
         gpu.describe()
     );
-    run_loop(gpu, &c, &mut opt, opts, dir, start, names, |opt, step| {
-        record(&c, opt, step)
-    })?;
+    let head = head.as_ref();
+    run_loop(
+        gpu,
+        &c,
+        &mut opt,
+        head,
+        opts,
+        dir,
+        start,
+        names,
+        |opt, step| record(&c, opt, head, step),
+    )?;
     Ok(c)
 }
 
-/// Trains a captioner on the scene stream with cross-entropy, into `dir` (see `run_captioner`).
+/// Trains a captioner on the scene stream with cross-entropy, into `dir` (see `run_captioner`);
+/// with `shape_loss` = Some(W), plus W times the shape head's loss (see `shape_loss`).
 pub fn train_captioner(
     gpu: &Gpu,
     dir: &Path,
     opts: &RunOptions,
+    shape_loss: Option<f32>,
     fresh: impl FnOnce() -> Result<Captioner>,
 ) -> Result<Captioner> {
-    run_captioner(gpu, dir, opts, &["ce"], fresh, |c, opt, step| {
-        let b = Source::Scenes.batch(gpu, c, step, opts.batch)?;
-        let mut s = gpu.step();
-        let loss = c
-            .model
-            .train_step(&mut s, opt, &b.teacher_patches, &b.ids, &b.labels)?;
-        s.submit()?;
-        Ok(loss)
-    })
+    let names: &[&'static str] = match shape_loss {
+        Some(_) => &["ce", "shape", "total"],
+        None => &["ce"],
+    };
+    run_captioner(
+        gpu,
+        dir,
+        opts,
+        shape_loss,
+        names,
+        fresh,
+        |c, opt, head, step| {
+            let (b, scenes) = batch::scene_batch(
+                gpu,
+                &c.model.cfg,
+                &c.preprocess,
+                Split::Train,
+                step,
+                opts.batch,
+            )?;
+            let mut s = gpu.step();
+            let loss = match head {
+                None => c
+                    .model
+                    .train_step(&mut s, opt, &b.teacher_patches, &b.ids, &b.labels)?,
+                Some(h) => {
+                    let labels = h.labels(&scenes);
+                    let labels = s.upload_u32(&[labels.len()], &labels)?;
+                    let mut shape = None;
+                    let ce = c.model.train_step_with(
+                        &mut s,
+                        opt,
+                        &b.teacher_patches,
+                        &b.ids,
+                        &b.labels,
+                        |s, states| {
+                            let (loss, dstates) = h.record(s, states, &labels)?;
+                            shape = Some(loss);
+                            Ok(Some(dstates))
+                        },
+                    )?;
+                    h.update(&mut s, &opt.cfg, opt.t)?;
+                    let shape = shape.expect("the shape loss was recorded");
+                    h.terms(&mut s, &ce, &shape)?
+                }
+            };
+            s.submit()?;
+            Ok(loss)
+        },
+    )
 }
 
 /// Distils a student from `teacher` on `source` with the loss `cfg`, into `dir` (see
@@ -222,9 +291,10 @@ pub fn distill_captioner(
         gpu,
         dir,
         opts,
+        None,
         &["ce", "kd", "attn", "total"],
         fresh,
-        |c, opt, step| {
+        |c, opt, _, step| {
             let b = source.batch(gpu, c, step, opts.batch)?;
             let mut s = gpu.step();
             let out = crate::distill::distill_step(&mut s, &teacher.model, &c.model, opt, &b, cfg)?;

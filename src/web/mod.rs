@@ -343,7 +343,7 @@ fn distill_start_inner(
     )?;
     let step = match &resume_state {
         Some(bytes) => {
-            crate::train::restore_state(&gpu, &student, &mut opt, bytes, "the saved run")?
+            crate::train::restore_state(&gpu, &student, &mut opt, None, bytes, "the saved run")?
         }
         None => 0,
     };
@@ -490,7 +490,7 @@ pub async fn checkpoint() -> std::result::Result<js_sys::Object, JsError> {
         let (m, v) = guard.opt.moments();
         (m.clone(), v.clone())
     };
-    let state = crate::train::optimizer_state(&gpu, &student, (&m, &v), step)
+    let state = crate::train::optimizer_state(&gpu, &student, (&m, &v), step, None)
         .await
         .map_err(js)?;
     let o = js_sys::Object::new();
