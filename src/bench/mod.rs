@@ -187,7 +187,14 @@ impl StepSetup {
     fn teacher_step(&mut self, st: &mut crate::Step) -> Result<()> {
         let d = &self.data;
         self.teacher
-            .train_step(st, &mut self.topt, &d.teacher_patches, &d.ids, &d.labels)
+            .train_step(
+                st,
+                &mut self.topt,
+                &d.teacher_patches,
+                &d.ids,
+                &d.labels,
+                |_, _| Ok(None),
+            )
             .map(drop)
     }
 

@@ -303,22 +303,10 @@ impl Model {
 
     /// One training step on cross-entropy against `labels` [B·L] (u32, `loss::IGNORE` where not
     /// counted), recorded into `step`: forward, loss, backward, clipping, AdamW. Returns the loss
-    /// [1] (on the GPU; read it after submitting).
+    /// [1] (on the GPU; read it after submitting). `encoder_loss(step, states)` may record a
+    /// further loss on the encoder's output states and return its gradient with respect to them,
+    /// which joins the decoder's in the encoder's backward (`|_, _| Ok(None)`: no further loss).
     pub fn train_step(
-        &self,
-        step: &mut Step,
-        opt: &mut Optimizer,
-        patches: &Tensor,
-        ids: &Tensor,
-        labels: &Tensor,
-    ) -> Result<Tensor> {
-        self.train_step_with(step, opt, patches, ids, labels, |_, _| Ok(None))
-    }
-
-    /// [`Model::train_step`] with a further loss on the encoder's output states:
-    /// `encoder_loss(step, states)` records it and returns its gradient with respect to the
-    /// states (`None`: no gradient), which joins the decoder's in the encoder's backward.
-    pub fn train_step_with(
         &self,
         step: &mut Step,
         opt: &mut Optimizer,

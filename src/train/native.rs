@@ -243,30 +243,35 @@ pub fn train_captioner(
                 opts.batch,
             )?;
             let mut s = gpu.step();
-            let loss = match head {
-                None => c
-                    .model
-                    .train_step(&mut s, opt, &b.teacher_patches, &b.ids, &b.labels)?,
+            let labels = match head {
                 Some(h) => {
-                    let labels = h.labels(&scenes);
-                    let labels = s.upload_u32(&[labels.len()], &labels)?;
-                    let mut shape = None;
-                    let ce = c.model.train_step_with(
-                        &mut s,
-                        opt,
-                        &b.teacher_patches,
-                        &b.ids,
-                        &b.labels,
-                        |s, states| {
-                            let (loss, dstates) = h.record(s, states, &labels)?;
-                            shape = Some(loss);
-                            Ok(Some(dstates))
-                        },
-                    )?;
+                    let l = h.labels(&scenes);
+                    Some(s.upload_u32(&[l.len()], &l)?)
+                }
+                None => None,
+            };
+            let mut shape = None;
+            let ce = c.model.train_step(
+                &mut s,
+                opt,
+                &b.teacher_patches,
+                &b.ids,
+                &b.labels,
+                |s, states| match (head, &labels) {
+                    (Some(h), Some(labels)) => {
+                        let (loss, dstates) = h.record(s, states, labels)?;
+                        shape = Some(loss);
+                        Ok(Some(dstates))
+                    }
+                    _ => Ok(None),
+                },
+            )?;
+            let loss = match (head, shape) {
+                (Some(h), Some(shape)) => {
                     h.update(&mut s, &opt.cfg, opt.t)?;
-                    let shape = shape.expect("the shape loss was recorded");
                     h.terms(&mut s, &ce, &shape)?
                 }
+                _ => ce,
             };
             s.submit()?;
             Ok(loss)
