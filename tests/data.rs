@@ -1,21 +1,11 @@
 //! The generated scenes, their captions, the vocabulary and the truth checker.
 
+mod common;
 use amad::data::captions::{references, tokenizer};
-use amad::data::scenes::{
-    inside, Background, Colour, Object, Relation, Scene, Shape, Size, Split, SIZE,
-};
+use amad::data::scenes::{inside, Background, Colour, Relation, Scene, Shape, Size, Split, SIZE};
 use amad::eval::truth::{is_true, truth};
+use common::obj;
 use std::collections::HashSet;
-
-fn obj(shape: Shape, colour: Colour, size: Size, x: f32, y: f32) -> Object {
-    Object {
-        shape,
-        colour,
-        size,
-        x,
-        y,
-    }
-}
 
 #[test]
 fn scenes_are_deterministic_and_the_splits_differ() {

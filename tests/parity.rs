@@ -161,7 +161,7 @@ fn every_gradient_matches_transformers() {
         let (_, totals) = amad::ops::loss::cross_entropy(s, &logits, &c.labels)?;
         let dlogits = amad::ops::loss::cross_entropy_bwd(s, &logits, &c.labels, &totals, 1.0)?;
         c.model
-            .backward(s, &fwd, &dlogits, &Default::default(), &opt.grads)?;
+            .backward(s, &fwd, &dlogits, &Default::default(), None, &opt.grads)?;
         Ok(opt.grads.tensors.clone())
     });
     let mut checked = 0;

@@ -1,9 +1,9 @@
 //! The auxiliary shape loss of `amad train-teacher --shape-loss W`: its per-patch labels, its
 //! loss and gradient against a CPU reference, and the path of that gradient into the encoder
-//! (`Model::backward_with`) against central finite differences.
+//! (`Model::backward`) against central finite differences.
 
 mod common;
-use amad::data::scenes::{Background, Colour, Object, Scene, Shape, Size};
+use amad::data::scenes::{Background, Colour, Scene, Shape, Size};
 use amad::model::{Config, MapGrads, Model, Weights};
 use amad::ops::loss::IGNORE;
 use amad::train::shape_loss::CLASSES;
@@ -14,13 +14,7 @@ fn scene(objects: &[(Shape, Size, f32, f32)]) -> Scene {
     Scene {
         objects: objects
             .iter()
-            .map(|&(shape, size, x, y)| Object {
-                shape,
-                colour: Colour::Red,
-                size,
-                x,
-                y,
-            })
+            .map(|&(shape, size, x, y)| obj(shape, Colour::Red, size, x, y))
             .collect(),
         background: Background::Flat(128),
     }
@@ -121,7 +115,7 @@ fn states(m: &Model, patches: &amad::Tensor, ids: &amad::Tensor) -> Vec<f32> {
 
 #[test]
 fn a_gradient_on_the_encoder_states_reaches_the_encoder_weights() {
-    // f(θ) = Σ states(θ) ⊙ R: backward_with(d logits = 0, extra = R) must give df/dθ.
+    // f(θ) = Σ states(θ) ⊙ R: backward(d logits = 0, extra = R) must give df/dθ.
     let cfg = Config::sized(40, 8, (1, 16, 2), (1, 16, 2));
     let m = Model::new(gpu(), cfg.clone(), 11).unwrap();
     let e = &cfg.encoder;
@@ -138,7 +132,7 @@ fn a_gradient_on_the_encoder_states_reaches_the_encoder_weights() {
         let fwd = m.forward(s, &patches, &ids)?;
         let dlogits = s.zeros(fwd.logits().shape())?;
         let extra = upload(&[b, t, h], &r);
-        m.backward_with(
+        m.backward(
             s,
             &fwd,
             &dlogits,

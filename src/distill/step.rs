@@ -342,7 +342,7 @@ pub fn distill_grads(
             });
         }
     }
-    student.backward(step, &sf, &dlogits, &dmaps, grads)?;
+    student.backward(step, &sf, &dlogits, &dmaps, None, grads)?;
     Ok(StepOut { terms, weights })
 }
 

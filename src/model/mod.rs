@@ -264,21 +264,10 @@ impl Model {
     }
 
     /// Backward from d logits (and from the attention maps, when a distillation loss reads them)
-    /// through decoder and encoder, adding into `grads`.
+    /// through decoder and encoder, adding into `grads`. `dstates_extra`: a further gradient on
+    /// the encoder's output states, from a loss that reads them besides the decoder (added before
+    /// the encoder's backward).
     pub fn backward(
-        &self,
-        step: &mut Step,
-        fwd: &Forward,
-        dlogits: &Tensor,
-        dmaps: &MapGrads,
-        grads: &Weights,
-    ) -> Result<()> {
-        self.backward_with(step, fwd, dlogits, dmaps, None, grads)
-    }
-
-    /// [`Model::backward`] with a further gradient on the encoder's output states (from a loss
-    /// that reads them besides the decoder's), added before the encoder's backward.
-    pub fn backward_with(
         &self,
         step: &mut Step,
         fwd: &Forward,
@@ -322,7 +311,7 @@ impl Model {
         let (loss, totals) = cross_entropy(step, &logits, labels)?;
         let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, 1.0)?;
         let extra = encoder_loss(step, &fwd.encoder.states)?;
-        self.backward_with(
+        self.backward(
             step,
             &fwd,
             &dlogits,

@@ -243,31 +243,32 @@ pub fn train_captioner(
                 opts.batch,
             )?;
             let mut s = gpu.step();
-            let labels = match head {
+            // The shape head with this batch's labels, when the run has one.
+            let shapes = match head {
                 Some(h) => {
                     let l = h.labels(&scenes);
-                    Some(s.upload_u32(&[l.len()], &l)?)
+                    Some((h, s.upload_u32(&[l.len()], &l)?))
                 }
                 None => None,
             };
-            let mut shape = None;
+            let mut shape_loss = None;
             let ce = c.model.train_step(
                 &mut s,
                 opt,
                 &b.teacher_patches,
                 &b.ids,
                 &b.labels,
-                |s, states| match (head, &labels) {
-                    (Some(h), Some(labels)) => {
-                        let (loss, dstates) = h.record(s, states, labels)?;
-                        shape = Some(loss);
-                        Ok(Some(dstates))
-                    }
-                    _ => Ok(None),
+                |s, states| {
+                    let Some((h, labels)) = &shapes else {
+                        return Ok(None);
+                    };
+                    let (loss, dstates) = h.record(s, states, labels)?;
+                    shape_loss = Some(loss);
+                    Ok(Some(dstates))
                 },
             )?;
-            let loss = match (head, shape) {
-                (Some(h), Some(shape)) => {
+            let loss = match (shapes, shape_loss) {
+                (Some((h, _)), Some(shape)) => {
                     h.update(&mut s, &opt.cfg, opt.t)?;
                     h.terms(&mut s, &ce, &shape)?
                 }

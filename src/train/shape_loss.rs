@@ -5,7 +5,7 @@
 //! encoder's shape features only through one word per object. A linear head on the encoder's
 //! patch states, trained to name the shape that covers each patch (or none), gives the encoder a
 //! dense and direct signal. Its cross-entropy, times W, joins the caption loss, and its gradient
-//! enters the encoder's backward beside the decoder's (`Model::backward_with`).
+//! enters the encoder's backward beside the decoder's (`Model::backward`).
 //!
 //! The head exists only while training: checkpoints hold the captioner alone, in the Hugging Face
 //! layout. The head and its AdamW moments are saved in the optimiser state beside it

@@ -85,3 +85,20 @@ pub fn finite_diff(x: &[f64], eps: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
 pub fn dot(w: &[f64], y: &[f64]) -> f64 {
     w.iter().zip(y).map(|(a, b)| a * b).sum()
 }
+
+/// A scene object from its attributes and centre.
+pub fn obj(
+    shape: amad::data::scenes::Shape,
+    colour: amad::data::scenes::Colour,
+    size: amad::data::scenes::Size,
+    x: f32,
+    y: f32,
+) -> amad::data::scenes::Object {
+    amad::data::scenes::Object {
+        shape,
+        colour,
+        size,
+        x,
+        y,
+    }
+}
