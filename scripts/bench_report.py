@@ -37,7 +37,9 @@ out = [
 ]
 steps = []
 for r in amad:
-    ref = by_name.get((r["name"], r["shape"] if r.get("gflops") is None else None))
+    # A `_buffers` row is the same work through the storage-buffer path: same reference.
+    name = r["name"].removesuffix("_buffers")
+    ref = by_name.get((name, r["shape"] if r.get("gflops") is None else None))
     if r.get("gflops") is None:
         steps.append((r, ref))
         continue
@@ -50,6 +52,12 @@ out += [
     "dX = dY·Wᵀ and dW = Xᵀ·dY. `attention_*` is the attention core (B 32, H 8, T 65, head width 16); its",
     "GFLOP/s counts the matmul-equivalent work (Q·Kᵀ and P·V forward; four more products backward).",
     "",
+] + ([
+    "On a CPU adapter amad copies matmul operands into textures and reads them with texel fetches",
+    "(ARCHITECTURE.md, \"image operands\"); a `_buffers` row is the same work through the storage-buffer",
+    "kernels that GPUs use, timed in the same run, so the two paths compare side by side.",
+    "",
+] if any(r["name"].endswith("_buffers") for r in amad) else []) + [
     "## Training steps",
     "",
     "| step | shape | amad ms | PyTorch eager ms | amad / PyTorch |",

@@ -265,3 +265,120 @@ fn store_block(c0: u32, row: u32, col: u32, m: mat4x4<f32>) {
     store_row(c0, row + 2u, col, rows[2], 1u);
     store_row(c0, row + 3u, col, rows[3], 1u);
 }
+
+// ---- matmul_image: matmul_vec4 with A and B read from images (see src/gpu/image.rs) ----
+//
+// Used where texel fetches are cheaper than storage loads: on lavapipe a storage load runs once
+// per invocation and component behind a branch, a texel fetch is one gather for the 8 invocations
+// of a SIMD register. Same blocking as matmul_vec4 (a 16 x 8 block of C per invocation, a 64 x 64
+// tile per workgroup). An operand's image holds the rows of its stored matrix from the view's
+// offset on: row y at offset + y * pitch, where the pitch is the stride of the axis that is not
+// contiguous, and texel x holds elements 4x .. 4x + 3 along the contiguous one. Batch b starts at
+// image row (b1 * bs1 + b2 * bs2) / pitch (the launcher checks that this divides). K's remainder
+// (K mod 4) runs through the scalar bindings, as in matmul_vec4.
+
+@group(0) @binding(5) var a_image: texture_2d<f32>;
+@group(0) @binding(6) var b_image: texture_2d<f32>;
+
+@compute @workgroup_size(8, 4, 1)
+fn matmul_image(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let tile = locate_tile(group_index(wid, nwg), 64u, 64u);
+    if (!tile.valid) {
+        return;
+    }
+    let row0 = tile.row + lid.y * 16u;
+    let col0 = tile.col + lid.x * 8u;
+    let b1 = tile.b1;
+    let b2 = tile.b2;
+    let ay = (b1 * p.a_bs1 + b2 * p.a_bs2) / select(p.a_cs, p.a_rs, A_ALONG_K);
+    let by = (b1 * p.b_bs1 + b2 * p.b_bs2) / select(p.b_cs, p.b_rs, B_ALONG_N);
+    var acc00 = mat4x4<f32>();
+    var acc01 = mat4x4<f32>();
+    var acc10 = mat4x4<f32>();
+    var acc11 = mat4x4<f32>();
+    var acc20 = mat4x4<f32>();
+    var acc21 = mat4x4<f32>();
+    var acc30 = mat4x4<f32>();
+    var acc31 = mat4x4<f32>();
+    let k4 = p.k & ~3u;
+    for (var k = 0u; k < k4; k += 4u) {
+        let mb0 = image_b(by, col0, k);
+        let mb1 = image_b(by, col0 + 4u, k);
+        let ma0 = image_a(ay, row0, k);
+        acc00 += ma0 * mb0;
+        acc01 += ma0 * mb1;
+        let ma1 = image_a(ay, row0 + 4u, k);
+        acc10 += ma1 * mb0;
+        acc11 += ma1 * mb1;
+        let ma2 = image_a(ay, row0 + 8u, k);
+        acc20 += ma2 * mb0;
+        acc21 += ma2 * mb1;
+        let ma3 = image_a(ay, row0 + 12u, k);
+        acc30 += ma3 * mb0;
+        acc31 += ma3 * mb1;
+    }
+    let abase = p.a_off + b1 * p.a_bs1 + b2 * p.a_bs2 + row0 * p.a_rs;
+    let bbase = p.b_off + b1 * p.b_bs1 + b2 * p.b_bs2 + col0 * p.b_cs;
+    let r4 = 4u * p.a_rs;
+    for (var k = k4; k < p.k; k++) {
+        let bv0 = b_row(bbase, k);
+        let bv1 = b_row(bbase + 4u * p.b_cs, k);
+        let av0 = a_column(abase, k);
+        let av1 = a_column(abase + r4, k);
+        let av2 = a_column(abase + 2u * r4, k);
+        let av3 = a_column(abase + 3u * r4, k);
+        acc00 += outer(av0, bv0);
+        acc01 += outer(av0, bv1);
+        acc10 += outer(av1, bv0);
+        acc11 += outer(av1, bv1);
+        acc20 += outer(av2, bv0);
+        acc21 += outer(av2, bv1);
+        acc30 += outer(av3, bv0);
+        acc31 += outer(av3, bv1);
+    }
+    let c0 = p.c_off + b1 * p.c_bs1 + b2 * p.c_bs2;
+    store_block(c0, row0, col0, acc00);
+    store_block(c0, row0, col0 + 4u, acc01);
+    store_block(c0, row0 + 4u, col0, acc10);
+    store_block(c0, row0 + 4u, col0 + 4u, acc11);
+    store_block(c0, row0 + 8u, col0, acc20);
+    store_block(c0, row0 + 8u, col0 + 4u, acc21);
+    store_block(c0, row0 + 12u, col0, acc30);
+    store_block(c0, row0 + 12u, col0 + 4u, acc31);
+}
+
+fn texel(image: texture_2d<f32>, x: u32, y: u32) -> vec4<f32> {
+    return textureLoad(image, vec2<i32>(i32(x), i32(y)), 0);
+}
+
+// Math matrix (row i, column kk) = A(row + i, k + kk), A's batch starting at image row y0.
+fn image_a(y0: u32, row: u32, k: u32) -> mat4x4<f32> {
+    if (A_ALONG_K) {
+        // Image row = A's row; texel k/4 holds A(row, k..k+3), a row of the math matrix.
+        let x = k / 4u;
+        let y = y0 + row;
+        return transpose(mat4x4<f32>(texel(a_image, x, y), texel(a_image, x, y + 1u), texel(a_image, x, y + 2u), texel(a_image, x, y + 3u)));
+    }
+    // Image row = k; texel row/4 holds A(row..row+3, k), a column of the math matrix.
+    let x = row / 4u;
+    let y = y0 + k;
+    return mat4x4<f32>(texel(a_image, x, y), texel(a_image, x, y + 1u), texel(a_image, x, y + 2u), texel(a_image, x, y + 3u));
+}
+
+// Math matrix (row kk, column j) = B(k + kk, col + j), B's batch starting at image row y0.
+fn image_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
+    if (B_ALONG_N) {
+        // Image row = k; texel col/4 holds B(k, col..col+3), a row of the math matrix.
+        let x = col / 4u;
+        let y = y0 + k;
+        return transpose(mat4x4<f32>(texel(b_image, x, y), texel(b_image, x, y + 1u), texel(b_image, x, y + 2u), texel(b_image, x, y + 3u)));
+    }
+    // Image row = B's column; texel k/4 holds B(k..k+3, col), a column of the math matrix.
+    let x = k / 4u;
+    let y = y0 + col;
+    return mat4x4<f32>(texel(b_image, x, y), texel(b_image, x, y + 1u), texel(b_image, x, y + 2u), texel(b_image, x, y + 3u));
+}

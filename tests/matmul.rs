@@ -26,6 +26,22 @@ fn check(
     b_shared: bool,
     bias: bool,
 ) {
+    check_on(gpu(), seed, batch, m, n, k, ta, tb, b_shared, bias)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_on(
+    g: &amad::Gpu,
+    seed: u64,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    b_shared: bool,
+    bias: bool,
+) {
     let mut rng = Rng::new(seed);
     let a = rng.vec(batch * m * k, 1.0);
     let nb = if b_shared { k * n } else { batch * k * n };
@@ -53,11 +69,13 @@ fn check(
         b_shape.insert(0, batch);
     }
     let (ta_, tb_, bt) = (
-        upload(&a_shape, &a),
-        upload(&b_shape, &b),
-        upload(&[n], &bv),
+        upload_on(g, &a_shape, &a),
+        upload_on(g, &b_shape, &b),
+        upload_on(g, &[n], &bv),
     );
-    let got = run(|s| Ok(vec![matmul(s, &ta_, &tb_, ta, tb, bias.then_some(&bt))?]));
+    let got = run_on(g, |s| {
+        Ok(vec![matmul(s, &ta_, &tb_, ta, tb, bias.then_some(&bt))?])
+    });
     assert_close(
         &format!(
             "matmul b={batch} m={m} n={n} k={k} ta={ta} tb={tb} shared={b_shared} bias={bias}"
@@ -85,6 +103,96 @@ fn random_shapes_all_transposes() {
             check(case, batch, m, n, k, ta, tb, case % 3 == 0, case % 2 == 0);
         }
     }
+}
+
+/// A device of this test's own with image operands on or off, so that counting the images it
+/// creates is not disturbed by other tests.
+fn own_device(images: bool) -> amad::Gpu {
+    let g = pollster::block_on(amad::Gpu::new()).expect("a GPU adapter");
+    g.set_image_operands(images);
+    g
+}
+
+/// The kernel entry points a closure dispatched on `g`.
+fn kernels_run(g: &amad::Gpu, f: impl FnOnce()) -> Vec<&'static str> {
+    let profile = g
+        .profile(|| {
+            f();
+            Ok(())
+        })
+        .unwrap();
+    profile.keys().copied().collect()
+}
+
+/// The image kernel (operands copied into textures) and the vec4 buffer kernel, each on a device
+/// of its own, against the reference: every orientation, batches with B shared or not, bias,
+/// edge tiles, and K remainders (K mod 4, possible when neither operand is contiguous along K).
+/// Each product must take the path its device asks for, where its operands fit an image, and a
+/// repeated product takes its images from the pool.
+#[test]
+fn image_and_buffer_kernels_at_image_pitches() {
+    let images = own_device(true);
+    let buffers = own_device(false);
+    // (m, n, k): leading dimensions that are multiples of 64, so operands fit images.
+    let shapes = [(64, 64, 64), (68, 128, 128), (128, 72, 192), (132, 64, 64)];
+    let mut case = 0;
+    for (m, n, k) in shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            // A transposed is stored [k, m] (pitch m), B transposed [n, k] (pitch k): only
+            // pitches that are multiples of 64 (256 bytes) can be copied into an image.
+            let fits = if ta { m % 64 == 0 } else { k % 64 == 0 }
+                && if tb { k % 64 == 0 } else { n % 64 == 0 };
+            case += 1;
+            let (shared, bias) = (case % 2 == 0, case % 3 == 0);
+            let ran = kernels_run(&images, || {
+                check_on(&images, case, 2, m, n, k, ta, tb, shared, bias)
+            });
+            let want = if fits { "matmul_image" } else { "matmul_vec4" };
+            assert_eq!(ran, [want], "m={m} n={n} k={k} ta={ta} tb={tb}");
+            let before = images.stats().images_created;
+            check_on(&images, case, 2, m, n, k, ta, tb, shared, bias);
+            assert_eq!(
+                images.stats().images_created,
+                before,
+                "pooled images reused"
+            );
+            let ran = kernels_run(&buffers, || {
+                check_on(&buffers, case, 2, m, n, k, ta, tb, shared, bias)
+            });
+            assert_eq!(ran, ["matmul_vec4"]);
+        }
+    }
+    // K remainders: A stored [k, m] and B [k, n], both contiguous along m and n.
+    for k in [1, 5, 7, 70] {
+        let ran = kernels_run(&images, || {
+            check_on(
+                &images,
+                40 + k as u64,
+                1,
+                64,
+                128,
+                k,
+                true,
+                false,
+                false,
+                true,
+            )
+        });
+        assert_eq!(ran, ["matmul_image"], "k = {k}");
+        check_on(
+            &buffers,
+            40 + k as u64,
+            1,
+            64,
+            128,
+            k,
+            true,
+            false,
+            false,
+            true,
+        );
+    }
+    assert_eq!(buffers.stats().images_created, 0);
 }
 
 #[test]

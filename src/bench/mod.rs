@@ -55,6 +55,35 @@ fn time(gpu: &Gpu, iters: usize, record: &dyn Fn(&mut crate::Step) -> Result<()>
     Ok(run(iters)? / iters as f64)
 }
 
+/// The matmul operand paths to time, each with its record-name suffix: the device's own, and
+/// where that is images (CPU adapters, see `Gpu::image_operands`) also storage buffers, side by
+/// side, so the figures show what the images gain.
+fn operand_paths(gpu: &Gpu) -> Vec<(bool, &'static str)> {
+    if gpu.image_operands() {
+        vec![(true, ""), (false, "_buffers")]
+    } else {
+        vec![(false, "")]
+    }
+}
+
+/// Times `record` once per operand path (see [`operand_paths`]), restoring the device's setting.
+fn time_paths(
+    gpu: &Gpu,
+    iters: usize,
+    record: &dyn Fn(&mut crate::Step) -> Result<()>,
+) -> Result<Vec<(&'static str, f64)>> {
+    let default = gpu.image_operands();
+    let times = operand_paths(gpu)
+        .into_iter()
+        .map(|(images, suffix)| {
+            gpu.set_image_operands(images);
+            Ok((suffix, time(gpu, iters, record)?))
+        })
+        .collect();
+    gpu.set_image_operands(default);
+    times
+}
+
 fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n)
@@ -85,7 +114,7 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     for &(name, m, n, k, ta, tb) in cases {
         let a = filled(gpu, &if ta { [k, m] } else { [m, k] })?;
         let b = filled(gpu, &if tb { [n, k] } else { [k, n] })?;
-        let s = time(gpu, iters, &|step| {
+        let times = time_paths(gpu, iters, &|step| {
             matmul(step, &a, &b, ta, tb, None).map(drop)
         })?;
         let shape = format!(
@@ -93,13 +122,15 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
             if ta { " Aᵀ" } else { "" },
             if tb { " Bᵀ" } else { "" }
         );
-        Record {
-            name: name.into(),
-            shape,
-            ms: s * 1e3,
-            gflops: Some(2.0 * (m * n * k) as f64 / s / 1e9),
+        for (suffix, s) in times {
+            Record {
+                name: format!("{name}{suffix}"),
+                shape: shape.clone(),
+                ms: s * 1e3,
+                gflops: Some(2.0 * (m * n * k) as f64 / s / 1e9),
+            }
+            .print(gpu, json);
         }
-        .print(gpu, json);
     }
     // Attention core at the teacher's encoder shape: B = 32, H = 8, T = 65, head width 16.
     let (b, h, t, d) = (32, 8, 65, 16);
@@ -298,14 +329,16 @@ pub fn step(gpu: &Gpu, batch: usize, iters: usize, json: bool) -> Result<()> {
         STEP_LEN
     );
     for (name, record) in STEPS {
-        let s = time(gpu, iters, &|st| record(&mut setup.borrow_mut(), st))?;
-        Record {
-            name: name.into(),
-            shape: shape.clone(),
-            ms: s * 1e3,
-            gflops: None,
+        let times = time_paths(gpu, iters, &|st| record(&mut setup.borrow_mut(), st))?;
+        for (suffix, s) in times {
+            Record {
+                name: format!("{name}{suffix}"),
+                shape: shape.clone(),
+                ms: s * 1e3,
+                gflops: None,
+            }
+            .print(gpu, json);
         }
-        .print(gpu, json);
     }
     Ok(())
 }

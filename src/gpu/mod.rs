@@ -5,10 +5,12 @@
 //! the browser every submission and every readback is a round trip. A training step is therefore
 //! recorded into a single encoder and submitted once; only what the caller asks for is read back.
 
+mod image;
 mod pipelines;
 mod step;
 mod tensor;
 
+pub use image::{Image, Rows};
 pub use pipelines::{Access, Kernel};
 pub use step::Step;
 pub use tensor::{DType, Tensor};
@@ -31,6 +33,8 @@ struct Faults {
 pub struct Stats {
     /// Buffers ever created for tensors (reused pool buffers are not counted again).
     pub tensor_buffers_created: u64,
+    /// Images ever created for texture operands (see [`Image`]), likewise.
+    pub images_created: u64,
     pub pipelines_built: usize,
 }
 
@@ -46,6 +50,21 @@ pub struct Gpu {
     faults: Arc<Mutex<Faults>>,
     /// Per-kernel times while profiling (see [`Gpu::profile`]); `None` otherwise.
     profile: Mutex<Option<Profile>>,
+    /// Whether matmuls read their operands from images (see [`Gpu::image_operands`]).
+    image_operands: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a new device reads matmul operands from images: on CPU adapters (see
+/// [`Gpu::image_operands`]), unless the environment variable AMAD_IMAGE_OPERANDS says `0` (off)
+/// or `1` (on).
+fn image_operands_default(info: &wgpu::AdapterInfo) -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    match std::env::var("AMAD_IMAGE_OPERANDS").as_deref() {
+        Ok("0") => return false,
+        Ok("1") => return true,
+        _ => {}
+    }
+    info.device_type == wgpu::DeviceType::Cpu
 }
 
 /// Wall time and dispatch count per kernel entry point, gathered while profiling.
@@ -106,13 +125,14 @@ impl Gpu {
         Ok(Gpu {
             device,
             queue,
-            info,
             limits,
             pool: Arc::new(tensor::BufferPool::default()),
             pipelines: pipelines::Cache::default(),
             uniforms: step::UniformPool::default(),
             faults,
             profile: Mutex::new(None),
+            image_operands: image_operands_default(&info).into(),
+            info,
         })
     }
 
@@ -132,10 +152,29 @@ impl Gpu {
         line + ")"
     }
 
+    /// Whether matmuls copy their operands into images and read them with texel fetches (see
+    /// `image`): on by default on CPU adapters (lavapipe, SwiftShader), where that is about twice
+    /// as fast as storage loads; off on GPUs, whose storage loads are fast and where the copies
+    /// would only cost.
+    pub fn image_operands(&self) -> bool {
+        self.image_operands
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns image operands on or off (tests and benchmarks compare both paths on one device).
+    pub fn set_image_operands(&self, on: bool) {
+        self.image_operands
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts for checking that steady-state work allocates nothing and builds nothing.
     pub fn stats(&self) -> Stats {
         Stats {
             tensor_buffers_created: self.pool.created.load(std::sync::atomic::Ordering::Relaxed),
+            images_created: self
+                .pool
+                .images_created
+                .load(std::sync::atomic::Ordering::Relaxed),
             pipelines_built: self.pipelines.len(),
         }
     }

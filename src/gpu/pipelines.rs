@@ -4,12 +4,14 @@ use super::Gpu;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// How a kernel binds one storage buffer. Binding 0 of every kernel is its uniform parameter
-/// block; storage buffers follow at bindings 1, 2, ... in the order listed.
+/// How a kernel binds one resource. Binding 0 of every kernel is its uniform parameter block;
+/// storage buffers follow at bindings 1, 2, ... in the order listed, then images (textures read
+/// with `textureLoad`, see [`super::Image`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Read,
     ReadWrite,
+    Image,
 }
 
 /// One entry point of one shader family, with its storage bindings.
@@ -90,16 +92,24 @@ impl Gpu {
             count: None,
         }];
         for (i, a) in k.bindings.iter().enumerate() {
-            entries.push(wgpu::BindGroupLayoutEntry {
-                binding: i as u32 + 1,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
+            let ty = match a {
+                Access::Image => wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                    view_dimension: wgpu::TextureViewDimension::D2,
+                    multisampled: false,
+                },
+                _ => wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Storage {
                         read_only: *a == Access::Read,
                     },
                     has_dynamic_offset: false,
                     min_binding_size: None,
                 },
+            };
+            entries.push(wgpu::BindGroupLayoutEntry {
+                binding: i as u32 + 1,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty,
                 count: None,
             });
         }

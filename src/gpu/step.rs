@@ -2,8 +2,9 @@
 //! submitted once by [`Step::submit`]. Kernel parameters are packed into pooled uniform chunks,
 //! written with one `write_buffer` per chunk just before the submission.
 
+use super::image::Rows;
 use super::DType;
-use super::{Access, Gpu, Kernel, Tensor};
+use super::{Access, Gpu, Image, Kernel, Tensor};
 use crate::error::{Error, Result};
 use std::sync::Mutex;
 
@@ -49,6 +50,11 @@ impl<'g> Step<'g> {
         }
     }
 
+    /// The device this step records for.
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
     /// The encoder for copy commands: closes the open compute pass first.
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
         self.pass = None;
@@ -92,12 +98,31 @@ impl<'g> Step<'g> {
         tensors: &[&Tensor],
         groups: (u32, u32, u32),
     ) -> Result<()> {
-        if tensors.len() != kernel.bindings.len() {
+        self.dispatch_images(kernel, params, tensors, &[], groups)
+    }
+
+    /// Like [`Step::dispatch`], for kernels that also read images: their bindings follow the
+    /// tensors'.
+    pub fn dispatch_images<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Kernel,
+        params: &P,
+        tensors: &[&Tensor],
+        images: &[&Image],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
+        let n_images = kernel
+            .bindings
+            .iter()
+            .filter(|a| **a == Access::Image)
+            .count();
+        if tensors.len() + n_images != kernel.bindings.len() || images.len() != n_images {
             return Err(Error::Invalid(format!(
-                "kernel {} takes {} buffers, got {}",
+                "kernel {} takes {} buffers and {n_images} images, got {} and {}",
                 kernel.entry,
-                kernel.bindings.len(),
-                tensors.len()
+                kernel.bindings.len() - n_images,
+                tensors.len(),
+                images.len()
             )));
         }
         // A buffer written by a dispatch may not share elements with another of its bindings
@@ -139,6 +164,12 @@ impl<'g> Step<'g> {
             entries.push(wgpu::BindGroupEntry {
                 binding: i as u32 + 1,
                 resource: t.binding(),
+            });
+        }
+        for (i, im) in images.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: (tensors.len() + i) as u32 + 1,
+                resource: wgpu::BindingResource::TextureView(im.view()),
             });
         }
         let bind_group = self
@@ -197,8 +228,49 @@ impl<'g> Step<'g> {
         tensors: &[&Tensor],
         groups: u64,
     ) -> Result<()> {
+        self.dispatch_linear_images(kernel, params, tensors, &[], groups)
+    }
+
+    /// [`Step::dispatch_linear`] for kernels that also read images.
+    pub fn dispatch_linear_images<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Kernel,
+        params: &P,
+        tensors: &[&Tensor],
+        images: &[&Image],
+        groups: u64,
+    ) -> Result<()> {
         let (x, y) = self.gpu.grid(kernel.entry, groups)?;
-        self.dispatch(kernel, params, tensors, (x, y, 1))
+        self.dispatch_images(kernel, params, tensors, images, (x, y, 1))
+    }
+
+    /// Copies `rows` of `t` into a pooled image, in recording order (see [`Image`]).
+    pub fn image(&mut self, t: &Tensor, rows: &Rows) -> Result<Image> {
+        rows.check(self.gpu, t)?;
+        let size = (rows.width as u32, rows.height as u32);
+        let image = Image::alloc(self.gpu, size, self.id);
+        self.encoder().copy_buffer_to_texture(
+            wgpu::TexelCopyBufferInfo {
+                buffer: t.buffer(),
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: t.offset() + rows.off as u64 * 4,
+                    bytes_per_row: Some(rows.pitch as u32 * 4),
+                    rows_per_image: None,
+                },
+            },
+            wgpu::TexelCopyTextureInfo {
+                texture: image.texture(),
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::Extent3d {
+                width: size.0,
+                height: size.1,
+                depth_or_array_layers: 1,
+            },
+        );
+        Ok(image)
     }
 
     /// A new f32 tensor with undefined contents (every kernel that writes one fills all of it).

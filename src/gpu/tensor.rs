@@ -23,20 +23,54 @@ pub enum DType {
     U32,
 }
 
-/// A free buffer, with the newest step open when it was freed (`None`: none was open).
-struct Free {
-    buffer: wgpu::Buffer,
+/// A free pooled resource (buffer or image), with the newest step open when it was freed
+/// (`None`: none was open).
+struct Free<R> {
+    resource: R,
     open_at_free: Option<u64>,
+}
+
+/// Free resources by size class.
+struct FreeLists<K, R>(Mutex<HashMap<K, Vec<Free<R>>>>);
+
+impl<K, R> Default for FreeLists<K, R> {
+    fn default() -> Self {
+        FreeLists(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq, R> FreeLists<K, R> {
+    fn put(&self, key: K, resource: R, open_at_free: Option<u64>) {
+        self.0.lock().unwrap().entry(key).or_default().push(Free {
+            resource,
+            open_at_free,
+        });
+    }
+
+    /// A free resource of class `key` that step `step` may use: one freed while no other step
+    /// that is still open was open.
+    fn take(&self, key: &K, open: &std::collections::BTreeSet<u64>, step: u64) -> Option<R> {
+        let mut free = self.0.lock().unwrap();
+        let v = free.get_mut(key)?;
+        let usable = v.iter().rposition(|f| {
+            f.open_at_free
+                .is_none_or(|last| open.range(..=last).all(|&id| id == step))
+        })?;
+        Some(v.swap_remove(usable).resource)
+    }
 }
 
 #[derive(Default)]
 pub(super) struct BufferPool {
-    free: Mutex<HashMap<u64, Vec<Free>>>,
+    free: FreeLists<u64, wgpu::Buffer>,
+    /// Free images (see `image`), by (width, height) in texels.
+    images: FreeLists<(u32, u32), (wgpu::Texture, wgpu::TextureView)>,
     /// Ids of the steps being recorded, and the next id.
     open: Mutex<std::collections::BTreeSet<u64>>,
     next_step: std::sync::atomic::AtomicU64,
-    /// Buffers created for tensors so far (see `Gpu::stats`).
+    /// Buffers and images created so far (see `Gpu::stats`).
     pub(super) created: std::sync::atomic::AtomicU64,
+    pub(super) images_created: std::sync::atomic::AtomicU64,
 }
 
 impl BufferPool {
@@ -52,6 +86,25 @@ impl BufferPool {
     /// The step was submitted or dropped.
     pub(super) fn close_step(&self, id: u64) {
         self.open.lock().unwrap().remove(&id);
+    }
+
+    /// The newest step open now: what a resource freed now must wait for (see the module note).
+    fn newest_open(&self) -> Option<u64> {
+        self.open.lock().unwrap().last().copied()
+    }
+
+    /// A free image of `size` usable by step `step`, if any.
+    pub(super) fn take_image(
+        &self,
+        size: (u32, u32),
+        step: u64,
+    ) -> Option<(wgpu::Texture, wgpu::TextureView)> {
+        let open = self.open.lock().unwrap();
+        self.images.take(&size, &open, step)
+    }
+
+    pub(super) fn put_image(&self, size: (u32, u32), image: (wgpu::Texture, wgpu::TextureView)) {
+        self.images.put(size, image, self.newest_open());
     }
 
     fn create(&self, gpu: &Gpu, size: u64, mapped_at_creation: bool) -> wgpu::Buffer {
@@ -75,16 +128,8 @@ struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            let open_at_free = pool.open.lock().unwrap().last().copied();
             pool.free
-                .lock()
-                .unwrap()
-                .entry(self.bytes)
-                .or_default()
-                .push(Free {
-                    buffer: self.buffer.clone(),
-                    open_at_free,
-                });
+                .put(self.bytes, self.buffer.clone(), pool.newest_open());
         }
     }
 }
@@ -145,14 +190,7 @@ impl Tensor {
         let bytes = size_class(Self::check_shape(gpu, shape, "tensor")?);
         let reused = {
             let open = gpu.pool.open.lock().unwrap();
-            let mut free = gpu.pool.free.lock().unwrap();
-            free.get_mut(&bytes).and_then(|v| {
-                let usable = v.iter().rposition(|f| {
-                    f.open_at_free
-                        .is_none_or(|last| open.range(..=last).all(|&id| id == step))
-                })?;
-                Some(v.swap_remove(usable).buffer)
-            })
+            gpu.pool.free.take(&bytes, &open, step)
         };
         let buffer = match reused {
             Some(b) => b,

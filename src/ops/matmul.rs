@@ -2,9 +2,9 @@
 
 use super::reduce::sum_rows_into;
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access, Kernel, Step, Tensor};
+use crate::gpu::{Access, Image, Kernel, Rows, Step, Tensor};
 
-use Access::{Read as R, ReadWrite as W};
+use Access::{Image as I, Read as R, ReadWrite as W};
 
 /// The general kernel: any strides, scalar loads.
 pub const MATMUL: Kernel = Kernel::new("matmul", "matmul", &[R, R, R, W]);
@@ -38,6 +38,41 @@ pub const MATMUL_VEC4: [[Kernel; 2]; 2] = [
         ),
         vec4_kernel(
             "matmul_vec4_ak_bn",
+            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)],
+        ),
+    ],
+];
+
+const fn image_kernel(name: &'static str, constants: &'static [(&'static str, f64)]) -> Kernel {
+    Kernel {
+        name,
+        family: "matmul",
+        entry: "matmul_image",
+        bindings: &[R, R, R, W, I, I],
+        constants,
+    }
+}
+
+/// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), one
+/// pipeline per orientation like [`MATMUL_VEC4`].
+pub const MATMUL_IMAGE: [[Kernel; 2]; 2] = [
+    [
+        image_kernel(
+            "matmul_image_am_bk",
+            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)],
+        ),
+        image_kernel(
+            "matmul_image_am_bn",
+            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)],
+        ),
+    ],
+    [
+        image_kernel(
+            "matmul_image_ak_bk",
+            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)],
+        ),
+        image_kernel(
+            "matmul_image_ak_bn",
             &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)],
         ),
     ],
@@ -83,6 +118,37 @@ impl<'a> View<'a> {
             cs,
             bs: [rows * cols, 0],
         }
+    }
+
+    /// The rows of this view's tensor that hold it, as an image (see `matmul_image` in the
+    /// shader), if every batch starts on a row of it. The view is contiguous along its columns
+    /// (`along_cols`) or its rows; that axis's extent, a multiple of 4, runs along the image's
+    /// texels, and the other axis's stride is the image's row pitch.
+    fn image_rows(
+        &self,
+        rows: usize,
+        cols: usize,
+        batch: [usize; 2],
+        along_cols: bool,
+    ) -> Option<Rows> {
+        let (pitch, extent) = if along_cols {
+            (self.rs, cols)
+        } else {
+            (self.cs, rows)
+        };
+        if pitch == 0
+            || !extent.is_multiple_of(4)
+            || !self.bs[0].is_multiple_of(pitch)
+            || !self.bs[1].is_multiple_of(pitch)
+        {
+            return None;
+        }
+        Some(Rows {
+            off: self.off,
+            pitch,
+            width: extent / 4,
+            height: (self.max_index(rows, cols, batch) - self.off) / pitch + 1,
+        })
     }
 
     fn max_index(&self, rows: usize, cols: usize, batch: [usize; 2]) -> usize {
@@ -221,6 +287,27 @@ impl Gemm<'_> {
         Ok(())
     }
 
+    /// A and B copied into images, when the device reads operands from images and both fit
+    /// (see [`View::image_rows`] and [`Rows::check`]); `None` sends the product to the buffer
+    /// kernels.
+    fn images(&self, step: &mut Step, ak: bool, bn: bool) -> Result<Option<[Image; 2]>> {
+        if !step.gpu().image_operands() {
+            return Ok(None);
+        }
+        let ra = self.a.image_rows(self.m, self.k, self.batch, ak);
+        let rb = self.b.image_rows(self.k, self.n, self.batch, bn);
+        let (Some(ra), Some(rb)) = (ra, rb) else {
+            return Ok(None);
+        };
+        if ra.check(step.gpu(), self.a.t).is_err() || rb.check(step.gpu(), self.b.t).is_err() {
+            return Ok(None);
+        }
+        Ok(Some([
+            step.image(self.a.t, &ra)?,
+            step.image(self.b.t, &rb)?,
+        ]))
+    }
+
     /// Records the matmul into `step`.
     pub fn record(&self, step: &mut Step) -> Result<()> {
         const OP: &str = "matmul";
@@ -310,6 +397,18 @@ impl Gemm<'_> {
             alpha: self.alpha,
         };
         let bias = self.bias.unwrap_or(self.b.t);
+        let tensors = [self.a.t, self.b.t, bias, self.c.t];
+        if let Some((ak, bn)) = orientation {
+            if let Some([ia, ib]) = self.images(step, ak, bn)? {
+                return step.dispatch_linear_images(
+                    &MATMUL_IMAGE[ak as usize][bn as usize],
+                    &params,
+                    &tensors,
+                    &[&ia, &ib],
+                    total,
+                );
+            }
+        }
         match orientation {
             Some((ak, bn)) => step.dispatch_linear(
                 &MATMUL_VEC4[ak as usize][bn as usize],

@@ -16,7 +16,11 @@ pub fn gpu() -> &'static Gpu {
 
 /// Records with `f`, submits, and reads back the tensors it returns.
 pub fn run(f: impl FnOnce(&mut Step) -> amad::Result<Vec<Tensor>>) -> Vec<Vec<f32>> {
-    let g = gpu();
+    run_on(gpu(), f)
+}
+
+/// [`run`] on a given device.
+pub fn run_on(g: &Gpu, f: impl FnOnce(&mut Step) -> amad::Result<Vec<Tensor>>) -> Vec<Vec<f32>> {
     let mut step = g.step();
     let outs = f(&mut step).expect("recording failed");
     step.submit().expect("submit failed");
@@ -26,8 +30,13 @@ pub fn run(f: impl FnOnce(&mut Step) -> amad::Result<Vec<Tensor>>) -> Vec<Vec<f3
 }
 
 pub fn upload(shape: &[usize], data: &[f64]) -> Tensor {
+    upload_on(gpu(), shape, data)
+}
+
+/// [`upload`] to a given device.
+pub fn upload_on(g: &Gpu, shape: &[usize], data: &[f64]) -> Tensor {
     let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
-    Tensor::from_slice(gpu(), shape, &v).unwrap()
+    Tensor::from_slice(g, shape, &v).unwrap()
 }
 
 pub fn upload_u32(shape: &[usize], data: &[u32]) -> Tensor {

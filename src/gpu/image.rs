@@ -1,0 +1,120 @@
+//! Images: a tensor's rows copied into a pooled rgba32float texture, for kernels that read their
+//! operands as textures.
+//!
+//! Why: lavapipe (Mesa 22.3) loads from a storage buffer one invocation and one component at a
+//! time, each behind a bounds-check branch, so a vec4 load costs 32 scalar loads for the 8
+//! invocations of a SIMD register, and the matmul spends most of its time loading. A texel fetch
+//! from a texture is one vectorised gather for all 8. The copy into the texture is a memcpy per
+//! row, small beside the product that reads it (see ARCHITECTURE.md for the figures).
+//!
+//! An image of a tensor is `height` rows of `width` texels (4 floats each): row y holds the
+//! elements `off + y*pitch ..` `+ 4*width`. Images are pooled by size like tensor buffers and
+//! obey the same reuse rule (see `tensor`'s module note): one freed during recording is reused
+//! only in recording order.
+
+use super::{tensor::BufferPool, Gpu, Tensor};
+use crate::error::{Error, Result};
+use std::sync::{Arc, Weak};
+
+pub const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
+
+/// A pooled texture holding a copy of a tensor's rows; returns to the pool when dropped.
+pub struct Image {
+    texture: wgpu::Texture,
+    view: wgpu::TextureView,
+    size: (u32, u32),
+    pool: Weak<BufferPool>,
+}
+
+/// Where an image's rows lie in a tensor, in f32 elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    pub off: usize,
+    pub pitch: usize,
+    /// Texels per row: 4 * width elements are copied from each row.
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Rows {
+    /// Whether these rows of `t` can be copied into an image on `gpu`: the copy needs 256-byte
+    /// row pitches, a 16-byte aligned start, rows inside the tensor, and a texture within the
+    /// device's size limit. The error says which does not hold.
+    pub fn check(&self, gpu: &Gpu, t: &Tensor) -> Result<()> {
+        let max = gpu.limits.max_texture_dimension_2d as usize;
+        let pitch_bytes = self.pitch * 4;
+        let start = t.offset() + self.off as u64 * 4;
+        let end = self.off + self.pitch * (self.height.max(1) - 1) + 4 * self.width;
+        let why = if self.width == 0 || self.height == 0 {
+            "empty image".to_string()
+        } else if self.width > max || self.height > max {
+            format!(
+                "{} x {} texels is over max_texture_dimension_2d = {max}",
+                self.width, self.height
+            )
+        } else if !pitch_bytes.is_multiple_of(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT as usize) {
+            format!("row pitch of {pitch_bytes} bytes is not a multiple of 256")
+        } else if self.width * 4 > self.pitch {
+            "rows overlap".to_string()
+        } else if !start.is_multiple_of(16) {
+            format!("start at byte {start} is not 16-byte aligned")
+        } else if end > t.numel() {
+            format!("rows end at element {end}, past the tensor's {}", t.numel())
+        } else {
+            return Ok(());
+        };
+        Err(Error::Shape {
+            op: "image",
+            msg: format!("{self:?} of tensor {:?}: {why}", t.shape()),
+        })
+    }
+}
+
+impl Image {
+    /// A pooled image of `size` texels for step `step`.
+    pub(super) fn alloc(gpu: &Gpu, size: (u32, u32), step: u64) -> Image {
+        let (texture, view) = gpu.pool.take_image(size, step).unwrap_or_else(|| {
+            gpu.pool
+                .images_created
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("image"),
+                size: wgpu::Extent3d {
+                    width: size.0,
+                    height: size.1,
+                    depth_or_array_layers: 1,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: FORMAT,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                view_formats: &[],
+            });
+            let view = texture.create_view(&Default::default());
+            (texture, view)
+        });
+        Image {
+            texture,
+            view,
+            size,
+            pool: Arc::downgrade(&gpu.pool),
+        }
+    }
+
+    pub(super) fn texture(&self) -> &wgpu::Texture {
+        &self.texture
+    }
+
+    pub(super) fn view(&self) -> &wgpu::TextureView {
+        &self.view
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_image(self.size, (self.texture.clone(), self.view.clone()));
+        }
+    }
+}
