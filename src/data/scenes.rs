@@ -312,9 +312,25 @@ impl Scene {
     }
 
     /// Per cell of a grid × grid division of the image, row by row: the index in SHAPES of the
-    /// object that covers most of the cell (sampled at 8 × 8 points), or SHAPES.len() ("none")
-    /// when none covers an eighth of it. The labels of `amad train-teacher --shape-loss`.
+    /// object that covers most of the cell (see [`Scene::cell_objects`]), or SHAPES.len()
+    /// ("none"). The labels of `amad train-teacher --shape-loss`.
     pub fn cell_shapes(&self, grid: usize) -> Vec<u32> {
+        self.cell_objects(grid)
+            .into_iter()
+            .map(|o| match o {
+                Some(i) => SHAPES
+                    .iter()
+                    .position(|&s| s == self.objects[i].shape)
+                    .unwrap() as u32,
+                None => SHAPES.len() as u32,
+            })
+            .collect()
+    }
+
+    /// Per cell of a grid × grid division of the image, row by row: the index in `objects` of the
+    /// object that covers most of the cell (sampled at 8 × 8 points), or `None` when none covers
+    /// an eighth of it.
+    pub fn cell_objects(&self, grid: usize) -> Vec<Option<usize>> {
         let cell = SIZE as f32 / grid as f32;
         let mut out = vec![];
         for gy in 0..grid {
@@ -330,13 +346,7 @@ impl Scene {
                     }
                 }
                 let best = (0..counts.len()).max_by_key(|&i| counts[i]);
-                out.push(match best {
-                    Some(i) if counts[i] >= 8 => SHAPES
-                        .iter()
-                        .position(|&s| s == self.objects[i].shape)
-                        .unwrap() as u32,
-                    _ => SHAPES.len() as u32,
-                });
+                out.push(best.filter(|&i| counts[i] >= 8));
             }
         }
         out

@@ -133,13 +133,7 @@ impl ShapeLoss {
             step.clear(g);
         }
         let rows = states.reshape(&[s[0] * s[1], hidden])?;
-        let logits = linear(
-            step,
-            &rows,
-            &self.params[0],
-            Some(&self.params[1]),
-            Layout::InOut,
-        )?;
+        let logits = self.logits(step, &rows)?;
         let (loss, totals) = cross_entropy(step, &logits, labels)?;
         let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, self.weight)?;
         let drows = linear_bwd(
@@ -154,6 +148,17 @@ impl ShapeLoss {
         )?
         .expect("dx was asked for");
         Ok((loss, drows.reshape(s)?))
+    }
+
+    /// The head's logits [rows, CLASSES] for state rows [rows, hidden].
+    pub fn logits(&self, step: &mut Step, rows: &Tensor) -> Result<Tensor> {
+        linear(
+            step,
+            rows,
+            &self.params[0],
+            Some(&self.params[1]),
+            Layout::InOut,
+        )
     }
 
     /// One AdamW update of the head (step `t`, 1-based), unclipped.
