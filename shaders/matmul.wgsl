@@ -154,67 +154,87 @@ fn matmul_vec4(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let tile = locate_tile(group_index(wid, nwg), 64u, 64u);
-    if (!tile.valid) {
+    let o = block_origin(wid, nwg, lid);
+    if (!o.valid) {
         return;
     }
-    let row0 = tile.row + lid.y * 16u;
-    let col0 = tile.col + lid.x * 8u;
-    let b1 = tile.b1;
-    let b2 = tile.b2;
-    let abase = p.a_off + b1 * p.a_bs1 + b2 * p.a_bs2 + row0 * p.a_rs;
-    let bbase = p.b_off + b1 * p.b_bs1 + b2 * p.b_bs2 + col0 * p.b_cs;
     let r4 = 4u * p.a_rs;
-    var acc00 = mat4x4<f32>();
-    var acc01 = mat4x4<f32>();
-    var acc10 = mat4x4<f32>();
-    var acc11 = mat4x4<f32>();
-    var acc20 = mat4x4<f32>();
-    var acc21 = mat4x4<f32>();
-    var acc30 = mat4x4<f32>();
-    var acc31 = mat4x4<f32>();
+    var acc: Block;
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        let mb0 = load_b(bbase, k);
-        let mb1 = load_b(bbase + 4u * p.b_cs, k);
-        let ma0 = load_a(abase, k);
-        acc00 += ma0 * mb0;
-        acc01 += ma0 * mb1;
-        let ma1 = load_a(abase + r4, k);
-        acc10 += ma1 * mb0;
-        acc11 += ma1 * mb1;
-        let ma2 = load_a(abase + 2u * r4, k);
-        acc20 += ma2 * mb0;
-        acc21 += ma2 * mb1;
-        let ma3 = load_a(abase + 3u * r4, k);
-        acc30 += ma3 * mb0;
-        acc31 += ma3 * mb1;
+        block_fma(&acc, load_a(o.a, k), load_a(o.a + r4, k), load_a(o.a + 2u * r4, k),
+            load_a(o.a + 3u * r4, k), load_b(o.b, k), load_b(o.b + 4u * p.b_cs, k));
     }
+    block_finish(&acc, o, k4);
+}
+
+// The 16 x 8 block of C that an invocation of matmul_vec4 or matmul_image owns, as eight 4 x 4
+// blocks: block 2i + j holds rows 4i .. 4i+3 and columns 4j .. 4j+3 of it.
+alias Block = array<mat4x4<f32>, 8>;
+
+// Where an invocation's block lies: C's row and column, A's element at its first row (k = 0) and
+// B's at its first column, and its batch matrix (b1, b2); `valid` as in Tile.
+struct Origin {
+    valid: bool,
+    row: u32,
+    col: u32,
+    a: u32,
+    b: u32,
+    b1: u32,
+    b2: u32,
+}
+
+fn block_origin(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> Origin {
+    let tile = locate_tile(group_index(wid, nwg), 64u, 64u);
+    let row = tile.row + lid.y * 16u;
+    let col = tile.col + lid.x * 8u;
+    let a = p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + row * p.a_rs;
+    let b = p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + col * p.b_cs;
+    return Origin(tile.valid, row, col, a, b, tile.b1, tile.b2);
+}
+
+// One step of 4 along K: block 2i + j += a_i · b_j, for A's four row blocks and B's two column
+// blocks as math matrices (A's: row i, column kk; B's: row kk, column j).
+fn block_fma(acc: ptr<function, Block>, a0: mat4x4<f32>, a1: mat4x4<f32>, a2: mat4x4<f32>,
+    a3: mat4x4<f32>, b0: mat4x4<f32>, b1: mat4x4<f32>) {
+    (*acc)[0] += a0 * b0;
+    (*acc)[1] += a0 * b1;
+    (*acc)[2] += a1 * b0;
+    (*acc)[3] += a1 * b1;
+    (*acc)[4] += a2 * b0;
+    (*acc)[5] += a2 * b1;
+    (*acc)[6] += a3 * b0;
+    (*acc)[7] += a3 * b1;
+}
+
+// K's remainder (k4 .. K) through the scalar bindings, then the block's store into C.
+fn block_finish(acc: ptr<function, Block>, o: Origin, k4: u32) {
+    let r4 = 4u * p.a_rs;
     for (var k = k4; k < p.k; k++) {
-        let bv0 = b_row(bbase, k);
-        let bv1 = b_row(bbase + 4u * p.b_cs, k);
-        let av0 = a_column(abase, k);
-        let av1 = a_column(abase + r4, k);
-        let av2 = a_column(abase + 2u * r4, k);
-        let av3 = a_column(abase + 3u * r4, k);
-        acc00 += outer(av0, bv0);
-        acc01 += outer(av0, bv1);
-        acc10 += outer(av1, bv0);
-        acc11 += outer(av1, bv1);
-        acc20 += outer(av2, bv0);
-        acc21 += outer(av2, bv1);
-        acc30 += outer(av3, bv0);
-        acc31 += outer(av3, bv1);
+        let bv0 = b_row(o.b, k);
+        let bv1 = b_row(o.b + 4u * p.b_cs, k);
+        let av0 = a_column(o.a, k);
+        let av1 = a_column(o.a + r4, k);
+        let av2 = a_column(o.a + 2u * r4, k);
+        let av3 = a_column(o.a + 3u * r4, k);
+        (*acc)[0] += outer(av0, bv0);
+        (*acc)[1] += outer(av0, bv1);
+        (*acc)[2] += outer(av1, bv0);
+        (*acc)[3] += outer(av1, bv1);
+        (*acc)[4] += outer(av2, bv0);
+        (*acc)[5] += outer(av2, bv1);
+        (*acc)[6] += outer(av3, bv0);
+        (*acc)[7] += outer(av3, bv1);
     }
-    let c0 = p.c_off + b1 * p.c_bs1 + b2 * p.c_bs2;
-    store_block(c0, row0, col0, acc00);
-    store_block(c0, row0, col0 + 4u, acc01);
-    store_block(c0, row0 + 4u, col0, acc10);
-    store_block(c0, row0 + 4u, col0 + 4u, acc11);
-    store_block(c0, row0 + 8u, col0, acc20);
-    store_block(c0, row0 + 8u, col0 + 4u, acc21);
-    store_block(c0, row0 + 12u, col0, acc30);
-    store_block(c0, row0 + 12u, col0 + 4u, acc31);
+    let c0 = p.c_off + o.b1 * p.c_bs1 + o.b2 * p.c_bs2;
+    store_block(c0, o.row, o.col, (*acc)[0]);
+    store_block(c0, o.row, o.col + 4u, (*acc)[1]);
+    store_block(c0, o.row + 4u, o.col, (*acc)[2]);
+    store_block(c0, o.row + 4u, o.col + 4u, (*acc)[3]);
+    store_block(c0, o.row + 8u, o.col, (*acc)[4]);
+    store_block(c0, o.row + 8u, o.col + 4u, (*acc)[5]);
+    store_block(c0, o.row + 12u, o.col, (*acc)[6]);
+    store_block(c0, o.row + 12u, o.col + 4u, (*acc)[7]);
 }
 
 // Math matrix (row i, column kk) = A(row i of the block at base, k + kk).
@@ -286,99 +306,48 @@ fn matmul_image(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_id) lid: vec3<u32>,
 ) {
-    let tile = locate_tile(group_index(wid, nwg), 64u, 64u);
-    if (!tile.valid) {
+    let o = block_origin(wid, nwg, lid);
+    if (!o.valid) {
         return;
     }
-    let row0 = tile.row + lid.y * 16u;
-    let col0 = tile.col + lid.x * 8u;
-    let b1 = tile.b1;
-    let b2 = tile.b2;
-    let ay = (b1 * p.a_bs1 + b2 * p.a_bs2) / select(p.a_cs, p.a_rs, A_ALONG_K);
-    let by = (b1 * p.b_bs1 + b2 * p.b_bs2) / select(p.b_cs, p.b_rs, B_ALONG_N);
-    var acc00 = mat4x4<f32>();
-    var acc01 = mat4x4<f32>();
-    var acc10 = mat4x4<f32>();
-    var acc11 = mat4x4<f32>();
-    var acc20 = mat4x4<f32>();
-    var acc21 = mat4x4<f32>();
-    var acc30 = mat4x4<f32>();
-    var acc31 = mat4x4<f32>();
+    let ay = (o.b1 * p.a_bs1 + o.b2 * p.a_bs2) / select(p.a_cs, p.a_rs, A_ALONG_K);
+    let by = (o.b1 * p.b_bs1 + o.b2 * p.b_bs2) / select(p.b_cs, p.b_rs, B_ALONG_N);
+    var acc: Block;
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        let mb0 = image_b(by, col0, k);
-        let mb1 = image_b(by, col0 + 4u, k);
-        let ma0 = image_a(ay, row0, k);
-        acc00 += ma0 * mb0;
-        acc01 += ma0 * mb1;
-        let ma1 = image_a(ay, row0 + 4u, k);
-        acc10 += ma1 * mb0;
-        acc11 += ma1 * mb1;
-        let ma2 = image_a(ay, row0 + 8u, k);
-        acc20 += ma2 * mb0;
-        acc21 += ma2 * mb1;
-        let ma3 = image_a(ay, row0 + 12u, k);
-        acc30 += ma3 * mb0;
-        acc31 += ma3 * mb1;
+        block_fma(&acc, image_a(ay, o.row, k), image_a(ay, o.row + 4u, k),
+            image_a(ay, o.row + 8u, k), image_a(ay, o.row + 12u, k), image_b(by, o.col, k),
+            image_b(by, o.col + 4u, k));
     }
-    let abase = p.a_off + b1 * p.a_bs1 + b2 * p.a_bs2 + row0 * p.a_rs;
-    let bbase = p.b_off + b1 * p.b_bs1 + b2 * p.b_bs2 + col0 * p.b_cs;
-    let r4 = 4u * p.a_rs;
-    for (var k = k4; k < p.k; k++) {
-        let bv0 = b_row(bbase, k);
-        let bv1 = b_row(bbase + 4u * p.b_cs, k);
-        let av0 = a_column(abase, k);
-        let av1 = a_column(abase + r4, k);
-        let av2 = a_column(abase + 2u * r4, k);
-        let av3 = a_column(abase + 3u * r4, k);
-        acc00 += outer(av0, bv0);
-        acc01 += outer(av0, bv1);
-        acc10 += outer(av1, bv0);
-        acc11 += outer(av1, bv1);
-        acc20 += outer(av2, bv0);
-        acc21 += outer(av2, bv1);
-        acc30 += outer(av3, bv0);
-        acc31 += outer(av3, bv1);
-    }
-    let c0 = p.c_off + b1 * p.c_bs1 + b2 * p.c_bs2;
-    store_block(c0, row0, col0, acc00);
-    store_block(c0, row0, col0 + 4u, acc01);
-    store_block(c0, row0 + 4u, col0, acc10);
-    store_block(c0, row0 + 4u, col0 + 4u, acc11);
-    store_block(c0, row0 + 8u, col0, acc20);
-    store_block(c0, row0 + 8u, col0 + 4u, acc21);
-    store_block(c0, row0 + 12u, col0, acc30);
-    store_block(c0, row0 + 12u, col0 + 4u, acc31);
+    block_finish(&acc, o, k4);
 }
 
-fn texel(image: texture_2d<f32>, x: u32, y: u32) -> vec4<f32> {
-    return textureLoad(image, vec2<i32>(i32(x), i32(y)), 0);
+// Texels (x, y .. y+3) of an image: four texels down one column, as a matrix's columns.
+fn texels(image: texture_2d<f32>, x: u32, y: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(
+        textureLoad(image, vec2<i32>(i32(x), i32(y)), 0),
+        textureLoad(image, vec2<i32>(i32(x), i32(y + 1u)), 0),
+        textureLoad(image, vec2<i32>(i32(x), i32(y + 2u)), 0),
+        textureLoad(image, vec2<i32>(i32(x), i32(y + 3u)), 0),
+    );
 }
 
 // Math matrix (row i, column kk) = A(row + i, k + kk), A's batch starting at image row y0.
 fn image_a(y0: u32, row: u32, k: u32) -> mat4x4<f32> {
     if (A_ALONG_K) {
         // Image row = A's row; texel k/4 holds A(row, k..k+3), a row of the math matrix.
-        let x = k / 4u;
-        let y = y0 + row;
-        return transpose(mat4x4<f32>(texel(a_image, x, y), texel(a_image, x, y + 1u), texel(a_image, x, y + 2u), texel(a_image, x, y + 3u)));
+        return transpose(texels(a_image, k / 4u, y0 + row));
     }
     // Image row = k; texel row/4 holds A(row..row+3, k), a column of the math matrix.
-    let x = row / 4u;
-    let y = y0 + k;
-    return mat4x4<f32>(texel(a_image, x, y), texel(a_image, x, y + 1u), texel(a_image, x, y + 2u), texel(a_image, x, y + 3u));
+    return texels(a_image, row / 4u, y0 + k);
 }
 
 // Math matrix (row kk, column j) = B(k + kk, col + j), B's batch starting at image row y0.
 fn image_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
     if (B_ALONG_N) {
         // Image row = k; texel col/4 holds B(k, col..col+3), a row of the math matrix.
-        let x = col / 4u;
-        let y = y0 + k;
-        return transpose(mat4x4<f32>(texel(b_image, x, y), texel(b_image, x, y + 1u), texel(b_image, x, y + 2u), texel(b_image, x, y + 3u)));
+        return transpose(texels(b_image, col / 4u, y0 + k));
     }
     // Image row = B's column; texel k/4 holds B(k..k+3, col), a column of the math matrix.
-    let x = k / 4u;
-    let y = y0 + col;
-    return mat4x4<f32>(texel(b_image, x, y), texel(b_image, x, y + 1u), texel(b_image, x, y + 2u), texel(b_image, x, y + 3u));
+    return texels(b_image, k / 4u, y0 + col);
 }

@@ -16,21 +16,6 @@ fn tol(k: usize) -> f64 {
 
 #[allow(clippy::too_many_arguments)]
 fn check(
-    seed: u64,
-    batch: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    ta: bool,
-    tb: bool,
-    b_shared: bool,
-    bias: bool,
-) {
-    check_on(gpu(), seed, batch, m, n, k, ta, tb, b_shared, bias)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_on(
     g: &amad::Gpu,
     seed: u64,
     batch: usize,
@@ -100,7 +85,18 @@ fn random_shapes_all_transposes() {
         };
         let batch = 1 + rng.below(3);
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-            check(case, batch, m, n, k, ta, tb, case % 3 == 0, case % 2 == 0);
+            check(
+                gpu(),
+                case,
+                batch,
+                m,
+                n,
+                k,
+                ta,
+                tb,
+                case % 3 == 0,
+                case % 2 == 0,
+            );
         }
     }
 }
@@ -145,52 +141,31 @@ fn image_and_buffer_kernels_at_image_pitches() {
             case += 1;
             let (shared, bias) = (case % 2 == 0, case % 3 == 0);
             let ran = kernels_run(&images, || {
-                check_on(&images, case, 2, m, n, k, ta, tb, shared, bias)
+                check(&images, case, 2, m, n, k, ta, tb, shared, bias)
             });
             let want = if fits { "matmul_image" } else { "matmul_vec4" };
             assert_eq!(ran, [want], "m={m} n={n} k={k} ta={ta} tb={tb}");
             let before = images.stats().images_created;
-            check_on(&images, case, 2, m, n, k, ta, tb, shared, bias);
+            check(&images, case, 2, m, n, k, ta, tb, shared, bias);
             assert_eq!(
                 images.stats().images_created,
                 before,
                 "pooled images reused"
             );
             let ran = kernels_run(&buffers, || {
-                check_on(&buffers, case, 2, m, n, k, ta, tb, shared, bias)
+                check(&buffers, case, 2, m, n, k, ta, tb, shared, bias)
             });
             assert_eq!(ran, ["matmul_vec4"]);
         }
     }
     // K remainders: A stored [k, m] and B [k, n], both contiguous along m and n.
     for k in [1, 5, 7, 70] {
-        let ran = kernels_run(&images, || {
-            check_on(
-                &images,
-                40 + k as u64,
-                1,
-                64,
-                128,
-                k,
-                true,
-                false,
-                false,
-                true,
-            )
-        });
-        assert_eq!(ran, ["matmul_image"], "k = {k}");
-        check_on(
-            &buffers,
-            40 + k as u64,
-            1,
-            64,
-            128,
-            k,
-            true,
-            false,
-            false,
-            true,
-        );
+        for (g, want) in [(&images, "matmul_image"), (&buffers, "matmul_vec4")] {
+            let ran = kernels_run(g, || {
+                check(g, 40 + k as u64, 1, 64, 128, k, true, false, false, true)
+            });
+            assert_eq!(ran, [want], "k = {k}");
+        }
     }
     assert_eq!(buffers.stats().images_created, 0);
 }
@@ -208,7 +183,7 @@ fn awkward_sizes() {
         (8, 12, 6),
     ] {
         for (ta, tb) in [(false, false), (true, true), (true, false), (false, true)] {
-            check(1000 + m as u64, 2, m, n, k, ta, tb, false, true);
+            check(gpu(), 1000 + m as u64, 2, m, n, k, ta, tb, false, true);
         }
     }
 }
@@ -217,8 +192,8 @@ fn awkward_sizes() {
 fn vec4_path_with_k_remainder_and_edges() {
     // Aligned leading dimensions but K = 4q + r and M, N not multiples of the 64 x 64 tile.
     for k in [4, 5, 6, 7, 8, 33] {
-        check(k as u64, 1, 68, 72, k, false, false, false, false);
-        check(k as u64, 1, 68, 72, k, true, true, false, false);
+        check(gpu(), k as u64, 1, 68, 72, k, false, false, false, false);
+        check(gpu(), k as u64, 1, 68, 72, k, true, true, false, false);
     }
 }
 
@@ -226,8 +201,8 @@ fn vec4_path_with_k_remainder_and_edges() {
 /// the vec4 one K/4): the launcher splits K and accumulates, so no product is dropped silently.
 #[test]
 fn k_longer_than_the_loop_cap() {
-    check(21, 1, 3, 5, 70_001, false, false, false, true);
-    check(22, 1, 4, 8, 300_000, false, false, false, false);
+    check(gpu(), 21, 1, 3, 5, 70_001, false, false, false, true);
+    check(gpu(), 22, 1, 4, 8, 300_000, false, false, false, false);
 }
 
 /// Few output tiles and a long K (a weight gradient's shape): the launcher runs chunks of K as one
@@ -236,8 +211,8 @@ fn k_longer_than_the_loop_cap() {
 #[test]
 fn split_k_for_few_tiles_and_long_k() {
     for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        check(31, 1, 64, 128, 2080, ta, tb, false, false);
-        check(32, 1, 20, 35, 1000, ta, tb, false, false);
+        check(gpu(), 31, 1, 64, 128, 2080, ta, tb, false, false);
+        check(gpu(), 32, 1, 20, 35, 1000, ta, tb, false, false);
     }
 }
 
@@ -286,7 +261,7 @@ fn split_k_accumulates_into_an_offset_view() {
 #[test]
 fn more_workgroups_than_one_dispatch_dimension_allows() {
     // 70,000 batched 1x1 products: 70,000 workgroups, over the 65,535 per-dimension limit.
-    check(3, 70_000, 1, 1, 3, false, false, false, false);
+    check(gpu(), 3, 70_000, 1, 1, 3, false, false, false, false);
 }
 
 #[test]

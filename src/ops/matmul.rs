@@ -9,74 +9,70 @@ use Access::{Image as I, Read as R, ReadWrite as W};
 /// The general kernel: any strides, scalar loads.
 pub const MATMUL: Kernel = Kernel::new("matmul", "matmul", &[R, R, R, W]);
 
-const fn vec4_kernel(name: &'static str, constants: &'static [(&'static str, f64)]) -> Kernel {
-    Kernel {
-        name,
-        family: "matmul",
-        entry: "matmul_vec4",
-        bindings: &[R, R, R, W, R, R],
-        constants,
+/// The orientation constants of the blocked kernels, [a_along_k][b_along_n].
+const ORIENTATIONS: [[&[(&str, f64)]; 2]; 2] = [
+    [
+        &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)],
+        &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)],
+    ],
+    [
+        &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)],
+        &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)],
+    ],
+];
+
+/// One pipeline per orientation of a blocked kernel's A and B blocks, named `names`.
+const fn oriented(
+    entry: &'static str,
+    bindings: &'static [Access],
+    names: [[&'static str; 2]; 2],
+) -> [[Kernel; 2]; 2] {
+    const fn one(
+        entry: &'static str,
+        bindings: &'static [Access],
+        name: &'static str,
+        constants: &'static [(&'static str, f64)],
+    ) -> Kernel {
+        Kernel {
+            name,
+            family: "matmul",
+            entry,
+            bindings,
+            constants,
+        }
     }
+    let o = ORIENTATIONS;
+    [
+        [
+            one(entry, bindings, names[0][0], o[0][0]),
+            one(entry, bindings, names[0][1], o[0][1]),
+        ],
+        [
+            one(entry, bindings, names[1][0], o[1][0]),
+            one(entry, bindings, names[1][1], o[1][1]),
+        ],
+    ]
 }
 
 /// The fast path, one pipeline per orientation of the A and B blocks: [a_along_k][b_along_n].
-pub const MATMUL_VEC4: [[Kernel; 2]; 2] = [
+pub const MATMUL_VEC4: [[Kernel; 2]; 2] = oriented(
+    "matmul_vec4",
+    &[R, R, R, W, R, R],
     [
-        vec4_kernel(
-            "matmul_vec4_am_bk",
-            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)],
-        ),
-        vec4_kernel(
-            "matmul_vec4_am_bn",
-            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)],
-        ),
+        ["matmul_vec4_am_bk", "matmul_vec4_am_bn"],
+        ["matmul_vec4_ak_bk", "matmul_vec4_ak_bn"],
     ],
-    [
-        vec4_kernel(
-            "matmul_vec4_ak_bk",
-            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)],
-        ),
-        vec4_kernel(
-            "matmul_vec4_ak_bn",
-            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)],
-        ),
-    ],
-];
+);
 
-const fn image_kernel(name: &'static str, constants: &'static [(&'static str, f64)]) -> Kernel {
-    Kernel {
-        name,
-        family: "matmul",
-        entry: "matmul_image",
-        bindings: &[R, R, R, W, I, I],
-        constants,
-    }
-}
-
-/// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), one
-/// pipeline per orientation like [`MATMUL_VEC4`].
-pub const MATMUL_IMAGE: [[Kernel; 2]; 2] = [
+/// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), likewise.
+pub const MATMUL_IMAGE: [[Kernel; 2]; 2] = oriented(
+    "matmul_image",
+    &[R, R, R, W, I, I],
     [
-        image_kernel(
-            "matmul_image_am_bk",
-            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)],
-        ),
-        image_kernel(
-            "matmul_image_am_bn",
-            &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)],
-        ),
+        ["matmul_image_am_bk", "matmul_image_am_bn"],
+        ["matmul_image_ak_bk", "matmul_image_ak_bn"],
     ],
-    [
-        image_kernel(
-            "matmul_image_ak_bk",
-            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)],
-        ),
-        image_kernel(
-            "matmul_image_ak_bn",
-            &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)],
-        ),
-    ],
-];
+);
 
 /// The longest K recorded as one product: the scalar kernel loops K times per invocation, and
 /// lavapipe stops loops after 65,535 iterations. A multiple of 4, so vec4 alignment carries over.
