@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The experiment of docs/results.md: the bundled teacher distilled into students by every method,
-# over seeds, head counts, τ and attached/detached alignment weights; each student scored on the
-# test split. Runs land in target/experiment/<run>/ (checkpoint, metrics.jsonl, alignment.json)
-# and their scores in target/experiment/results.jsonl; finished runs are skipped, so the script
-# resumes after an interruption. Then scripts/experiment_report.py writes docs/results.md and
-# the plots under docs/results/.
+# over seeds, head counts, τ, the attention term's weight γ and attached/detached alignment
+# weights; each student scored on the test split. Runs land in target/experiment/<run>/
+# (checkpoint, metrics.jsonl, alignment.json) and their scores in target/experiment/results.jsonl;
+# finished runs are skipped, so the script resumes after an interruption. Then
+# scripts/experiment_report.py writes docs/results.md and the plots under docs/results/.
 #   STEPS=250 BATCH=16 SEEDS="1 2 3" scripts/experiment.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +46,9 @@ for seed in $SEEDS; do
     done
   done
   run "amad-kl-tau0.1-s$seed" --method amad-kl --tau 0.1 --seed "$seed"
+  for gamma in 0.3 0.1; do
+    run "amad-kl-gamma$gamma-s$seed" --method amad-kl --gamma "$gamma" --seed "$seed"
+  done
   run "amad-kl-detached-s$seed" --method amad-kl --detach-weights --seed "$seed"
 done
 if ! grep -q '"run": "teacher"' "$OUT/results.jsonl"; then

@@ -147,6 +147,10 @@ def main():
         for m in ("one-to-one", "amad-kl"):
             heads_rows.append((f"{m}, {h} student head{'s' if h > 1 else ''}", group(results, f"{m}-h{h}")))
     tau_rows = [("amad-kl, τ = 1", group(results, "amad-kl-h2")), ("amad-kl, τ = 0.1", group(results, "amad-kl-tau0.1"))]
+    gamma_rows = [("one-to-one, γ = 1", group(results, "one-to-one-h2")),
+                  ("amad-kl, γ = 1", group(results, "amad-kl-h2")),
+                  ("amad-kl, γ = 0.3", group(results, "amad-kl-gamma0.3")),
+                  ("amad-kl, γ = 0.1", group(results, "amad-kl-gamma0.1"))]
     detach_rows = [("amad-kl, weights attached", group(results, "amad-kl-h2")),
                    ("amad-kl, weights detached", group(results, "amad-kl-detached"))]
     plot_losses(runs_dir, results)
@@ -184,6 +188,9 @@ this file and the plots.
 
 ## The alignment temperature τ
 {table(tau_rows, results)}
+
+## The attention term's weight γ (2 student heads)
+{table(gamma_rows, results)}
 
 ## Alignment weights attached (gradients flow through a_ij) or detached
 {table(detach_rows, results)}
