@@ -16,7 +16,7 @@ use super::{tensor::BufferPool, Gpu, Tensor};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Weak};
 
-pub const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
+const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
 
 /// A pooled texture holding a copy of a tensor's rows; returns to the pool when dropped.
 pub struct Image {

@@ -101,9 +101,8 @@ impl<'g> Step<'g> {
         self.dispatch_images(kernel, params, tensors, &[], groups)
     }
 
-    /// Like [`Step::dispatch`], for kernels that also read images: their bindings follow the
-    /// tensors'.
-    pub fn dispatch_images<P: bytemuck::Pod>(
+    /// [`Step::dispatch`] for kernels that also read images: their bindings follow the tensors'.
+    fn dispatch_images<P: bytemuck::Pod>(
         &mut self,
         kernel: &Kernel,
         params: &P,

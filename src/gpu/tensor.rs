@@ -68,8 +68,9 @@ pub(super) struct BufferPool {
     /// Ids of the steps being recorded, and the next id.
     open: Mutex<std::collections::BTreeSet<u64>>,
     next_step: std::sync::atomic::AtomicU64,
-    /// Buffers and images created so far (see `Gpu::stats`).
+    /// Buffers created for tensors so far (see `Gpu::stats`).
     pub(super) created: std::sync::atomic::AtomicU64,
+    /// Images created so far (see `Gpu::stats`).
     pub(super) images_created: std::sync::atomic::AtomicU64,
 }
 
@@ -88,9 +89,21 @@ impl BufferPool {
         self.open.lock().unwrap().remove(&id);
     }
 
-    /// The newest step open now: what a resource freed now must wait for (see the module note).
-    fn newest_open(&self) -> Option<u64> {
-        self.open.lock().unwrap().last().copied()
+    /// A free resource of class `key` from `list` that step `step` may use (see the module note).
+    fn take<K: std::hash::Hash + Eq, R>(
+        &self,
+        list: &FreeLists<K, R>,
+        key: &K,
+        step: u64,
+    ) -> Option<R> {
+        let open = self.open.lock().unwrap();
+        list.take(key, &open, step)
+    }
+
+    /// Returns a resource to `list`, marked with the newest step open now, which it must wait for.
+    fn put<K: std::hash::Hash + Eq, R>(&self, list: &FreeLists<K, R>, key: K, resource: R) {
+        let newest_open = self.open.lock().unwrap().last().copied();
+        list.put(key, resource, newest_open);
     }
 
     /// A free image of `size` usable by step `step`, if any.
@@ -99,12 +112,11 @@ impl BufferPool {
         size: (u32, u32),
         step: u64,
     ) -> Option<(wgpu::Texture, wgpu::TextureView)> {
-        let open = self.open.lock().unwrap();
-        self.images.take(&size, &open, step)
+        self.take(&self.images, &size, step)
     }
 
     pub(super) fn put_image(&self, size: (u32, u32), image: (wgpu::Texture, wgpu::TextureView)) {
-        self.images.put(size, image, self.newest_open());
+        self.put(&self.images, size, image);
     }
 
     fn create(&self, gpu: &Gpu, size: u64, mapped_at_creation: bool) -> wgpu::Buffer {
@@ -128,8 +140,7 @@ struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.free
-                .put(self.bytes, self.buffer.clone(), pool.newest_open());
+            pool.put(&pool.free, self.bytes, self.buffer.clone());
         }
     }
 }
@@ -188,11 +199,7 @@ impl Tensor {
     /// class is free and no other step open when it was freed is still open.
     pub(crate) fn alloc(gpu: &Gpu, shape: &[usize], dtype: DType, step: u64) -> Result<Tensor> {
         let bytes = size_class(Self::check_shape(gpu, shape, "tensor")?);
-        let reused = {
-            let open = gpu.pool.open.lock().unwrap();
-            gpu.pool.free.take(&bytes, &open, step)
-        };
-        let buffer = match reused {
+        let buffer = match gpu.pool.take(&gpu.pool.free, &bytes, step) {
             Some(b) => b,
             None => gpu.pool.create(gpu, bytes, false),
         };

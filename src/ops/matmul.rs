@@ -295,6 +295,8 @@ impl Gemm<'_> {
         let (Some(ra), Some(rb)) = (ra, rb) else {
             return Ok(None);
         };
+        // Both must fit before either is copied (Step::image checks each again, as it must for
+        // any caller).
         if ra.check(step.gpu(), self.a.t).is_err() || rb.check(step.gpu(), self.b.t).is_err() {
             return Ok(None);
         }
@@ -412,12 +414,7 @@ impl Gemm<'_> {
                 &[self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t],
                 total,
             ),
-            None => step.dispatch_linear(
-                &MATMUL,
-                &params,
-                &[self.a.t, self.b.t, bias, self.c.t],
-                total,
-            ),
+            None => step.dispatch_linear(&MATMUL, &params, &tensors, total),
         }
     }
 }
