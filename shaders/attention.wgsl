@@ -16,6 +16,9 @@
 // off + (b·len + t)·stride + h·hd + d, so fused projections need no copies. Maps are whole
 // [B, H, Tq, Tk] tensors. Masked cells get probability exactly 0; a row with every key masked is
 // all zeros.
+//
+// On CPU adapters the products read their sequences from images instead (attention_scores_image,
+// attention_apply_image, below; see src/gpu/image.rs), adding the same terms in the same order.
 
 struct Params {
     batch: u32,
@@ -48,11 +51,16 @@ struct Block {
 }
 
 fn locate_block(index: u32, rows: u32, cols: u32) -> Block {
-    let per = ((rows + 7u) / 8u) * ((cols + 7u) / 8u);
+    return locate_wide_block(index, rows, cols, 8u);
+}
+
+// locate_block for blocks of 8 rows × `width` columns.
+fn locate_wide_block(index: u32, rows: u32, cols: u32, width: u32) -> Block {
+    let bc = (cols + width - 1u) / width;
+    let per = ((rows + 7u) / 8u) * bc;
     let bh = index / per;
     let k = index % per;
-    let bc = (cols + 7u) / 8u;
-    return Block(bh < p.batch * p.heads, bh, (k / bc) * 8u, (k % bc) * 8u);
+    return Block(bh < p.batch * p.heads, bh, (k / bc) * 8u, (k % bc) * width);
 }
 
 // Start of token t of (batch b, head h) in a sequence of `len` tokens at (off, stride), with t
@@ -118,6 +126,73 @@ fn store_map(base: u32, r0: u32, c0: u32, m: mat4x4<f32>) {
             }
         }
     }
+}
+
+// ---- scores_image: attention_scores with X and Y read from images of their sequences ----
+//
+// Used where texel fetches are cheaper than storage loads (lavapipe, see src/gpu/image.rs): one
+// fetch brings four elements of a head's row for the 8 invocations of a SIMD register, where the
+// buffer kernel loads them one invocation and one element at a time. A sequence's image holds
+// its whole rows: token (b, t) is image row b·len + t, and texel (off + h·hd + d) / 4 holds its
+// elements d .. d+3 of head h (the launcher checks that off and hd are multiples of 4).
+
+@group(0) @binding(4) var seq_x: texture_2d<f32>;
+@group(0) @binding(5) var seq_y: texture_2d<f32>;
+
+// Four elements (texel tx) of tokens r .. r+3 (image rows), as a matrix's columns.
+fn seq_texels(image: texture_2d<f32>, tx: u32, r: vec4<u32>) -> mat4x4<f32> {
+    return mat4x4<f32>(
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.x)), 0),
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.y)), 0),
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.z)), 0),
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.w)), 0),
+    );
+}
+
+// Image rows of tokens t0 .. t0+3 of batch b in a sequence of `len`, clamped to the last token.
+fn seq_rows(b: u32, len: u32, t0: u32) -> vec4<u32> {
+    let base = b * len;
+    let last = len - 1u;
+    return base + vec4<u32>(min(t0, last), min(t0 + 1u, last), min(t0 + 2u, last), min(t0 + 3u, last));
+}
+
+@compute @workgroup_size(64)
+fn attention_scores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+    if (!blk.valid) {
+        return;
+    }
+    let b = blk.bh / p.heads;
+    let h = blk.bh % p.heads;
+    let xr0 = seq_rows(b, p.tq, blk.r0);
+    let xr1 = seq_rows(b, p.tq, blk.r0 + 4u);
+    let yr0 = seq_rows(b, p.tk, blk.c0);
+    let yr1 = seq_rows(b, p.tk, blk.c0 + 4u);
+    let xt = (p.x_off + h * p.hd) / 4u;
+    let yt = (p.y_off + h * p.hd) / 4u;
+    var a00 = mat4x4<f32>();
+    var a01 = mat4x4<f32>();
+    var a10 = mat4x4<f32>();
+    var a11 = mat4x4<f32>();
+    // Row dd of x0 (a column of the texels) holds X(r0 .. r0+3, 4dt + dd): the terms are added
+    // one d at a time, in attention_scores' order, so both kernels give the same bits.
+    for (var dt = 0u; dt < p.hd / 4u; dt++) {
+        let x0 = transpose(seq_texels(seq_x, xt + dt, xr0));
+        let x1 = transpose(seq_texels(seq_x, xt + dt, xr1));
+        let y0 = transpose(seq_texels(seq_y, yt + dt, yr0));
+        let y1 = transpose(seq_texels(seq_y, yt + dt, yr1));
+        for (var dd = 0u; dd < 4u; dd++) {
+            a00 += outer(x0[dd], y0[dd]);
+            a01 += outer(x0[dd], y1[dd]);
+            a10 += outer(x1[dd], y0[dd]);
+            a11 += outer(x1[dd], y1[dd]);
+        }
+    }
+    let base = blk.bh * p.tq * p.tk;
+    store_map(base, blk.r0, blk.c0, a00);
+    store_map(base, blk.r0, blk.c0 + 4u, a01);
+    store_map(base, blk.r0 + 4u, blk.c0, a10);
+    store_map(base, blk.r0 + 4u, blk.c0 + 4u, a11);
 }
 
 // ---- softmax: one invocation per row of the map, in place ----
@@ -259,4 +334,76 @@ fn store_out(b: u32, h: u32, rows: u32, r0: u32, d0: u32, m: mat4x4<f32>) {
             }
         }
     }
+}
+
+// ---- apply_image: attention_apply with Z read from an image of its sequence ----
+//
+// As attention_scores_image: Z's texels come from the image (binding 4, seq_x), the map's
+// elements still from the buffer (a map row of Tk elements is no image row: Tk is rarely a
+// multiple of 4). The map's elements are the costly loads here, so each invocation takes a wider
+// block than attention_apply's, 8 rows × 16 columns: 8 map loads and 4 texel fetches per 128
+// multiply-adds.
+@compute @workgroup_size(64)
+fn attention_apply_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var rows = p.tq;
+    var inner = p.tk;
+    var rs = p.tk;
+    var cs = 1u;
+    if (p.transposed != 0u) {
+        rows = p.tk;
+        inner = p.tq;
+        rs = 1u;
+        cs = p.tk;
+    }
+    let blk = locate_wide_block(group_index(wid, nwg) * 64u + lid, rows, p.hd, 16u);
+    if (!blk.valid) {
+        return;
+    }
+    let b = blk.bh / p.heads;
+    let h = blk.bh % p.heads;
+    let wbase = blk.bh * p.tq * p.tk;
+    var wa: array<u32, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        wa[r] = wbase + min(blk.r0 + r, rows - 1u) * rs;
+    }
+    // Texels of Z's columns c0 .. c0 + 15 of the head, clamped to its last texel.
+    let tz = (p.x_off + h * p.hd) / 4u;
+    let tl = p.hd / 4u - 1u;
+    let q = blk.c0 / 4u;
+    let t = vec4<i32>(vec4<u32>(tz) + min(vec4<u32>(q, q + 1u, q + 2u, q + 3u), vec4<u32>(tl)));
+    let zrow = i32(b * inner);
+    var a00 = mat4x4<f32>();
+    var a01 = mat4x4<f32>();
+    var a02 = mat4x4<f32>();
+    var a03 = mat4x4<f32>();
+    var a10 = mat4x4<f32>();
+    var a11 = mat4x4<f32>();
+    var a12 = mat4x4<f32>();
+    var a13 = mat4x4<f32>();
+    for (var c = 0u; c < inner; c++) {
+        let wo = c * cs;
+        let w0 = vec4<f32>(aw[wa[0] + wo], aw[wa[1] + wo], aw[wa[2] + wo], aw[wa[3] + wo]);
+        let w1 = vec4<f32>(aw[wa[4] + wo], aw[wa[5] + wo], aw[wa[6] + wo], aw[wa[7] + wo]);
+        let zr = zrow + i32(c);
+        let z0 = textureLoad(seq_x, vec2<i32>(t.x, zr), 0);
+        let z1 = textureLoad(seq_x, vec2<i32>(t.y, zr), 0);
+        let z2 = textureLoad(seq_x, vec2<i32>(t.z, zr), 0);
+        let z3 = textureLoad(seq_x, vec2<i32>(t.w, zr), 0);
+        a00 += outer(w0, z0);
+        a01 += outer(w0, z1);
+        a02 += outer(w0, z2);
+        a03 += outer(w0, z3);
+        a10 += outer(w1, z0);
+        a11 += outer(w1, z1);
+        a12 += outer(w1, z2);
+        a13 += outer(w1, z3);
+    }
+    store_out(b, h, rows, blk.r0, blk.c0, a00);
+    store_out(b, h, rows, blk.r0, blk.c0 + 4u, a01);
+    store_out(b, h, rows, blk.r0, blk.c0 + 8u, a02);
+    store_out(b, h, rows, blk.r0, blk.c0 + 12u, a03);
+    store_out(b, h, rows, blk.r0 + 4u, blk.c0, a10);
+    store_out(b, h, rows, blk.r0 + 4u, blk.c0 + 4u, a11);
+    store_out(b, h, rows, blk.r0 + 4u, blk.c0 + 8u, a12);
+    store_out(b, h, rows, blk.r0 + 4u, blk.c0 + 12u, a13);
 }

@@ -80,6 +80,37 @@ fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
 }
 
+// sum_columns with x read from an image of its rows (see src/gpu/image.rs): invocation (k, t)
+// sums texel t (columns 4t .. 4t+3) over rows k·chunk .. (k+1)·chunk, one fetch per row where the
+// buffer kernel loads each column's element on its own. Each column's terms are added in the
+// same order as there, so both give the same bits.
+@group(0) @binding(3) var x_image: texture_2d<f32>;
+
+@compute @workgroup_size(256)
+fn sum_columns_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    let texels = p.segments / 4u;
+    let k = i / texels;
+    let t = i - k * texels;
+    let r0 = k * p.chunk;
+    if (r0 >= p.len) {
+        return;
+    }
+    let r1 = min(r0 + p.chunk, p.len);
+    var acc = vec4<f32>();
+    for (var r = r0; r < r1; r++) {
+        acc += textureLoad(x_image, vec2<i32>(i32(t), i32(r)), 0);
+    }
+    let o = p.out_off + k * p.segments + 4u * t;
+    for (var j = 0u; j < 4u; j++) {
+        if ((p.flags & 2u) != 0u) {
+            out[o + j] += p.scale * acc[j];
+        } else {
+            out[o + j] = p.scale * acc[j];
+        }
+    }
+}
+
 // out[i] = scale * x[0] for i < len: backward of sum (scale 1) and mean (scale 1/n).
 @compute @workgroup_size(256)
 fn broadcast_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -6,6 +6,7 @@ use amad::ops::elementwise::{add, axpy, bias_add, gelu, gelu_bwd, Gelu};
 use amad::ops::{attention, embedding, image, layernorm, loss, optim, reduce, softmax};
 use amad::reference as r;
 use amad::rng::Rng;
+use amad::Tensor;
 use common::*;
 
 // Finite differences use eps = 1e-6 in f64: truncation error ~eps² and rounding ~1e-16/eps,
@@ -182,29 +183,62 @@ fn check_layernorm_gpu(
 }
 
 /// Column sums added into the first columns of `out`: one pass up to 2·64 rows, then passes over
-/// chunks of 64 rows (two passes at 129 and 300 rows, three at 9,000).
+/// chunks of 64 rows (two passes at 129 and 300 rows, three at 9,000). Each runs on a device with
+/// image operands on and on one with them off: rows of a multiple of 64 floats, summed four
+/// columns at a time, are read from an image there, and both paths give the same bits.
 #[test]
 fn column_sums_in_passes() {
+    let images = own_device(true);
+    let buffers = own_device(false);
     let mut rng = Rng::new(14);
-    let (cols, summed) = (7, 5);
-    for rows in [1, 128, 129, 300, 9000] {
-        let x = rng.vec(rows * cols, 1.0);
-        let init = rng.vec(summed, 1.0);
-        let (tx, tout) = (upload(&[rows, cols], &x), upload(&[summed], &init));
-        let got = run(|s| {
-            reduce::sum_columns(s, &tx, &tout)?;
-            Ok(vec![tout.clone()])
-        });
-        let sums = r::sum_columns(&x, cols);
-        let want: Vec<f64> = init.iter().zip(&sums).map(|(a, b)| a + b).collect();
-        // f32 sums of up to 9,000 values in [-1, 1]: 4e-6 per term.
-        assert_close(
-            &format!("column sums of {rows} rows"),
-            &got[0],
-            &want,
-            4e-6 * rows as f64,
-            1e-5,
-        );
+    // (row length, columns summed, whether the rows fit an image)
+    for (cols, summed, fits) in [
+        (7, 5, false),
+        (128, 128, true),
+        (64, 60, true),
+        (64, 62, false),
+    ] {
+        for rows in [1, 128, 129, 300, 9000] {
+            let x = rng.vec(rows * cols, 1.0);
+            let init = rng.vec(summed, 1.0);
+            let sums = r::sum_columns(&x, cols);
+            let want: Vec<f64> = init.iter().zip(&sums).map(|(a, b)| a + b).collect();
+            let mut results = vec![];
+            for (g, on) in [(&images, true), (&buffers, false)] {
+                let (tx, tout) = (
+                    upload_on(g, &[rows, cols], &x),
+                    upload_on(g, &[summed], &init),
+                );
+                let mut got = vec![];
+                let ran = kernels_run(g, || {
+                    got = run_on(g, |s| {
+                        reduce::sum_columns(s, &tx, &tout)?;
+                        Ok(vec![tout.clone()])
+                    })
+                });
+                // Images where the device and the rows call for them (a later pass sums the
+                // [chunks, summed] partials, by either kernel).
+                let image = on && fits;
+                assert_eq!(
+                    ran.contains(&"sum_columns_image"),
+                    image,
+                    "{rows} x {cols} images={on}: ran {ran:?}"
+                );
+                // f32 sums of up to 9,000 values in [-1, 1]: 4e-6 per term.
+                assert_close(
+                    &format!("column sums of {rows} x {cols} images={on}"),
+                    &got[0],
+                    &want,
+                    4e-6 * rows as f64,
+                    1e-5,
+                );
+                results.push(got);
+            }
+            assert!(
+                results[0] == results[1],
+                "{rows} x {cols}: the paths differ"
+            );
+        }
     }
 }
 
@@ -287,61 +321,206 @@ fn attention_forward_and_backward_with_masks() {
             FD_ATOL,
             FD_RTOL,
         );
-        let (gq, gk, gv, gdo) = (
-            upload(&[b, tq, h * d], &q),
-            upload(&[b, tk, h * d], &k),
-            upload(&[b, tk, h * d], &v),
-            upload(&[b, tq, h * d], &dout),
+        attention_on(
+            gpu(),
+            &format!("causal={causal} padded={padded}"),
+            a,
+            m,
+            None,
+            [&q, &k, &v, &dout],
+            [&out, &probs, &dq, &dk, &dv],
         );
-        let gmask = upload(&[b, tk], &mask);
-        let got = run(|s| {
-            let masks = softmax::Masks {
-                causal,
-                key_mask: padded.then_some(&gmask),
-            };
-            let dims = attention::Dims {
-                batch: b,
-                heads: h,
-                q_len: tq,
-                k_len: tk,
-                head_dim: d,
-            };
-            let (whole, part) = (attention::Seq::whole, attention::Seq::part);
-            let (o, p) = attention::attention(s, dims, whole(&gq), whole(&gk), whole(&gv), masks)?;
-            // Gradients of K and V land in one fused [B, Tk, 2·H·D] buffer, as GPT-2's
-            // cross-attention produces them; dQ in its own.
-            let dq = s.empty(&[b, tq, h * d])?;
-            let dkv = s.empty(&[b, tk, 2 * h * d])?;
-            let grads = attention::Grads {
-                dq: whole(&dq),
-                dk: part(&dkv, 0, 2),
-                dv: part(&dkv, 1, 2),
-                dprobs: None,
-            };
-            attention::attention_bwd(s, dims, whole(&gq), whole(&gk), whole(&gv), &p, &gdo, grads)?;
-            Ok(vec![o, p, dq, dkv])
-        });
-        // Split the fused gradient back into dK and dV for the comparison.
-        let w = h * d;
-        let (mut got_dk, mut got_dv) = (vec![], vec![]);
-        for row in got[3].chunks(2 * w) {
-            got_dk.extend_from_slice(&row[..w]);
-            got_dv.extend_from_slice(&row[w..]);
-        }
-        let what = format!("attention causal={causal} padded={padded}");
-        // Sums of up to 16 products of O(1) values through a softmax: 2e-5 absolute.
-        assert_close(&format!("{what} out"), &got[0], &out, 2e-5, 1e-4);
-        assert_close(&format!("{what} probs"), &got[1], &probs, 2e-6, 1e-4);
-        assert_close(&format!("{what} dq"), &got[2], &dq, 2e-5, 1e-4);
-        assert_close(&format!("{what} dk"), &got_dk, &dk, 2e-5, 1e-4);
-        assert_close(&format!("{what} dv"), &got_dv, &dv, 2e-5, 1e-4);
-        // Masked cells are exactly zero: the distillation losses rely on it.
-        for (i, &p) in got[1].iter().enumerate() {
-            if probs[i] == 0.0 {
-                assert_eq!(p, 0.0, "{what}: masked cell {i} is {p}");
+    }
+}
+
+/// Attention forward and backward on `g` against the reference outputs `want` (O, P, dQ, dK, dV)
+/// of the inputs `x` (Q, K, V, dO). Q, K and V are whole [B, T, H·D] tensors when `fused` is None;
+/// with Some(pad) they lie in the fused layouts of transformers' projections, each token `pad`
+/// columns wider: self-attention reads all three from one [B, T, 3·H·D + pad] tensor,
+/// cross-attention Q from its own [B, Tq, H·D + pad] and K, V from one [B, Tk, 2·H·D + pad].
+#[allow(clippy::too_many_arguments)]
+fn attention_on(
+    g: &amad::Gpu,
+    what: &str,
+    a: r::AttnDims,
+    m: r::Masks,
+    fused: Option<usize>,
+    x: [&[f64]; 4],
+    want: [&[f64]; 5],
+) -> Vec<Vec<f32>> {
+    let r::AttnDims { b, h, tq, tk, d } = a;
+    let w = h * d;
+    let pad = fused.unwrap_or(0);
+    // Token rows of `parts` side by side, each row `pad` wider.
+    let interleave = |parts: &[&[f64]], len: usize| -> Vec<f64> {
+        let mut out = vec![];
+        for t in 0..b * len {
+            for p in parts {
+                out.extend_from_slice(&p[t * w..(t + 1) * w]);
             }
+            out.extend(std::iter::repeat_n(0.25, pad));
+        }
+        out
+    };
+    // The i-th block of H·D columns of a fused tensor.
+    fn seq(t: &Tensor, i: usize, w: usize) -> attention::Seq<'_> {
+        attention::Seq {
+            t,
+            off: i * w,
+            stride: t.shape()[2],
         }
     }
+    let (tensors, seqs): (Vec<Tensor>, [(usize, usize); 3]) = if fused.is_none() {
+        let ts = vec![
+            upload_on(g, &[b, tq, w], x[0]),
+            upload_on(g, &[b, tk, w], x[1]),
+            upload_on(g, &[b, tk, w], x[2]),
+        ];
+        (ts, [(0, 0), (1, 0), (2, 0)])
+    } else if tq == tk {
+        let qkv = interleave(&[x[0], x[1], x[2]], tq);
+        (
+            vec![upload_on(g, &[b, tq, 3 * w + pad], &qkv)],
+            [(0, 0), (0, 1), (0, 2)],
+        )
+    } else {
+        let q = interleave(&[x[0]], tq);
+        let kv = interleave(&[x[1], x[2]], tk);
+        let ts = vec![
+            upload_on(g, &[b, tq, w + pad], &q),
+            upload_on(g, &[b, tk, 2 * w + pad], &kv),
+        ];
+        (ts, [(0, 0), (1, 0), (1, 1)])
+    };
+    let gdo = upload_on(g, &[b, tq, w], x[3]);
+    let gmask = m.key_mask.map(|km| upload_on(g, &[b, tk], km));
+    let got = run_on(g, |s| {
+        let masks = softmax::Masks {
+            causal: m.causal,
+            key_mask: gmask.as_ref(),
+        };
+        let dims = attention::Dims {
+            batch: b,
+            heads: h,
+            q_len: tq,
+            k_len: tk,
+            head_dim: d,
+        };
+        let [q, k, v] = seqs.map(|(t, i)| seq(&tensors[t], i, w));
+        let (o, p) = attention::attention(s, dims, q, k, v, masks)?;
+        // Gradients of K and V land in one fused [B, Tk, 2·H·D] buffer, as GPT-2's
+        // cross-attention produces them; dQ in its own.
+        let dq = s.empty(&[b, tq, w])?;
+        let dkv = s.empty(&[b, tk, 2 * w])?;
+        let part = attention::Seq::part;
+        let grads = attention::Grads {
+            dq: attention::Seq::whole(&dq),
+            dk: part(&dkv, 0, 2),
+            dv: part(&dkv, 1, 2),
+            dprobs: None,
+        };
+        attention::attention_bwd(s, dims, q, k, v, &p, &gdo, grads)?;
+        Ok(vec![o, p, dq, dkv])
+    });
+    // Split the fused gradient back into dK and dV for the comparison.
+    let (mut got_dk, mut got_dv) = (vec![], vec![]);
+    for row in got[3].chunks(2 * w) {
+        got_dk.extend_from_slice(&row[..w]);
+        got_dv.extend_from_slice(&row[w..]);
+    }
+    let what = format!("attention {what}");
+    let [out, probs, dq, dk, dv] = want;
+    // Sums of up to 16 products of O(1) values through a softmax: 2e-5 absolute.
+    assert_close(&format!("{what} out"), &got[0], out, 2e-5, 1e-4);
+    assert_close(&format!("{what} probs"), &got[1], probs, 2e-6, 1e-4);
+    assert_close(&format!("{what} dq"), &got[2], dq, 2e-5, 1e-4);
+    assert_close(&format!("{what} dk"), &got_dk, dk, 2e-5, 1e-4);
+    assert_close(&format!("{what} dv"), &got_dv, dv, 2e-5, 1e-4);
+    // Masked cells are exactly zero: the distillation losses rely on it.
+    for (i, &p) in got[1].iter().enumerate() {
+        if probs[i] == 0.0 {
+            assert_eq!(p, 0.0, "{what}: masked cell {i} is {p}");
+        }
+    }
+    got
+}
+
+/// On a CPU adapter the attention products read Q, K, V and dO from images of their sequences
+/// where the rows fit one (pitch a multiple of 64 floats, heads on whole texels): each case runs
+/// on a device with image operands on and on one with them off, against the reference, and must
+/// take the kernels its device and layout call for.
+#[test]
+fn attention_image_and_buffer_kernels() {
+    let images = own_device(true);
+    let buffers = own_device(false);
+    let mut rng = Rng::new(55);
+    // (causal, padded, dims, pad of the fused layout, whether the sequences fit images)
+    for (causal, padded, (b, h, tq, tk, d), pad, fits) in [
+        (true, false, (2, 4, 13, 13, 16), 0, true),
+        (false, false, (2, 8, 9, 9, 8), 0, true),
+        (false, true, (2, 2, 5, 17, 32), 0, true),
+        (false, true, (2, 2, 11, 70, 32), 64, true),
+        // Heads of 6 columns start mid-texel; rows of 24 floats are not 256 bytes.
+        (true, false, (2, 3, 7, 7, 6), 10, false),
+        (true, false, (2, 2, 7, 7, 4), 0, false),
+    ] {
+        let a = r::AttnDims { b, h, tq, tk, d };
+        let (q, k, v, dout) = (
+            rng.vec(b * tq * h * d, 1.0),
+            rng.vec(b * tk * h * d, 1.0),
+            rng.vec(b * tk * h * d, 1.0),
+            rng.vec(b * tq * h * d, 1.0),
+        );
+        let mask: Vec<f64> = (0..b * tk)
+            .map(|i| {
+                if padded && i / tk == 1 && i % tk >= tk - 3 {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let m = r::Masks {
+            causal,
+            key_mask: padded.then_some(&mask[..]),
+        };
+        let (out, probs) = r::attention(&q, &k, &v, a, m);
+        let (dq, dk, dv) = r::attention_bwd(&q, &k, &v, &dout, a, m);
+        let mut results = vec![];
+        for (g, on) in [(&images, true), (&buffers, false)] {
+            let what = format!("{:?} images={on}", (b, h, tq, tk, d, pad));
+            let mut ran = kernels_run(g, || {
+                results.push(attention_on(
+                    g,
+                    &what,
+                    a,
+                    m,
+                    Some(pad),
+                    [&q, &k, &v, &dout],
+                    [&out, &probs, &dq, &dk, &dv],
+                ))
+            });
+            ran.sort();
+            let suffix = if on && fits { "_image" } else { "" };
+            let mut want: Vec<String> = ["apply", "dscores", "scores", "softmax"]
+                .iter()
+                .map(|k| match *k {
+                    "apply" | "scores" => format!("attention_{k}{suffix}"),
+                    _ => format!("attention_{k}"),
+                })
+                .collect();
+            want.sort();
+            assert_eq!(ran, want, "{what}");
+        }
+        // The image kernels add the same terms in the same order: training gives the same bits
+        // on either path.
+        assert!(
+            results[0] == results[1],
+            "{:?}: the paths differ",
+            (b, h, tq, tk, d)
+        );
+    }
+    assert_eq!(buffers.stats().images_created, 0);
 }
 
 #[test]

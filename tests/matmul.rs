@@ -101,25 +101,6 @@ fn random_shapes_all_transposes() {
     }
 }
 
-/// A device of this test's own with image operands on or off, so that counting the images it
-/// creates is not disturbed by other tests.
-fn own_device(images: bool) -> amad::Gpu {
-    let g = pollster::block_on(amad::Gpu::new()).expect("a GPU adapter");
-    g.set_image_operands(images);
-    g
-}
-
-/// The kernel entry points a closure dispatched on `g`.
-fn kernels_run(g: &amad::Gpu, f: impl FnOnce()) -> Vec<&'static str> {
-    let profile = g
-        .profile(|| {
-            f();
-            Ok(())
-        })
-        .unwrap();
-    profile.keys().copied().collect()
-}
-
 /// The image kernel (operands copied into textures) and the vec4 buffer kernel, each on a device
 /// of its own, against the reference: every orientation, batches with B shared or not, bias,
 /// edge tiles, and K remainders (K mod 4, possible when neither operand is contiguous along K).

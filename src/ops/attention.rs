@@ -9,12 +9,17 @@
 use super::softmax::Masks;
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
+use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
+use crate::gpu::{Image, Kernel, Rows, Step, Tensor};
 
 pub const SCORES: Kernel = Kernel::new("attention", "attention_scores", &[R, R, W]);
 pub const SOFTMAX: Kernel = Kernel::new("attention", "attention_softmax", &[R, W]);
 pub const DSCORES: Kernel = Kernel::new("attention", "attention_dscores", &[R, R, W]);
 pub const APPLY: Kernel = Kernel::new("attention", "attention_apply", &[R, R, W]);
+/// SCORES and APPLY reading their sequences from images (`Gpu::image_operands`).
+pub const SCORES_IMAGE: Kernel =
+    Kernel::new("attention", "attention_scores_image", &[R, R, W, I, I]);
+pub const APPLY_IMAGE: Kernel = Kernel::new("attention", "attention_apply_image", &[R, R, W, I]);
 
 /// Columns `off .. off + width` of every token of a [batch, len, stride] buffer.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +65,25 @@ struct Params {
     y: [u32; 2],
     o: [u32; 2],
     _pad: [u32; 2],
+}
+
+/// An image of all of `s`'s rows (token (b, t) is image row b·len + t), when the device reads
+/// operands from images and the sequence's heads start on texels; `None` sends the kernel to its
+/// buffer version.
+fn seq_image(step: &mut Step, d: &Dims, s: &Seq) -> Result<Option<Image>> {
+    if !step.gpu().image_operands() || !s.off.is_multiple_of(4) || !d.head_dim.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let rows = Rows {
+        off: 0,
+        pitch: s.stride,
+        width: s.stride / 4,
+        height: s.t.numel() / s.stride.max(1),
+    };
+    if !s.stride.is_multiple_of(4) || rows.check(step.gpu(), s.t).is_err() {
+        return Ok(None);
+    }
+    step.image(s.t, &rows).map(Some)
 }
 
 /// Sizes of one attention call.
@@ -149,12 +173,19 @@ impl Dims {
 fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, alpha: f32) -> Result<Tensor> {
     let map = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
     let p = d.params(0, alpha, false, [Some(x), Some(y), None])?;
-    step.dispatch_linear(
-        &SCORES,
-        &p,
-        &[x.t, y.t, &map],
-        groups(d.blocks(d.q_len, d.k_len), 64),
-    )?;
+    let n = groups(d.blocks(d.q_len, d.k_len), 64);
+    let tensors = [x.t, y.t, &map];
+    // Q and K are usually parts of one fused projection: one image serves both.
+    let same = x.t.same_buffer(y.t) && x.t.offset() == y.t.offset() && x.stride == y.stride;
+    if let Some(ix) = seq_image(step, &d, x)? {
+        let iy = if same { None } else { seq_image(step, &d, y)? };
+        if same || iy.is_some() {
+            let iy = iy.as_ref().unwrap_or(&ix);
+            step.dispatch_linear_images(&SCORES_IMAGE, &p, &tensors, &[&ix, iy], n)?;
+            return Ok(map);
+        }
+    }
+    step.dispatch_linear(&SCORES, &p, &tensors, n)?;
     Ok(map)
 }
 
@@ -170,12 +201,18 @@ fn apply(
 ) -> Result<()> {
     let p = d.params(0, 1.0, transposed, [Some(z), None, Some(out)])?;
     let rows = if transposed { d.k_len } else { d.q_len };
-    step.dispatch_linear(
-        &APPLY,
-        &p,
-        &[map, z.t, out.t],
-        groups(d.blocks(rows, d.head_dim), 64),
-    )
+    let tensors = [map, z.t, out.t];
+    match seq_image(step, &d, z)? {
+        Some(iz) => {
+            // Blocks of 8 rows × 16 columns (see the shader).
+            let n = groups(d.blocks(rows, d.head_dim.div_ceil(16) * 8), 64);
+            step.dispatch_linear_images(&APPLY_IMAGE, &p, &tensors, &[&iz], n)
+        }
+        None => {
+            let n = groups(d.blocks(rows, d.head_dim), 64);
+            step.dispatch_linear(&APPLY, &p, &tensors, n)
+        }
+    }
 }
 
 /// Forward: returns (O [B, Tq, H·D], P [B, H, Tq, Tk]).

@@ -2,10 +2,13 @@
 
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
+use crate::gpu::{Access, Access::Read as R, Access::ReadWrite as W, Kernel, Rows, Step, Tensor};
 
 pub const SUM_SEGMENTS: Kernel = Kernel::new("reduce", "sum_segments", &[R, W]);
 pub const SUM_COLUMNS: Kernel = Kernel::new("reduce", "sum_columns", &[R, W]);
+/// SUM_COLUMNS reading x from an image (`Gpu::image_operands`).
+pub const SUM_COLUMNS_IMAGE: Kernel =
+    Kernel::new("reduce", "sum_columns_image", &[R, W, Access::Image]);
 pub const BROADCAST_SCALAR: Kernel = Kernel::new("reduce", "broadcast_scalar", &[R, W]);
 
 #[repr(C)]
@@ -190,5 +193,20 @@ fn column_pass(
         chunk: u32_of(OP, "chunk", chunk)?,
         _pad: 0,
     };
+    // On devices that read operands from images, the first `len` columns of every row, when
+    // they fit one (a row pitch of whole 256 bytes).
+    if step.gpu().image_operands() && len.is_multiple_of(4) {
+        let rows = Rows {
+            off: 0,
+            pitch: cols,
+            width: len / 4,
+            height: rows,
+        };
+        if rows.check(step.gpu(), x).is_ok() {
+            let image = step.image(x, &rows)?;
+            let n = groups(chunks * len / 4, 256);
+            return step.dispatch_linear_images(&SUM_COLUMNS_IMAGE, &p, &[x, out], &[&image], n);
+        }
+    }
     step.dispatch_linear(&SUM_COLUMNS, &p, &[x, out], groups(chunks * len, 256))
 }

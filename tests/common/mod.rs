@@ -14,6 +14,26 @@ pub fn gpu() -> &'static Gpu {
     })
 }
 
+/// A device of the calling test's own with image operands on or off (see
+/// [`Gpu::image_operands`]), so that counting the images it creates is not disturbed by other
+/// tests.
+pub fn own_device(images: bool) -> Gpu {
+    let g = pollster::block_on(Gpu::new()).expect("a GPU adapter");
+    g.set_image_operands(images);
+    g
+}
+
+/// The kernel entry points a closure dispatched on `g`.
+pub fn kernels_run(g: &Gpu, f: impl FnOnce()) -> Vec<&'static str> {
+    let profile = g
+        .profile(|| {
+            f();
+            Ok(())
+        })
+        .unwrap();
+    profile.keys().copied().collect()
+}
+
 /// Records with `f`, submits, and reads back the tensors it returns.
 pub fn run(f: impl FnOnce(&mut Step) -> amad::Result<Vec<Tensor>>) -> Vec<Vec<f32>> {
     run_on(gpu(), f)
