@@ -8,6 +8,10 @@ struct Params {
     cols: u32,
     eps: f32,
     chunk: u32,  // layernorm_bwd_params: rows per invocation
+    flags: u32,  // layernorm_bwd_x: 1 = add into dx (the residual's gradient already there)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -71,7 +75,12 @@ fn layernorm_bwd_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     mgx /= f32(p.cols);
     for (var c = 0u; c < p.cols; c++) {
         let xhat = (x[o + c] - mean) * rstd;
-        dx[o + c] = rstd * (dy[o + c] * gamma[c] - mg - xhat * mgx);
+        let v = rstd * (dy[o + c] * gamma[c] - mg - xhat * mgx);
+        if ((p.flags & 1u) != 0u) {
+            dx[o + c] += v;
+        } else {
+            dx[o + c] = v;
+        }
     }
 }
 
@@ -101,4 +110,122 @@ fn layernorm_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     }
     dgamma[k * p.cols + c] = dg;
     dbeta[k * p.cols + c] = db;
+}
+
+// ---- the same three with their row operands read from images (see src/gpu/image.rs) ----
+//
+// On lavapipe a storage load runs once per invocation and element; a texel fetch brings four
+// elements of a row for the 8 invocations of a SIMD register. Images: x's rows (binding 6), gamma
+// as one row (7), and beta (forward) or dy's rows (backward) (8). Each sum adds the same terms in
+// the same order as the buffer kernels above, so both give the same bits.
+
+@group(0) @binding(6) var x_image: texture_2d<f32>;
+@group(0) @binding(7) var gamma_image: texture_2d<f32>;
+@group(0) @binding(8) var third_image: texture_2d<f32>;   // beta (forward) or dy (backward)
+
+fn texel(image: texture_2d<f32>, t: u32, r: u32) -> vec4<f32> {
+    return textureLoad(image, vec2<i32>(i32(t), i32(r)), 0);
+}
+
+@compute @workgroup_size(256)
+fn layernorm_fwd_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    let n4 = p.cols / 4u;
+    var mean = 0.0;
+    for (var t = 0u; t < n4; t++) {
+        let v = texel(x_image, t, r);
+        mean += v.x;
+        mean += v.y;
+        mean += v.z;
+        mean += v.w;
+    }
+    mean /= f32(p.cols);
+    var var_ = 0.0;
+    for (var t = 0u; t < n4; t++) {
+        let d = texel(x_image, t, r) - mean;
+        var_ += d.x * d.x;
+        var_ += d.y * d.y;
+        var_ += d.z * d.z;
+        var_ += d.w * d.w;
+    }
+    let rstd = inverseSqrt(var_ / f32(p.cols) + p.eps);
+    let o = r * p.cols;
+    for (var t = 0u; t < n4; t++) {
+        let v = (texel(x_image, t, r) - mean) * rstd * texel(gamma_image, t, 0u) + texel(third_image, t, 0u);
+        y[o + 4u * t] = v.x;
+        y[o + 4u * t + 1u] = v.y;
+        y[o + 4u * t + 2u] = v.z;
+        y[o + 4u * t + 3u] = v.w;
+    }
+    stats[2u * r] = mean;
+    stats[2u * r + 1u] = rstd;
+}
+
+@compute @workgroup_size(256)
+fn layernorm_bwd_x_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    let n4 = p.cols / 4u;
+    let mean = saved[2u * r];
+    let rstd = saved[2u * r + 1u];
+    var mg = 0.0;
+    var mgx = 0.0;
+    for (var t = 0u; t < n4; t++) {
+        let g = texel(third_image, t, r) * texel(gamma_image, t, 0u);
+        let gx = g * (texel(x_image, t, r) - mean) * rstd;
+        mg += g.x;
+        mgx += gx.x;
+        mg += g.y;
+        mgx += gx.y;
+        mg += g.z;
+        mgx += gx.z;
+        mg += g.w;
+        mgx += gx.w;
+    }
+    mg /= f32(p.cols);
+    mgx /= f32(p.cols);
+    let o = r * p.cols;
+    for (var t = 0u; t < n4; t++) {
+        let xhat = (texel(x_image, t, r) - mean) * rstd;
+        let v = rstd * (texel(third_image, t, r) * texel(gamma_image, t, 0u) - mg - xhat * mgx);
+        for (var j = 0u; j < 4u; j++) {
+            let i = o + 4u * t + j;
+            if ((p.flags & 1u) != 0u) {
+                dx[i] += v[j];
+            } else {
+                dx[i] = v[j];
+            }
+        }
+    }
+}
+
+// Invocation (k, t) sums columns 4t .. 4t+3 over the rows of chunk k.
+@compute @workgroup_size(256)
+fn layernorm_bwd_params_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    let n4 = p.cols / 4u;
+    let k = i / n4;
+    let t = i - k * n4;
+    let r0 = k * p.chunk;
+    if (r0 >= p.rows) {
+        return;
+    }
+    let r1 = min(r0 + p.chunk, p.rows);
+    var dg = vec4<f32>();
+    var db = vec4<f32>();
+    for (var r = r0; r < r1; r++) {
+        let g = texel(third_image, t, r);
+        dg += g * (texel(x_image, t, r) - saved[2u * r]) * saved[2u * r + 1u];
+        db += g;
+    }
+    let o = k * p.cols + 4u * t;
+    for (var j = 0u; j < 4u; j++) {
+        dgamma[o + j] = dg[j];
+        dbeta[o + j] = db[j];
+    }
 }

@@ -109,7 +109,7 @@ fn parts_of_one_buffer_are_tensors_of_their_own() {
     let dy = amad::Tensor::from_slice(&g, &[2, 3], &[1.0, 1.0, 1.0, 2.0, 0.0, -1.0]).unwrap();
     let mut s = g.step();
     let (_, stats) = layernorm::layernorm(&mut s, &x, &gamma, &beta, 1e-5).unwrap();
-    layernorm::layernorm_bwd(&mut s, &x, &gamma, &stats, &dy, &dgamma, &dbeta).unwrap();
+    layernorm::layernorm_bwd(&mut s, &x, &gamma, &stats, &dy, &dgamma, &dbeta, None).unwrap();
     let err = elementwise::axpy(&mut s, &dgamma, &dbeta, 1.0).unwrap_err();
     assert!(err.to_string().contains("also bound"), "{err}");
     s.submit().unwrap();

@@ -272,6 +272,30 @@ impl<'g> Step<'g> {
         Ok(image)
     }
 
+    /// An image of the first `width` texels of every row of `t` read as rows `pitch` elements
+    /// long, when the device reads operands from images ([`Gpu::image_operands`]) and the rows fit
+    /// one ([`Rows::check`]); `None` sends the caller to its buffer kernel.
+    pub fn operand_image(
+        &mut self,
+        t: &Tensor,
+        pitch: usize,
+        width: usize,
+    ) -> Result<Option<Image>> {
+        if !self.gpu.image_operands() || pitch == 0 {
+            return Ok(None);
+        }
+        let rows = Rows {
+            off: 0,
+            pitch,
+            width,
+            height: t.numel() / pitch,
+        };
+        if rows.check(self.gpu, t).is_err() {
+            return Ok(None);
+        }
+        self.image(t, &rows).map(Some)
+    }
+
     /// A new f32 tensor with undefined contents (every kernel that writes one fills all of it).
     pub fn empty(&mut self, shape: &[usize]) -> Result<Tensor> {
         Tensor::alloc(self.gpu, shape, DType::F32, self.id)

@@ -2,14 +2,14 @@
 //! pre-LN blocks of causal self-attention, cross-attention over the encoder states and a
 //! tanh-GELU MLP, final LayerNorm, and the LM head tied to the token embedding.
 
-use super::linear::{linear, linear_bwd, Layout::InOut, Layout::OutIn};
+use super::linear::{linear, linear_bwd, Dx, Layout::InOut, Layout::OutIn};
 use super::mlp::{Mlp, MlpActs};
 use super::weights::DecLayer;
 use super::{Model, Weights};
 use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
-use crate::ops::elementwise::{add, axpy, Gelu};
+use crate::ops::elementwise::{add, Gelu};
 use crate::ops::embedding::{embedding, embedding_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
@@ -188,7 +188,7 @@ impl Model {
             dlogits,
             &g.tensors[l.wte],
             None,
-            true,
+            Dx::New,
         )?
         .expect("dx requested");
         let mut dx = layernorm_bwd(
@@ -199,6 +199,7 @@ impl Model {
             &dhidden,
             &g.tensors[l.ln_f.0],
             &g.tensors[l.ln_f.1],
+            None,
         )?;
         let dstates = step.zeros(states.shape())?;
         for (i, (layer, a)) in l.dec.iter().zip(&acts.blocks).enumerate().rev() {
@@ -228,7 +229,7 @@ impl Model {
     ) -> Result<Tensor> {
         let need = |t: Option<Tensor>| t.expect("dx requested");
         // x_out = x_mid2 + proj(gelu(fc(ln2(x_mid2))))
-        let dx_mid2 = self.mlp_bwd(step, &a.x_mid2, &self.dec_mlp(layer), &a.mlp, &dx, g)?;
+        let dx_mid2 = self.mlp_bwd(step, &a.x_mid2, &self.dec_mlp(layer), &a.mlp, dx, g)?;
         // x_mid2 = x_mid1 + cross_proj(attention(q(ln_cross x_mid1), kv(states)))
         let dcross_out = need(self.lin_bwd(
             InOut,
@@ -237,7 +238,7 @@ impl Model {
             layer.cross_proj,
             &dx_mid2,
             g,
-            true,
+            Dx::New,
         )?);
         let dcq = step.empty(a.cross_q.shape())?;
         let dckv = step.empty(a.cross_kv.shape())?;
@@ -253,10 +254,16 @@ impl Model {
             Seq::part(&a.cross_kv, 1, 2),
         );
         attention_bwd(step, xd, q, k, v, &a.cross_probs, &dcross_out, grads)?;
-        let dstates_layer =
-            need(self.lin_bwd(InOut, step, states, layer.cross_kv, &dckv, g, true)?);
-        axpy(step, dstates, &dstates_layer, 1.0)?;
-        let dc = need(self.lin_bwd(InOut, step, &a.ln_cross.0, layer.cross_q, &dcq, g, true)?);
+        self.lin_bwd(
+            InOut,
+            step,
+            states,
+            layer.cross_kv,
+            &dckv,
+            g,
+            Dx::AddTo(dstates),
+        )?;
+        let dc = need(self.lin_bwd(InOut, step, &a.ln_cross.0, layer.cross_q, &dcq, g, Dx::New)?);
         let dx_mid1 = layernorm_bwd(
             step,
             &a.x_mid1,
@@ -265,11 +272,18 @@ impl Model {
             &dc,
             &g.tensors[layer.ln_cross.0],
             &g.tensors[layer.ln_cross.1],
+            Some(dx_mid2),
         )?;
-        axpy(step, &dx_mid1, &dx_mid2, 1.0)?;
         // x_mid1 = x + attn_proj(causal attention(qkv(ln1 x)))
-        let dself_out =
-            need(self.lin_bwd(InOut, step, &a.self_out, layer.attn_proj, &dx_mid1, g, true)?);
+        let dself_out = need(self.lin_bwd(
+            InOut,
+            step,
+            &a.self_out,
+            layer.attn_proj,
+            &dx_mid1,
+            g,
+            Dx::New,
+        )?);
         let dqkv = step.empty(a.qkv.shape())?;
         let grads = Grads {
             dq: Seq::part(&dqkv, 0, 3),
@@ -283,7 +297,7 @@ impl Model {
             Seq::part(&a.qkv, 2, 3),
         );
         attention_bwd(step, sd, q, k, v, &a.self_probs, &dself_out, grads)?;
-        let da = need(self.lin_bwd(InOut, step, &a.ln1.0, layer.qkv, &dqkv, g, true)?);
+        let da = need(self.lin_bwd(InOut, step, &a.ln1.0, layer.qkv, &dqkv, g, Dx::New)?);
         let dx_in = layernorm_bwd(
             step,
             &a.x,
@@ -292,8 +306,8 @@ impl Model {
             &da,
             &g.tensors[layer.ln1.0],
             &g.tensors[layer.ln1.1],
+            Some(dx_mid1),
         )?;
-        axpy(step, &dx_in, &dx_mid1, 1.0)?;
         Ok(dx_in)
     }
 }

@@ -1,14 +1,14 @@
 //! The ViT encoder, forward and backward: patch embedding, CLS and positions, pre-LN blocks with
 //! exact-GELU MLPs, final LayerNorm, and the projection to the decoder's width when they differ.
 
-use super::linear::Layout::OutIn;
+use super::linear::{Dx, Layout::OutIn};
 use super::mlp::{Mlp, MlpActs};
 use super::weights::EncLayer;
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
-use crate::ops::elementwise::{add, axpy, Gelu};
+use crate::ops::elementwise::{add, Gelu};
 use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
@@ -129,7 +129,7 @@ impl Model {
         let dims = self.enc_dims(acts.patches.shape()[0]);
         let dnormed = match l.enc_to_dec {
             Some(p) => self
-                .lin_bwd(OutIn, step, &acts.normed, p, dstates, g, true)?
+                .lin_bwd(OutIn, step, &acts.normed, p, dstates, g, Dx::New)?
                 .expect("dx requested"),
             None => dstates.clone(),
         };
@@ -141,13 +141,14 @@ impl Model {
             &dnormed,
             &g.tensors[l.enc_ln.0],
             &g.tensors[l.enc_ln.1],
+            None,
         )?;
         for (i, (layer, a)) in l.enc.iter().zip(&acts.blocks).enumerate().rev() {
             let dprobs = dmaps.get(i).and_then(Option::as_ref);
             dx = self.block_bwd(step, layer, a, dims, dx, dprobs, g)?;
         }
         let dembedded = vit_tokens_bwd(step, &dx, &g.tensors[l.cls], &g.tensors[l.pos])?;
-        self.lin_bwd(OutIn, step, &acts.patches, l.patch, &dembedded, g, false)?;
+        self.lin_bwd(OutIn, step, &acts.patches, l.patch, &dembedded, g, Dx::Skip)?;
         Ok(())
     }
 
@@ -163,10 +164,10 @@ impl Model {
         g: &Weights,
     ) -> Result<Tensor> {
         // x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
-        let dx_mid = self.mlp_bwd(step, &a.x_mid, &self.enc_mlp(layer), &a.mlp, &dx, g)?;
+        let dx_mid = self.mlp_bwd(step, &a.x_mid, &self.enc_mlp(layer), &a.mlp, dx, g)?;
         // x_mid = x + out(attention(q(ln1 x), k(ln1 x), v(ln1 x)))
         let dattn = self
-            .lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g, true)?
+            .lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g, Dx::New)?
             .expect("dx requested");
         let (dq, dk, dv) = (
             step.empty(a.q.shape())?,
@@ -190,13 +191,10 @@ impl Model {
             grads,
         )?;
         let da = self
-            .lin_bwd(OutIn, step, &a.ln1.0, layer.q, &dq, g, true)?
+            .lin_bwd(OutIn, step, &a.ln1.0, layer.q, &dq, g, Dx::New)?
             .expect("dx requested");
         for (proj, d) in [(layer.k, &dk), (layer.v, &dv)] {
-            let more = self
-                .lin_bwd(OutIn, step, &a.ln1.0, proj, d, g, true)?
-                .expect("dx requested");
-            axpy(step, &da, &more, 1.0)?;
+            self.lin_bwd(OutIn, step, &a.ln1.0, proj, d, g, Dx::AddTo(&da))?;
         }
         let dx_in = layernorm_bwd(
             step,
@@ -206,8 +204,8 @@ impl Model {
             &da,
             &g.tensors[layer.ln1.0],
             &g.tensors[layer.ln1.1],
+            Some(dx_mid),
         )?;
-        axpy(step, &dx_in, &dx_mid, 1.0)?;
         Ok(dx_in)
     }
 }

@@ -96,7 +96,18 @@ pub fn linear(
     Ok(y)
 }
 
-/// Backward of [`linear`]: adds dW (and db) into `dw` (and `db`); returns dx when `need_dx`.
+/// What [`linear_bwd`] does with dx.
+#[derive(Clone, Copy)]
+pub enum Dx<'a> {
+    /// Not needed (the layer's input is data).
+    Skip,
+    /// A new tensor, returned.
+    New,
+    /// Added into this tensor (another path's gradient of the same input), in the product itself.
+    AddTo(&'a Tensor),
+}
+
+/// Backward of [`linear`]: adds dW (and db) into `dw` (and `db`); returns dx for [`Dx::New`].
 #[allow(clippy::too_many_arguments)]
 pub fn linear_bwd(
     step: &mut Step,
@@ -106,7 +117,7 @@ pub fn linear_bwd(
     dy: &Tensor,
     dw: &Tensor,
     db: Option<&Tensor>,
-    need_dx: bool,
+    dx: Dx,
 ) -> Result<Option<Tensor>> {
     let (rows, inp, out) = dims("linear_bwd", x, w, layout)?;
     if dy.numel() != rows * out || dw.numel() != w.numel() {
@@ -156,9 +167,17 @@ pub fn linear_bwd(
     if let Some(db) = db {
         sum_columns(step, &dy.reshape(&[rows, out])?, db)?;
     }
-    if !need_dx {
-        return Ok(None);
-    }
+    let (out_dx, accumulate) = match dx {
+        Dx::Skip => return Ok(None),
+        Dx::New => (step.empty(x.shape())?, false),
+        Dx::AddTo(t) if t.shape() == x.shape() => (t.clone(), true),
+        Dx::AddTo(t) => {
+            return shape_err(
+                "linear_bwd",
+                format!("dx {:?} does not match x {:?}", t.shape(), x.shape()),
+            )
+        }
+    };
     // dX = dY Wᵀ: the weight read as an out × in operand.
     let wt = match layout {
         Layout::OutIn => View {
@@ -176,7 +195,6 @@ pub fn linear_bwd(
             bs: [0, 0],
         },
     };
-    let dx = step.empty(x.shape())?;
     Gemm {
         m: rows,
         n: inp,
@@ -184,11 +202,11 @@ pub fn linear_bwd(
         batch: [1, 1],
         a: plain(dy, out),
         b: wt,
-        c: plain(&dx, inp),
+        c: plain(&out_dx, inp),
         bias: None,
         alpha: 1.0,
-        accumulate: false,
+        accumulate,
     }
     .record(step)?;
-    Ok(Some(dx))
+    Ok((!accumulate).then_some(out_dx))
 }

@@ -1,11 +1,11 @@
 //! The pre-LN MLP sublayer both stacks share: y = x + proj(gelu(fc(LayerNorm(x)))), forward and
 //! backward. The ViT uses nn.Linear weights and exact GELU, GPT-2 Conv1D weights and tanh GELU.
 
-use super::linear::Layout;
+use super::linear::{Dx, Layout};
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
-use crate::ops::elementwise::{add, axpy, gelu, gelu_bwd, Gelu};
+use crate::ops::elementwise::{add, gelu, gelu_bwd, Gelu};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 
 /// Which parameters and forms a sublayer uses.
@@ -45,24 +45,24 @@ impl Model {
     }
 
     /// From dy, adds the sublayer's parameter gradients into `g` and returns dx (through the
-    /// branch and the residual).
+    /// branch and the residual): dy's tensor, with the branch's gradient added into it.
     pub(super) fn mlp_bwd(
         &self,
         step: &mut Step,
         x: &Tensor,
         p: &Mlp,
         a: &MlpActs,
-        dy: &Tensor,
+        dy: Tensor,
         g: &Weights,
     ) -> Result<Tensor> {
         let dact = self
-            .lin_bwd(p.layout, step, &a.act, p.proj, dy, g, true)?
+            .lin_bwd(p.layout, step, &a.act, p.proj, &dy, g, Dx::New)?
             .expect("dx requested");
         let dhidden = gelu_bwd(step, &a.hidden, &dact, p.gelu)?;
         let dnormed = self
-            .lin_bwd(p.layout, step, &a.normed, p.fc, &dhidden, g, true)?
+            .lin_bwd(p.layout, step, &a.normed, p.fc, &dhidden, g, Dx::New)?
             .expect("dx requested");
-        let dx = layernorm_bwd(
+        layernorm_bwd(
             step,
             x,
             self.w(p.ln.0),
@@ -70,8 +70,7 @@ impl Model {
             &dnormed,
             &g.tensors[p.ln.0],
             &g.tensors[p.ln.1],
-        )?;
-        axpy(step, &dx, dy, 1.0)?;
-        Ok(dx)
+            Some(dy),
+        )
     }
 }

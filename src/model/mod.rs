@@ -210,7 +210,7 @@ impl Model {
         linear::linear(step, x, self.w(w), Some(self.w(b)), layout)
     }
 
-    /// Its backward: adds into the gradients of (weight, bias); returns dx when `need_dx`.
+    /// Its backward: adds into the gradients of (weight, bias); dx as `dx` says.
     #[allow(clippy::too_many_arguments)]
     fn lin_bwd(
         &self,
@@ -220,7 +220,7 @@ impl Model {
         (w, b): (usize, usize),
         dy: &Tensor,
         g: &Weights,
-        need_dx: bool,
+        dx: linear::Dx,
     ) -> Result<Option<Tensor>> {
         linear::linear_bwd(
             step,
@@ -230,7 +230,7 @@ impl Model {
             dy,
             &g.tensors[w],
             Some(&g.tensors[b]),
-            need_dx,
+            dx,
         )
     }
 

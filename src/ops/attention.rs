@@ -10,7 +10,7 @@ use super::softmax::Masks;
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
-use crate::gpu::{Image, Kernel, Rows, Step, Tensor};
+use crate::gpu::{Image, Kernel, Step, Tensor};
 
 pub const SCORES: Kernel = Kernel::new("attention", "attention_scores", &[R, R, W]);
 pub const SOFTMAX: Kernel = Kernel::new("attention", "attention_softmax", &[R, W]);
@@ -68,22 +68,13 @@ struct Params {
 }
 
 /// An image of all of `s`'s rows (token (b, t) is image row b·len + t), when the device reads
-/// operands from images and the sequence's heads start on texels; `None` sends the kernel to its
-/// buffer version.
+/// operands from images and the sequence's heads start on whole texels; `None` sends the kernel
+/// to its buffer version.
 fn seq_image(step: &mut Step, d: &Dims, s: &Seq) -> Result<Option<Image>> {
-    if !step.gpu().image_operands() || !s.off.is_multiple_of(4) || !d.head_dim.is_multiple_of(4) {
+    if !s.off.is_multiple_of(4) || !d.head_dim.is_multiple_of(4) || !s.stride.is_multiple_of(4) {
         return Ok(None);
     }
-    let rows = Rows {
-        off: 0,
-        pitch: s.stride,
-        width: s.stride / 4,
-        height: s.t.numel() / s.stride.max(1),
-    };
-    if !s.stride.is_multiple_of(4) || rows.check(step.gpu(), s.t).is_err() {
-        return Ok(None);
-    }
-    step.image(s.t, &rows).map(Some)
+    step.operand_image(s.t, s.stride, s.stride / 4)
 }
 
 /// Sizes of one attention call.

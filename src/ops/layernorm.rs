@@ -3,11 +3,28 @@
 use super::reduce::{sum_rows_into, COLUMN_CHUNK};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
+use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
+use crate::gpu::{Image, Kernel, Step, Tensor};
 
 pub const FWD: Kernel = Kernel::new("layernorm", "layernorm_fwd", &[R, R, R, W, W]);
 pub const BWD_X: Kernel = Kernel::new("layernorm", "layernorm_bwd_x", &[R, R, R, R, W]);
 pub const BWD_PARAMS: Kernel = Kernel::new("layernorm", "layernorm_bwd_params", &[R, W, R, R, W]);
+/// The three with x, gamma and beta or dy read from images (`Gpu::image_operands`).
+pub const FWD_IMAGE: Kernel = Kernel::new(
+    "layernorm",
+    "layernorm_fwd_image",
+    &[R, R, R, W, W, I, I, I],
+);
+pub const BWD_X_IMAGE: Kernel = Kernel::new(
+    "layernorm",
+    "layernorm_bwd_x_image",
+    &[R, R, R, R, W, I, I, I],
+);
+pub const BWD_PARAMS_IMAGE: Kernel = Kernel::new(
+    "layernorm",
+    "layernorm_bwd_params_image",
+    &[R, W, R, R, W, I, I, I],
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
@@ -16,6 +33,8 @@ struct Params {
     cols: u32,
     eps: f32,
     chunk: u32,
+    flags: u32,
+    _pad: [u32; 3],
 }
 
 fn dims(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
@@ -31,6 +50,28 @@ fn dims(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
         );
     }
     Ok((x.numel() / cols, cols))
+}
+
+/// Images of x's rows, of gamma and of `third`'s rows (beta, or dy), for the image kernels, when
+/// the device reads operands from images and all three fit.
+fn images(
+    step: &mut Step,
+    x: &Tensor,
+    gamma: &Tensor,
+    third: &Tensor,
+) -> Result<Option<[Image; 3]>> {
+    let cols = gamma.numel();
+    if !cols.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let mut out = vec![];
+    for t in [x, gamma, third] {
+        match step.operand_image(t, cols, cols / 4)? {
+            Some(image) => out.push(image),
+            None => return Ok(None),
+        }
+    }
+    Ok(out.try_into().ok())
 }
 
 /// y = LayerNorm(x) over the last dimension. Returns y and the per-row (mean, rstd) the backward
@@ -57,11 +98,20 @@ pub fn layernorm(
         eps,
         ..Default::default()
     };
-    step.dispatch_linear(&FWD, &p, &[x, gamma, beta, &y, &stats], groups(rows, 256))?;
+    let tensors = [x, gamma, beta, &y, &stats];
+    match images(step, x, gamma, beta)? {
+        Some([a, b, c]) => {
+            step.dispatch_linear_images(&FWD_IMAGE, &p, &tensors, &[&a, &b, &c], groups(rows, 256))?
+        }
+        None => step.dispatch_linear(&FWD, &p, &tensors, groups(rows, 256))?,
+    }
     Ok((y, stats))
 }
 
 /// Backward of [`layernorm`]: returns dx and adds the parameter gradients into dgamma, dbeta.
+/// With `residual` (the gradient reaching x by another path, such as a residual connection), dx
+/// is added into it and it is returned.
+#[allow(clippy::too_many_arguments)]
 pub fn layernorm_bwd(
     step: &mut Step,
     x: &Tensor,
@@ -70,12 +120,14 @@ pub fn layernorm_bwd(
     dy: &Tensor,
     dgamma: &Tensor,
     dbeta: &Tensor,
+    residual: Option<Tensor>,
 ) -> Result<Tensor> {
     let (rows, cols) = dims(x, gamma)?;
     if dy.shape() != x.shape()
         || stats.numel() != rows * 2
         || dgamma.numel() != cols
         || dbeta.numel() != cols
+        || residual.as_ref().is_some_and(|r| r.shape() != x.shape())
     {
         return shape_err(
             "layernorm_bwd",
@@ -89,24 +141,35 @@ pub fn layernorm_bwd(
             ),
         );
     }
-    let dx = step.empty(x.shape())?;
     let p = Params {
         rows: u32_of("layernorm_bwd", "rows", rows)?,
         cols: cols as u32,
         chunk: COLUMN_CHUNK as u32,
+        flags: residual.is_some() as u32,
         ..Default::default()
     };
-    step.dispatch_linear(&BWD_X, &p, &[x, gamma, dy, stats, &dx], groups(rows, 256))?;
+    let dx = match residual {
+        Some(r) => r,
+        None => step.empty(x.shape())?,
+    };
     // The parameter gradients are column sums: partial sums over chunks of rows (for a GPU's
     // parallelism, see COLUMN_CHUNK), which sum_rows_into adds into dgamma and dbeta.
     let chunks = rows.div_ceil(COLUMN_CHUNK);
     let (pg, pb) = (step.empty(&[chunks, cols])?, step.empty(&[chunks, cols])?);
-    step.dispatch_linear(
-        &BWD_PARAMS,
-        &p,
-        &[x, &pg, dy, stats, &pb],
-        groups(chunks * cols, 256),
-    )?;
+    let (bwd_x, bwd_params) = ([x, gamma, dy, stats, &dx], [x, &pg, dy, stats, &pb]);
+    match images(step, x, gamma, dy)? {
+        Some([a, b, c]) => {
+            let im = [&a, &b, &c];
+            step.dispatch_linear_images(&BWD_X_IMAGE, &p, &bwd_x, &im, groups(rows, 256))?;
+            let n = groups(chunks * cols / 4, 256);
+            step.dispatch_linear_images(&BWD_PARAMS_IMAGE, &p, &bwd_params, &im, n)?;
+        }
+        None => {
+            step.dispatch_linear(&BWD_X, &p, &bwd_x, groups(rows, 256))?;
+            let n = groups(chunks * cols, 256);
+            step.dispatch_linear(&BWD_PARAMS, &p, &bwd_params, n)?;
+        }
+    }
     sum_rows_into(step, &pg, chunks, cols, cols, dgamma, 0, true)?;
     sum_rows_into(step, &pb, chunks, cols, cols, dbeta, 0, true)?;
     Ok(dx)

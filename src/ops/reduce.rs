@@ -2,7 +2,7 @@
 
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access, Access::Read as R, Access::ReadWrite as W, Kernel, Rows, Step, Tensor};
+use crate::gpu::{Access, Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
 
 pub const SUM_SEGMENTS: Kernel = Kernel::new("reduce", "sum_segments", &[R, W]);
 pub const SUM_COLUMNS: Kernel = Kernel::new("reduce", "sum_columns", &[R, W]);
@@ -194,16 +194,9 @@ fn column_pass(
         _pad: 0,
     };
     // On devices that read operands from images, the first `len` columns of every row, when
-    // they fit one (a row pitch of whole 256 bytes).
-    if step.gpu().image_operands() && len.is_multiple_of(4) {
-        let rows = Rows {
-            off: 0,
-            pitch: cols,
-            width: len / 4,
-            height: rows,
-        };
-        if rows.check(step.gpu(), x).is_ok() {
-            let image = step.image(x, &rows)?;
+    // they fit one.
+    if len.is_multiple_of(4) {
+        if let Some(image) = step.operand_image(x, cols, len / 4)? {
             let n = groups(chunks * len / 4, 256);
             return step.dispatch_linear_images(&SUM_COLUMNS_IMAGE, &p, &[x, out], &[&image], n);
         }

@@ -16,7 +16,7 @@ use crate::distill::maps_file::f32_tensor;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
 use crate::model::config::Vit;
-use crate::model::linear::{linear, linear_bwd, Layout};
+use crate::model::linear::{linear, linear_bwd, Dx, Layout};
 use crate::model::weights::Named;
 use crate::ops::loss::{cross_entropy, cross_entropy_bwd, IGNORE};
 use crate::ops::optim::{adamw, clip_grad_norm, AdamW, Slot};
@@ -144,7 +144,7 @@ impl ShapeLoss {
             &dlogits,
             &self.grads[0],
             Some(&self.grads[1]),
-            true,
+            Dx::New,
         )?
         .expect("dx was asked for");
         Ok((loss, drows.reshape(s)?))
