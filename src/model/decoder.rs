@@ -113,8 +113,7 @@ impl Model {
                 Seq::part(&qkv, 2, 3),
                 causal,
             )?;
-            let x_mid1_branch = self.lin(InOut, step, &self_out, layer.attn_proj)?;
-            let x_mid1 = add(step, &x, &x_mid1_branch)?;
+            let x_mid1 = self.lin_residual(InOut, step, &self_out, layer.attn_proj, &x)?;
             let (c, s2) = layernorm(
                 step,
                 &x_mid1,
@@ -132,8 +131,7 @@ impl Model {
                 Seq::part(&cross_kv, 1, 2),
                 Masks::default(),
             )?;
-            let x_mid2_branch = self.lin(InOut, step, &cross_out, layer.cross_proj)?;
-            let x_mid2 = add(step, &x_mid1, &x_mid2_branch)?;
+            let x_mid2 = self.lin_residual(InOut, step, &cross_out, layer.cross_proj, &x_mid1)?;
             let (x_out, mlp) = self.mlp(step, &x_mid2, &self.dec_mlp(layer))?;
             blocks.push(BlockActs {
                 x,

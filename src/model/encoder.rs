@@ -8,7 +8,7 @@ use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
-use crate::ops::elementwise::{add, Gelu};
+use crate::ops::elementwise::Gelu;
 use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
@@ -85,8 +85,7 @@ impl Model {
                 Seq::whole(&v),
                 Masks::default(),
             )?;
-            let x_mid_branch = self.lin(OutIn, step, &attn, layer.out)?;
-            let x_mid = add(step, &x, &x_mid_branch)?;
+            let x_mid = self.lin_residual(OutIn, step, &attn, layer.out, &x)?;
             let (x_out, mlp) = self.mlp(step, &x_mid, &self.enc_mlp(layer))?;
             blocks.push(BlockActs {
                 x,

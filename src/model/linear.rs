@@ -76,10 +76,46 @@ pub fn linear(
     b: Option<&Tensor>,
     layout: Layout,
 ) -> Result<Tensor> {
+    linear_plus(step, x, w, b, layout, None)
+}
+
+/// y = residual + x·W (+ b), a residual connection: y starts as a copy of `residual` and the
+/// product adds into it, where an add after the product would load both and store again.
+pub fn linear_residual(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    layout: Layout,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    linear_plus(step, x, w, b, layout, Some(residual))
+}
+
+fn linear_plus(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    layout: Layout,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
     let (rows, inp, out) = dims("linear", x, w, layout)?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = out;
     let y = step.empty(&shape)?;
+    if let Some(r) = residual {
+        if r.shape() != shape {
+            return shape_err(
+                "linear",
+                format!(
+                    "residual {:?} does not match the output {shape:?}",
+                    r.shape()
+                ),
+            );
+        }
+        step.copy_into(r, &y, 0)?;
+    }
     Gemm {
         m: rows,
         n: out,
@@ -90,7 +126,7 @@ pub fn linear(
         c: plain(&y, out),
         bias: b,
         alpha: 1.0,
-        accumulate: false,
+        accumulate: residual.is_some(),
     }
     .record(step)?;
     Ok(y)

@@ -5,7 +5,7 @@ use super::linear::{Dx, Layout};
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
-use crate::ops::elementwise::{add, gelu, gelu_bwd, Gelu};
+use crate::ops::elementwise::{gelu, gelu_bwd, Gelu};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 
 /// Which parameters and forms a sublayer uses.
@@ -31,8 +31,7 @@ impl Model {
         let (normed, stats) = layernorm(step, x, self.w(p.ln.0), self.w(p.ln.1), p.eps)?;
         let hidden = self.lin(p.layout, step, &normed, p.fc)?;
         let act = gelu(step, &hidden, p.gelu)?;
-        let branch = self.lin(p.layout, step, &act, p.proj)?;
-        let y = add(step, x, &branch)?;
+        let y = self.lin_residual(p.layout, step, &act, p.proj, x)?;
         Ok((
             y,
             MlpActs {

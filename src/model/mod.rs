@@ -210,6 +210,18 @@ impl Model {
         linear::linear(step, x, self.w(w), Some(self.w(b)), layout)
     }
 
+    /// `residual` + the linear layer (weight, bias).
+    fn lin_residual(
+        &self,
+        layout: linear::Layout,
+        step: &mut Step,
+        x: &Tensor,
+        (w, b): (usize, usize),
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        linear::linear_residual(step, x, self.w(w), Some(self.w(b)), layout, residual)
+    }
+
     /// Its backward: adds into the gradients of (weight, bias); dx as `dx` says.
     #[allow(clippy::too_many_arguments)]
     fn lin_bwd(
