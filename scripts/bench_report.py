@@ -1,15 +1,40 @@
 """Writes docs/benchmarks.md from one run of scripts/bench.sh: amad's JSON lines and the reference
 implementations' (numpy/OpenBLAS for kernels, PyTorch eager for steps), matched by name (and, for
-steps, by shape). Usage: bench_report.py AMAD.jsonl REFERENCE.jsonl [OUT.md] (scripts/bench_gpu.sh
-writes its own page)."""
+steps, by shape). A benchmark measured in several rounds (bench.sh alternates amad and the
+references, ROUNDS times) is reported by its median round, with the rounds' range for steps.
+Usage: bench_report.py AMAD.jsonl REFERENCE.jsonl [OUT.md] (scripts/bench_gpu.sh writes its own
+page)."""
 import datetime
 import json
 import platform
+import statistics
 import subprocess
 import sys
 
-amad = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-refs = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+
+def medians(path):
+    """The rows of a JSON-lines file, one per (name, shape) in first-seen order, each with the
+    median of its rounds' ms (GFLOP/s from that) and the rounds' range."""
+    groups = {}
+    for line in open(path):
+        if line.strip():
+            r = json.loads(line)
+            groups.setdefault((r["name"], r["shape"]), []).append(r)
+    rows = []
+    for rounds in groups.values():
+        r = dict(rounds[0])
+        ms = [x["ms"] for x in rounds]
+        r["ms"] = statistics.median(ms)
+        r["range"] = (min(ms), max(ms), len(ms))
+        if r.get("gflops") is not None:
+            r["gflops"] = statistics.median(x["gflops"] for x in rounds)
+        rows.append(r)
+    return rows
+
+
+amad = medians(sys.argv[1])
+refs = medians(sys.argv[2])
+rounds = max(r["range"][2] for r in amad)
 by_name = {(r["name"], r["shape"] if r.get("gflops") is None else None): r for r in refs}
 target = sys.argv[3] if len(sys.argv) > 3 else "docs/benchmarks.md"
 script = "scripts/bench_gpu.sh" if len(sys.argv) > 3 else "scripts/bench.sh"
@@ -21,9 +46,15 @@ out = [
     "# Benchmarks on a GPU" if len(sys.argv) > 3 else "# Benchmarks",
     "",
     f"Figures from one run of `{script}`: `amad bench kernels --json` and `amad bench step --json`,",
-    "then the reference implementations on the same machine right after (matmul by",
+    "each followed by its reference implementation on the same machine (matmul by",
     "`scripts/bench_numpy.py`, PyTorch eager by `scripts/bench_step_torch.py`); written by",
     "`scripts/bench_report.py`. Benchmarks print figures; no test is timed. Re-run to refresh.",
+] + ([
+    "",
+    f"These machines are noisy (step times move by a fifth between runs), so the script alternates amad",
+    f"and the references for {rounds} rounds; every figure is the median round, and a step's range of",
+    "rounds follows it in brackets.",
+] if rounds > 1 else []) + [
     "",
     f"- date: {datetime.date.today()}",
     f"- machine: {cpu}, {cores} cores ({platform.system()})",
@@ -49,13 +80,15 @@ out += [
     "",
     "`matmul*` is the 512³ probe (`_at`: A transposed, `_bt`: B transposed). `teacher_*` are the teacher's",
     "linear layers at batch 32 × 65 image tokens × 128 wide: forward X·W, and the backward products",
-    "dX = dY·Wᵀ and dW = Xᵀ·dY. `attention_*` is the attention core (B 32, H 8, T 65, head width 16); its",
-    "GFLOP/s counts the matmul-equivalent work (Q·Kᵀ and P·V forward; four more products backward).",
+    "dX = dY·Wᵀ and dW = Xᵀ·dY. `attention_*` is the attention core (B 32, H 8, T 65, head width 16, Q, K",
+    "and V side by side in one fused projection); its GFLOP/s counts the matmul-equivalent work (Q·Kᵀ and",
+    "P·V forward; four more products backward).",
     "",
 ] + ([
-    "On a CPU adapter amad copies matmul operands into textures and reads them with texel fetches",
-    "(ARCHITECTURE.md, \"image operands\"); a `_buffers` row is the same work through the storage-buffer",
-    "kernels that GPUs use, timed in the same run, so the two paths compare side by side.",
+    "On a CPU adapter amad copies the operands of matmuls, attention products and column sums into",
+    "textures and reads them with texel fetches (ARCHITECTURE.md, \"image operands\"); a `_buffers` row is",
+    "the same work through the storage-buffer kernels that GPUs use, timed in the same run, so the two",
+    "paths compare side by side.",
     "",
 ] if any(r["name"].endswith("_buffers") for r in amad) else []) + [
     "## Training steps",
@@ -63,10 +96,15 @@ out += [
     "| step | shape | amad ms | PyTorch eager ms | amad / PyTorch |",
     "|---|---|---:|---:|---:|",
 ]
+def spread(r):
+    lo, hi, n = r["range"]
+    return f"{r['ms']:.1f} ({lo:.0f}–{hi:.0f})" if n > 1 else f"{r['ms']:.1f}"
+
+
 for r, ref in steps:
     ratio = f"{r['ms'] / ref['ms']:.1f}×" if ref else "—"
-    rc = f"{ref['ms']:.1f}" if ref else "— (torch not installed)"
-    out.append(f"| {r['name']} | {r['shape']} | {r['ms']:.1f} | {rc} | {ratio} |")
+    rc = spread(ref) if ref else "— (torch not installed)"
+    out.append(f"| {r['name']} | {r['shape']} | {spread(r)} | {rc} | {ratio} |")
 out += [
     "",
     "Default configs (shared/TOOLCHAIN.md): teacher ViT 4×128×8 heads + GPT-2 4×128×8 heads; student",
