@@ -2,6 +2,9 @@
 // WGSL has no float atomics, so the backward is made deterministic instead: for each (token, col),
 // only the first occurrence of a token id sums the gradients of every later occurrence and adds
 // that sum to the table row. Cost O(tokens^2 * dim), fine for caption batches (hundreds of tokens).
+// When the table has fewer rows than the batch has tokens (GPT-2's positions; a small vocabulary)
+// embedding_bwd_rows is cheaper, O(rows * tokens * dim): one invocation per (row, col) sums the
+// tokens with that id, in token order, so both add the same terms in the same order.
 // Ids >= vocab (never valid) read as zero rows and contribute no gradient.
 
 struct Params {
@@ -62,6 +65,28 @@ fn embedding_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         }
     }
     dtable[id * p.dim + c] += sum;
+}
+
+@compute @workgroup_size(256)
+fn embedding_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.vocab * p.dim) {
+        return;
+    }
+    let id = i / p.dim;
+    let c = i % p.dim;
+    var sum = 0.0;
+    var found = false;
+    for (var u = 0u; u < p.tokens; u++) {
+        if (ids[u] == id) {
+            sum += dout[u * p.dim + c];
+            found = true;
+        }
+    }
+    // A row no token uses is left as it is (adding 0 would turn a -0 into +0).
+    if (found) {
+        dtable[i] += sum;
+    }
 }
 
 // ViT token assembly: out[b, t] = (t == 0 ? cls : patches[b, t - 1]) + pos[t]; t < tokens = N + 1.

@@ -601,6 +601,53 @@ fn embedding_lookup_and_scatter_add() {
     assert_close("embedding grad", &got[1], &want_d, 1e-6, 0.0);
 }
 
+/// A table with fewer rows than half the tokens (GPT-2's positions, a small vocabulary) takes the
+/// per-row backward; the gradient adds into what the table's gradient held, and a row no token
+/// uses keeps its bits (here -0, which adding 0 would turn into +0).
+#[test]
+fn embedding_backward_per_row() {
+    let (vocab, dim, tokens) = (5, 7, 40);
+    let mut rng = Rng::new(16);
+    let ids: Vec<u32> = (0..tokens)
+        .map(|t| match t % 9 {
+            8 => 77,             // past the vocabulary: no gradient
+            k => (k % 4) as u32, // rows 0..3; row 4 unused
+        })
+        .collect();
+    let dout = rng.vec(tokens * dim, 1.0);
+    let mut init = rng.vec(vocab * dim, 1.0);
+    init[4 * dim..].iter_mut().for_each(|v| *v = -0.0);
+    let want: Vec<f64> = r::embedding_bwd(&ids, &dout, vocab, dim)
+        .iter()
+        .zip(&init)
+        .map(|(d, i)| d + i)
+        .collect();
+    // A device of its own: the profile sees only this test's dispatches.
+    let g = own_device(false);
+    let (tids, tdo, td) = (
+        amad::Tensor::from_u32(&g, &[tokens], &ids).unwrap(),
+        upload_on(&g, &[tokens, dim], &dout),
+        upload_on(&g, &[vocab, dim], &init),
+    );
+    let mut got = vec![];
+    let ran = kernels_run(&g, || {
+        got = run_on(&g, |s| {
+            embedding::embedding_bwd(s, &tids, &tdo, &td)?;
+            Ok(vec![td.clone()])
+        })
+    });
+    assert_eq!(ran, ["embedding_bwd_rows"]);
+    // Sums of 10 values in [-1, 1] on top of the initial value: 2e-6.
+    assert_close("embedding grad per row", &got[0], &want, 2e-6, 0.0);
+    assert!(
+        got[0][4 * dim..]
+            .iter()
+            .all(|v| v.to_bits() == (-0.0f32).to_bits()),
+        "the unused row changed: {:?}",
+        &got[0][4 * dim..]
+    );
+}
+
 #[test]
 fn vit_tokens_forward_and_backward() {
     let (b, n, d) = (3, 5, 6);

@@ -6,6 +6,7 @@ use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step,
 
 pub const FWD: Kernel = Kernel::new("embedding", "embedding_fwd", &[R, R, W]);
 pub const BWD: Kernel = Kernel::new("embedding", "embedding_bwd", &[R, R, W]);
+pub const BWD_ROWS: Kernel = Kernel::new("embedding", "embedding_bwd_rows", &[R, R, W]);
 pub const VIT_TOKENS_FWD: Kernel = Kernel::new("embedding", "vit_tokens_fwd", &[R, R, R, W]);
 pub const VIT_TOKENS_BWD: Kernel = Kernel::new("embedding", "vit_tokens_bwd", &[R, W]);
 
@@ -65,7 +66,15 @@ pub fn embedding_bwd(step: &mut Step, ids: &Tensor, dout: &Tensor, dtable: &Tens
             ),
         );
     }
-    step.dispatch_linear(&BWD, &p, &[ids, dout, dtable], groups(dout.numel(), 256))
+    // The cheaper of the two orders (see the shader): per token, scanning the tokens before it,
+    // or per table row, scanning all tokens.
+    let rows = p.vocab as usize;
+    if rows < ids.numel() / 2 {
+        let n = groups(rows * p.dim as usize, 256);
+        step.dispatch_linear(&BWD_ROWS, &p, &[ids, dout, dtable], n)
+    } else {
+        step.dispatch_linear(&BWD, &p, &[ids, dout, dtable], groups(dout.numel(), 256))
+    }
 }
 
 fn vit_params(op: &'static str, batch: usize, tokens: usize, dim: usize) -> Result<Params> {

@@ -74,6 +74,7 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &softmax::BWD,
     &embedding::FWD,
     &embedding::BWD,
+    &embedding::BWD_ROWS,
     &embedding::VIT_TOKENS_FWD,
     &embedding::VIT_TOKENS_BWD,
     &loss::CE_FWD,
