@@ -54,24 +54,31 @@ const INV_SQRT_2PI: f32 = 0.3989422804014327;
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
 // Exact GELU (ViT): x * Phi(x).
+fn gelu_erf(v: f32) -> f32 {
+    return 0.5 * v * (1.0 + erf_approx(v * INV_SQRT2));
+}
+
+// Its slope: Phi(x) + x * phi(x).
+fn gelu_erf_slope(v: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf_approx(v * INV_SQRT2));
+    let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
+    return cdf + v * pdf;
+}
+
 @compute @workgroup_size(256)
 fn gelu_erf_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = thread_index(wid, nwg, lid);
     if (i < p.n) {
-        let v = x[i];
-        out[i] = 0.5 * v * (1.0 + erf_approx(v * INV_SQRT2));
+        out[i] = gelu_erf(x[i]);
     }
 }
 
-// dx = dy * (Phi(x) + x * phi(x)); x = input, y = upstream gradient.
+// dx = dy * gelu'(x); x = input, y = upstream gradient.
 @compute @workgroup_size(256)
 fn gelu_erf_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = thread_index(wid, nwg, lid);
     if (i < p.n) {
-        let v = x[i];
-        let cdf = 0.5 * (1.0 + erf_approx(v * INV_SQRT2));
-        let pdf = INV_SQRT_2PI * exp(-0.5 * v * v);
-        out[i] = y[i] * (cdf + v * pdf);
+        out[i] = y[i] * gelu_erf_slope(x[i]);
     }
 }
 
@@ -87,12 +94,21 @@ fn gelu_tanh_arg(v: f32) -> f32 {
 }
 
 // GPT-2's GELU: 0.5 x (1 + tanh(gelu_tanh_arg(x))).
+fn gelu_tanh(v: f32) -> f32 {
+    return 0.5 * v * (1.0 + tanh_stable(gelu_tanh_arg(v)));
+}
+
+fn gelu_tanh_slope(v: f32) -> f32 {
+    let th = tanh_stable(gelu_tanh_arg(v));
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
+    return 0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du;
+}
+
 @compute @workgroup_size(256)
 fn gelu_tanh_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = thread_index(wid, nwg, lid);
     if (i < p.n) {
-        let v = x[i];
-        out[i] = 0.5 * v * (1.0 + tanh_stable(gelu_tanh_arg(v)));
+        out[i] = gelu_tanh(x[i]);
     }
 }
 
@@ -100,9 +116,58 @@ fn gelu_tanh_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 fn gelu_tanh_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = thread_index(wid, nwg, lid);
     if (i < p.n) {
-        let v = x[i];
-        let th = tanh_stable(gelu_tanh_arg(v));
-        let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v);
-        out[i] = y[i] * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du);
+        out[i] = y[i] * gelu_tanh_slope(x[i]);
+    }
+}
+
+// ---- GELU with x and dy read from images (see src/gpu/image.rs) ----
+//
+// On lavapipe a storage load runs once per invocation and element; a texel fetch brings four
+// elements for the 8 invocations of a SIMD register. One invocation per texel: x's rows are
+// image rows `cols` long (binding 4), dy's likewise (5); element i = 4 · invocation + j. The same
+// functions per element as above, so both give the same bits. TANH picks GPT-2's form.
+
+override TANH: bool = false;
+
+@group(0) @binding(4) var x_image: texture_2d<f32>;
+@group(0) @binding(5) var y_image: texture_2d<f32>;
+
+// Texel q of a tensor whose rows are `cols` long.
+fn texel_of(image: texture_2d<f32>, q: u32) -> vec4<f32> {
+    let w = p.cols / 4u;
+    let r = q / w;
+    return textureLoad(image, vec2<i32>(i32(q - r * w), i32(r)), 0);
+}
+
+@compute @workgroup_size(256)
+fn gelu_fwd_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let q = thread_index(wid, nwg, lid);
+    if (q >= p.n / 4u) {
+        return;
+    }
+    let v = texel_of(x_image, q);
+    for (var j = 0u; j < 4u; j++) {
+        if (TANH) {
+            out[4u * q + j] = gelu_tanh(v[j]);
+        } else {
+            out[4u * q + j] = gelu_erf(v[j]);
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn gelu_bwd_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let q = thread_index(wid, nwg, lid);
+    if (q >= p.n / 4u) {
+        return;
+    }
+    let v = texel_of(x_image, q);
+    let dy = texel_of(y_image, q);
+    for (var j = 0u; j < 4u; j++) {
+        if (TANH) {
+            out[4u * q + j] = dy[j] * gelu_tanh_slope(v[j]);
+        } else {
+            out[4u * q + j] = dy[j] * gelu_erf_slope(v[j]);
+        }
     }
 }

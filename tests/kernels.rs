@@ -44,9 +44,11 @@ fn add_bias_add_axpy() {
 fn gelu_both_forms_forward_and_backward() {
     let mut rng = Rng::new(2);
     // Include the tails, where erf saturates and tanh could overflow.
-    let mut x = rng.vec(1000, 4.0);
+    let mut x = rng.vec(1019, 4.0);
     x.extend([-20.0, -9.0, 0.0, 9.0, 20.0]);
     let dy = rng.vec(x.len(), 1.0);
+    let images = own_device(true);
+    let buffers = own_device(false);
     for (kind, f, df) in [
         (
             Gelu::Erf,
@@ -71,11 +73,40 @@ fn gelu_both_forms_forward_and_backward() {
             FD_ATOL,
             FD_RTOL,
         );
-        let (tx, tdy) = (upload(&[x.len()], &x), upload(&[x.len()], &dy));
-        let got = run(|s| Ok(vec![gelu(s, &tx, kind)?, gelu_bwd(s, &tx, &tdy, kind)?]));
-        // erf by A&S 7.1.26 (error 1.5e-7) times |x| <= 20, plus f32 rounding: 4e-6 absolute.
-        assert_close(&format!("{kind:?} forward"), &got[0], &want, 4e-6, 1e-6);
-        assert_close(&format!("{kind:?} backward"), &got[1], &want_dx, 4e-6, 1e-5);
+        // Rows of 1,024 or 128 floats fit images (on a device that reads them), rows of 32 do
+        // not; both paths must give the same bits.
+        for (shape, fits) in [
+            (vec![1024], true),
+            (vec![8, 128], true),
+            (vec![32, 32], false),
+        ] {
+            let mut results = vec![];
+            for (g, on) in [(&images, true), (&buffers, false)] {
+                let what = format!("{kind:?} {shape:?} images={on}");
+                let (tx, tdy) = (upload_on(g, &shape, &x), upload_on(g, &shape, &dy));
+                let mut got = vec![];
+                let ran = kernels_run(g, || {
+                    got = run_on(g, |s| {
+                        Ok(vec![gelu(s, &tx, kind)?, gelu_bwd(s, &tx, &tdy, kind)?])
+                    })
+                });
+                let form = format!("{kind:?}").to_lowercase();
+                let want_ran: Vec<String> = if on && fits {
+                    vec!["gelu_bwd_image".into(), "gelu_fwd_image".into()]
+                } else {
+                    vec![format!("gelu_{form}_bwd"), format!("gelu_{form}_fwd")]
+                };
+                assert_eq!(ran, want_ran, "{what}");
+                // erf by A&S 7.1.26 (error 1.5e-7) times |x| <= 20, plus f32 rounding: 4e-6.
+                assert_close(&format!("{what} forward"), &got[0], &want, 4e-6, 1e-6);
+                assert_close(&format!("{what} backward"), &got[1], &want_dx, 4e-6, 1e-5);
+                results.push(got);
+            }
+            assert!(
+                results[0] == results[1],
+                "{kind:?} {shape:?}: the paths differ"
+            );
+        }
     }
 }
 

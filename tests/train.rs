@@ -400,6 +400,8 @@ fn training_steps_give_the_same_bits_from_images_and_from_buffers() {
         let want = [
             "attention_apply_image",
             "attention_scores_image",
+            "gelu_bwd_image",
+            "gelu_fwd_image",
             "layernorm_bwd_params_image",
             "layernorm_bwd_x_image",
             "layernorm_fwd_image",

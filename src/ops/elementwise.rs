@@ -2,7 +2,8 @@
 
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
+use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
+use crate::gpu::{Image, Kernel, Step, Tensor};
 
 pub const ADD: Kernel = Kernel::new("elementwise", "add", &[R, R, W]);
 pub const BIAS_ADD: Kernel = Kernel::new("elementwise", "bias_add", &[R, R, W]);
@@ -11,6 +12,35 @@ pub const GELU_ERF_FWD: Kernel = Kernel::new("elementwise", "gelu_erf_fwd", &[R,
 pub const GELU_ERF_BWD: Kernel = Kernel::new("elementwise", "gelu_erf_bwd", &[R, R, W]);
 pub const GELU_TANH_FWD: Kernel = Kernel::new("elementwise", "gelu_tanh_fwd", &[R, R, W]);
 pub const GELU_TANH_BWD: Kernel = Kernel::new("elementwise", "gelu_tanh_bwd", &[R, R, W]);
+
+/// GELU reading x (and dy) from images (`Gpu::image_operands`): [forward, backward] of one form.
+const fn gelu_images(names: [&'static str; 2], tanh: bool) -> [Kernel; 2] {
+    let constants: &'static [(&'static str, f64)] = if tanh {
+        &[("TANH", 1.0)]
+    } else {
+        &[("TANH", 0.0)]
+    };
+    [
+        Kernel {
+            name: names[0],
+            family: "elementwise",
+            entry: "gelu_fwd_image",
+            bindings: &[R, R, W, I],
+            constants,
+        },
+        Kernel {
+            name: names[1],
+            family: "elementwise",
+            entry: "gelu_bwd_image",
+            bindings: &[R, R, W, I, I],
+            constants,
+        },
+    ]
+}
+pub const GELU_ERF_IMAGE: [Kernel; 2] =
+    gelu_images(["gelu_erf_fwd_image", "gelu_erf_bwd_image"], false);
+pub const GELU_TANH_IMAGE: [Kernel; 2] =
+    gelu_images(["gelu_tanh_fwd_image", "gelu_tanh_bwd_image"], true);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -98,6 +128,30 @@ pub enum Gelu {
     Tanh,
 }
 
+/// Images of the rows of `ts` for the GELU image kernels, when the device reads operands from
+/// images and all fit (rows of a multiple of 64 floats).
+fn row_images(step: &mut Step, ts: &[&Tensor]) -> Result<Option<Vec<Image>>> {
+    let cols = *ts[0].shape().last().unwrap_or(&0);
+    if !cols.is_multiple_of(4) {
+        return Ok(None);
+    }
+    let mut images = vec![];
+    for t in ts {
+        match step.operand_image(t, cols, cols / 4)? {
+            Some(image) => images.push(image),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(images))
+}
+
+fn image_kernels(kind: Gelu) -> &'static [Kernel; 2] {
+    match kind {
+        Gelu::Erf => &GELU_ERF_IMAGE,
+        Gelu::Tanh => &GELU_TANH_IMAGE,
+    }
+}
+
 /// y = gelu(x).
 pub fn gelu(step: &mut Step, x: &Tensor, kind: Gelu) -> Result<Tensor> {
     let k = match kind {
@@ -106,12 +160,14 @@ pub fn gelu(step: &mut Step, x: &Tensor, kind: Gelu) -> Result<Tensor> {
     };
     let out = step.empty(x.shape())?;
     let n = x.numel();
-    step.dispatch_linear(
-        k,
-        &params("gelu", n, 1, 1.0)?,
-        &[x, x, &out],
-        groups(n, 256),
-    )?;
+    let cols = *x.shape().last().unwrap_or(&1);
+    let p = params("gelu", n, cols, 1.0)?;
+    if let Some(im) = row_images(step, &[x])? {
+        let k = &image_kernels(kind)[0];
+        step.dispatch_linear_images(k, &p, &[x, x, &out], &[&im[0]], groups(n / 4, 256))?;
+    } else {
+        step.dispatch_linear(k, &p, &[x, x, &out], groups(n, 256))?;
+    }
     Ok(out)
 }
 
@@ -124,11 +180,14 @@ pub fn gelu_bwd(step: &mut Step, x: &Tensor, dy: &Tensor, kind: Gelu) -> Result<
     };
     let out = step.empty(x.shape())?;
     let n = x.numel();
-    step.dispatch_linear(
-        k,
-        &params("gelu_bwd", n, 1, 1.0)?,
-        &[x, dy, &out],
-        groups(n, 256),
-    )?;
+    let cols = *x.shape().last().unwrap_or(&1);
+    let p = params("gelu_bwd", n, cols, 1.0)?;
+    if let Some(im) = row_images(step, &[x, dy])? {
+        let k = &image_kernels(kind)[1];
+        let n4 = groups(n / 4, 256);
+        step.dispatch_linear_images(k, &p, &[x, dy, &out], &[&im[0], &im[1]], n4)?;
+    } else {
+        step.dispatch_linear(k, &p, &[x, dy, &out], groups(n, 256))?;
+    }
     Ok(out)
 }
