@@ -271,29 +271,45 @@ fn attention_dscores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 @group(0) @binding(2) var<storage, read> az: array<f32>;
 @group(0) @binding(3) var<storage, read_write> aout: array<f32>;
 
+// The map W as apply reads it: `rows` × `inner`, W(r, c) = aw[base + r·rs + c·cs] (the map or its
+// transpose).
+struct Applied {
+    rows: u32,
+    inner: u32,
+    rs: u32,
+    cs: u32,
+}
+
+fn applied() -> Applied {
+    if (p.transposed != 0u) {
+        return Applied(p.tk, p.tq, 1u, p.tk);
+    }
+    return Applied(p.tq, p.tk, p.tk, 1u);
+}
+
+// Where rows r0 .. r0+7 of (batch · head) bh's W start, clamped to its last row.
+fn map_rows(w: Applied, bh: u32, r0: u32) -> array<u32, 8> {
+    let wbase = bh * p.tq * p.tk;
+    var wa: array<u32, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        wa[r] = wbase + min(r0 + r, w.rows - 1u) * w.rs;
+    }
+    return wa;
+}
+
 @compute @workgroup_size(64)
 fn attention_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var rows = p.tq;
-    var inner = p.tk;
-    var rs = p.tk;   // W(r, c) = aw[base + r·rs + c·cs]
-    var cs = 1u;
-    if (p.transposed != 0u) {
-        rows = p.tk;
-        inner = p.tq;
-        rs = 1u;
-        cs = p.tk;
-    }
+    let w = applied();
+    let rows = w.rows;
+    let inner = w.inner;
+    let cs = w.cs;
     let blk = locate_block(group_index(wid, nwg) * 64u + lid, rows, p.hd);
     if (!blk.valid) {
         return;
     }
     let b = blk.bh / p.heads;
     let h = blk.bh % p.heads;
-    let wbase = blk.bh * p.tq * p.tk;
-    var wa: array<u32, 8>;
-    for (var r = 0u; r < 8u; r++) {
-        wa[r] = wbase + min(blk.r0 + r, rows - 1u) * rs;
-    }
+    let wa = map_rows(w, blk.bh, blk.r0);
     // Columns d0 .. d0 + 7 of Z, clamped to the head's last one.
     let dz = blk.c0;
     let dl = p.hd - 1u;
@@ -345,27 +361,17 @@ fn store_out(b: u32, h: u32, rows: u32, r0: u32, d0: u32, m: mat4x4<f32>) {
 // multiply-adds.
 @compute @workgroup_size(64)
 fn attention_apply_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var rows = p.tq;
-    var inner = p.tk;
-    var rs = p.tk;
-    var cs = 1u;
-    if (p.transposed != 0u) {
-        rows = p.tk;
-        inner = p.tq;
-        rs = 1u;
-        cs = p.tk;
-    }
+    let w = applied();
+    let rows = w.rows;
+    let inner = w.inner;
+    let cs = w.cs;
     let blk = locate_wide_block(group_index(wid, nwg) * 64u + lid, rows, p.hd, 16u);
     if (!blk.valid) {
         return;
     }
     let b = blk.bh / p.heads;
     let h = blk.bh % p.heads;
-    let wbase = blk.bh * p.tq * p.tk;
-    var wa: array<u32, 8>;
-    for (var r = 0u; r < 8u; r++) {
-        wa[r] = wbase + min(blk.r0 + r, rows - 1u) * rs;
-    }
+    let wa = map_rows(w, blk.bh, blk.r0);
     // Texels of Z's columns c0 .. c0 + 15 of the head, clamped to its last texel.
     let tz = (p.x_off + h * p.hd) / 4u;
     let tl = p.hd / 4u - 1u;

@@ -357,47 +357,34 @@ fn attention_forward_and_backward_with_masks() {
         (false, true, (2, 2, 17, 21, 12)),
     ] {
         let a = r::AttnDims { b, h, tq, tk, d };
-        let (q, k, v, dout) = (
-            rng.vec(b * tq * h * d, 1.0),
-            rng.vec(b * tk * h * d, 1.0),
-            rng.vec(b * tk * h * d, 1.0),
-            rng.vec(b * tq * h * d, 1.0),
-        );
         // Batch 0 keeps all keys; batch 1 loses its last two.
-        let mask: Vec<f64> = (0..b * tk)
-            .map(|i| {
-                if padded && i / tk == 1 && i % tk >= tk - 2 {
-                    0.0
-                } else {
-                    1.0
-                }
-            })
-            .collect();
+        let (x, mask) = attention_inputs(&mut rng, a, 2);
+        let [q, k, v, dout] = &x;
         let m = r::Masks {
             causal,
             key_mask: padded.then_some(&mask[..]),
         };
-        let (out, probs) = r::attention(&q, &k, &v, a, m);
-        let (dq, dk, dv) = r::attention_bwd(&q, &k, &v, &dout, a, m);
-        let lq = |q: &[f64], k: &[f64], v: &[f64]| dot(&dout, &r::attention(q, k, v, a, m).0);
+        let (out, probs) = r::attention(q, k, v, a, m);
+        let (dq, dk, dv) = r::attention_bwd(q, k, v, dout, a, m);
+        let lq = |q: &[f64], k: &[f64], v: &[f64]| dot(dout, &r::attention(q, k, v, a, m).0);
         assert_close64(
             "attention dq vs FD",
             &dq,
-            &finite_diff(&q, FD_EPS, |x| lq(x, &k, &v)),
+            &finite_diff(q, FD_EPS, |x| lq(x, k, v)),
             FD_ATOL,
             FD_RTOL,
         );
         assert_close64(
             "attention dk vs FD",
             &dk,
-            &finite_diff(&k, FD_EPS, |x| lq(&q, x, &v)),
+            &finite_diff(k, FD_EPS, |x| lq(q, x, v)),
             FD_ATOL,
             FD_RTOL,
         );
         assert_close64(
             "attention dv vs FD",
             &dv,
-            &finite_diff(&v, FD_EPS, |x| lq(&q, &k, x)),
+            &finite_diff(v, FD_EPS, |x| lq(q, k, x)),
             FD_ATOL,
             FD_RTOL,
         );
@@ -407,10 +394,32 @@ fn attention_forward_and_backward_with_masks() {
             a,
             m,
             None,
-            [&q, &k, &v, &dout],
+            [q, k, v, dout],
             [&out, &probs, &dq, &dk, &dv],
         );
     }
+}
+
+/// Random Q, K, V and dO of an attention case, and a key mask (1 = valid) in which batch 1 loses
+/// its last `cut` keys.
+fn attention_inputs(rng: &mut Rng, a: r::AttnDims, cut: usize) -> ([Vec<f64>; 4], Vec<f64>) {
+    let r::AttnDims { b, h, tq, tk, d } = a;
+    let x = [
+        rng.vec(b * tq * h * d, 1.0),
+        rng.vec(b * tk * h * d, 1.0),
+        rng.vec(b * tk * h * d, 1.0),
+        rng.vec(b * tq * h * d, 1.0),
+    ];
+    let mask = (0..b * tk)
+        .map(|i| {
+            if i / tk == 1 && i % tk >= tk - cut {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    (x, mask)
 }
 
 /// Attention forward and backward on `g` against the reference outputs `want` (O, P, dQ, dK, dV)
@@ -545,27 +554,14 @@ fn attention_image_and_buffer_kernels() {
         (true, false, (2, 2, 7, 7, 4), 0, false),
     ] {
         let a = r::AttnDims { b, h, tq, tk, d };
-        let (q, k, v, dout) = (
-            rng.vec(b * tq * h * d, 1.0),
-            rng.vec(b * tk * h * d, 1.0),
-            rng.vec(b * tk * h * d, 1.0),
-            rng.vec(b * tq * h * d, 1.0),
-        );
-        let mask: Vec<f64> = (0..b * tk)
-            .map(|i| {
-                if padded && i / tk == 1 && i % tk >= tk - 3 {
-                    0.0
-                } else {
-                    1.0
-                }
-            })
-            .collect();
+        let (x, mask) = attention_inputs(&mut rng, a, 3);
+        let [q, k, v, dout] = &x;
         let m = r::Masks {
             causal,
             key_mask: padded.then_some(&mask[..]),
         };
-        let (out, probs) = r::attention(&q, &k, &v, a, m);
-        let (dq, dk, dv) = r::attention_bwd(&q, &k, &v, &dout, a, m);
+        let (out, probs) = r::attention(q, k, v, a, m);
+        let (dq, dk, dv) = r::attention_bwd(q, k, v, dout, a, m);
         let mut results = vec![];
         for (g, on) in [(&images, true), (&buffers, false)] {
             let what = format!("{:?} images={on}", (b, h, tq, tk, d, pad));
@@ -576,7 +572,7 @@ fn attention_image_and_buffer_kernels() {
                     a,
                     m,
                     Some(pad),
-                    [&q, &k, &v, &dout],
+                    [q, k, v, dout],
                     [&out, &probs, &dq, &dk, &dv],
                 ))
             });
