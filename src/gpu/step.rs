@@ -272,28 +272,27 @@ impl<'g> Step<'g> {
         Ok(image)
     }
 
-    /// An image of the first `width` texels of every row of `t` read as rows `pitch` elements
-    /// long, when the device reads operands from images ([`Gpu::image_operands`]) and the rows fit
-    /// one ([`Rows::check`]); `None` sends the caller to its buffer kernel.
-    pub fn operand_image(
-        &mut self,
-        t: &Tensor,
-        pitch: usize,
-        width: usize,
-    ) -> Result<Option<Image>> {
-        if !self.gpu.image_operands() || pitch == 0 {
+    /// Images of whole rows of each of `ts`, read as rows of `cols` elements (one texel per four),
+    /// when the device reads operands from images ([`Gpu::image_operands`]) and every tensor's rows
+    /// fit one ([`Rows::check`]); all are checked before any is copied. `None` sends the caller to
+    /// its buffer kernel.
+    pub fn operand_images(&mut self, ts: &[&Tensor], cols: usize) -> Result<Option<Vec<Image>>> {
+        if !self.gpu.image_operands() || cols == 0 || !cols.is_multiple_of(4) {
             return Ok(None);
         }
-        let rows = Rows {
+        let rows = |t: &Tensor| Rows {
             off: 0,
-            pitch,
-            width,
-            height: t.numel() / pitch,
+            pitch: cols,
+            width: cols / 4,
+            height: t.numel() / cols,
         };
-        if rows.check(self.gpu, t).is_err() {
+        if ts.iter().any(|t| rows(t).check(self.gpu, t).is_err()) {
             return Ok(None);
         }
-        self.image(t, &rows).map(Some)
+        ts.iter()
+            .map(|t| self.image(t, &rows(t)))
+            .collect::<Result<_>>()
+            .map(Some)
     }
 
     /// A new f32 tensor with undefined contents (every kernel that writes one fills all of it).

@@ -67,14 +67,37 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// An image of all of `s`'s rows (token (b, t) is image row b·len + t), when the device reads
-/// operands from images and the sequence's heads start on whole texels; `None` sends the kernel
-/// to its buffer version.
-fn seq_image(step: &mut Step, d: &Dims, s: &Seq) -> Result<Option<Image>> {
-    if !s.off.is_multiple_of(4) || !d.head_dim.is_multiple_of(4) || !s.stride.is_multiple_of(4) {
-        return Ok(None);
+/// Images of the sequences one attention call reads, each tensor copied once: Q, K and V are
+/// usually parts of one fused projection, and the backward reads them and dO in several products.
+/// A tensor's image holds all its rows (token (b, t) is image row b·len + t). The call's outputs
+/// never alias its inputs, so the images stay current through it.
+#[derive(Default)]
+struct SeqImages(Vec<(Tensor, Option<Image>)>);
+
+impl SeqImages {
+    /// The index of `s`'s image, when the device reads operands from images and the sequence's
+    /// heads start on whole texels; `None` sends the kernel to its buffer version.
+    fn of(&mut self, step: &mut Step, d: &Dims, s: &Seq) -> Result<Option<usize>> {
+        if !s.off.is_multiple_of(4) || !d.head_dim.is_multiple_of(4) {
+            return Ok(None);
+        }
+        let held = |t: &Tensor| t.same_buffer(s.t) && t.offset() == s.t.offset();
+        let i = match self.0.iter().position(|(t, _)| held(t)) {
+            Some(i) => i,
+            None => {
+                let image = step
+                    .operand_images(&[s.t], s.stride)?
+                    .and_then(|mut v| v.pop());
+                self.0.push((s.t.clone(), image));
+                self.0.len() - 1
+            }
+        };
+        Ok(self.0[i].1.is_some().then_some(i))
     }
-    step.operand_image(s.t, s.stride, s.stride / 4)
+
+    fn get(&self, i: usize) -> &Image {
+        self.0[i].1.as_ref().expect("of() returns only held images")
+    }
 }
 
 /// Sizes of one attention call.
@@ -161,22 +184,24 @@ impl Dims {
 
 /// The map alpha · X Yᵀ [B, H, Tq, Tk] of two sequences (Tq rows of X, Tk of Y): S = scale · Q Kᵀ
 /// and dP = dO Vᵀ.
-fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, alpha: f32) -> Result<Tensor> {
+fn scores(
+    step: &mut Step,
+    d: Dims,
+    x: &Seq,
+    y: &Seq,
+    alpha: f32,
+    images: &mut SeqImages,
+) -> Result<Tensor> {
     let map = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
     let p = d.params(0, alpha, false, [Some(x), Some(y), None])?;
     let n = groups(d.blocks(d.q_len, d.k_len), 64);
     let tensors = [x.t, y.t, &map];
-    // Q and K are usually parts of one fused projection: one image serves both.
-    let same = x.t.same_buffer(y.t) && x.t.offset() == y.t.offset() && x.stride == y.stride;
-    if let Some(ix) = seq_image(step, &d, x)? {
-        let iy = if same { None } else { seq_image(step, &d, y)? };
-        if same || iy.is_some() {
-            let iy = iy.as_ref().unwrap_or(&ix);
-            step.dispatch_linear_images(&SCORES_IMAGE, &p, &tensors, &[&ix, iy], n)?;
-            return Ok(map);
-        }
+    if let (Some(ix), Some(iy)) = (images.of(step, &d, x)?, images.of(step, &d, y)?) {
+        let im = [images.get(ix), images.get(iy)];
+        step.dispatch_linear_images(&SCORES_IMAGE, &p, &tensors, &im, n)?;
+    } else {
+        step.dispatch_linear(&SCORES, &p, &tensors, n)?;
     }
-    step.dispatch_linear(&SCORES, &p, &tensors, n)?;
     Ok(map)
 }
 
@@ -189,15 +214,16 @@ fn apply(
     transposed: bool,
     z: &Seq,
     out: &Seq,
+    images: &mut SeqImages,
 ) -> Result<()> {
     let p = d.params(0, 1.0, transposed, [Some(z), None, Some(out)])?;
     let rows = if transposed { d.k_len } else { d.q_len };
     let tensors = [map, z.t, out.t];
-    match seq_image(step, &d, z)? {
+    match images.of(step, &d, z)? {
         Some(iz) => {
             // Blocks of 8 rows × 16 columns (see the shader).
             let n = groups(d.blocks(rows, d.head_dim.div_ceil(16) * 8), 64);
-            step.dispatch_linear_images(&APPLY_IMAGE, &p, &tensors, &[&iz], n)
+            step.dispatch_linear_images(&APPLY_IMAGE, &p, &tensors, &[images.get(iz)], n)
         }
         None => {
             let n = groups(d.blocks(rows, d.head_dim), 64);
@@ -243,13 +269,14 @@ pub fn attention(
             ),
         );
     }
-    let probs = scores(step, d, &q, &k, d.scale())?;
+    let mut images = SeqImages::default();
+    let probs = scores(step, d, &q, &k, d.scale(), &mut images)?;
     let flags = masks.causal as u32 | (masks.key_mask.is_some() as u32) << 1;
     let p = d.params(flags, 1.0, false, [None; 3])?;
     let mask = masks.key_mask.unwrap_or(q.t);
     step.dispatch_linear(&SOFTMAX, &p, &[mask, &probs], groups(d.rows(), 64))?;
     let out = step.empty(&[d.batch, d.q_len, d.width()])?;
-    apply(step, d, &probs, false, &v, &Seq::whole(&out))?;
+    apply(step, d, &probs, false, &v, &Seq::whole(&out), &mut images)?;
     Ok((out, probs))
 }
 
@@ -318,7 +345,8 @@ pub fn attention_bwd(
     }
     // dP = dO Vᵀ (+ extra); dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)); dQ = dS K; dK = dSᵀ Q;
     // dV = Pᵀ dO.
-    let dscores = scores(step, d, &dout_seq, &v, 1.0)?;
+    let mut images = SeqImages::default();
+    let dscores = scores(step, d, &dout_seq, &v, 1.0, &mut images)?;
     let flags = (grads.dprobs.is_some() as u32) << 2;
     let p = d.params(flags, d.scale(), false, [None; 3])?;
     let extra = grads.dprobs.unwrap_or(probs);
@@ -328,8 +356,8 @@ pub fn attention_bwd(
         &[probs, extra, &dscores],
         groups(d.rows(), 64),
     )?;
-    apply(step, d, &dscores, false, &k, &grads.dq)?;
-    apply(step, d, &dscores, true, &q, &grads.dk)?;
-    apply(step, d, probs, true, &dout_seq, &grads.dv)?;
+    apply(step, d, &dscores, false, &k, &grads.dq, &mut images)?;
+    apply(step, d, &dscores, true, &q, &grads.dk, &mut images)?;
+    apply(step, d, probs, true, &dout_seq, &grads.dv, &mut images)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
-use crate::gpu::{Image, Kernel, Step, Tensor};
+use crate::gpu::{Kernel, Step, Tensor};
 
 pub const ADD: Kernel = Kernel::new("elementwise", "add", &[R, R, W]);
 pub const BIAS_ADD: Kernel = Kernel::new("elementwise", "bias_add", &[R, R, W]);
@@ -128,23 +128,6 @@ pub enum Gelu {
     Tanh,
 }
 
-/// Images of the rows of `ts` for the GELU image kernels, when the device reads operands from
-/// images and all fit (rows of a multiple of 64 floats).
-fn row_images(step: &mut Step, ts: &[&Tensor]) -> Result<Option<Vec<Image>>> {
-    let cols = *ts[0].shape().last().unwrap_or(&0);
-    if !cols.is_multiple_of(4) {
-        return Ok(None);
-    }
-    let mut images = vec![];
-    for t in ts {
-        match step.operand_image(t, cols, cols / 4)? {
-            Some(image) => images.push(image),
-            None => return Ok(None),
-        }
-    }
-    Ok(Some(images))
-}
-
 fn image_kernels(kind: Gelu) -> &'static [Kernel; 2] {
     match kind {
         Gelu::Erf => &GELU_ERF_IMAGE,
@@ -162,7 +145,7 @@ pub fn gelu(step: &mut Step, x: &Tensor, kind: Gelu) -> Result<Tensor> {
     let n = x.numel();
     let cols = *x.shape().last().unwrap_or(&1);
     let p = params("gelu", n, cols, 1.0)?;
-    if let Some(im) = row_images(step, &[x])? {
+    if let Some(im) = step.operand_images(&[x], cols)? {
         let k = &image_kernels(kind)[0];
         step.dispatch_linear_images(k, &p, &[x, x, &out], &[&im[0]], groups(n / 4, 256))?;
     } else {
@@ -182,7 +165,7 @@ pub fn gelu_bwd(step: &mut Step, x: &Tensor, dy: &Tensor, kind: Gelu) -> Result<
     let n = x.numel();
     let cols = *x.shape().last().unwrap_or(&1);
     let p = params("gelu_bwd", n, cols, 1.0)?;
-    if let Some(im) = row_images(step, &[x, dy])? {
+    if let Some(im) = step.operand_images(&[x, dy], cols)? {
         let k = &image_kernels(kind)[1];
         let n4 = groups(n / 4, 256);
         step.dispatch_linear_images(k, &p, &[x, dy, &out], &[&im[0], &im[1]], n4)?;

@@ -52,26 +52,15 @@ fn dims(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
     Ok((x.numel() / cols, cols))
 }
 
-/// Images of x's rows, of gamma and of `third`'s rows (beta, or dy), for the image kernels, when
-/// the device reads operands from images and all three fit.
+/// Images of x's rows, of gamma and of `third`'s rows (beta, or dy), for the image kernels.
 fn images(
     step: &mut Step,
     x: &Tensor,
     gamma: &Tensor,
     third: &Tensor,
 ) -> Result<Option<[Image; 3]>> {
-    let cols = gamma.numel();
-    if !cols.is_multiple_of(4) {
-        return Ok(None);
-    }
-    let mut out = vec![];
-    for t in [x, gamma, third] {
-        match step.operand_image(t, cols, cols / 4)? {
-            Some(image) => out.push(image),
-            None => return Ok(None),
-        }
-    }
-    Ok(out.try_into().ok())
+    let images = step.operand_images(&[x, gamma, third], gamma.numel())?;
+    Ok(images.and_then(|v| v.try_into().ok()))
 }
 
 /// y = LayerNorm(x) over the last dimension. Returns y and the per-row (mean, rstd) the backward

@@ -193,12 +193,11 @@ fn column_pass(
         chunk: u32_of(OP, "chunk", chunk)?,
         _pad: 0,
     };
-    // On devices that read operands from images, the first `len` columns of every row, when
-    // they fit one.
+    // On devices that read operands from images, x's rows, when they fit one.
     if len.is_multiple_of(4) {
-        if let Some(image) = step.operand_image(x, cols, len / 4)? {
+        if let Some(image) = step.operand_images(&[x], cols)? {
             let n = groups(chunks * len / 4, 256);
-            return step.dispatch_linear_images(&SUM_COLUMNS_IMAGE, &p, &[x, out], &[&image], n);
+            return step.dispatch_linear_images(&SUM_COLUMNS_IMAGE, &p, &[x, out], &[&image[0]], n);
         }
     }
     step.dispatch_linear(&SUM_COLUMNS, &p, &[x, out], groups(chunks * len, 256))
