@@ -136,16 +136,16 @@ fn store_map(base: u32, r0: u32, c0: u32, m: mat4x4<f32>) {
 // its whole rows: token (b, t) is image row b·len + t, and texel (off + h·hd + d) / 4 holds its
 // elements d .. d+3 of head h (the launcher checks that off and hd are multiples of 4).
 
-@group(0) @binding(4) var seq_x: texture_2d<f32>;
-@group(0) @binding(5) var seq_y: texture_2d<f32>;
+@group(0) @binding(4) var seq_x: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(5) var seq_y: texture_storage_2d<rgba32float, read>;
 
 // Four elements (texel tx) of tokens r .. r+3 (image rows), as a matrix's columns.
-fn seq_texels(image: texture_2d<f32>, tx: u32, r: vec4<u32>) -> mat4x4<f32> {
+fn seq_texels(image: texture_storage_2d<rgba32float, read>, tx: u32, r: vec4<u32>) -> mat4x4<f32> {
     return mat4x4<f32>(
-        textureLoad(image, vec2<i32>(i32(tx), i32(r.x)), 0),
-        textureLoad(image, vec2<i32>(i32(tx), i32(r.y)), 0),
-        textureLoad(image, vec2<i32>(i32(tx), i32(r.z)), 0),
-        textureLoad(image, vec2<i32>(i32(tx), i32(r.w)), 0),
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.x))),
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.y))),
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.z))),
+        textureLoad(image, vec2<i32>(i32(tx), i32(r.w))),
     );
 }
 
@@ -391,10 +391,10 @@ fn attention_apply_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         let w0 = vec4<f32>(aw[wa[0] + wo], aw[wa[1] + wo], aw[wa[2] + wo], aw[wa[3] + wo]);
         let w1 = vec4<f32>(aw[wa[4] + wo], aw[wa[5] + wo], aw[wa[6] + wo], aw[wa[7] + wo]);
         let zr = zrow + i32(c);
-        let z0 = textureLoad(seq_x, vec2<i32>(t.x, zr), 0);
-        let z1 = textureLoad(seq_x, vec2<i32>(t.y, zr), 0);
-        let z2 = textureLoad(seq_x, vec2<i32>(t.z, zr), 0);
-        let z3 = textureLoad(seq_x, vec2<i32>(t.w, zr), 0);
+        let z0 = textureLoad(seq_x, vec2<i32>(t.x, zr));
+        let z1 = textureLoad(seq_x, vec2<i32>(t.y, zr));
+        let z2 = textureLoad(seq_x, vec2<i32>(t.z, zr));
+        let z3 = textureLoad(seq_x, vec2<i32>(t.w, zr));
         a00 += outer(w0, z0);
         a01 += outer(w0, z1);
         a02 += outer(w0, z2);

@@ -129,14 +129,14 @@ fn gelu_tanh_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 
 override TANH: bool = false;
 
-@group(0) @binding(4) var x_image: texture_2d<f32>;
-@group(0) @binding(5) var y_image: texture_2d<f32>;
+@group(0) @binding(4) var x_image: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(5) var y_image: texture_storage_2d<rgba32float, read>;
 
 // Texel q of a tensor whose rows are `cols` long.
-fn texel_of(image: texture_2d<f32>, q: u32) -> vec4<f32> {
+fn texel_of(image: texture_storage_2d<rgba32float, read>, q: u32) -> vec4<f32> {
     let w = p.cols / 4u;
     let r = q / w;
-    return textureLoad(image, vec2<i32>(i32(q - r * w), i32(r)), 0);
+    return textureLoad(image, vec2<i32>(i32(q - r * w), i32(r)));
 }
 
 @compute @workgroup_size(256)

@@ -119,12 +119,12 @@ fn layernorm_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 // as one row (7), and beta (forward) or dy's rows (backward) (8). Each sum adds the same terms in
 // the same order as the buffer kernels above, so both give the same bits.
 
-@group(0) @binding(6) var x_image: texture_2d<f32>;
-@group(0) @binding(7) var gamma_image: texture_2d<f32>;
-@group(0) @binding(8) var third_image: texture_2d<f32>;   // beta (forward) or dy (backward)
+@group(0) @binding(6) var x_image: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(7) var gamma_image: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(8) var third_image: texture_storage_2d<rgba32float, read>;   // beta (forward) or dy (backward)
 
-fn texel(image: texture_2d<f32>, t: u32, r: u32) -> vec4<f32> {
-    return textureLoad(image, vec2<i32>(i32(t), i32(r)), 0);
+fn texel(image: texture_storage_2d<rgba32float, read>, t: u32, r: u32) -> vec4<f32> {
+    return textureLoad(image, vec2<i32>(i32(t), i32(r)));
 }
 
 @compute @workgroup_size(256)

@@ -297,8 +297,8 @@ fn store_block(c0: u32, row: u32, col: u32, m: mat4x4<f32>) {
 // image row (b1 * bs1 + b2 * bs2) / pitch (the launcher checks that this divides). K's remainder
 // (K mod 4) runs through the scalar bindings, as in matmul_vec4.
 
-@group(0) @binding(5) var a_image: texture_2d<f32>;
-@group(0) @binding(6) var b_image: texture_2d<f32>;
+@group(0) @binding(5) var a_image: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(6) var b_image: texture_storage_2d<rgba32float, read>;
 
 @compute @workgroup_size(8, 4, 1)
 fn matmul_image(
@@ -323,12 +323,12 @@ fn matmul_image(
 }
 
 // Texels (x, y .. y+3) of an image: four texels down one column, as a matrix's columns.
-fn texels(image: texture_2d<f32>, x: u32, y: u32) -> mat4x4<f32> {
+fn texels(image: texture_storage_2d<rgba32float, read>, x: u32, y: u32) -> mat4x4<f32> {
     return mat4x4<f32>(
-        textureLoad(image, vec2<i32>(i32(x), i32(y)), 0),
-        textureLoad(image, vec2<i32>(i32(x), i32(y + 1u)), 0),
-        textureLoad(image, vec2<i32>(i32(x), i32(y + 2u)), 0),
-        textureLoad(image, vec2<i32>(i32(x), i32(y + 3u)), 0),
+        textureLoad(image, vec2<i32>(i32(x), i32(y))),
+        textureLoad(image, vec2<i32>(i32(x), i32(y + 1u))),
+        textureLoad(image, vec2<i32>(i32(x), i32(y + 2u))),
+        textureLoad(image, vec2<i32>(i32(x), i32(y + 3u))),
     );
 }
 

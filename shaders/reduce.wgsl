@@ -84,7 +84,7 @@ fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // sums texel t (columns 4t .. 4t+3) over rows k·chunk .. (k+1)·chunk, one fetch per row where the
 // buffer kernel loads each column's element on its own. Each column's terms are added in the
 // same order as there, so both give the same bits.
-@group(0) @binding(3) var x_image: texture_2d<f32>;
+@group(0) @binding(3) var x_image: texture_storage_2d<rgba32float, read>;
 
 @compute @workgroup_size(256)
 fn sum_columns_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -99,7 +99,7 @@ fn sum_columns_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let r1 = min(r0 + p.chunk, p.len);
     var acc = vec4<f32>();
     for (var r = r0; r < r1; r++) {
-        acc += textureLoad(x_image, vec2<i32>(i32(t), i32(r)), 0);
+        acc += textureLoad(x_image, vec2<i32>(i32(t), i32(r)));
     }
     let o = p.out_off + k * p.segments + 4u * t;
     for (var j = 0u; j < 4u; j++) {

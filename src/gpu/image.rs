@@ -7,6 +7,10 @@
 //! from a texture is one vectorised gather for all 8. The copy into the texture is a memcpy per
 //! row, small beside the product that reads it (see ARCHITECTURE.md for the figures).
 //!
+//! The textures are bound as read-only storage textures (`texture_storage_2d<rgba32float, read>`)
+//! rather than sampled ones: the same `textureLoad`, but lavapipe's image path has no mip levels to
+//! look up, and the matmul ran about 1.3 to 1.5 times as fast that way (ARCHITECTURE.md).
+//!
 //! An image of a tensor is `height` rows of `width` texels (4 floats each): row y holds the
 //! elements `off + y*pitch ..` `+ 4*width`. Images are pooled by size like tensor buffers and
 //! obey the same reuse rule (see `tensor`'s module note): one freed during recording is reused
@@ -16,7 +20,7 @@ use super::{tensor::BufferPool, Gpu, Tensor};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Weak};
 
-const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
+pub(super) const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
 
 /// A pooled texture holding a copy of a tensor's rows; returns to the pool when dropped.
 pub struct Image {
@@ -88,7 +92,7 @@ impl Image {
                 sample_count: 1,
                 dimension: wgpu::TextureDimension::D2,
                 format: FORMAT,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
                 view_formats: &[],
             });
             let view = texture.create_view(&Default::default());

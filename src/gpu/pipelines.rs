@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// How a kernel binds one resource. Binding 0 of every kernel is its uniform parameter block;
-/// storage buffers follow at bindings 1, 2, ... in the order listed, then images (textures read
-/// with `textureLoad`, see [`super::Image`]).
+/// storage buffers follow at bindings 1, 2, ... in the order listed, then images (read-only storage
+/// textures read with `textureLoad`, see [`super::Image`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Read,
@@ -93,10 +93,10 @@ impl Gpu {
         }];
         for (i, a) in k.bindings.iter().enumerate() {
             let ty = match a {
-                Access::Image => wgpu::BindingType::Texture {
-                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                Access::Image => wgpu::BindingType::StorageTexture {
+                    access: wgpu::StorageTextureAccess::ReadOnly,
+                    format: super::image::FORMAT,
                     view_dimension: wgpu::TextureViewDimension::D2,
-                    multisampled: false,
                 },
                 _ => wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Storage {
