@@ -197,14 +197,30 @@ fn block_origin(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> Origin {
 // blocks as math matrices (A's: row i, column kk; B's: row kk, column j).
 fn block_fma(acc: ptr<function, Block>, a0: mat4x4<f32>, a1: mat4x4<f32>, a2: mat4x4<f32>,
     a3: mat4x4<f32>, b0: mat4x4<f32>, b1: mat4x4<f32>) {
-    (*acc)[0] += a0 * b0;
-    (*acc)[1] += a0 * b1;
-    (*acc)[2] += a1 * b0;
-    (*acc)[3] += a1 * b1;
-    (*acc)[4] += a2 * b0;
-    (*acc)[5] += a2 * b1;
-    (*acc)[6] += a3 * b0;
-    (*acc)[7] += a3 * b1;
+    (*acc)[0] = mad(a0, b0, (*acc)[0]);
+    (*acc)[1] = mad(a0, b1, (*acc)[1]);
+    (*acc)[2] = mad(a1, b0, (*acc)[2]);
+    (*acc)[3] = mad(a1, b1, (*acc)[3]);
+    (*acc)[4] = mad(a2, b0, (*acc)[4]);
+    (*acc)[5] = mad(a2, b1, (*acc)[5]);
+    (*acc)[6] = mad(a3, b0, (*acc)[6]);
+    (*acc)[7] = mad(a3, b1, (*acc)[7]);
+}
+
+// acc + a · b as fused multiply-adds in a fixed order: acc + a(·,0) b(0,·), then + a(·,1) b(1,·),
+// and so on. Written out rather than as `acc += a * b`, because how a compiler contracts a matrix
+// product's multiplies and adds into fused ones depends on the code around it (lavapipe's differed
+// between a kernel that loads A and one that receives it from another lane); with fma there is
+// one rounding per term, so every kernel built on this adds the same terms to the same bits.
+fn mad(a: mat4x4<f32>, b: mat4x4<f32>, acc: mat4x4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(column_mad(a, b[0], acc[0]), column_mad(a, b[1], acc[1]),
+        column_mad(a, b[2], acc[2]), column_mad(a, b[3], acc[3]));
+}
+
+// c + a · v: column c of acc plus a times column v of b.
+fn column_mad(a: mat4x4<f32>, v: vec4<f32>, c: vec4<f32>) -> vec4<f32> {
+    return fma(a[3], vec4<f32>(v.w), fma(a[2], vec4<f32>(v.z), fma(a[1], vec4<f32>(v.y),
+        fma(a[0], vec4<f32>(v.x), c))));
 }
 
 // K's remainder (k4 .. K) through the scalar bindings, then the block's store into C.
@@ -217,24 +233,24 @@ fn block_finish(acc: ptr<function, Block>, o: Origin, k4: u32) {
         let av1 = a_column(o.a + r4, k);
         let av2 = a_column(o.a + 2u * r4, k);
         let av3 = a_column(o.a + 3u * r4, k);
-        (*acc)[0] += outer(av0, bv0);
-        (*acc)[1] += outer(av0, bv1);
-        (*acc)[2] += outer(av1, bv0);
-        (*acc)[3] += outer(av1, bv1);
-        (*acc)[4] += outer(av2, bv0);
-        (*acc)[5] += outer(av2, bv1);
-        (*acc)[6] += outer(av3, bv0);
-        (*acc)[7] += outer(av3, bv1);
+        (*acc)[0] = mad_outer(av0, bv0, (*acc)[0]);
+        (*acc)[1] = mad_outer(av0, bv1, (*acc)[1]);
+        (*acc)[2] = mad_outer(av1, bv0, (*acc)[2]);
+        (*acc)[3] = mad_outer(av1, bv1, (*acc)[3]);
+        (*acc)[4] = mad_outer(av2, bv0, (*acc)[4]);
+        (*acc)[5] = mad_outer(av2, bv1, (*acc)[5]);
+        (*acc)[6] = mad_outer(av3, bv0, (*acc)[6]);
+        (*acc)[7] = mad_outer(av3, bv1, (*acc)[7]);
     }
     let c0 = p.c_off + o.b1 * p.c_bs1 + o.b2 * p.c_bs2;
-    store_block(c0, o.row, o.col, (*acc)[0]);
-    store_block(c0, o.row, o.col + 4u, (*acc)[1]);
-    store_block(c0, o.row + 4u, o.col, (*acc)[2]);
-    store_block(c0, o.row + 4u, o.col + 4u, (*acc)[3]);
-    store_block(c0, o.row + 8u, o.col, (*acc)[4]);
-    store_block(c0, o.row + 8u, o.col + 4u, (*acc)[5]);
-    store_block(c0, o.row + 12u, o.col, (*acc)[6]);
-    store_block(c0, o.row + 12u, o.col + 4u, (*acc)[7]);
+    store_block(c0, o.row, o.col, (*acc)[0], 1u);
+    store_block(c0, o.row, o.col + 4u, (*acc)[1], 1u);
+    store_block(c0, o.row + 4u, o.col, (*acc)[2], 1u);
+    store_block(c0, o.row + 4u, o.col + 4u, (*acc)[3], 1u);
+    store_block(c0, o.row + 8u, o.col, (*acc)[4], 1u);
+    store_block(c0, o.row + 8u, o.col + 4u, (*acc)[5], 1u);
+    store_block(c0, o.row + 12u, o.col, (*acc)[6], 1u);
+    store_block(c0, o.row + 12u, o.col + 4u, (*acc)[7], 1u);
 }
 
 // Math matrix (row i, column kk) = A(row i of the block at base, k + kk).
@@ -273,17 +289,19 @@ fn b_row(base: u32, k: u32) -> vec4<f32> {
     return vec4<f32>(b[o], b[o + p.b_cs], b[o + 2u * p.b_cs], b[o + 3u * p.b_cs]);
 }
 
-// Math matrix (row i, column j) = u_i v_j.
-fn outer(u: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4<f32>(u * v.x, u * v.y, u * v.z, u * v.w);
+// acc + u vᵀ (element (i, j) plus u_i v_j), fused as in mad.
+fn mad_outer(u: vec4<f32>, v: vec4<f32>, acc: mat4x4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(fma(u, vec4<f32>(v.x), acc[0]), fma(u, vec4<f32>(v.y), acc[1]),
+        fma(u, vec4<f32>(v.z), acc[2]), fma(u, vec4<f32>(v.w), acc[3]));
 }
 
-fn store_block(c0: u32, row: u32, col: u32, m: mat4x4<f32>) {
+// Stores a 4 x 4 block of C: math matrix (row i, column j) at (row + i, col + j*step).
+fn store_block(c0: u32, row: u32, col: u32, m: mat4x4<f32>, step: u32) {
     let rows = transpose(m);
-    store_row(c0, row, col, rows[0], 1u);
-    store_row(c0, row + 1u, col, rows[1], 1u);
-    store_row(c0, row + 2u, col, rows[2], 1u);
-    store_row(c0, row + 3u, col, rows[3], 1u);
+    store_row(c0, row, col, rows[0], step);
+    store_row(c0, row + 1u, col, rows[1], step);
+    store_row(c0, row + 2u, col, rows[2], step);
+    store_row(c0, row + 3u, col, rows[3], step);
 }
 
 // ---- matmul_image: matmul_vec4 with A and B read from images (see src/gpu/image.rs) ----

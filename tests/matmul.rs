@@ -26,7 +26,7 @@ fn check(
     tb: bool,
     b_shared: bool,
     bias: bool,
-) {
+) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     let a = rng.vec(batch * m * k, 1.0);
     let nb = if b_shared { k * n } else { batch * k * n };
@@ -70,6 +70,7 @@ fn check(
         tol(k),
         1e-5,
     );
+    got.into_iter().next().unwrap()
 }
 
 #[test]
@@ -101,17 +102,61 @@ fn random_shapes_all_transposes() {
     }
 }
 
-/// The image kernel (operands copied into textures) and the vec4 buffer kernel, each on a device
-/// of its own, against the reference: every orientation, batches with B shared or not, bias,
-/// edge tiles, and K remainders (K mod 4, possible when neither operand is contiguous along K).
-/// Each product must take the path its device asks for, where its operands fit an image, and a
+/// Asserts that two results are the same bits, naming how many elements differ and the first.
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let differ: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    if let Some(&i) = differ.first() {
+        panic!(
+            "{what}: {} of {} elements differ, the first at {i}: {} against {}",
+            differ.len(),
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// The subgroup kernel, the image kernel (operands copied into textures) and the vec4 buffer
+/// kernel, each on a device of its own, against the reference and against each other bit for bit
+/// (they add the same terms in the same order): every orientation, batches with B shared or not,
+/// bias, edge tiles, and K remainders (K mod 4, possible when neither operand is contiguous along
+/// K). Each product must take the path its device asks for, where its operands fit an image, and a
 /// repeated product takes its images from the pool.
 #[test]
-fn image_and_buffer_kernels_at_image_pitches() {
+fn subgroup_image_and_buffer_kernels_at_image_pitches() {
+    let subgroup = own_device(true);
     let images = own_device(true);
+    images.set_subgroup_matmul(false);
     let buffers = own_device(false);
-    // (m, n, k): leading dimensions that are multiples of 64, so operands fit images.
-    let shapes = [(64, 64, 64), (68, 128, 128), (128, 72, 192), (132, 64, 64)];
+    // Every CPU adapter with subgroups of 8 or more must take the subgroup kernel (lavapipe does).
+    let has_subgroups = subgroup
+        .device
+        .features()
+        .contains(wgpu::Features::SUBGROUP);
+    assert_eq!(subgroup.subgroup_matmul(), has_subgroups);
+    if !has_subgroups {
+        eprintln!(
+            "note: {} has no subgroups; the subgroup kernel is not tested",
+            subgroup.describe()
+        );
+    }
+    let sub_kernel = if has_subgroups {
+        "matmul_subgroup"
+    } else {
+        "matmul_image"
+    };
+    // (m, n, k): leading dimensions that are multiples of 64, so operands fit images; M and N
+    // that leave part of a 32 x 32 or 64 x 64 tile.
+    let shapes = [
+        (64, 64, 64),
+        (68, 128, 128),
+        (128, 72, 192),
+        (132, 64, 64),
+        (192, 100, 64),
+    ];
     let mut case = 0;
     for (m, n, k) in shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -121,32 +166,61 @@ fn image_and_buffer_kernels_at_image_pitches() {
                 && if tb { k % 64 == 0 } else { n % 64 == 0 };
             case += 1;
             let (shared, bias) = (case % 2 == 0, case % 3 == 0);
-            let ran = kernels_run(&images, || {
-                check(&images, case, 2, m, n, k, ta, tb, shared, bias)
-            });
-            let want = if fits { "matmul_image" } else { "matmul_vec4" };
-            assert_eq!(ran, [want], "m={m} n={n} k={k} ta={ta} tb={tb}");
-            let before = images.stats().images_created;
-            check(&images, case, 2, m, n, k, ta, tb, shared, bias);
+            let mut outs = vec![];
+            for (g, want) in [
+                (&subgroup, if fits { sub_kernel } else { "matmul_vec4" }),
+                (&images, if fits { "matmul_image" } else { "matmul_vec4" }),
+                (&buffers, "matmul_vec4"),
+            ] {
+                let mut got = vec![];
+                let ran = kernels_run(g, || got = check(g, case, 2, m, n, k, ta, tb, shared, bias));
+                assert_eq!(ran, [want], "m={m} n={n} k={k} ta={ta} tb={tb}");
+                outs.push(got);
+            }
+            same_bits(
+                &format!("subgroup vs buffer kernel, case {case}"),
+                &outs[0],
+                &outs[2],
+            );
+            same_bits(
+                &format!("image vs buffer kernel, case {case}"),
+                &outs[1],
+                &outs[2],
+            );
+            let before = subgroup.stats().images_created;
+            check(&subgroup, case, 2, m, n, k, ta, tb, shared, bias);
             assert_eq!(
-                images.stats().images_created,
+                subgroup.stats().images_created,
                 before,
                 "pooled images reused"
             );
-            let ran = kernels_run(&buffers, || {
-                check(&buffers, case, 2, m, n, k, ta, tb, shared, bias)
-            });
-            assert_eq!(ran, ["matmul_vec4"]);
         }
     }
     // K remainders: A stored [k, m] and B [k, n], both contiguous along m and n.
     for k in [1, 5, 7, 70] {
-        for (g, want) in [(&images, "matmul_image"), (&buffers, "matmul_vec4")] {
+        let mut outs = vec![];
+        for (g, want) in [
+            (&subgroup, sub_kernel),
+            (&images, "matmul_image"),
+            (&buffers, "matmul_vec4"),
+        ] {
+            let mut got = vec![];
             let ran = kernels_run(g, || {
-                check(g, 40 + k as u64, 1, 64, 128, k, true, false, false, true)
+                got = check(g, 40 + k as u64, 1, 64, 128, k, true, false, false, true)
             });
             assert_eq!(ran, [want], "k = {k}");
+            outs.push(got);
         }
+        same_bits(
+            &format!("subgroup vs buffer kernel, k = {k}"),
+            &outs[0],
+            &outs[2],
+        );
+        same_bits(
+            &format!("image vs buffer kernel, k = {k}"),
+            &outs[1],
+            &outs[2],
+        );
     }
     assert_eq!(buffers.stats().images_created, 0);
 }

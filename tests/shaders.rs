@@ -1,17 +1,28 @@
 //! Every shader family parses and validates with naga, and every kernel's entry point exists.
 
-use amad::ops::{shader_source, KERNELS, SHADERS};
+use amad::ops::{shader_source, EXTENDS, KERNELS, SHADERS};
 
 fn validate(name: &str) -> naga::Module {
     let src = shader_source(name);
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&src)));
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{name}.wgsl does not validate:\n{}", e.emit_to_string(&src)));
+    // Only the subgroup family may use subgroup operations (the device opens with them only
+    // where the adapter has them).
+    let subgroups = name == "matmul_subgroup";
+    let caps = if subgroups {
+        naga::valid::Capabilities::SUBGROUP
+    } else {
+        naga::valid::Capabilities::empty()
+    };
+    let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+    if subgroups {
+        validator
+            .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    validator
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}.wgsl does not validate:\n{}", e.emit_to_string(&src)));
     module
 }
 
@@ -39,9 +50,13 @@ fn every_kernel_entry_point_exists_and_every_entry_point_is_used() {
                 k.entry
             );
         }
+        // A family that extends another has that family's entry points too.
+        let base = EXTENDS.iter().find(|(f, _)| f == name).map(|(_, b)| *b);
         for e in &entries {
             assert!(
-                KERNELS.iter().any(|k| k.family == *name && k.entry == *e),
+                KERNELS
+                    .iter()
+                    .any(|k| (k.family == *name || Some(k.family) == base) && k.entry == *e),
                 "{name}.wgsl: entry point {e} has no launcher"
             );
         }

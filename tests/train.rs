@@ -365,13 +365,27 @@ fn scenes_reach_models_of_any_input_size() {
 }
 
 /// Training steps give the same bits whether kernels read their operands from images (the
-/// default on CPU adapters) or from storage buffers: each image kernel adds the same terms in the
-/// same order as its buffer twin. Rows 64 wide (256 bytes) and heads of 16 take every image path.
+/// default on CPU adapters, with the subgroup matmul where the device has subgroups), from images
+/// without the subgroup matmul, or from storage buffers: each image kernel adds the same terms in
+/// the same order as its buffer twin. Rows 64 wide (256 bytes) and heads of 16 take every image
+/// path.
 #[test]
 fn training_steps_give_the_same_bits_from_images_and_from_buffers() {
     let mut results = vec![];
-    for images in [true, false] {
+    for (images, subgroup) in [(true, true), (true, false), (false, false)] {
         let g = own_device(images);
+        g.set_subgroup_matmul(subgroup);
+        let matmul = if g.subgroup_matmul() {
+            "matmul_subgroup"
+        } else {
+            "matmul_image"
+        };
+        if subgroup && matmul == "matmul_image" {
+            eprintln!(
+                "note: {} has no subgroups; the subgroup matmul is not tested",
+                g.describe()
+            );
+        }
         let cfg = Config::sized(64, 16, (2, 64, 4), (2, 64, 4));
         let model = Model::new(&g, cfg, 5).unwrap();
         let mut opt = Optimizer::new(&g, &model.layout, AdamW::default(), 1.0).unwrap();
@@ -396,8 +410,12 @@ fn training_steps_give_the_same_bits_from_images_and_from_buffers() {
         };
         train_step();
         let ran = kernels_run(&g, train_step);
-        let from_images: Vec<_> = ran.iter().filter(|k| k.ends_with("_image")).collect();
-        let want = [
+        let from_images: Vec<_> = ran
+            .iter()
+            .filter(|k| k.ends_with("_image") || **k == "matmul_subgroup")
+            .copied()
+            .collect();
+        let mut want = vec![
             "attention_apply_image",
             "attention_scores_image",
             "gelu_bwd_image",
@@ -405,11 +423,12 @@ fn training_steps_give_the_same_bits_from_images_and_from_buffers() {
             "layernorm_bwd_params_image",
             "layernorm_bwd_x_image",
             "layernorm_fwd_image",
-            "matmul_image",
+            matmul,
             "sum_columns_image",
         ];
+        want.sort();
         if images {
-            assert_eq!(from_images, want.iter().collect::<Vec<_>>());
+            assert_eq!(from_images, want);
         } else {
             assert!(from_images.is_empty(), "{from_images:?}");
         }
@@ -421,13 +440,16 @@ fn training_steps_give_the_same_bits_from_images_and_from_buffers() {
             .collect();
         results.push((losses, w));
     }
-    assert!(
-        results[0].0 == results[1].0,
-        "losses {:?}",
-        (&results[0].0, &results[1].0)
-    );
-    assert!(
-        results[0].1 == results[1].1,
-        "the weights after two steps differ"
-    );
+    for (i, path) in [(1, "images without the subgroup matmul"), (2, "buffers")] {
+        assert!(
+            results[0].0 == results[i].0,
+            "losses with subgroups {:?}, from {path} {:?}",
+            &results[0].0,
+            &results[i].0
+        );
+        assert!(
+            results[0].1 == results[i].1,
+            "the weights after two steps differ between subgroups and {path}"
+        );
+    }
 }

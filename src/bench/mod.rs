@@ -55,32 +55,44 @@ fn time(gpu: &Gpu, iters: usize, record: &dyn Fn(&mut crate::Step) -> Result<()>
     Ok(run(iters)? / iters as f64)
 }
 
-/// The matmul operand paths to time, each with its record-name suffix: the device's own, and
-/// where that is images (CPU adapters, see `Gpu::image_operands`) also storage buffers, side by
-/// side, so the figures show what the images gain.
-fn operand_paths(gpu: &Gpu) -> Vec<(bool, &'static str)> {
-    if gpu.image_operands() {
-        vec![(true, ""), (false, "_buffers")]
-    } else {
-        vec![(false, "")]
+/// The matmul operand paths to time, each as (images, subgroup kernel, record-name suffix): the
+/// device's own, and where that is images (CPU adapters, see `Gpu::image_operands`) also storage
+/// buffers, and where it is the subgroup kernel (`Gpu::subgroup_matmul`) also the image kernel
+/// without subgroups, side by side, so the figures show what each gains.
+fn operand_paths(gpu: &Gpu) -> Vec<(bool, bool, &'static str)> {
+    let mut paths = vec![(gpu.image_operands(), gpu.subgroup_matmul(), "")];
+    if gpu.subgroup_matmul() {
+        paths.push((true, false, "_images"));
     }
+    if gpu.image_operands() {
+        paths.push((false, false, "_buffers"));
+    }
+    paths
 }
 
-/// Times `record` once per operand path (see [`operand_paths`]), restoring the device's setting.
+/// Times `record` once per operand path (see [`operand_paths`]), restoring the device's settings.
 fn time_paths(
     gpu: &Gpu,
     iters: usize,
     record: &dyn Fn(&mut crate::Step) -> Result<()>,
 ) -> Result<Vec<(&'static str, f64)>> {
-    let default = gpu.image_operands();
+    let (images, subgroup) = (gpu.image_operands(), gpu.subgroup_matmul());
     let times = operand_paths(gpu)
         .into_iter()
-        .map(|(images, suffix)| {
-            gpu.set_image_operands(images);
+        .map(|(i, s, suffix)| {
+            gpu.set_image_operands(i);
+            if i {
+                gpu.set_subgroup_matmul(s);
+            }
             Ok((suffix, time(gpu, iters, record)?))
         })
         .collect();
-    gpu.set_image_operands(default);
+    gpu.set_image_operands(images);
+    // Where images are on, `subgroup` is the switch itself (or the device has no subgroups, and
+    // the switch does nothing); where they are off, the paths above left the switch alone.
+    if images {
+        gpu.set_subgroup_matmul(subgroup);
+    }
     times
 }
 

@@ -52,6 +52,30 @@ pub struct Gpu {
     profile: Mutex<Option<Profile>>,
     /// Whether matmuls read their operands from images (see [`Gpu::image_operands`]).
     image_operands: std::sync::atomic::AtomicBool,
+    /// Whether the device has subgroups of 8 or more invocations (see [`Gpu::subgroup_matmul`]).
+    subgroups: bool,
+    /// Whether image matmuls use the subgroup kernel where they can.
+    subgroup_matmul: std::sync::atomic::AtomicBool,
+}
+
+/// Whether to open a device with subgroup operations, which the subgroup matmul needs: natively,
+/// where the adapter has them and every subgroup holds at least the kernel's 8 invocations. (In
+/// the browser, WGSL needs `enable subgroups;`, which naga does not parse; images are for CPU
+/// adapters, and the browser's own is far slower than the native one in any case.)
+fn wants_subgroups(adapter: &wgpu::Adapter) -> bool {
+    cfg!(not(target_arch = "wasm32"))
+        && adapter.features().contains(wgpu::Features::SUBGROUP)
+        && adapter.get_info().subgroup_min_size >= 8
+}
+
+/// Whether a new device's image matmuls use the subgroup kernel, where it can: yes, unless the
+/// environment variable AMAD_SUBGROUP_MATMUL says `0`.
+fn subgroup_matmul_default() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    if std::env::var("AMAD_SUBGROUP_MATMUL").as_deref() == Ok("0") {
+        return false;
+    }
+    true
 }
 
 /// Whether a new device reads matmul operands from images: on CPU adapters (see
@@ -102,9 +126,15 @@ impl Gpu {
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let subgroups = wants_subgroups(&adapter);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("amad"),
+                required_features: if subgroups {
+                    wgpu::Features::SUBGROUP
+                } else {
+                    wgpu::Features::empty()
+                },
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -132,6 +162,8 @@ impl Gpu {
             faults,
             profile: Mutex::new(None),
             image_operands: image_operands_default(&info).into(),
+            subgroups,
+            subgroup_matmul: subgroup_matmul_default().into(),
             info,
         })
     }
@@ -164,6 +196,27 @@ impl Gpu {
     /// Turns image operands on or off (tests and benchmarks compare both paths on one device).
     pub fn set_image_operands(&self, on: bool) {
         self.image_operands
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether image matmuls (see [`Gpu::image_operands`]) share each texel among the 8
+    /// invocations of a subgroup (`matmul_subgroup` in shaders/matmul_subgroup.wgsl): on devices
+    /// with subgroups of at least 8, unless turned off. On lavapipe the invocations of a subgroup
+    /// are the lanes of a SIMD register, and a texel fetch costs the same for 8 lanes fetching
+    /// one texel as for 8 fetching eight, so fetching each once and broadcasting it saves most of
+    /// the fetches.
+    pub fn subgroup_matmul(&self) -> bool {
+        self.subgroups
+            && self.image_operands()
+            && self
+                .subgroup_matmul
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns the subgroup matmul on or off (tests and benchmarks compare the kernels on one
+    /// device); on has no effect on a device without subgroups.
+    pub fn set_subgroup_matmul(&self, on: bool) {
+        self.subgroup_matmul
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 

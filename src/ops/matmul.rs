@@ -2,7 +2,7 @@
 
 use super::reduce::sum_rows_into;
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access, Image, Kernel, Rows, Step, Tensor};
+use crate::gpu::{Access, Gpu, Kernel, Rows, Step, Tensor};
 
 use Access::{Image as I, Read as R, ReadWrite as W};
 
@@ -23,11 +23,13 @@ const ORIENTATIONS: [[&[(&str, f64)]; 2]; 2] = [
 
 /// One pipeline per orientation of a blocked kernel's A and B blocks, named `names`.
 const fn oriented(
+    family: &'static str,
     entry: &'static str,
     bindings: &'static [Access],
     names: [[&'static str; 2]; 2],
 ) -> [[Kernel; 2]; 2] {
     const fn one(
+        family: &'static str,
         entry: &'static str,
         bindings: &'static [Access],
         name: &'static str,
@@ -35,7 +37,7 @@ const fn oriented(
     ) -> Kernel {
         Kernel {
             name,
-            family: "matmul",
+            family,
             entry,
             bindings,
             constants,
@@ -44,18 +46,19 @@ const fn oriented(
     let o = ORIENTATIONS;
     [
         [
-            one(entry, bindings, names[0][0], o[0][0]),
-            one(entry, bindings, names[0][1], o[0][1]),
+            one(family, entry, bindings, names[0][0], o[0][0]),
+            one(family, entry, bindings, names[0][1], o[0][1]),
         ],
         [
-            one(entry, bindings, names[1][0], o[1][0]),
-            one(entry, bindings, names[1][1], o[1][1]),
+            one(family, entry, bindings, names[1][0], o[1][0]),
+            one(family, entry, bindings, names[1][1], o[1][1]),
         ],
     ]
 }
 
 /// The fast path, one pipeline per orientation of the A and B blocks: [a_along_k][b_along_n].
 pub const MATMUL_VEC4: [[Kernel; 2]; 2] = oriented(
+    "matmul",
     "matmul_vec4",
     &[R, R, R, W, R, R],
     [
@@ -66,11 +69,23 @@ pub const MATMUL_VEC4: [[Kernel; 2]; 2] = oriented(
 
 /// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), likewise.
 pub const MATMUL_IMAGE: [[Kernel; 2]; 2] = oriented(
+    "matmul",
     "matmul_image",
     &[R, R, R, W, I, I],
     [
         ["matmul_image_am_bk", "matmul_image_am_bn"],
         ["matmul_image_ak_bk", "matmul_image_ak_bn"],
+    ],
+);
+
+/// The image kernel with each texel fetched once per subgroup (`Gpu::subgroup_matmul`), likewise.
+pub const MATMUL_SUBGROUP: [[Kernel; 2]; 2] = oriented(
+    "matmul_subgroup",
+    "matmul_subgroup",
+    &[R, R, R, W, I, I],
+    [
+        ["matmul_subgroup_am_bk", "matmul_subgroup_am_bn"],
+        ["matmul_subgroup_ak_bk", "matmul_subgroup_ak_bn"],
     ],
 );
 
@@ -90,6 +105,7 @@ const MIN_SPLIT_K: usize = 256;
 /// Output tile of one workgroup (rows, columns): see the shader.
 const SCALAR_TILE: (usize, usize) = (16, 64);
 const VEC4_TILE: (usize, usize) = (64, 64);
+const SUBGROUP_TILE: (usize, usize) = (32, 32);
 
 /// A strided view of a batch of matrices in a tensor: element (r, c) of batch (b1, b2) sits at
 /// `off + r*rs + c*cs + b1*bs[0] + b2*bs[1]`.
@@ -283,27 +299,18 @@ impl Gemm<'_> {
         Ok(())
     }
 
-    /// A and B copied into images, when the device reads operands from images and both fit
-    /// (see [`View::image_rows`] and [`Rows::check`]); `None` sends the product to the buffer
-    /// kernels.
-    fn images(&self, step: &mut Step, ak: bool, bn: bool) -> Result<Option<[Image; 2]>> {
-        if !step.gpu().image_operands() {
-            return Ok(None);
+    /// Where A's and B's rows lie for images of them, when the device reads operands from images
+    /// and both fit one (see [`View::image_rows`] and [`Rows::check`]); `None` sends the product
+    /// to the buffer kernels.
+    fn image_rows(&self, gpu: &Gpu, ak: bool, bn: bool) -> Option<[Rows; 2]> {
+        if !gpu.image_operands() {
+            return None;
         }
-        let ra = self.a.image_rows(self.m, self.k, self.batch, ak);
-        let rb = self.b.image_rows(self.k, self.n, self.batch, bn);
-        let (Some(ra), Some(rb)) = (ra, rb) else {
-            return Ok(None);
-        };
+        let ra = self.a.image_rows(self.m, self.k, self.batch, ak)?;
+        let rb = self.b.image_rows(self.k, self.n, self.batch, bn)?;
         // Both must fit before either is copied (Step::image checks each again, as it must for
         // any caller).
-        if ra.check(step.gpu(), self.a.t).is_err() || rb.check(step.gpu(), self.b.t).is_err() {
-            return Ok(None);
-        }
-        Ok(Some([
-            step.image(self.a.t, &ra)?,
-            step.image(self.b.t, &rb)?,
-        ]))
+        (ra.check(gpu, self.a.t).is_ok() && rb.check(gpu, self.b.t).is_ok()).then_some([ra, rb])
     }
 
     /// Records the matmul into `step`.
@@ -368,7 +375,14 @@ impl Gemm<'_> {
             return Ok(());
         }
         let orientation = self.vec4_orientation();
-        let (tm, tn) = if orientation.is_some() {
+        // The image kernels where both operands fit images; of them, the subgroup kernel where
+        // the device has it.
+        let imaged =
+            orientation.and_then(|(ak, bn)| Some((ak, bn, self.image_rows(step.gpu(), ak, bn)?)));
+        let subgroup = imaged.is_some() && step.gpu().subgroup_matmul();
+        let (tm, tn) = if subgroup {
+            SUBGROUP_TILE
+        } else if orientation.is_some() {
             VEC4_TILE
         } else {
             SCALAR_TILE
@@ -396,16 +410,21 @@ impl Gemm<'_> {
         };
         let bias = self.bias.unwrap_or(self.b.t);
         let tensors = [self.a.t, self.b.t, bias, self.c.t];
-        if let Some((ak, bn)) = orientation {
-            if let Some([ia, ib]) = self.images(step, ak, bn)? {
-                return step.dispatch_linear_images(
-                    &MATMUL_IMAGE[ak as usize][bn as usize],
-                    &params,
-                    &tensors,
-                    &[&ia, &ib],
-                    total,
-                );
-            }
+        if let Some((ak, bn, [ra, rb])) = imaged {
+            let ia = step.image(self.a.t, &ra)?;
+            let ib = step.image(self.b.t, &rb)?;
+            let kernels = if subgroup {
+                &MATMUL_SUBGROUP
+            } else {
+                &MATMUL_IMAGE
+            };
+            return step.dispatch_linear_images(
+                &kernels[ak as usize][bn as usize],
+                &params,
+                &tensors,
+                &[&ia, &ib],
+                total,
+            );
         }
         match orientation {
             Some((ak, bn)) => step.dispatch_linear(

@@ -31,19 +31,33 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("image", include_str!("../../shaders/image.wgsl")),
     ("amad", include_str!("../../shaders/amad.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    (
+        "matmul_subgroup",
+        include_str!("../../shaders/matmul_subgroup.wgsl"),
+    ),
 ];
+
+/// Families whose source begins with another family's (WGSL has no includes): matmul_subgroup
+/// adds one kernel to matmul's parameters, bindings and helpers, in a module of its own because
+/// it needs subgroup operations, which not every device has.
+pub const EXTENDS: &[(&str, &str)] = &[("matmul_subgroup", "matmul")];
 
 /// Prepended to every family: shared helpers (WGSL has no includes).
 pub const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
 
-/// Full WGSL source of a shader family, prelude included.
+/// Full WGSL source of a shader family, prelude and any family it extends included.
 pub fn shader_source(family: &str) -> String {
-    let src = SHADERS
-        .iter()
-        .find(|(n, _)| *n == family)
-        .map(|(_, s)| *s)
-        .unwrap_or_else(|| panic!("unknown shader family {family}"));
-    format!("{PRELUDE}\n{src}")
+    let own = |family: &str| {
+        SHADERS
+            .iter()
+            .find(|(n, _)| *n == family)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("unknown shader family {family}"))
+    };
+    match EXTENDS.iter().find(|(f, _)| *f == family) {
+        Some((_, base)) => format!("{PRELUDE}\n{}\n{}", own(base), own(family)),
+        None => format!("{PRELUDE}\n{}", own(family)),
+    }
 }
 
 /// Every kernel launched by amad, for the validation tests.
@@ -57,6 +71,10 @@ pub const KERNELS: &[&crate::gpu::Kernel] = &[
     &matmul::MATMUL_IMAGE[0][1],
     &matmul::MATMUL_IMAGE[1][0],
     &matmul::MATMUL_IMAGE[1][1],
+    &matmul::MATMUL_SUBGROUP[0][0],
+    &matmul::MATMUL_SUBGROUP[0][1],
+    &matmul::MATMUL_SUBGROUP[1][0],
+    &matmul::MATMUL_SUBGROUP[1][1],
     &elementwise::ADD,
     &elementwise::BIAS_ADD,
     &elementwise::AXPY,

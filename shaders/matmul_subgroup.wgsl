@@ -1,0 +1,152 @@
+// ---- matmul_subgroup: matmul_image with each texel fetched once per subgroup ----
+//
+// Appended to matmul.wgsl (its parameters, bindings and block helpers); a family of its own because
+// it needs subgroup operations, which not every device has. Used on CPU adapters whose subgroups
+// hold at least 8 invocations (lavapipe: 8, one per lane of an AVX2 register).
+//
+// Why: a texel fetch is lavapipe's costliest step in the matmul (about 60 cycles for the 8 lanes of
+// a register, measured with a probe at 512³), and in matmul_image the 8 invocations of a register
+// all fetch the same A texels. Here a workgroup is one subgroup of 8 invocations that owns a 32 x 32
+// tile of C, and each lane fetches different texels: per step of 4 along K, lane l fetches 4
+// texels of A (rows of the tile, 4 elements of K each) and 4 of B (its own columns).
+// subgroupBroadcast with a constant lane, an extract and a splat on lavapipe, hands every lane the
+// A rows it needs. Each lane owns all 32 rows and 4 columns of the tile, eight 4 x 4 blocks (the
+// Block of matmul_vec4): 8 fetches per 512 multiply-adds, against 24 in matmul_image.
+// Each block is updated as in matmul_vec4 (block = mad(a, b, block) per step of 4 along K; K's remainder
+// through the scalar bindings), so every element of C is the same sum in the same order and the
+// three kernels give the same bits.
+//
+// Columns: B_ALONG_N: a fetch holds 4 neighbouring columns, so lane l owns columns 4l .. 4l+3 of
+// the tile; otherwise a fetch holds 4 elements of K of one column, and lane l owns columns l, l+8,
+// l+16, l+24. Rows past M and columns past N fetch whatever the image holds there (or zero) and
+// are never stored; each lane's sums use only its own columns' values.
+
+@compute @workgroup_size(8, 1, 1)
+fn matmul_subgroup(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    // The whole workgroup is one subgroup, so this return is uniform across it.
+    let tile = locate_tile(group_index(wid, nwg), 32u, 32u);
+    if (!tile.valid) {
+        return;
+    }
+    let ay = (tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2) / select(p.a_cs, p.a_rs, A_ALONG_K);
+    let by = (tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2) / select(p.b_cs, p.b_rs, B_ALONG_N);
+    // This lane's first column and the step between its four.
+    let col = tile.col + select(lane, 4u * lane, B_ALONG_N);
+    let step = select(8u, 1u, B_ALONG_N);
+    var acc: Block;
+    let k4 = p.k & ~3u;
+    for (var k = 0u; k < k4; k += 4u) {
+        let bm = lane_b(by, tile.col, col, k);
+        var a: array<vec4<f32>, 4>;
+        a[0] = lane_a(ay, tile.row, lane, 0u, k);
+        a[1] = lane_a(ay, tile.row, lane, 1u, k);
+        a[2] = lane_a(ay, tile.row, lane, 2u, k);
+        a[3] = lane_a(ay, tile.row, lane, 3u, k);
+        if (A_ALONG_K) {
+            // a[q] = A(row 8q + lane, k .. k+3): rows 4i .. 4i+3 are lanes 0-3 (i even) or 4-7
+            // (i odd) of a[i / 2], each a row of the math matrix.
+            acc[0] = mad(transpose(lanes_0_3(a[0])), bm, acc[0]);
+            acc[1] = mad(transpose(lanes_4_7(a[0])), bm, acc[1]);
+            acc[2] = mad(transpose(lanes_0_3(a[1])), bm, acc[2]);
+            acc[3] = mad(transpose(lanes_4_7(a[1])), bm, acc[3]);
+            acc[4] = mad(transpose(lanes_0_3(a[2])), bm, acc[4]);
+            acc[5] = mad(transpose(lanes_4_7(a[2])), bm, acc[5]);
+            acc[6] = mad(transpose(lanes_0_3(a[3])), bm, acc[6]);
+            acc[7] = mad(transpose(lanes_4_7(a[3])), bm, acc[7]);
+        } else {
+            // a[kk] = A(rows 4·lane .. 4·lane+3, k + kk): block i is lane i's four, one column of
+            // the math matrix per kk.
+            acc[0] = mad(lane_columns(a, 0u), bm, acc[0]);
+            acc[1] = mad(lane_columns(a, 1u), bm, acc[1]);
+            acc[2] = mad(lane_columns(a, 2u), bm, acc[2]);
+            acc[3] = mad(lane_columns(a, 3u), bm, acc[3]);
+            acc[4] = mad(lane_columns(a, 4u), bm, acc[4]);
+            acc[5] = mad(lane_columns(a, 5u), bm, acc[5]);
+            acc[6] = mad(lane_columns(a, 6u), bm, acc[6]);
+            acc[7] = mad(lane_columns(a, 7u), bm, acc[7]);
+        }
+    }
+    // K's remainder through the scalar bindings, then the stores, as in matmul_vec4's block_finish
+    // (written out: an accumulator indexed in a loop would move to memory).
+    let a0 = p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + tile.row * p.a_rs;
+    let b0 = p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + col * p.b_cs;
+    let r4 = 4u * p.a_rs;
+    let s = step * p.b_cs;
+    for (var k = k4; k < p.k; k++) {
+        let o = b0 + k * p.b_rs;
+        let bv = vec4<f32>(b[o], b[o + s], b[o + 2u * s], b[o + 3u * s]);
+        acc[0] = mad_outer(a_column(a0, k), bv, acc[0]);
+        acc[1] = mad_outer(a_column(a0 + r4, k), bv, acc[1]);
+        acc[2] = mad_outer(a_column(a0 + 2u * r4, k), bv, acc[2]);
+        acc[3] = mad_outer(a_column(a0 + 3u * r4, k), bv, acc[3]);
+        acc[4] = mad_outer(a_column(a0 + 4u * r4, k), bv, acc[4]);
+        acc[5] = mad_outer(a_column(a0 + 5u * r4, k), bv, acc[5]);
+        acc[6] = mad_outer(a_column(a0 + 6u * r4, k), bv, acc[6]);
+        acc[7] = mad_outer(a_column(a0 + 7u * r4, k), bv, acc[7]);
+    }
+    let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
+    store_block(c0, tile.row, col, acc[0], step);
+    store_block(c0, tile.row + 4u, col, acc[1], step);
+    store_block(c0, tile.row + 8u, col, acc[2], step);
+    store_block(c0, tile.row + 12u, col, acc[3], step);
+    store_block(c0, tile.row + 16u, col, acc[4], step);
+    store_block(c0, tile.row + 20u, col, acc[5], step);
+    store_block(c0, tile.row + 24u, col, acc[6], step);
+    store_block(c0, tile.row + 28u, col, acc[7], step);
+}
+
+// This lane's texel q of A for the step at k (see matmul_image for the images' layout).
+fn lane_a(y0: u32, row0: u32, lane: u32, q: u32, k: u32) -> vec4<f32> {
+    if (A_ALONG_K) {
+        // A(row0 + 8q + lane, k .. k+3)
+        return textureLoad(a_image, vec2<i32>(i32(k / 4u), i32(y0 + row0 + 8u * q + lane)));
+    }
+    // A(row0 + 4·lane .. +3, k + q)
+    return textureLoad(a_image, vec2<i32>(i32(row0 / 4u + lane), i32(y0 + k + q)));
+}
+
+// Math matrix (row kk, column j) = B(k + kk, this lane's column j).
+fn lane_b(y0: u32, col0: u32, col: u32, k: u32) -> mat4x4<f32> {
+    if (B_ALONG_N) {
+        // Texel col/4 of image row k + kk holds B(k + kk, col .. col+3): a row of the matrix.
+        return transpose(texels(b_image, col / 4u, y0 + k));
+    }
+    // Image row = B's column; texel k/4 holds B(k .. k+3, column): a column of the matrix.
+    let x = i32(k / 4u);
+    return mat4x4<f32>(
+        textureLoad(b_image, vec2<i32>(x, i32(y0 + col))),
+        textureLoad(b_image, vec2<i32>(x, i32(y0 + col + 8u))),
+        textureLoad(b_image, vec2<i32>(x, i32(y0 + col + 16u))),
+        textureLoad(b_image, vec2<i32>(x, i32(y0 + col + 24u))),
+    );
+}
+
+// Lanes 0-3's (4-7's) vectors as a matrix's columns.
+fn lanes_0_3(v: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
+        subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
+
+fn lanes_4_7(v: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
+        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+}
+
+// Lane i's a[0..3] as a matrix's columns. The lane must be a constant expression, hence the switch
+// (each case folds once the caller's constant argument is inlined).
+fn lane_columns(a: array<vec4<f32>, 4>, i: u32) -> mat4x4<f32> {
+    switch (i) {
+        case 0u: { return mat4x4<f32>(subgroupBroadcast(a[0], 0u), subgroupBroadcast(a[1], 0u), subgroupBroadcast(a[2], 0u), subgroupBroadcast(a[3], 0u)); }
+        case 1u: { return mat4x4<f32>(subgroupBroadcast(a[0], 1u), subgroupBroadcast(a[1], 1u), subgroupBroadcast(a[2], 1u), subgroupBroadcast(a[3], 1u)); }
+        case 2u: { return mat4x4<f32>(subgroupBroadcast(a[0], 2u), subgroupBroadcast(a[1], 2u), subgroupBroadcast(a[2], 2u), subgroupBroadcast(a[3], 2u)); }
+        case 3u: { return mat4x4<f32>(subgroupBroadcast(a[0], 3u), subgroupBroadcast(a[1], 3u), subgroupBroadcast(a[2], 3u), subgroupBroadcast(a[3], 3u)); }
+        case 4u: { return mat4x4<f32>(subgroupBroadcast(a[0], 4u), subgroupBroadcast(a[1], 4u), subgroupBroadcast(a[2], 4u), subgroupBroadcast(a[3], 4u)); }
+        case 5u: { return mat4x4<f32>(subgroupBroadcast(a[0], 5u), subgroupBroadcast(a[1], 5u), subgroupBroadcast(a[2], 5u), subgroupBroadcast(a[3], 5u)); }
+        case 6u: { return mat4x4<f32>(subgroupBroadcast(a[0], 6u), subgroupBroadcast(a[1], 6u), subgroupBroadcast(a[2], 6u), subgroupBroadcast(a[3], 6u)); }
+        default: { return mat4x4<f32>(subgroupBroadcast(a[0], 7u), subgroupBroadcast(a[1], 7u), subgroupBroadcast(a[2], 7u), subgroupBroadcast(a[3], 7u)); }
+    }
+}
