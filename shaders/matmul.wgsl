@@ -18,6 +18,7 @@ struct Params {
     a_bs2: u32, b_off: u32, b_rs: u32, b_cs: u32,       // B(k, n) = b_off + k*b_rs + n*b_cs + batch offsets
     b_bs1: u32, b_bs2: u32, c_off: u32, c_rs: u32,      // C(m, n) = c_off + m*c_rs + n*c_cs + batch offsets
     c_cs: u32, c_bs1: u32, c_bs2: u32, alpha: f32,
+    group_tiles: u32,                                   // tiles per workgroup (matmul_subgroup)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -27,11 +27,20 @@ fn matmul_subgroup(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    // The whole workgroup is one subgroup, so this return is uniform across it.
-    let tile = locate_tile(group_index(wid, nwg), 32u, 32u);
-    if (!tile.valid) {
-        return;
+    // Tiles g·group_tiles .. in turn (see subgroup_group_tiles in src/ops/matmul.rs). The whole
+    // workgroup is one subgroup, so the loop and its exit are uniform across it.
+    let first = group_index(wid, nwg) * p.group_tiles;
+    for (var t = first; t < first + p.group_tiles; t++) {
+        let tile = locate_tile(t, 32u, 32u);
+        if (!tile.valid) {
+            return;
+        }
+        subgroup_tile(tile, lane);
     }
+}
+
+// One 32 x 32 tile of C.
+fn subgroup_tile(tile: Tile, lane: u32) {
     let ay = (tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2) / select(p.a_cs, p.a_rs, A_ALONG_K);
     let by = (tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2) / select(p.b_cs, p.b_rs, B_ALONG_N);
     // This lane's first column and the step between its four.

@@ -149,13 +149,15 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
         "matmul_image"
     };
     // (m, n, k): leading dimensions that are multiples of 64, so operands fit images; M and N
-    // that leave part of a 32 x 32 or 64 x 64 tile.
+    // that leave part of a 32 x 32 or 64 x 64 tile; and 2 x 20 x 10 tiles of 32 x 32, which the
+    // subgroup kernel takes 6 to a workgroup, the last workgroup finding only 4.
     let shapes = [
         (64, 64, 64),
         (68, 128, 128),
         (128, 72, 192),
         (132, 64, 64),
         (192, 100, 64),
+        (640, 320, 64),
     ];
     let mut case = 0;
     for (m, n, k) in shapes {
