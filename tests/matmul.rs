@@ -198,6 +198,24 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
             );
         }
     }
+    // A weight gradient's shape, whose K is split into chunks: the split is decided on the same
+    // tiles whichever kernel runs (a 64 x 64 tile gives 16 tiles here and a split, a 32 x 32 one
+    // would give 64 and none), so the sums are the same.
+    let mut outs = vec![];
+    for (g, want) in [
+        (&subgroup, sub_kernel),
+        (&images, "matmul_image"),
+        (&buffers, "matmul_vec4"),
+    ] {
+        let mut got = vec![];
+        let ran = kernels_run(g, || {
+            got = check(g, 50, 1, 128, 512, 2080, true, false, false, false)
+        });
+        assert!(ran.contains(&want), "split K: ran {ran:?}");
+        outs.push(got);
+    }
+    same_bits("split K, subgroup vs buffer kernel", &outs[0], &outs[2]);
+    same_bits("split K, image vs buffer kernel", &outs[1], &outs[2]);
     // K remainders: A stored [k, m] and B [k, n], both contiguous along m and n.
     for k in [1, 5, 7, 70] {
         let mut outs = vec![];

@@ -404,7 +404,14 @@ impl Gemm<'_> {
         };
         let tiles_m = self.m.div_ceil(tm);
         let tiles_n = self.n.div_ceil(tn);
-        if let Some(splits) = self.k_splits(tiles_m * tiles_n) {
+        // Whether to split K is decided on the 64 x 64 tiles of the vec4 and image kernels even
+        // when the subgroup kernel runs, so that all three add the same terms in the same order.
+        let split_tiles = if orientation.is_some() {
+            self.m.div_ceil(VEC4_TILE.0) * self.n.div_ceil(VEC4_TILE.1)
+        } else {
+            tiles_m * tiles_n
+        };
+        if let Some(splits) = self.k_splits(split_tiles) {
             return self.record_split(step, splits);
         }
         let tiles = (tiles_m * tiles_n) as u64 * (b1 * b2) as u64;
