@@ -68,8 +68,9 @@ out = [
 ]
 steps = []
 for r in amad:
-    # A `_buffers` row is the same work through the storage-buffer path: same reference.
-    name = r["name"].removesuffix("_buffers")
+    # `_images` and `_buffers` rows are the same work through the image kernels without subgroups
+    # and through the storage-buffer kernels: same reference.
+    name = r["name"].removesuffix("_buffers").removesuffix("_images")
     ref = by_name.get((name, r["shape"] if r.get("gflops") is None else None))
     if r.get("gflops") is None:
         steps.append((r, ref))
@@ -87,10 +88,15 @@ out += [
 ] + ([
     "On a CPU adapter amad copies the operands of matmuls, attention products and column sums into",
     "textures and reads them with texel fetches (ARCHITECTURE.md, \"image operands\"); a `_buffers` row is",
-    "the same work through the storage-buffer kernels that GPUs use, timed in the same run, so the two",
+    "the same work through the storage-buffer kernels that GPUs use, timed in the same run, so the",
     "paths compare side by side.",
     "",
-] if any(r["name"].endswith("_buffers") for r in amad) else []) + [
+] if any(r["name"].endswith("_buffers") for r in amad) else []) + ([
+    "Where the device has subgroups of 8 or more (lavapipe does), the matmul shares each texel among",
+    "the 8 invocations of a subgroup (`matmul_subgroup`); an `_images` row is the same work through the",
+    "image kernel without subgroups (`matmul_image`), timed in the same run.",
+    "",
+] if any(r["name"].endswith("_images") for r in amad) else []) + [
     "## Training steps",
     "",
     "| step | shape | amad ms | PyTorch eager ms | amad / PyTorch |",
