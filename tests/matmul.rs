@@ -119,6 +119,38 @@ fn same_bits(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
+/// Runs `f` on each of three devices (subgroup, image and buffer kernels), checks that each ran
+/// its kernel (the only one, or among others where `only` is false), and that all three give the
+/// same bits.
+fn same_on_all(
+    what: &str,
+    devices: [(&amad::Gpu, &str); 3],
+    only: bool,
+    f: impl Fn(&amad::Gpu) -> Vec<f32>,
+) {
+    let mut outs = vec![];
+    for (g, want) in devices {
+        let mut got = vec![];
+        let ran = kernels_run(g, || got = f(g));
+        if only {
+            assert_eq!(ran, [want], "{what}");
+        } else {
+            assert!(ran.contains(&want), "{what}: ran {ran:?}");
+        }
+        outs.push(got);
+    }
+    same_bits(
+        &format!("{what}, subgroup vs buffer kernel"),
+        &outs[0],
+        &outs[2],
+    );
+    same_bits(
+        &format!("{what}, image vs buffer kernel"),
+        &outs[1],
+        &outs[2],
+    );
+}
+
 /// The subgroup kernel, the image kernel (operands copied into textures) and the vec4 buffer
 /// kernel, each on a device of its own, against the reference and against each other bit for bit
 /// (they add the same terms in the same order): every orientation, batches with B shared or not,
@@ -168,27 +200,15 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
                 && if tb { k % 64 == 0 } else { n % 64 == 0 };
             case += 1;
             let (shared, bias) = (case % 2 == 0, case % 3 == 0);
-            let mut outs = vec![];
-            for (g, want) in [
+            let devices = [
                 (&subgroup, if fits { sub_kernel } else { "matmul_vec4" }),
                 (&images, if fits { "matmul_image" } else { "matmul_vec4" }),
                 (&buffers, "matmul_vec4"),
-            ] {
-                let mut got = vec![];
-                let ran = kernels_run(g, || got = check(g, case, 2, m, n, k, ta, tb, shared, bias));
-                assert_eq!(ran, [want], "m={m} n={n} k={k} ta={ta} tb={tb}");
-                outs.push(got);
-            }
-            same_bits(
-                &format!("subgroup vs buffer kernel, case {case}"),
-                &outs[0],
-                &outs[2],
-            );
-            same_bits(
-                &format!("image vs buffer kernel, case {case}"),
-                &outs[1],
-                &outs[2],
-            );
+            ];
+            let what = format!("case {case}: m={m} n={n} k={k} ta={ta} tb={tb}");
+            same_on_all(&what, devices, true, |g| {
+                check(g, case, 2, m, n, k, ta, tb, shared, bias)
+            });
             let before = subgroup.stats().images_created;
             check(&subgroup, case, 2, m, n, k, ta, tb, shared, bias);
             assert_eq!(
@@ -201,46 +221,19 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
     // A weight gradient's shape, whose K is split into chunks: the split is decided on the same
     // tiles whichever kernel runs (a 64 x 64 tile gives 16 tiles here and a split, a 32 x 32 one
     // would give 64 and none), so the sums are the same.
-    let mut outs = vec![];
-    for (g, want) in [
+    let devices = [
         (&subgroup, sub_kernel),
         (&images, "matmul_image"),
         (&buffers, "matmul_vec4"),
-    ] {
-        let mut got = vec![];
-        let ran = kernels_run(g, || {
-            got = check(g, 50, 1, 128, 512, 2080, true, false, false, false)
-        });
-        assert!(ran.contains(&want), "split K: ran {ran:?}");
-        outs.push(got);
-    }
-    same_bits("split K, subgroup vs buffer kernel", &outs[0], &outs[2]);
-    same_bits("split K, image vs buffer kernel", &outs[1], &outs[2]);
+    ];
+    same_on_all("split K", devices, false, |g| {
+        check(g, 50, 1, 128, 512, 2080, true, false, false, false)
+    });
     // K remainders: A stored [k, m] and B [k, n], both contiguous along m and n.
     for k in [1, 5, 7, 70] {
-        let mut outs = vec![];
-        for (g, want) in [
-            (&subgroup, sub_kernel),
-            (&images, "matmul_image"),
-            (&buffers, "matmul_vec4"),
-        ] {
-            let mut got = vec![];
-            let ran = kernels_run(g, || {
-                got = check(g, 40 + k as u64, 1, 64, 128, k, true, false, false, true)
-            });
-            assert_eq!(ran, [want], "k = {k}");
-            outs.push(got);
-        }
-        same_bits(
-            &format!("subgroup vs buffer kernel, k = {k}"),
-            &outs[0],
-            &outs[2],
-        );
-        same_bits(
-            &format!("image vs buffer kernel, k = {k}"),
-            &outs[1],
-            &outs[2],
-        );
+        same_on_all(&format!("k = {k}"), devices, true, |g| {
+            check(g, 40 + k as u64, 1, 64, 128, k, true, false, false, true)
+        });
     }
     assert_eq!(buffers.stats().images_created, 0);
 }
