@@ -49,7 +49,7 @@ fn subgroup_tile(tile: Tile, lane: u32) {
     var acc: Block;
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
-        let bm = lane_b(by, tile.col, col, k);
+        let bm = lane_b(by, col, k);
         var a: array<vec4<f32>, 4>;
         a[0] = lane_a(ay, tile.row, lane, 0u, k);
         a[1] = lane_a(ay, tile.row, lane, 1u, k);
@@ -119,7 +119,7 @@ fn lane_a(y0: u32, row0: u32, lane: u32, q: u32, k: u32) -> vec4<f32> {
 }
 
 // Math matrix (row kk, column j) = B(k + kk, this lane's column j).
-fn lane_b(y0: u32, col0: u32, col: u32, k: u32) -> mat4x4<f32> {
+fn lane_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
     if (B_ALONG_N) {
         // Texel col/4 of image row k + kk holds B(k + kk, col .. col+3): a row of the matrix.
         return transpose(texels(b_image, col / 4u, y0 + k));

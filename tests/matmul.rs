@@ -163,23 +163,7 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
     let images = own_device(true);
     images.set_subgroup_matmul(false);
     let buffers = own_device(false);
-    // Every CPU adapter with subgroups of 8 or more must take the subgroup kernel (lavapipe does).
-    let has_subgroups = subgroup
-        .device
-        .features()
-        .contains(wgpu::Features::SUBGROUP);
-    assert_eq!(subgroup.subgroup_matmul(), has_subgroups);
-    if !has_subgroups {
-        eprintln!(
-            "note: {} has no subgroups; the subgroup kernel is not tested",
-            subgroup.describe()
-        );
-    }
-    let sub_kernel = if has_subgroups {
-        "matmul_subgroup"
-    } else {
-        "matmul_image"
-    };
+    let sub_kernel = subgroup_matmul_kernel(&subgroup);
     // (m, n, k): leading dimensions that are multiples of 64, so operands fit images; M and N
     // that leave part of a 32 x 32 or 64 x 64 tile; and 2 x 20 x 10 tiles of 32 x 32, which the
     // subgroup kernel takes 6 to a workgroup, the last workgroup finding only 4.

@@ -52,8 +52,6 @@ pub struct Gpu {
     profile: Mutex<Option<Profile>>,
     /// Whether matmuls read their operands from images (see [`Gpu::image_operands`]).
     image_operands: std::sync::atomic::AtomicBool,
-    /// Whether the device has subgroups of 8 or more invocations (see [`Gpu::subgroup_matmul`]).
-    subgroups: bool,
     /// Whether image matmuls use the subgroup kernel where they can.
     subgroup_matmul: std::sync::atomic::AtomicBool,
 }
@@ -126,11 +124,10 @@ impl Gpu {
     pub async fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let subgroups = wants_subgroups(&adapter);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("amad"),
-                required_features: if subgroups {
+                required_features: if wants_subgroups(&adapter) {
                     wgpu::Features::SUBGROUP
                 } else {
                     wgpu::Features::empty()
@@ -162,7 +159,6 @@ impl Gpu {
             faults,
             profile: Mutex::new(None),
             image_operands: image_operands_default(&info).into(),
-            subgroups,
             subgroup_matmul: subgroup_matmul_default().into(),
             info,
         })
@@ -206,7 +202,8 @@ impl Gpu {
     /// one texel as for 8 fetching eight, so fetching each once and broadcasting it saves most of
     /// the fetches.
     pub fn subgroup_matmul(&self) -> bool {
-        self.subgroups
+        // The device has subgroup operations only where `wants_subgroups` asked for them.
+        self.device.features().contains(wgpu::Features::SUBGROUP)
             && self.image_operands()
             && self
                 .subgroup_matmul

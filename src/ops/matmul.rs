@@ -254,7 +254,12 @@ impl Gemm<'_> {
 
     /// How many K chunks to split this product into (see SPLIT_BELOW_TILES), if any: only single
     /// products without bias whose C rows are contiguous, so that the chunks' sum is a column sum.
-    fn k_splits(&self, tiles: usize) -> Option<usize> {
+    /// Tiles are counted as the scalar kernel's, or for a `blocked` product as the vec4 and image
+    /// kernels' 64 x 64, also when the subgroup kernel runs it: the decision must not depend on
+    /// which blocked kernel runs, so that all three add the same terms in the same order.
+    fn k_splits(&self, blocked: bool) -> Option<usize> {
+        let (tm, tn) = if blocked { VEC4_TILE } else { SCALAR_TILE };
+        let tiles = self.m.div_ceil(tm) * self.n.div_ceil(tn);
         let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
         if self.batch != [1, 1]
             || self.bias.is_some()
@@ -402,18 +407,11 @@ impl Gemm<'_> {
         } else {
             SCALAR_TILE
         };
-        let tiles_m = self.m.div_ceil(tm);
-        let tiles_n = self.n.div_ceil(tn);
-        // Whether to split K is decided on the 64 x 64 tiles of the vec4 and image kernels even
-        // when the subgroup kernel runs, so that all three add the same terms in the same order.
-        let split_tiles = if orientation.is_some() {
-            self.m.div_ceil(VEC4_TILE.0) * self.n.div_ceil(VEC4_TILE.1)
-        } else {
-            tiles_m * tiles_n
-        };
-        if let Some(splits) = self.k_splits(split_tiles) {
+        if let Some(splits) = self.k_splits(orientation.is_some()) {
             return self.record_split(step, splits);
         }
+        let tiles_m = self.m.div_ceil(tm);
+        let tiles_n = self.n.div_ceil(tn);
         let tiles = (tiles_m * tiles_n) as u64 * (b1 * b2) as u64;
         let group_tiles = if subgroup {
             subgroup_group_tiles(tiles, self.k)

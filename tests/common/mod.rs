@@ -23,6 +23,23 @@ pub fn own_device(images: bool) -> Gpu {
     g
 }
 
+/// The matmul kernel that image products take on `g` with the subgroup matmul on: the subgroup
+/// kernel on a device with subgroup operations (lavapipe has them; every such CPU adapter must
+/// take it), else the image kernel, with a note that the subgroup kernel goes untested there.
+pub fn subgroup_matmul_kernel(g: &Gpu) -> &'static str {
+    let has = g.device.features().contains(wgpu::Features::SUBGROUP);
+    assert_eq!(g.subgroup_matmul(), has && g.image_operands());
+    if has {
+        "matmul_subgroup"
+    } else {
+        eprintln!(
+            "note: {} has no subgroups; the subgroup matmul is not tested",
+            g.describe()
+        );
+        "matmul_image"
+    }
+}
+
 /// The kernel entry points a closure dispatched on `g`.
 pub fn kernels_run(g: &Gpu, f: impl FnOnce()) -> Vec<&'static str> {
     let profile = g
