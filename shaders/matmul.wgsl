@@ -13,13 +13,21 @@
 
 struct Params {
     m: u32, n: u32, k: u32, batch2: u32,
-    batch: u32, tiles_m: u32, tiles_n: u32, flags: u32, // flags: 1 = add bias[n], 2 = accumulate into C
+    batch: u32, tiles_m: u32, tiles_n: u32, alpha: f32,
     a_off: u32, a_rs: u32, a_cs: u32, a_bs1: u32,       // A(m, k) = a_off + m*a_rs + k*a_cs + batch offsets
     a_bs2: u32, b_off: u32, b_rs: u32, b_cs: u32,       // B(k, n) = b_off + k*b_rs + n*b_cs + batch offsets
     b_bs1: u32, b_bs2: u32, c_off: u32, c_rs: u32,      // C(m, n) = c_off + m*c_rs + n*c_cs + batch offsets
-    c_cs: u32, c_bs1: u32, c_bs2: u32, alpha: f32,
+    c_cs: u32, c_bs1: u32, c_bs2: u32,
     group_tiles: u32,                                   // tiles per workgroup (matmul_subgroup)
 }
+
+// How the products reach C, fixed per pipeline (src/ops/matmul.rs builds one for each): BIAS adds
+// bias[n], ACCUMULATE adds what C held. Constants rather than flags in Params because lavapipe runs
+// both sides of every branch, masked, and a load in a masked branch still loops over the 8 lanes of
+// a register: tested per element of C, the two flags cost two such loops per element even when
+// unset, about a third of a 2080 x 128 x 128 product. The bias is read once per column instead.
+override BIAS: bool = false;
+override ACCUMULATE: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -101,30 +109,46 @@ fn matmul(
         b3 += p.b_rs;
     }
     let c0 = p.c_off + b1 * p.c_bs1 + b2 * p.c_bs2;
-    store_row(c0, row0, col0, acc0, WX);
-    store_row(c0, row0 + 1u, col0, acc1, WX);
-    store_row(c0, row0 + 2u, col0, acc2, WX);
-    store_row(c0, row0 + 3u, col0, acc3, WX);
+    let bv = column_bias(col0, WX);
+    store_row(c0, row0, col0, acc0, WX, bv);
+    store_row(c0, row0 + 1u, col0, acc1, WX, bv);
+    store_row(c0, row0 + 2u, col0, acc2, WX, bv);
+    store_row(c0, row0 + 3u, col0, acc3, WX, bv);
 }
 
-// Stores v[j] at column col0 + j*step of row r, skipping what lies outside C.
-fn store_row(c0: u32, r: u32, col0: u32, v: vec4<f32>, step: u32) {
-    if (r >= p.m) {
-        return;
+// bias[col0 + j*step] for j < 4, or zero without BIAS. Columns past N read the last column's
+// (they are never stored).
+fn column_bias(col0: u32, step: u32) -> vec4<f32> {
+    if (!BIAS) {
+        return vec4<f32>();
     }
-    for (var j = 0u; j < TN; j++) {
-        let col = col0 + j * step;
-        if (col < p.n) {
-            var x = p.alpha * v[j];
-            if ((p.flags & 1u) != 0u) {
-                x += bias[col];
-            }
-            let ci = c0 + r * p.c_rs + col * p.c_cs;
-            if ((p.flags & 2u) != 0u) {
-                x += c[ci];
-            }
-            c[ci] = x;
+    let last = p.n - 1u;
+    return vec4<f32>(bias[min(col0, last)], bias[min(col0 + step, last)],
+        bias[min(col0 + 2u * step, last)], bias[min(col0 + 3u * step, last)]);
+}
+
+// Stores alpha * v[j] (+ bv[j]) (+ C's value) at column col0 + j*step of row r, skipping what lies
+// outside C. Written out per column: a vector indexed in a loop would move to memory.
+fn store_row(c0: u32, r: u32, col0: u32, v: vec4<f32>, step: u32, bv: vec4<f32>) {
+    let row = c0 + r * p.c_rs;
+    let inside = r < p.m;
+    store_one(row, inside, col0, v.x, bv.x);
+    store_one(row, inside, col0 + step, v.y, bv.y);
+    store_one(row, inside, col0 + 2u * step, v.z, bv.z);
+    store_one(row, inside, col0 + 3u * step, v.w, bv.w);
+}
+
+fn store_one(row: u32, inside: bool, col: u32, v: f32, b: f32) {
+    if (inside && col < p.n) {
+        var x = p.alpha * v;
+        if (BIAS) {
+            x += b;
         }
+        let ci = row + col * p.c_cs;
+        if (ACCUMULATE) {
+            x += c[ci];
+        }
+        c[ci] = x;
     }
 }
 
@@ -244,14 +268,16 @@ fn block_finish(acc: ptr<function, Block>, o: Origin, k4: u32) {
         (*acc)[7] = mad_outer(av3, bv1, (*acc)[7]);
     }
     let c0 = p.c_off + o.b1 * p.c_bs1 + o.b2 * p.c_bs2;
-    store_block(c0, o.row, o.col, (*acc)[0], 1u);
-    store_block(c0, o.row, o.col + 4u, (*acc)[1], 1u);
-    store_block(c0, o.row + 4u, o.col, (*acc)[2], 1u);
-    store_block(c0, o.row + 4u, o.col + 4u, (*acc)[3], 1u);
-    store_block(c0, o.row + 8u, o.col, (*acc)[4], 1u);
-    store_block(c0, o.row + 8u, o.col + 4u, (*acc)[5], 1u);
-    store_block(c0, o.row + 12u, o.col, (*acc)[6], 1u);
-    store_block(c0, o.row + 12u, o.col + 4u, (*acc)[7], 1u);
+    let bv0 = column_bias(o.col, 1u);
+    let bv1 = column_bias(o.col + 4u, 1u);
+    store_block(c0, o.row, o.col, (*acc)[0], 1u, bv0);
+    store_block(c0, o.row, o.col + 4u, (*acc)[1], 1u, bv1);
+    store_block(c0, o.row + 4u, o.col, (*acc)[2], 1u, bv0);
+    store_block(c0, o.row + 4u, o.col + 4u, (*acc)[3], 1u, bv1);
+    store_block(c0, o.row + 8u, o.col, (*acc)[4], 1u, bv0);
+    store_block(c0, o.row + 8u, o.col + 4u, (*acc)[5], 1u, bv1);
+    store_block(c0, o.row + 12u, o.col, (*acc)[6], 1u, bv0);
+    store_block(c0, o.row + 12u, o.col + 4u, (*acc)[7], 1u, bv1);
 }
 
 // Math matrix (row i, column kk) = A(row i of the block at base, k + kk).
@@ -296,13 +322,14 @@ fn mad_outer(u: vec4<f32>, v: vec4<f32>, acc: mat4x4<f32>) -> mat4x4<f32> {
         fma(u, vec4<f32>(v.z), acc[2]), fma(u, vec4<f32>(v.w), acc[3]));
 }
 
-// Stores a 4 x 4 block of C: math matrix (row i, column j) at (row + i, col + j*step).
-fn store_block(c0: u32, row: u32, col: u32, m: mat4x4<f32>, step: u32) {
+// Stores a 4 x 4 block of C: math matrix (row i, column j) at (row + i, col + j*step), with the
+// columns' bias bv (see store_row).
+fn store_block(c0: u32, row: u32, col: u32, m: mat4x4<f32>, step: u32, bv: vec4<f32>) {
     let rows = transpose(m);
-    store_row(c0, row, col, rows[0], step);
-    store_row(c0, row + 1u, col, rows[1], step);
-    store_row(c0, row + 2u, col, rows[2], step);
-    store_row(c0, row + 3u, col, rows[3], step);
+    store_row(c0, row, col, rows[0], step, bv);
+    store_row(c0, row + 1u, col, rows[1], step, bv);
+    store_row(c0, row + 2u, col, rows[2], step, bv);
+    store_row(c0, row + 3u, col, rows[3], step, bv);
 }
 
 // ---- matmul_image: matmul_vec4 with A and B read from images (see src/gpu/image.rs) ----

@@ -98,14 +98,15 @@ fn subgroup_tile(tile: Tile, lane: u32) {
         acc[7] = mad_outer(a_column(a0 + 7u * r4, k), bv, acc[7]);
     }
     let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
-    store_block(c0, tile.row, col, acc[0], step);
-    store_block(c0, tile.row + 4u, col, acc[1], step);
-    store_block(c0, tile.row + 8u, col, acc[2], step);
-    store_block(c0, tile.row + 12u, col, acc[3], step);
-    store_block(c0, tile.row + 16u, col, acc[4], step);
-    store_block(c0, tile.row + 20u, col, acc[5], step);
-    store_block(c0, tile.row + 24u, col, acc[6], step);
-    store_block(c0, tile.row + 28u, col, acc[7], step);
+    let bv = column_bias(col, step);
+    store_block(c0, tile.row, col, acc[0], step, bv);
+    store_block(c0, tile.row + 4u, col, acc[1], step, bv);
+    store_block(c0, tile.row + 8u, col, acc[2], step, bv);
+    store_block(c0, tile.row + 12u, col, acc[3], step, bv);
+    store_block(c0, tile.row + 16u, col, acc[4], step, bv);
+    store_block(c0, tile.row + 20u, col, acc[5], step, bv);
+    store_block(c0, tile.row + 24u, col, acc[6], step, bv);
+    store_block(c0, tile.row + 28u, col, acc[7], step, bv);
 }
 
 // This lane's texel q of A for the step at k (see matmul_image for the images' layout).

@@ -1,6 +1,6 @@
 //! Every shader family parses and validates with naga, and every kernel's entry point exists.
 
-use amad::ops::{shader_source, EXTENDS, KERNELS, SHADERS};
+use amad::ops::{kernels, shader_source, EXTENDS, SHADERS};
 
 fn validate(name: &str) -> naga::Module {
     let src = shader_source(name);
@@ -42,7 +42,7 @@ fn every_kernel_entry_point_exists_and_every_entry_point_is_used() {
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        for k in KERNELS.iter().filter(|k| k.family == *name) {
+        for k in kernels().iter().filter(|k| k.family == *name) {
             assert!(
                 entries.contains(&k.entry),
                 "{}: no entry point {} in {name}.wgsl",
@@ -54,7 +54,7 @@ fn every_kernel_entry_point_exists_and_every_entry_point_is_used() {
         let base = EXTENDS.iter().find(|(f, _)| f == name).map(|(_, b)| *b);
         for e in &entries {
             assert!(
-                KERNELS
+                kernels()
                     .iter()
                     .any(|k| (k.family == *name || Some(k.family) == base) && k.entry == *e),
                 "{name}.wgsl: entry point {e} has no launcher"

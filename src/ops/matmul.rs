@@ -6,88 +6,73 @@ use crate::gpu::{Access, Gpu, Kernel, Rows, Step, Tensor};
 
 use Access::{Image as I, Read as R, ReadWrite as W};
 
-/// The general kernel: any strides, scalar loads.
-pub const MATMUL: Kernel = Kernel::new("matmul", "matmul", &[R, R, R, W]);
-
-/// The orientation constants of the blocked kernels, [a_along_k][b_along_n].
-const ORIENTATIONS: [[&[(&str, f64)]; 2]; 2] = [
-    [
-        &[("A_ALONG_K", 0.0), ("B_ALONG_N", 0.0)],
-        &[("A_ALONG_K", 0.0), ("B_ALONG_N", 1.0)],
-    ],
-    [
-        &[("A_ALONG_K", 1.0), ("B_ALONG_N", 0.0)],
-        &[("A_ALONG_K", 1.0), ("B_ALONG_N", 1.0)],
-    ],
-];
-
-/// One pipeline per orientation of a blocked kernel's A and B blocks, named `names`.
-const fn oriented(
-    family: &'static str,
-    entry: &'static str,
-    bindings: &'static [Access],
-    names: [[&'static str; 2]; 2],
-) -> [[Kernel; 2]; 2] {
-    const fn one(
-        family: &'static str,
-        entry: &'static str,
-        bindings: &'static [Access],
-        name: &'static str,
-        constants: &'static [(&'static str, f64)],
-    ) -> Kernel {
+/// The four pipelines of one kernel and orientation, one per way of storing C (the shader's BIAS
+/// and ACCUMULATE constants), indexed by [`Gemm::store`]: plain, bias, accumulate, both.
+macro_rules! stores {
+    ($family:literal, $entry:literal, $bindings:expr, $orient:literal, $ak:literal, $bn:literal) => {
+        [
+            stores!(@one $family, $entry, $bindings, $orient, "", $ak, $bn, 0.0, 0.0),
+            stores!(@one $family, $entry, $bindings, $orient, "_bias", $ak, $bn, 1.0, 0.0),
+            stores!(@one $family, $entry, $bindings, $orient, "_acc", $ak, $bn, 0.0, 1.0),
+            stores!(@one $family, $entry, $bindings, $orient, "_bias_acc", $ak, $bn, 1.0, 1.0),
+        ]
+    };
+    (@one $family:literal, $entry:literal, $bindings:expr, $orient:literal, $store:literal,
+     $ak:literal, $bn:literal, $bias:literal, $acc:literal) => {
         Kernel {
-            name,
-            family,
-            entry,
-            bindings,
-            constants,
+            name: concat!($entry, $orient, $store),
+            family: $family,
+            entry: $entry,
+            bindings: $bindings,
+            constants: &[
+                ("A_ALONG_K", $ak),
+                ("B_ALONG_N", $bn),
+                ("BIAS", $bias),
+                ("ACCUMULATE", $acc),
+            ],
         }
-    }
-    let o = ORIENTATIONS;
-    [
-        [
-            one(family, entry, bindings, names[0][0], o[0][0]),
-            one(family, entry, bindings, names[0][1], o[0][1]),
-        ],
-        [
-            one(family, entry, bindings, names[1][0], o[1][0]),
-            one(family, entry, bindings, names[1][1], o[1][1]),
-        ],
-    ]
+    };
 }
 
-/// The fast path, one pipeline per orientation of the A and B blocks: [a_along_k][b_along_n].
-pub const MATMUL_VEC4: [[Kernel; 2]; 2] = oriented(
-    "matmul",
-    "matmul_vec4",
-    &[R, R, R, W, R, R],
-    [
-        ["matmul_vec4_am_bk", "matmul_vec4_am_bn"],
-        ["matmul_vec4_ak_bk", "matmul_vec4_ak_bn"],
-    ],
-);
+/// A blocked kernel's pipelines for each orientation of its A and B blocks (the shader's A_ALONG_K
+/// and B_ALONG_N), [a_along_k][b_along_n], each with its four ways of storing C.
+macro_rules! oriented {
+    ($family:literal, $entry:literal, $bindings:expr) => {
+        [
+            [
+                stores!($family, $entry, $bindings, "_am_bk", 0.0, 0.0),
+                stores!($family, $entry, $bindings, "_am_bn", 0.0, 1.0),
+            ],
+            [
+                stores!($family, $entry, $bindings, "_ak_bk", 1.0, 0.0),
+                stores!($family, $entry, $bindings, "_ak_bn", 1.0, 1.0),
+            ],
+        ]
+    };
+}
+
+/// The general kernel: any strides, scalar loads (the orientation constants unused).
+pub static MATMUL: [Kernel; 4] = stores!("matmul", "matmul", &[R, R, R, W], "", 1.0, 1.0);
+
+/// The fast path, used when the operands are 16-byte aligned: [a_along_k][b_along_n][store].
+pub static MATMUL_VEC4: [[[Kernel; 4]; 2]; 2] =
+    oriented!("matmul", "matmul_vec4", &[R, R, R, W, R, R]);
 
 /// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), likewise.
-pub const MATMUL_IMAGE: [[Kernel; 2]; 2] = oriented(
-    "matmul",
-    "matmul_image",
-    &[R, R, R, W, I, I],
-    [
-        ["matmul_image_am_bk", "matmul_image_am_bn"],
-        ["matmul_image_ak_bk", "matmul_image_ak_bn"],
-    ],
-);
+pub static MATMUL_IMAGE: [[[Kernel; 4]; 2]; 2] =
+    oriented!("matmul", "matmul_image", &[R, R, R, W, I, I]);
 
 /// The image kernel with each texel fetched once per subgroup (`Gpu::subgroup_matmul`), likewise.
-pub const MATMUL_SUBGROUP: [[Kernel; 2]; 2] = oriented(
-    "matmul_subgroup",
-    "matmul_subgroup",
-    &[R, R, R, W, I, I],
-    [
-        ["matmul_subgroup_am_bk", "matmul_subgroup_am_bn"],
-        ["matmul_subgroup_ak_bk", "matmul_subgroup_ak_bn"],
-    ],
-);
+pub static MATMUL_SUBGROUP: [[[Kernel; 4]; 2]; 2] =
+    oriented!("matmul_subgroup", "matmul_subgroup", &[R, R, R, W, I, I]);
+
+/// Every matmul pipeline, for the validation tests.
+pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
+    let blocked = [&MATMUL_VEC4, &MATMUL_IMAGE, &MATMUL_SUBGROUP];
+    MATMUL
+        .iter()
+        .chain(blocked.into_iter().flatten().flatten().flatten())
+}
 
 /// The longest K recorded as one product: the scalar kernel loops K times per invocation, and
 /// lavapipe stops loops after 65,535 iterations. A multiple of 4, so vec4 alignment carries over.
@@ -197,13 +182,11 @@ struct Params {
     batch: u32,
     tiles_m: u32,
     tiles_n: u32,
-    flags: u32,
+    alpha: f32,
     a: [u32; 5],
     b: [u32; 5],
     c: [u32; 5],
-    alpha: f32,
     group_tiles: u32,
-    _pad: [u32; 3],
 }
 
 /// Tiles per workgroup of the subgroup kernel. Lavapipe spends a few microseconds starting each
@@ -225,6 +208,11 @@ fn pack(op: &'static str, v: &View) -> Result<[u32; 5]> {
 }
 
 impl Gemm<'_> {
+    /// Which of a kernel's pipelines stores C for this product (see `stores!`).
+    fn store(&self) -> usize {
+        self.bias.is_some() as usize | (self.accumulate as usize) << 1
+    }
+
     /// Which way the vec4 kernel can read A and B blocks, if it can: every vec4 it loads must be
     /// 16-byte aligned, so the contiguous axis has stride 1 and every other stride and offset is a
     /// multiple of 4. Returns (A read along k, B read along n).
@@ -428,14 +416,13 @@ impl Gemm<'_> {
             batch: u(b1 * b2)?,
             tiles_m: u(tiles_m)?,
             tiles_n: u(tiles_n)?,
-            flags: self.bias.is_some() as u32 | (self.accumulate as u32) << 1,
+            alpha: self.alpha,
             a: pack(OP, &self.a)?,
             b: pack(OP, &self.b)?,
             c: pack(OP, &self.c)?,
-            alpha: self.alpha,
             group_tiles: group_tiles as u32,
-            _pad: [0; 3],
         };
+        let store = self.store();
         let bias = self.bias.unwrap_or(self.b.t);
         let tensors = [self.a.t, self.b.t, bias, self.c.t];
         if let Some((ak, bn, [ra, rb])) = imaged {
@@ -447,7 +434,7 @@ impl Gemm<'_> {
                 &MATMUL_IMAGE
             };
             return step.dispatch_linear_images(
-                &kernels[ak as usize][bn as usize],
+                &kernels[ak as usize][bn as usize][store],
                 &params,
                 &tensors,
                 &[&ia, &ib],
@@ -456,12 +443,12 @@ impl Gemm<'_> {
         }
         match orientation {
             Some((ak, bn)) => step.dispatch_linear(
-                &MATMUL_VEC4[ak as usize][bn as usize],
+                &MATMUL_VEC4[ak as usize][bn as usize][store],
                 &params,
                 &[self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t],
                 total,
             ),
-            None => step.dispatch_linear(&MATMUL, &params, &tensors, total),
+            None => step.dispatch_linear(&MATMUL[store], &params, &tensors, total),
         }
     }
 }
