@@ -26,7 +26,6 @@ struct Params {
     tq: u32,
     tk: u32,
     hd: u32,
-    flags: u32,      // softmax: 1 = causal, 2 = key mask bound; dscores: 4 = extra dP bound
     alpha: f32,      // the scores' factor; the softmax scale in dscores
     transposed: u32, // apply: 1 = multiply by the map's transpose (out has Tk rows, Z has Tq)
     x_off: u32,      // scores: X (Tq rows); apply: Z
@@ -37,7 +36,15 @@ struct Params {
     o_stride: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
+
+// Which masks the softmax applies and whether dscores adds a gradient arriving at P, fixed per
+// pipeline (see Kernel::specialised in src/gpu/pipelines.rs: lavapipe would load the key mask, or
+// the extra gradient, for every cell whether or not a run-time flag asked for it).
+override CAUSAL: bool = false;
+override KEY_MASK: bool = false;
+override EXTRA_DP: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
@@ -200,7 +207,7 @@ fn attention_scores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
 @group(0) @binding(2) var<storage, read_write> pmap: array<f32>;
 
 fn masked(b: u32, query: u32, key: u32) -> bool {
-    return ((p.flags & 1u) != 0u && key > query) || ((p.flags & 2u) != 0u && key_mask[b * p.tk + key] == 0.0);
+    return (CAUSAL && key > query) || (KEY_MASK && key_mask[b * p.tk + key] == 0.0);
 }
 
 @compute @workgroup_size(64)
@@ -255,7 +262,7 @@ fn attention_dscores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     var dot = 0.0;
     for (var j = 0u; j < p.tk; j++) {
         var dp = dmap[base + j];
-        if ((p.flags & 4u) != 0u) {
+        if (EXTRA_DP) {
             dp += extra_dp[base + j];
             dmap[base + j] = dp;
         }

@@ -8,13 +8,17 @@ struct Params {
     cols: u32,
     eps: f32,
     chunk: u32,  // layernorm_bwd_params: rows per invocation
-    flags: u32,  // layernorm_bwd_x: 1 = add into dx (the residual's gradient already there)
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// layernorm_bwd_x: add into dx (the residual's gradient already there) rather than set it; fixed
+// per pipeline, because lavapipe runs both sides of a branch, loading dx and storing it twice.
+override ACCUMULATE: bool = false;
 
 // forward
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -76,7 +80,7 @@ fn layernorm_bwd_x(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     for (var c = 0u; c < p.cols; c++) {
         let xhat = (x[o + c] - mean) * rstd;
         let v = rstd * (dy[o + c] * gamma[c] - mg - xhat * mgx);
-        if ((p.flags & 1u) != 0u) {
+        if (ACCUMULATE) {
             dx[o + c] += v;
         } else {
             dx[o + c] = v;
@@ -193,14 +197,15 @@ fn layernorm_bwd_x_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     for (var t = 0u; t < n4; t++) {
         let xhat = (texel(x_image, t, r) - mean) * rstd;
         let v = rstd * (texel(third_image, t, r) * texel(gamma_image, t, 0u) - mg - xhat * mgx);
-        for (var j = 0u; j < 4u; j++) {
-            let i = o + 4u * t + j;
-            if ((p.flags & 1u) != 0u) {
-                dx[i] += v[j];
-            } else {
-                dx[i] = v[j];
-            }
+        let i = o + 4u * t;
+        var w = v;
+        if (ACCUMULATE) {
+            w = vec4<f32>(dx[i], dx[i + 1u], dx[i + 2u], dx[i + 3u]) + v;
         }
+        dx[i] = w.x;
+        dx[i + 1u] = w.y;
+        dx[i + 2u] = w.z;
+        dx[i + 3u] = w.w;
     }
 }
 

@@ -5,7 +5,7 @@ struct Params {
     segments: u32,  // sum_segments: segments; sum_columns: columns summed (the first ones)
     len: u32,       // segment length (sum_segments) or rows (sum_columns)
     cols: u32,      // sum_columns: row length
-    flags: u32,     // 1 = sum of squares (sum_segments), 2 = accumulate into out
+    flags: u32,     // sum_segments: 1 = sum of squares, 2 = accumulate into out
     scale: f32,     // multiplies every result (1/len makes a mean)
     out_off: u32,   // first output slot
     chunk: u32,     // sum_columns: rows per invocation
@@ -13,6 +13,10 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+
+// sum_columns: add to the outputs rather than set them; fixed per pipeline, because lavapipe runs
+// both sides of a branch and would load every output as well as store it twice.
+override ACCUMULATE: bool = false;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
@@ -73,7 +77,7 @@ fn sum_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         acc += x[r * p.cols + c];
     }
     let o = p.out_off + k * p.segments + c;
-    if ((p.flags & 2u) != 0u) {
+    if (ACCUMULATE) {
         out[o] += p.scale * acc;
     } else {
         out[o] = p.scale * acc;
@@ -102,13 +106,14 @@ fn sum_columns_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         acc += textureLoad(x_image, vec2<i32>(i32(t), i32(r)));
     }
     let o = p.out_off + k * p.segments + 4u * t;
-    for (var j = 0u; j < 4u; j++) {
-        if ((p.flags & 2u) != 0u) {
-            out[o + j] += p.scale * acc[j];
-        } else {
-            out[o + j] = p.scale * acc[j];
-        }
+    var v = p.scale * acc;
+    if (ACCUMULATE) {
+        v += vec4<f32>(out[o], out[o + 1u], out[o + 2u], out[o + 3u]);
     }
+    out[o] = v.x;
+    out[o + 1u] = v.y;
+    out[o + 2u] = v.z;
+    out[o + 3u] = v.w;
 }
 
 // out[i] = scale * x[0] for i < len: backward of sum (scale 1) and mean (scale 1/n).

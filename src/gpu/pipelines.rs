@@ -42,6 +42,26 @@ impl Kernel {
             constants: &[],
         }
     }
+
+    /// A pipeline of `entry` with override constants, under its own `name`. Why kernels come in
+    /// such variants: lavapipe runs both sides of every branch, masked, and a storage load or
+    /// store in a masked branch still loops over the 8 lanes of a register, so a flag tested per
+    /// element costs its loads even where it is off; a constant removes the branch at build time.
+    pub const fn specialised(
+        name: &'static str,
+        family: &'static str,
+        entry: &'static str,
+        bindings: &'static [Access],
+        constants: &'static [(&'static str, f64)],
+    ) -> Kernel {
+        Kernel {
+            name,
+            family,
+            entry,
+            bindings,
+            constants,
+        }
+    }
 }
 
 pub(super) struct Built {

@@ -13,8 +13,45 @@ use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
 use crate::gpu::{Image, Kernel, Step, Tensor};
 
 pub const SCORES: Kernel = Kernel::new("attention", "attention_scores", &[R, R, W]);
-pub const SOFTMAX: Kernel = Kernel::new("attention", "attention_softmax", &[R, W]);
-pub const DSCORES: Kernel = Kernel::new("attention", "attention_dscores", &[R, R, W]);
+/// The masked softmax, one pipeline per mask (the shader's CAUSAL and KEY_MASK constants; see
+/// `Kernel::specialised`), indexed by causal | key_mask << 1.
+pub const SOFTMAX: [Kernel; 4] = [
+    softmax("attention_softmax", &[("CAUSAL", 0.0), ("KEY_MASK", 0.0)]),
+    softmax(
+        "attention_softmax_causal",
+        &[("CAUSAL", 1.0), ("KEY_MASK", 0.0)],
+    ),
+    softmax(
+        "attention_softmax_keys",
+        &[("CAUSAL", 0.0), ("KEY_MASK", 1.0)],
+    ),
+    softmax(
+        "attention_softmax_causal_keys",
+        &[("CAUSAL", 1.0), ("KEY_MASK", 1.0)],
+    ),
+];
+
+const fn softmax(name: &'static str, constants: &'static [(&'static str, f64)]) -> Kernel {
+    Kernel::specialised(name, "attention", "attention_softmax", &[R, W], constants)
+}
+
+/// dS from dP, without and with a gradient arriving at P itself (the EXTRA_DP constant).
+pub const DSCORES: [Kernel; 2] = [
+    Kernel::specialised(
+        "attention_dscores",
+        "attention",
+        "attention_dscores",
+        &[R, R, W],
+        &[("EXTRA_DP", 0.0)],
+    ),
+    Kernel::specialised(
+        "attention_dscores_extra",
+        "attention",
+        "attention_dscores",
+        &[R, R, W],
+        &[("EXTRA_DP", 1.0)],
+    ),
+];
 pub const APPLY: Kernel = Kernel::new("attention", "attention_apply", &[R, R, W]);
 /// SCORES and APPLY reading their sequences from images (`Gpu::image_operands`).
 pub const SCORES_IMAGE: Kernel =
@@ -58,13 +95,12 @@ struct Params {
     tq: u32,
     tk: u32,
     hd: u32,
-    flags: u32,
     alpha: f32,
     transposed: u32,
     x: [u32; 2],
     y: [u32; 2],
     o: [u32; 2],
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
 /// Images of the sequences one attention call reads, each tensor copied once: Q, K and V are
@@ -144,13 +180,7 @@ impl Dims {
 
     /// Parameters of one kernel: `x`, `y`, `o` are the sequence views it reads and writes (see
     /// the shader), unused ones `None`.
-    fn params(
-        &self,
-        flags: u32,
-        alpha: f32,
-        transposed: bool,
-        views: [Option<&Seq>; 3],
-    ) -> Result<Params> {
+    fn params(&self, alpha: f32, transposed: bool, views: [Option<&Seq>; 3]) -> Result<Params> {
         let u = |x| u32_of("attention", "size", x);
         let pair = |s: Option<&Seq>| -> Result<[u32; 2]> {
             s.map_or(Ok([0, 0]), |s| Ok([u(s.off)?, u(s.stride)?]))
@@ -161,13 +191,12 @@ impl Dims {
             tq: u(self.q_len)?,
             tk: u(self.k_len)?,
             hd: u(self.head_dim)?,
-            flags,
             alpha,
             transposed: transposed as u32,
             x: pair(views[0])?,
             y: pair(views[1])?,
             o: pair(views[2])?,
-            _pad: [0; 2],
+            _pad: [0; 3],
         })
     }
 
@@ -193,7 +222,7 @@ fn scores(
     images: &mut SeqImages,
 ) -> Result<Tensor> {
     let map = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
-    let p = d.params(0, alpha, false, [Some(x), Some(y), None])?;
+    let p = d.params(alpha, false, [Some(x), Some(y), None])?;
     let n = groups(d.blocks(d.q_len, d.k_len), 64);
     let tensors = [x.t, y.t, &map];
     if let (Some(ix), Some(iy)) = (images.of(step, &d, x)?, images.of(step, &d, y)?) {
@@ -216,7 +245,7 @@ fn apply(
     out: &Seq,
     images: &mut SeqImages,
 ) -> Result<()> {
-    let p = d.params(0, 1.0, transposed, [Some(z), None, Some(out)])?;
+    let p = d.params(1.0, transposed, [Some(z), None, Some(out)])?;
     let rows = if transposed { d.k_len } else { d.q_len };
     let tensors = [map, z.t, out.t];
     match images.of(step, &d, z)? {
@@ -271,10 +300,10 @@ pub fn attention(
     }
     let mut images = SeqImages::default();
     let probs = scores(step, d, &q, &k, d.scale(), &mut images)?;
-    let flags = masks.causal as u32 | (masks.key_mask.is_some() as u32) << 1;
-    let p = d.params(flags, 1.0, false, [None; 3])?;
+    let p = d.params(1.0, false, [None; 3])?;
     let mask = masks.key_mask.unwrap_or(q.t);
-    step.dispatch_linear(&SOFTMAX, &p, &[mask, &probs], groups(d.rows(), 64))?;
+    let softmax = &SOFTMAX[masks.causal as usize | (masks.key_mask.is_some() as usize) << 1];
+    step.dispatch_linear(softmax, &p, &[mask, &probs], groups(d.rows(), 64))?;
     let out = step.empty(&[d.batch, d.q_len, d.width()])?;
     apply(step, d, &probs, false, &v, &Seq::whole(&out), &mut images)?;
     Ok((out, probs))
@@ -347,11 +376,10 @@ pub fn attention_bwd(
     // dV = Pᵀ dO.
     let mut images = SeqImages::default();
     let dscores = scores(step, d, &dout_seq, &v, 1.0, &mut images)?;
-    let flags = (grads.dprobs.is_some() as u32) << 2;
-    let p = d.params(flags, d.scale(), false, [None; 3])?;
+    let p = d.params(d.scale(), false, [None; 3])?;
     let extra = grads.dprobs.unwrap_or(probs);
     step.dispatch_linear(
-        &DSCORES,
+        &DSCORES[grads.dprobs.is_some() as usize],
         &p,
         &[probs, extra, &dscores],
         groups(d.rows(), 64),

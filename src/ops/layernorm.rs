@@ -3,11 +3,31 @@
 use super::reduce::{sum_rows_into, COLUMN_CHUNK};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
+use crate::gpu::{Access, Image, Kernel, Step, Tensor};
 use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
-use crate::gpu::{Image, Kernel, Step, Tensor};
 
 pub const FWD: Kernel = Kernel::new("layernorm", "layernorm_fwd", &[R, R, R, W, W]);
-pub const BWD_X: Kernel = Kernel::new("layernorm", "layernorm_bwd_x", &[R, R, R, R, W]);
+/// dx set, or added to the residual's gradient already there (the ACCUMULATE constant, see
+/// `Kernel::specialised`): [accumulate].
+pub const BWD_X: [Kernel; 2] = [
+    Kernel::specialised(
+        "layernorm_bwd_x",
+        "layernorm",
+        "layernorm_bwd_x",
+        BWD_X_BINDINGS,
+        SET,
+    ),
+    Kernel::specialised(
+        "layernorm_bwd_x_acc",
+        "layernorm",
+        "layernorm_bwd_x",
+        BWD_X_BINDINGS,
+        ADD,
+    ),
+];
+const BWD_X_BINDINGS: &[Access] = &[R, R, R, R, W];
+const SET: &[(&str, f64)] = &[("ACCUMULATE", 0.0)];
+const ADD: &[(&str, f64)] = &[("ACCUMULATE", 1.0)];
 pub const BWD_PARAMS: Kernel = Kernel::new("layernorm", "layernorm_bwd_params", &[R, W, R, R, W]);
 /// The three with x, gamma and beta or dy read from images (`Gpu::image_operands`).
 pub const FWD_IMAGE: Kernel = Kernel::new(
@@ -15,11 +35,23 @@ pub const FWD_IMAGE: Kernel = Kernel::new(
     "layernorm_fwd_image",
     &[R, R, R, W, W, I, I, I],
 );
-pub const BWD_X_IMAGE: Kernel = Kernel::new(
-    "layernorm",
-    "layernorm_bwd_x_image",
-    &[R, R, R, R, W, I, I, I],
-);
+pub const BWD_X_IMAGE: [Kernel; 2] = [
+    Kernel::specialised(
+        "layernorm_bwd_x_image",
+        "layernorm",
+        "layernorm_bwd_x_image",
+        BWD_X_IMAGE_BINDINGS,
+        SET,
+    ),
+    Kernel::specialised(
+        "layernorm_bwd_x_image_acc",
+        "layernorm",
+        "layernorm_bwd_x_image",
+        BWD_X_IMAGE_BINDINGS,
+        ADD,
+    ),
+];
+const BWD_X_IMAGE_BINDINGS: &[Access] = &[R, R, R, R, W, I, I, I];
 pub const BWD_PARAMS_IMAGE: Kernel = Kernel::new(
     "layernorm",
     "layernorm_bwd_params_image",
@@ -33,8 +65,7 @@ struct Params {
     cols: u32,
     eps: f32,
     chunk: u32,
-    flags: u32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 fn dims(x: &Tensor, gamma: &Tensor) -> Result<(usize, usize)> {
@@ -134,9 +165,9 @@ pub fn layernorm_bwd(
         rows: u32_of("layernorm_bwd", "rows", rows)?,
         cols: cols as u32,
         chunk: COLUMN_CHUNK as u32,
-        flags: residual.is_some() as u32,
         ..Default::default()
     };
+    let accumulate = residual.is_some() as usize;
     let dx = match residual {
         Some(r) => r,
         None => step.empty(x.shape())?,
@@ -149,12 +180,14 @@ pub fn layernorm_bwd(
     match images(step, x, gamma, dy)? {
         Some([a, b, c]) => {
             let im = [&a, &b, &c];
-            step.dispatch_linear_images(&BWD_X_IMAGE, &p, &bwd_x, &im, groups(rows, 256))?;
+            let kernel = &BWD_X_IMAGE[accumulate];
+            step.dispatch_linear_images(kernel, &p, &bwd_x, &im, groups(rows, 256))?;
             let n = groups(chunks * cols / 4, 256);
             step.dispatch_linear_images(&BWD_PARAMS_IMAGE, &p, &bwd_params, &im, n)?;
         }
         None => {
-            step.dispatch_linear(&BWD_X, &p, &bwd_x, groups(rows, 256))?;
+            let kernel = &BWD_X[accumulate];
+            step.dispatch_linear(kernel, &p, &bwd_x, groups(rows, 256))?;
             let n = groups(chunks * cols, 256);
             step.dispatch_linear(&BWD_PARAMS, &p, &bwd_params, n)?;
         }

@@ -2,13 +2,35 @@
 
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access, Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
+use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
+use crate::gpu::{Kernel, Step, Tensor};
 
 pub const SUM_SEGMENTS: Kernel = Kernel::new("reduce", "sum_segments", &[R, W]);
-pub const SUM_COLUMNS: Kernel = Kernel::new("reduce", "sum_columns", &[R, W]);
+/// Column sums that set or add to (the shader's ACCUMULATE constant, see
+/// `Kernel::specialised`) their outputs: [accumulate].
+pub const SUM_COLUMNS: [Kernel; 2] = [
+    Kernel::specialised("sum_columns", "reduce", "sum_columns", &[R, W], SET),
+    Kernel::specialised("sum_columns_acc", "reduce", "sum_columns", &[R, W], ADD),
+];
 /// SUM_COLUMNS reading x from an image (`Gpu::image_operands`).
-pub const SUM_COLUMNS_IMAGE: Kernel =
-    Kernel::new("reduce", "sum_columns_image", &[R, W, Access::Image]);
+pub const SUM_COLUMNS_IMAGE: [Kernel; 2] = [
+    Kernel::specialised(
+        "sum_columns_image",
+        "reduce",
+        "sum_columns_image",
+        &[R, W, I],
+        SET,
+    ),
+    Kernel::specialised(
+        "sum_columns_image_acc",
+        "reduce",
+        "sum_columns_image",
+        &[R, W, I],
+        ADD,
+    ),
+];
+const SET: &[(&str, f64)] = &[("ACCUMULATE", 0.0)];
+const ADD: &[(&str, f64)] = &[("ACCUMULATE", 1.0)];
 pub const BROADCAST_SCALAR: Kernel = Kernel::new("reduce", "broadcast_scalar", &[R, W]);
 
 #[repr(C)]
@@ -187,7 +209,7 @@ fn column_pass(
         segments: u32_of(OP, "columns", len)?,
         len: u32_of(OP, "rows", rows)?,
         cols: u32_of(OP, "row length", cols)?,
-        flags: (accumulate as u32) << 1,
+        flags: 0,
         scale: 1.0,
         out_off: u32_of(OP, "offset", out_off)?,
         chunk: u32_of(OP, "chunk", chunk)?,
@@ -197,8 +219,10 @@ fn column_pass(
     if len.is_multiple_of(4) {
         if let Some(image) = step.operand_images(&[x], cols)? {
             let n = groups(chunks * len / 4, 256);
-            return step.dispatch_linear_images(&SUM_COLUMNS_IMAGE, &p, &[x, out], &[&image[0]], n);
+            let kernel = &SUM_COLUMNS_IMAGE[accumulate as usize];
+            return step.dispatch_linear_images(kernel, &p, &[x, out], &[&image[0]], n);
         }
     }
-    step.dispatch_linear(&SUM_COLUMNS, &p, &[x, out], groups(chunks * len, 256))
+    let kernel = &SUM_COLUMNS[accumulate as usize];
+    step.dispatch_linear(kernel, &p, &[x, out], groups(chunks * len, 256))
 }
