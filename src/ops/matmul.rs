@@ -241,17 +241,22 @@ impl Gemm<'_> {
     }
 
     /// How many K chunks to split this product into (see SPLIT_BELOW_TILES), if any: only single
-    /// products without bias whose C rows are contiguous, so that the chunks' sum is a column sum.
-    /// Tiles are counted as the scalar kernel's, or for a `blocked` product as the vec4 and image
+    /// products without bias whose C rows are contiguous, so that the chunks' sum is a column sum,
+    /// and whose A is stored K-major and B N-major (a weight gradient, Xᵀ·dY), so that every chunk
+    /// starts on a stored row of both: a chunk starting mid-row has no image of its own rows, and
+    /// on CPU adapters would leave the image kernels for storage buffers (at 512 x 128 x 512, a
+    /// product of the teacher's backward, 6-7 ms against about 1.5 unsplit). Tiles are counted as the scalar kernel's, or for a `blocked` product as the vec4 and image
     /// kernels' 64 x 64, also when the subgroup kernel runs it: the decision must not depend on
     /// which blocked kernel runs, so that all three add the same terms in the same order.
     fn k_splits(&self, blocked: bool) -> Option<usize> {
         let (tm, tn) = if blocked { VEC4_TILE } else { SCALAR_TILE };
         let tiles = self.m.div_ceil(tm) * self.n.div_ceil(tn);
         let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
+        let chunks_start_rows = self.a.rs == 1 && self.b.cs == 1;
         if self.batch != [1, 1]
             || self.bias.is_some()
             || !contiguous_c
+            || !chunks_start_rows
             || tiles >= SPLIT_BELOW_TILES
         {
             return None;
