@@ -15,19 +15,17 @@ pub const BWD_X: [Kernel; 2] = [
         "layernorm",
         "layernorm_bwd_x",
         BWD_X_BINDINGS,
-        SET,
+        super::ACCUMULATE_OFF,
     ),
     Kernel::specialised(
         "layernorm_bwd_x_acc",
         "layernorm",
         "layernorm_bwd_x",
         BWD_X_BINDINGS,
-        ADD,
+        super::ACCUMULATE_ON,
     ),
 ];
 const BWD_X_BINDINGS: &[Access] = &[R, R, R, R, W];
-const SET: &[(&str, f64)] = &[("ACCUMULATE", 0.0)];
-const ADD: &[(&str, f64)] = &[("ACCUMULATE", 1.0)];
 pub const BWD_PARAMS: Kernel = Kernel::new("layernorm", "layernorm_bwd_params", &[R, W, R, R, W]);
 /// The three with x, gamma and beta or dy read from images (`Gpu::image_operands`).
 pub const FWD_IMAGE: Kernel = Kernel::new(
@@ -41,14 +39,14 @@ pub const BWD_X_IMAGE: [Kernel; 2] = [
         "layernorm",
         "layernorm_bwd_x_image",
         BWD_X_IMAGE_BINDINGS,
-        SET,
+        super::ACCUMULATE_OFF,
     ),
     Kernel::specialised(
         "layernorm_bwd_x_image_acc",
         "layernorm",
         "layernorm_bwd_x_image",
         BWD_X_IMAGE_BINDINGS,
-        ADD,
+        super::ACCUMULATE_ON,
     ),
 ];
 const BWD_X_IMAGE_BINDINGS: &[Access] = &[R, R, R, R, W, I, I, I];

@@ -134,6 +134,11 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &amad::ONE_TO_ONE_FINISH,
 ];
 
+/// The ACCUMULATE constant of kernels that set their output or add to it, in pipelines of their
+/// own (see `Kernel::specialised`).
+const ACCUMULATE_OFF: &[(&str, f64)] = &[("ACCUMULATE", 0.0)];
+const ACCUMULATE_ON: &[(&str, f64)] = &[("ACCUMULATE", 1.0)];
+
 /// Workgroups needed to cover `n` items at `per` items per workgroup.
 pub(crate) fn groups(n: usize, per: usize) -> u64 {
     (n as u64).div_ceil(per as u64)

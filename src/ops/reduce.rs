@@ -9,8 +9,20 @@ pub const SUM_SEGMENTS: Kernel = Kernel::new("reduce", "sum_segments", &[R, W]);
 /// Column sums that set or add to (the shader's ACCUMULATE constant, see
 /// `Kernel::specialised`) their outputs: [accumulate].
 pub const SUM_COLUMNS: [Kernel; 2] = [
-    Kernel::specialised("sum_columns", "reduce", "sum_columns", &[R, W], SET),
-    Kernel::specialised("sum_columns_acc", "reduce", "sum_columns", &[R, W], ADD),
+    Kernel::specialised(
+        "sum_columns",
+        "reduce",
+        "sum_columns",
+        &[R, W],
+        super::ACCUMULATE_OFF,
+    ),
+    Kernel::specialised(
+        "sum_columns_acc",
+        "reduce",
+        "sum_columns",
+        &[R, W],
+        super::ACCUMULATE_ON,
+    ),
 ];
 /// SUM_COLUMNS reading x from an image (`Gpu::image_operands`).
 pub const SUM_COLUMNS_IMAGE: [Kernel; 2] = [
@@ -19,18 +31,16 @@ pub const SUM_COLUMNS_IMAGE: [Kernel; 2] = [
         "reduce",
         "sum_columns_image",
         &[R, W, I],
-        SET,
+        super::ACCUMULATE_OFF,
     ),
     Kernel::specialised(
         "sum_columns_image_acc",
         "reduce",
         "sum_columns_image",
         &[R, W, I],
-        ADD,
+        super::ACCUMULATE_ON,
     ),
 ];
-const SET: &[(&str, f64)] = &[("ACCUMULATE", 0.0)];
-const ADD: &[(&str, f64)] = &[("ACCUMULATE", 1.0)];
 pub const BROADCAST_SCALAR: Kernel = Kernel::new("reduce", "broadcast_scalar", &[R, W]);
 
 #[repr(C)]
