@@ -284,7 +284,7 @@ pub fn profile(gpu: &Gpu, batch: usize) -> Result<()> {
         // is the part of each row that is not the kernel's.
         let mut whole = f64::INFINITY;
         for _ in 0..3 {
-            let t = std::time::Instant::now();
+            let t = Instant::now();
             once()?;
             whole = whole.min(t.elapsed().as_secs_f64());
         }
