@@ -232,11 +232,12 @@ fn block_fma(acc: ptr<function, Block>, a0: mat4x4<f32>, a1: mat4x4<f32>, a2: ma
     (*acc)[7] = mad(a3, b1, (*acc)[7]);
 }
 
-// acc + a · b as fused multiply-adds in a fixed order: acc + a(·,0) b(0,·), then + a(·,1) b(1,·),
+// acc + a · b as multiply-adds (fma) in a fixed order: acc + a(·,0) b(0,·), then + a(·,1) b(1,·),
 // and so on. Written out rather than as `acc += a * b`, because how a compiler contracts a matrix
-// product's multiplies and adds into fused ones depends on the code around it (lavapipe's differed
-// between a kernel that loads A and one that receives it from another lane); with fma there is
-// one rounding per term, so every kernel built on this adds the same terms to the same bits.
+// product's multiplies and adds depends on the code around it (lavapipe's differed between a
+// kernel that loads A and one that receives it from another lane). An fma is one operation
+// wherever it appears, so every kernel built on this adds the same terms to the same bits; a GPU
+// fuses it (one rounding per term), lavapipe computes it as a multiply and an add.
 fn mad(a: mat4x4<f32>, b: mat4x4<f32>, acc: mat4x4<f32>) -> mat4x4<f32> {
     return mat4x4<f32>(column_mad(a, b[0], acc[0]), column_mad(a, b[1], acc[1]),
         column_mad(a, b[2], acc[2]), column_mad(a, b[3], acc[3]));

@@ -35,6 +35,7 @@ fn every_shader_parses_and_validates() {
 
 #[test]
 fn every_kernel_entry_point_exists_and_every_entry_point_is_used() {
+    let kernels = kernels();
     for (name, _) in SHADERS {
         let module = validate(name);
         let entries: Vec<&str> = module
@@ -42,7 +43,7 @@ fn every_kernel_entry_point_exists_and_every_entry_point_is_used() {
             .iter()
             .map(|e| e.name.as_str())
             .collect();
-        for k in kernels().iter().filter(|k| k.family == *name) {
+        for k in kernels.iter().filter(|k| k.family == *name) {
             assert!(
                 entries.contains(&k.entry),
                 "{}: no entry point {} in {name}.wgsl",
@@ -54,7 +55,7 @@ fn every_kernel_entry_point_exists_and_every_entry_point_is_used() {
         let base = EXTENDS.iter().find(|(f, _)| f == name).map(|(_, b)| *b);
         for e in &entries {
             assert!(
-                kernels()
+                kernels
                     .iter()
                     .any(|k| (k.family == *name || Some(k.family) == base) && k.entry == *e),
                 "{name}.wgsl: entry point {e} has no launcher"

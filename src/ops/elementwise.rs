@@ -21,20 +21,20 @@ const fn gelu_images(names: [&'static str; 2], tanh: bool) -> [Kernel; 2] {
         &[("TANH", 0.0)]
     };
     [
-        Kernel {
-            name: names[0],
-            family: "elementwise",
-            entry: "gelu_fwd_image",
-            bindings: &[R, R, W, I],
+        Kernel::specialised(
+            names[0],
+            "elementwise",
+            "gelu_fwd_image",
+            &[R, R, W, I],
             constants,
-        },
-        Kernel {
-            name: names[1],
-            family: "elementwise",
-            entry: "gelu_bwd_image",
-            bindings: &[R, R, W, I, I],
+        ),
+        Kernel::specialised(
+            names[1],
+            "elementwise",
+            "gelu_bwd_image",
+            &[R, R, W, I, I],
             constants,
-        },
+        ),
     ]
 }
 pub const GELU_ERF_IMAGE: [Kernel; 2] =

@@ -3,29 +3,18 @@
 use super::reduce::{sum_rows_into, COLUMN_CHUNK};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access, Image, Kernel, Step, Tensor};
 use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
+use crate::gpu::{Image, Kernel, Step, Tensor};
 
 pub const FWD: Kernel = Kernel::new("layernorm", "layernorm_fwd", &[R, R, R, W, W]);
 /// dx set, or added to the residual's gradient already there (the ACCUMULATE constant, see
 /// `Kernel::specialised`): [accumulate].
-pub const BWD_X: [Kernel; 2] = [
-    Kernel::specialised(
-        "layernorm_bwd_x",
-        "layernorm",
-        "layernorm_bwd_x",
-        BWD_X_BINDINGS,
-        super::ACCUMULATE_OFF,
-    ),
-    Kernel::specialised(
-        "layernorm_bwd_x_acc",
-        "layernorm",
-        "layernorm_bwd_x",
-        BWD_X_BINDINGS,
-        super::ACCUMULATE_ON,
-    ),
-];
-const BWD_X_BINDINGS: &[Access] = &[R, R, R, R, W];
+pub const BWD_X: [Kernel; 2] = super::set_or_add(
+    ["layernorm_bwd_x", "layernorm_bwd_x_acc"],
+    "layernorm",
+    "layernorm_bwd_x",
+    &[R, R, R, R, W],
+);
 pub const BWD_PARAMS: Kernel = Kernel::new("layernorm", "layernorm_bwd_params", &[R, W, R, R, W]);
 /// The three with x, gamma and beta or dy read from images (`Gpu::image_operands`).
 pub const FWD_IMAGE: Kernel = Kernel::new(
@@ -33,23 +22,12 @@ pub const FWD_IMAGE: Kernel = Kernel::new(
     "layernorm_fwd_image",
     &[R, R, R, W, W, I, I, I],
 );
-pub const BWD_X_IMAGE: [Kernel; 2] = [
-    Kernel::specialised(
-        "layernorm_bwd_x_image",
-        "layernorm",
-        "layernorm_bwd_x_image",
-        BWD_X_IMAGE_BINDINGS,
-        super::ACCUMULATE_OFF,
-    ),
-    Kernel::specialised(
-        "layernorm_bwd_x_image_acc",
-        "layernorm",
-        "layernorm_bwd_x_image",
-        BWD_X_IMAGE_BINDINGS,
-        super::ACCUMULATE_ON,
-    ),
-];
-const BWD_X_IMAGE_BINDINGS: &[Access] = &[R, R, R, R, W, I, I, I];
+pub const BWD_X_IMAGE: [Kernel; 2] = super::set_or_add(
+    ["layernorm_bwd_x_image", "layernorm_bwd_x_image_acc"],
+    "layernorm",
+    "layernorm_bwd_x_image",
+    &[R, R, R, R, W, I, I, I],
+);
 pub const BWD_PARAMS_IMAGE: Kernel = Kernel::new(
     "layernorm",
     "layernorm_bwd_params_image",

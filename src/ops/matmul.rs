@@ -19,18 +19,18 @@ macro_rules! stores {
     };
     (@one $family:literal, $entry:literal, $bindings:expr, $orient:literal, $store:literal,
      $ak:literal, $bn:literal, $bias:literal, $acc:literal) => {
-        Kernel {
-            name: concat!($entry, $orient, $store),
-            family: $family,
-            entry: $entry,
-            bindings: $bindings,
-            constants: &[
+        Kernel::specialised(
+            concat!($entry, $orient, $store),
+            $family,
+            $entry,
+            $bindings,
+            &[
                 ("A_ALONG_K", $ak),
                 ("B_ALONG_N", $bn),
                 ("BIAS", $bias),
                 ("ACCUMULATE", $acc),
             ],
-        }
+        )
     };
 }
 
@@ -245,9 +245,10 @@ impl Gemm<'_> {
     /// and whose A is stored K-major and B N-major (a weight gradient, Xᵀ·dY), so that every chunk
     /// starts on a stored row of both: a chunk starting mid-row has no image of its own rows, and
     /// on CPU adapters would leave the image kernels for storage buffers (at 512 x 128 x 512, a
-    /// product of the teacher's backward, 6-7 ms against about 1.5 unsplit). Tiles are counted as the scalar kernel's, or for a `blocked` product as the vec4 and image
-    /// kernels' 64 x 64, also when the subgroup kernel runs it: the decision must not depend on
-    /// which blocked kernel runs, so that all three add the same terms in the same order.
+    /// product of the teacher's backward, 6-7 ms against about 1.5 unsplit). Tiles are counted as
+    /// the scalar kernel's, or for a `blocked` product as the vec4 and image kernels' 64 x 64,
+    /// also when the subgroup kernel runs it: the decision must not depend on which blocked kernel
+    /// runs, so that all three add the same terms in the same order.
     fn k_splits(&self, blocked: bool) -> Option<usize> {
         let (tm, tn) = if blocked { VEC4_TILE } else { SCALAR_TILE };
         let tiles = self.m.div_ceil(tm) * self.n.div_ceil(tn);
@@ -388,6 +389,9 @@ impl Gemm<'_> {
             return Ok(());
         }
         let orientation = self.vec4_orientation();
+        if let Some(splits) = self.k_splits(orientation.is_some()) {
+            return self.record_split(step, splits);
+        }
         // The image kernels where both operands fit images; of them, the subgroup kernel where
         // the device has it.
         let imaged =
@@ -400,9 +404,6 @@ impl Gemm<'_> {
         } else {
             SCALAR_TILE
         };
-        if let Some(splits) = self.k_splits(orientation.is_some()) {
-            return self.record_split(step, splits);
-        }
         let tiles_m = self.m.div_ceil(tm);
         let tiles_n = self.n.div_ceil(tn);
         let tiles = (tiles_m * tiles_n) as u64 * (b1 * b2) as u64;

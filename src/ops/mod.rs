@@ -134,10 +134,20 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &amad::ONE_TO_ONE_FINISH,
 ];
 
-/// The ACCUMULATE constant of kernels that set their output or add to it, in pipelines of their
-/// own (see `Kernel::specialised`).
-const ACCUMULATE_OFF: &[(&str, f64)] = &[("ACCUMULATE", 0.0)];
-const ACCUMULATE_ON: &[(&str, f64)] = &[("ACCUMULATE", 1.0)];
+/// The two pipelines of a kernel that sets its output or adds to it (the shader's ACCUMULATE
+/// constant, see `Kernel::specialised`), [set, add], under `names`.
+const fn set_or_add(
+    names: [&'static str; 2],
+    family: &'static str,
+    entry: &'static str,
+    bindings: &'static [crate::gpu::Access],
+) -> [crate::gpu::Kernel; 2] {
+    use crate::gpu::Kernel;
+    [
+        Kernel::specialised(names[0], family, entry, bindings, &[("ACCUMULATE", 0.0)]),
+        Kernel::specialised(names[1], family, entry, bindings, &[("ACCUMULATE", 1.0)]),
+    ]
+}
 
 /// Workgroups needed to cover `n` items at `per` items per workgroup.
 pub(crate) fn groups(n: usize, per: usize) -> u64 {

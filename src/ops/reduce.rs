@@ -8,39 +8,19 @@ use crate::gpu::{Kernel, Step, Tensor};
 pub const SUM_SEGMENTS: Kernel = Kernel::new("reduce", "sum_segments", &[R, W]);
 /// Column sums that set or add to (the shader's ACCUMULATE constant, see
 /// `Kernel::specialised`) their outputs: [accumulate].
-pub const SUM_COLUMNS: [Kernel; 2] = [
-    Kernel::specialised(
-        "sum_columns",
-        "reduce",
-        "sum_columns",
-        &[R, W],
-        super::ACCUMULATE_OFF,
-    ),
-    Kernel::specialised(
-        "sum_columns_acc",
-        "reduce",
-        "sum_columns",
-        &[R, W],
-        super::ACCUMULATE_ON,
-    ),
-];
+pub const SUM_COLUMNS: [Kernel; 2] = super::set_or_add(
+    ["sum_columns", "sum_columns_acc"],
+    "reduce",
+    "sum_columns",
+    &[R, W],
+);
 /// SUM_COLUMNS reading x from an image (`Gpu::image_operands`).
-pub const SUM_COLUMNS_IMAGE: [Kernel; 2] = [
-    Kernel::specialised(
-        "sum_columns_image",
-        "reduce",
-        "sum_columns_image",
-        &[R, W, I],
-        super::ACCUMULATE_OFF,
-    ),
-    Kernel::specialised(
-        "sum_columns_image_acc",
-        "reduce",
-        "sum_columns_image",
-        &[R, W, I],
-        super::ACCUMULATE_ON,
-    ),
-];
+pub const SUM_COLUMNS_IMAGE: [Kernel; 2] = super::set_or_add(
+    ["sum_columns_image", "sum_columns_image_acc"],
+    "reduce",
+    "sum_columns_image",
+    &[R, W, I],
+);
 pub const BROADCAST_SCALAR: Kernel = Kernel::new("reduce", "broadcast_scalar", &[R, W]);
 
 #[repr(C)]
