@@ -99,16 +99,17 @@ pub fn run_loop(
             .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
         let done = (step + 1 - start) as f64;
         let rate = done / began.elapsed().as_secs_f64();
-        let eta = (opts.steps - step - 1) as f64 / rate;
+        // Whole seconds, so that 59.6 s reads 1m00s rather than 0m60s.
+        let eta = ((opts.steps - step - 1) as f64 / rate).round() as u64;
         let losses: Vec<String> = p.terms.iter().map(|(n, v)| format!("{n} {v:.4}")).collect();
         eprint!(
-            "\rstep {}/{} | {} | lr {:.2e} | {rate:.2} steps/s | ETA {:.0}m{:02.0}s   ",
+            "\rstep {}/{} | {} | lr {:.2e} | {rate:.2} steps/s | ETA {}m{:02}s   ",
             p.step,
             opts.steps,
             losses.join(" | "),
             p.lr,
-            (eta / 60.0).floor(),
-            eta % 60.0
+            eta / 60,
+            eta % 60
         );
         if opts.eval_every > 0 && (step + 1) % opts.eval_every == 0 {
             let e = pollster::block_on(evaluate(
