@@ -361,8 +361,8 @@ fn store_out(b: u32, h: u32, rows: u32, r0: u32, d0: u32, m: mat4x4<f32>) {
 
 // ---- apply_image: attention_apply with Z read from an image of its sequence ----
 //
-// As attention_scores_image: Z's texels come from the image (binding 4, seq_x), the map's
-// elements still from the buffer (a map row of Tk elements is no image row: Tk is rarely a
+// As attention_scores_image: Z's texels come from the image (binding 4, seq_x), and the output is
+// stored as vec4s (aout4; the launcher checks its alignment), the map's elements still from the buffer (a map row of Tk elements is no image row: Tk is rarely a
 // multiple of 4). The map's elements are the costly loads here, so each invocation takes a wider
 // block than attention_apply's, 8 rows × 16 columns: 8 map loads and 4 texel fetches per 128
 // multiply-adds.
@@ -411,12 +411,33 @@ fn attention_apply_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         a12 += outer(w1, z2);
         a13 += outer(w1, z3);
     }
-    store_out(b, h, rows, blk.r0, blk.c0, a00);
-    store_out(b, h, rows, blk.r0, blk.c0 + 4u, a01);
-    store_out(b, h, rows, blk.r0, blk.c0 + 8u, a02);
-    store_out(b, h, rows, blk.r0, blk.c0 + 12u, a03);
-    store_out(b, h, rows, blk.r0 + 4u, blk.c0, a10);
-    store_out(b, h, rows, blk.r0 + 4u, blk.c0 + 4u, a11);
-    store_out(b, h, rows, blk.r0 + 4u, blk.c0 + 8u, a12);
-    store_out(b, h, rows, blk.r0 + 4u, blk.c0 + 12u, a13);
+    store_out4(b, h, rows, blk.r0, blk.c0, a00);
+    store_out4(b, h, rows, blk.r0, blk.c0 + 4u, a01);
+    store_out4(b, h, rows, blk.r0, blk.c0 + 8u, a02);
+    store_out4(b, h, rows, blk.r0, blk.c0 + 12u, a03);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0, a10);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 4u, a11);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 8u, a12);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 12u, a13);
+}
+
+// The output sequence as vec4s (aout's binding; the launcher checks that its offset and stride
+// are multiples of 4): lavapipe stores a vec4 for about the cost of one scalar.
+@group(0) @binding(3) var<storage, read_write> aout4: array<vec4<f32>>;
+
+// store_out with each row's four elements d0 .. d0+3 stored as one vec4 (the head's width is a
+// multiple of 4, so they lie within it or past it together).
+// Written out per row: a matrix indexed in a loop would move to memory.
+fn store_out4(b: u32, h: u32, rows: u32, r0: u32, d0: u32, m: mat4x4<f32>) {
+    let v = transpose(m);
+    store_row4(b, h, rows, r0, d0, v[0]);
+    store_row4(b, h, rows, r0 + 1u, d0, v[1]);
+    store_row4(b, h, rows, r0 + 2u, d0, v[2]);
+    store_row4(b, h, rows, r0 + 3u, d0, v[3]);
+}
+
+fn store_row4(b: u32, h: u32, rows: u32, r: u32, d0: u32, v: vec4<f32>) {
+    if (r < rows && d0 < p.hd) {
+        aout4[(p.o_off + (b * rows + r) * p.o_stride + h * p.hd + d0) / 4u] = v;
+    }
 }

@@ -124,8 +124,9 @@ fn gelu_tanh_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 //
 // On lavapipe a storage load runs once per invocation and element; a texel fetch brings four
 // elements for the 8 invocations of a SIMD register. One invocation per texel: x's rows are
-// image rows `cols` long (binding 4), dy's likewise (5); element i = 4 · invocation + j. The same
-// functions per element as above, so both give the same bits. TANH picks GPT-2's form.
+// image rows `cols` long (binding 4), dy's likewise (5); element i = 4 · invocation + j, and the
+// invocation stores its four as one vec4. The same functions per element as above, so both give
+// the same bits. TANH picks GPT-2's form.
 
 override TANH: bool = false;
 
@@ -139,6 +140,9 @@ fn texel_of(image: texture_storage_2d<rgba32float, read>, q: u32) -> vec4<f32> {
     return textureLoad(image, vec2<i32>(i32(q - r * w), i32(r)));
 }
 
+// The output as vec4s (out's binding): lavapipe stores a vec4 for about the cost of one scalar.
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>;
+
 @compute @workgroup_size(256)
 fn gelu_fwd_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let q = thread_index(wid, nwg, lid);
@@ -146,12 +150,10 @@ fn gelu_fwd_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
         return;
     }
     let v = texel_of(x_image, q);
-    for (var j = 0u; j < 4u; j++) {
-        if (TANH) {
-            out[4u * q + j] = gelu_tanh(v[j]);
-        } else {
-            out[4u * q + j] = gelu_erf(v[j]);
-        }
+    if (TANH) {
+        out4[q] = vec4<f32>(gelu_tanh(v.x), gelu_tanh(v.y), gelu_tanh(v.z), gelu_tanh(v.w));
+    } else {
+        out4[q] = vec4<f32>(gelu_erf(v.x), gelu_erf(v.y), gelu_erf(v.z), gelu_erf(v.w));
     }
 }
 
@@ -163,11 +165,11 @@ fn gelu_bwd_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     let v = texel_of(x_image, q);
     let dy = texel_of(y_image, q);
-    for (var j = 0u; j < 4u; j++) {
-        if (TANH) {
-            out[4u * q + j] = dy[j] * gelu_tanh_slope(v[j]);
-        } else {
-            out[4u * q + j] = dy[j] * gelu_erf_slope(v[j]);
-        }
+    if (TANH) {
+        out4[q] = dy * vec4<f32>(gelu_tanh_slope(v.x), gelu_tanh_slope(v.y), gelu_tanh_slope(v.z),
+            gelu_tanh_slope(v.w));
+    } else {
+        out4[q] = dy * vec4<f32>(gelu_erf_slope(v.x), gelu_erf_slope(v.y), gelu_erf_slope(v.z),
+            gelu_erf_slope(v.w));
     }
 }

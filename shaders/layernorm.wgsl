@@ -121,11 +121,17 @@ fn layernorm_bwd_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 // On lavapipe a storage load runs once per invocation and element; a texel fetch brings four
 // elements of a row for the 8 invocations of a SIMD register. Images: x's rows (binding 6), gamma
 // as one row (7), and beta (forward) or dy's rows (backward) (8). Each sum adds the same terms in
-// the same order as the buffer kernels above, so both give the same bits.
+// the same order as the buffer kernels above, so both give the same bits. Outputs are stored as
+// vec4s (the same bindings seen as vec4s): lavapipe stores a vec4 for about the cost of a scalar.
 
 @group(0) @binding(6) var x_image: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(7) var gamma_image: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(8) var third_image: texture_storage_2d<rgba32float, read>;   // beta (forward) or dy (backward)
+
+@group(0) @binding(4) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> dx4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> dgamma4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> dbeta4: array<vec4<f32>>;
 
 fn texel(image: texture_storage_2d<rgba32float, read>, t: u32, r: u32) -> vec4<f32> {
     return textureLoad(image, vec2<i32>(i32(t), i32(r)));
@@ -156,13 +162,9 @@ fn layernorm_fwd_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
         var_ += d.w * d.w;
     }
     let rstd = inverseSqrt(var_ / f32(p.cols) + p.eps);
-    let o = r * p.cols;
+    let o = r * n4;
     for (var t = 0u; t < n4; t++) {
-        let v = (texel(x_image, t, r) - mean) * rstd * texel(gamma_image, t, 0u) + texel(third_image, t, 0u);
-        y[o + 4u * t] = v.x;
-        y[o + 4u * t + 1u] = v.y;
-        y[o + 4u * t + 2u] = v.z;
-        y[o + 4u * t + 3u] = v.w;
+        y4[o + t] = (texel(x_image, t, r) - mean) * rstd * texel(gamma_image, t, 0u) + texel(third_image, t, 0u);
     }
     stats[2u * r] = mean;
     stats[2u * r + 1u] = rstd;
@@ -193,19 +195,15 @@ fn layernorm_bwd_x_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     }
     mg /= f32(p.cols);
     mgx /= f32(p.cols);
-    let o = r * p.cols;
+    let o = r * n4;
     for (var t = 0u; t < n4; t++) {
         let xhat = (texel(x_image, t, r) - mean) * rstd;
         let v = rstd * (texel(third_image, t, r) * texel(gamma_image, t, 0u) - mg - xhat * mgx);
-        let i = o + 4u * t;
-        var w = v;
         if (ACCUMULATE) {
-            w = vec4<f32>(dx[i], dx[i + 1u], dx[i + 2u], dx[i + 3u]) + v;
+            dx4[o + t] = dx4[o + t] + v;
+        } else {
+            dx4[o + t] = v;
         }
-        dx[i] = w.x;
-        dx[i + 1u] = w.y;
-        dx[i + 2u] = w.z;
-        dx[i + 3u] = w.w;
     }
 }
 
@@ -228,9 +226,6 @@ fn layernorm_bwd_params_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
         dg += g * (texel(x_image, t, r) - saved[2u * r]) * saved[2u * r + 1u];
         db += g;
     }
-    let o = k * p.cols + 4u * t;
-    for (var j = 0u; j < 4u; j++) {
-        dgamma[o + j] = dg[j];
-        dbeta[o + j] = db[j];
-    }
+    dgamma4[k * n4 + t] = dg;
+    dbeta4[k * n4 + t] = db;
 }

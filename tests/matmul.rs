@@ -184,8 +184,14 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
                 && if tb { k % 64 == 0 } else { n % 64 == 0 };
             case += 1;
             let (shared, bias) = (case % 2 == 0, case % 3 == 0);
+            // The subgroup kernel stores C's rows as vec4s: N must be a multiple of 4.
+            let on_subgroup = match (fits, n % 4 == 0) {
+                (true, true) => sub_kernel,
+                (true, false) => "matmul_image",
+                (false, _) => "matmul_vec4",
+            };
             let devices = [
-                (&subgroup, if fits { sub_kernel } else { "matmul_vec4" }),
+                (&subgroup, on_subgroup),
                 (&images, if fits { "matmul_image" } else { "matmul_vec4" }),
                 (&buffers, "matmul_vec4"),
             ];
@@ -219,7 +225,69 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
             check(g, 40 + k as u64, 1, 64, 128, k, true, false, false, true)
         });
     }
+    // Storing: alpha, bias and accumulating into C at an offset (a multiple of 4, so the
+    // subgroup kernel stores its rows as vec4s; at 2 it cannot, and the image kernel runs).
+    for (off, on_subgroup) in [(64, sub_kernel), (2, "matmul_image")] {
+        let devices = [
+            (&subgroup, on_subgroup),
+            (&images, "matmul_image"),
+            (&buffers, "matmul_vec4"),
+        ];
+        same_on_all(&format!("accumulate at {off}"), devices, true, |g| {
+            accumulate_at(g, off)
+        });
+    }
     assert_eq!(buffers.stats().images_created, 0);
+}
+
+/// C[off..] += 0.5 · A B + bias for A [68, 128], B [128, 128], against the reference.
+fn accumulate_at(g: &amad::Gpu, off: usize) -> Vec<f32> {
+    let (m, n, k) = (68, 128, 128);
+    let mut rng = Rng::new(60 + off as u64);
+    let (a, b, bias, c0) = (
+        rng.vec(m * k, 1.0),
+        rng.vec(k * n, 1.0),
+        rng.vec(n, 1.0),
+        rng.vec(off + m * n, 1.0),
+    );
+    let (ta, tb, tbias, tc) = (
+        upload_on(g, &[m, k], &a),
+        upload_on(g, &[k, n], &b),
+        upload_on(g, &[n], &bias),
+        upload_on(g, &[off + m * n], &c0),
+    );
+    let got = run_on(g, |s| {
+        Gemm {
+            m,
+            n,
+            k,
+            batch: [1, 1],
+            a: View::matrix(&ta, m, k, false),
+            b: View::matrix(&tb, k, n, false),
+            c: View {
+                off,
+                ..View::matrix(&tc, m, n, false)
+            },
+            bias: Some(&tbias),
+            alpha: 0.5,
+            accumulate: true,
+        }
+        .record(s)?;
+        Ok(vec![tc.clone()])
+    });
+    let prod = r::matmul(&a, &b, None, 1, m, n, k, false, false, false);
+    let mut want = c0.clone();
+    for (i, (w, p)) in want[off..].iter_mut().zip(&prod).enumerate() {
+        *w += 0.5 * p + bias[i % n];
+    }
+    assert_close(
+        &format!("accumulate at {off}"),
+        &got[0],
+        &want,
+        tol(k),
+        1e-5,
+    );
+    got[0].clone()
 }
 
 #[test]

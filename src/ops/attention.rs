@@ -248,7 +248,14 @@ fn apply(
     let p = d.params(1.0, transposed, [Some(z), None, Some(out)])?;
     let rows = if transposed { d.k_len } else { d.q_len };
     let tensors = [map, z.t, out.t];
-    match images.of(step, &d, z)? {
+    // The image kernel stores the output's rows as vec4s.
+    let out_vec4 = out.off.is_multiple_of(4) && out.stride.is_multiple_of(4);
+    let iz = if out_vec4 {
+        images.of(step, &d, z)?
+    } else {
+        None
+    };
+    match iz {
         Some(iz) => {
             // Blocks of 8 rows × 16 columns (see the shader).
             let n = groups(d.blocks(rows, d.head_dim.div_ceil(16) * 8), 64);

@@ -62,7 +62,8 @@ pub static MATMUL_VEC4: [[[Kernel; 4]; 2]; 2] =
 pub static MATMUL_IMAGE: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul", "matmul_image", &[R, R, R, W, I, I]);
 
-/// The image kernel with each texel fetched once per subgroup (`Gpu::subgroup_matmul`), likewise.
+/// The image kernel with each texel fetched once per subgroup (`Gpu::subgroup_matmul`), likewise;
+/// it stores C's rows as vec4s (binding 4 seen as vec4s), so it runs only where they are aligned.
 pub static MATMUL_SUBGROUP: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul_subgroup", "matmul_subgroup", &[R, R, R, W, I, I]);
 
@@ -240,6 +241,17 @@ impl Gemm<'_> {
         Some((ak, bn))
     }
 
+    /// Whether C's rows can be stored as vec4s, as the subgroup kernel stores them: contiguous,
+    /// whole vec4s long, and 16-byte aligned.
+    fn c_rows_vec4(&self) -> bool {
+        let c = &self.c;
+        c.cs == 1
+            && self.n.is_multiple_of(4)
+            && [c.off, c.rs, c.bs[0], c.bs[1]]
+                .iter()
+                .all(|x| x.is_multiple_of(4))
+    }
+
     /// How many K chunks to split this product into (see SPLIT_BELOW_TILES), if any: only single
     /// products without bias whose C rows are contiguous, so that the chunks' sum is a column sum,
     /// and whose A is stored K-major and B N-major (a weight gradient, Xᵀ·dY), so that every chunk
@@ -396,7 +408,7 @@ impl Gemm<'_> {
         // the device has it.
         let imaged =
             orientation.and_then(|(ak, bn)| Some((ak, bn, self.image_rows(step.gpu(), ak, bn)?)));
-        let subgroup = imaged.is_some() && step.gpu().subgroup_matmul();
+        let subgroup = imaged.is_some() && step.gpu().subgroup_matmul() && self.c_rows_vec4();
         let (tm, tn) = if subgroup {
             SUBGROUP_TILE
         } else if orientation.is_some() {

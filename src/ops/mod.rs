@@ -107,6 +107,7 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &reduce::SUM_COLUMNS_IMAGE[1],
     &reduce::BROADCAST_SCALAR,
     &optim::ADAMW,
+    &optim::ADAMW_VEC4,
     &optim::CLIP_SCALE,
     &image::UNPACK,
     &image::RESIZE_H,

@@ -6,13 +6,15 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
 
 pub const ADAMW: Kernel = Kernel::new("optim", "adamw", &[R, R, W, W, W]);
+pub const ADAMW_VEC4: Kernel = Kernel::new("optim", "adamw_vec4", &[R, R, W, W, W]);
 pub const CLIP_SCALE: Kernel = Kernel::new("optim", "clip_scale", &[R, W]);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
 struct Params {
     n: u32,
-    _pad: [u32; 3],
+    first: u32,
+    _pad: [u32; 2],
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -126,12 +128,19 @@ pub fn adamw(step: &mut Step, slots: &[Slot], cfg: &AdamW, t: u32, clip: &Tensor
             c2: 1.0 / (1.0 - cfg.beta2.powi(t as i32)),
             ..Default::default()
         };
-        step.dispatch_linear(
-            &ADAMW,
-            &p,
-            &[s.grad, clip, s.param, s.m, s.v],
-            groups(n, 256),
-        )?;
+        // Whole vec4s first, then the 0-3 elements left over.
+        let tensors = [s.grad, clip, s.param, s.m, s.v];
+        if n >= 4 {
+            step.dispatch_linear(&ADAMW_VEC4, &p, &tensors, groups(n / 4, 256))?;
+        }
+        if !n.is_multiple_of(4) {
+            let first = n / 4 * 4;
+            let tail = Params {
+                first: first as u32,
+                ..p
+            };
+            step.dispatch_linear(&ADAMW, &tail, &tensors, groups(n - first, 256))?;
+        }
     }
     Ok(())
 }
