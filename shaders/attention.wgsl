@@ -1,8 +1,9 @@
 // The attention core: P = softmax(scale · Q Kᵀ + masks), O = P V, and its backward, for the short
 // sequences of captioning (tens of tokens), as small products per (batch, head):
-//   attention_scores   map  = alpha · X Yᵀ          (S = scale · Q Kᵀ; dP = dO Vᵀ)
+//   attention_scores   map  = alpha · X Yᵀ          (S = scale · Q Kᵀ)
 //   attention_softmax  P    = masked row softmax of S, in place
-//   attention_dscores  dS   = scale · P ⊙ (dP − rowsum(P ⊙ dP)), in place (dP plus any extra)
+//   attention_row_dots D    = rowsum(P ⊙ dP) = dO·O per row (plus rowsum(P ⊙ extra) with an extra dP)
+//   attention_dscores  dS   = scale · P ⊙ (dP − D), dP = dO Vᵀ (+ extra) computed in the block
 //   attention_apply    out  = W Z or Wᵀ Z            (O = P V; dQ = dS K; dK = dSᵀ Q; dV = Pᵀ dO)
 //
 // Why this shape: lavapipe turns every storage load and store into a loop over its 8 SIMD lanes,
@@ -18,7 +19,8 @@
 // all zeros.
 //
 // On CPU adapters the products read their sequences from images instead (attention_scores_image,
-// attention_apply_image, below; see src/gpu/image.rs), adding the same terms in the same order.
+// attention_dscores_image, attention_apply_image, below; see src/gpu/image.rs), adding the same
+// terms in the same order.
 
 struct Params {
     batch: u32,
@@ -86,39 +88,52 @@ fn outer(u: vec4<f32>, v: vec4<f32>) -> mat4x4<f32> {
 @group(0) @binding(2) var<storage, read> sy: array<f32>;
 @group(0) @binding(3) var<storage, read_write> smap: array<f32>;
 
+// The four 4 × 4 quarters of an 8 × 8 block of X Yᵀ: a00 rows r0 .. r0+3 × columns c0 .. c0+3,
+// a01 the next four columns, a10 the next four rows (m[j][i] = cell (r0 + i, c0 + j)).
+struct Quad {
+    a00: mat4x4<f32>,
+    a01: mat4x4<f32>,
+    a10: mat4x4<f32>,
+    a11: mat4x4<f32>,
+}
+
+// Σ_d X(r0 + i, d) Y(c0 + j, d) over the head's d for (batch, head) (b, h), from the buffers.
+fn products(b: u32, h: u32, r0: u32, c0: u32) -> Quad {
+    var xa: array<u32, 8>;
+    var ya: array<u32, 8>;
+    for (var r = 0u; r < 8u; r++) {
+        xa[r] = token(p.x_off, p.x_stride, p.tq, b, r0 + r, h);
+        ya[r] = token(p.y_off, p.y_stride, p.tk, b, c0 + r, h);
+    }
+    var q = Quad();
+    for (var d = 0u; d < p.hd; d++) {
+        let x0 = vec4<f32>(sx[xa[0] + d], sx[xa[1] + d], sx[xa[2] + d], sx[xa[3] + d]);
+        let x1 = vec4<f32>(sx[xa[4] + d], sx[xa[5] + d], sx[xa[6] + d], sx[xa[7] + d]);
+        let y0 = vec4<f32>(sy[ya[0] + d], sy[ya[1] + d], sy[ya[2] + d], sy[ya[3] + d]);
+        let y1 = vec4<f32>(sy[ya[4] + d], sy[ya[5] + d], sy[ya[6] + d], sy[ya[7] + d]);
+        q.a00 += outer(x0, y0);
+        q.a01 += outer(x0, y1);
+        q.a10 += outer(x1, y0);
+        q.a11 += outer(x1, y1);
+    }
+    return q;
+}
+
 @compute @workgroup_size(64)
 fn attention_scores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
     if (!blk.valid) {
         return;
     }
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
-    var xa: array<u32, 8>;
-    var ya: array<u32, 8>;
-    for (var r = 0u; r < 8u; r++) {
-        xa[r] = token(p.x_off, p.x_stride, p.tq, b, blk.r0 + r, h);
-        ya[r] = token(p.y_off, p.y_stride, p.tk, b, blk.c0 + r, h);
-    }
-    var a00 = mat4x4<f32>();
-    var a01 = mat4x4<f32>();
-    var a10 = mat4x4<f32>();
-    var a11 = mat4x4<f32>();
-    for (var d = 0u; d < p.hd; d++) {
-        let x0 = vec4<f32>(sx[xa[0] + d], sx[xa[1] + d], sx[xa[2] + d], sx[xa[3] + d]);
-        let x1 = vec4<f32>(sx[xa[4] + d], sx[xa[5] + d], sx[xa[6] + d], sx[xa[7] + d]);
-        let y0 = vec4<f32>(sy[ya[0] + d], sy[ya[1] + d], sy[ya[2] + d], sy[ya[3] + d]);
-        let y1 = vec4<f32>(sy[ya[4] + d], sy[ya[5] + d], sy[ya[6] + d], sy[ya[7] + d]);
-        a00 += outer(x0, y0);
-        a01 += outer(x0, y1);
-        a10 += outer(x1, y0);
-        a11 += outer(x1, y1);
-    }
+    store_scores(blk, products(blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
+}
+
+fn store_scores(blk: Block, q: Quad) {
     let base = blk.bh * p.tq * p.tk;
-    store_map(base, blk.r0, blk.c0, a00);
-    store_map(base, blk.r0, blk.c0 + 4u, a01);
-    store_map(base, blk.r0 + 4u, blk.c0, a10);
-    store_map(base, blk.r0 + 4u, blk.c0 + 4u, a11);
+    store_map(base, blk.r0, blk.c0, q.a00);
+    store_map(base, blk.r0, blk.c0 + 4u, q.a01);
+    store_map(base, blk.r0 + 4u, blk.c0, q.a10);
+    store_map(base, blk.r0 + 4u, blk.c0 + 4u, q.a11);
 }
 
 // Stores alpha · m (m[j][i] = cell (r0 + i, c0 + j)) into the map, skipping cells past its edge.
@@ -163,43 +178,39 @@ fn seq_rows(b: u32, len: u32, t0: u32) -> vec4<u32> {
     return base + vec4<u32>(min(t0, last), min(t0 + 1u, last), min(t0 + 2u, last), min(t0 + 3u, last));
 }
 
+// products() with X and Y read from their images.
+fn products_image(xi: texture_storage_2d<rgba32float, read>, yi: texture_storage_2d<rgba32float, read>, b: u32, h: u32, r0: u32, c0: u32) -> Quad {
+    let xr0 = seq_rows(b, p.tq, r0);
+    let xr1 = seq_rows(b, p.tq, r0 + 4u);
+    let yr0 = seq_rows(b, p.tk, c0);
+    let yr1 = seq_rows(b, p.tk, c0 + 4u);
+    let xt = (p.x_off + h * p.hd) / 4u;
+    let yt = (p.y_off + h * p.hd) / 4u;
+    var q = Quad();
+    // Row dd of x0 (a column of the texels) holds X(r0 .. r0+3, 4dt + dd): the terms are added
+    // one d at a time, in products' order, so both give the same bits.
+    for (var dt = 0u; dt < p.hd / 4u; dt++) {
+        let x0 = transpose(seq_texels(xi, xt + dt, xr0));
+        let x1 = transpose(seq_texels(xi, xt + dt, xr1));
+        let y0 = transpose(seq_texels(yi, yt + dt, yr0));
+        let y1 = transpose(seq_texels(yi, yt + dt, yr1));
+        for (var dd = 0u; dd < 4u; dd++) {
+            q.a00 += outer(x0[dd], y0[dd]);
+            q.a01 += outer(x0[dd], y1[dd]);
+            q.a10 += outer(x1[dd], y0[dd]);
+            q.a11 += outer(x1[dd], y1[dd]);
+        }
+    }
+    return q;
+}
+
 @compute @workgroup_size(64)
 fn attention_scores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
     if (!blk.valid) {
         return;
     }
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
-    let xr0 = seq_rows(b, p.tq, blk.r0);
-    let xr1 = seq_rows(b, p.tq, blk.r0 + 4u);
-    let yr0 = seq_rows(b, p.tk, blk.c0);
-    let yr1 = seq_rows(b, p.tk, blk.c0 + 4u);
-    let xt = (p.x_off + h * p.hd) / 4u;
-    let yt = (p.y_off + h * p.hd) / 4u;
-    var a00 = mat4x4<f32>();
-    var a01 = mat4x4<f32>();
-    var a10 = mat4x4<f32>();
-    var a11 = mat4x4<f32>();
-    // Row dd of x0 (a column of the texels) holds X(r0 .. r0+3, 4dt + dd): the terms are added
-    // one d at a time, in attention_scores' order, so both kernels give the same bits.
-    for (var dt = 0u; dt < p.hd / 4u; dt++) {
-        let x0 = transpose(seq_texels(seq_x, xt + dt, xr0));
-        let x1 = transpose(seq_texels(seq_x, xt + dt, xr1));
-        let y0 = transpose(seq_texels(seq_y, yt + dt, yr0));
-        let y1 = transpose(seq_texels(seq_y, yt + dt, yr1));
-        for (var dd = 0u; dd < 4u; dd++) {
-            a00 += outer(x0[dd], y0[dd]);
-            a01 += outer(x0[dd], y1[dd]);
-            a10 += outer(x1[dd], y0[dd]);
-            a11 += outer(x1[dd], y1[dd]);
-        }
-    }
-    let base = blk.bh * p.tq * p.tk;
-    store_map(base, blk.r0, blk.c0, a00);
-    store_map(base, blk.r0, blk.c0 + 4u, a01);
-    store_map(base, blk.r0 + 4u, blk.c0, a10);
-    store_map(base, blk.r0 + 4u, blk.c0 + 4u, a11);
+    store_scores(blk, products_image(seq_x, seq_y, blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
 }
 
 // ---- softmax: one invocation per row of the map, in place ----
@@ -247,29 +258,105 @@ fn attention_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// ---- dscores: one invocation per row; dP (+ extra) in, dS out, in place ----
-@group(0) @binding(1) var<storage, read> saved_probs: array<f32>;  // P [B, H, Tq, Tk]
-@group(0) @binding(2) var<storage, read> extra_dp: array<f32>;     // [B, H, Tq, Tk] or unbound
-@group(0) @binding(3) var<storage, read_write> dmap: array<f32>;
+// ---- row_dots and dscores: the softmax's backward without storing dP ----
+//
+// dS = scale · P ⊙ (dP − D) with D_i = Σ_j P_ij dP_ij. Since O_i = Σ_j P_ij V_j and
+// dP_ij = dO_i · V_j, D_i = dO_i · O_i: a dot product per row of the outputs (plus Σ_j P_ij extra_ij
+// when a gradient arrives at P itself). So dscores computes dP in its block as scores computes S
+// (X = dO, Y = V) and stores only dS: per cell one load of P and one store, where storing dP and
+// then reading it and P twice each per row cost a store and four loads more (on lavapipe each a
+// loop over the lanes of a register).
+@group(0) @binding(4) var<storage, read> saved_probs: array<f32>;  // P [B, H, Tq, Tk]
+@group(0) @binding(5) var<storage, read> extra_dp: array<f32>;     // [B, H, Tq, Tk] (EXTRA_DP only)
+@group(0) @binding(6) var<storage, read> row_dot: array<f32>;      // D [B, H, Tq]
+@group(0) @binding(7) var dout_image: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(8) var v_image: texture_storage_2d<rgba32float, read>;
 
+// row_dots' own bindings: dO (x) and O (o) as sequences, D out.
+@group(0) @binding(1) var<storage, read> rd_dout: array<f32>;
+@group(0) @binding(2) var<storage, read> rd_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rd_dots: array<f32>;
+
+// One invocation per row (batch, head, query) of the maps.
 @compute @workgroup_size(64)
-fn attention_dscores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn attention_row_dots(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = group_index(wid, nwg) * 64u + lid;
     if (row >= p.batch * p.heads * p.tq) {
         return;
     }
-    let base = row * p.tk;
+    let i = row % p.tq;
+    let bh = row / p.tq;
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let xo = p.x_off + (b * p.tq + i) * p.x_stride + h * p.hd;
+    let oo = p.o_off + (b * p.tq + i) * p.o_stride + h * p.hd;
     var dot = 0.0;
-    for (var j = 0u; j < p.tk; j++) {
-        var dp = dmap[base + j];
-        if (EXTRA_DP) {
-            dp += extra_dp[base + j];
-            dmap[base + j] = dp;
-        }
-        dot += saved_probs[base + j] * dp;
+    for (var d = 0u; d < p.hd; d++) {
+        dot += rd_dout[xo + d] * rd_out[oo + d];
     }
-    for (var j = 0u; j < p.tk; j++) {
-        dmap[base + j] = p.alpha * saved_probs[base + j] * (dmap[base + j] - dot);
+    if (EXTRA_DP) {
+        let base = row * p.tk;
+        for (var j = 0u; j < p.tk; j++) {
+            dot += saved_probs[base + j] * extra_dp[base + j];
+        }
+    }
+    rd_dots[row] = dot;
+}
+
+@compute @workgroup_size(64)
+fn attention_dscores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+    if (!blk.valid) {
+        return;
+    }
+    store_dscores(blk, products(blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
+}
+
+@compute @workgroup_size(64)
+fn attention_dscores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+    if (!blk.valid) {
+        return;
+    }
+    store_dscores(blk, products_image(dout_image, v_image, blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
+}
+
+fn store_dscores(blk: Block, q: Quad) {
+    let base = blk.bh * p.tq * p.tk;
+    // D of the block's rows (clamped to the last row; rows past it are never stored).
+    let d0 = row_dots4(blk.bh, blk.r0);
+    let d1 = row_dots4(blk.bh, blk.r0 + 4u);
+    dscores_cells(base, blk.r0, blk.c0, q.a00, d0);
+    dscores_cells(base, blk.r0, blk.c0 + 4u, q.a01, d0);
+    dscores_cells(base, blk.r0 + 4u, blk.c0, q.a10, d1);
+    dscores_cells(base, blk.r0 + 4u, blk.c0 + 4u, q.a11, d1);
+}
+
+fn row_dots4(bh: u32, r0: u32) -> vec4<f32> {
+    let o = bh * p.tq;
+    let last = p.tq - 1u;
+    return vec4<f32>(row_dot[o + min(r0, last)], row_dot[o + min(r0 + 1u, last)],
+        row_dot[o + min(r0 + 2u, last)], row_dot[o + min(r0 + 3u, last)]);
+}
+
+// dS at cells (r0 + i, c0 + j) from dP's m[j][i] and the rows' D (dots[i]) into the map, skipping
+// cells past its edge.
+fn dscores_cells(base: u32, r0: u32, c0: u32, m: mat4x4<f32>, dots: vec4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        let c = c0 + j;
+        if (c < p.tk) {
+            for (var i = 0u; i < 4u; i++) {
+                let r = r0 + i;
+                if (r < p.tq) {
+                    let cell = base + r * p.tk + c;
+                    var dp = m[j][i];
+                    if (EXTRA_DP) {
+                        dp += extra_dp[cell];
+                    }
+                    smap[cell] = p.alpha * saved_probs[cell] * (dp - dots[i]);
+                }
+            }
+        }
     }
 }
 

@@ -365,8 +365,14 @@ fn attention_forward_and_backward_with_masks() {
             key_mask: padded.then_some(&mask[..]),
         };
         let (out, probs) = r::attention(q, k, v, a, m);
-        let (dq, dk, dv) = r::attention_bwd(q, k, v, dout, a, m);
-        let lq = |q: &[f64], k: &[f64], v: &[f64]| dot(dout, &r::attention(q, k, v, a, m).0);
+        // Every other case has a gradient arriving at P too (a distillation loss on the maps).
+        let extra = (b == 2).then(|| rng.vec(b * h * tq * tk, 1.0));
+        let extra = extra.as_deref();
+        let (dq, dk, dv) = r::attention_bwd(q, k, v, dout, extra, a, m);
+        let lq = |q: &[f64], k: &[f64], v: &[f64]| {
+            let (o, p) = r::attention(q, k, v, a, m);
+            dot(dout, &o) + extra.map_or(0.0, |e| dot(e, &p))
+        };
         assert_close64(
             "attention dq vs FD",
             &dq,
@@ -390,11 +396,12 @@ fn attention_forward_and_backward_with_masks() {
         );
         attention_on(
             gpu(),
-            &format!("causal={causal} padded={padded}"),
+            &format!("causal={causal} padded={padded} extra={}", extra.is_some()),
             a,
             m,
             None,
             [q, k, v, dout],
+            extra,
             [&out, &probs, &dq, &dk, &dv],
         );
     }
@@ -435,6 +442,7 @@ fn attention_on(
     m: r::Masks,
     fused: Option<usize>,
     x: [&[f64]; 4],
+    extra: Option<&[f64]>,
     want: [&[f64]; 5],
 ) -> Vec<Vec<f32>> {
     let r::AttnDims { b, h, tq, tk, d } = a;
@@ -482,6 +490,7 @@ fn attention_on(
         (ts, [(0, 0), (1, 0), (1, 1)])
     };
     let gdo = upload_on(g, &[b, tq, w], x[3]);
+    let gextra = extra.map(|e| upload_on(g, &[b, h, tq, tk], e));
     let gmask = m.key_mask.map(|km| upload_on(g, &[b, tk], km));
     let got = run_on(g, |s| {
         let masks = softmax::Masks {
@@ -506,9 +515,10 @@ fn attention_on(
             dq: attention::Seq::whole(&dq),
             dk: part(&dkv, 0, 2),
             dv: part(&dkv, 1, 2),
-            dprobs: None,
+            dprobs: gextra.as_ref(),
         };
-        attention::attention_bwd(s, dims, q, k, v, &p, &gdo, grads)?;
+        let saved = attention::Saved { out: &o, probs: &p };
+        attention::attention_bwd(s, dims, q, k, v, saved, &gdo, grads)?;
         Ok(vec![o, p, dq, dkv])
     });
     // Split the fused gradient back into dK and dV for the comparison.
@@ -561,7 +571,10 @@ fn attention_image_and_buffer_kernels() {
             key_mask: padded.then_some(&mask[..]),
         };
         let (out, probs) = r::attention(q, k, v, a, m);
-        let (dq, dk, dv) = r::attention_bwd(q, k, v, dout, a, m);
+        // The padded cases also have a gradient arriving at P.
+        let extra = padded.then(|| rng.vec(b * h * tq * tk, 1.0));
+        let extra = extra.as_deref();
+        let (dq, dk, dv) = r::attention_bwd(q, k, v, dout, extra, a, m);
         let mut results = vec![];
         for (g, on) in [(&images, true), (&buffers, false)] {
             let what = format!("{:?} images={on}", (b, h, tq, tk, d, pad));
@@ -573,15 +586,16 @@ fn attention_image_and_buffer_kernels() {
                     m,
                     Some(pad),
                     [q, k, v, dout],
+                    extra,
                     [&out, &probs, &dq, &dk, &dv],
                 ))
             });
             ran.sort();
             let suffix = if on && fits { "_image" } else { "" };
-            let mut want: Vec<String> = ["apply", "dscores", "scores", "softmax"]
+            let mut want: Vec<String> = ["apply", "dscores", "row_dots", "scores", "softmax"]
                 .iter()
                 .map(|k| match *k {
-                    "apply" | "scores" => format!("attention_{k}{suffix}"),
+                    "apply" | "dscores" | "scores" => format!("attention_{k}{suffix}"),
                     _ => format!("attention_{k}"),
                 })
                 .collect();

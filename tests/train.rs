@@ -411,6 +411,7 @@ fn training_steps_give_the_same_bits_from_images_and_from_buffers() {
             .collect();
         let mut want = vec![
             "attention_apply_image",
+            "attention_dscores_image",
             "attention_scores_image",
             "gelu_bwd_image",
             "gelu_fwd_image",

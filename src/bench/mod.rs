@@ -166,7 +166,7 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         attention::attention(step, dims, q, k, v, Masks::default()).map(drop)
     })?;
     let fwd_bwd = time_paths(gpu, iters, &|step| {
-        let (_, p) = attention::attention(step, dims, q, k, v, Masks::default())?;
+        let (o, p) = attention::attention(step, dims, q, k, v, Masks::default())?;
         let dqkv = step.empty(&[b, t, 3 * h * d])?;
         let grads = attention::Grads {
             dq: Seq::part(&dqkv, 0, 3),
@@ -174,7 +174,8 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
             dv: Seq::part(&dqkv, 2, 3),
             dprobs: None,
         };
-        attention::attention_bwd(step, dims, q, k, v, &p, &dout, grads)
+        let saved = attention::Saved { out: &o, probs: &p };
+        attention::attention_bwd(step, dims, q, k, v, saved, &dout, grads)
     })?;
     let shape = format!("B{b} H{h} T{t} D{d}");
     for (name, times, flops) in [

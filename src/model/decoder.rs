@@ -8,7 +8,7 @@ use super::weights::DecLayer;
 use super::{Model, Weights};
 use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
-use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
+use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Saved, Seq};
 use crate::ops::elementwise::{add, Gelu};
 use crate::ops::embedding::{embedding, embedding_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
@@ -251,7 +251,11 @@ impl Model {
             Seq::part(&a.cross_kv, 0, 2),
             Seq::part(&a.cross_kv, 1, 2),
         );
-        attention_bwd(step, xd, q, k, v, &a.cross_probs, &dcross_out, grads)?;
+        let saved = Saved {
+            out: &a.cross_out,
+            probs: &a.cross_probs,
+        };
+        attention_bwd(step, xd, q, k, v, saved, &dcross_out, grads)?;
         self.lin_bwd(
             InOut,
             step,
@@ -294,7 +298,11 @@ impl Model {
             Seq::part(&a.qkv, 1, 3),
             Seq::part(&a.qkv, 2, 3),
         );
-        attention_bwd(step, sd, q, k, v, &a.self_probs, &dself_out, grads)?;
+        let saved = Saved {
+            out: &a.self_out,
+            probs: &a.self_probs,
+        };
+        attention_bwd(step, sd, q, k, v, saved, &dself_out, grads)?;
         let da = need(self.lin_bwd(InOut, step, &a.ln1.0, layer.qkv, &dqkv, g, Dx::New)?);
         let dx_in = layernorm_bwd(
             step,

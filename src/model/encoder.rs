@@ -7,7 +7,7 @@ use super::weights::EncLayer;
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
-use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Seq};
+use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Saved, Seq};
 use crate::ops::elementwise::Gelu;
 use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
@@ -185,7 +185,10 @@ impl Model {
             Seq::whole(&a.q),
             Seq::whole(&a.k),
             Seq::whole(&a.v),
-            &a.probs,
+            Saved {
+                out: &a.attn,
+                probs: &a.probs,
+            },
             &dattn,
             grads,
         )?;

@@ -35,23 +35,39 @@ const fn softmax(name: &'static str, constants: &'static [(&'static str, f64)]) 
     Kernel::specialised(name, "attention", "attention_softmax", &[R, W], constants)
 }
 
-/// dS from dP, without and with a gradient arriving at P itself (the EXTRA_DP constant).
-pub const DSCORES: [Kernel; 2] = [
-    Kernel::specialised(
-        "attention_dscores",
-        "attention",
-        "attention_dscores",
-        &[R, R, W],
-        &[("EXTRA_DP", 0.0)],
-    ),
-    Kernel::specialised(
-        "attention_dscores_extra",
-        "attention",
-        "attention_dscores",
-        &[R, R, W],
-        &[("EXTRA_DP", 1.0)],
-    ),
-];
+/// D = rowsum(P ⊙ dP) from dO and O, [without, with] a gradient arriving at P itself (the
+/// EXTRA_DP constant: its rowsum(P ⊙ extra) is added).
+pub const ROW_DOTS: [Kernel; 2] = without_and_with_extra(
+    ["attention_row_dots", "attention_row_dots_extra"],
+    "attention_row_dots",
+    &[R, R, W, R, R],
+);
+
+/// dS from dO, V, P and D, likewise [without, with] the extra gradient at P.
+pub const DSCORES: [Kernel; 2] = without_and_with_extra(
+    ["attention_dscores", "attention_dscores_extra"],
+    "attention_dscores",
+    &[R, R, W, R, R, R],
+);
+
+/// DSCORES reading dO and V from images (`Gpu::image_operands`).
+pub const DSCORES_IMAGE: [Kernel; 2] = without_and_with_extra(
+    ["attention_dscores_image", "attention_dscores_image_extra"],
+    "attention_dscores_image",
+    &[R, R, W, R, R, R, I, I],
+);
+
+const fn without_and_with_extra(
+    names: [&'static str; 2],
+    entry: &'static str,
+    bindings: &'static [crate::gpu::Access],
+) -> [Kernel; 2] {
+    [
+        Kernel::specialised(names[0], "attention", entry, bindings, &[("EXTRA_DP", 0.0)]),
+        Kernel::specialised(names[1], "attention", entry, bindings, &[("EXTRA_DP", 1.0)]),
+    ]
+}
+
 pub const APPLY: Kernel = Kernel::new("attention", "attention_apply", &[R, R, W]);
 /// SCORES and APPLY reading their sequences from images (`Gpu::image_operands`).
 pub const SCORES_IMAGE: Kernel =
@@ -211,18 +227,10 @@ impl Dims {
     }
 }
 
-/// The map alpha · X Yᵀ [B, H, Tq, Tk] of two sequences (Tq rows of X, Tk of Y): S = scale · Q Kᵀ
-/// and dP = dO Vᵀ.
-fn scores(
-    step: &mut Step,
-    d: Dims,
-    x: &Seq,
-    y: &Seq,
-    alpha: f32,
-    images: &mut SeqImages,
-) -> Result<Tensor> {
+/// S = scale · Q Kᵀ [B, H, Tq, Tk] (Tq rows of Q, Tk of K).
+fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, images: &mut SeqImages) -> Result<Tensor> {
     let map = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
-    let p = d.params(alpha, false, [Some(x), Some(y), None])?;
+    let p = d.params(d.scale(), false, [Some(x), Some(y), None])?;
     let n = groups(d.blocks(d.q_len, d.k_len), 64);
     let tensors = [x.t, y.t, &map];
     if let (Some(ix), Some(iy)) = (images.of(step, &d, x)?, images.of(step, &d, y)?) {
@@ -306,7 +314,7 @@ pub fn attention(
         );
     }
     let mut images = SeqImages::default();
-    let probs = scores(step, d, &q, &k, d.scale(), &mut images)?;
+    let probs = scores(step, d, &q, &k, &mut images)?;
     let p = d.params(1.0, false, [None; 3])?;
     let mask = masks.key_mask.unwrap_or(q.t);
     let softmax = &SOFTMAX[masks.causal as usize | (masks.key_mask.is_some() as usize) << 1];
@@ -326,7 +334,13 @@ pub struct Grads<'a> {
     pub dprobs: Option<&'a Tensor>,
 }
 
-/// Backward: from dO [B, Tq, H·D] and the saved P, writes dQ, dK, dV.
+/// What [`attention`] returned, as its backward needs it: O [B, Tq, H·D] and P [B, H, Tq, Tk].
+pub struct Saved<'a> {
+    pub out: &'a Tensor,
+    pub probs: &'a Tensor,
+}
+
+/// Backward: from dO [B, Tq, H·D] and the forward's O and P, writes dQ, dK, dV.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd(
     step: &mut Step,
@@ -334,10 +348,11 @@ pub fn attention_bwd(
     q: Seq,
     k: Seq,
     v: Seq,
-    probs: &Tensor,
+    saved: Saved,
     dout: &Tensor,
     grads: Grads,
 ) -> Result<()> {
+    let probs = saved.probs;
     let (tq, tk) = (d.q_len, d.k_len);
     if probs.shape() != [d.batch, d.heads, tq, tk] {
         return shape_err(
@@ -357,18 +372,21 @@ pub fn attention_bwd(
             );
         }
     }
-    let dout_seq = Seq::whole(dout);
-    if dout_seq.off != 0 || dout_seq.stride != d.width() {
-        return shape_err(
-            "attention_bwd",
-            format!("dout {:?} must be [B, Tq, H·D]", dout.shape()),
-        );
+    let (dout_seq, out_seq) = (Seq::whole(dout), Seq::whole(saved.out));
+    for (what, s) in [("dout", &dout_seq), ("out", &out_seq)] {
+        if s.stride != d.width() {
+            return shape_err(
+                "attention_bwd",
+                format!("{what} {:?} must be [B, Tq, H·D]", s.t.shape()),
+            );
+        }
     }
     for (what, s, len) in [
         ("q", &q, tq),
         ("k", &k, tk),
         ("v", &v, tk),
         ("dout", &dout_seq, tq),
+        ("out", &out_seq, tq),
     ] {
         d.check(what, s, len)?;
     }
@@ -379,18 +397,25 @@ pub fn attention_bwd(
     ] {
         d.check(what, s, len)?;
     }
-    // dP = dO Vᵀ (+ extra); dS = scale · P ⊙ (dP − rowsum(P ⊙ dP)); dQ = dS K; dK = dSᵀ Q;
-    // dV = Pᵀ dO.
-    let mut images = SeqImages::default();
-    let dscores = scores(step, d, &dout_seq, &v, 1.0, &mut images)?;
-    let p = d.params(d.scale(), false, [None; 3])?;
+    // dP = dO Vᵀ (+ extra); D = rowsum(P ⊙ dP) = dO·O (+ rowsum(P ⊙ extra));
+    // dS = scale · P ⊙ (dP − D); dQ = dS K; dK = dSᵀ Q; dV = Pᵀ dO.
+    let with_extra = grads.dprobs.is_some() as usize;
     let extra = grads.dprobs.unwrap_or(probs);
-    step.dispatch_linear(
-        &DSCORES[grads.dprobs.is_some() as usize],
-        &p,
-        &[probs, extra, &dscores],
-        groups(d.rows(), 64),
-    )?;
+    let dots = step.empty(&[d.batch, d.heads, tq])?;
+    let p = d.params(1.0, false, [Some(&dout_seq), None, Some(&out_seq)])?;
+    let tensors = [dout, saved.out, &dots, probs, extra];
+    step.dispatch_linear(&ROW_DOTS[with_extra], &p, &tensors, groups(d.rows(), 64))?;
+    let mut images = SeqImages::default();
+    let dscores = step.empty(probs.shape())?;
+    let p = d.params(d.scale(), false, [Some(&dout_seq), Some(&v), None])?;
+    let tensors = [dout, v.t, &dscores, probs, extra, &dots];
+    let n = groups(d.blocks(tq, tk), 64);
+    if let (Some(ix), Some(iy)) = (images.of(step, &d, &dout_seq)?, images.of(step, &d, &v)?) {
+        let im = [images.get(ix), images.get(iy)];
+        step.dispatch_linear_images(&DSCORES_IMAGE[with_extra], &p, &tensors, &im, n)?;
+    } else {
+        step.dispatch_linear(&DSCORES[with_extra], &p, &tensors, n)?;
+    }
     apply(step, d, &dscores, false, &k, &grads.dq, &mut images)?;
     apply(step, d, &dscores, true, &q, &grads.dk, &mut images)?;
     apply(step, d, probs, true, &dout_seq, &grads.dv, &mut images)?;

@@ -289,12 +289,15 @@ pub fn attention(q: &[f64], k: &[f64], v: &[f64], a: AttnDims, m: Masks) -> (Vec
     (merge_heads(&oh, a.b, a.tq, a.h, a.d), probs)
 }
 
-/// Attention backward: (dq, dk, dv) in [B, T, H·D].
+/// Attention backward: (dq, dk, dv) in [B, T, H·D], from dO and any gradient `extra` [B, H, Tq, Tk]
+/// arriving at the probabilities themselves.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_bwd(
     q: &[f64],
     k: &[f64],
     v: &[f64],
     dout: &[f64],
+    extra: Option<&[f64]>,
     a: AttnDims,
     m: Masks,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
@@ -306,7 +309,12 @@ pub fn attention_bwd(
     );
     let doh = split_heads(dout, a.b, a.tq, a.h, a.d);
     let bh = a.b * a.h;
-    let dprobs = matmul(&doh, &vh, None, bh, a.tq, a.tk, a.d, false, true, false);
+    let mut dprobs = matmul(&doh, &vh, None, bh, a.tq, a.tk, a.d, false, true, false);
+    if let Some(extra) = extra {
+        for (d, e) in dprobs.iter_mut().zip(extra) {
+            *d += e;
+        }
+    }
     let dvh = matmul(&probs, &doh, None, bh, a.tk, a.d, a.tq, true, false, false);
     let ds = softmax_bwd(&probs, &dprobs, a.tk, 1.0 / (a.d as f64).sqrt());
     let dqh = matmul(&ds, &kh, None, bh, a.tq, a.d, a.tk, false, false, false);
