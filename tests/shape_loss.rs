@@ -157,9 +157,10 @@ fn a_gradient_on_the_encoder_states_reaches_the_encoder_weights() {
         let s = states(&moved, &patches, &ids);
         s.iter().zip(&r).map(|(&a, &b)| a as f64 * b).sum::<f64>()
     };
-    // The patch embedding, the first layer's query and its MLP, and the final LayerNorm.
+    // The patch embedding, the first layer's query, key and value and its MLP, and the final
+    // LayerNorm.
     let l = &m.layout;
-    let picks = [l.patch.0, l.enc[0].q.0, l.enc[0].fc2.0, l.enc_ln.0, l.pos];
+    let picks = [l.patch.0, l.enc[0].qkv.0, l.enc[0].fc2.0, l.enc_ln.0, l.pos];
     let mut checked = 0;
     for &p in &picks {
         let g = pollster::block_on(grads.tensors[p].read(gpu())).unwrap();

@@ -17,9 +17,8 @@ use crate::ops::softmax::Masks;
 pub struct BlockActs {
     x: Tensor,
     ln1: (Tensor, Tensor),
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
+    /// Queries, keys and values side by side: [B, T, 3 · width].
+    qkv: Tensor,
     /// Attention probabilities [B, H, T, T].
     pub probs: Tensor,
     attn: Tensor,
@@ -72,17 +71,13 @@ impl Model {
         let mut blocks = Vec::with_capacity(l.enc.len());
         for layer in &l.enc {
             let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
-            let (q, k, v) = (
-                self.lin(OutIn, step, &a, layer.q)?,
-                self.lin(OutIn, step, &a, layer.k)?,
-                self.lin(OutIn, step, &a, layer.v)?,
-            );
+            let qkv = self.lin(OutIn, step, &a, layer.qkv)?;
             let (attn, probs) = attention(
                 step,
                 dims,
-                Seq::whole(&q),
-                Seq::whole(&k),
-                Seq::whole(&v),
+                Seq::part(&qkv, 0, 3),
+                Seq::part(&qkv, 1, 3),
+                Seq::part(&qkv, 2, 3),
                 Masks::default(),
             )?;
             let x_mid = self.lin_residual(OutIn, step, &attn, layer.out, &x)?;
@@ -90,9 +85,7 @@ impl Model {
             blocks.push(BlockActs {
                 x,
                 ln1: (a, s1),
-                q,
-                k,
-                v,
+                qkv,
                 probs,
                 attn,
                 x_mid,
@@ -164,27 +157,23 @@ impl Model {
     ) -> Result<Tensor> {
         // x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
         let dx_mid = self.mlp_bwd(step, &a.x_mid, &self.enc_mlp(layer), &a.mlp, dx, g)?;
-        // x_mid = x + out(attention(q(ln1 x), k(ln1 x), v(ln1 x)))
+        // x_mid = x + out(attention(qkv(ln1 x))), query, key and value as one product
         let dattn = self
             .lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g, Dx::New)?
             .expect("dx requested");
-        let (dq, dk, dv) = (
-            step.empty(a.q.shape())?,
-            step.empty(a.k.shape())?,
-            step.empty(a.v.shape())?,
-        );
+        let dqkv = step.empty(a.qkv.shape())?;
         let grads = Grads {
-            dq: Seq::whole(&dq),
-            dk: Seq::whole(&dk),
-            dv: Seq::whole(&dv),
+            dq: Seq::part(&dqkv, 0, 3),
+            dk: Seq::part(&dqkv, 1, 3),
+            dv: Seq::part(&dqkv, 2, 3),
             dprobs,
         };
         attention_bwd(
             step,
             dims,
-            Seq::whole(&a.q),
-            Seq::whole(&a.k),
-            Seq::whole(&a.v),
+            Seq::part(&a.qkv, 0, 3),
+            Seq::part(&a.qkv, 1, 3),
+            Seq::part(&a.qkv, 2, 3),
             Saved {
                 out: &a.attn,
                 probs: &a.probs,
@@ -193,11 +182,8 @@ impl Model {
             grads,
         )?;
         let da = self
-            .lin_bwd(OutIn, step, &a.ln1.0, layer.q, &dq, g, Dx::New)?
+            .lin_bwd(OutIn, step, &a.ln1.0, layer.qkv, &dqkv, g, Dx::New)?
             .expect("dx requested");
-        for (proj, d) in [(layer.k, &dk), (layer.v, &dv)] {
-            self.lin_bwd(OutIn, step, &a.ln1.0, proj, d, g, Dx::AddTo(&da))?;
-        }
         let dx_in = layernorm_bwd(
             step,
             &a.x,

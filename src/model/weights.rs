@@ -22,15 +22,37 @@ pub struct Spec {
     pub name: String,
     pub shape: Vec<usize>,
     pub init: Init,
+    /// The checkpoint's names for equal blocks of rows of this tensor, when it stacks several of
+    /// them (the ViT's query, key and value, so that one product computes all three); empty when
+    /// the checkpoint holds it whole under `name`.
+    pub parts: Vec<String>,
+}
+
+impl Spec {
+    /// How the checkpoint holds this tensor: (name, shape, elements of the tensor) per part.
+    pub fn saved(&self) -> Vec<(String, Vec<usize>, std::ops::Range<usize>)> {
+        let n: usize = self.shape.iter().product();
+        if self.parts.is_empty() {
+            return vec![(self.name.clone(), self.shape.clone(), 0..n)];
+        }
+        let k = self.parts.len();
+        let mut shape = self.shape.clone();
+        shape[0] /= k;
+        let each = n / k;
+        self.parts
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), shape.clone(), i * each..(i + 1) * each))
+            .collect()
+    }
 }
 
 /// Indices of one ViT layer's parameters.
 #[derive(Clone, Debug)]
 pub struct EncLayer {
     pub ln1: (usize, usize),
-    pub q: (usize, usize),
-    pub k: (usize, usize),
-    pub v: (usize, usize),
+    /// query, key and value stacked: weight [3 · width, width], bias [3 · width].
+    pub qkv: (usize, usize),
     pub out: (usize, usize),
     pub ln2: (usize, usize),
     pub fc1: (usize, usize),
@@ -76,12 +98,43 @@ struct Builder(Vec<Spec>);
 
 impl Builder {
     fn add(&mut self, name: String, shape: &[usize], init: Init) -> usize {
+        self.add_parts(name, shape, init, vec![])
+    }
+    fn add_parts(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        init: Init,
+        parts: Vec<String>,
+    ) -> usize {
         self.0.push(Spec {
             name,
             shape: shape.to_vec(),
             init,
+            parts,
         });
         self.0.len() - 1
+    }
+    /// Linear maps `names` ([out, in] weights of equal shape) stacked along their outputs, saved
+    /// as themselves. Initialised as the separate maps are: their weights drawn one after the
+    /// other, in order.
+    fn stacked_linear(&mut self, name: &str, names: &[String], w: [usize; 2]) -> (usize, usize) {
+        let k = names.len();
+        let part = |suffix: &str| names.iter().map(|n| format!("{n}.{suffix}")).collect();
+        (
+            self.add_parts(
+                format!("{name}.weight"),
+                &[k * w[0], w[1]],
+                Init::Normal(STD),
+                part("weight"),
+            ),
+            self.add_parts(
+                format!("{name}.bias"),
+                &[k * w[0]],
+                Init::Zeros,
+                part("bias"),
+            ),
+        )
     }
     /// weight (normal) and bias (zeros) of a linear map.
     fn linear(&mut self, name: &str, w: &[usize], b: usize) -> (usize, usize) {
@@ -123,9 +176,11 @@ impl Layout {
                 let p = format!("encoder.encoder.layer.{i}");
                 EncLayer {
                     ln1: b.layernorm(&format!("{p}.layernorm_before"), de),
-                    q: b.linear(&format!("{p}.attention.attention.query"), &[de, de], de),
-                    k: b.linear(&format!("{p}.attention.attention.key"), &[de, de], de),
-                    v: b.linear(&format!("{p}.attention.attention.value"), &[de, de], de),
+                    qkv: b.stacked_linear(
+                        &format!("{p}.attention.attention.qkv"),
+                        &["query", "key", "value"].map(|n| format!("{p}.attention.attention.{n}")),
+                        [de, de],
+                    ),
                     out: b.linear(&format!("{p}.attention.output.dense"), &[de, de], de),
                     ln2: b.layernorm(&format!("{p}.layernorm_after"), de),
                     fc1: b.linear(
@@ -320,8 +375,13 @@ impl Weights {
                 "{file}: not a readable safetensors file ({e}); is it truncated?"
             ))
         })?;
+        let known: std::collections::HashSet<String> = layout
+            .specs
+            .iter()
+            .flat_map(|s| s.saved().into_iter().map(|(name, _, _)| name))
+            .collect();
         for name in st.names() {
-            if !ignorable(name) && !layout.specs.iter().any(|s| s.name == name) {
+            if !ignorable(name) && !known.contains(name) {
                 return Err(Error::Invalid(format!(
                     "{file}: unexpected tensor {name}: the file does not match config.json"
                 )));
@@ -340,33 +400,33 @@ impl Weights {
         file: &str,
     ) -> Result<Weights> {
         Self::build(gpu, layout, |i| {
-            let s = &layout.specs[i];
-            let name = format!("{prefix}{}", s.name);
-            let view = st.tensor(&name).map_err(|_| {
-                Error::Invalid(format!(
-                    "{file}: tensor {name} is missing (expected shape {:?})",
-                    s.shape
-                ))
-            })?;
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(Error::Invalid(format!(
-                    "{file}: tensor {name} is {:?}; amad reads f32 checkpoints",
-                    view.dtype()
-                )));
+            let mut data: Vec<f32> = vec![];
+            for (name, shape, _) in layout.specs[i].saved() {
+                let name = format!("{prefix}{name}");
+                let view = st.tensor(&name).map_err(|_| {
+                    Error::Invalid(format!(
+                        "{file}: tensor {name} is missing (expected shape {shape:?})"
+                    ))
+                })?;
+                if view.dtype() != safetensors::Dtype::F32 {
+                    return Err(Error::Invalid(format!(
+                        "{file}: tensor {name} is {:?}; amad reads f32 checkpoints",
+                        view.dtype()
+                    )));
+                }
+                if view.shape() != shape {
+                    return Err(Error::Invalid(format!(
+                        "{file}: tensor {name} has shape {:?}, but config.json implies {shape:?}",
+                        view.shape(),
+                    )));
+                }
+                // The data of a safetensors file need not be 4-byte aligned in memory: copy.
+                data.extend(
+                    view.data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
             }
-            if view.shape() != s.shape {
-                return Err(Error::Invalid(format!(
-                    "{file}: tensor {name} has shape {:?}, but config.json implies {:?}",
-                    view.shape(),
-                    s.shape
-                )));
-            }
-            // The data of a safetensors file need not be 4-byte aligned in memory: copy.
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
             Ok(Some(data))
         })
     }
@@ -395,12 +455,13 @@ pub async fn named_values(
             blocks.push(b.read(gpu).await?);
         }
         for (s, &(b, at)) in layout.specs.iter().zip(&w.places) {
-            let n: usize = s.shape.iter().product();
-            data.push((
-                format!("{prefix}{}", s.name),
-                s.shape.clone(),
-                blocks[b][at..at + n].to_vec(),
-            ));
+            for (name, shape, r) in s.saved() {
+                data.push((
+                    format!("{prefix}{name}"),
+                    shape,
+                    blocks[b][at + r.start..at + r.end].to_vec(),
+                ));
+            }
         }
     }
     Ok(data)
