@@ -28,6 +28,17 @@
 // C as vec4s (C's own binding, which this kernel does not use otherwise).
 @group(0) @binding(4) var<storage, read_write> c4: array<vec4<f32>>;
 
+// What the store does besides (EPILOGUE, fixed per pipeline): 0 nothing; 1 (2) also stores the
+// exact (tanh) GELU of each value into aux4, a tensor laid out as C (an MLP's hidden layer and its
+// activation in one pass); 3 (4) multiplies each value by the exact (tanh) GELU's slope at aux4's
+// value before storing it (the gradient through the activation, where dact is never stored). The
+// same functions as elementwise.wgsl's kernels, applied to the same values, so the results are the
+// same bits as the product followed by those kernels, without their pass over the tensor.
+override EPILOGUE: u32 = 0u;
+@group(0) @binding(5) var<storage, read_write> aux4: array<vec4<f32>>;
+@group(0) @binding(6) var sg_a_image: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba32float, read>;
+
 @compute @workgroup_size(8, 1, 1)
 fn matmul_subgroup(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -135,7 +146,13 @@ fn store_vec4(c0: u32, r: u32, col: u32, v: vec4<f32>, bv: vec4<f32>) {
         if (ACCUMULATE) {
             x += c4[ci];
         }
+        if (EPILOGUE == 3u || EPILOGUE == 4u) {
+            x *= gelu_slope4(aux4[ci], EPILOGUE == 4u);
+        }
         c4[ci] = x;
+        if (EPILOGUE == 1u || EPILOGUE == 2u) {
+            aux4[ci] = gelu4(x, EPILOGUE == 2u);
+        }
     }
 }
 
@@ -143,25 +160,25 @@ fn store_vec4(c0: u32, r: u32, col: u32, v: vec4<f32>, bv: vec4<f32>) {
 fn lane_a(y0: u32, row0: u32, lane: u32, q: u32, k: u32) -> vec4<f32> {
     if (A_ALONG_K) {
         // A(row0 + 8q + lane, k .. k+3)
-        return textureLoad(a_image, vec2<i32>(i32(k / 4u), i32(y0 + row0 + 8u * q + lane)));
+        return textureLoad(sg_a_image, vec2<i32>(i32(k / 4u), i32(y0 + row0 + 8u * q + lane)));
     }
     // A(row0 + 4·lane .. +3, k + q)
-    return textureLoad(a_image, vec2<i32>(i32(row0 / 4u + lane), i32(y0 + k + q)));
+    return textureLoad(sg_a_image, vec2<i32>(i32(row0 / 4u + lane), i32(y0 + k + q)));
 }
 
 // Math matrix (row kk, column j) = B(k + kk, this lane's column j).
 fn lane_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
     if (B_ALONG_N) {
         // Texel col/4 of image row k + kk holds B(k + kk, col .. col+3): a row of the matrix.
-        return transpose(texels(b_image, col / 4u, y0 + k));
+        return transpose(texels(sg_b_image, col / 4u, y0 + k));
     }
     // Image row = B's column; texel k/4 holds B(k .. k+3, column): a column of the matrix.
     let x = i32(k / 4u);
     return mat4x4<f32>(
-        textureLoad(b_image, vec2<i32>(x, i32(y0 + col))),
-        textureLoad(b_image, vec2<i32>(x, i32(y0 + col + 1u))),
-        textureLoad(b_image, vec2<i32>(x, i32(y0 + col + 2u))),
-        textureLoad(b_image, vec2<i32>(x, i32(y0 + col + 3u))),
+        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col))),
+        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col + 1u))),
+        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col + 2u))),
+        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col + 3u))),
     );
 }
 

@@ -514,3 +514,114 @@ fn backward_matches_reference_and_finite_differences() {
     assert_close("dW", &got[1], &dw_ref, tol(m), 1e-5);
     assert_close("db", &got[2], &db_ref, tol(m), 1e-5);
 }
+
+/// An MLP's GELU done in the matmul's store (`linear_gelu`, and `linear_bwd` through the GELU):
+/// on a device with the subgroup kernel it runs in the product's store, elsewhere as the product
+/// and then the GELU kernel; both give the same bits and match the reference. Forward: hidden =
+/// x·W1 + b, act = GELU(hidden); backward of the next layer y = act·W2 through the GELU:
+/// dhidden = (dy·W2ᵀ) ⊙ GELU'(hidden). Both forms, both weight layouts.
+#[test]
+fn gelu_in_the_store_matches_the_gelu_kernel() {
+    use amad::model::linear::{linear_bwd, linear_gelu, Dx, Layout};
+    use amad::ops::elementwise::Gelu;
+    let subgroup = own_device(true);
+    let buffers = own_device(false);
+    let sub_kernel = subgroup_matmul_kernel(&subgroup);
+    let (rows, inp, hid) = (68, 128, 256);
+    // A linear map's weight in `layout`, and the same map as an in × out matrix.
+    let weight = |rng: &mut Rng, layout: Layout, i: usize, o: usize| {
+        let w = rng.vec(i * o, 0.2);
+        let io = match layout {
+            Layout::InOut => w.clone(),
+            Layout::OutIn => (0..i * o).map(|e| w[(e % o) * i + e / o]).collect(),
+        };
+        let shape = match layout {
+            Layout::OutIn => [o, i],
+            Layout::InOut => [i, o],
+        };
+        (w, io, shape)
+    };
+    for kind in [Gelu::Erf, Gelu::Tanh] {
+        type Scalar = fn(f64) -> f64;
+        let (f, slope): (Scalar, Scalar) = match kind {
+            Gelu::Erf => (r::gelu_erf, r::gelu_erf_grad),
+            Gelu::Tanh => (r::gelu_tanh, r::gelu_tanh_grad),
+        };
+        for layout in [Layout::OutIn, Layout::InOut] {
+            let mut rng = Rng::new(70 + (kind == Gelu::Tanh) as u64);
+            let (x, b, dy) = (
+                rng.vec(rows * inp, 1.0),
+                rng.vec(hid, 1.0),
+                rng.vec(rows * inp, 1.0),
+            );
+            let (w1, w1_io, w1_shape) = weight(&mut rng, layout, inp, hid);
+            let (w2, w2_io, w2_shape) = weight(&mut rng, layout, hid, inp);
+            let hidden = r::matmul(&x, &w1_io, Some(&b), 1, rows, hid, inp, false, false, false);
+            let act: Vec<f64> = hidden.iter().map(|&h| f(h)).collect();
+            let dact = r::matmul(&dy, &w2_io, None, 1, rows, hid, inp, false, true, false);
+            let dhidden: Vec<f64> = dact
+                .iter()
+                .zip(&hidden)
+                .map(|(d, &h)| d * slope(h))
+                .collect();
+            let mut outs = vec![];
+            for (g, product) in [(&subgroup, sub_kernel), (&buffers, "matmul_vec4")] {
+                let fused = product == "matmul_subgroup";
+                let what = format!("{kind:?} {layout:?} on {product}");
+                let (tx, tw1, tb, tw2, tdy) = (
+                    upload_on(g, &[rows, inp], &x),
+                    upload_on(g, &w1_shape, &w1),
+                    upload_on(g, &[hid], &b),
+                    upload_on(g, &w2_shape, &w2),
+                    upload_on(g, &[rows, inp], &dy),
+                );
+                let (tdw, tdb) = (
+                    upload_on(g, &w2_shape, &vec![0.0; hid * inp]),
+                    upload_on(g, &[inp], &vec![0.0; inp]),
+                );
+                let mut got = vec![];
+                let ran = kernels_run(g, || {
+                    got = run_on(g, |s| {
+                        let (h, a) = linear_gelu(s, &tx, &tw1, &tb, layout, kind)?;
+                        let through = Dx::ThroughGelu { hidden: &h, kind };
+                        let dh = linear_bwd(s, &a, &tw2, layout, &tdy, &tdw, Some(&tdb), through)?;
+                        Ok(vec![h, a, dh.expect("dhidden is returned")])
+                    })
+                });
+                assert!(ran.contains(&product), "{what}: ran {ran:?}");
+                // Where the store applies the GELU, no GELU kernel runs.
+                let gelu_kernels = ran.iter().filter(|k| k.starts_with("gelu")).count();
+                assert_eq!(
+                    gelu_kernels,
+                    if fused { 0 } else { 2 },
+                    "{what}: ran {ran:?}"
+                );
+                assert_close(&format!("{what}: hidden"), &got[0], &hidden, tol(inp), 1e-5);
+                assert_close(&format!("{what}: act"), &got[1], &act, tol(inp), 1e-5);
+                assert_close(
+                    &format!("{what}: dhidden"),
+                    &got[2],
+                    &dhidden,
+                    tol(inp),
+                    1e-4,
+                );
+                outs.push(got);
+            }
+            same_bits(
+                &format!("{kind:?} {layout:?} hidden"),
+                &outs[0][0],
+                &outs[1][0],
+            );
+            same_bits(
+                &format!("{kind:?} {layout:?} act"),
+                &outs[0][1],
+                &outs[1][1],
+            );
+            same_bits(
+                &format!("{kind:?} {layout:?} dhidden"),
+                &outs[0][2],
+                &outs[1][2],
+            );
+        }
+    }
+}

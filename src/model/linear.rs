@@ -4,7 +4,8 @@
 
 use crate::error::{shape_err, Result};
 use crate::gpu::{Step, Tensor};
-use crate::ops::matmul::{Gemm, View};
+use crate::ops::elementwise::{gelu, gelu_bwd, Gelu};
+use crate::ops::matmul::{Epilogue, Gemm, View};
 use crate::ops::reduce::sum_columns;
 
 /// How a weight matrix is stored.
@@ -116,6 +117,20 @@ fn linear_plus(
         }
         step.copy_into(r, &y, 0)?;
     }
+    forward_gemm(x, w, b, layout, &y, (rows, inp, out), residual.is_some()).record(step)?;
+    Ok(y)
+}
+
+/// The product y (+)= x·W (+ b), for x of `rows` × `inp` and W of `inp` × `out`.
+fn forward_gemm<'a>(
+    x: &'a Tensor,
+    w: &'a Tensor,
+    b: Option<&'a Tensor>,
+    layout: Layout,
+    y: &'a Tensor,
+    (rows, inp, out): (usize, usize, usize),
+    accumulate: bool,
+) -> Gemm<'a> {
     Gemm {
         m: rows,
         n: out,
@@ -123,13 +138,36 @@ fn linear_plus(
         batch: [1, 1],
         a: plain(x, inp),
         b: weight_view(w, layout, inp, out),
-        c: plain(&y, out),
+        c: plain(y, out),
         bias: b,
         alpha: 1.0,
-        accumulate: residual.is_some(),
+        accumulate,
     }
-    .record(step)?;
-    Ok(y)
+}
+
+/// (hidden, act) = (x·W + b, GELU(hidden)), an MLP's first layer: one pass where the matmul applies
+/// the GELU as it stores (see `Gemm::record_with`), else the product and then the GELU kernel.
+/// Either way the same bits.
+pub fn linear_gelu(
+    step: &mut Step,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    layout: Layout,
+    kind: Gelu,
+) -> Result<(Tensor, Tensor)> {
+    let dims = dims("linear", x, w, layout)?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().unwrap() = dims.2;
+    let hidden = step.empty(&shape)?;
+    let act = step.empty(&shape)?;
+    let gemm = forward_gemm(x, w, Some(b), layout, &hidden, dims, false);
+    if gemm.record_with(step, Some(Epilogue::Gelu { act: &act, kind }))? {
+        return Ok((hidden, act));
+    }
+    gemm.record(step)?;
+    let act = gelu(step, &hidden, kind)?;
+    Ok((hidden, act))
 }
 
 /// What [`linear_bwd`] does with dx.
@@ -141,6 +179,9 @@ pub enum Dx<'a> {
     New,
     /// Added into this tensor (another path's gradient of the same input), in the product itself.
     AddTo(&'a Tensor),
+    /// A new tensor, the gradient one step further back: through x = GELU(hidden), so
+    /// dhidden = dx ⊙ GELU'(hidden), returned (in the product's store where the matmul can).
+    ThroughGelu { hidden: &'a Tensor, kind: Gelu },
 }
 
 /// Backward of [`linear`]: adds dW (and db) into `dw` (and `db`); returns dx for [`Dx::New`].
@@ -206,13 +247,14 @@ pub fn linear_bwd(
     let (out_dx, accumulate) = match dx {
         Dx::Skip => return Ok(None),
         Dx::New => (step.empty(x.shape())?, false),
-        Dx::AddTo(t) if t.shape() == x.shape() => (t.clone(), true),
-        Dx::AddTo(t) => {
+        Dx::AddTo(t) | Dx::ThroughGelu { hidden: t, .. } if t.shape() != x.shape() => {
             return shape_err(
                 "linear_bwd",
                 format!("dx {:?} does not match x {:?}", t.shape(), x.shape()),
             )
         }
+        Dx::AddTo(t) => (t.clone(), true),
+        Dx::ThroughGelu { .. } => (step.empty(x.shape())?, false),
     };
     // dX = dY Wᵀ: the weight read as an out × in operand.
     let wt = match layout {
@@ -231,7 +273,7 @@ pub fn linear_bwd(
             bs: [0, 0],
         },
     };
-    Gemm {
+    let gemm = Gemm {
         m: rows,
         n: inp,
         k: out,
@@ -242,7 +284,14 @@ pub fn linear_bwd(
         bias: None,
         alpha: 1.0,
         accumulate,
+    };
+    if let Dx::ThroughGelu { hidden, kind } = dx {
+        if gemm.record_with(step, Some(Epilogue::GeluSlope { hidden, kind }))? {
+            return Ok(Some(out_dx));
+        }
+        gemm.record(step)?;
+        return Ok(Some(gelu_bwd(step, hidden, &out_dx, kind)?));
     }
-    .record(step)?;
+    gemm.record(step)?;
     Ok((!accumulate).then_some(out_dx))
 }

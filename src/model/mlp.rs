@@ -1,11 +1,11 @@
 //! The pre-LN MLP sublayer both stacks share: y = x + proj(gelu(fc(LayerNorm(x)))), forward and
 //! backward. The ViT uses nn.Linear weights and exact GELU, GPT-2 Conv1D weights and tanh GELU.
 
-use super::linear::{Dx, Layout};
+use super::linear::{linear_gelu, Dx, Layout};
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
-use crate::ops::elementwise::{gelu, gelu_bwd, Gelu};
+use crate::ops::elementwise::Gelu;
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 
 /// Which parameters and forms a sublayer uses.
@@ -29,8 +29,8 @@ pub struct MlpActs {
 impl Model {
     pub(super) fn mlp(&self, step: &mut Step, x: &Tensor, p: &Mlp) -> Result<(Tensor, MlpActs)> {
         let (normed, stats) = layernorm(step, x, self.w(p.ln.0), self.w(p.ln.1), p.eps)?;
-        let hidden = self.lin(p.layout, step, &normed, p.fc)?;
-        let act = gelu(step, &hidden, p.gelu)?;
+        let (w, b) = p.fc;
+        let (hidden, act) = linear_gelu(step, &normed, self.w(w), self.w(b), p.layout, p.gelu)?;
         let y = self.lin_residual(p.layout, step, &act, p.proj, x)?;
         Ok((
             y,
@@ -54,10 +54,13 @@ impl Model {
         dy: Tensor,
         g: &Weights,
     ) -> Result<Tensor> {
-        let dact = self
-            .lin_bwd(p.layout, step, &a.act, p.proj, &dy, g, Dx::New)?
+        let through = Dx::ThroughGelu {
+            hidden: &a.hidden,
+            kind: p.gelu,
+        };
+        let dhidden = self
+            .lin_bwd(p.layout, step, &a.act, p.proj, &dy, g, through)?
             .expect("dx requested");
-        let dhidden = gelu_bwd(step, &a.hidden, &dact, p.gelu)?;
         let dnormed = self
             .lin_bwd(p.layout, step, &a.normed, p.fc, &dhidden, g, Dx::New)?
             .expect("dx requested");

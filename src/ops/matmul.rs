@@ -1,5 +1,6 @@
 //! Launcher for `shaders/matmul.wgsl`: batched strided matrix multiply with optional bias.
 
+use super::elementwise::Gelu;
 use super::reduce::sum_rows_into;
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access, Gpu, Kernel, Rows, Step, Tensor};
@@ -51,6 +52,33 @@ macro_rules! oriented {
     };
 }
 
+/// The subgroup kernel's four GELU epilogues for one orientation (see MATMUL_SUBGROUP_GELU).
+macro_rules! gelu_epilogues {
+    ($orient:literal, $ak:literal, $bn:literal) => {
+        [
+            gelu_epilogues!(@one $orient, "_gelu_erf", $ak, $bn, 1.0, 1.0),
+            gelu_epilogues!(@one $orient, "_gelu_tanh", $ak, $bn, 1.0, 2.0),
+            gelu_epilogues!(@one $orient, "_gelu_erf_bwd", $ak, $bn, 0.0, 3.0),
+            gelu_epilogues!(@one $orient, "_gelu_tanh_bwd", $ak, $bn, 0.0, 4.0),
+        ]
+    };
+    (@one $orient:literal, $epi_name:literal, $ak:literal, $bn:literal, $bias:literal, $epi:literal) => {
+        Kernel::specialised(
+            concat!("matmul_subgroup", $orient, $epi_name),
+            "matmul_subgroup",
+            "matmul_subgroup",
+            SUBGROUP_BINDINGS,
+            &[
+                ("A_ALONG_K", $ak),
+                ("B_ALONG_N", $bn),
+                ("BIAS", $bias),
+                ("ACCUMULATE", 0.0),
+                ("EPILOGUE", $epi),
+            ],
+        )
+    };
+}
+
 /// The general kernel: any strides, scalar loads (the orientation constants unused).
 pub static MATMUL: [Kernel; 4] = stores!("matmul", "matmul", &[R, R, R, W], "", 1.0, 1.0);
 
@@ -62,14 +90,36 @@ pub static MATMUL_VEC4: [[[Kernel; 4]; 2]; 2] =
 pub static MATMUL_IMAGE: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul", "matmul_image", &[R, R, R, W, I, I]);
 
+/// The subgroup kernel's bindings: A, B, bias, C, the epilogue's tensor (see [`Epilogue`]), and
+/// the images of A and B.
+const SUBGROUP_BINDINGS: &[Access] = &[R, R, R, W, W, I, I];
+
 /// The image kernel with each texel fetched once per subgroup (`Gpu::subgroup_matmul`), likewise;
 /// it stores C's rows as vec4s (binding 4 seen as vec4s), so it runs only where they are aligned.
 pub static MATMUL_SUBGROUP: [[[Kernel; 4]; 2]; 2] =
-    oriented!("matmul_subgroup", "matmul_subgroup", &[R, R, R, W, I, I]);
+    oriented!("matmul_subgroup", "matmul_subgroup", SUBGROUP_BINDINGS);
+
+/// The subgroup kernel with a GELU in its store (the shader's EPILOGUE), [a_along_k][b_along_n]
+/// [epilogue - 1]: the forward ones (exact, tanh) add a bias, the backward ones (exact, tanh) none.
+pub static MATMUL_SUBGROUP_GELU: [[[Kernel; 4]; 2]; 2] = [
+    [
+        gelu_epilogues!("_am_bk", 0.0, 0.0),
+        gelu_epilogues!("_am_bn", 0.0, 1.0),
+    ],
+    [
+        gelu_epilogues!("_ak_bk", 1.0, 0.0),
+        gelu_epilogues!("_ak_bn", 1.0, 1.0),
+    ],
+];
 
 /// Every matmul pipeline, for the validation tests.
 pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
-    let blocked = [&MATMUL_VEC4, &MATMUL_IMAGE, &MATMUL_SUBGROUP];
+    let blocked = [
+        &MATMUL_VEC4,
+        &MATMUL_IMAGE,
+        &MATMUL_SUBGROUP,
+        &MATMUL_SUBGROUP_GELU,
+    ];
     MATMUL
         .iter()
         .chain(blocked.into_iter().flatten().flatten().flatten())
@@ -155,6 +205,33 @@ impl<'a> View<'a> {
             + (cols - 1) * self.cs
             + (batch[0] - 1) * self.bs[0]
             + (batch[1] - 1) * self.bs[1]
+    }
+}
+
+/// Work the subgroup kernel can do as it stores C (see [`Gemm::record_with`]), on a tensor laid
+/// out as C: an MLP's activation, the pass that would follow the product.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Also stores GELU(C) into `act`.
+    Gelu { act: &'a Tensor, kind: Gelu },
+    /// Multiplies C by GELU's slope at `hidden` before storing it (the gradient through GELU).
+    GeluSlope { hidden: &'a Tensor, kind: Gelu },
+}
+
+impl<'a> Epilogue<'a> {
+    fn tensor(&self) -> &'a Tensor {
+        match self {
+            Epilogue::Gelu { act, .. } => act,
+            Epilogue::GeluSlope { hidden, .. } => hidden,
+        }
+    }
+
+    /// The shader's EPILOGUE - 1.
+    fn index(&self) -> usize {
+        match self {
+            Epilogue::Gelu { kind, .. } => (*kind == Gelu::Tanh) as usize,
+            Epilogue::GeluSlope { kind, .. } => 2 + (*kind == Gelu::Tanh) as usize,
+        }
     }
 }
 
@@ -341,6 +418,14 @@ impl Gemm<'_> {
 
     /// Records the matmul into `step`.
     pub fn record(&self, step: &mut Step) -> Result<()> {
+        self.record_with(step, None).map(drop)
+    }
+
+    /// Records the matmul with `epilogue` done in its store, where the subgroup kernel runs the
+    /// product into C's own rows (C contiguous, neither accumulated into nor split, a bias exactly
+    /// for the forward GELU) and the epilogue's tensor is shaped as C. Returns whether it did so;
+    /// if not, it records nothing, and the caller runs the product and the GELU kernel.
+    pub fn record_with(&self, step: &mut Step, epilogue: Option<Epilogue>) -> Result<bool> {
         const OP: &str = "matmul";
         let [b1, b2] = self.batch;
         if self.m == 0 || self.n == 0 || self.k == 0 || b1 == 0 || b2 == 0 {
@@ -384,6 +469,17 @@ impl Gemm<'_> {
         if self.c.t.overlaps(self.a.t) || self.c.t.overlaps(self.b.t) {
             return shape_err(OP, "the output may not alias an input");
         }
+        if let Some(e) = epilogue {
+            let c_whole = self.c.off == 0
+                && self.c.rs == self.n
+                && self.batch == [1, 1]
+                && e.tensor().numel() == self.m * self.n
+                && self.c.t.numel() == self.m * self.n;
+            let bias_fits = matches!(e, Epilogue::Gelu { .. }) == self.bias.is_some();
+            if self.k > MAX_K || self.accumulate || !c_whole || !bias_fits {
+                return Ok(false);
+            }
+        }
         if self.k > MAX_K {
             // lavapipe silently stops an invocation's loops after 65,535 iterations in all (see
             // ARCHITECTURE.md), so a long K runs as several products accumulated into C.
@@ -398,17 +494,24 @@ impl Gemm<'_> {
                 part.b.off += k0 * self.b.rs;
                 part.record(step)?;
             }
-            return Ok(());
+            return Ok(true);
         }
         let orientation = self.vec4_orientation();
         if let Some(splits) = self.k_splits(orientation.is_some()) {
-            return self.record_split(step, splits);
+            if epilogue.is_some() {
+                return Ok(false);
+            }
+            self.record_split(step, splits)?;
+            return Ok(true);
         }
         // The image kernels where both operands fit images; of them, the subgroup kernel where
         // the device has it.
         let imaged =
             orientation.and_then(|(ak, bn)| Some((ak, bn, self.image_rows(step.gpu(), ak, bn)?)));
         let subgroup = imaged.is_some() && step.gpu().subgroup_matmul() && self.c_rows_vec4();
+        if epilogue.is_some() && !subgroup {
+            return Ok(false);
+        }
         let (tm, tn) = if subgroup {
             SUBGROUP_TILE
         } else if orientation.is_some() {
@@ -446,18 +549,24 @@ impl Gemm<'_> {
         if let Some((ak, bn, [ra, rb])) = imaged {
             let ia = step.image(self.a.t, &ra)?;
             let ib = step.image(self.b.t, &rb)?;
-            let kernels = if subgroup {
-                &MATMUL_SUBGROUP
+            let (ak, bn) = (ak as usize, bn as usize);
+            if subgroup {
+                // Without an epilogue, a spare vec4 stands in for its tensor.
+                let spare;
+                let (kernel, aux) = match epilogue {
+                    Some(e) => (&MATMUL_SUBGROUP_GELU[ak][bn][e.index()], e.tensor()),
+                    None => {
+                        spare = step.empty(&[4])?;
+                        (&MATMUL_SUBGROUP[ak][bn][store], &spare)
+                    }
+                };
+                let tensors = [self.a.t, self.b.t, bias, self.c.t, aux];
+                step.dispatch_linear_images(kernel, &params, &tensors, &[&ia, &ib], total)?;
             } else {
-                &MATMUL_IMAGE
-            };
-            return step.dispatch_linear_images(
-                &kernels[ak as usize][bn as usize][store],
-                &params,
-                &tensors,
-                &[&ia, &ib],
-                total,
-            );
+                let kernel = &MATMUL_IMAGE[ak][bn][store];
+                step.dispatch_linear_images(kernel, &params, &tensors, &[&ia, &ib], total)?;
+            }
+            return Ok(true);
         }
         match orientation {
             Some((ak, bn)) => step.dispatch_linear(
@@ -467,7 +576,8 @@ impl Gemm<'_> {
                 total,
             ),
             None => step.dispatch_linear(&MATMUL[store], &params, &tensors, total),
-        }
+        }?;
+        Ok(true)
     }
 }
 
