@@ -216,9 +216,16 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
         (&images, "matmul_image"),
         (&buffers, "matmul_vec4"),
     ];
+    // CPU adapters do not split by default (Gpu::split_k); here all three must, as GPUs do.
+    for g in [&subgroup, &images, &buffers] {
+        g.set_split_k(true);
+    }
     same_on_all("split K", devices, false, |g| {
         check(g, 50, 1, 128, 512, 2080, true, false, false, false)
     });
+    for g in [&subgroup, &images, &buffers] {
+        g.set_split_k(false);
+    }
     // K remainders: A stored [k, m] and B [k, n], both contiguous along m and n.
     for k in [1, 5, 7, 70] {
         same_on_all(&format!("k = {k}"), devices, true, |g| {
@@ -331,20 +338,26 @@ fn k_longer_than_the_loop_cap() {
 /// stored row of both operands (see Gemm::k_splits); every transpose gives the right product.
 #[test]
 fn split_k_for_few_tiles_and_long_k() {
-    let g = gpu();
-    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-        let ran = kernels_run(g, || {
-            check(g, 31, 1, 64, 128, 2080, ta, tb, false, false);
-            check(g, 32, 1, 20, 35, 1000, ta, tb, false, false);
-        });
-        let split = ran.iter().any(|k| k.starts_with("sum_columns"));
-        assert_eq!(split, ta && !tb, "Aᵀ={ta} Bᵀ={tb}: ran {ran:?}");
+    let g = &own_device(true);
+    for split_k in [true, false] {
+        g.set_split_k(split_k);
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let ran = kernels_run(g, || {
+                check(g, 31, 1, 64, 128, 2080, ta, tb, false, false);
+                check(g, 32, 1, 20, 35, 1000, ta, tb, false, false);
+            });
+            let split = ran.iter().any(|k| k.starts_with("sum_columns"));
+            let what = format!("split_k={split_k} Aᵀ={ta} Bᵀ={tb}: ran {ran:?}");
+            assert_eq!(split, split_k && ta && !tb, "{what}");
+        }
     }
 }
 
 /// Split-K into a C that is a view at an offset, accumulated into, with alpha.
 #[test]
 fn split_k_accumulates_into_an_offset_view() {
+    let g = &own_device(true);
+    g.set_split_k(true);
     let (m, n, k, off) = (12, 20, 777, 3);
     let mut rng = Rng::new(12);
     let (a, b, c0) = (
@@ -353,29 +366,36 @@ fn split_k_accumulates_into_an_offset_view() {
         rng.vec(off + m * n, 1.0),
     );
     let (ta, tb, tc) = (
-        upload(&[k, m], &a),
-        upload(&[k, n], &b),
-        upload(&[off + m * n], &c0),
+        upload_on(g, &[k, m], &a),
+        upload_on(g, &[k, n], &b),
+        upload_on(g, &[off + m * n], &c0),
     );
-    let got = run(|s| {
-        Gemm {
-            m,
-            n,
-            k,
-            batch: [1, 1],
-            a: View::matrix(&ta, k, m, true),
-            b: View::matrix(&tb, k, n, false),
-            c: View {
-                off,
-                ..View::matrix(&tc, m, n, false)
-            },
-            bias: None,
-            alpha: 0.5,
-            accumulate: true,
-        }
-        .record(s)?;
-        Ok(vec![tc.clone()])
+    let mut got = vec![];
+    let ran = kernels_run(g, || {
+        got = run_on(g, |s| {
+            Gemm {
+                m,
+                n,
+                k,
+                batch: [1, 1],
+                a: View::matrix(&ta, k, m, true),
+                b: View::matrix(&tb, k, n, false),
+                c: View {
+                    off,
+                    ..View::matrix(&tc, m, n, false)
+                },
+                bias: None,
+                alpha: 0.5,
+                accumulate: true,
+            }
+            .record(s)?;
+            Ok(vec![tc.clone()])
+        })
     });
+    assert!(
+        ran.iter().any(|k| k.starts_with("sum_columns")),
+        "split: ran {ran:?}"
+    );
     let prod = r::matmul(&a, &b, None, 1, m, n, k, true, false, false);
     let mut want = c0.clone();
     for (w, p) in want[off..].iter_mut().zip(&prod) {

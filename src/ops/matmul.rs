@@ -133,7 +133,7 @@ const MAX_K: usize = 16384;
 /// as parallel partial products over chunks of K, summed afterwards. A weight gradient such as
 /// 128×512 over 2,080 tokens has 16 tiles, which leaves all but 16 of a GPU's cores idle while each
 /// loops over all of K; split, it gets up to SPLIT_TARGET_TILES workgroups, each chunk at least
-/// MIN_SPLIT_K long. On lavapipe, with 2 threads, the split neither helps nor costs much.
+/// MIN_SPLIT_K long. Only where the device splits at all (`Gpu::split_k`: GPUs).
 const SPLIT_BELOW_TILES: usize = 64;
 const SPLIT_TARGET_TILES: usize = 256;
 const MIN_SPLIT_K: usize = 256;
@@ -338,7 +338,10 @@ impl Gemm<'_> {
     /// the scalar kernel's, or for a `blocked` product as the vec4 and image kernels' 64 x 64,
     /// also when the subgroup kernel runs it: the decision must not depend on which blocked kernel
     /// runs, so that all three add the same terms in the same order.
-    fn k_splits(&self, blocked: bool) -> Option<usize> {
+    fn k_splits(&self, gpu: &Gpu, blocked: bool) -> Option<usize> {
+        if !gpu.split_k() {
+            return None;
+        }
         let (tm, tn) = if blocked { VEC4_TILE } else { SCALAR_TILE };
         let tiles = self.m.div_ceil(tm) * self.n.div_ceil(tn);
         let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
@@ -497,7 +500,7 @@ impl Gemm<'_> {
             return Ok(true);
         }
         let orientation = self.vec4_orientation();
-        if let Some(splits) = self.k_splits(orientation.is_some()) {
+        if let Some(splits) = self.k_splits(step.gpu(), orientation.is_some()) {
             if epilogue.is_some() {
                 return Ok(false);
             }
