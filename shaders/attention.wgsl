@@ -15,8 +15,11 @@
 //
 // Sequences are strided views: element (b, t, h, d) of a sequence of `len` tokens sits at
 // off + (b·len + t)·stride + h·hd + d, so fused projections need no copies. Maps are whole
-// [B, H, Tq, Tk] tensors. Masked cells get probability exactly 0; a row with every key masked is
-// all zeros.
+// [B, H, Tq, row] tensors, each row Tk cells padded with zeros to `row`, a multiple of 4: every row
+// starts on a vec4, and the kernels load and store the maps as vec4s, which on lavapipe cost about
+// what one scalar does (each is a loop over the lanes of a register). Masked cells get probability
+// exactly 0; a row with every key masked is all zeros. A gradient arriving at P (`extra`) is an
+// unpadded [B, H, Tq, Tk] tensor, as the distillation losses give it.
 //
 // On CPU adapters the products read their sequences from images instead (attention_scores_image,
 // attention_dscores_image, attention_apply_image, below; see src/gpu/image.rs), adding the same
@@ -36,7 +39,7 @@ struct Params {
     y_stride: u32,
     o_off: u32,      // apply: the output
     o_stride: u32,
-    _pad0: u32,
+    row: u32,        // the maps' padded row length
     _pad1: u32,
     _pad2: u32,
 }
@@ -129,7 +132,7 @@ fn attention_scores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
 }
 
 fn store_scores(blk: Block, q: Quad) {
-    let base = blk.bh * p.tq * p.tk;
+    let base = blk.bh * p.tq * p.row;
     store_map(base, blk.r0, blk.c0, q.a00);
     store_map(base, blk.r0, blk.c0 + 4u, q.a01);
     store_map(base, blk.r0 + 4u, blk.c0, q.a10);
@@ -137,16 +140,21 @@ fn store_scores(blk: Block, q: Quad) {
 }
 
 // Stores alpha · m (m[j][i] = cell (r0 + i, c0 + j)) into the map, skipping cells past its edge.
+// The map as vec4s (smap's binding; rows are whole vec4s).
+@group(0) @binding(3) var<storage, read_write> smap4: array<vec4<f32>>;
+
 fn store_map(base: u32, r0: u32, c0: u32, m: mat4x4<f32>) {
-    for (var j = 0u; j < 4u; j++) {
-        let c = c0 + j;
-        if (c < p.tk) {
-            for (var i = 0u; i < 4u; i++) {
-                if (r0 + i < p.tq) {
-                    smap[base + (r0 + i) * p.tk + c] = p.alpha * m[j][i];
-                }
-            }
-        }
+    let rows = transpose(m);
+    store_map_row(base, r0, c0, rows[0]);
+    store_map_row(base, r0 + 1u, c0, rows[1]);
+    store_map_row(base, r0 + 2u, c0, rows[2]);
+    store_map_row(base, r0 + 3u, c0, rows[3]);
+}
+
+// Cells (r, c0 .. c0+3) of the map, c0 a multiple of 4: inside its padded row or past it together.
+fn store_map_row(base: u32, r: u32, c0: u32, v: vec4<f32>) {
+    if (r < p.tq && c0 < p.row) {
+        smap4[(base + r * p.row + c0) / 4u] = p.alpha * v;
     }
 }
 
@@ -215,10 +223,35 @@ fn attention_scores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
 
 // ---- softmax: one invocation per row of the map, in place ----
 @group(0) @binding(1) var<storage, read> key_mask: array<f32>;   // [B, Tk], 1 = valid
-@group(0) @binding(2) var<storage, read_write> pmap: array<f32>;
+@group(0) @binding(2) var<storage, read_write> pmap4: array<vec4<f32>>;
 
+// Whether cell (query, key) is masked: past the row's Tk keys (padding), or by the masks.
 fn masked(b: u32, query: u32, key: u32) -> bool {
-    return (CAUSAL && key > query) || (KEY_MASK && key_mask[b * p.tk + key] == 0.0);
+    return key >= p.tk || (CAUSAL && key > query) || (KEY_MASK && key_mask[b * p.tk + min(key, p.tk - 1u)] == 0.0);
+}
+
+// The running maximum and sum of exponentials over the scores seen so far (the sum rescaled
+// whenever the maximum grows), with score s of key `key` added unless masked.
+struct Running {
+    mx: f32,
+    sum: f32,
+}
+
+fn running_add(r: Running, b: u32, i: u32, key: u32, s: f32) -> Running {
+    if (masked(b, i, key)) {
+        return r;
+    }
+    if (s > r.mx) {
+        return Running(s, r.sum * exp(r.mx - s) + 1.0);
+    }
+    return Running(r.mx, r.sum + exp(s - r.mx));
+}
+
+fn probability(b: u32, i: u32, key: u32, s: f32, mx: f32, inv: f32) -> f32 {
+    if (masked(b, i, key)) {
+        return 0.0;
+    }
+    return exp(s - mx) * inv;
 }
 
 @compute @workgroup_size(64)
@@ -229,32 +262,29 @@ fn attention_softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
     let i = row % p.tq;
     let b = row / (p.tq * p.heads);
-    let base = row * p.tk;
-    // One pass for the maximum and the sum (the sum rescaled whenever the maximum grows), one to
-    // write the probabilities: each score is loaded twice and stored once.
-    var mx = -3.4e38;
-    var sum = 0.0;
-    for (var j = 0u; j < p.tk; j++) {
-        if (!masked(b, i, j)) {
-            let s = pmap[base + j];
-            if (s > mx) {
-                sum = sum * exp(mx - s) + 1.0;
-                mx = s;
-            } else {
-                sum += exp(s - mx);
-            }
-        }
+    let base = row * p.row / 4u;
+    let n4 = p.row / 4u;
+    // One pass for the maximum and the sum, one to write the probabilities (the padding's too, as
+    // zeros): each score is loaded twice and stored once, four to a vec4.
+    var r = Running(-3.4e38, 0.0);
+    for (var t = 0u; t < n4; t++) {
+        let v = pmap4[base + t];
+        let k = 4u * t;
+        r = running_add(r, b, i, k, v.x);
+        r = running_add(r, b, i, k + 1u, v.y);
+        r = running_add(r, b, i, k + 2u, v.z);
+        r = running_add(r, b, i, k + 3u, v.w);
     }
     var inv = 0.0;
-    if (sum > 0.0) {
-        inv = 1.0 / sum;
+    if (r.sum > 0.0) {
+        inv = 1.0 / r.sum;
     }
-    for (var j = 0u; j < p.tk; j++) {
-        var e = 0.0;
-        if (!masked(b, i, j)) {
-            e = exp(pmap[base + j] - mx) * inv;
-        }
-        pmap[base + j] = e;
+    for (var t = 0u; t < n4; t++) {
+        let v = pmap4[base + t];
+        let k = 4u * t;
+        pmap4[base + t] = vec4<f32>(probability(b, i, k, v.x, r.mx, inv),
+            probability(b, i, k + 1u, v.y, r.mx, inv), probability(b, i, k + 2u, v.z, r.mx, inv),
+            probability(b, i, k + 3u, v.w, r.mx, inv));
     }
 }
 
@@ -295,9 +325,10 @@ fn attention_row_dots(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         dot += rd_dout[xo + d] * rd_out[oo + d];
     }
     if (EXTRA_DP) {
-        let base = row * p.tk;
+        let pbase = row * p.row;
+        let ebase = row * p.tk;
         for (var j = 0u; j < p.tk; j++) {
-            dot += saved_probs[base + j] * extra_dp[base + j];
+            dot += saved_probs[pbase + j] * extra_dp[ebase + j];
         }
     }
     rd_dots[row] = dot;
@@ -322,14 +353,13 @@ fn attention_dscores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_w
 }
 
 fn store_dscores(blk: Block, q: Quad) {
-    let base = blk.bh * p.tq * p.tk;
     // D of the block's rows (clamped to the last row; rows past it are never stored).
     let d0 = row_dots4(blk.bh, blk.r0);
     let d1 = row_dots4(blk.bh, blk.r0 + 4u);
-    dscores_cells(base, blk.r0, blk.c0, q.a00, d0);
-    dscores_cells(base, blk.r0, blk.c0 + 4u, q.a01, d0);
-    dscores_cells(base, blk.r0 + 4u, blk.c0, q.a10, d1);
-    dscores_cells(base, blk.r0 + 4u, blk.c0 + 4u, q.a11, d1);
+    dscores_cells(blk.bh, blk.r0, blk.c0, q.a00, d0);
+    dscores_cells(blk.bh, blk.r0, blk.c0 + 4u, q.a01, d0);
+    dscores_cells(blk.bh, blk.r0 + 4u, blk.c0, q.a10, d1);
+    dscores_cells(blk.bh, blk.r0 + 4u, blk.c0 + 4u, q.a11, d1);
 }
 
 fn row_dots4(bh: u32, r0: u32) -> vec4<f32> {
@@ -339,24 +369,31 @@ fn row_dots4(bh: u32, r0: u32) -> vec4<f32> {
         row_dot[o + min(r0 + 2u, last)], row_dot[o + min(r0 + 3u, last)]);
 }
 
-// dS at cells (r0 + i, c0 + j) from dP's m[j][i] and the rows' D (dots[i]) into the map, skipping
-// cells past its edge.
-fn dscores_cells(base: u32, r0: u32, c0: u32, m: mat4x4<f32>, dots: vec4<f32>) {
-    for (var j = 0u; j < 4u; j++) {
-        let c = c0 + j;
-        if (c < p.tk) {
-            for (var i = 0u; i < 4u; i++) {
-                let r = r0 + i;
-                if (r < p.tq) {
-                    let cell = base + r * p.tk + c;
-                    var dp = m[j][i];
-                    if (EXTRA_DP) {
-                        dp += extra_dp[cell];
-                    }
-                    smap[cell] = p.alpha * saved_probs[cell] * (dp - dots[i]);
-                }
-            }
+// P as vec4s (saved_probs' binding).
+@group(0) @binding(4) var<storage, read> saved_probs4: array<vec4<f32>>;
+
+// dS at cells (r0 + i, c0 .. c0+3) from dP's m[j][i] and the rows' D (dots[i]) into the map, four
+// cells to a vec4 (c0 is a multiple of 4; the padding's P is 0, so its dS is too).
+fn dscores_cells(bh: u32, r0: u32, c0: u32, m: mat4x4<f32>, dots: vec4<f32>) {
+    let rows = transpose(m);
+    dscores_row(bh, r0, c0, rows[0], dots.x);
+    dscores_row(bh, r0 + 1u, c0, rows[1], dots.y);
+    dscores_row(bh, r0 + 2u, c0, rows[2], dots.z);
+    dscores_row(bh, r0 + 3u, c0, rows[3], dots.w);
+}
+
+fn dscores_row(bh: u32, r: u32, c0: u32, dp_row: vec4<f32>, dot: f32) {
+    if (r < p.tq && c0 < p.tk) {
+        let cell = ((bh * p.tq + r) * p.row + c0) / 4u;
+        var dp = dp_row;
+        if (EXTRA_DP) {
+            // The extra gradient is unpadded: cells past Tk read the last one, times a P of 0.
+            let e = (bh * p.tq + r) * p.tk;
+            let last = p.tk - 1u;
+            dp += vec4<f32>(extra_dp[e + c0], extra_dp[e + min(c0 + 1u, last)],
+                extra_dp[e + min(c0 + 2u, last)], extra_dp[e + min(c0 + 3u, last)]);
         }
+        smap4[cell] = p.alpha * saved_probs4[cell] * (dp - dot);
     }
 }
 
@@ -376,14 +413,14 @@ struct Applied {
 
 fn applied() -> Applied {
     if (p.transposed != 0u) {
-        return Applied(p.tk, p.tq, 1u, p.tk);
+        return Applied(p.tk, p.tq, 1u, p.row);
     }
-    return Applied(p.tq, p.tk, p.tk, 1u);
+    return Applied(p.tq, p.tk, p.row, 1u);
 }
 
 // Where rows r0 .. r0+7 of (batch · head) bh's W start, clamped to its last row.
 fn map_rows(w: Applied, bh: u32, r0: u32) -> array<u32, 8> {
-    let wbase = bh * p.tq * p.tk;
+    let wbase = bh * p.tq * p.row;
     var wa: array<u32, 8>;
     for (var r = 0u; r < 8u; r++) {
         wa[r] = wbase + min(r0 + r, w.rows - 1u) * w.rs;
@@ -448,64 +485,100 @@ fn store_out(b: u32, h: u32, rows: u32, r0: u32, d0: u32, m: mat4x4<f32>) {
 
 // ---- apply_image: attention_apply with Z read from an image of its sequence ----
 //
-// As attention_scores_image: Z's texels come from the image (binding 4, seq_x), and the output is
-// stored as vec4s (aout4; the launcher checks its alignment), the map's elements still from the buffer (a map row of Tk elements is no image row: Tk is rarely a
-// multiple of 4). The map's elements are the costly loads here, so each invocation takes a wider
-// block than attention_apply's, 8 rows × 16 columns: 8 map loads and 4 texel fetches per 128
-// multiply-adds.
+// As attention_scores_image: Z's texels come from the image (binding 4, seq_x); the map's elements
+// come from the buffer as vec4s (aw4), four cells of a row in one load; the output is stored as
+// vec4s (aout4; the launcher checks its alignment). Each invocation takes a wider block than
+// attention_apply's, 8 rows × 16 columns. The orientation is a pipeline constant (TRANSPOSED;
+// lavapipe would run both loops behind a run-time flag), and the terms are added in
+// attention_apply's order (the padding's zeros add nothing), so both give the same bits.
+override TRANSPOSED: bool = false;
+@group(0) @binding(1) var<storage, read> aw4: array<vec4<f32>>;
+
+// The block's 8 × 16 sums.
+struct Acc {
+    a00: mat4x4<f32>,
+    a01: mat4x4<f32>,
+    a02: mat4x4<f32>,
+    a03: mat4x4<f32>,
+    a10: mat4x4<f32>,
+    a11: mat4x4<f32>,
+    a12: mat4x4<f32>,
+    a13: mat4x4<f32>,
+}
+
+// acc + the block's rows' W(r, c) (w0: rows 0-3, w1: rows 4-7) times Z's row zr, texels t.
+fn apply_term(acc: Acc, w0: vec4<f32>, w1: vec4<f32>, t: vec4<i32>, zr: i32) -> Acc {
+    let z0 = textureLoad(seq_x, vec2<i32>(t.x, zr));
+    let z1 = textureLoad(seq_x, vec2<i32>(t.y, zr));
+    let z2 = textureLoad(seq_x, vec2<i32>(t.z, zr));
+    let z3 = textureLoad(seq_x, vec2<i32>(t.w, zr));
+    return Acc(acc.a00 + outer(w0, z0), acc.a01 + outer(w0, z1), acc.a02 + outer(w0, z2),
+        acc.a03 + outer(w0, z3), acc.a10 + outer(w1, z0), acc.a11 + outer(w1, z1),
+        acc.a12 + outer(w1, z2), acc.a13 + outer(w1, z3));
+}
+
 @compute @workgroup_size(64)
 fn attention_apply_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let w = applied();
-    let rows = w.rows;
-    let inner = w.inner;
-    let cs = w.cs;
+    var rows = p.tq;
+    var inner = p.tk;
+    if (TRANSPOSED) {
+        rows = p.tk;
+        inner = p.tq;
+    }
     let blk = locate_wide_block(group_index(wid, nwg) * 64u + lid, rows, p.hd, 16u);
     if (!blk.valid) {
         return;
     }
     let b = blk.bh / p.heads;
     let h = blk.bh % p.heads;
-    let wa = map_rows(w, blk.bh, blk.r0);
     // Texels of Z's columns c0 .. c0 + 15 of the head, clamped to its last texel.
     let tz = (p.x_off + h * p.hd) / 4u;
     let tl = p.hd / 4u - 1u;
     let q = blk.c0 / 4u;
     let t = vec4<i32>(vec4<u32>(tz) + min(vec4<u32>(q, q + 1u, q + 2u, q + 3u), vec4<u32>(tl)));
-    let zrow = i32(b * inner);
-    var a00 = mat4x4<f32>();
-    var a01 = mat4x4<f32>();
-    var a02 = mat4x4<f32>();
-    var a03 = mat4x4<f32>();
-    var a10 = mat4x4<f32>();
-    var a11 = mat4x4<f32>();
-    var a12 = mat4x4<f32>();
-    var a13 = mat4x4<f32>();
-    for (var c = 0u; c < inner; c++) {
-        let wo = c * cs;
-        let w0 = vec4<f32>(aw[wa[0] + wo], aw[wa[1] + wo], aw[wa[2] + wo], aw[wa[3] + wo]);
-        let w1 = vec4<f32>(aw[wa[4] + wo], aw[wa[5] + wo], aw[wa[6] + wo], aw[wa[7] + wo]);
-        let zr = zrow + i32(c);
-        let z0 = textureLoad(seq_x, vec2<i32>(t.x, zr));
-        let z1 = textureLoad(seq_x, vec2<i32>(t.y, zr));
-        let z2 = textureLoad(seq_x, vec2<i32>(t.z, zr));
-        let z3 = textureLoad(seq_x, vec2<i32>(t.w, zr));
-        a00 += outer(w0, z0);
-        a01 += outer(w0, z1);
-        a02 += outer(w0, z2);
-        a03 += outer(w0, z3);
-        a10 += outer(w1, z0);
-        a11 += outer(w1, z1);
-        a12 += outer(w1, z2);
-        a13 += outer(w1, z3);
+    let zrow = b * inner;
+    let last_z = zrow + inner - 1u;
+    // The map's rows, in vec4s.
+    let mbase = blk.bh * p.tq * p.row / 4u;
+    let n4 = p.row / 4u;
+    var acc = Acc();
+    if (TRANSPOSED) {
+        // W(r, c) = P(c, r): cells r0 .. r0+7 of map row c, two vec4s (clamped to the row's last;
+        // rows past Tk are never stored).
+        let v0 = min(blk.r0 / 4u, n4 - 1u);
+        let v1 = min(blk.r0 / 4u + 1u, n4 - 1u);
+        for (var c = 0u; c < inner; c++) {
+            let rb = mbase + c * n4;
+            acc = apply_term(acc, aw4[rb + v0], aw4[rb + v1], t, i32(zrow + c));
+        }
+    } else {
+        // W(r, c) = P(r, c): four cells of each of the block's 8 rows (clamped to the last row)
+        // per load, taken one column at a time; the padding's zeros times Z's last row add 0.
+        var ra: array<u32, 8>;
+        for (var r = 0u; r < 8u; r++) {
+            ra[r] = mbase + min(blk.r0 + r, rows - 1u) * n4;
+        }
+        for (var c4 = 0u; c4 < (inner + 3u) / 4u; c4++) {
+            let m0 = mat4x4<f32>(aw4[ra[0] + c4], aw4[ra[1] + c4], aw4[ra[2] + c4], aw4[ra[3] + c4]);
+            let m1 = mat4x4<f32>(aw4[ra[4] + c4], aw4[ra[5] + c4], aw4[ra[6] + c4], aw4[ra[7] + c4]);
+            // Row j of the transposes: column 4·c4 + j of the block's rows.
+            let w0 = transpose(m0);
+            let w1 = transpose(m1);
+            let z = zrow + 4u * c4;
+            acc = apply_term(acc, w0[0], w1[0], t, i32(z));
+            acc = apply_term(acc, w0[1], w1[1], t, i32(min(z + 1u, last_z)));
+            acc = apply_term(acc, w0[2], w1[2], t, i32(min(z + 2u, last_z)));
+            acc = apply_term(acc, w0[3], w1[3], t, i32(min(z + 3u, last_z)));
+        }
     }
-    store_out4(b, h, rows, blk.r0, blk.c0, a00);
-    store_out4(b, h, rows, blk.r0, blk.c0 + 4u, a01);
-    store_out4(b, h, rows, blk.r0, blk.c0 + 8u, a02);
-    store_out4(b, h, rows, blk.r0, blk.c0 + 12u, a03);
-    store_out4(b, h, rows, blk.r0 + 4u, blk.c0, a10);
-    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 4u, a11);
-    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 8u, a12);
-    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 12u, a13);
+    store_out4(b, h, rows, blk.r0, blk.c0, acc.a00);
+    store_out4(b, h, rows, blk.r0, blk.c0 + 4u, acc.a01);
+    store_out4(b, h, rows, blk.r0, blk.c0 + 8u, acc.a02);
+    store_out4(b, h, rows, blk.r0, blk.c0 + 12u, acc.a03);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0, acc.a10);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 4u, acc.a11);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 8u, acc.a12);
+    store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 12u, acc.a13);
 }
 
 // The output sequence as vec4s (aout's binding; the launcher checks that its offset and stride
@@ -527,4 +600,19 @@ fn store_row4(b: u32, h: u32, rows: u32, r: u32, d0: u32, v: vec4<f32>) {
     if (r < rows && d0 < p.hd) {
         aout4[(p.o_off + (b * rows + r) * p.o_stride + h * p.hd + d0) / 4u] = v;
     }
+}
+
+// ---- unpad: the maps without their rows' padding, [B, H, Tq, Tk], for the distillation losses
+// and other readers; one invocation per cell ----
+@group(0) @binding(1) var<storage, read> padded: array<f32>;
+@group(0) @binding(2) var<storage, read_write> unpadded: array<f32>;
+
+@compute @workgroup_size(256)
+fn attention_unpad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.batch * p.heads * p.tq * p.tk) {
+        return;
+    }
+    let r = i / p.tk;
+    unpadded[i] = padded[r * p.row + i - r * p.tk];
 }

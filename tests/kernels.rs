@@ -519,8 +519,22 @@ fn attention_on(
         };
         let saved = attention::Saved { out: &o, probs: &p };
         attention::attention_bwd(s, dims, q, k, v, saved, &gdo, grads)?;
-        Ok(vec![o, p, dq, dkv])
+        let maps = p.maps(s)?;
+        Ok(vec![o, maps, dq, dkv, p.padded().clone()])
     });
+    // The kept maps pad each row to a multiple of 4 with zeros, and hold the maps before that.
+    let row = tk.next_multiple_of(4);
+    for (r, cells) in got[4].chunks(row).enumerate() {
+        assert_eq!(
+            &cells[..tk],
+            &got[1][r * tk..(r + 1) * tk],
+            "{what}: row {r}"
+        );
+        assert!(
+            cells[tk..].iter().all(|&c| c == 0.0),
+            "{what}: row {r} padding {cells:?}"
+        );
+    }
     // Split the fused gradient back into dK and dV for the comparison.
     let (mut got_dk, mut got_dv) = (vec![], vec![]);
     for row in got[3].chunks(2 * w) {
@@ -599,6 +613,10 @@ fn attention_image_and_buffer_kernels() {
                     _ => format!("attention_{k}"),
                 })
                 .collect();
+            // Rows of Tk cells padded to a multiple of 4 are unpadded for reading.
+            if tk % 4 != 0 {
+                want.push("attention_unpad".into());
+            }
             want.sort();
             assert_eq!(ran, want, "{what}");
         }

@@ -7,6 +7,7 @@ use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Step, Tensor};
 use crate::model::{Forward, MapGrads, Model, Optimizer, Weights};
 use crate::ops::amad::{align, Options, Variant};
+use crate::ops::attention::Probs;
 use crate::ops::elementwise::axpy;
 use crate::ops::loss::{cross_entropy, cross_entropy_bwd, kl_div, kl_div_bwd};
 use crate::ops::reduce::sum_segments;
@@ -192,7 +193,7 @@ pub struct StepOut {
     pub weights: Vec<PairWeights>,
 }
 
-fn maps(fwd: &Forward, kind: Kind) -> Vec<&Tensor> {
+fn maps(fwd: &Forward, kind: Kind) -> Vec<&Probs> {
     match kind {
         Kind::Encoder => fwd.encoder_attentions(),
         Kind::DecoderSelf => fwd.decoder_attentions(),
@@ -316,13 +317,17 @@ pub fn distill_grads(
         let (self_mask, cross_mask) = decoder_masks(step, &batch.valid, b, len, se.tokens())?;
         let share = 1.0 / jobs.len().max(1) as f32;
         for (kind, (js, jt)) in jobs {
-            let (tm, sm) = (maps(&tf, kind)[jt], maps(&sf, kind)[js]);
+            // The maps without the padding of their rows, as the losses take them.
+            let (tm, sm) = (
+                maps(&tf, kind)[jt].maps(step)?,
+                maps(&sf, kind)[js].maps(step)?,
+            );
             let mask = match kind {
                 Kind::Encoder => None,
                 Kind::DecoderSelf => Some(&self_mask),
                 Kind::Cross => Some(&cross_mask),
             };
-            let a = align(step, tm, sm, mask, opts, cfg.gamma * share)?;
+            let a = align(step, &tm, &sm, mask, opts, cfg.gamma * share)?;
             add_term(step, &a.loss, 2, share)?;
             add_term(step, &a.loss, 3, cfg.gamma * share)?;
             let slot = match kind {

@@ -8,7 +8,7 @@ use super::weights::DecLayer;
 use super::{Model, Weights};
 use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
-use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Saved, Seq};
+use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
 use crate::ops::elementwise::{add, Gelu};
 use crate::ops::embedding::{embedding, embedding_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
@@ -19,15 +19,15 @@ pub struct BlockActs {
     x: Tensor,
     ln1: (Tensor, Tensor),
     qkv: Tensor,
-    /// Causal self-attention probabilities [B, H, L, L].
-    pub self_probs: Tensor,
+    /// Causal self-attention probabilities [B, H, L, L] (rows padded, see `Probs`).
+    pub self_probs: Probs,
     self_out: Tensor,
     x_mid1: Tensor,
     ln_cross: (Tensor, Tensor),
     cross_q: Tensor,
     cross_kv: Tensor,
-    /// Cross-attention probabilities [B, H, L, T].
-    pub cross_probs: Tensor,
+    /// Cross-attention probabilities [B, H, L, T] (rows padded, see `Probs`).
+    pub cross_probs: Probs,
     cross_out: Tensor,
     x_mid2: Tensor,
     mlp: MlpActs,

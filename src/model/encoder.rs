@@ -7,7 +7,7 @@ use super::weights::EncLayer;
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
-use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Saved, Seq};
+use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
 use crate::ops::elementwise::Gelu;
 use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
@@ -19,8 +19,8 @@ pub struct BlockActs {
     ln1: (Tensor, Tensor),
     /// Queries, keys and values side by side: [B, T, 3 · width].
     qkv: Tensor,
-    /// Attention probabilities [B, H, T, T].
-    pub probs: Tensor,
+    /// Attention probabilities [B, H, T, T] (rows padded, see `Probs`).
+    pub probs: Probs,
     attn: Tensor,
     x_mid: Tensor,
     mlp: MlpActs,

@@ -21,6 +21,7 @@ pub use weights::{Layout, Weights};
 
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
+use crate::ops::attention::Probs;
 use crate::ops::loss::{cross_entropy, cross_entropy_bwd};
 use crate::ops::optim::{adamw, clip_grad_norm, AdamW, Slot};
 
@@ -42,16 +43,16 @@ impl Forward {
     pub fn logits(&self) -> &Tensor {
         &self.decoder.logits
     }
-    /// Encoder self-attention per layer: [B, H, T, T].
-    pub fn encoder_attentions(&self) -> Vec<&Tensor> {
+    /// Encoder self-attention per layer, as kept (see `Probs::maps` for [B, H, T, T]).
+    pub fn encoder_attentions(&self) -> Vec<&Probs> {
         self.encoder.blocks.iter().map(|b| &b.probs).collect()
     }
-    /// Decoder causal self-attention per layer: [B, H, L, L].
-    pub fn decoder_attentions(&self) -> Vec<&Tensor> {
+    /// Decoder causal self-attention per layer, as kept ([B, H, L, L]).
+    pub fn decoder_attentions(&self) -> Vec<&Probs> {
         self.decoder.blocks.iter().map(|b| &b.self_probs).collect()
     }
-    /// Decoder cross-attention per layer: [B, H, L, T].
-    pub fn cross_attentions(&self) -> Vec<&Tensor> {
+    /// Decoder cross-attention per layer, as kept ([B, H, L, T]).
+    pub fn cross_attentions(&self) -> Vec<&Probs> {
         self.decoder.blocks.iter().map(|b| &b.cross_probs).collect()
     }
 }

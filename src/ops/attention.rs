@@ -4,7 +4,8 @@
 //! Q, K and V are [`Seq`] views: columns `off .. off + H·D` of a [batch, tokens, stride] buffer.
 //! So they are read straight from the projections, fused (GPT-2's c_attn: Q, K, V side by side)
 //! or not (ViT's query/key/value), and the head split and merge are strides, never copies. The
-//! backward writes dQ, dK, dV into views of the same kind.
+//! backward writes dQ, dK, dV into views of the same kind. P is kept as [`Probs`]: rows padded to
+//! whole vec4s, as the kernels read and write them; [`Probs::maps`] gives the plain maps.
 
 use super::softmax::Masks;
 use super::{groups, u32_of};
@@ -72,7 +73,25 @@ pub const APPLY: Kernel = Kernel::new("attention", "attention_apply", &[R, R, W]
 /// SCORES and APPLY reading their sequences from images (`Gpu::image_operands`).
 pub const SCORES_IMAGE: Kernel =
     Kernel::new("attention", "attention_scores_image", &[R, R, W, I, I]);
-pub const APPLY_IMAGE: Kernel = Kernel::new("attention", "attention_apply_image", &[R, R, W, I]);
+/// APPLY reading Z from an image and the map as vec4s, [W Z, Wᵀ Z] (the TRANSPOSED constant).
+pub const APPLY_IMAGE: [Kernel; 2] = [
+    Kernel::specialised(
+        "attention_apply_image",
+        "attention",
+        "attention_apply_image",
+        &[R, R, W, I],
+        &[("TRANSPOSED", 0.0)],
+    ),
+    Kernel::specialised(
+        "attention_apply_image_transposed",
+        "attention",
+        "attention_apply_image",
+        &[R, R, W, I],
+        &[("TRANSPOSED", 1.0)],
+    ),
+];
+/// The maps without their rows' padding (see [`Probs::maps`]).
+pub const UNPAD: Kernel = Kernel::new("attention", "attention_unpad", &[R, W]);
 
 /// Columns `off .. off + width` of every token of a [batch, len, stride] buffer.
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +135,8 @@ struct Params {
     x: [u32; 2],
     y: [u32; 2],
     o: [u32; 2],
-    _pad: [u32; 3],
+    row: u32,
+    _pad: [u32; 2],
 }
 
 /// Images of the sequences one attention call reads, each tensor copied once: Q, K and V are
@@ -171,6 +191,11 @@ impl Dims {
         self.heads * self.head_dim
     }
 
+    /// The maps' row length: Tk padded to whole vec4s.
+    fn row(&self) -> usize {
+        self.k_len.next_multiple_of(4)
+    }
+
     /// Checks that `s` holds `len` tokens of width H·D for every batch element.
     fn check(&self, what: &str, s: &Seq, len: usize) -> Result<()> {
         let shape = s.t.shape();
@@ -212,7 +237,8 @@ impl Dims {
             x: pair(views[0])?,
             y: pair(views[1])?,
             o: pair(views[2])?,
-            _pad: [0; 3],
+            row: u(self.row())?,
+            _pad: [0; 2],
         })
     }
 
@@ -227,9 +253,46 @@ impl Dims {
     }
 }
 
-/// S = scale · Q Kᵀ [B, H, Tq, Tk] (Tq rows of Q, Tk of K).
+/// Attention probabilities as the kernels keep them: [B, H, Tq, row], each row's Tk cells
+/// followed by zeros up to `row`, a multiple of 4, so that the kernels move the maps as vec4s.
+#[derive(Clone, Debug)]
+pub struct Probs {
+    t: Tensor,
+    k_len: usize,
+}
+
+impl Probs {
+    /// The padded tensor [B, H, Tq, row].
+    pub fn padded(&self) -> &Tensor {
+        &self.t
+    }
+
+    /// The maps [B, H, Tq, Tk]: the tensor itself where Tk needs no padding, else a copy without
+    /// it, recorded into `step`.
+    pub fn maps(&self, step: &mut Step) -> Result<Tensor> {
+        let s = self.t.shape();
+        let (row, tk) = (s[3], self.k_len);
+        if row == tk {
+            return Ok(self.t.clone());
+        }
+        let out = step.empty(&[s[0], s[1], s[2], tk])?;
+        let u = |x| u32_of("attention", "size", x);
+        let p = Params {
+            batch: u(s[0])?,
+            heads: u(s[1])?,
+            tq: u(s[2])?,
+            tk: u(tk)?,
+            row: u(row)?,
+            ..Default::default()
+        };
+        step.dispatch_linear(&UNPAD, &p, &[&self.t, &out], groups(out.numel(), 256))?;
+        Ok(out)
+    }
+}
+
+/// S = scale · Q Kᵀ [B, H, Tq, row] (Tq rows of Q, Tk of K; rows padded as in [`Probs`]).
 fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, images: &mut SeqImages) -> Result<Tensor> {
-    let map = step.empty(&[d.batch, d.heads, d.q_len, d.k_len])?;
+    let map = step.empty(&[d.batch, d.heads, d.q_len, d.row()])?;
     let p = d.params(d.scale(), false, [Some(x), Some(y), None])?;
     let n = groups(d.blocks(d.q_len, d.k_len), 64);
     let tensors = [x.t, y.t, &map];
@@ -267,7 +330,8 @@ fn apply(
         Some(iz) => {
             // Blocks of 8 rows × 16 columns (see the shader).
             let n = groups(d.blocks(rows, d.head_dim.div_ceil(16) * 8), 64);
-            step.dispatch_linear_images(&APPLY_IMAGE, &p, &tensors, &[images.get(iz)], n)
+            let kernel = &APPLY_IMAGE[transposed as usize];
+            step.dispatch_linear_images(kernel, &p, &tensors, &[images.get(iz)], n)
         }
         None => {
             let n = groups(d.blocks(rows, d.head_dim), 64);
@@ -276,7 +340,7 @@ fn apply(
     }
 }
 
-/// Forward: returns (O [B, Tq, H·D], P [B, H, Tq, Tk]).
+/// Forward: returns (O [B, Tq, H·D], P).
 pub fn attention(
     step: &mut Step,
     d: Dims,
@@ -284,7 +348,7 @@ pub fn attention(
     k: Seq,
     v: Seq,
     masks: Masks,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(Tensor, Probs)> {
     if d.heads == 0 || d.head_dim == 0 {
         return shape_err("attention", format!("{d:?} has no heads"));
     }
@@ -321,6 +385,10 @@ pub fn attention(
     step.dispatch_linear(softmax, &p, &[mask, &probs], groups(d.rows(), 64))?;
     let out = step.empty(&[d.batch, d.q_len, d.width()])?;
     apply(step, d, &probs, false, &v, &Seq::whole(&out), &mut images)?;
+    let probs = Probs {
+        t: probs,
+        k_len: d.k_len,
+    };
     Ok((out, probs))
 }
 
@@ -337,7 +405,7 @@ pub struct Grads<'a> {
 /// What [`attention`] returned, as its backward needs it: O [B, Tq, H·D] and P [B, H, Tq, Tk].
 pub struct Saved<'a> {
     pub out: &'a Tensor,
-    pub probs: &'a Tensor,
+    pub probs: &'a Probs,
 }
 
 /// Backward: from dO [B, Tq, H·D] and the forward's O and P, writes dQ, dK, dV.
@@ -352,22 +420,21 @@ pub fn attention_bwd(
     dout: &Tensor,
     grads: Grads,
 ) -> Result<()> {
-    let probs = saved.probs;
+    let probs = &saved.probs.t;
     let (tq, tk) = (d.q_len, d.k_len);
-    if probs.shape() != [d.batch, d.heads, tq, tk] {
+    if probs.shape() != [d.batch, d.heads, tq, d.row()] || saved.probs.k_len != tk {
         return shape_err(
             "attention_bwd",
             format!("probs {:?} do not match {d:?}", probs.shape()),
         );
     }
     if let Some(extra) = grads.dprobs {
-        if extra.shape() != probs.shape() {
+        if extra.shape() != [d.batch, d.heads, tq, tk] {
             return shape_err(
                 "attention_bwd",
                 format!(
-                    "dprobs {:?} do not match probs {:?}",
-                    extra.shape(),
-                    probs.shape()
+                    "dprobs {:?} do not match the maps [B, H, Tq, Tk] of {d:?}",
+                    extra.shape()
                 ),
             );
         }

@@ -134,7 +134,9 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &attention::DSCORES_IMAGE[1],
     &attention::APPLY,
     &attention::SCORES_IMAGE,
-    &attention::APPLY_IMAGE,
+    &attention::APPLY_IMAGE[0],
+    &attention::APPLY_IMAGE[1],
+    &attention::UNPAD,
     &amad::ONE_TO_ONE,
     &amad::ONE_TO_ONE_FINISH,
 ];

@@ -157,11 +157,15 @@ async fn caption_inner(name: &str, image: &[u8], file: &str) -> Result<String> {
     let mut step = gpu.step();
     let id_tensor = step.upload_u32(&[1, input.len()], &input)?;
     let fwd = c.model.forward(&mut step, &patches, &id_tensor)?;
+    let maps = fwd
+        .cross_attentions()
+        .into_iter()
+        .map(|p| p.maps(&mut step))
+        .collect::<Result<Vec<_>>>()?;
     step.submit()?;
     let e = &c.model.cfg.encoder;
     let (tokens, len) = (e.tokens(), input.len());
     let mut heat = vec![vec![0f32; tokens - 1]; words.len().min(len)];
-    let maps = fwd.cross_attentions();
     let layers = maps.len();
     for m in maps {
         let heads = m.shape()[1];
