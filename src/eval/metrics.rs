@@ -2,7 +2,7 @@
 //! quirks included, so the numbers are comparable with published ones. tests/metrics.rs checks
 //! them against pycocoevalcap on a committed example set.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Tokens of a caption as PTBTokenizer leaves them after pycocoevalcap drops punctuation:
 /// lower-cased, split on whitespace, with the punctuation marks . , ? ! : ; removed. (PTB's
@@ -16,10 +16,12 @@ pub fn tokenize(caption: &str) -> Vec<String> {
         .collect()
 }
 
-type Ngrams = HashMap<Vec<String>, usize>;
+/// Ordered maps, so that sums over n-grams run in the same order in every process: a HashMap's
+/// order changes from run to run, and with it the last bits of CIDEr-D.
+type Ngrams = BTreeMap<Vec<String>, usize>;
 
 /// tf-idf weights of one sentence per n-gram order, their norms, and its length (in bigrams).
-type Weighted = ([HashMap<Vec<String>, f64>; 4], [f64; 4], f64);
+type Weighted = ([BTreeMap<Vec<String>, f64>; 4], [f64; 4], f64);
 
 /// Counts of every n-gram, n = 1..=4.
 fn ngrams(words: &[String]) -> Ngrams {
@@ -192,7 +194,7 @@ fn cider_d(cands: &[Vec<String>], refs: &[Vec<Vec<String>>]) -> Vec<f64> {
     }
     let log_n = (refs.len() as f64).ln();
     let vec = |words: &[String]| -> Weighted {
-        let mut v: [HashMap<Vec<String>, f64>; 4] = Default::default();
+        let mut v: [BTreeMap<Vec<String>, f64>; 4] = Default::default();
         let mut norm = [0.0; 4];
         let mut length = 0.0;
         for (g, tf) in ngrams(words) {
