@@ -305,8 +305,8 @@ fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, images: &mut SeqImages) ->
     Ok(map)
 }
 
-/// `out` = W Z for the map W [B, H, Tq, Tk] (or Wᵀ Z when `transposed`): O = P V and the
-/// backward products.
+/// `out` = W Z for the map W [B, H, Tq, Tk] (kept with padded rows, see [`Probs`]; or Wᵀ Z when
+/// `transposed`): O = P V and the backward products.
 fn apply(
     step: &mut Step,
     d: Dims,
