@@ -100,8 +100,18 @@ struct Quad {
     a11: mat4x4<f32>,
 }
 
-// Σ_d X(r0 + i, d) Y(c0 + j, d) over the head's d for (batch, head) (b, h), from the buffers.
-fn products(b: u32, h: u32, r0: u32, c0: u32) -> Quad {
+// The map block an invocation of scores or dscores owns.
+fn map_block(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Block {
+    return locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+}
+
+// Σ_d X(r0 + i, d) Y(c0 + j, d) over the head's d for block blk's rows r0 .. and columns c0 ..,
+// from the buffers.
+fn products(blk: Block) -> Quad {
+    let b = blk.bh / p.heads;
+    let h = blk.bh % p.heads;
+    let r0 = blk.r0;
+    let c0 = blk.c0;
     var xa: array<u32, 8>;
     var ya: array<u32, 8>;
     for (var r = 0u; r < 8u; r++) {
@@ -124,11 +134,11 @@ fn products(b: u32, h: u32, r0: u32, c0: u32) -> Quad {
 
 @compute @workgroup_size(64)
 fn attention_scores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+    let blk = map_block(wid, nwg, lid);
     if (!blk.valid) {
         return;
     }
-    store_scores(blk, products(blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
+    store_scores(blk, products(blk));
 }
 
 fn store_scores(blk: Block, q: Quad) {
@@ -187,7 +197,11 @@ fn seq_rows(b: u32, len: u32, t0: u32) -> vec4<u32> {
 }
 
 // products() with X and Y read from their images.
-fn products_image(xi: texture_storage_2d<rgba32float, read>, yi: texture_storage_2d<rgba32float, read>, b: u32, h: u32, r0: u32, c0: u32) -> Quad {
+fn products_image(xi: texture_storage_2d<rgba32float, read>, yi: texture_storage_2d<rgba32float, read>, blk: Block) -> Quad {
+    let b = blk.bh / p.heads;
+    let h = blk.bh % p.heads;
+    let r0 = blk.r0;
+    let c0 = blk.c0;
     let xr0 = seq_rows(b, p.tq, r0);
     let xr1 = seq_rows(b, p.tq, r0 + 4u);
     let yr0 = seq_rows(b, p.tk, c0);
@@ -214,11 +228,11 @@ fn products_image(xi: texture_storage_2d<rgba32float, read>, yi: texture_storage
 
 @compute @workgroup_size(64)
 fn attention_scores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+    let blk = map_block(wid, nwg, lid);
     if (!blk.valid) {
         return;
     }
-    store_scores(blk, products_image(seq_x, seq_y, blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
+    store_scores(blk, products_image(seq_x, seq_y, blk));
 }
 
 // ---- softmax: one invocation per row of the map, in place ----
@@ -336,20 +350,20 @@ fn attention_row_dots(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 @compute @workgroup_size(64)
 fn attention_dscores(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+    let blk = map_block(wid, nwg, lid);
     if (!blk.valid) {
         return;
     }
-    store_dscores(blk, products(blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
+    store_dscores(blk, products(blk));
 }
 
 @compute @workgroup_size(64)
 fn attention_dscores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let blk = locate_block(group_index(wid, nwg) * 64u + lid, p.tq, p.tk);
+    let blk = map_block(wid, nwg, lid);
     if (!blk.valid) {
         return;
     }
-    store_dscores(blk, products_image(dout_image, v_image, blk.bh / p.heads, blk.bh % p.heads, blk.r0, blk.c0));
+    store_dscores(blk, products_image(dout_image, v_image, blk));
 }
 
 fn store_dscores(blk: Block, q: Quad) {
