@@ -261,8 +261,8 @@ commands:
         use amad::model::{preprocessor, Config, Model};
         use amad::train::train_captioner;
         let out = std::path::PathBuf::from(f.required("--out")?);
-        // 4,000 steps of batch 32 take under 60 minutes on lavapipe on 2 cores (about 48 at 1.4
-        // steps/s). The learning rate and the shape loss's weight won a sweep of recipes; more
+        // 4,000 steps of batch 32 take under 60 minutes on lavapipe on 2 cores (34.9 measured;
+        // about 48 at the slowest 1.4 steps/s seen). The learning rate and the shape loss's weight won a sweep of recipes; more
         // steps in the hour raised validation truth from about 0.5 to 0.8 (docs/teacher.md).
         let opts = run_options(&mut f, 4000, 1.5e-3)?;
         let seed: u64 = f.number("--seed", 1)?;
