@@ -41,6 +41,7 @@ fn opts(until: Option<u64>) -> RunOptions {
         batch: 4,
         lr: 3e-3,
         warmup: 2,
+        decay_to: 0.1,
         checkpoint_every: 2,
         max_norm: 1.0,
         eval_every: 0,
@@ -169,14 +170,40 @@ fn the_learning_rate_warms_up_and_decays() {
         batch: 1,
         lr: 1.0,
         warmup: 10,
+        decay_to: 0.1,
         checkpoint_every: 10,
         max_norm: 1.0,
         eval_every: 0,
         eval_n: 0,
     };
-    let lr = |s| amad::train::learning_rate(&o, s);
-    assert!((lr(0) - 0.1).abs() < 1e-6 && (lr(9) - 1.0).abs() < 1e-6);
-    assert!(lr(10) > lr(50) && lr(50) > lr(99) && (lr(99) - 0.1).abs() < 0.01);
+    let lr = |o: &RunOptions, s| amad::train::learning_rate(o, s);
+    assert!((lr(&o, 0) - 0.1).abs() < 1e-6 && (lr(&o, 9) - 1.0).abs() < 1e-6);
+    assert!(lr(&o, 10) > lr(&o, 50) && lr(&o, 50) > lr(&o, 99) && (lr(&o, 99) - 0.1).abs() < 0.01);
+    // Halfway through the decay the cosine is at its middle: (1 + 0.1) / 2.
+    assert!((lr(&o, 55) - 0.55).abs() < 1e-6, "{}", lr(&o, 55));
+    // Decay to zero: the same curve, ending at 0 instead of 0.1.
+    let to_zero = RunOptions {
+        decay_to: 0.0,
+        ..o.clone()
+    };
+    assert!((lr(&to_zero, 55) - 0.5).abs() < 1e-6 && lr(&to_zero, 100) == 0.0);
+    assert!(lr(&to_zero, 99) < 1e-3 && lr(&to_zero, 99) > 0.0);
+    assert_eq!(
+        lr(&to_zero, 5),
+        lr(&o, 5),
+        "the warm-up does not depend on the decay"
+    );
+    for bad in [-0.1, 1.5, f32::NAN] {
+        let err = RunOptions {
+            decay_to: bad,
+            ..o.clone()
+        }
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("between 0 and 1"), "{bad}: {err}");
+    }
+    assert!(o.check().is_ok() && to_zero.check().is_ok());
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub batch: usize,
     pub lr: f32,
     pub warmup: u64,
+    /// Where the cosine decay ends, as a fraction of `lr` (0 to 1; the default runs use 0.1).
+    pub decay_to: f32,
     pub checkpoint_every: u64,
     pub max_norm: f32,
     /// Evaluate on the validation split every this many steps (0: never), on `eval_n` scenes.
@@ -34,13 +36,38 @@ pub struct RunOptions {
     pub eval_n: usize,
 }
 
-/// Linear warmup, then cosine decay to a tenth of the peak.
+impl RunOptions {
+    /// An error naming what is out of range: steps, batch, checkpoint interval and learning rate
+    /// must be positive, the decay's end a fraction of the peak.
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0
+            || self.batch == 0
+            || self.checkpoint_every == 0
+            || self.lr.is_nan()
+            || self.lr <= 0.0
+        {
+            return Err(Error::Invalid(
+                "steps, batch, checkpoint interval and learning rate must be positive".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.decay_to) {
+            return Err(Error::Invalid(format!(
+                "--decay-to must be between 0 and 1 (the fraction of the peak learning rate the decay ends at), got {}",
+                self.decay_to
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Linear warmup, then cosine decay to `decay_to` times the peak.
 pub fn learning_rate(o: &RunOptions, step: u64) -> f32 {
     if step < o.warmup {
         return o.lr * (step + 1) as f32 / o.warmup as f32;
     }
     let t = (step - o.warmup) as f32 / (o.steps - o.warmup).max(1) as f32;
-    o.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f32::consts::PI * t.min(1.0)).cos()))
+    let f = o.decay_to;
+    o.lr * (f + (1.0 - f) * 0.5 * (1.0 + (std::f32::consts::PI * t.min(1.0)).cos()))
 }
 
 #[cfg(not(target_arch = "wasm32"))]

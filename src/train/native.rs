@@ -157,16 +157,7 @@ fn run_captioner(
     mut record: impl FnMut(&Captioner, &mut Optimizer, Option<&ShapeLoss>, u64) -> Result<Tensor>,
 ) -> Result<Captioner> {
     use crate::ops::optim::AdamW;
-    if opts.steps == 0
-        || opts.batch == 0
-        || opts.checkpoint_every == 0
-        || opts.lr.is_nan()
-        || opts.lr <= 0.0
-    {
-        return Err(Error::Invalid(
-            "steps, batch, checkpoint interval and learning rate must be positive".into(),
-        ));
-    }
+    opts.check()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     let resuming = dir.join(STATE).exists();
     let c = if resuming {

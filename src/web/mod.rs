@@ -238,21 +238,13 @@ fn parse_options(json: &str) -> Result<PageOptions> {
         batch: int("batch", 8)? as usize,
         lr: num("lr", 2e-3) as f32,
         warmup: int("warmup", 20)?,
+        decay_to: num("decay_to", 0.1) as f32,
         checkpoint_every: int("checkpoint_every", 50)?,
         max_norm: 1.0,
         eval_every: int("eval_every", 0)?,
         eval_n: int("eval_n", 20)? as usize,
     };
-    if opts.steps == 0
-        || opts.batch == 0
-        || opts.lr.is_nan()
-        || opts.lr <= 0.0
-        || opts.checkpoint_every == 0
-    {
-        return Err(Error::Invalid(
-            "steps, batch, learning rate and checkpoint interval must be positive".into(),
-        ));
-    }
+    opts.check()?;
     let d = DistillConfig::default();
     let cfg = DistillConfig {
         alpha: num("alpha", d.alpha as f64) as f32,
@@ -288,7 +280,7 @@ fn parse_options(json: &str) -> Result<PageOptions> {
 }
 
 /// Starts a distillation run from model "teacher" with the page's options (JSON: layers, width,
-/// heads, method, steps, batch, lr, warmup, alpha, beta, gamma, temperature, tau, detach, seed,
+/// heads, method, steps, batch, lr, warmup, decay_to, alpha, beta, gamma, temperature, tau, detach, seed,
 /// checkpoint_every). With `resume` (a checkpoint from `checkpoint`: the student's files and the
 /// optimiser state) it continues that run instead. Returns a JSON summary of the student.
 #[wasm_bindgen]
