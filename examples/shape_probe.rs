@@ -16,7 +16,7 @@ use amad::model::captioner::Captioner;
 use amad::model::generate::Generation;
 use amad::ops::optim::AdamW;
 use amad::train::batch::scene_patches;
-use amad::train::ShapeLoss;
+use amad::train::{ShapeLoss, ShapeTargets};
 use amad::{Gpu, Result, Tensor};
 
 fn main() -> Result<()> {
@@ -29,7 +29,15 @@ fn main() -> Result<()> {
     let gpu = pollster::block_on(Gpu::new())?;
     let c = Captioner::load(&gpu, std::path::Path::new(dir))?;
     let e = &c.model.cfg.encoder;
-    let head = ShapeLoss::new(&gpu, e, 1.0, 7)?;
+    let head = ShapeLoss::new(
+        &gpu,
+        e,
+        ShapeTargets {
+            weight: 1.0,
+            cells: 1,
+        },
+        7,
+    )?;
     let cfg = AdamW {
         lr: 3e-3,
         ..AdamW::default()

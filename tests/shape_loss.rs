@@ -7,7 +7,7 @@ use amad::data::scenes::{Background, Colour, Scene, Shape, Size};
 use amad::model::{Config, MapGrads, Model, Weights};
 use amad::ops::loss::IGNORE;
 use amad::train::shape_loss::CLASSES;
-use amad::train::ShapeLoss;
+use amad::train::{ShapeLoss, ShapeTargets};
 use common::*;
 
 fn scene(objects: &[(Shape, Size, f32, f32)]) -> Scene {
@@ -52,9 +52,61 @@ fn each_patch_is_labelled_with_the_shape_that_covers_it() {
 }
 
 #[test]
-fn the_shape_loss_and_its_gradient_match_a_cpu_reference() {
+fn with_sub_cells_each_patch_gets_the_labels_of_its_quarters_row_by_row() {
+    // The large square of the test above covers 22.65..41.35 px on both axes. With 2 × 2
+    // sub-cells of 4 px, sampled at pixel centres, patch (2, 3) (y 16..24, x 24..32) has its
+    // top quarters (y 16..20) empty and its bottom ones (y 20..24: the rows at 23.5, 4 of 16
+    // samples) inside the square; the coarse label of that patch is the square's.
+    let s = scene(&[(Shape::Square, Size::Large, 32.0, 32.0)]);
     let cfg = Config::sized(40, 8, (1, 16, 2), (1, 16, 2));
-    let head = ShapeLoss::new(gpu(), &cfg.encoder, 3.0, 7).unwrap();
+    let targets = |cells| ShapeTargets { weight: 1.0, cells };
+    let fine = ShapeLoss::new(gpu(), &cfg.encoder, targets(2), 7).unwrap();
+    let coarse = ShapeLoss::new(gpu(), &cfg.encoder, targets(1), 7).unwrap();
+    let one = std::slice::from_ref(&s);
+    let (f, c) = (fine.labels(one), coarse.labels(one));
+    assert_eq!((f.len(), c.len()), (65 * 4, 65));
+    let (square, none) = (1, CLASSES as u32 - 1);
+    let patch = |row: usize, col: usize| &f[(1 + row * 8 + col) * 4..][..4];
+    assert_eq!(c[1 + 2 * 8 + 3], square);
+    assert_eq!(patch(2, 3), [none, none, square, square]);
+    assert_eq!(patch(3, 3), [square; 4], "inside the square");
+    assert_eq!(patch(0, 0), [none; 4]);
+    // Every patch's four are the sub-cells of the 16 × 16 division, in the patch's rows.
+    let cells = s.cell_shapes(16);
+    for row in 0..8 {
+        for col in 0..8 {
+            let want: Vec<u32> = [(0, 0), (0, 1), (1, 0), (1, 1)]
+                .iter()
+                .map(|&(sy, sx)| cells[(2 * row + sy) * 16 + 2 * col + sx])
+                .collect();
+            assert_eq!(patch(row, col), want, "patch ({row}, {col})");
+        }
+    }
+    for bad in [0, 3] {
+        let err = ShapeLoss::new(gpu(), &cfg.encoder, targets(bad), 7)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--shape-cells"), "{err}");
+    }
+}
+
+#[test]
+fn the_shape_loss_and_its_gradient_match_a_cpu_reference() {
+    matches_the_reference(1);
+}
+
+#[test]
+fn the_sub_cell_shape_loss_and_its_gradient_match_a_cpu_reference() {
+    matches_the_reference(2);
+}
+
+/// The head with `cells` × `cells` sub-cells per patch, on random states of two scenes, against
+/// the mean cross-entropy over labelled sub-cells of states · W + b and its gradient times the
+/// weight 3, computed here in f64.
+fn matches_the_reference(cells: usize) {
+    let cfg = Config::sized(40, 8, (1, 16, 2), (1, 16, 2));
+    let targets = ShapeTargets { weight: 3.0, cells };
+    let head = ShapeLoss::new(gpu(), &cfg.encoder, targets, 7).unwrap();
     let scenes = vec![
         scene(&[(Shape::Star, Size::Large, 20.0, 40.0)]),
         scene(&[
@@ -63,10 +115,15 @@ fn the_shape_loss_and_its_gradient_match_a_cpu_reference() {
         ]),
     ];
     let labels = head.labels(&scenes);
-    let (b, t, h) = (2, 65, 16);
-    assert_eq!(labels.len(), b * t);
-    assert_eq!(labels[0], IGNORE, "the CLS token has no label");
-    assert_eq!(labels[t], IGNORE);
+    let (b, t, h, q2) = (2, 65, 16, cells * cells);
+    assert_eq!(labels.len(), b * t * q2);
+    assert!(
+        labels[..q2]
+            .iter()
+            .chain(&labels[t * q2..(t + 1) * q2])
+            .all(|&l| l == IGNORE),
+        "the CLS tokens have no labels"
+    );
     let mut rng = amad::rng::Rng::new(5);
     let states: Vec<f64> = (0..b * t * h).map(|_| rng.normal()).collect();
     let outs = run(|s| {
@@ -75,22 +132,25 @@ fn the_shape_loss_and_its_gradient_match_a_cpu_reference() {
         let (loss, dstates) = head.record(s, &st, &lab)?;
         Ok(vec![loss, dstates])
     });
-    // The reference: mean cross-entropy over labelled rows of states · W + b, and its gradient
-    // times the weight 3.
     let named = pollster::block_on(head.named_values(gpu())).unwrap();
     let (w, bias) = (&named[0].2, &named[1].2);
+    let outputs = CLASSES * q2;
+    assert_eq!(named[0].1, vec![h, outputs]);
     let counted = labels.iter().filter(|&&l| l != IGNORE).count() as f64;
     let (mut loss, mut grad) = (0.0, vec![0.0; b * t * h]);
     for (row, &label) in labels.iter().enumerate() {
         if label == IGNORE {
             continue;
         }
-        let x = &states[row * h..(row + 1) * h];
+        // Sub-cell `sub` of token `token`: outputs sub·CLASSES .. of the token's state.
+        let (token, sub) = (row / q2, row % q2);
+        let x = &states[token * h..(token + 1) * h];
+        let col = |c: usize| sub * CLASSES + c;
         let z: Vec<f64> = (0..CLASSES)
             .map(|c| {
-                bias[c] as f64
+                bias[col(c)] as f64
                     + (0..h)
-                        .map(|i| x[i] * w[i * CLASSES + c] as f64)
+                        .map(|i| x[i] * w[i * outputs + col(c)] as f64)
                         .sum::<f64>()
             })
             .collect();
@@ -100,7 +160,7 @@ fn the_shape_loss_and_its_gradient_match_a_cpu_reference() {
         for c in 0..CLASSES {
             let p = (z[c] - max).exp() / sum - if c == label as usize { 1.0 } else { 0.0 };
             for i in 0..h {
-                grad[row * h + i] += 3.0 * p * w[i * CLASSES + c] as f64 / counted;
+                grad[token * h + i] += 3.0 * p * w[i * outputs + col(c)] as f64 / counted;
             }
         }
     }

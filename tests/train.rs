@@ -5,7 +5,7 @@ mod common;
 use amad::model::captioner::Captioner;
 use amad::model::{preprocessor, Config, Model, Optimizer};
 use amad::ops::optim::AdamW;
-use amad::train::{run_loop, train_captioner, RunOptions, Source};
+use amad::train::{run_loop, train_captioner, RunOptions, ShapeTargets, Source};
 use common::*;
 use std::path::{Path, PathBuf};
 
@@ -74,7 +74,7 @@ fn term(d: &Path, name: &str) -> Vec<f64> {
 
 /// Trains 6 steps whole and 4 + 2 with a restart between (at a checkpoint, with the same
 /// command), with the shape loss `shape_loss`; checks both end alike and training lowered `name`.
-fn resumed_and_whole(tag: &str, shape_loss: Option<f32>, names: &[&str]) {
+fn resumed_and_whole(tag: &str, shape_loss: Option<ShapeTargets>, names: &[&str]) {
     let (a, b) = (dir(&format!("{tag}-whole")), dir(&format!("{tag}-resumed")));
     train_captioner(gpu(), &a, &opts(None), shape_loss, tiny).unwrap();
     train_captioner(gpu(), &b, &opts(Some(4)), shape_loss, tiny).unwrap();
@@ -108,13 +108,28 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
 fn a_resumed_run_with_the_shape_loss_continues_its_head() {
     // The shape loss of steps 5 and 6 depends on the head's weights and moments, so equal logs
     // mean the head was saved and restored exactly.
-    resumed_and_whole("shapes", Some(5.0), &["ce", "shape", "total"]);
+    resumed_and_whole("shapes", Some(targets(1)), &["ce", "shape", "total"]);
+}
+
+#[test]
+fn a_resumed_run_with_sub_cell_shape_labels_continues_its_head() {
+    resumed_and_whole("sub-cells", Some(targets(2)), &["ce", "shape", "total"]);
+}
+
+/// `--shape-loss 5 --shape-cells cells`.
+fn targets(cells: usize) -> ShapeTargets {
+    ShapeTargets { weight: 5.0, cells }
 }
 
 #[test]
 fn a_run_resumed_with_the_other_shape_loss_setting_is_refused() {
     let d = dir("switch");
-    train_captioner(gpu(), &d, &opts(Some(2)), Some(5.0), tiny).unwrap();
+    train_captioner(gpu(), &d, &opts(Some(2)), Some(targets(1)), tiny).unwrap();
+    let err = train_captioner(gpu(), &d, &opts(None), Some(targets(2)), tiny)
+        .err()
+        .expect("resuming with other sub-cells is refused")
+        .to_string();
+    assert!(err.contains("--shape-cells"), "{err}");
     let err = train_captioner(gpu(), &d, &opts(None), None, tiny)
         .err()
         .expect("resuming without the shape loss is refused")
@@ -122,7 +137,7 @@ fn a_run_resumed_with_the_other_shape_loss_setting_is_refused() {
     assert!(err.contains("--shape-loss"), "{err}");
     let d2 = dir("switch-back");
     train_captioner(gpu(), &d2, &opts(Some(2)), None, tiny).unwrap();
-    let err = train_captioner(gpu(), &d2, &opts(None), Some(5.0), tiny)
+    let err = train_captioner(gpu(), &d2, &opts(None), Some(targets(1)), tiny)
         .err()
         .expect("resuming with the shape loss is refused")
         .to_string();

@@ -36,11 +36,12 @@ commands:
         one line per image: the file name, a tab, the caption; unreadable files are reported on
         stderr (exit status 1) and the others still caption
   train-teacher --out DIR [--steps N] [--batch B] [--lr LR] [--warmup N] [--decay-to F]
-                [--seed S] [--shape-loss W] [--checkpoint-every N] [--until N] [--eval-every N]
-                [--eval-n N]
+                [--seed S] [--shape-loss W] [--shape-cells Q] [--checkpoint-every N] [--until N]
+                [--eval-every N] [--eval-n N]
         trains the default teacher on generated scenes (4,000 steps of batch 32, learning rate
         1.5e-3), on the caption loss plus W (default 5; 0: none) times a per-patch shape loss that
-        teaches the encoder shapes directly; DIR gets the checkpoint, metrics.jsonl and the
+        teaches the encoder shapes directly (--shape-cells Q: labels for each patch's Q × Q
+        sub-cells instead, Q dividing the patch size; default 1); DIR gets the checkpoint, metrics.jsonl and the
         optimiser state, and a run started again on the same DIR resumes from its checkpoint
         (--until N stops after step N, to continue later). The learning rate warms up linearly
         over N steps (default 100), then follows a cosine to F times its peak (default 0.1)
@@ -264,13 +265,16 @@ commands:
         use amad::model::{preprocessor, Config, Model};
         use amad::train::train_captioner;
         let out = std::path::PathBuf::from(f.required("--out")?);
-        // 4,000 steps of batch 32 take under 60 minutes on lavapipe on 2 cores (34.9 measured;
-        // about 48 at the slowest 1.4 steps/s seen). The learning rate and the shape loss's weight won a sweep of recipes; more
-        // steps in the hour raised validation truth from about 0.5 to 0.8 (docs/teacher.md).
+        // 4,000 steps of batch 32 take under 60 minutes on lavapipe on the 2-core EPYC machines
+        // (34.9 measured; about 48 at the slowest 1.4 steps/s seen there), not on a Xeon whose
+        // hypervisor steals much of its time (0.4 steps/s). The learning rate and the shape loss's
+        // weight won a sweep of recipes; more steps in the hour raised validation truth from about
+        // 0.5 to 0.8 (docs/teacher.md).
         let opts = run_options(&mut f, 4000, 1.5e-3)?;
         let seed: u64 = f.number("--seed", 1)?;
         let weight: f32 = f.number("--shape-loss", 5.0)?;
-        let shape_loss = (weight != 0.0).then_some(weight);
+        let cells: usize = f.number("--shape-cells", 1)?;
+        let shape_loss = (weight != 0.0).then_some(amad::train::ShapeTargets { weight, cells });
         f.done()?;
         let gpu = gpu()?;
         let c = train_captioner(&gpu, &out, &opts, shape_loss, || {

@@ -328,25 +328,27 @@ impl Scene {
     }
 
     /// Per cell of a grid × grid division of the image, row by row: the index in `objects` of the
-    /// object that covers most of the cell (sampled at 8 × 8 points), or `None` when none covers
-    /// an eighth of it.
+    /// object that covers most of the cell, or `None` when none covers an eighth of it. Sampled
+    /// at n × n points per cell, n = SIZE / grid within 1..=8: each pixel's centre for cells of up
+    /// to 8 pixels (the cost per scene stays that of its pixels), 8 × 8 points for larger ones.
     pub fn cell_objects(&self, grid: usize) -> Vec<Option<usize>> {
         let cell = SIZE as f32 / grid as f32;
+        let n = (SIZE / grid.max(1)).clamp(1, 8);
         let mut out = vec![];
         for gy in 0..grid {
             for gx in 0..grid {
                 let mut counts = vec![0usize; self.objects.len()];
-                for sy in 0..8 {
-                    for sx in 0..8 {
-                        let x = (gx as f32 + (sx as f32 + 0.5) / 8.0) * cell;
-                        let y = (gy as f32 + (sy as f32 + 0.5) / 8.0) * cell;
+                for sy in 0..n {
+                    for sx in 0..n {
+                        let x = (gx as f32 + (sx as f32 + 0.5) / n as f32) * cell;
+                        let y = (gy as f32 + (sy as f32 + 0.5) / n as f32) * cell;
                         if let Some(i) = self.objects.iter().position(|o| inside(o, x, y)) {
                             counts[i] += 1;
                         }
                     }
                 }
                 let best = (0..counts.len()).max_by_key(|&i| counts[i]);
-                out.push(best.filter(|&i| counts[i] >= 8));
+                out.push(best.filter(|&i| 8 * counts[i] >= n * n));
             }
         }
         out

@@ -6,7 +6,7 @@
 pub mod batch;
 pub mod shape_loss;
 
-pub use shape_loss::ShapeLoss;
+pub use shape_loss::{ShapeLoss, ShapeTargets};
 
 use crate::data::captions::references;
 use crate::data::scenes::{Scene, Split};

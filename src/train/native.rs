@@ -145,13 +145,13 @@ pub fn run_loop(
 /// Runs a training loop for the captioner checkpointed in `dir`: resumes from the checkpoint there
 /// if there is one, otherwise starts from `fresh()`. `record(captioner, optimiser, head, step)`
 /// records and submits one step and returns its loss terms, named by `names` (the last is the
-/// total). With `shape_loss` = Some(W) the run trains a shape head (see `shape_loss`) beside the
-/// captioner.
+/// total). With `shape_loss` = Some(targets) the run trains a shape head (see `shape_loss`) beside
+/// the captioner.
 fn run_captioner(
     gpu: &Gpu,
     dir: &Path,
     opts: &RunOptions,
-    shape_loss: Option<f32>,
+    shape_loss: Option<ShapeTargets>,
     names: &[&'static str],
     fresh: impl FnOnce() -> Result<Captioner>,
     mut record: impl FnMut(&Captioner, &mut Optimizer, Option<&ShapeLoss>, u64) -> Result<Tensor>,
@@ -175,7 +175,7 @@ fn run_captioner(
         opts.max_norm,
     )?;
     let mut head = shape_loss
-        .map(|w| ShapeLoss::new(gpu, &c.model.cfg.encoder, w, 1))
+        .map(|t| ShapeLoss::new(gpu, &c.model.cfg.encoder, t, 1))
         .transpose()?;
     let start = if resuming {
         restore(gpu, &c, &mut opt, head.as_mut(), dir)?
@@ -206,12 +206,13 @@ fn run_captioner(
 }
 
 /// Trains a captioner on the scene stream with cross-entropy, into `dir` (see `run_captioner`);
-/// with `shape_loss` = Some(W), plus W times the shape head's loss (see `shape_loss`).
+/// with `shape_loss` = Some(targets), plus their weight W times the shape head's loss (see
+/// `shape_loss`).
 pub fn train_captioner(
     gpu: &Gpu,
     dir: &Path,
     opts: &RunOptions,
-    shape_loss: Option<f32>,
+    shape_loss: Option<ShapeTargets>,
     fresh: impl FnOnce() -> Result<Captioner>,
 ) -> Result<Captioner> {
     let names: &[&'static str] = match shape_loss {

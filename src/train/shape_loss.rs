@@ -7,6 +7,11 @@
 //! dense and direct signal. Its cross-entropy, times W, joins the caption loss, and its gradient
 //! enters the encoder's backward beside the decoder's (`Model::backward`).
 //!
+//! With `--shape-cells Q` the head labels each patch's Q × Q sub-cells instead, Q² times as many
+//! outputs: finer targets that ask the encoder where in its patch an outline runs, not only which
+//! shape covers most of it (an untried recipe for the shapes the teacher still confuses; see
+//! docs/teacher.md).
+//!
 //! The head exists only while training: checkpoints hold the captioner alone, in the Hugging Face
 //! layout. The head and its AdamW moments are saved in the optimiser state beside it
 //! (`shape_head.*`), so a resumed run goes on exactly where it stopped.
@@ -33,13 +38,24 @@ pub const PREFIX: &str = "shape_head.";
 /// The head's tensors, in the order of `ShapeLoss::tensors`.
 const NAMES: [&str; 6] = ["weight", "bias", "m.weight", "m.bias", "v.weight", "v.bias"];
 
-/// The per-patch shape head: weight [hidden, CLASSES] and bias [CLASSES], with their gradients
-/// and AdamW moments.
+/// What `--shape-loss W --shape-cells Q` asks for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ShapeTargets {
+    /// The loss's weight beside the caption loss (W).
+    pub weight: f32,
+    /// Sub-cells per side of each patch (Q, dividing the patch size; 1: one label per patch).
+    pub cells: usize,
+}
+
+/// The per-patch shape head: weight [hidden, CLASSES·Q²] and bias [CLASSES·Q²], with their
+/// gradients and AdamW moments.
 pub struct ShapeLoss {
     /// The loss's weight beside the caption loss (W).
     pub weight: f32,
     /// Patches per side of the encoder's grid.
     grid: usize,
+    /// Sub-cells per side of a patch (Q).
+    cells: usize,
     params: [Tensor; 2],
     grads: [Tensor; 2],
     m: [Tensor; 2],
@@ -50,7 +66,8 @@ impl ShapeLoss {
     /// A fresh head over the states of encoder `e` (weights drawn with std 0.02 from `seed`).
     /// Its patches must tile the scenes' SIZE × SIZE pixels one to one, since the labels are
     /// per scene cell.
-    pub fn new(gpu: &Gpu, e: &Vit, weight: f32, seed: u64) -> Result<ShapeLoss> {
+    pub fn new(gpu: &Gpu, e: &Vit, targets: ShapeTargets, seed: u64) -> Result<ShapeLoss> {
+        let ShapeTargets { weight, cells } = targets;
         if !(weight.is_finite() && weight > 0.0) {
             return Err(Error::Invalid(format!(
                 "--shape-loss: the weight must be positive, got {weight}"
@@ -62,21 +79,29 @@ impl ShapeLoss {
                 e.image_size, e.image_size
             )));
         }
+        if cells == 0 || !e.patch_size.is_multiple_of(cells) {
+            return Err(Error::Invalid(format!(
+                "--shape-cells must divide the patch size, {}, got {cells}",
+                e.patch_size
+            )));
+        }
         let hidden = e.hidden_size;
+        let outputs = CLASSES * cells * cells;
         let mut rng = Rng::new(seed ^ 0x5ba9e);
-        let w: Vec<f32> = (0..hidden * CLASSES)
+        let w: Vec<f32> = (0..hidden * outputs)
             .map(|_| 0.02 * rng.normal() as f32)
             .collect();
         let zeros =
             |shape: &[usize]| Tensor::from_slice(gpu, shape, &vec![0.0; shape.iter().product()]);
         let pair =
-            || -> Result<[Tensor; 2]> { Ok([zeros(&[hidden, CLASSES])?, zeros(&[CLASSES])?]) };
+            || -> Result<[Tensor; 2]> { Ok([zeros(&[hidden, outputs])?, zeros(&[outputs])?]) };
         Ok(ShapeLoss {
             weight,
             grid: SIZE / e.patch_size,
+            cells,
             params: [
-                Tensor::from_slice(gpu, &[hidden, CLASSES], &w)?,
-                zeros(&[CLASSES])?,
+                Tensor::from_slice(gpu, &[hidden, outputs], &w)?,
+                zeros(&[outputs])?,
             ],
             grads: pair()?,
             m: pair()?,
@@ -84,13 +109,23 @@ impl ShapeLoss {
         })
     }
 
-    /// Labels [B·(1 + grid²)] for a batch of scenes: IGNORE at the CLS token, then each patch's
-    /// class (`Scene::cell_shapes`).
+    /// Labels [B·(1 + grid²)·Q²] for a batch of scenes, token by token, Q² per token: IGNORE at
+    /// the CLS token, then for each patch the classes of its sub-cells, row by row
+    /// (`Scene::cell_shapes` of the grid·Q division).
     pub fn labels(&self, scenes: &[Scene]) -> Vec<u32> {
+        let (q, fine) = (self.cells, self.grid * self.cells);
         let mut out = vec![];
         for s in scenes {
-            out.push(IGNORE);
-            out.extend(s.cell_shapes(self.grid));
+            let cells = s.cell_shapes(fine);
+            out.extend(std::iter::repeat_n(IGNORE, q * q));
+            for py in 0..self.grid {
+                for px in 0..self.grid {
+                    for sy in 0..q {
+                        let row = (py * q + sy) * fine + px * q;
+                        out.extend_from_slice(&cells[row..row + q]);
+                    }
+                }
+            }
         }
         out
     }
@@ -109,9 +144,9 @@ impl ShapeLoss {
         Ok(terms)
     }
 
-    /// Records the loss on encoder states [B, T, hidden] against `labels` [B·T] (u32): zeroes the
-    /// head's gradients, then adds into them. Returns the loss [1] (unweighted) and its gradient,
-    /// times the weight, with respect to the states.
+    /// Records the loss on encoder states [B, T, hidden] against `labels` [B·T·Q²] (u32): zeroes
+    /// the head's gradients, then adds into them. Returns the loss [1] (unweighted: the mean over
+    /// labelled sub-cells) and its gradient, times the weight, with respect to the states.
     pub fn record(
         &self,
         step: &mut Step,
@@ -120,7 +155,8 @@ impl ShapeLoss {
     ) -> Result<(Tensor, Tensor)> {
         let s = states.shape();
         let hidden = self.params[0].shape()[0];
-        if s.len() != 3 || s[2] != hidden || labels.numel() != s[0] * s[1] {
+        let per_token = self.cells * self.cells;
+        if s.len() != 3 || s[2] != hidden || labels.numel() != s[0] * s[1] * per_token {
             return shape_err(
                 "shape_loss",
                 format!(
@@ -133,9 +169,13 @@ impl ShapeLoss {
             step.clear(g);
         }
         let rows = states.reshape(&[s[0] * s[1], hidden])?;
-        let logits = self.logits(step, &rows)?;
+        // One row of CLASSES logits per sub-cell: a token's Q² rows lie side by side.
+        let logits = self
+            .logits(step, &rows)?
+            .reshape(&[labels.numel(), CLASSES])?;
         let (loss, totals) = cross_entropy(step, &logits, labels)?;
-        let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, self.weight)?;
+        let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, self.weight)?
+            .reshape(&[s[0] * s[1], CLASSES * per_token])?;
         let drows = linear_bwd(
             step,
             &rows,
@@ -150,7 +190,7 @@ impl ShapeLoss {
         Ok((loss, drows.reshape(s)?))
     }
 
-    /// The head's logits [rows, CLASSES] for state rows [rows, hidden].
+    /// The head's logits [rows, CLASSES·Q²] for state rows [rows, hidden].
     pub fn logits(&self, step: &mut Step, rows: &Tensor) -> Result<Tensor> {
         linear(
             step,
@@ -209,7 +249,7 @@ impl ShapeLoss {
                 .ok_or_else(|| Error::Invalid(format!("{source}: no tensor {name}")))?;
             if got.shape() != t.shape() {
                 return Err(Error::Invalid(format!(
-                    "{source}: {name} has shape {:?}, but the model needs {:?}",
+                    "{source}: {name} has shape {:?}, but this run's shape head needs {:?}; resume with the --shape-cells the run was started with",
                     got.shape(),
                     t.shape()
                 )));
