@@ -142,6 +142,13 @@ fn a_run_resumed_with_the_other_shape_loss_setting_is_refused() {
         .expect("resuming with the shape loss is refused")
         .to_string();
     assert!(err.contains("--shape-loss 0"), "{err}");
+    // Sub-cells that do not divide the 8-pixel patches: refused before anything is written.
+    let d3 = dir("bad-cells");
+    let err = train_captioner(gpu(), &d3, &opts(None), Some(targets(3)), tiny)
+        .err()
+        .expect("3 does not divide the patch size")
+        .to_string();
+    assert!(err.contains("--shape-cells") && !d3.exists(), "{err}");
     std::fs::remove_dir_all(d).ok();
     std::fs::remove_dir_all(d2).ok();
 }

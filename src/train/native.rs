@@ -158,7 +158,6 @@ fn run_captioner(
 ) -> Result<Captioner> {
     use crate::ops::optim::AdamW;
     opts.check()?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     let resuming = dir.join(STATE).exists();
     let c = if resuming {
         Captioner::load(gpu, dir)?
@@ -177,6 +176,8 @@ fn run_captioner(
     let mut head = shape_loss
         .map(|t| ShapeLoss::new(gpu, &c.model.cfg.encoder, t, 1))
         .transpose()?;
+    // Only now, with every option checked, so that a refused run leaves no directory behind.
+    std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
     let start = if resuming {
         restore(gpu, &c, &mut opt, head.as_mut(), dir)?
     } else {
