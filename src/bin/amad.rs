@@ -41,10 +41,11 @@ commands:
         trains the default teacher on generated scenes (4,000 steps of batch 32, learning rate
         1.5e-3), on the caption loss plus W (default 5; 0: none) times a per-patch shape loss that
         teaches the encoder shapes directly (--shape-cells Q: labels for each patch's Q × Q
-        sub-cells instead, Q dividing the patch size; default 1); DIR gets the checkpoint, metrics.jsonl and the
-        optimiser state, and a run started again on the same DIR resumes from its checkpoint
-        (--until N stops after step N, to continue later). The learning rate warms up linearly
-        over N steps (default 100), then follows a cosine to F times its peak (default 0.1)
+        sub-cells instead, Q dividing the patch size; default 1); DIR gets the checkpoint,
+        metrics.jsonl and the optimiser state, and a run started again on the same DIR resumes
+        from its checkpoint (--until N stops after step N, to continue later). The learning rate
+        warms up linearly over N steps (default 100), then follows a cosine to F times its peak
+        (default 0.1)
   distill --teacher DIR --out DIR [--method M] [--student-layers L] [--student-width W]
           [--student-heads H] [--steps N] [--batch B] [--lr LR] [--warmup N] [--decay-to F]
           [--alpha A] [--beta B] [--gamma G] [--temperature T] [--tau T] [--detach-weights]
