@@ -153,6 +153,27 @@ fn a_run_resumed_with_the_other_shape_loss_setting_is_refused() {
     std::fs::remove_dir_all(d2).ok();
 }
 
+/// `amad train-teacher --shape-loss 0 --shape-cells 2` asks for labels of a loss it turns off:
+/// refused with a message naming both, before anything is written.
+#[test]
+fn sub_cells_without_the_shape_loss_are_refused() {
+    let d = dir("cells-without-loss");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amad"))
+        .args(["train-teacher", "--out", d.to_str().unwrap()])
+        .args(["--shape-loss", "0", "--shape-cells", "2"])
+        // Short, so that a build without the check fails this test quickly.
+        .args(["--steps", "2", "--warmup", "1", "--until", "1"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--shape-cells 2") && err.contains("--shape-loss 0") && !d.exists(),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let d = dir("nan");

@@ -275,6 +275,11 @@ commands:
         let seed: u64 = f.number("--seed", 1)?;
         let weight: f32 = f.number("--shape-loss", 5.0)?;
         let cells: usize = f.number("--shape-cells", 1)?;
+        if weight == 0.0 && cells != 1 {
+            return Err(Error::Invalid(format!(
+                "--shape-cells {cells} sets the shape loss's labels, but --shape-loss 0 turns that loss off; drop one of them"
+            )));
+        }
         let shape_loss = (weight != 0.0).then_some(amad::train::ShapeTargets { weight, cells });
         f.done()?;
         let gpu = gpu()?;
