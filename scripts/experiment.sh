@@ -5,14 +5,19 @@
 # (checkpoint, metrics.jsonl, alignment.json) and their scores in target/experiment/results.jsonl;
 # finished runs are skipped, so the script resumes after an interruption. Then
 # scripts/experiment_report.py writes docs/results.md and the plots under docs/results/.
-#   STEPS=250 BATCH=16 SEEDS="1 2 3" scripts/experiment.sh
+#   STEPS=250 BATCH=16 SEEDS="1 2 3" JOBS=1 scripts/experiment.sh
+# JOBS=2 runs two distillations side by side: on a 2-core machine lavapipe leaves about a third of
+# the CPU idle in one run (it waits at the barrier ending each dispatch), so two together finish
+# sooner than one after the other; each run's minutes then count the time it shared the machine.
+# OUT=DIR writes the runs there instead (the report still goes to docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${STEPS:-250}"
 BATCH="${BATCH:-16}"
 SEEDS="${SEEDS:-1 2 3}"
+JOBS="${JOBS:-1}"
 TEACHER="${TEACHER:-www/models/teacher}"
-OUT=target/experiment
+OUT="${OUT:-target/experiment}"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 cargo build --release -q
 mkdir -p "$OUT"
@@ -33,26 +38,34 @@ run() {
   local score
   score=$(./target/release/amad eval --model "$dir" --split test --n 200 --json 2>/dev/null)
   echo "{\"run\": \"$name\", \"args\": \"$*\", \"seconds\": $seconds, \"test\": $score}" >> "$OUT/results.jsonl"
-  echo "   $score"
+  echo "   $name: $score"
+}
+
+# launch NAME [distill options...]: run in the background once fewer than JOBS runs are going;
+# a failed run stops the script (wait -n returns its status).
+launch() {
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  run "$@" &
 }
 
 for seed in $SEEDS; do
   for method in ce kd one-to-one amad-mse amad-kl amad-token; do
-    run "$method-h2-s$seed" --method "$method" --student-heads 2 --seed "$seed"
+    launch "$method-h2-s$seed" --method "$method" --student-heads 2 --seed "$seed"
   done
   for heads in 1 4; do
     for method in one-to-one amad-kl; do
-      run "$method-h$heads-s$seed" --method "$method" --student-heads "$heads" --seed "$seed"
+      launch "$method-h$heads-s$seed" --method "$method" --student-heads "$heads" --seed "$seed"
     done
   done
-  run "amad-kl-tau0.1-s$seed" --method amad-kl --tau 0.1 --seed "$seed"
+  launch "amad-kl-tau0.1-s$seed" --method amad-kl --tau 0.1 --seed "$seed"
   for gamma in 0.3 0.1; do
-    run "amad-kl-gamma$gamma-s$seed" --method amad-kl --gamma "$gamma" --seed "$seed"
+    launch "amad-kl-gamma$gamma-s$seed" --method amad-kl --gamma "$gamma" --seed "$seed"
   done
-  run "amad-kl-detached-s$seed" --method amad-kl --detach-weights --seed "$seed"
+  launch "amad-kl-detached-s$seed" --method amad-kl --detach-weights --seed "$seed"
 done
+while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
 if ! grep -q '"run": "teacher"' "$OUT/results.jsonl"; then
   score=$(./target/release/amad eval --model "$TEACHER" --split test --n 200 --json 2>/dev/null)
   echo "{\"run\": \"teacher\", \"args\": \"\", \"seconds\": 0, \"test\": $score}" >> "$OUT/results.jsonl"
 fi
-.venv/bin/python scripts/experiment_report.py "$OUT" "STEPS=$STEPS BATCH=$BATCH SEEDS=\"$SEEDS\""
+.venv/bin/python scripts/experiment_report.py "$OUT" "STEPS=$STEPS BATCH=$BATCH SEEDS=\"$SEEDS\" JOBS=$JOBS"
