@@ -41,10 +41,15 @@ run() {
   echo "   $name: $score"
 }
 
-# launch NAME [distill options...]: run in the background once fewer than JOBS runs are going;
-# a failed run stops the script (wait -n returns its status).
+# wait_below N: wait until fewer than N runs are going; a failed run stops the script (wait -n
+# returns its status, where a plain wait would not).
+wait_below() {
+  while [ "$(jobs -rp | wc -l)" -ge "$1" ]; do wait -n; done
+}
+
+# launch NAME [distill options...]: run in the background once fewer than JOBS runs are going.
 launch() {
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  wait_below "$JOBS"
   run "$@" &
 }
 
@@ -63,7 +68,7 @@ for seed in $SEEDS; do
   done
   launch "amad-kl-detached-s$seed" --method amad-kl --detach-weights --seed "$seed"
 done
-while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n; done
+wait_below 1
 if ! grep -q '"run": "teacher"' "$OUT/results.jsonl"; then
   score=$(./target/release/amad eval --model "$TEACHER" --split test --n 200 --json 2>/dev/null)
   echo "{\"run\": \"teacher\", \"args\": \"\", \"seconds\": 0, \"test\": $score}" >> "$OUT/results.jsonl"
