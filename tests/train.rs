@@ -172,6 +172,21 @@ fn sub_cells_without_the_shape_loss_are_refused() {
         err.contains("--shape-cells 2") && err.contains("--shape-loss 0") && !d.exists(),
         "{err}"
     );
+    // `--shape-loss 0` alone is not refused for the default sub-cells: the run gets past that
+    // check to the unknown option, which is reported instead (and nothing is trained).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amad"))
+        .args(["train-teacher", "--out", d.to_str().unwrap()])
+        .args(["--shape-loss", "0", "--no-such-option"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--no-such-option")
+            && !err.contains("turns that loss off"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -41,7 +41,7 @@ commands:
         trains the default teacher on generated scenes (4,000 steps of batch 32, learning rate
         1.5e-3), on the caption loss plus W (default 5; 0: none) times a per-patch shape loss that
         teaches the encoder shapes directly (--shape-cells Q: labels for each patch's Q × Q
-        sub-cells instead, Q dividing the patch size; default 1); DIR gets the checkpoint,
+        sub-cells, Q dividing the patch size; default 2); DIR gets the checkpoint,
         metrics.jsonl and the optimiser state, and a run started again on the same DIR resumes
         from its checkpoint (--until N stops after step N, to continue later). The learning rate
         warms up linearly over N steps (default 100), then follows a cosine to F times its peak
@@ -118,12 +118,18 @@ commands:
         }
 
         fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T> {
-            match self.value(name)? {
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| Error::Invalid(format!("{name}: {v:?} is not a valid number"))),
-                None => Ok(default),
-            }
+            Ok(self.given_number(name)?.unwrap_or(default))
+        }
+
+        /// A number flag's value, or None where the flag is not given (for checks that only apply
+        /// to what the user asked for, not to a default).
+        fn given_number<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>> {
+            self.value(name)?
+                .map(|v| {
+                    v.parse()
+                        .map_err(|_| Error::Invalid(format!("{name}: {v:?} is not a valid number")))
+                })
+                .transpose()
         }
 
         /// The arguments no flag consumed (file names); an unknown `--flag` among them is an error.
@@ -267,19 +273,20 @@ commands:
         use amad::train::train_captioner;
         let out = std::path::PathBuf::from(f.required("--out")?);
         // 4,000 steps of batch 32 take under 60 minutes on lavapipe on the 2-core EPYC machines
-        // (34.9 measured; about 48 at the slowest 1.4 steps/s seen there), not on a Xeon whose
-        // hypervisor steals much of its time (0.4 steps/s). The learning rate and the shape loss's
-        // weight won a sweep of recipes; more steps in the hour raised validation truth from about
-        // 0.5 to 0.8 (docs/teacher.md).
+        // (34.9 measured; about 48 at the slowest 1.4 steps/s seen there), not on the 2-core Xeons
+        // (0.4-0.6 steps/s). The learning rate and the shape loss's weight won a sweep of recipes;
+        // more steps in the hour raised validation truth from about 0.5 to 0.8, and shape labels
+        // per 2 × 2 sub-cell of each patch (the same cost per step) to 0.9 (docs/teacher.md).
         let opts = run_options(&mut f, 4000, 1.5e-3)?;
         let seed: u64 = f.number("--seed", 1)?;
         let weight: f32 = f.number("--shape-loss", 5.0)?;
-        let cells: usize = f.number("--shape-cells", 1)?;
-        if weight == 0.0 && cells != 1 {
+        let given_cells: Option<usize> = f.given_number("--shape-cells")?;
+        if let Some(cells) = given_cells.filter(|_| weight == 0.0) {
             return Err(Error::Invalid(format!(
                 "--shape-cells {cells} sets the shape loss's labels, but --shape-loss 0 turns that loss off; drop one of them"
             )));
         }
+        let cells = given_cells.unwrap_or(2);
         let shape_loss = (weight != 0.0).then_some(amad::train::ShapeTargets { weight, cells });
         f.done()?;
         let gpu = gpu()?;
@@ -316,13 +323,7 @@ commands:
     fn run_options(f: &mut Flags, steps: u64, lr: f32) -> Result<amad::train::RunOptions> {
         Ok(amad::train::RunOptions {
             steps: f.number("--steps", steps)?,
-            until: f
-                .value("--until")?
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| Error::Invalid(format!("--until: {v:?} is not a number")))
-                })
-                .transpose()?,
+            until: f.given_number("--until")?,
             batch: f.number("--batch", 32)?,
             lr: f.number("--lr", lr)?,
             warmup: f.number("--warmup", 100)?,
