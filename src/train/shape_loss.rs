@@ -7,10 +7,10 @@
 //! dense and direct signal. Its cross-entropy, times W, joins the caption loss, and its gradient
 //! enters the encoder's backward beside the decoder's (`Model::backward`).
 //!
-//! With `--shape-cells Q` the head labels each patch's Q × Q sub-cells instead, Q² times as many
-//! outputs: finer targets that ask the encoder where in its patch an outline runs, not only which
-//! shape covers most of it (an untried recipe for the shapes the teacher still confuses; see
-//! docs/teacher.md).
+//! With `--shape-cells Q` the head labels each patch's Q × Q sub-cells, Q² times as many outputs:
+//! finer targets that ask the encoder where in its patch an outline runs, not only which shape
+//! covers most of it. Q = 2, the default, took the teacher's test truth from 0.790 (whole patches)
+//! to 0.900 at the same cost per step (docs/teacher.md).
 //!
 //! The head exists only while training: checkpoints hold the captioner alone, in the Hugging Face
 //! layout. The head and its AdamW moments are saved in the optimiser state beside it
