@@ -139,11 +139,7 @@ fn caption_command_captions_every_readable_image_and_reports_the_rest() {
     args.extend(good.iter().map(|(n, _)| imgs.join(n).display().to_string()));
     args.push(imgs.join("text.png").display().to_string());
     args.push(imgs.join("missing.jpg").display().to_string());
-    let out = Command::new(env!("CARGO_BIN_EXE_amad"))
-        .args(&args)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
+    let out = amad_cli(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -198,21 +194,17 @@ fn loss_command_writes_loss_gradient_and_weights() {
     .unwrap();
     std::fs::write(dir.join("maps.safetensors"), input).unwrap();
     let (inp, outp) = (dir.join("maps.safetensors"), dir.join("out.safetensors"));
-    let out = Command::new(env!("CARGO_BIN_EXE_amad"))
-        .args([
-            "loss",
-            "--input",
-            inp.to_str().unwrap(),
-            "--variant",
-            "token-kl",
-            "--tau",
-            "0.5",
-            "--output",
-            outp.to_str().unwrap(),
-        ])
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
+    let out = amad_cli([
+        "loss",
+        "--input",
+        inp.to_str().unwrap(),
+        "--variant",
+        "token-kl",
+        "--tau",
+        "0.5",
+        "--output",
+        outp.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",

@@ -158,14 +158,22 @@ fn a_run_resumed_with_the_other_shape_loss_setting_is_refused() {
 #[test]
 fn sub_cells_without_the_shape_loss_are_refused() {
     let d = dir("cells-without-loss");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amad"))
-        .args(["train-teacher", "--out", d.to_str().unwrap()])
-        .args(["--shape-loss", "0", "--shape-cells", "2"])
+    let out = amad_cli([
+        "train-teacher",
+        "--out",
+        d.to_str().unwrap(),
+        "--shape-loss",
+        "0",
+        "--shape-cells",
+        "2",
         // Short, so that a build without the check fails this test quickly.
-        .args(["--steps", "2", "--warmup", "1", "--until", "1"])
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--until",
+        "1",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -174,12 +182,14 @@ fn sub_cells_without_the_shape_loss_are_refused() {
     );
     // `--shape-loss 0` alone is not refused for the default sub-cells: the run gets past that
     // check to the unknown option, which is reported instead (and nothing is trained).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amad"))
-        .args(["train-teacher", "--out", d.to_str().unwrap()])
-        .args(["--shape-loss", "0", "--no-such-option"])
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
+    let out = amad_cli([
+        "train-teacher",
+        "--out",
+        d.to_str().unwrap(),
+        "--shape-loss",
+        "0",
+        "--no-such-option",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

@@ -148,3 +148,14 @@ pub fn obj(
         y,
     }
 }
+
+/// Runs the `amad` binary with `args` to completion (on lavapipe it needs XDG_RUNTIME_DIR).
+pub fn amad_cli<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_amad"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap()
+}
