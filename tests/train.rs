@@ -158,15 +158,25 @@ fn a_run_resumed_with_the_other_shape_loss_setting_is_refused() {
 #[test]
 fn sub_cells_without_the_shape_loss_are_refused() {
     let d = dir("cells-without-loss");
-    let out = amad_cli([
-        "train-teacher",
-        "--out",
-        d.to_str().unwrap(),
-        "--shape-loss",
-        "0",
+    // Runs `amad train-teacher --out d --shape-loss 0 ARGS…`: whether it succeeded, and its stderr.
+    let without_loss = |args: &[&str]| {
+        let base = [
+            "train-teacher",
+            "--out",
+            d.to_str().unwrap(),
+            "--shape-loss",
+            "0",
+        ];
+        let out = amad_cli(base.iter().chain(args));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Short, so that a build without the check fails this test quickly.
+    let (ok, err) = without_loss(&[
         "--shape-cells",
         "2",
-        // Short, so that a build without the check fails this test quickly.
         "--steps",
         "2",
         "--warmup",
@@ -174,27 +184,16 @@ fn sub_cells_without_the_shape_loss_are_refused() {
         "--until",
         "1",
     ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    assert!(!ok, "{err}");
     assert!(
         err.contains("--shape-cells 2") && err.contains("--shape-loss 0") && !d.exists(),
         "{err}"
     );
     // `--shape-loss 0` alone is not refused for the default sub-cells: the run gets past that
     // check to the unknown option, which is reported instead (and nothing is trained).
-    let out = amad_cli([
-        "train-teacher",
-        "--out",
-        d.to_str().unwrap(),
-        "--shape-loss",
-        "0",
-        "--no-such-option",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = without_loss(&["--no-such-option"]);
     assert!(
-        !out.status.success()
-            && err.contains("--no-such-option")
-            && !err.contains("turns that loss off"),
+        !ok && err.contains("--no-such-option") && !err.contains("turns that loss off"),
         "{err}"
     );
 }
