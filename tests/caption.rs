@@ -7,7 +7,6 @@ use amad::model::captioner::Captioner;
 use amad::model::{preprocessor, Model, Tokenizer};
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
 
@@ -229,10 +228,8 @@ fn a_closed_output_pipe_ends_the_program_quietly() {
     let img = image::DynamicImage::ImageRgba8(image(40, 30, 7));
     img.save_with_format(imgs.join("a.png"), image::ImageFormat::Png)
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_amad"))
-        .args(["caption", "--model", dir.to_str().unwrap()])
+    let mut child = amad_command(["caption", "--model", dir.to_str().unwrap()])
         .args(std::iter::repeat_n(imgs.join("a.png"), 20))
-        .env("XDG_RUNTIME_DIR", "/tmp")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

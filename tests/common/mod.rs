@@ -149,13 +149,18 @@ pub fn obj(
     }
 }
 
-/// Runs the `amad` binary with `args` to completion (on lavapipe it needs XDG_RUNTIME_DIR).
+/// The `amad` binary with `args`, ready to run (on lavapipe it needs XDG_RUNTIME_DIR).
+pub fn amad_command<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_amad"));
+    command.args(args).env("XDG_RUNTIME_DIR", "/tmp");
+    command
+}
+
+/// Runs the `amad` binary with `args` to completion.
 pub fn amad_cli<S: AsRef<std::ffi::OsStr>>(
     args: impl IntoIterator<Item = S>,
 ) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_amad"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap()
+    amad_command(args).output().unwrap()
 }
