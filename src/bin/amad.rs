@@ -273,10 +273,10 @@ commands:
         use amad::train::train_captioner;
         let out = std::path::PathBuf::from(f.required("--out")?);
         // 2,500 steps of batch 32, chosen to fit the hour on lavapipe on the 2-core Xeons (58.0
-        // minutes measured there, the only length run; 4,000 took 2:07:41). The learning rate and the shape
-        // loss's weight won a sweep of recipes; shape labels per 2 × 2 sub-cell of each patch took
-        // validation truth from about 0.8 to 0.9, and 2,500 steps of them score about as 4,000
-        // did on 500 validation scenes (0.918 against 0.924; docs/teacher.md).
+        // minutes measured there, the only length run; 4,000 took 2:07:41). The learning rate and
+        // the shape loss's weight won a sweep of recipes; shape labels per 2 × 2 sub-cell of each
+        // patch took validation truth from about 0.8 to 0.9, and 2,500 steps of them score about
+        // as 4,000 did on 500 validation scenes (0.918 against 0.924; docs/teacher.md).
         let opts = run_options(&mut f, 2500, 1.5e-3)?;
         let seed: u64 = f.number("--seed", 1)?;
         let weight: f32 = f.number("--shape-loss", 5.0)?;
