@@ -29,6 +29,7 @@ fn write_captioner(dir: &Path) {
         model: Model::load(gpu(), Path::new(TINY)).unwrap(),
         tokenizer: Tokenizer::new(&words),
         preprocess: preprocessor::default_for(16, 4),
+        generation: amad::model::generate::Generation::default(),
     };
     pollster::block_on(c.save(gpu(), dir)).unwrap();
 }
@@ -257,6 +258,7 @@ fn batched_beam_search_matches_each_image_alone() {
     let generation = Generation {
         max_new_tokens: 15,
         beams: 3,
+        ..Generation::default()
     };
     let patches = scene_patches(gpu(), &scenes, &c.preprocess).unwrap();
     let batched = pollster::block_on(c.model.generate(gpu(), &patches, generation)).unwrap();

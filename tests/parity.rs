@@ -266,7 +266,7 @@ fn greedy_generation_matches_transformers() {
         &c.patches,
         Generation {
             max_new_tokens: 8,
-            beams: 1,
+            ..Generation::default()
         },
     ))
     .unwrap();
@@ -297,6 +297,7 @@ fn beam_search_is_deterministic_and_well_formed() {
             Generation {
                 max_new_tokens: 8,
                 beams,
+                ..Generation::default()
             },
         ))
         .unwrap()

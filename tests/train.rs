@@ -17,6 +17,7 @@ fn captioner((width, heads): (usize, usize), seed: u64) -> amad::Result<Captione
         model: Model::new(gpu(), cfg, seed)?,
         tokenizer,
         preprocess: preprocessor::default_for(64, 8),
+        generation: amad::model::generate::Generation::default(),
     })
 }
 
@@ -445,6 +446,7 @@ fn scenes_reach_models_of_any_input_size() {
         model: Model::new(gpu(), cfg, 6).unwrap(),
         tokenizer,
         preprocess: preprocessor::default_for(32, 8),
+        generation: amad::model::generate::Generation::default(),
     };
     let generation = amad::model::generate::Generation::default();
     let e = pollster::block_on(amad::train::evaluate(

@@ -222,22 +222,24 @@ commands:
         use amad::model::captioner::Captioner;
         use amad::model::generate::Generation;
         let dir = f.required("--model")?;
-        let beams: usize = f.number("--beam", 1)?;
-        let max_new_tokens: usize = f.number("--max-tokens", 15)?;
+        let beams: Option<usize> = f.given_number("--beam")?;
+        let max_new_tokens: Option<usize> = f.given_number("--max-tokens")?;
         let images = f.positionals()?;
         if images.is_empty() {
             return Err(Error::Invalid(format!("no images given\n\n{USAGE}")));
         }
-        if beams == 0 || max_new_tokens == 0 {
+        if beams == Some(0) || max_new_tokens == Some(0) {
             return Err(Error::Invalid(
                 "--beam and --max-tokens must be at least 1".into(),
             ));
         }
         let gpu = gpu()?;
         let captioner = Captioner::load(&gpu, std::path::Path::new(dir))?;
+        // The checkpoint's own generation settings, where the command line does not override them.
         let generation = Generation {
-            max_new_tokens,
-            beams,
+            max_new_tokens: max_new_tokens.unwrap_or(captioner.generation.max_new_tokens),
+            beams: beams.unwrap_or(captioner.generation.beams),
+            ..captioner.generation
         };
         let mut failed = 0;
         for path in &images {
@@ -297,6 +299,7 @@ commands:
                 model: Model::new(&gpu, cfg, seed)?,
                 tokenizer,
                 preprocess: preprocessor::default_for(64, 8),
+                generation: amad::model::generate::Generation::default(),
             })
         })?;
         print_validation(&gpu, &c)
@@ -372,6 +375,7 @@ commands:
                 model: Model::new(&gpu, scfg, seed)?,
                 tokenizer: teacher.tokenizer.clone(),
                 preprocess: teacher.preprocess.clone(),
+                generation: amad::model::generate::Generation::default(),
             })
         })?;
         print_validation(&gpu, &c)

@@ -316,11 +316,25 @@ impl<'g> Step<'g> {
 
     /// Copies all of `src` into `dst` from element `at` on, in recording order.
     pub fn copy_into(&mut self, src: &Tensor, dst: &Tensor, at: usize) -> Result<()> {
-        if src.dtype() != dst.dtype() || at + src.numel() > dst.numel() {
+        self.copy_range(src, 0, src.numel(), dst, at)
+    }
+
+    /// Copies `n` elements of `src` from element `from` into `dst` from element `at`, in
+    /// recording order.
+    pub fn copy_range(
+        &mut self,
+        src: &Tensor,
+        from: usize,
+        n: usize,
+        dst: &Tensor,
+        at: usize,
+    ) -> Result<()> {
+        if src.dtype() != dst.dtype() || from + n > src.numel() || at + n > dst.numel() {
             return Err(Error::Shape {
                 op: "copy",
                 msg: format!(
-                    "{:?} {:?} does not fit in {:?} {:?} at element {at}",
+                    "elements {from}..{} of {:?} {:?} do not fit in {:?} {:?} at element {at}",
+                    from + n,
                     src.dtype(),
                     src.shape(),
                     dst.dtype(),
@@ -331,10 +345,10 @@ impl<'g> Step<'g> {
         // Every dtype is 4 bytes wide, as Tensor::bytes assumes.
         self.encoder().copy_buffer_to_buffer(
             src.buffer(),
-            src.offset(),
+            src.offset() + from as u64 * 4,
             dst.buffer(),
             dst.offset() + at as u64 * 4,
-            src.bytes(),
+            n as u64 * 4,
         );
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! tokenizer.json: what transformers and tokenizers read).
 
 use super::generate::Generation;
-use super::{preprocessor, Model, Tokenizer};
+use super::{preprocessor, Model, Tokenizer, WeightFiles};
 use crate::data::image::Pixels;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -13,19 +13,87 @@ pub struct Captioner {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub preprocess: Preprocess,
+    /// How the checkpoint asks to be decoded (generation_config.json, else config.json).
+    pub generation: Generation,
 }
 
-/// The four files of a checkpoint, as text and bytes (from disk, a download or the browser).
+/// A checkpoint's files, as text and bytes (from disk, a download or the browser).
 pub struct CheckpointFiles<'a> {
     pub config: &'a str,
-    pub weights: &'a [u8],
+    pub weights: WeightFiles<'a>,
     pub preprocessor: &'a str,
-    pub tokenizer: &'a str,
+    pub tokenizer: TokenizerFiles<'a>,
+    /// generation_config.json, where the checkpoint has one.
+    pub generation: Option<&'a str>,
+}
+
+/// The vocabulary: tokenizer.json, or GPT-2's vocab.json and merges.txt where a repository has
+/// no tokenizer.json (with special_tokens_map.json when it has one).
+pub enum TokenizerFiles<'a> {
+    Json(&'a str),
+    VocabMerges {
+        vocab: &'a str,
+        merges: &'a str,
+        special_tokens_map: Option<&'a str>,
+    },
+}
+
+impl TokenizerFiles<'_> {
+    fn read(&self, source: &str) -> Result<Tokenizer> {
+        let located = |err: Error, file: &str| match err {
+            Error::Invalid(m) if m.starts_with(file) => Error::Invalid(format!("{source}/{m}")),
+            Error::Invalid(m) => Error::Invalid(format!("{source}/{file}: {m}")),
+            other => other,
+        };
+        match self {
+            TokenizerFiles::Json(text) => {
+                Tokenizer::from_json(text).map_err(|e| located(e, "tokenizer.json"))
+            }
+            TokenizerFiles::VocabMerges {
+                vocab,
+                merges,
+                special_tokens_map,
+            } => {
+                let specials = match special_tokens_map {
+                    Some(text) => {
+                        special_tokens(text).map_err(|e| located(e, "special_tokens_map.json"))?
+                    }
+                    None => vec![],
+                };
+                Tokenizer::from_vocab_merges(vocab, merges, &specials)
+                    .map_err(|e| located(e, "vocab.json"))
+            }
+        }
+    }
+}
+
+/// The distinct tokens special_tokens_map.json names (each a string or {"content": ...}).
+fn special_tokens(text: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::Invalid(format!("special_tokens_map.json: not valid JSON ({e})")))?;
+    let mut out: Vec<String> = vec![];
+    let one = |x: &serde_json::Value| {
+        x.as_str()
+            .or_else(|| x.get("content").and_then(|c| c.as_str()))
+            .map(str::to_string)
+    };
+    for x in v.as_object().into_iter().flat_map(|o| o.values()) {
+        let names: Vec<String> = match x.as_array() {
+            Some(list) => list.iter().filter_map(one).collect(),
+            None => one(x).into_iter().collect(),
+        };
+        for n in names {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Captioner {
     pub fn from_files(gpu: &Gpu, files: &CheckpointFiles, source: &str) -> Result<Captioner> {
-        let model = Model::from_bytes(gpu, files.config, files.weights, source)?;
+        let model = Model::from_files(gpu, files.config, &files.weights, source)?;
         let e = &model.cfg.encoder;
         let preprocess = preprocessor::from_json(files.preprocessor, e.patch_size)
             .map_err(|err| Error::Invalid(format!("{source}/{err}")))?;
@@ -35,25 +103,38 @@ impl Captioner {
                 preprocess.size, e.image_size, e.image_size
             )));
         }
-        let tokenizer = Tokenizer::from_json(files.tokenizer)
-            .map_err(|err| Error::Invalid(format!("{source}/{err}")))?;
+        let mut tokenizer = files.tokenizer.read(source)?;
         if tokenizer.len() != model.cfg.decoder.vocab_size {
             return Err(Error::Invalid(format!(
-                "{source}: tokenizer.json has {} tokens but the model's vocabulary has {}",
+                "{source}: the tokenizer has {} tokens but the model's vocabulary has {}",
                 tokenizer.len(),
                 model.cfg.decoder.vocab_size
             )));
         }
+        let c = &model.cfg;
+        tokenizer.mark_special(&[
+            c.bos_token_id,
+            c.eos_token_id,
+            c.pad_token_id,
+            c.decoder_start_token_id,
+        ]);
+        let generation = Generation::from_configs(files.generation, files.config)
+            .map_err(|err| Error::Invalid(format!("{source}/{err}")))?;
         Ok(Captioner {
             model,
             tokenizer,
             preprocess,
+            generation,
         })
     }
 
-    /// Loads a checkpoint directory.
+    /// Loads a checkpoint directory as amad writes it or as the Hugging Face Hub holds it:
+    /// config.json, preprocessor_config.json, the weights (model.safetensors, else sharded
+    /// safetensors, else pytorch_model.bin) and the vocabulary (tokenizer.json, else vocab.json
+    /// and merges.txt).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(gpu: &Gpu, dir: &std::path::Path) -> Result<Captioner> {
+        let has = |name: &str| dir.join(name).is_file();
         let read = |name: &str| {
             std::fs::read(dir.join(name))
                 .map_err(|e| Error::Invalid(format!("{}: {e}", dir.join(name).display())))
@@ -63,11 +144,64 @@ impl Captioner {
                 Error::Invalid(format!("{}: not UTF-8 text", dir.join(name).display()))
             })
         };
+        let (index, shards, bytes);
+        let weights = if has("model.safetensors") {
+            bytes = read("model.safetensors")?;
+            WeightFiles::Safetensors(&bytes)
+        } else if has("model.safetensors.index.json") {
+            index = text("model.safetensors.index.json")?;
+            let names = crate::model::formats::shard_names(
+                &index,
+                &dir.join("model.safetensors.index.json")
+                    .display()
+                    .to_string(),
+            )?;
+            shards = names
+                .into_iter()
+                .map(|n| Ok((read(&n)?, n)).map(|(b, n)| (n, b)))
+                .collect::<Result<Vec<_>>>()?;
+            WeightFiles::Sharded {
+                index: &index,
+                shards: &shards,
+            }
+        } else if has("pytorch_model.bin") {
+            bytes = read("pytorch_model.bin")?;
+            WeightFiles::TorchBin(&bytes)
+        } else {
+            return Err(Error::Invalid(format!(
+                "{}: no weights: expected model.safetensors, model.safetensors.index.json or                  pytorch_model.bin",
+                dir.display()
+            )));
+        };
+        let (tok_json, vocab, merges, specials);
+        let tokenizer = if has("tokenizer.json") || !has("vocab.json") {
+            tok_json = text("tokenizer.json")?;
+            TokenizerFiles::Json(&tok_json)
+        } else {
+            vocab = text("vocab.json")?;
+            merges = text("merges.txt")?;
+            specials = if has("special_tokens_map.json") {
+                Some(text("special_tokens_map.json")?)
+            } else {
+                None
+            };
+            TokenizerFiles::VocabMerges {
+                vocab: &vocab,
+                merges: &merges,
+                special_tokens_map: specials.as_deref(),
+            }
+        };
+        let generation = if has("generation_config.json") {
+            Some(text("generation_config.json")?)
+        } else {
+            None
+        };
         let files = CheckpointFiles {
             config: &text("config.json")?,
-            weights: &read("model.safetensors")?,
+            weights,
             preprocessor: &text("preprocessor_config.json")?,
-            tokenizer: &text("tokenizer.json")?,
+            tokenizer,
+            generation: generation.as_deref(),
         };
         Self::from_files(gpu, &files, &dir.display().to_string())
     }

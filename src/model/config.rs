@@ -235,11 +235,37 @@ impl Config {
         expect_str(e, "encoder", "model_type", "vit", "")?;
         expect_str(e, "encoder", "hidden_act", "gelu", "gelu")?;
         expect_str(d, "decoder", "model_type", "gpt2", "")?;
-        expect_str(d, "decoder", "activation_function", "gelu_new", "gelu_new")?;
+        // gelu_pytorch_tanh is gelu_new's formula, computed by a fused kernel in PyTorch.
+        let act = d
+            .get("activation_function")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu_new");
+        if !["gelu_new", "gelu_pytorch_tanh"].contains(&act) {
+            return Err(Error::Invalid(format!(
+                "config.json: decoder.activation_function is \"{act}\"; amad implements \"gelu_new\" (and its equal \"gelu_pytorch_tanh\") only"
+            )));
+        }
         if d.get("add_cross_attention").and_then(Value::as_bool) != Some(true) {
             return Err(Error::Invalid(
                 "config.json: decoder.add_cross_attention must be true".into(),
             ));
+        }
+        // Fields that change the computation and that amad does not implement: each is refused by
+        // name when set away from GPT-2's and ViT's defaults. reorder_and_upcast_attn only
+        // upcasts half-precision attention to f32, which amad computes in anyway.
+        for (part, v, key, default) in [
+            ("encoder", e, "qkv_bias", true),
+            ("decoder", d, "scale_attn_weights", true),
+            ("decoder", d, "scale_attn_by_inverse_layer_idx", false),
+            ("decoder", d, "tie_word_embeddings", true),
+        ] {
+            if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
+                if x.as_bool() != Some(default) {
+                    return Err(Error::Invalid(format!(
+                        "config.json: {part}.{key} is {x}; amad implements {default} only"
+                    )));
+                }
+            }
         }
         let n_embd = usize_of(d, "decoder", "n_embd")?;
         let n_inner = match d.get("n_inner") {

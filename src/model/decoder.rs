@@ -46,7 +46,7 @@ pub struct DecoderActs {
 }
 
 impl Model {
-    fn dec_mlp(&self, layer: &DecLayer) -> Mlp {
+    pub(super) fn dec_mlp(&self, layer: &DecLayer) -> Mlp {
         Mlp {
             ln: layer.ln2,
             fc: layer.fc,

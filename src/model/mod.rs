@@ -4,10 +4,12 @@
 //! Forward and backward are written out layer by layer (encoder.rs, decoder.rs); every
 //! activation the backward needs is kept in the returned structs, on the GPU.
 
+pub mod bpe;
 pub mod captioner;
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod formats;
 pub mod generate;
 pub mod linear;
 pub mod mlp;
@@ -16,6 +18,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::Config;
+pub use formats::WeightFiles;
 pub use tokenizer::Tokenizer;
 pub use weights::{Layout, Weights};
 
@@ -140,22 +143,18 @@ impl Model {
         })
     }
 
-    /// A model from config.json text and model.safetensors bytes; `source` names them in errors.
-    pub fn from_bytes(
+    /// A model from config.json text and its weight files; `source` names them in errors.
+    pub fn from_files(
         gpu: &Gpu,
         config_json: &str,
-        safetensors: &[u8],
+        weights: &WeightFiles,
         source: &str,
     ) -> Result<Model> {
         let cfg = Config::from_json(config_json)
             .map_err(|e| Error::Invalid(format!("{source}/config.json: {e}")))?;
         let layout = Layout::new(&cfg);
-        let weights = Weights::from_safetensors(
-            gpu,
-            &layout,
-            safetensors,
-            &format!("{source}/model.safetensors"),
-        )?;
+        let file = format!("{source}/{}", weights.name());
+        let weights = Weights::from_checkpoint(gpu, &layout, &weights.tensors(&file)?, &file)?;
         Ok(Model {
             cfg,
             layout,
@@ -173,10 +172,10 @@ impl Model {
         let config = String::from_utf8(read("config.json")?).map_err(|_| {
             Error::Invalid(format!("{}/config.json is not UTF-8 text", dir.display()))
         })?;
-        Self::from_bytes(
+        Self::from_files(
             gpu,
             &config,
-            &read("model.safetensors")?,
+            &WeightFiles::Safetensors(&read("model.safetensors")?),
             &dir.display().to_string(),
         )
     }

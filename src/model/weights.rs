@@ -4,6 +4,7 @@
 //! whichever orientation through strides.
 
 use super::config::Config;
+use super::formats::Tensors;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
 use crate::ops::optim::NORM_SEGMENT;
@@ -250,10 +251,23 @@ impl Layout {
 }
 
 /// Tensors saved by transformers that amad does not use: ViTModel's pooler (captioning reads the
-/// token states) and GPT-2's lm_head, which is the token embedding (tied).
+/// token states), GPT-2's lm_head, which is the token embedding (tied; checked equal), and the
+/// causal-mask buffers old GPT-2 checkpoints carry (amad masks in the kernel).
 fn ignorable(name: &str) -> bool {
-    name.starts_with("encoder.pooler.") || name == "decoder.lm_head.weight"
+    name.starts_with("encoder.pooler.")
+        || name == LM_HEAD
+        || [
+            ".attn.bias",
+            ".attn.masked_bias",
+            ".crossattention.bias",
+            ".crossattention.masked_bias",
+        ]
+        .iter()
+        .any(|s| name.starts_with("decoder.transformer.h.") && name.ends_with(s))
 }
+
+const LM_HEAD: &str = "decoder.lm_head.weight";
+const WTE: &str = "decoder.transformer.wte.weight";
 
 /// One GPU tensor per spec of a layout, in the layout's order, each a part of one of a few large
 /// buffers (`blocks`): one dispatch then zeroes, clips or updates a whole block where one per
@@ -361,41 +375,46 @@ impl Weights {
         }
     }
 
-    /// Loads model.safetensors bytes. `file` names the source in error messages. Every tensor of
-    /// the layout must be present, f32, and of the configured shape; nothing else may be there
-    /// but transformers' unused pooler and the tied lm_head.
-    pub fn from_safetensors(
+    /// Loads a checkpoint's tensors (any of the formats in `formats`). `file` names the source in
+    /// error messages. Every tensor of the layout must be present (the token embedding may come
+    /// as the tied lm_head), F32, F16 or BF16, and of the configured shape; nothing else may be
+    /// there but what `ignorable` names.
+    pub fn from_checkpoint(
         gpu: &Gpu,
         layout: &Layout,
-        bytes: &[u8],
+        tensors: &Tensors,
         file: &str,
     ) -> Result<Weights> {
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
-            Error::Invalid(format!(
-                "{file}: not a readable safetensors file ({e}); is it truncated?"
-            ))
-        })?;
         let known: std::collections::HashSet<String> = layout
             .specs
             .iter()
             .flat_map(|s| s.saved().into_iter().map(|(name, _, _)| name))
             .collect();
-        for name in st.names() {
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        for name in names {
             if !ignorable(name) && !known.contains(name) {
                 return Err(Error::Invalid(format!(
                     "{file}: unexpected tensor {name}: the file does not match config.json"
                 )));
             }
         }
-        Self::from_tensors(gpu, layout, &st, "", file)
+        if let (Some(wte), Some(head)) = (tensors.get(WTE), tensors.get(LM_HEAD)) {
+            if wte.shape != head.shape || wte.data != head.data {
+                return Err(Error::Invalid(format!(
+                    "{file}: {LM_HEAD} differs from {WTE}; amad implements GPT-2's tied LM head only"
+                )));
+            }
+        }
+        Self::from_named(gpu, layout, tensors, "", file)
     }
 
-    /// The layout's tensors from an open safetensors file, each named `prefix` + its name: every
-    /// one present, f32, and of the configured shape. `file` names the source in errors.
-    pub fn from_tensors(
+    /// The layout's tensors from a checkpoint, each named `prefix` + its name: every one present,
+    /// of a float dtype, and of the configured shape. `file` names the source in errors.
+    pub fn from_named(
         gpu: &Gpu,
         layout: &Layout,
-        st: &safetensors::SafeTensors,
+        tensors: &Tensors,
         prefix: &str,
         file: &str,
     ) -> Result<Weights> {
@@ -403,29 +422,21 @@ impl Weights {
             let mut data: Vec<f32> = vec![];
             for (name, shape, _) in layout.specs[i].saved() {
                 let name = format!("{prefix}{name}");
-                let view = st.tensor(&name).map_err(|_| {
-                    Error::Invalid(format!(
-                        "{file}: tensor {name} is missing (expected shape {shape:?})"
-                    ))
-                })?;
-                if view.dtype() != safetensors::Dtype::F32 {
-                    return Err(Error::Invalid(format!(
-                        "{file}: tensor {name} is {:?}; amad reads f32 checkpoints",
-                        view.dtype()
-                    )));
-                }
-                if view.shape() != shape {
+                let t = tensors
+                    .get(&name)
+                    .or_else(|| (name == WTE).then(|| tensors.get(LM_HEAD)).flatten())
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{file}: tensor {name} is missing (expected shape {shape:?})"
+                        ))
+                    })?;
+                if t.shape != shape {
                     return Err(Error::Invalid(format!(
                         "{file}: tensor {name} has shape {:?}, but config.json implies {shape:?}",
-                        view.shape(),
+                        t.shape,
                     )));
                 }
-                // The data of a safetensors file need not be 4-byte aligned in memory: copy.
-                data.extend(
-                    view.data()
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                );
+                data.extend(t.to_f32(&name, file)?);
             }
             Ok(Some(data))
         })

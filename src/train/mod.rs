@@ -115,8 +115,9 @@ pub fn restore_state(
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Invalid(format!("{source}: {e}")))?;
     let layout = &c.model.layout;
-    let m = Weights::from_tensors(gpu, layout, &st, "m.", source)?;
-    let v = Weights::from_tensors(gpu, layout, &st, "v.", source)?;
+    let named = crate::model::formats::safetensors(bytes, source)?;
+    let m = Weights::from_named(gpu, layout, &named, "m.", source)?;
+    let v = Weights::from_named(gpu, layout, &named, "v.", source)?;
     let saved_head = st.names().iter().any(|n| n.starts_with(shape_loss::PREFIX));
     match head {
         Some(h) if saved_head => h.restore(gpu, &st, source)?,

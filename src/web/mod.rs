@@ -7,8 +7,9 @@
 
 use crate::data::scenes::{Scene, Split};
 use crate::distill::DistillConfig;
-use crate::model::captioner::{Captioner, CheckpointFiles};
+use crate::model::captioner::{Captioner, CheckpointFiles, TokenizerFiles};
 use crate::model::generate::Generation;
+use crate::model::WeightFiles;
 use crate::model::{Config, Model, Optimizer};
 use crate::ops::optim::AdamW;
 use crate::train::{batch, learning_rate, RunOptions, Source};
@@ -121,9 +122,10 @@ pub fn load_model(
     let gpu = gpu().map_err(js)?;
     let files = CheckpointFiles {
         config,
-        weights,
+        weights: WeightFiles::Safetensors(weights),
         preprocessor,
-        tokenizer,
+        tokenizer: TokenizerFiles::Json(tokenizer),
+        generation: None,
     };
     let c = Captioner::from_files(&gpu, &files, name).map_err(js)?;
     let out = summary(&c);
@@ -320,13 +322,16 @@ fn distill_start_inner(
         });
     }
     let model = match (&resume_config, &resume_weights) {
-        (Some(c), Some(w)) => Model::from_bytes(&gpu, c, w, "the saved run")?,
+        (Some(c), Some(w)) => {
+            Model::from_files(&gpu, c, &WeightFiles::Safetensors(w), "the saved run")?
+        }
         _ => Model::new(&gpu, Config::student_of(&teacher.model.cfg, shape), seed)?,
     };
     let student = Captioner {
         model,
         tokenizer: teacher.tokenizer.clone(),
         preprocess: teacher.preprocess.clone(),
+        generation: crate::model::generate::Generation::default(),
     };
     let mut opt = Optimizer::new(
         &gpu,

@@ -1,0 +1,528 @@
+//! Checkpoints as the Hugging Face Hub holds them: a tiny random VisionEncoderDecoder of
+//! nlpconnect/vit-gpt2-image-captioning's kind with GPT-2's real vocabulary
+//! (tests/fixtures/hub_tiny, made by tests/fixtures/make_hub_tiny.py), loaded from each weight
+//! format and captioning photos as transformers does; and hostile files for every parser.
+
+mod common;
+use amad::model::captioner::Captioner;
+use amad::model::formats::{self, zip, Dtype};
+use amad::model::generate::Generation;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
+const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/hub_tiny_golden.json"
+);
+const EOT: u32 = 50256;
+
+fn temp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("amad-hub-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of the tiny Hub checkpoint without the files in `drop`.
+fn copy_without(tag: &str, drop: &[&str]) -> PathBuf {
+    let d = temp(tag);
+    for f in std::fs::read_dir(HUB_TINY).unwrap() {
+        let f = f.unwrap();
+        let name = f.file_name().into_string().unwrap();
+        if !drop.contains(&name.as_str()) {
+            std::fs::copy(f.path(), d.join(&name)).unwrap();
+        }
+    }
+    d
+}
+
+fn golden() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(GOLDEN).unwrap()).unwrap()
+}
+
+/// transformers' sequence without its start token, up to (not including) the first <eos>.
+fn generated(seq: &Value) -> Vec<u32> {
+    seq.as_array().unwrap()[1..]
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .take_while(|&t| t != EOT)
+        .collect()
+}
+
+fn caption_ids(c: &Captioner, photo: &str, generation: Generation) -> Vec<u32> {
+    let bytes = std::fs::read(Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
+    let px = amad::data::image::decode(&bytes, photo).unwrap();
+    let patches = c.patches(gpu(), &px).unwrap();
+    pollster::block_on(c.model.generate(gpu(), &patches, generation))
+        .unwrap()
+        .remove(0)
+}
+
+/// Greedy captions of the three photos: the same tokens and text as transformers' generate.
+fn assert_greedy_as_transformers(c: &Captioner) {
+    let g = golden();
+    for photo in ["astronaut", "coffee", "chelsea"] {
+        let ids = caption_ids(c, photo, Generation::default());
+        assert_eq!(
+            ids,
+            generated(&g[photo]["greedy"]),
+            "{photo}: greedy tokens"
+        );
+        assert_eq!(
+            c.tokenizer.decode(&ids),
+            g[photo]["greedy_text"].as_str().unwrap(),
+            "{photo}: caption"
+        );
+    }
+}
+
+#[test]
+fn the_hub_layout_with_safetensors_captions_as_transformers() {
+    let c = Captioner::load(gpu(), Path::new(HUB_TINY)).unwrap();
+    assert_eq!(c.model.cfg.decoder.vocab_size, 50257);
+    assert_eq!(c.model.cfg.special_ids(), (EOT, EOT, EOT));
+    // No generation_config.json and no generation fields in config.json: transformers' defaults.
+    assert_eq!(
+        c.generation,
+        Generation {
+            max_new_tokens: 19,
+            ..Generation::default()
+        }
+    );
+    assert_greedy_as_transformers(&c);
+}
+
+/// Beam search, 4 beams, max_length 16: transformers' algorithm token for token.
+#[test]
+fn four_beams_give_the_tokens_transformers_gives() {
+    let c = Captioner::load(gpu(), Path::new(HUB_TINY)).unwrap();
+    let g = golden();
+    let four = Generation {
+        beams: 4,
+        ..Generation::default()
+    };
+    for photo in ["astronaut", "coffee", "chelsea"] {
+        let ids = caption_ids(&c, photo, four);
+        assert_eq!(
+            ids,
+            generated(&g[photo]["beams4"]),
+            "{photo}: 4-beam tokens"
+        );
+        assert_eq!(
+            c.tokenizer.decode(&ids),
+            g[photo]["beams4_text"].as_str().unwrap()
+        );
+    }
+}
+
+#[test]
+fn pytorch_model_bin_loads_the_same_weights_as_safetensors() {
+    let from_st = Captioner::load(gpu(), Path::new(HUB_TINY)).unwrap();
+    let dir = copy_without("bin", &["model.safetensors"]);
+    let from_bin = Captioner::load(gpu(), &dir).unwrap();
+    for (a, b) in from_st
+        .model
+        .weights
+        .blocks
+        .iter()
+        .zip(&from_bin.model.weights.blocks)
+    {
+        let (a, b) = (
+            pollster::block_on(a.read(gpu())).unwrap(),
+            pollster::block_on(b.read(gpu())).unwrap(),
+        );
+        assert!(a == b, "a block differs between the two formats");
+    }
+    assert_greedy_as_transformers(&from_bin);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Sharded safetensors in half and bfloat16 precision: every tensor widens exactly.
+#[test]
+fn sharded_half_precision_safetensors_load_as_their_f32_values() {
+    let bytes = std::fs::read(format!("{HUB_TINY}/model.safetensors")).unwrap();
+    let all = formats::safetensors(&bytes, "model.safetensors").unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    for (dtype, tag) in [
+        (safetensors::Dtype::F16, "f16"),
+        (safetensors::Dtype::BF16, "bf16"),
+    ] {
+        let dir = copy_without(tag, &["model.safetensors"]);
+        let mut index = serde_json::Map::new();
+        let mut widened = std::collections::HashMap::new();
+        for (s, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+            let shard = format!("model-0000{}-of-00002.safetensors", s + 1);
+            let mut data = vec![];
+            for name in part {
+                let v = all[*name].to_f32(name, "").unwrap();
+                let halves: Vec<u16> = v
+                    .iter()
+                    .map(|&x| match dtype {
+                        safetensors::Dtype::F16 => half_bits(x),
+                        _ => (x.to_bits() >> 16) as u16, // truncation is a valid bf16
+                    })
+                    .collect();
+                let raw: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+                data.push(((*name).clone(), all[*name].shape.clone(), raw));
+                index.insert((*name).clone(), Value::String(shard.clone()));
+            }
+            let views: Vec<(String, safetensors::tensor::TensorView)> = data
+                .iter()
+                .map(|(n, s, r)| {
+                    (
+                        n.clone(),
+                        safetensors::tensor::TensorView::new(dtype, s.clone(), r).unwrap(),
+                    )
+                })
+                .collect();
+            std::fs::write(
+                dir.join(&shard),
+                safetensors::serialize(views, None).unwrap(),
+            )
+            .unwrap();
+            for (n, s, r) in &data {
+                let t = formats::RawTensor {
+                    dtype: if tag == "f16" {
+                        Dtype::F16
+                    } else {
+                        Dtype::BF16
+                    },
+                    shape: s.clone(),
+                    data: std::borrow::Cow::Borrowed(r),
+                };
+                widened.insert(n.clone(), t.to_f32(n, "").unwrap());
+            }
+        }
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            serde_json::json!({"metadata": {}, "weight_map": index}).to_string(),
+        )
+        .unwrap();
+        let c = Captioner::load(gpu(), &dir).unwrap();
+        let wte = &c.model.weights.tensors[c.model.layout.wte];
+        let got = pollster::block_on(wte.read(gpu())).unwrap();
+        assert_eq!(got, widened["decoder.transformer.wte.weight"], "{tag}");
+        // A shard the index names but that is gone: named in the error.
+        std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+        let err = Captioner::load(gpu(), &dir).err().unwrap().to_string();
+        assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
+
+/// f32 → f16 bits, rounding to nearest even (no overflow: these weights are far below 65504).
+fn half_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    assert!(exp < 31, "{x} overflows f16");
+    if exp < 1 {
+        // Subnormal (or zero): a multiple of 2^-24, exact in f32 arithmetic.
+        return sign | (x.abs() * 16_777_216.0).round_ties_even() as u16;
+    }
+    let mant = b & 0x7f_ffff;
+    let mut h = ((exp as u32) << 10) | (mant >> 13);
+    let rest = mant & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
+        h += 1;
+    }
+    sign | h as u16
+}
+
+#[test]
+fn vocab_json_and_merges_txt_stand_in_for_tokenizer_json() {
+    let dir = copy_without("vocab", &["tokenizer.json"]);
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{HUB_TINY}/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("vocab.json"), v["model"]["vocab"].to_string()).unwrap();
+    let merges: Vec<String> = v["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
+    std::fs::write(
+        dir.join("merges.txt"),
+        format!("#version: 0.2\n{}\n", merges.join("\n")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("special_tokens_map.json"),
+        r#"{"bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>"}, "unk_token": "<|endoftext|>"}"#,
+    )
+    .unwrap();
+    let c = Captioner::load(gpu(), &dir).unwrap();
+    assert_greedy_as_transformers(&c);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn amad_caption_reads_a_hub_directory() {
+    let dir = copy_without("cli", &["model.safetensors"]);
+    let photos: Vec<String> = ["astronaut", "coffee"]
+        .iter()
+        .map(|p| format!("{PHOTOS}/{p}.png"))
+        .collect();
+    let out = amad_cli(
+        // The goldens' max_length 16; without it the checkpoint's default (transformers' 20) holds.
+        [
+            "caption",
+            "--model",
+            dir.to_str().unwrap(),
+            "--max-tokens",
+            "15",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain(photos),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let g = golden();
+    for p in ["astronaut", "coffee"] {
+        let want = g[p]["greedy_text"].as_str().unwrap();
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&format!("{p}.png")) && l.ends_with(want)),
+            "{p}: {want:?} not in\n{stdout}"
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+// ---- Hostile files ----
+
+/// A zip archive of stored entries, as torch.save writes one.
+fn zip_stored(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = vec![];
+    let mut central = vec![];
+    for (name, data) in entries {
+        let at = out.len() as u32;
+        let head = |sig: u32, out: &mut Vec<u8>| {
+            out.extend(sig.to_le_bytes());
+            out.extend([20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // versions, flags, method 0, time, date, crc
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((data.len() as u32).to_le_bytes());
+            out.extend((name.len() as u16).to_le_bytes());
+            out.extend(0u16.to_le_bytes());
+        };
+        head(0x0403_4b50, &mut out);
+        out.extend(name.as_bytes());
+        out.extend(*data);
+        central.extend(0x0201_4b50u32.to_le_bytes());
+        central.extend([20, 0]);
+        let mut h = vec![];
+        head(0, &mut h);
+        central.extend(&h[4..]);
+        central.extend([0u8; 10]); // comment length, disk, internal and external attributes
+        central.extend(at.to_le_bytes());
+        central.extend(name.as_bytes());
+    }
+    let dir_at = out.len() as u32;
+    out.extend(&central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0, 0, 0, 0]);
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((entries.len() as u16).to_le_bytes());
+    out.extend((central.len() as u32).to_le_bytes());
+    out.extend(dir_at.to_le_bytes());
+    out.extend([0, 0]);
+    out
+}
+
+/// A state dict pickle of one float tensor `w` of `shape` over storage "0" of `numel` elements.
+fn one_tensor_pickle(numel: u8, shape: &[u8]) -> Vec<u8> {
+    let mut p = b"\x80\x02ccollections\nOrderedDict\n)R(X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK".to_vec();
+    p.push(numel);
+    p.extend(b"tQK\x00(");
+    for &d in shape {
+        p.extend([b'K', d]);
+    }
+    p.extend(b"t(");
+    let mut stride = 1u8;
+    let mut strides = vec![];
+    for &d in shape.iter().rev() {
+        strides.push(stride);
+        stride *= d;
+    }
+    for s in strides.iter().rev() {
+        p.extend([b'K', *s]);
+    }
+    p.extend(b"t\x89ccollections\nOrderedDict\n)RtRu.");
+    p
+}
+
+#[test]
+fn a_restricted_unpickler_reads_a_hand_made_state_dict() {
+    let floats: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let bin = zip_stored(&[
+        ("archive/data.pkl", &one_tensor_pickle(6, &[2, 3])),
+        ("archive/data/0", &floats),
+    ]);
+    let t = formats::torch_bin(&bin, "x.bin").unwrap();
+    assert_eq!(t["w"].shape, [2, 3]);
+    assert_eq!(
+        t["w"].to_f32("w", "").unwrap(),
+        [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    );
+}
+
+#[test]
+fn hostile_pickles_and_archives_are_refused_with_a_message() {
+    let floats: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let check = |bin: &[u8], needle: &str| {
+        let err = formats::torch_bin(bin, "x.bin").unwrap_err().to_string();
+        assert!(err.contains(needle), "wanted {needle:?} in: {err}");
+        assert!(err.starts_with("x.bin: "), "{err}");
+    };
+    // A global a state dict never uses: refused by name, never imported or run.
+    let evil = b"\x80\x02cos\nsystem\nX\x0c\x00\x00\x00touch /tmp/xR.";
+    check(
+        &zip_stored(&[("a/data.pkl", evil)]),
+        "refused: the pickle names the global os.system",
+    );
+    let evil = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x8c\x04eval\x93.";
+    check(&zip_stored(&[("a/data.pkl", evil)]), "builtins.eval");
+    // Storage that holds fewer bytes than the pickle claims.
+    check(
+        &zip_stored(&[
+            ("a/data.pkl", &one_tensor_pickle(6, &[2, 3])),
+            ("a/data/0", &floats[..12]),
+        ]),
+        "claims 6 elements but holds 12 bytes",
+    );
+    // A view past its storage's end.
+    check(
+        &zip_stored(&[
+            ("a/data.pkl", &one_tensor_pickle(4, &[2, 3])),
+            ("a/data/0", &floats),
+        ]),
+        "reaches element 5 of a storage of 4",
+    );
+    check(
+        &zip_stored(&[("a/data.pkl", &one_tensor_pickle(6, &[2, 3]))]),
+        "storage 0 is not in the archive",
+    );
+    // A pickle cut short, and unknown opcodes.
+    let p = one_tensor_pickle(6, &[2, 3]);
+    check(
+        &zip_stored(&[("a/data.pkl", &p[..p.len() / 2]), ("a/data/0", &floats)]),
+        "ends early",
+    );
+    check(
+        &zip_stored(&[("a/data.pkl", b"\x80\x02\xff.")]),
+        "opcode 0xff",
+    );
+    check(
+        &zip_stored(&[("a/data.pkl", b"\x80\x02X\xff\xff\xff\x7fab.")]),
+        "longer than the file",
+    );
+    check(&zip_stored(&[("a/other", b"x")]), "no data.pkl");
+    // The real checkpoint, truncated: the archive's directory is gone.
+    let real = std::fs::read(format!("{HUB_TINY}/pytorch_model.bin")).unwrap();
+    check(
+        &real[..real.len() / 2],
+        "no end-of-central-directory record",
+    );
+    // Its directory intact but pointing past the end.
+    let mut cut = real.clone();
+    let tail = cut.split_off(real.len() - 4096);
+    cut.truncate(real.len() / 2);
+    cut.extend(tail);
+    let err = formats::torch_bin(&cut, "x.bin").unwrap_err().to_string();
+    assert!(err.contains("x.bin"), "{err}");
+    // Every entry of the real archive parses.
+    assert!(zip::entries(&real, "x.bin").unwrap().len() > 90);
+}
+
+#[test]
+fn safetensors_whose_offsets_lie_are_refused() {
+    let bytes = std::fs::read(format!("{HUB_TINY}/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let name = "decoder.transformer.ln_f.bias";
+    header[name]["data_offsets"][1] = Value::from(u64::MAX / 2);
+    let text = header.to_string();
+    let mut bad = (text.len() as u64).to_le_bytes().to_vec();
+    bad.extend(text.as_bytes());
+    bad.extend(&bytes[8 + n..]);
+    let err = formats::safetensors(&bad, "m.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("m.safetensors: not a readable safetensors file"),
+        "{err}"
+    );
+    let err = formats::safetensors(&bytes[..bytes.len() - 10], "m.safetensors")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn config_fields_amad_does_not_implement_are_refused_by_name() {
+    let base: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{HUB_TINY}/config.json")).unwrap())
+            .unwrap();
+    for (part, key, value, needle) in [
+        (
+            "decoder",
+            "activation_function",
+            Value::from("relu"),
+            "decoder.activation_function",
+        ),
+        (
+            "decoder",
+            "scale_attn_by_inverse_layer_idx",
+            Value::from(true),
+            "scale_attn_by_inverse_layer_idx",
+        ),
+        (
+            "decoder",
+            "scale_attn_weights",
+            Value::from(false),
+            "scale_attn_weights",
+        ),
+        (
+            "decoder",
+            "tie_word_embeddings",
+            Value::from(false),
+            "tie_word_embeddings",
+        ),
+        (
+            "encoder",
+            "qkv_bias",
+            Value::from(false),
+            "encoder.qkv_bias",
+        ),
+        (
+            "encoder",
+            "hidden_act",
+            Value::from("relu"),
+            "encoder.hidden_act",
+        ),
+    ] {
+        let mut v = base.clone();
+        v[part][key] = value;
+        let err = amad::model::Config::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{key}: {err}");
+    }
+    // What only changes half-precision numerics is accepted.
+    let mut v = base.clone();
+    v["decoder"]["reorder_and_upcast_attn"] = Value::from(true);
+    v["decoder"]["activation_function"] = Value::from("gelu_pytorch_tanh");
+    amad::model::Config::from_json(&v.to_string()).unwrap();
+}
