@@ -11,7 +11,8 @@ struct Params {
     tokens: u32,
     dim: u32,
     vocab: u32,
-    _pad: u32,
+    // embedding_fwd_rows: the table's first row (a block of a larger table's rows)
+    first: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,6 +36,21 @@ fn embedding_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         v = table[id * p.dim + c];
     }
     out[i] = v;
+}
+
+// forward from one row block of a table too large for one binding: rows first .. first + vocab.
+// Each block writes only the tokens whose ids it holds; `out` starts as zeros, so ids outside every
+// block read as zero rows, as in embedding_fwd.
+@compute @workgroup_size(256)
+fn embedding_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i >= p.tokens * p.dim) {
+        return;
+    }
+    let id = ids[i / p.dim];
+    if (id >= p.first && id - p.first < p.vocab) {
+        out[i] = table[(id - p.first) * p.dim + i % p.dim];
+    }
 }
 
 // backward: d table[id] += sum of d out over the tokens with that id

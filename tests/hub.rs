@@ -526,3 +526,155 @@ fn config_fields_amad_does_not_implement_are_refused_by_name() {
     v["decoder"]["activation_function"] = Value::from("gelu_pytorch_tanh");
     amad::model::Config::from_json(&v.to_string()).unwrap();
 }
+
+/// A device whose storage bindings hold at most `bytes` (WebGPU's default is 128 MiB).
+fn capped_device(bytes: u64) -> amad::Gpu {
+    let mut g = own_device(true);
+    g.limits.max_storage_buffer_binding_size = bytes;
+    g
+}
+
+/// Under a 1 MiB binding limit the 6.4 MB token embedding is held in 7 row blocks; lookups and the
+/// LM head read across them and the captions stay transformers' own, greedy and with 4 beams.
+#[test]
+fn an_embedding_larger_than_a_binding_is_split_by_rows() {
+    let g = capped_device(1 << 20);
+    let c = Captioner::load(&g, Path::new(HUB_TINY)).unwrap();
+    let blocks = &c.model.weights.row_blocks[c.model.layout.wte];
+    assert_eq!(blocks.len(), 7, "50257 rows of 128 bytes in 1 MiB blocks");
+    assert!(blocks.iter().all(|(_, t)| t.bytes() <= 1 << 20));
+    let gold = golden();
+    let bytes = std::fs::read(format!("{PHOTOS}/coffee.png")).unwrap();
+    let px = amad::data::image::decode(&bytes, "coffee").unwrap();
+    let patches = c.patches(&g, &px).unwrap();
+    for (beams, key) in [(1, "greedy"), (4, "beams4")] {
+        let ids = pollster::block_on(c.model.generate(
+            &g,
+            &patches,
+            Generation {
+                beams,
+                ..Generation::default()
+            },
+        ))
+        .unwrap();
+        assert_eq!(ids[0], generated(&gold["coffee"][key]), "{key}");
+    }
+    // Training needs the table whole: refused with a message, before anything runs.
+    let mut step = g.step();
+    let ids = step.upload_u32(&[1, 3], &[EOT, 64, 582]).unwrap();
+    let fwd = c.model.forward(&mut step, &patches, &ids).unwrap();
+    let grads = amad::model::Weights::zeros(&g, &c.model.layout).unwrap();
+    let dlogits = step.zeros(fwd.logits().shape()).unwrap();
+    let err = c
+        .model
+        .backward(&mut step, &fwd, &dlogits, &Default::default(), None, &grads)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("larger storage bindings"), "{err}");
+}
+
+/// nlpconnect/vit-gpt2-image-captioning's full shape (239 M parameters) with random weights,
+/// made here: it loads under WebGPU's default 128 MiB binding limit with its token embedding
+/// (154 MB) in two row blocks, and its first tokens and their logits are the CPU reference's
+/// (src/reference/captioner.rs, f64).
+#[test]
+fn a_full_size_captioner_runs_under_the_default_binding_limit() {
+    let cfg = amad::model::Config::from_json(
+        &serde_json::json!({
+            "model_type": "vision-encoder-decoder",
+            "decoder_start_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT,
+            "encoder": {"model_type": "vit", "image_size": 224, "patch_size": 16, "num_channels": 3,
+                        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                        "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+                        "qkv_bias": true},
+            "decoder": {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768,
+                        "n_layer": 12, "n_head": 12, "n_inner": null, "activation_function": "gelu_new",
+                        "layer_norm_epsilon": 1e-5, "add_cross_attention": true, "bos_token_id": EOT},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let layout = amad::model::Layout::new(&cfg);
+    // transformers counts 239,195,904: these and the ViT pooler's 590,592, which captioning never reads.
+    assert_eq!(layout.param_count(), 239_195_904 - 590_592);
+    // Weights spread as make_hub_tiny.py spreads them, so that logits are not near-ties.
+    let mut rng = amad::rng::Rng::new(27);
+    let values: Vec<Vec<f32>> = layout
+        .specs
+        .iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            let base = match s.init {
+                amad::model::weights::Init::Ones => 1.0,
+                _ => 0.0,
+            };
+            (0..n).map(|_| base + 0.1 * rng.normal() as f32).collect()
+        })
+        .collect();
+    let g = capped_device(128 << 20);
+    let weights = amad::model::Weights::from_values(&g, &layout, &values).unwrap();
+    let model = amad::model::Model {
+        cfg: cfg.clone(),
+        layout: layout.clone(),
+        weights,
+    };
+    assert_eq!(model.weights.row_blocks[layout.wte].len(), 2);
+    let c = Captioner {
+        model,
+        tokenizer: amad::model::Tokenizer::new(&["x"]),
+        preprocess: amad::model::preprocessor::default_for(224, 16),
+        generation: Generation::default(),
+    };
+    let bytes = std::fs::read(format!("{PHOTOS}/astronaut.png")).unwrap();
+    let px = amad::data::image::decode(&bytes, "astronaut").unwrap();
+    let patches = c.patches(&g, &px).unwrap();
+    let three = Generation {
+        max_new_tokens: 3,
+        ..Generation::default()
+    };
+    let ids = pollster::block_on(c.model.generate(&g, &patches, three))
+        .unwrap()
+        .remove(0);
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    // The same image on the CPU: the first two tokens, and the logits that chose them.
+    let p = amad::reference::captioner::Params {
+        layout: &layout,
+        values: &values,
+    };
+    let px64: Vec<f64> = pollster::block_on(patches.read(&g))
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let states = amad::reference::captioner::encode(&cfg, &p, &px64);
+    let mut prefix = vec![EOT];
+    for (i, &want) in ids.iter().take(2).enumerate() {
+        let cpu = amad::reference::captioner::next_logits(&cfg, &p, &states, &prefix);
+        let mut step = g.step();
+        let input = step.upload_u32(&[1, prefix.len()], &prefix).unwrap();
+        let fwd = c.model.forward(&mut step, &patches, &input).unwrap();
+        step.submit().unwrap();
+        let all = pollster::block_on(fwd.logits().read(&g)).unwrap();
+        let gpu_last = &all[(prefix.len() - 1) * 50257..];
+        let argmax = |v: &[f64]| {
+            (0..v.len())
+                .max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a)))
+                .unwrap() as u32
+        };
+        assert_eq!(argmax(&cpu), want, "token {i}");
+        // f32 through 24 layers of 768-wide products against f64: logits up to ~12 differed by at
+        // most 1.8e-4 when this was written; the bound is 1e-4 of the largest logit.
+        let scale = cpu.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        let worst = gpu_last
+            .iter()
+            .zip(&cpu)
+            .map(|(&a, b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-4 * scale.max(1.0),
+            "token {i}: logits differ by {worst} (scale {scale})"
+        );
+        prefix.push(want);
+    }
+}

@@ -660,6 +660,43 @@ fn embedding_lookup_and_scatter_add() {
     assert_close("embedding grad", &got[1], &want_d, 1e-6, 0.0);
 }
 
+/// A table held as row blocks (a table larger than one binding): each block fills the tokens whose
+/// ids it holds, and the LM head's product fills each block's columns of the logits. Blocks of
+/// 4, 4 and 3 rows of an 11-row table, as `Weights` would lay them out.
+#[test]
+fn embedding_and_lm_head_from_row_blocks() {
+    let (vocab, dim, rows) = (11, 8, 5);
+    let mut rng = Rng::new(61);
+    let table = rng.vec(vocab * dim, 1.0);
+    let ids = [3u32, 0, 10, 7, 4, 8, 99, 3];
+    let hidden = rng.vec(rows * dim, 1.0);
+    let want = r::embedding(&ids, &table, dim);
+    // logits = hidden · tableᵀ
+    let want_logits = r::matmul(
+        &hidden, &table, None, 1, rows, vocab, dim, false, true, true,
+    );
+    let tids = upload_u32(&[ids.len()], &ids);
+    let th = upload(&[rows, dim], &hidden);
+    let blocks: Vec<(usize, amad::Tensor)> = [(0, 4), (4, 4), (8, 3)]
+        .iter()
+        .map(|&(first, n)| {
+            (
+                first,
+                upload(&[n, dim], &table[first * dim..(first + n) * dim]),
+            )
+        })
+        .collect();
+    let got = run(|s| {
+        Ok(vec![
+            embedding::embedding_rows(s, &tids, &blocks)?,
+            amad::model::linear::linear_row_blocks(s, &th, &blocks)?,
+        ])
+    });
+    // Copies are exact up to the f32 rounding of the uploads; sums of 8 products: 1e-6.
+    assert_close("embedding from row blocks", &got[0], &want, 0.0, 6e-8);
+    assert_close("lm head from row blocks", &got[1], &want_logits, 1e-6, 1e-6);
+}
+
 /// A table with fewer rows than half the tokens (GPT-2's positions, a small vocabulary) takes the
 /// per-row backward; the gradient adds into what the table's gradient held, and a row no token
 /// uses keeps its bits (here -0, which adding 0 would turn into +0).

@@ -2,7 +2,7 @@
 //! pre-LN blocks of causal self-attention, cross-attention over the encoder states and a
 //! tanh-GELU MLP, final LayerNorm, and the LM head tied to the token embedding.
 
-use super::linear::{linear, linear_bwd, Dx, Layout::InOut, Layout::OutIn};
+use super::linear::{linear_bwd, linear_row_blocks, Dx, Layout::InOut, Layout::OutIn};
 use super::mlp::{Mlp, MlpActs};
 use super::weights::DecLayer;
 use super::{Model, Weights};
@@ -10,7 +10,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
 use crate::ops::elementwise::{add, Gelu};
-use crate::ops::embedding::{embedding, embedding_bwd};
+use crate::ops::embedding::{embedding, embedding_bwd, embedding_rows};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
 
@@ -75,6 +75,16 @@ impl Model {
         }
     }
 
+    /// The token embeddings of `ids`, from the table whole or in row blocks (see `Weights`).
+    pub(super) fn embed_tokens(&self, step: &mut Step, ids: &Tensor) -> Result<Tensor> {
+        embedding_rows(step, ids, &self.weights.row_blocks[self.layout.wte])
+    }
+
+    /// The LM head, which is the token embedding (tied): logits = h · wteᵀ.
+    pub(super) fn lm_head(&self, step: &mut Step, hidden: &Tensor) -> Result<Tensor> {
+        linear_row_blocks(step, hidden, &self.weights.row_blocks[self.layout.wte])
+    }
+
     /// Token ids [B, L] (u32) attending to encoder states [B, T, D] → logits and activations.
     pub fn decode(&self, step: &mut Step, states: &Tensor, ids: &Tensor) -> Result<DecoderActs> {
         let (l, cfg) = (&self.layout, &self.cfg.decoder);
@@ -93,7 +103,7 @@ impl Model {
         let eps = cfg.layer_norm_epsilon;
         let positions: Vec<u32> = (0..batch * len).map(|i| (i % len) as u32).collect();
         let positions = step.upload_u32(&[batch, len], &positions)?;
-        let tokens = embedding(step, ids, self.w(l.wte))?;
+        let tokens = self.embed_tokens(step, ids)?;
         let placed = embedding(step, &positions, self.w(l.wpe))?;
         let mut x = add(step, &tokens, &placed)?;
         let (sd, xd) = (self.self_dims(batch, len), self.cross_dims(batch, len));
@@ -151,8 +161,7 @@ impl Model {
             x = x_out;
         }
         let (hidden, ln_stats) = layernorm(step, &x, self.w(l.ln_f.0), self.w(l.ln_f.1), eps)?;
-        // The LM head is the token embedding: logits = h · wteᵀ.
-        let logits = linear(step, &hidden, self.w(l.wte), None, OutIn)?;
+        let logits = self.lm_head(step, &hidden)?;
         Ok(DecoderActs {
             ids: ids.clone(),
             positions,

@@ -5,7 +5,7 @@
 //! follows transformers' (5.x) vectorised algorithm: 2·beams candidates per step, finished
 //! hypotheses scored with the length penalty, and its early-stopping heuristic.
 
-use super::linear::Layout::{InOut, OutIn};
+use super::linear::Layout::InOut;
 use super::Model;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
@@ -181,7 +181,7 @@ impl Model {
         let eps = cfg.layer_norm_epsilon;
         let id_t = step.upload_u32(&[n, 1], ids)?;
         let pos_t = step.upload_u32(&[n, 1], &vec![t as u32; n])?;
-        let tokens = embedding(step, &id_t, self.w(l.wte))?;
+        let tokens = self.embed_tokens(step, &id_t)?;
         let placed = embedding(step, &pos_t, self.w(l.wpe))?;
         let mut x = add(step, &tokens, &placed)?;
         let dims = |k_len| Dims {
@@ -235,7 +235,7 @@ impl Model {
             x = self.mlp(step, &x_mid2, &self.dec_mlp(layer))?.0;
         }
         let (hidden, _) = layernorm(step, &x, self.w(l.ln_f.0), self.w(l.ln_f.1), eps)?;
-        let logits = super::linear::linear(step, &hidden, self.w(l.wte), None, OutIn)?;
+        let logits = self.lm_head(step, &hidden)?;
         let next = Cache {
             self_kv,
             cross_kv: cache.cross_kv.clone(),

@@ -80,6 +80,47 @@ pub fn linear(
     linear_plus(step, x, w, b, layout, None)
 }
 
+/// y = x·Wᵀ for W [out, in] held as row blocks, (first row, block) in row order (see
+/// `Weights::row_blocks`): each block's product fills its columns of y, [.., out].
+pub fn linear_row_blocks(
+    step: &mut Step,
+    x: &Tensor,
+    blocks: &[(usize, Tensor)],
+) -> Result<Tensor> {
+    let [(_, first), rest @ ..] = blocks else {
+        return shape_err("linear", "a weight of no rows");
+    };
+    if rest.is_empty() {
+        return linear(step, x, first, None, Layout::OutIn);
+    }
+    let (last_row, last) = &blocks[blocks.len() - 1];
+    let out = last_row + last.shape()[0];
+    let (rows, inp, _) = dims("linear", x, first, Layout::OutIn)?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().unwrap() = out;
+    let y = step.empty(&shape)?;
+    for (row, w) in blocks {
+        let (_, _, n) = dims("linear", x, w, Layout::OutIn)?;
+        Gemm {
+            m: rows,
+            n,
+            k: inp,
+            batch: [1, 1],
+            a: plain(x, inp),
+            b: weight_view(w, Layout::OutIn, inp, n),
+            c: View {
+                off: *row,
+                ..plain(&y, out)
+            },
+            bias: None,
+            alpha: 1.0,
+            accumulate: false,
+        }
+        .record(step)?;
+    }
+    Ok(y)
+}
+
 /// y = residual + x·W (+ b), a residual connection: y starts as a copy of `residual` and the
 /// product adds into it, where an add after the product would load both and store again.
 pub fn linear_residual(

@@ -288,6 +288,14 @@ impl Model {
         dstates_extra: Option<&Tensor>,
         grads: &Weights,
     ) -> Result<()> {
+        if self.weights.is_row_split() {
+            return Err(Error::Invalid(format!(
+                "this model's token embedding ({} rows) is larger than one storage binding of \
+                 this device, so amad holds it in row blocks, which serve captioning only; \
+                 training it needs a device with larger storage bindings",
+                self.cfg.decoder.vocab_size
+            )));
+        }
         let dstates = self.decode_bwd(
             step,
             &fwd.encoder.states,

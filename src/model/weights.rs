@@ -272,14 +272,35 @@ const WTE: &str = "decoder.transformer.wte.weight";
 /// One GPU tensor per spec of a layout, in the layout's order, each a part of one of a few large
 /// buffers (`blocks`): one dispatch then zeroes, clips or updates a whole block where one per
 /// parameter was needed (154 in the teacher, each a dispatch's overhead on a real GPU), and one
-/// readback saves it.
+/// readback saves it. A tensor larger than one storage binding (GPT-2's 50257-row token embedding
+/// under WebGPU's default 128 MiB) is held as blocks of whole rows (`row_blocks`).
 #[derive(Clone)]
 pub struct Weights {
+    /// Each parameter; for one held in row blocks, its first block (see `row_blocks`).
     pub tensors: Vec<Tensor>,
+    /// Each parameter as (first row, tensor of rows) in row order: one entry for a whole tensor.
+    pub row_blocks: Vec<Vec<(usize, Tensor)>>,
     /// The buffers holding the parameters, each seen whole; the gaps between parts stay zero.
     pub blocks: Vec<Tensor>,
-    /// Where each tensor lives: (block, first element).
-    places: Vec<(usize, usize)>,
+    /// Where each parameter's row blocks live: (block, first element, elements).
+    places: Vec<Vec<(usize, usize, usize)>>,
+}
+
+/// The row blocks a tensor of `shape` is held in when no binding may exceed `cap` elements:
+/// (first row, rows), a multiple of 4 rows each but the last (so that products over them keep
+/// 16-byte alignment), or the whole tensor when it fits.
+fn row_split(shape: &[usize], cap: usize) -> Vec<(usize, usize)> {
+    let n: usize = shape.iter().product();
+    let rows = shape.first().copied().unwrap_or(1);
+    if n <= cap || shape.len() < 2 {
+        return vec![(0, rows)];
+    }
+    let per = (cap / (n / rows)) / 4 * 4;
+    let per = per.max(1);
+    (0..rows)
+        .step_by(per)
+        .map(|r| (r, per.min(rows - r)))
+        .collect()
 }
 
 impl Weights {
@@ -294,42 +315,70 @@ impl Weights {
         let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / 4).max(4);
         let cap = (gpu.max_binding() / 4) as usize / NORM_SEGMENT * NORM_SEGMENT;
         let mut places = vec![];
+        let mut shapes = vec![];
         let mut lens = vec![0usize];
         for s in &layout.specs {
-            Tensor::check_shape(gpu, &s.shape, &s.name)?;
-            let n: usize = s.shape.iter().product();
-            let used = *lens.last().expect("one block at least");
-            if used > 0 && (used + n).next_multiple_of(NORM_SEGMENT) > cap {
-                lens.push(0);
+            let mut held = vec![];
+            let mut held_shapes = vec![];
+            for (first, rows) in row_split(&s.shape, cap) {
+                let mut shape = s.shape.clone();
+                if !shape.is_empty() {
+                    shape[0] = rows;
+                }
+                Tensor::check_shape(gpu, &shape, &s.name)?;
+                let n: usize = shape.iter().product();
+                let used = *lens.last().expect("one block at least");
+                if used > 0 && (used + n).next_multiple_of(NORM_SEGMENT) > cap {
+                    lens.push(0);
+                }
+                let block = lens.len() - 1;
+                held.push((block, lens[block], n));
+                held_shapes.push((first, shape));
+                lens[block] = (lens[block] + n).next_multiple_of(align);
             }
-            let block = lens.len() - 1;
-            places.push((block, lens[block]));
-            lens[block] = (lens[block] + n).next_multiple_of(align);
+            places.push(held);
+            shapes.push(held_shapes);
         }
         let mut host: Vec<Vec<f32>> = lens
             .iter()
             .map(|&n| vec![0.0; n.next_multiple_of(NORM_SEGMENT)])
             .collect();
-        for (i, &(b, at)) in places.iter().enumerate() {
+        for (i, held) in places.iter().enumerate() {
             if let Some(d) = data(i)? {
-                host[b][at..at + d.len()].copy_from_slice(&d);
+                let mut from = 0;
+                for &(b, at, n) in held {
+                    host[b][at..at + n].copy_from_slice(&d[from..from + n]);
+                    from += n;
+                }
             }
         }
         let blocks = host
             .iter()
             .map(|h| Tensor::from_slice(gpu, &[h.len()], h))
             .collect::<Result<Vec<_>>>()?;
-        let tensors = layout
-            .specs
+        let row_blocks: Vec<Vec<(usize, Tensor)>> = places
             .iter()
-            .zip(&places)
-            .map(|(s, &(b, at))| blocks[b].part(gpu, at, &s.shape))
+            .zip(&shapes)
+            .map(|(held, shapes)| {
+                held.iter()
+                    .zip(shapes)
+                    .map(|(&(b, at, _), (first, shape))| {
+                        Ok((*first, blocks[b].part(gpu, at, shape)?))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
             .collect::<Result<_>>()?;
         Ok(Weights {
-            tensors,
+            tensors: row_blocks.iter().map(|r| r[0].1.clone()).collect(),
+            row_blocks,
             blocks,
             places,
         })
+    }
+
+    /// Whether any parameter is held in several row blocks (training needs each whole).
+    pub fn is_row_split(&self) -> bool {
+        self.row_blocks.iter().any(|r| r.len() > 1)
     }
 
     /// Fresh weights drawn as transformers initialises them, deterministic from `seed`.
@@ -465,13 +514,13 @@ pub async fn named_values(
         for b in &w.blocks {
             blocks.push(b.read(gpu).await?);
         }
-        for (s, &(b, at)) in layout.specs.iter().zip(&w.places) {
+        for (s, held) in layout.specs.iter().zip(&w.places) {
+            let values: Vec<f32> = held
+                .iter()
+                .flat_map(|&(b, at, n)| blocks[b][at..at + n].iter().copied())
+                .collect();
             for (name, shape, r) in s.saved() {
-                data.push((
-                    format!("{prefix}{name}"),
-                    shape,
-                    blocks[b][at + r.start..at + r.end].to_vec(),
-                ));
+                data.push((format!("{prefix}{name}"), shape, values[r].to_vec()));
             }
         }
     }

@@ -5,6 +5,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step, Tensor};
 
 pub const FWD: Kernel = Kernel::new("embedding", "embedding_fwd", &[R, R, W]);
+pub const FWD_ROWS: Kernel = Kernel::new("embedding", "embedding_fwd_rows", &[R, R, W]);
 pub const BWD: Kernel = Kernel::new("embedding", "embedding_bwd", &[R, R, W]);
 pub const BWD_ROWS: Kernel = Kernel::new("embedding", "embedding_bwd_rows", &[R, R, W]);
 pub const VIT_TOKENS_FWD: Kernel = Kernel::new("embedding", "vit_tokens_fwd", &[R, R, R, W]);
@@ -16,7 +17,7 @@ struct Params {
     tokens: u32,
     dim: u32,
     vocab: u32,
-    _pad: u32,
+    first: u32,
 }
 
 fn params(ids: &Tensor, table: &Tensor) -> Result<Params> {
@@ -33,7 +34,7 @@ fn params(ids: &Tensor, table: &Tensor) -> Result<Params> {
         tokens: u32_of("embedding", "tokens", ids.numel())?,
         dim: table.shape()[1] as u32,
         vocab: table.shape()[0] as u32,
-        _pad: 0,
+        first: 0,
     })
 }
 
@@ -49,6 +50,32 @@ pub fn embedding(step: &mut Step, ids: &Tensor, table: &Tensor) -> Result<Tensor
         &[ids, table, &out],
         groups(ids.numel() * p.dim as usize, 256),
     )?;
+    Ok(out)
+}
+
+/// [`embedding`] from a table held as row blocks, (first row, block) in row order (see
+/// `Weights::row_blocks`): each block writes the tokens whose ids it holds.
+pub fn embedding_rows(step: &mut Step, ids: &Tensor, blocks: &[(usize, Tensor)]) -> Result<Tensor> {
+    let [(_, first), rest @ ..] = blocks else {
+        return shape_err("embedding", "a table of no rows");
+    };
+    if rest.is_empty() {
+        return embedding(step, ids, first);
+    }
+    let mut shape = ids.shape().to_vec();
+    shape.push(first.shape().get(1).copied().unwrap_or(0));
+    let out = step.zeros(&shape)?;
+    for (row, table) in blocks {
+        let p = Params {
+            first: u32_of("embedding", "row", *row)?,
+            ..params(ids, table)?
+        };
+        if p.dim as usize != shape[shape.len() - 1] {
+            return shape_err("embedding", "row blocks of different widths");
+        }
+        let n = groups(out.numel(), 256);
+        step.dispatch_linear(&FWD_ROWS, &p, &[ids, table, &out], n)?;
+    }
     Ok(out)
 }
 
@@ -82,7 +109,7 @@ fn vit_params(op: &'static str, batch: usize, tokens: usize, dim: usize) -> Resu
         tokens: u32_of(op, "rows", batch * tokens)?,
         dim: u32_of(op, "dim", dim)?,
         vocab: u32_of(op, "tokens", tokens)?,
-        _pad: 0,
+        first: 0,
     })
 }
 

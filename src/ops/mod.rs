@@ -91,6 +91,7 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &softmax::FWD,
     &softmax::BWD,
     &embedding::FWD,
+    &embedding::FWD_ROWS,
     &embedding::BWD,
     &embedding::BWD_ROWS,
     &embedding::VIT_TOKENS_FWD,

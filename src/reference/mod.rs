@@ -3,6 +3,7 @@
 //! finite differences of its forward.
 
 pub mod amad;
+pub mod captioner;
 pub mod image;
 
 /// Batched C = op(A) op(B) (+ bias). A is [batch, M, K] ([batch, K, M] if `ta`); B is
