@@ -398,3 +398,88 @@ fn image_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
     // Image row = B's column; texel k/4 holds B(k..k+3, col), a column of the math matrix.
     return texels(b_image, k / 4u, y0 + col);
 }
+
+// ---- matmul_rows: products of a few rows (m <= 4), as generating one token at a time makes ----
+//
+// The tiled kernels give each invocation 4 or 16 rows of C and each workgroup 16 to 64, so a
+// product of one row computes (and loads B for) rows that do not exist. Such a product costs the
+// reading of B, each element used m times: here each invocation owns 4 columns of C for all m rows
+// and walks K in steps of 4 with vec4 loads, so each element of B is loaded once. B_ALONG_N (as
+// above): B(k, n) contiguous along n (GPT-2's Conv1D weights), 4 rows of 4 columns per step;
+// otherwise along k (nn.Linear weights, the tied LM head): 4 columns of 4 rows, each reduced with a
+// dot product. (A_ALONG_K is not read: A is always contiguous along k here.) ROWS = m is a
+// constant per pipeline, and every accumulator a named variable: a loop over a runtime m, or an
+// array indexed in one, keeps the accumulators in memory on lavapipe (measured 20 times slower).
+override ROWS: u32 = 1u;
+
+// One step of 4 along K for one row: `av` = A(r, k..k+3), b0..b3 = B's 4 x 4 block (rows k..k+3
+// when B runs along n, columns when along k).
+fn rows_step(acc: vec4<f32>, av: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) -> vec4<f32> {
+    if (B_ALONG_N) {
+        return fma(vec4<f32>(av.w), b3, fma(vec4<f32>(av.z), b2, fma(vec4<f32>(av.y), b1, fma(vec4<f32>(av.x), b0, acc))));
+    }
+    return acc + vec4<f32>(dot(av, b0), dot(av, b1), dot(av, b2), dot(av, b3));
+}
+
+@compute @workgroup_size(64)
+fn matmul_rows(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let col = 4u * (group_index(wid, nwg) * 64u + lid);
+    if (col >= p.n) {
+        return;
+    }
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
+    let last = p.n - 1u;
+    let a0 = p.a_off / 4u;
+    let ars = p.a_rs / 4u;
+    for (var k = 0u; k < p.k; k += 4u) {
+        var b0: vec4<f32>;
+        var b1: vec4<f32>;
+        var b2: vec4<f32>;
+        var b3: vec4<f32>;
+        if (B_ALONG_N) {
+            let at = (p.b_off + k * p.b_rs + col) / 4u;
+            let rs = p.b_rs / 4u;
+            b0 = b4[at];
+            b1 = b4[at + rs];
+            b2 = b4[at + 2u * rs];
+            b3 = b4[at + 3u * rs];
+        } else {
+            // Columns past n read the last one; they are not stored.
+            let at = (p.b_off + k) / 4u;
+            let cs = p.b_cs / 4u;
+            b0 = b4[at + col * cs];
+            b1 = b4[at + min(col + 1u, last) * cs];
+            b2 = b4[at + min(col + 2u, last) * cs];
+            b3 = b4[at + min(col + 3u, last) * cs];
+        }
+        let ak = a0 + k / 4u;
+        acc0 = rows_step(acc0, a4[ak], b0, b1, b2, b3);
+        if (ROWS > 1u) {
+            acc1 = rows_step(acc1, a4[ak + ars], b0, b1, b2, b3);
+        }
+        if (ROWS > 2u) {
+            acc2 = rows_step(acc2, a4[ak + 2u * ars], b0, b1, b2, b3);
+        }
+        if (ROWS > 3u) {
+            acc3 = rows_step(acc3, a4[ak + 3u * ars], b0, b1, b2, b3);
+        }
+    }
+    let bv = column_bias(col, 1u);
+    store_row(p.c_off, 0u, col, acc0, 1u, bv);
+    if (ROWS > 1u) {
+        store_row(p.c_off, 1u, col, acc1, 1u, bv);
+    }
+    if (ROWS > 2u) {
+        store_row(p.c_off, 2u, col, acc2, 1u, bv);
+    }
+    if (ROWS > 3u) {
+        store_row(p.c_off, 3u, col, acc3, 1u, bv);
+    }
+}

@@ -645,3 +645,72 @@ fn gelu_in_the_store_matches_the_gelu_kernel() {
         }
     }
 }
+
+/// Products of 1 to 4 rows (one token at a time) take `matmul_rows`, with B along n (Conv1D
+/// weights) or along k (nn.Linear weights, the LM head), with and without a bias, K not a
+/// multiple of its 4-step unrolled twice, and N not a multiple of 4 where B runs along k.
+#[test]
+fn few_row_products_take_the_rows_kernel() {
+    let g = own_device(false);
+    for m in 1..=4 {
+        for (n, k, tb) in [(96, 72, false), (130, 64, true), (64, 4, false), (257, 132, true)] {
+            for bias in [false, true] {
+                let ran = kernels_run(&g, || {
+                    check(&g, (m * n + k) as u64, 1, m, n, k, false, tb, true, bias);
+                });
+                assert!(
+                    ran.iter().all(|k| k.starts_with("matmul_rows")),
+                    "m={m} n={n} k={k} tb={tb}: {ran:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The LM head over row blocks writes each block's columns of a wider C: an offset, strided view,
+/// here also accumulating into what C held.
+#[test]
+fn few_row_products_into_a_strided_view() {
+    let (m, n, k, wide, off) = (2, 68, 16, 200, 12);
+    let mut rng = Rng::new(5);
+    let (a, b, c0) = (
+        rng.vec(m * k, 1.0),
+        rng.vec(n * k, 1.0),
+        rng.vec(m * wide, 1.0),
+    );
+    let (ta, tb, tc) = (
+        upload(&[m, k], &a),
+        upload(&[n, k], &b),
+        upload(&[m, wide], &c0),
+    );
+    let got = run(|s| {
+        Gemm {
+            m,
+            n,
+            k,
+            batch: [1, 1],
+            a: View::matrix(&ta, m, k, false),
+            b: View::matrix(&tb, n, k, true),
+            c: View {
+                t: &tc,
+                off,
+                rs: wide,
+                cs: 1,
+                bs: [m * wide, 0],
+            },
+            bias: None,
+            alpha: 1.0,
+            accumulate: true,
+        }
+        .record(s)?;
+        Ok(vec![tc.clone()])
+    });
+    let prod = r::matmul(&a, &b, None, 1, m, n, k, false, true, true);
+    let mut want = c0.clone();
+    for i in 0..m {
+        for j in 0..n {
+            want[i * wide + off + j] += prod[i * n + j];
+        }
+    }
+    assert_close("rows kernel into a view", &got[0], &want, tol(k), 1e-5);
+}

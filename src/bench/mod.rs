@@ -366,3 +366,90 @@ pub fn step(gpu: &Gpu, batch: usize, iters: usize, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// The process's peak resident memory in bytes (Linux: VmHWM), where the system reports it. On a
+/// CPU adapter (lavapipe) the device's buffers live here too.
+fn peak_resident() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `amad bench caption`: per image, the encoder's time (preprocessing, ViT, cross-attention keys
+/// and values are in the generation), the whole caption's time and the decoder's time per new
+/// token ((whole − encoder) / tokens); the best of `iters` runs per image after a warm-up, so
+/// that the figures are the model's and not the pipelines' first builds.
+pub fn caption(
+    gpu: &Gpu,
+    c: &crate::model::captioner::Captioner,
+    images: &[(String, crate::data::image::Pixels)],
+    generation: crate::model::generate::Generation,
+    iters: usize,
+    json: bool,
+) -> Result<()> {
+    let weights: u64 = c.model.weights.blocks.iter().map(|b| b.bytes()).sum();
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "model: {:.1} M parameters ({:.0} MB of weights on the device), {} beam(s), at most {} new tokens",
+            c.model.layout.param_count() as f64 / 1e6,
+            weights as f64 / 1e6,
+            generation.beams,
+            generation.max_new_tokens
+        );
+    }
+    let encode = |px| -> Result<f64> {
+        let t = Instant::now();
+        let patches = c.patches(gpu, px)?;
+        let mut step = gpu.step();
+        c.model.encode(&mut step, &patches)?;
+        step.submit()?;
+        gpu.wait_idle()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let whole = |px| -> Result<(f64, usize)> {
+        let t = Instant::now();
+        let patches = c.patches(gpu, px)?;
+        let ids = pollster::block_on(c.model.generate(gpu, &patches, generation))?;
+        Ok((t.elapsed().as_secs_f64(), ids[0].len()))
+    };
+    for (name, px) in images {
+        encode(px)?;
+        whole(px)?;
+        let mut enc = f64::INFINITY;
+        let mut all = (f64::INFINITY, 0);
+        for _ in 0..iters {
+            enc = enc.min(encode(px)?);
+            let w = whole(px)?;
+            if w.0 < all.0 {
+                all = w;
+            }
+        }
+        // Every token but the start runs the decoder once (the last may be <eos>, not kept).
+        let steps = (all.1 + 1).min(generation.max_new_tokens).max(1);
+        let per_token = (all.0 - enc).max(0.0) / steps as f64;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"image": name, "encoder_ms": enc * 1e3, "total_ms": all.0 * 1e3,
+                    "decoder_ms_per_token": per_token * 1e3, "tokens": all.1, "beams": generation.beams,
+                    "adapter": gpu.info.name})
+            );
+        } else {
+            println!(
+                "{name:<24} encoder {:>8.1} ms   decoder {:>7.1} ms/token   total {:>8.1} ms   ({} tokens)",
+                enc * 1e3,
+                per_token * 1e3,
+                all.0 * 1e3,
+                all.1
+            );
+        }
+    }
+    match (peak_resident(), json) {
+        (Some(peak), false) => println!("peak resident memory: {:.0} MB", peak as f64 / 1e6),
+        (Some(peak), true) => println!("{}", serde_json::json!({"peak_resident_bytes": peak})),
+        (None, _) => {}
+    }
+    Ok(())
+}

@@ -69,6 +69,9 @@ commands:
         GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward+backward time
   bench step [--json] [--iters N] [--batch B]
         time of one teacher training step and one distillation step at the default configs
+  bench caption --model DIR [--beam N] [--max-tokens N] [--iters N] [--json] IMAGE...
+        per image: encoder time, decoder time per new token and the whole caption's time (the
+        best of N runs after a warm-up, default 3), and the process's peak resident memory
   bench profile [--batch B]
         the same two steps kernel by kernel: dispatches and wall time per kernel (a developer's
         breakdown: each dispatch is submitted on its own)
@@ -197,6 +200,7 @@ commands:
                     }
                     amad::bench::step(&gpu()?, batch, iters, json)
                 }
+                Some("caption") => bench_caption(Flags::new(&rest[1..])),
                 Some("profile") => {
                     let mut f = Flags::new(&rest[1..]);
                     let batch: usize = f.number("--batch", 32)?;
@@ -426,6 +430,40 @@ commands:
             path.display()
         );
         Ok(t)
+    }
+
+    fn bench_caption(mut f: Flags) -> Result<()> {
+        use amad::model::captioner::Captioner;
+        use amad::model::generate::Generation;
+        let dir = f.required("--model")?;
+        let beams: Option<usize> = f.given_number("--beam")?;
+        let max_new_tokens: Option<usize> = f.given_number("--max-tokens")?;
+        let iters: usize = f.number("--iters", 3)?;
+        let json = f.switch("--json");
+        let paths = f.positionals()?;
+        if paths.is_empty() || iters == 0 || beams == Some(0) || max_new_tokens == Some(0) {
+            return Err(Error::Invalid(format!(
+                "bench caption needs images, and --iters, --beam and --max-tokens of 1 or more\n\n{USAGE}"
+            )));
+        }
+        let images = paths
+            .iter()
+            .map(|p| {
+                let bytes = std::fs::read(p).map_err(|e| Error::Invalid(format!("{p}: {e}")))?;
+                let name = std::path::Path::new(p)
+                    .file_name()
+                    .map_or(p.to_string(), |n| n.to_string_lossy().into_owned());
+                Ok((name, amad::data::image::decode(&bytes, p)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let gpu = gpu()?;
+        let c = Captioner::load(&gpu, std::path::Path::new(dir))?;
+        let generation = Generation {
+            max_new_tokens: max_new_tokens.unwrap_or(c.generation.max_new_tokens),
+            beams: beams.unwrap_or(c.generation.beams),
+            ..c.generation
+        };
+        amad::bench::caption(&gpu, &c, &images, generation, iters, json)
     }
 
     fn eval(mut f: Flags) -> Result<()> {

@@ -86,6 +86,45 @@ pub static MATMUL: [Kernel; 4] = stores!("matmul", "matmul", &[R, R, R, W], "", 
 pub static MATMUL_VEC4: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul", "matmul_vec4", &[R, R, R, W, R, R]);
 
+/// The kernel for products of a few rows (`matmul_rows`, m <= FEW_ROWS: one token at a time),
+/// [m - 1][b_along_n][store]: the shader's ROWS is a constant per pipeline.
+macro_rules! few_rows {
+    ($($rows:literal),*) => {
+        [$([
+            few_rows!(@one $rows, "_bk", 0.0),
+            few_rows!(@one $rows, "_bn", 1.0),
+        ]),*]
+    };
+    (@one $rows:literal, $orient:literal, $bn:literal) => {
+        [
+            few_rows!(@store $rows, $orient, "", $bn, 0.0, 0.0),
+            few_rows!(@store $rows, $orient, "_bias", $bn, 1.0, 0.0),
+            few_rows!(@store $rows, $orient, "_acc", $bn, 0.0, 1.0),
+            few_rows!(@store $rows, $orient, "_bias_acc", $bn, 1.0, 1.0),
+        ]
+    };
+    (@store $rows:literal, $orient:literal, $store:literal, $bn:literal, $bias:literal, $acc:literal) => {
+        Kernel::specialised(
+            concat!("matmul_rows", $rows, $orient, $store),
+            "matmul",
+            "matmul_rows",
+            &[R, R, R, W, R, R],
+            &[
+                ("ROWS", $rows),
+                ("B_ALONG_N", $bn),
+                ("BIAS", $bias),
+                ("ACCUMULATE", $acc),
+            ],
+        )
+    };
+}
+pub static MATMUL_ROWS: [[[Kernel; 4]; 2]; 4] = few_rows!(1.0, 2.0, 3.0, 4.0);
+
+/// The most rows `matmul_rows` takes (the shader's FEW_ROWS), and the fewest columns: narrower
+/// products (the losses' head-by-head ones) keep the tiled kernels.
+const FEW_ROWS: usize = 4;
+const FEW_ROWS_MIN_N: usize = 64;
+
 /// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), likewise.
 pub static MATMUL_IMAGE: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul", "matmul_image", &[R, R, R, W, I, I]);
@@ -122,6 +161,7 @@ pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
     ];
     MATMUL
         .iter()
+        .chain(MATMUL_ROWS.iter().flatten().flatten())
         .chain(blocked.into_iter().flatten().flatten().flatten())
 }
 
@@ -289,6 +329,30 @@ impl Gemm<'_> {
     /// Which of a kernel's pipelines stores C for this product (see `stores!`).
     fn store(&self) -> usize {
         self.bias.is_some() as usize | (self.accumulate as usize) << 1
+    }
+
+    /// Whether `matmul_rows` takes this product, and which way it reads B (along n): a few rows
+    /// of one matrix, A contiguous along k, B contiguous along n or k, every vec4 it loads
+    /// 16-byte aligned.
+    fn few_rows_orientation(&self) -> Option<bool> {
+        let (a, b) = (&self.a, &self.b);
+        let fits = self.m <= FEW_ROWS
+            && self.n >= FEW_ROWS_MIN_N
+            && self.batch == [1, 1]
+            && self.k.is_multiple_of(4)
+            && a.cs == 1
+            && a.rs.is_multiple_of(4)
+            && a.off.is_multiple_of(4);
+        if !fits || !b.off.is_multiple_of(4) {
+            return None;
+        }
+        if b.cs == 1 && b.rs.is_multiple_of(4) && self.n.is_multiple_of(4) {
+            Some(true)
+        } else if b.rs == 1 && b.cs.is_multiple_of(4) {
+            Some(false)
+        } else {
+            None
+        }
     }
 
     /// Which way the vec4 kernel can read A and B blocks, if it can: every vec4 it loads must be
@@ -497,6 +561,34 @@ impl Gemm<'_> {
                 part.b.off += k0 * self.b.rs;
                 part.record(step)?;
             }
+            return Ok(true);
+        }
+        if let Some(bn) = self.few_rows_orientation() {
+            // A fused epilogue would send the product to a tiled kernel: the caller's separate
+            // pass after matmul_rows costs less than the rows a tile computes for nothing.
+            if epilogue.is_some() {
+                return Ok(false);
+            }
+            let u = |x| crate::ops::u32_of(OP, "size", x);
+            let params = Params {
+                m: u(self.m)?,
+                n: u(self.n)?,
+                k: u(self.k)?,
+                batch2: 1,
+                batch: 1,
+                tiles_m: 1,
+                tiles_n: 1,
+                alpha: self.alpha,
+                a: pack(OP, &self.a)?,
+                b: pack(OP, &self.b)?,
+                c: pack(OP, &self.c)?,
+                group_tiles: 1,
+            };
+            let bias = self.bias.unwrap_or(self.b.t);
+            let tensors = [self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t];
+            let kernel = &MATMUL_ROWS[self.m - 1][bn as usize][self.store()];
+            let groups = self.n.div_ceil(4 * 64) as u64;
+            step.dispatch_linear(kernel, &params, &tensors, groups)?;
             return Ok(true);
         }
         let orientation = self.vec4_orientation();

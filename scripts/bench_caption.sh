@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Caption latency of a full-size Hub captioner (nlpconnect/vit-gpt2-image-captioning's shape,
+# random weights: scripts/make_random_hub_model.py), amad beside transformers on the same CPU in
+# the same run, alternating for ROUNDS rounds (default 3); the report takes each figure's median.
+# Writes docs/benchmarks-caption.md. BEAMS=4 times beam search instead of greedy decoding;
+# REPORT_ONLY=1 writes the report again from the last run's target/bench/caption-*.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -c "import torch, transformers, safetensors" 2>/dev/null || .venv/bin/pip install -q torch transformers safetensors pillow
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+model=target/bench/nlpconnect-random
+[ -f "$model/model.safetensors" ] || .venv/bin/python scripts/make_random_hub_model.py --out "$model"
+images=(tests/fixtures/photos/astronaut.png tests/fixtures/photos/coffee.png tests/fixtures/photos/chelsea.png)
+beams="${BEAMS:-1}"
+mkdir -p target/bench
+[ -n "${REPORT_ONLY:-}" ] || : > target/bench/caption-amad.jsonl
+[ -n "${REPORT_ONLY:-}" ] || : > target/bench/caption-torch.jsonl
+[ -n "${REPORT_ONLY:-}" ] && ROUNDS=0
+for round in $(seq "${ROUNDS:-3}"); do
+  echo "round $round"
+  ./target/release/amad bench caption --json --model "$model" --beam "$beams" --max-tokens 15 "${images[@]}" | tee -a target/bench/caption-amad.jsonl
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python scripts/bench_caption_torch.py --model "$model" --beam "$beams" --max-tokens 15 "${images[@]}" 2>/dev/null | tee -a target/bench/caption-torch.jsonl
+done
+python3 - "$beams" <<'PY'
+import json, statistics, sys, subprocess
+beams = sys.argv[1]
+def load(path):
+    rows, peaks = {}, []
+    for line in open(path):
+        r = json.loads(line)
+        if "peak_resident_bytes" in r:
+            peaks.append(r["peak_resident_bytes"])
+        else:
+            rows.setdefault(r["image"], []).append(r)
+    return rows, peaks
+amad, amad_peak = load("target/bench/caption-amad.jsonl")
+torch, torch_peak = load("target/bench/caption-torch.jsonl")
+med = lambda rs, k: statistics.median(r[k] for r in rs)
+cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
+versions = subprocess.run([".venv/bin/python", "-c", "import torch, transformers; print(f'transformers {transformers.__version__}, torch {torch.__version__}')"],
+                          capture_output=True, text=True).stdout.strip()
+adapter = next(iter(amad.values()))[0]["adapter"]
+out = [f"# Caption latency: a full-size captioner, amad beside transformers", "",
+       f"Written by `scripts/bench_caption.sh` (BEAMS={beams}): nlpconnect/vit-gpt2-image-captioning's shape "
+       f"(ViT-B/16 + 12-layer GPT-2, 50257-token vocabulary) with random weights, at most 15 new tokens, "
+       f"{len(amad[next(iter(amad))])} rounds alternating amad and transformers; medians of each image's best-of-3 "
+       f"per round. CPU: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
+       f"amad on {adapter}; {versions}, eager, on the same CPU.", "",
+       "| image | tokens | amad encoder ms | transformers encoder ms | amad decoder ms/token | transformers decoder ms/token | amad total ms | transformers total ms |",
+       "|---|---|---|---|---|---|---|---|"]
+for img in amad:
+    a, t = amad[img], torch[img]
+    out.append(f"| {img} | {a[0]['tokens']} / {t[0]['tokens']} | {med(a,'encoder_ms'):.0f} | {med(t,'encoder_ms'):.0f} | "
+               f"{med(a,'decoder_ms_per_token'):.1f} | {med(t,'decoder_ms_per_token'):.1f} | {med(a,'total_ms'):.0f} | {med(t,'total_ms'):.0f} |")
+out += ["", f"Peak resident memory: amad {max(amad_peak)/1e6:.0f} MB (on a CPU adapter the device's buffers count here), "
+        f"transformers {max(torch_peak)/1e6:.0f} MB."]
+open("docs/benchmarks-caption.md", "w").write("\n".join(out) + "\n")
+print("\n".join(out))
+PY
