@@ -1,7 +1,7 @@
 // Image preprocessing as ViTImageProcessor does it, bit for bit with its PIL backend: resize with
-// PIL's bilinear filter (a triangle filter widened by the scale factor when shrinking, i.e.
-// antialiased) in PIL's fixed-point arithmetic (coefficients with 22 fractional bits, integer
-// sums, round half up, 8-bit clip after each pass), in PIL's pass order (vertical first when the
+// PIL's bilinear or bicubic filter (widened by the scale factor when shrinking, i.e. antialiased)
+// in PIL's fixed-point arithmetic (coefficients with 22 fractional bits rounded half away from
+// zero, integer sums, round half up, 8-bit clip after each pass), in PIL's pass order (vertical first when the
 // height shrinks more than twice as much as the width, as Pillow 13 does); then rescale,
 // normalise with a per-channel mean and std, and cut into patch vectors ordered (channel, row,
 // column) to match the patch-embedding convolution's weight layout.
@@ -14,7 +14,7 @@ struct Params {
     out_h: u32,
     out_w: u32,
     patch_size: u32,
-    _pad0: u32,
+    resample: u32,      // 0: bilinear (PIL's resample 2), 1: bicubic (resample 3)
     _pad1: u32,
     rescale: f32,
     mean: vec4<f32>,
@@ -23,9 +23,25 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// PIL's bilinear filter: support 1, widened to `scale` when shrinking.
+// PIL's filters: bilinear (a triangle, support 1) and bicubic (Keys' cubic with a = -0.5, support
+// 2), each widened to `scale` times its support when shrinking.
 fn filter_tap(x: f32) -> f32 {
-    return max(0.0, 1.0 - abs(x));
+    let t = abs(x);
+    if (p.resample == 0u) {
+        return max(0.0, 1.0 - t);
+    }
+    let a = -0.5;
+    if (t < 1.0) {
+        return ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0;
+    }
+    if (t < 2.0) {
+        return (((t - 5.0) * t + 8.0) * t - 4.0) * a;
+    }
+    return 0.0;
+}
+
+fn filter_support() -> f32 {
+    return select(2.0, 1.0, p.resample == 0u);
 }
 
 // The taps of output sample o along an axis of `len` inputs resized to `out_len`.
@@ -40,9 +56,10 @@ struct Window {
 fn window(o: u32, len: u32, out_len: u32) -> Window {
     let scale = f32(len) / f32(out_len);
     let fscale = max(scale, 1.0);
+    let support = filter_support() * fscale;
     let center = (f32(o) + 0.5) * scale;
-    let lo = u32(max(floor(center - fscale + 0.5), 0.0));
-    let hi = u32(min(floor(center + fscale + 0.5), f32(len)));
+    let lo = u32(max(floor(center - support + 0.5), 0.0));
+    let hi = u32(min(floor(center + support + 0.5), f32(len)));
     var total = 0.0;
     for (var i = lo; i < hi; i++) {
         total += filter_tap((f32(i) - center + 0.5) / fscale);
@@ -50,9 +67,11 @@ fn window(o: u32, len: u32, out_len: u32) -> Window {
     return Window(lo, hi, center, 1.0 / fscale, total);
 }
 
-// Tap i's coefficient in PIL's fixed point: weight/total scaled by 2^22, rounded half up.
+// Tap i's coefficient in PIL's fixed point: weight/total scaled by 2^22, rounded half away from
+// zero (bicubic taps can be negative).
 fn coefficient(w: Window, i: u32) -> i32 {
-    return i32(floor(filter_tap((f32(i) - w.center + 0.5) * w.inv_support) / w.total * 4194304.0 + 0.5));
+    let v = filter_tap((f32(i) - w.center + 0.5) * w.inv_support) / w.total * 4194304.0;
+    return i32(trunc(v + select(0.5, -0.5, v < 0.0)));
 }
 
 // Sum of coefficient·value plus half a unit, shifted back and clipped to 8 bits, as PIL does.

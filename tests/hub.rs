@@ -678,3 +678,52 @@ fn a_full_size_captioner_runs_under_the_default_binding_limit() {
         prefix.push(want);
     }
 }
+
+/// preprocessor_config.json as ViTImageProcessor writes it: size as an integer or {height,
+/// width}, resample 2 or 3, each step switchable; what it reads differently is refused by name.
+#[test]
+fn preprocessor_configs_read_as_vit_image_processor_reads_them() {
+    use amad::model::preprocessor::from_json;
+    use amad::ops::image::Resample;
+    let p = from_json(r#"{"size": 224, "resample": 3, "do_normalize": false}"#, 16).unwrap();
+    assert_eq!(
+        (p.size, p.resample, p.resize),
+        ((224, 224), Resample::Bicubic, true)
+    );
+    assert_eq!(
+        (p.mean, p.std, p.rescale),
+        ([0.0; 3], [1.0; 3], 1.0 / 255.0)
+    );
+    let p = from_json(
+        r#"{"size": {"height": 32, "width": 48}, "do_resize": false, "do_rescale": false, "image_mean": 0.25}"#,
+        8,
+    )
+    .unwrap();
+    assert_eq!(
+        (p.size, p.resample, p.resize),
+        ((32, 48), Resample::Bilinear, false)
+    );
+    assert_eq!((p.mean, p.std, p.rescale), ([0.25; 3], [0.5; 3], 1.0));
+    for (text, needle) in [
+        (r#"{"size": {"shortest_edge": 224}}"#, "no height"),
+        (r#"{"size": 224, "resample": 1}"#, "resample 1"),
+        (r#"{"size": 224, "do_resize": "yes"}"#, "do_resize"),
+        (r#"{"size": 224, "image_std": [1, 2]}"#, "image_std"),
+    ] {
+        let err = from_json(text, 16).unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    // Without resizing, an image of another size is refused with the size wanted.
+    let px = amad::data::image::decode(
+        &std::fs::read(format!("{PHOTOS}/coffee.png")).unwrap(),
+        "coffee",
+    )
+    .unwrap();
+    let mut step = gpu().step();
+    let rgba = step.upload_u32(&[px.height, px.width], &px.rgba).unwrap();
+    let err = amad::ops::image::preprocess(&mut step, &rgba, &p)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("give it 48×32 images"), "{err}");
+}

@@ -982,17 +982,23 @@ fn grad_norm_clipping_and_adamw_against_reference() {
 #[test]
 fn image_resize_and_patchify() {
     let mut rng = Rng::new(12);
-    let cfg = image::Preprocess {
-        size: (16, 16),
-        patch: 4,
-        rescale: 1.0 / 255.0,
-        mean: [0.5, 0.4, 0.3],
-        std: [0.5, 0.25, 0.2],
-    };
-    // Shrinking (antialiased), growing, and a non-square aspect.
-    for (h, w) in [(40, 50), (7, 5), (16, 16), (1, 1)] {
+    // Shrinking (antialiased), growing, and a non-square aspect; PIL's bilinear and bicubic.
+    let filters = [image::Resample::Bilinear, image::Resample::Bicubic];
+    for (resample, (h, w)) in filters
+        .iter()
+        .flat_map(|&f| [(40, 50), (7, 5), (16, 16), (1, 1)].map(|s| (f, s)))
+    {
+        let cfg = image::Preprocess {
+            size: (16, 16),
+            resize: true,
+            resample,
+            patch: 4,
+            rescale: 1.0 / 255.0,
+            mean: [0.5, 0.4, 0.3],
+            std: [0.5, 0.25, 0.2],
+        };
         let rgba: Vec<u32> = (0..h * w).map(|_| rng.next_u64() as u32).collect();
-        let pix = r::image::resize(&rgba, h, w, 16, 16);
+        let pix = r::image::resize(&rgba, h, w, 16, 16, resample);
         let want = r::image::normalize_patchify(
             &pix,
             16,
@@ -1004,7 +1010,7 @@ fn image_resize_and_patchify() {
         );
         let t = upload_u32(&[h, w], &rgba);
         let got = run(|s| {
-            let pixels = image::resize(s, &t, 16, 16)?;
+            let pixels = image::resize(s, &t, 16, 16, resample)?;
             let patches = image::normalize_patchify(s, &pixels, &cfg)?;
             Ok(vec![pixels, patches])
         });
@@ -1016,11 +1022,23 @@ fn image_resize_and_patchify() {
             .count();
         assert!(
             off * 50 <= pix.len(),
-            "{h}x{w}: {off} of {} resized values differ",
+            "{resample:?} {h}x{w}: {off} of {} resized values differ",
             pix.len()
         );
-        assert_close(&format!("{h}x{w} resize"), &got[0], &pix, 1.0, 0.0);
+        assert_close(
+            &format!("{resample:?} {h}x{w} resize"),
+            &got[0],
+            &pix,
+            1.0,
+            0.0,
+        );
         // One level is 1/255/std <= 0.02 after normalisation.
-        assert_close(&format!("{h}x{w} patches"), &got[1], &want, 0.021, 0.0);
+        assert_close(
+            &format!("{resample:?} {h}x{w} patches"),
+            &got[1],
+            &want,
+            0.021,
+            0.0,
+        );
     }
 }

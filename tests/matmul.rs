@@ -653,7 +653,12 @@ fn gelu_in_the_store_matches_the_gelu_kernel() {
 fn few_row_products_take_the_rows_kernel() {
     let g = own_device(false);
     for m in 1..=4 {
-        for (n, k, tb) in [(96, 72, false), (130, 64, true), (64, 4, false), (257, 132, true)] {
+        for (n, k, tb) in [
+            (96, 72, false),
+            (130, 64, true),
+            (64, 4, false),
+            (257, 132, true),
+        ] {
             for bias in [false, true] {
                 let ran = kernels_run(&g, || {
                     check(&g, (m * n + k) as u64, 1, m, n, k, false, tb, true, bias);

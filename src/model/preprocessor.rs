@@ -1,13 +1,15 @@
 //! preprocessor_config.json, as ViTImageProcessor writes and reads it.
 
 use crate::error::{Error, Result};
-use crate::ops::image::Preprocess;
+use crate::ops::image::{Preprocess, Resample};
 use serde_json::{json, Value};
 
 /// ViTImageProcessor's defaults for `size` × `size` images.
 pub fn default_for(size: usize, patch: usize) -> Preprocess {
     Preprocess {
         size: (size, size),
+        resize: true,
+        resample: Resample::Bilinear,
         patch,
         rescale: 1.0 / 255.0,
         mean: [0.5; 3],
@@ -18,9 +20,12 @@ pub fn default_for(size: usize, patch: usize) -> Preprocess {
 pub fn to_json(p: &Preprocess) -> String {
     let v = json!({
         "image_processor_type": "ViTImageProcessor",
-        "do_resize": true,
+        "do_resize": p.resize,
         "size": {"height": p.size.0, "width": p.size.1},
-        "resample": 2,
+        "resample": match p.resample {
+            Resample::Bilinear => 2,
+            Resample::Bicubic => 3,
+        },
         "do_rescale": true,
         "rescale_factor": p.rescale,
         "do_normalize": true,
@@ -30,53 +35,91 @@ pub fn to_json(p: &Preprocess) -> String {
     serde_json::to_string_pretty(&v).expect("a JSON value serialises")
 }
 
-/// Reads preprocessor_config.json; `patch` comes from the model config. Only the PIL-bilinear
-/// resize that ViTImageProcessor uses by default (resample 2) is implemented.
+/// Reads preprocessor_config.json as ViTImageProcessor does; `patch` comes from the model config.
+/// size as an integer (square) or {height, width}; resample 2 (bilinear, the default) or 3
+/// (bicubic); do_resize, do_rescale and do_normalize may each be off. What ViTImageProcessor
+/// reads differently (shortest_edge sizes, other filters) is refused by name.
 pub fn from_json(text: &str, patch: usize) -> Result<Preprocess> {
     let bad = |m: String| Error::Invalid(format!("preprocessor_config.json: {m}"));
     let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
-    for key in ["do_resize", "do_rescale", "do_normalize"] {
-        if v.get(key).and_then(Value::as_bool) == Some(false) {
-            return Err(bad(format!("{key} = false is not supported")));
+    let flag = |key: &str| -> Result<bool> {
+        match v.get(key) {
+            None | Some(Value::Null) => Ok(true),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(x) => Err(bad(format!("{key} is {x}, not true or false"))),
         }
-    }
-    if let Some(r) = v.get("resample").and_then(Value::as_u64) {
-        if r != 2 {
-            return Err(bad(format!(
-                "resample {r} is not supported (only 2, bilinear)"
-            )));
-        }
-    }
+    };
+    let resample = match v.get("resample") {
+        None | Some(Value::Null) => Resample::Bilinear,
+        Some(r) => match r.as_u64() {
+            Some(2) => Resample::Bilinear,
+            Some(3) => Resample::Bicubic,
+            _ => {
+                return Err(bad(format!(
+                    "resample {r} is not supported (2, bilinear, and 3, bicubic, are)"
+                )))
+            }
+        },
+    };
     let size = v.get("size").ok_or_else(|| bad("no \"size\"".into()))?;
-    let dim = |k: &str| {
-        size.get(k)
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| bad(format!("size.{k} is missing")))
-    };
-    let triple = |k: &str| -> Result<[f32; 3]> {
-        let a = v
-            .get(k)
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad(format!("{k} is missing")))?;
-        match a
-            .iter()
-            .map(|x| x.as_f64().map(|x| x as f32))
-            .collect::<Option<Vec<f32>>>()
-        {
-            Some(x) if x.len() == 3 => Ok([x[0], x[1], x[2]]),
-            _ => Err(bad(format!("{k} must be three numbers"))),
+    let size = match size {
+        Value::Number(n) => {
+            let s = n
+                .as_u64()
+                .ok_or_else(|| bad(format!("size {n} is not a size")))?
+                as usize;
+            (s, s)
+        }
+        _ => {
+            let dim = |k: &str| {
+                size.get(k)
+                    .and_then(Value::as_u64)
+                    .map(|x| x as usize)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "size {size} has no {k}; amad reads sizes as ViTImageProcessor \
+                             writes them, an integer or {{height, width}}"
+                        ))
+                    })
+            };
+            (dim("height")?, dim("width")?)
         }
     };
-    let rescale = v
-        .get("rescale_factor")
-        .and_then(Value::as_f64)
-        .unwrap_or(1.0 / 255.0) as f32;
+    let triple = |k: &str, default: f32| -> Result<[f32; 3]> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok([default; 3]),
+            Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
+            Some(Value::Array(a)) => match a
+                .iter()
+                .map(|x| x.as_f64().map(|x| x as f32))
+                .collect::<Option<Vec<f32>>>()
+            {
+                Some(x) if x.len() == 3 => Ok([x[0], x[1], x[2]]),
+                _ => Err(bad(format!("{k} must be three numbers"))),
+            },
+            Some(_) => Err(bad(format!("{k} must be three numbers"))),
+        }
+    };
+    let rescale = if flag("do_rescale")? {
+        v.get("rescale_factor")
+            .and_then(Value::as_f64)
+            .unwrap_or(1.0 / 255.0) as f32
+    } else {
+        1.0
+    };
+    // ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN and _STD) are 0.5.
+    let (mean, std) = if flag("do_normalize")? {
+        (triple("image_mean", 0.5)?, triple("image_std", 0.5)?)
+    } else {
+        ([0.0; 3], [1.0; 3])
+    };
     Ok(Preprocess {
-        size: (dim("height")?, dim("width")?),
+        size,
+        resize: flag("do_resize")?,
+        resample,
         patch,
         rescale,
-        mean: triple("image_mean")?,
-        std: triple("image_std")?,
+        mean,
+        std,
     })
 }

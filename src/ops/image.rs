@@ -19,16 +19,30 @@ struct Params {
     out_h: u32,
     out_w: u32,
     patch: u32,
-    _pad: [u32; 2],
+    /// The shader's filter: 0 bilinear, 1 bicubic.
+    filter: u32,
+    _pad: u32,
     rescale: f32,
     mean: [f32; 4],
     std: [f32; 4],
 }
 
+/// PIL's resampling filters that ViTImageProcessor's `resample` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    /// PIL.Image.BILINEAR (2), ViTImageProcessor's default.
+    Bilinear,
+    /// PIL.Image.BICUBIC (3).
+    Bicubic,
+}
+
 /// How ViTImageProcessor prepares an image (the fields of preprocessor_config.json).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
+    /// The model's input size (height, width).
     pub size: (usize, usize),
+    pub resize: bool,
+    pub resample: Resample,
     pub patch: usize,
     pub rescale: f32,
     pub mean: [f32; 3],
@@ -42,8 +56,14 @@ pub fn vertical_first(in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> b
 }
 
 /// Resizes RGBA8 pixels (u32 [h, w], r in the low byte) to [out_h, out_w, 3] values in 0..=255,
-/// bit for bit as PIL's bilinear resize (see the shader).
-pub fn resize(step: &mut Step, rgba: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+/// bit for bit as PIL's resize with `filter` (see the shader).
+pub fn resize(
+    step: &mut Step,
+    rgba: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    filter: Resample,
+) -> Result<Tensor> {
     let s = rgba.shape();
     if rgba.dtype() != DType::U32 || s.len() != 2 {
         return shape_err(
@@ -62,6 +82,7 @@ pub fn resize(step: &mut Step, rgba: &Tensor, out_h: usize, out_w: usize) -> Res
             in_w: u(in_w)?,
             out_h: u(oh)?,
             out_w: u(ow)?,
+            filter: (filter == Resample::Bicubic) as u32,
             ..Default::default()
         })
     };
@@ -141,8 +162,20 @@ pub fn normalize_patchify(step: &mut Step, pixels: &Tensor, cfg: &Preprocess) ->
     Ok(out)
 }
 
-/// The whole preprocessing: resize to `cfg.size`, then normalise and cut into patches.
+/// The whole preprocessing: resize to `cfg.size` (or, where do_resize is false, check that the
+/// image has that size), then normalise and cut into patches.
 pub fn preprocess(step: &mut Step, rgba: &Tensor, cfg: &Preprocess) -> Result<Tensor> {
-    let pixels = resize(step, rgba, cfg.size.0, cfg.size.1)?;
+    let (h, w) = (rgba.shape()[0], rgba.shape().get(1).copied().unwrap_or(0));
+    if !cfg.resize && (h, w) != cfg.size {
+        return shape_err(
+            "preprocess",
+            format!(
+                "the image is {w}×{h}, and this model's preprocessor_config.json does not resize \
+                 (do_resize false): give it {}×{} images",
+                cfg.size.1, cfg.size.0
+            ),
+        );
+    }
+    let pixels = resize(step, rgba, cfg.size.0, cfg.size.1, cfg.resample)?;
     normalize_patchify(step, &pixels, cfg)
 }
