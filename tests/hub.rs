@@ -241,12 +241,7 @@ fn vocab_json_and_merges_txt_stand_in_for_tokenizer_json() {
     )
     .unwrap();
     std::fs::write(dir.join("vocab.json"), v["model"]["vocab"].to_string()).unwrap();
-    let merges: Vec<String> = v["model"]["merges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()))
-        .collect();
+    let merges = merges_lines(&v);
     std::fs::write(
         dir.join("merges.txt"),
         format!("#version: 0.2\n{}\n", merges.join("\n")),

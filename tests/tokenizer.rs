@@ -3,7 +3,9 @@
 //! varied strings (unicode, emoji, digits, runs of spaces, newlines, the special token's text)
 //! and 1,500 id sequences (goldens: tests/fixtures/make_tokenizer_golden.py).
 
+mod common;
 use amad::model::Tokenizer;
+use common::merges_lines;
 use serde_json::{json, Value};
 
 const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
@@ -77,12 +79,7 @@ fn gpt2_byte_level_bpe_matches_tokenizers_on_every_golden() {
 #[test]
 fn vocab_and_merges_files_and_string_merges_read_as_the_same_tokenizer() {
     let v: Value = serde_json::from_str(&gpt2_json()).unwrap();
-    let merges: Vec<String> = v["model"]["merges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()))
-        .collect();
+    let merges = merges_lines(&v);
     let mut old = v.clone();
     old["model"]["merges"] = json!(merges);
     check_goldens(&Tokenizer::from_json(&old.to_string()).unwrap());

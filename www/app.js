@@ -19,6 +19,7 @@ function startWorker() {
   worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
   worker.onmessage = (e) => {
     const m = e.data;
+    if (m.event === 'download') return onDownload(m);
     if (m.event) return onDistillEvent(m);
     const p = pending.get(m.id);
     if (!p) return;
@@ -54,6 +55,7 @@ function showNotice(text, action) {
 
 async function boot() {
   startWorker();
+  teacherKind = 'bundled';
   $('models-status').textContent = 'Loading the bundled teacher and student…';
   delete $('models-status').dataset.ready;
   gpuReady = (async () => {
@@ -154,6 +156,15 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
   } catch (e) {
     return cardError(card, `no GPU: ${e.message}`);
   }
+  if (teacherKind !== 'bundled' && models.some(([m]) => m === 'student')) {
+    const none = document.createElement('div');
+    none.className = 'caption-line muted';
+    none.setAttribute('data-testid', 'caption-student');
+    none.dataset.caption = '';
+    none.textContent = `student: none distilled for this teacher (${teacherKind}) yet`;
+    card.body.append(none);
+    models = models.filter(([m]) => m !== 'student');
+  }
   for (const [model, who] of models) {
     const line = document.createElement('div');
     line.className = 'caption-line';
@@ -245,6 +256,75 @@ $('new-scene').onclick = async () => {
   }
 };
 
+// ---------- the teacher: bundled, from the Hub, or the user's files ----------
+
+// 'bundled', or what else the teacher is (a Hub repo, "your files"): a student distilled from the
+// bundled teacher does not belong to another teacher, so captions then show none.
+let teacherKind = 'bundled';
+const HUB = new URLSearchParams(location.search).get('hub') || 'https://huggingface.co';
+let confirmed = null; // {key, bytes}: a large download the user agreed to by pressing Load again
+const MB = (n) => (n / 1e6).toFixed(1);
+
+function teacherStatus(text, state) {
+  const t = $('teacher-status');
+  t.textContent = text;
+  t.dataset.state = state || '';
+  t.classList.toggle('error', state === 'error');
+}
+
+function onDownload(m) {
+  if (m.loading) return teacherStatus(`${m.repo}: loading onto the GPU…`, 'loading');
+  teacherStatus(`${m.repo}: file ${m.index} of ${m.files}, ${m.file}: ${MB(m.loaded)} of ${MB(m.total)} MB ` +
+    `(${MB(m.done)} of ${MB(m.all)} MB in all)`, 'loading');
+}
+
+function teacherReady(what, s) {
+  teacherKind = what;
+  const note = s.notCached && s.notCached.length ? ` Not cached: ${s.notCached.join(', ')}.` : '';
+  teacherStatus(`Teacher ready: ${what}, ${fmtParams(s.parameters)} parameters, ${s.image_size}×${s.image_size} images, ` +
+    `${s.vocab_size} tokens.${note}`, 'ready');
+  $('models-status').textContent = what === 'bundled' ? $('models-status').textContent
+    : `The teacher is ${what}; no student has been distilled for it yet, so captions come from the teacher alone.`;
+}
+
+async function loadTeacher(op, what, ...args) {
+  $('teacher-load').disabled = true;
+  $('teacher-cancel').hidden = op !== 'loadHub';
+  try {
+    await gpuReady;
+    const s = await call(op, 'teacher', ...args);
+    if (s.confirm) {
+      confirmed = { key: args.slice(0, 3).join(' '), bytes: s.confirm };
+      return teacherStatus(`${what} is ${MB(s.confirm)} MB to download (${s.files.join(', ')}); it is kept in this ` +
+        'browser afterwards. Press Load again to download it.', 'confirm');
+    }
+    confirmed = null;
+    teacherReady(what, s);
+  } catch (e) {
+    teacherStatus(`Could not load ${what}: ${e.message}`, 'error');
+  } finally {
+    $('teacher-load').disabled = false;
+    $('teacher-cancel').hidden = true;
+  }
+}
+
+$('teacher-load').onclick = () => {
+  const text = $('teacher-repo').value.trim();
+  if (!/^[\w.-]+\/[\w.-]+(@\S+)?$/.test(text)) {
+    return teacherStatus('Give a Hub repository as owner/name, optionally @revision (e.g. nlpconnect/vit-gpt2-image-captioning).', 'error');
+  }
+  const [repo, revision = 'main'] = text.split('@');
+  const key = [HUB, repo, revision].join(' ');
+  loadTeacher('loadHub', text.includes('@') ? text : repo, HUB, repo, revision, confirmed && confirmed.key === key ? confirmed.bytes : undefined);
+};
+$('teacher-cancel').onclick = () => call('cancelDownload');
+$('teacher-bundled').onclick = () => loadTeacher('loadBundled', 'bundled', 'teacher');
+$('teacher-files').onchange = async (e) => {
+  const files = [...e.target.files];
+  e.target.value = '';
+  loadTeacher('loadFiles', 'your files', await Promise.all(files.map(async (f) => [f.name, await f.arrayBuffer()])));
+};
+
 // ---------- distill ----------
 
 let distillState = 'idle'; // idle | running | paused | stopped | complete
@@ -316,6 +396,9 @@ async function chosenImages(missing) {
 }
 
 $('distill-start').onclick = async () => {
+  if (teacherKind !== 'bundled') {
+    return showError(`Distilling from ${teacherKind} is not available yet: choose the bundled teacher in the Caption tab.`);
+  }
   showError('');
   if (distillState === 'paused') return runLoop();
   startRun(formOptions(), 'Choose some images first (or pick generated scenes).');
@@ -470,12 +553,7 @@ $('load-checkpoint').onchange = async (e) => {
   if (missing.length) return showError(`A checkpoint is four files; missing: ${missing.join(', ')}.`);
   try {
     await gpuReady;
-    const s = await call('loadFiles', 'student', {
-      config: await byName['config.json'].text(),
-      weights: await byName['model.safetensors'].arrayBuffer(),
-      preprocessor: await byName['preprocessor_config.json'].text(),
-      tokenizer: await byName['tokenizer.json'].text(),
-    });
+    const s = await call('loadFiles', 'student', await Promise.all(need.map(async (n) => [n, await byName[n].arrayBuffer()])));
     showError('');
     $('models-status').textContent = `Loaded your checkpoint as the student (${fmtParams(s.parameters)} parameters); the Caption tab uses it.`;
     $('models-status').dataset.loaded = 'true';

@@ -11,6 +11,19 @@ let started = null; // {step, time} of the current stretch, for steps/s
 let stepsRun = 0;
 const WEIGHTS_EVERY = 5;
 
+// The Hub download in progress, and the size over which a download waits for the page's consent.
+let download = null;
+const LARGE = 100e6;
+
+// The browser's cache of Hub files (Cache Storage), or null where the browser has none.
+async function openCache() {
+  try {
+    return self.caches ? await caches.open('amad-hub-v1') : null;
+  } catch {
+    return null;
+  }
+}
+
 const handlers = {
   async open() {
     return JSON.parse(await amad.open_gpu());
@@ -19,23 +32,120 @@ const handlers = {
   // Fetches a bundled checkpoint (www/models/<dir>) and loads it as model `name`.
   async loadBundled(name, dir) {
     const base = new URL(`models/${dir}/`, self.location.href);
-    const get = async (file) => {
-      const r = await fetch(new URL(file, base));
-      if (!r.ok) throw new Error(`models/${dir}/${file}: HTTP ${r.status}`);
-      return r;
-    };
-    const [config, weights, pre, tok] = await Promise.all([
-      get('config.json').then((r) => r.text()),
-      get('model.safetensors').then((r) => r.arrayBuffer()),
-      get('preprocessor_config.json').then((r) => r.text()),
-      get('tokenizer.json').then((r) => r.text()),
-    ]);
-    return JSON.parse(amad.load_model(name, config, new Uint8Array(weights), pre, tok));
+    const files = await Promise.all(['config.json', 'model.safetensors', 'preprocessor_config.json', 'tokenizer.json']
+      .map(async (file) => {
+        const r = await fetch(new URL(file, base));
+        if (!r.ok) throw new Error(`models/${dir}/${file}: HTTP ${r.status}`);
+        return [file, new Uint8Array(await r.arrayBuffer())];
+      }));
+    return JSON.parse(amad.load_checkpoint(name, `models/${dir}`, new Map(files)));
   },
 
-  // Loads a checkpoint from the user's files: {config, weights (ArrayBuffer), preprocessor, tokenizer}.
-  async loadFiles(name, f) {
-    return JSON.parse(amad.load_model(name, f.config, new Uint8Array(f.weights), f.preprocessor, f.tokenizer));
+  // Loads a checkpoint from the user's files: [[file name, ArrayBuffer]], as a folder holds them.
+  async loadFiles(name, files) {
+    return JSON.parse(amad.load_checkpoint(name, 'your files', new Map(files.map(([n, b]) => [n, new Uint8Array(b)]))));
+  },
+
+  // Loads a captioner from the Hugging Face Hub (or a mirror: `hub`) as model `name`, in the
+  // formats and the order amad reads a folder (src/model/captioner.rs): safetensors, then sharded
+  // safetensors, then pytorch_model.bin. Files come from the browser's cache where an earlier load
+  // left them. Downloads over LARGE bytes wait for the page to confirm them: without
+  // `confirmedBytes` equal to the size, the answer is {confirm: bytes, files} and nothing is
+  // fetched. Progress goes to the page as {event: 'download'} messages.
+  async loadHub(name, hub, repo, revision, confirmedBytes) {
+    const base = `${hub.replace(/\/+$/, '')}/${repo}/resolve/${encodeURIComponent(revision)}/`;
+    const where = `${repo}@${revision}`;
+    download = new AbortController();
+    const { signal } = download;
+    const cache = await openCache();
+    const reach = async (url, init) => {
+      try {
+        return await fetch(url, { ...init, signal });
+      } catch (e) {
+        if (signal.aborted) throw new Error('the download was cancelled');
+        throw new Error(`could not reach ${hub} (${e.message}): the network is offline, or that server does not let this page fetch from it (CORS)`);
+      }
+    };
+    // A file's size, from the cache or a HEAD request; null where the repository has no such file.
+    const size = async (file) => {
+      const hit = cache && await cache.match(base + file);
+      if (hit) return { file, bytes: Number(hit.headers.get('content-length')) || 0, cached: true };
+      const r = await reach(base + file, { method: 'HEAD' });
+      if (r.status === 404 || r.status === 401 || r.status === 403) return null;
+      if (!r.ok) throw new Error(`${where}/${file}: HTTP ${r.status} from ${hub}`);
+      return { file, bytes: Number(r.headers.get('x-linked-size') || r.headers.get('content-length')) || 0, cached: false };
+    };
+    const get = async (f, onBytes) => {
+      const hit = cache && await cache.match(base + f.file);
+      if (hit) return new Uint8Array(await hit.arrayBuffer());
+      const r = await reach(base + f.file);
+      if (!r.ok) throw new Error(`${where}/${f.file}: HTTP ${r.status} from ${hub}`);
+      const total = Number(r.headers.get('content-length')) || f.bytes;
+      const reader = r.body.getReader();
+      const parts = [];
+      let got = 0;
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        parts.push(value);
+        got += value.length;
+        onBytes(got, total);
+      }
+      const bytes = new Uint8Array(got);
+      let at = 0;
+      for (const p of parts) {
+        bytes.set(p, at);
+        at += p.length;
+      }
+      if (cache) {
+        try {
+          await cache.put(base + f.file, new Response(bytes, { headers: { 'content-length': String(got) } }));
+        } catch (e) {
+          notCached.push(`${f.file} (${e.name === 'QuotaExceededError' ? "the browser's storage quota is full" : e.message})`);
+        }
+      }
+      return bytes;
+    };
+    const notCached = [];
+    const config = await size('config.json');
+    if (!config) throw new Error(`${where}: no config.json on ${hub} (HTTP 404): is the repository id right, and is it public?`);
+    let weights = null;
+    for (const file of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin']) {
+      weights = await size(file);
+      if (weights) break;
+    }
+    if (!weights) throw new Error(`${where}: no model.safetensors, sharded safetensors or pytorch_model.bin on ${hub}`);
+    const wanted = [config, weights];
+    for (const file of ['preprocessor_config.json', 'tokenizer.json', 'vocab.json', 'merges.txt', 'special_tokens_map.json', 'generation_config.json']) {
+      const f = await size(file);
+      if (f) wanted.push(f);
+    }
+    if (!wanted.some((f) => f.file === 'preprocessor_config.json')) throw new Error(`${where}: no preprocessor_config.json on ${hub}`);
+    const files = new Map();
+    if (weights.file === 'model.safetensors.index.json') {
+      const index = JSON.parse(new TextDecoder().decode(await get(weights, () => {})));
+      files.set(weights.file, new TextEncoder().encode(JSON.stringify(index)));
+      wanted.splice(wanted.indexOf(weights), 1);
+      for (const shard of [...new Set(Object.values(index.weight_map || {}))].sort()) wanted.push(await size(shard) || { file: shard, bytes: 0, cached: false });
+    }
+    const toFetch = wanted.filter((f) => !f.cached).reduce((a, f) => a + f.bytes, 0);
+    if (toFetch > LARGE && confirmedBytes !== toFetch) return { confirm: toFetch, files: wanted.map((f) => f.file) };
+    const all = wanted.reduce((a, f) => a + f.bytes, 0);
+    let before = 0;
+    for (const [i, f] of wanted.entries()) {
+      const progress = (loaded, total) => self.postMessage({ event: 'download', repo: where, file: f.file, index: i + 1, files: wanted.length, loaded, total, done: before + loaded, all });
+      progress(0, f.bytes);
+      files.set(f.file, await get(f, progress));
+      before += f.bytes;
+    }
+    download = null;
+    self.postMessage({ event: 'download', repo: where, loading: true });
+    const summary = JSON.parse(amad.load_checkpoint(name, where, files));
+    return { ...summary, notCached, bytes: all };
+  },
+
+  async cancelDownload() {
+    if (download) download.abort();
   },
 
   async caption(name, bytes, file) {

@@ -224,7 +224,6 @@ commands:
 
     fn caption(mut f: Flags) -> Result<()> {
         use amad::model::captioner::Captioner;
-        use amad::model::generate::Generation;
         let dir = f.required("--model")?;
         let beams: Option<usize> = f.given_number("--beam")?;
         let max_new_tokens: Option<usize> = f.given_number("--max-tokens")?;
@@ -240,11 +239,7 @@ commands:
         let gpu = gpu()?;
         let captioner = Captioner::load(&gpu, std::path::Path::new(dir))?;
         // The checkpoint's own generation settings, where the command line does not override them.
-        let generation = Generation {
-            max_new_tokens: max_new_tokens.unwrap_or(captioner.generation.max_new_tokens),
-            beams: beams.unwrap_or(captioner.generation.beams),
-            ..captioner.generation
-        };
+        let generation = captioner.generation.overridden(beams, max_new_tokens);
         let mut failed = 0;
         for path in &images {
             let name = std::path::Path::new(path)
@@ -434,7 +429,6 @@ commands:
 
     fn bench_caption(mut f: Flags) -> Result<()> {
         use amad::model::captioner::Captioner;
-        use amad::model::generate::Generation;
         let dir = f.required("--model")?;
         let beams: Option<usize> = f.given_number("--beam")?;
         let max_new_tokens: Option<usize> = f.given_number("--max-tokens")?;
@@ -458,11 +452,7 @@ commands:
             .collect::<Result<Vec<_>>>()?;
         let gpu = gpu()?;
         let c = Captioner::load(&gpu, std::path::Path::new(dir))?;
-        let generation = Generation {
-            max_new_tokens: max_new_tokens.unwrap_or(c.generation.max_new_tokens),
-            beams: beams.unwrap_or(c.generation.beams),
-            ..c.generation
-        };
+        let generation = c.generation.overridden(beams, max_new_tokens);
         amad::bench::caption(&gpu, &c, &images, generation, iters, json)
     }
 

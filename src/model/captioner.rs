@@ -2,12 +2,14 @@
 //! as one checkpoint directory (config.json, model.safetensors, preprocessor_config.json,
 //! tokenizer.json: what transformers and tokenizers read).
 
+use super::formats::shard_names;
 use super::generate::Generation;
 use super::{preprocessor, Model, Tokenizer, WeightFiles};
 use crate::data::image::Pixels;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::image::{preprocess, Preprocess};
+use std::collections::HashMap;
 
 pub struct Captioner {
     pub model: Model,
@@ -66,6 +68,26 @@ impl TokenizerFiles<'_> {
         }
     }
 }
+
+const SAFETENSORS: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+const TORCH_BIN: &str = "pytorch_model.bin";
+
+/// The checkpoint's weights file, by preference: safetensors (one file, then sharded), then
+/// torch's pickle archive. The page fetches from the Hub in the same order.
+pub fn weights_file(has: impl Fn(&str) -> bool) -> Option<&'static str> {
+    [SAFETENSORS, INDEX, TORCH_BIN].into_iter().find(|n| has(n))
+}
+
+/// The files a checkpoint may have besides config, preprocessor and weights: amad reads those
+/// present (the vocabulary in either form, the generation defaults).
+pub const OPTIONAL_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
 
 /// The distinct tokens special_tokens_map.json names (each a string or {"content": ...}).
 fn special_tokens(text: &str) -> Result<Vec<String>> {
@@ -128,82 +150,101 @@ impl Captioner {
         })
     }
 
-    /// Loads a checkpoint directory as amad writes it or as the Hugging Face Hub holds it:
-    /// config.json, preprocessor_config.json, the weights (model.safetensors, else sharded
-    /// safetensors, else pytorch_model.bin) and the vocabulary (tokenizer.json, else vocab.json
-    /// and merges.txt).
+    /// A checkpoint from its files by name (as a directory, a download or the browser holds
+    /// them): config.json, preprocessor_config.json, generation_config.json where there is one,
+    /// the weights (the first format `weights_file` finds; with sharded safetensors, the shards
+    /// the index names) and the vocabulary (tokenizer.json, else vocab.json and merges.txt).
+    /// `source` names the checkpoint in errors.
+    pub fn from_file_map(
+        gpu: &Gpu,
+        files: &HashMap<String, Vec<u8>>,
+        source: &str,
+    ) -> Result<Captioner> {
+        let has = |name: &str| files.contains_key(name);
+        let bytes = |name: &str| {
+            files.get(name).map(Vec::as_slice).ok_or_else(|| {
+                Error::Invalid(format!("{source}: {name} is missing from the checkpoint"))
+            })
+        };
+        let text = |name: &str| {
+            std::str::from_utf8(bytes(name)?)
+                .map_err(|_| Error::Invalid(format!("{source}/{name}: not UTF-8 text")))
+        };
+        let shards;
+        let weights = match weights_file(has) {
+            Some(SAFETENSORS) => WeightFiles::Safetensors(bytes(SAFETENSORS)?),
+            Some(INDEX) => {
+                let index = text(INDEX)?;
+                shards = shard_names(index, &format!("{source}/{INDEX}"))?
+                    .into_iter()
+                    .map(|n| Ok((n.clone(), bytes(&n)?.to_vec())))
+                    .collect::<Result<Vec<_>>>()?;
+                WeightFiles::Sharded {
+                    index,
+                    shards: &shards,
+                }
+            }
+            Some(_) => WeightFiles::TorchBin(bytes(TORCH_BIN)?),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{source}: no weights: expected {SAFETENSORS}, {INDEX} or {TORCH_BIN}"
+                )))
+            }
+        };
+        let tokenizer = if has("tokenizer.json") || !has("vocab.json") {
+            TokenizerFiles::Json(text("tokenizer.json")?)
+        } else {
+            TokenizerFiles::VocabMerges {
+                vocab: text("vocab.json")?,
+                merges: text("merges.txt")?,
+                special_tokens_map: has("special_tokens_map.json")
+                    .then(|| text("special_tokens_map.json"))
+                    .transpose()?,
+            }
+        };
+        let files = CheckpointFiles {
+            config: text("config.json")?,
+            weights,
+            preprocessor: text("preprocessor_config.json")?,
+            tokenizer,
+            generation: has("generation_config.json")
+                .then(|| text("generation_config.json"))
+                .transpose()?,
+        };
+        Self::from_files(gpu, &files, source)
+    }
+
+    /// Loads a checkpoint directory as amad writes it or as the Hugging Face Hub holds it,
+    /// reading only the files `from_file_map` uses.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(gpu: &Gpu, dir: &std::path::Path) -> Result<Captioner> {
         let has = |name: &str| dir.join(name).is_file();
+        let mut names: Vec<String> = OPTIONAL_FILES
+            .iter()
+            .chain(&["config.json", "preprocessor_config.json"])
+            .filter(|n| has(n))
+            .map(|n| n.to_string())
+            .collect();
         let read = |name: &str| {
-            std::fs::read(dir.join(name))
-                .map_err(|e| Error::Invalid(format!("{}: {e}", dir.join(name).display())))
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
         };
-        let text = |name: &str| {
-            String::from_utf8(read(name)?).map_err(|_| {
-                Error::Invalid(format!("{}: not UTF-8 text", dir.join(name).display()))
-            })
-        };
-        let (index, shards, bytes);
-        let weights = if has("model.safetensors") {
-            bytes = read("model.safetensors")?;
-            WeightFiles::Safetensors(&bytes)
-        } else if has("model.safetensors.index.json") {
-            index = text("model.safetensors.index.json")?;
-            let names = crate::model::formats::shard_names(
-                &index,
-                &dir.join("model.safetensors.index.json")
-                    .display()
-                    .to_string(),
-            )?;
-            shards = names
-                .into_iter()
-                .map(|n| Ok((read(&n)?, n)).map(|(b, n)| (n, b)))
-                .collect::<Result<Vec<_>>>()?;
-            WeightFiles::Sharded {
-                index: &index,
-                shards: &shards,
+        let mut files = HashMap::new();
+        match weights_file(has) {
+            Some(INDEX) => {
+                let index = read(INDEX)?;
+                let text = String::from_utf8_lossy(&index).into_owned();
+                names.extend(shard_names(&text, &dir.join(INDEX).display().to_string())?);
+                files.insert(INDEX.to_string(), index);
             }
-        } else if has("pytorch_model.bin") {
-            bytes = read("pytorch_model.bin")?;
-            WeightFiles::TorchBin(&bytes)
-        } else {
-            return Err(Error::Invalid(format!(
-                "{}: no weights: expected model.safetensors, model.safetensors.index.json or                  pytorch_model.bin",
-                dir.display()
-            )));
-        };
-        let (tok_json, vocab, merges, specials);
-        let tokenizer = if has("tokenizer.json") || !has("vocab.json") {
-            tok_json = text("tokenizer.json")?;
-            TokenizerFiles::Json(&tok_json)
-        } else {
-            vocab = text("vocab.json")?;
-            merges = text("merges.txt")?;
-            specials = if has("special_tokens_map.json") {
-                Some(text("special_tokens_map.json")?)
-            } else {
-                None
-            };
-            TokenizerFiles::VocabMerges {
-                vocab: &vocab,
-                merges: &merges,
-                special_tokens_map: specials.as_deref(),
-            }
-        };
-        let generation = if has("generation_config.json") {
-            Some(text("generation_config.json")?)
-        } else {
-            None
-        };
-        let files = CheckpointFiles {
-            config: &text("config.json")?,
-            weights,
-            preprocessor: &text("preprocessor_config.json")?,
-            tokenizer,
-            generation: generation.as_deref(),
-        };
-        Self::from_files(gpu, &files, &dir.display().to_string())
+            Some(w) => names.push(w.to_string()),
+            None => {}
+        }
+        for n in names {
+            let b = read(&n)?;
+            files.insert(n, b);
+        }
+        Self::from_file_map(gpu, &files, &dir.display().to_string())
     }
 
     /// Writes the four files into `dir`.

@@ -109,6 +109,18 @@ impl Generation {
     }
 }
 
+impl Generation {
+    /// These settings with the beams and the new-token limit a user gave (`--beam`,
+    /// `--max-tokens`), where given.
+    pub fn overridden(self, beams: Option<usize>, max_new_tokens: Option<usize>) -> Generation {
+        Generation {
+            beams: beams.unwrap_or(self.beams),
+            max_new_tokens: max_new_tokens.unwrap_or(self.max_new_tokens),
+            ..self
+        }
+    }
+}
+
 /// log_softmax of one row, in f32 as torch computes it (max subtracted, log of the sum of exps).
 fn log_softmax(row: &[f32]) -> Vec<f32> {
     let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);

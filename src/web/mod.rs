@@ -7,7 +7,7 @@
 
 use crate::data::scenes::{Scene, Split};
 use crate::distill::DistillConfig;
-use crate::model::captioner::{Captioner, CheckpointFiles, TokenizerFiles};
+use crate::model::captioner::Captioner;
 use crate::model::generate::Generation;
 use crate::model::WeightFiles;
 use crate::model::{Config, Model, Optimizer};
@@ -106,28 +106,32 @@ fn summary(c: &Captioner) -> String {
         "decoder": [d.n_layer, d.n_embd, d.n_head],
         "image_size": e.image_size,
         "patch_size": e.patch_size,
+        "vocab_size": d.vocab_size,
     })
     .to_string()
 }
 
-/// Loads a checkpoint (its four files) as model `name`; returns a JSON summary of its sizes.
+/// Loads a checkpoint from its files, a Map of file name → Uint8Array (a bundled model, a Hub
+/// download or the user's own files, in any of the formats `Captioner::from_file_map` reads), as
+/// model `name`; `source` names it in errors. Returns a JSON summary of its sizes.
 #[wasm_bindgen]
-pub fn load_model(
+pub fn load_checkpoint(
     name: &str,
-    config: &str,
-    weights: &[u8],
-    preprocessor: &str,
-    tokenizer: &str,
+    source: &str,
+    files: js_sys::Map,
 ) -> std::result::Result<String, JsError> {
     let gpu = gpu().map_err(js)?;
-    let files = CheckpointFiles {
-        config,
-        weights: WeightFiles::Safetensors(weights),
-        preprocessor,
-        tokenizer: TokenizerFiles::Json(tokenizer),
-        generation: None,
-    };
-    let c = Captioner::from_files(&gpu, &files, name).map_err(js)?;
+    let mut map = HashMap::new();
+    for entry in files.entries() {
+        let pair = js_sys::Array::from(&entry.map_err(|_| JsError::new("unreadable file list"))?);
+        let file = pair
+            .get(0)
+            .as_string()
+            .ok_or_else(|| JsError::new("a file without a name"))?;
+        map.insert(file, js_sys::Uint8Array::new(&pair.get(1)).to_vec());
+    }
+    let c = Captioner::from_file_map(&gpu, &map, source).map_err(js)?;
+    drop(map);
     let out = summary(&c);
     STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), Rc::new(c)));
     Ok(out)
@@ -148,7 +152,7 @@ async fn caption_inner(name: &str, image: &[u8], file: &str) -> Result<String> {
     let patches = c.patches(&gpu, &pixels)?;
     let ids = c
         .model
-        .generate(&gpu, &patches, Generation::default())
+        .generate(&gpu, &patches, c.generation)
         .await?
         .remove(0);
     let words: Vec<String> = ids.iter().map(|&i| c.tokenizer.decode(&[i])).collect();

@@ -342,6 +342,76 @@ await check('no console errors', async () => {
 });
 
 await page.screenshot({ path: path.join(shots, 'final.png'), fullPage: true });
+
+// A mock of the Hugging Face Hub on 127.0.0.1: {repo}/resolve/{revision}/{file} answers with the
+// tiny Hub checkpoint's files (tests/fixtures/hub_tiny) and CORS headers, as the Hub does; a
+// file the repository lacks is a 404. (After the console check: the page's probes for optional
+// files that are absent log 404s, as they would against the real Hub.)
+const hubFiles = path.join(here, '../fixtures/hub_tiny');
+const golden = JSON.parse(fs.readFileSync(path.join(here, '../fixtures/hub_tiny_golden.json'), 'utf8'));
+const hubLog = [];
+const hub = http.createServer((req, res) => {
+  const m = new URL(req.url, 'http://x').pathname.match(/^\/amad-test\/hub-tiny\/resolve\/main\/([\w.-]+)$/);
+  const file = m && path.join(hubFiles, m[1]);
+  const cors = { 'access-control-allow-origin': '*', 'access-control-expose-headers': 'content-length' };
+  hubLog.push(`${req.method} ${req.url}`);
+  if (!file || !fs.existsSync(file)) {
+    res.writeHead(404, cors);
+    return res.end();
+  }
+  res.writeHead(200, { ...cors, 'content-length': fs.statSync(file).size, 'content-type': 'application/octet-stream' });
+  if (req.method === 'HEAD') return res.end();
+  fs.createReadStream(file).pipe(res);
+});
+await new Promise((r) => hub.listen(0, '127.0.0.1', r));
+const hubUrl = `${base}?hub=${encodeURIComponent(`http://127.0.0.1:${hub.address().port}`)}`;
+
+// Loads the tiny Hub model by repo id; returns the teacher-status texts seen on the way.
+async function loadHubTeacher() {
+  await page.goto(hubUrl);
+  await page.waitForFunction(() => document.getElementById('models-status').dataset.ready === 'true', null, { timeout: 120000 });
+  await page.evaluate(() => {
+    window.teacherStatuses = [];
+    new MutationObserver(() => window.teacherStatuses.push(document.querySelector('[data-testid=teacher-status]').textContent))
+      .observe(document.querySelector('[data-testid=teacher-status]'), { childList: true, characterData: true, subtree: true });
+  });
+  await page.fill('[data-testid=teacher-repo]', 'amad-test/hub-tiny');
+  await page.click('[data-testid=teacher-load]');
+  await page.waitForFunction(() => /ready|Could not/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 120000 });
+  const status = await page.textContent('[data-testid=teacher-status]');
+  assert(/Teacher ready/.test(status), status);
+  return page.evaluate(() => window.teacherStatuses);
+}
+
+await check('a Hub captioner loads by repo id from a mock Hub, with progress, and captions a photo as transformers does', async () => {
+  const seen = await loadHubTeacher();
+  assert(seen.some((t) => /model\.safetensors: [\d.]+ of [\d.]+ MB/.test(t)), `no progress shown: ${JSON.stringify(seen.slice(0, 5))}`);
+  assert(hubLog.some((l) => l.startsWith('GET ') && l.endsWith('/model.safetensors')), hubLog.join(', '));
+  const c = await newCard(() => page.setInputFiles('[data-testid=file-input]', [path.join(here, '../fixtures/photos/coffee.png')]));
+  // The page decodes with the checkpoint's defaults (transformers': up to 19 new tokens); the
+  // golden is transformers' greedy caption of 15, which it must begin with.
+  assert(!c.error && c.teacher.startsWith(golden.coffee.greedy_text), `teacher: ${JSON.stringify(c.teacher)}, want ${JSON.stringify(golden.coffee.greedy_text)}…`);
+  assert(c.student === '', `student line: ${JSON.stringify(c.student)}`);
+  console.log(`     coffee.png: "${c.teacher}"`);
+  await page.screenshot({ path: path.join(shots, 'hub-teacher.png'), fullPage: true });
+});
+
+await check('an unknown repository gets a message that names it', async () => {
+  await page.fill('[data-testid=teacher-repo]', 'amad-test/no-such-model');
+  await page.click('[data-testid=teacher-load]');
+  await page.waitForFunction(() => /Could not/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 60000 });
+  const status = await page.textContent('[data-testid=teacher-status]');
+  assert(/amad-test\/no-such-model/.test(status) && /no config\.json/.test(status), status);
+  console.log(`     ${status.slice(0, 120)}`);
+});
+await check('after a reload the Hub captioner loads from the browser cache with the mock Hub stopped', async () => {
+  await new Promise((r) => hub.close(r));
+  hubLog.length = 0;
+  await loadHubTeacher();
+  const c = await newCard(() => page.setInputFiles('[data-testid=file-input]', [path.join(here, '../fixtures/photos/coffee.png')]));
+  assert(!c.error && c.teacher.startsWith(golden.coffee.greedy_text), JSON.stringify(c));
+});
+
 await browser.close();
 
 await check('without WebGPU the page says what works', async () => {

@@ -164,3 +164,13 @@ pub fn amad_cli<S: AsRef<std::ffi::OsStr>>(
 ) -> std::process::Output {
     amad_command(args).output().unwrap()
 }
+
+/// The merges of a tokenizer.json that writes them as pairs, as merges.txt lines ("a b").
+pub fn merges_lines(tokenizer: &serde_json::Value) -> Vec<String> {
+    tokenizer["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect()
+}
