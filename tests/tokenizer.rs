@@ -166,3 +166,18 @@ fn what_amad_does_not_implement_is_refused_by_name() {
     let err = Tokenizer::from_json("{").unwrap_err().to_string();
     assert!(err.starts_with("tokenizer.json: not valid JSON"), "{err}");
 }
+
+/// The page shows a caption token by token (each with its cross-attention): the pieces, joined,
+/// are the caption.
+#[test]
+fn token_pieces_join_into_the_caption() {
+    let gpt2 = Tokenizer::from_json(&gpt2_json()).unwrap();
+    let ids = gpt2.encode("a man riding a wave on top of a surfboard .");
+    let pieces = gpt2.pieces(&ids);
+    assert_eq!(pieces[..3], ["a", " man", " riding"]);
+    assert_eq!(pieces.concat(), gpt2.decode(&ids));
+    let words = Tokenizer::new(&["red", "circle"]);
+    let ids = words.encode("red circle");
+    assert_eq!(words.pieces(&ids), ["red", " circle"]);
+    assert_eq!(words.pieces(&ids).concat(), words.decode(&ids));
+}

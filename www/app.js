@@ -191,7 +191,7 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
       s.textContent = w;
       s.onmouseenter = () => attentionOverlay(card.overlay, r.heat[i], r.grid);
       s.onmouseleave = () => attentionOverlay(card.overlay, null, r.grid);
-      line.append(s, ' ');
+      line.append(s); // each piece carries the space before it, as the tokenizer has it
     });
     if (r.words.length === 0) line.append('(empty caption)');
     const time = document.createElement('span');

@@ -14,6 +14,7 @@ const WEIGHTS_EVERY = 5;
 // The Hub download in progress, and the size over which a download waits for the page's consent.
 let download = null;
 const LARGE = 100e6;
+const MANIFEST = '.amad-files.json';
 
 // The browser's cache of Hub files (Cache Storage), or null where the browser has none.
 async function openCache() {
@@ -107,26 +108,33 @@ const handlers = {
       return bytes;
     };
     const notCached = [];
-    const config = await size('config.json');
-    if (!config) throw new Error(`${where}: no config.json on ${hub} (HTTP 404): is the repository id right, and is it public?`);
-    let weights = null;
-    for (const file of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin']) {
-      weights = await size(file);
-      if (weights) break;
-    }
-    if (!weights) throw new Error(`${where}: no model.safetensors, sharded safetensors or pytorch_model.bin on ${hub}`);
-    const wanted = [config, weights];
-    for (const file of ['preprocessor_config.json', 'tokenizer.json', 'vocab.json', 'merges.txt', 'special_tokens_map.json', 'generation_config.json']) {
-      const f = await size(file);
-      if (f) wanted.push(f);
-    }
-    if (!wanted.some((f) => f.file === 'preprocessor_config.json')) throw new Error(`${where}: no preprocessor_config.json on ${hub}`);
+    // A load that completed left a list of the repository's files in the cache: with it, a load
+    // needs no network at all (no probes for the files the repository lacks).
+    const listed = cache && await cache.match(base + MANIFEST);
+    let wanted;
     const files = new Map();
-    if (weights.file === 'model.safetensors.index.json') {
-      const index = JSON.parse(new TextDecoder().decode(await get(weights, () => {})));
-      files.set(weights.file, new TextEncoder().encode(JSON.stringify(index)));
-      wanted.splice(wanted.indexOf(weights), 1);
-      for (const shard of [...new Set(Object.values(index.weight_map || {}))].sort()) wanted.push(await size(shard) || { file: shard, bytes: 0, cached: false });
+    if (listed) {
+      wanted = [];
+      for (const file of await listed.json()) wanted.push(await size(file));
+    } else {
+      const config = await size('config.json');
+      if (!config) throw new Error(`${where}: no config.json on ${hub} (HTTP 404): is the repository id right, and is it public?`);
+      let weights = null;
+      for (const file of ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin']) {
+        weights = await size(file);
+        if (weights) break;
+      }
+      if (!weights) throw new Error(`${where}: no model.safetensors, sharded safetensors or pytorch_model.bin on ${hub}`);
+      wanted = [config, weights];
+      for (const file of ['preprocessor_config.json', 'tokenizer.json', 'vocab.json', 'merges.txt', 'special_tokens_map.json', 'generation_config.json']) {
+        const f = await size(file);
+        if (f) wanted.push(f);
+      }
+      if (!wanted.some((f) => f.file === 'preprocessor_config.json')) throw new Error(`${where}: no preprocessor_config.json on ${hub}`);
+      if (weights.file === 'model.safetensors.index.json') {
+        const index = JSON.parse(new TextDecoder().decode(await get(weights, () => {})));
+        for (const shard of [...new Set(Object.values(index.weight_map || {}))].sort()) wanted.push(await size(shard) || { file: shard, bytes: 0, cached: false });
+      }
     }
     const toFetch = wanted.filter((f) => !f.cached).reduce((a, f) => a + f.bytes, 0);
     if (toFetch > LARGE && confirmedBytes !== toFetch) return { confirm: toFetch, files: wanted.map((f) => f.file) };
@@ -139,6 +147,9 @@ const handlers = {
       before += f.bytes;
     }
     download = null;
+    if (cache && !listed && !notCached.length) {
+      await cache.put(base + MANIFEST, new Response(JSON.stringify(wanted.map((f) => f.file)))).catch(() => {});
+    }
     self.postMessage({ event: 'download', repo: where, loading: true });
     const summary = JSON.parse(amad.load_checkpoint(name, where, files));
     return { ...summary, notCached, bytes: all };

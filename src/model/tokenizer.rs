@@ -222,6 +222,36 @@ impl Tokenizer {
         text.trim_matches(python_space).to_string()
     }
 
+    /// Each token's piece of the caption, so that the pieces joined read as `decode` gives it
+    /// (before its strip): byte-level tokens as their bytes (a character split across tokens
+    /// shows as U+FFFD in each piece), words with the space before them; special tokens are empty.
+    pub fn pieces(&self, ids: &[u32]) -> Vec<String> {
+        let mut first = true;
+        ids.iter()
+            .map(|&id| {
+                let Some(t) = self
+                    .tokens
+                    .get(id as usize)
+                    .filter(|_| !self.special.contains(&id))
+                else {
+                    return String::new();
+                };
+                match &self.kind {
+                    Kind::ByteLevel(bpe) => {
+                        let mut bytes = vec![];
+                        bpe.token_bytes(t, &mut bytes);
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    }
+                    Kind::WordLevel { .. } if first => {
+                        first = false;
+                        t.clone()
+                    }
+                    Kind::WordLevel { .. } => format!(" {t}"),
+                }
+            })
+            .collect()
+    }
+
     /// Parses tokenizer.json. What amad does not implement (another model type, normaliser,
     /// pre-tokenizer or decoder, BPE dropout, subword prefixes) is refused by name.
     pub fn from_json(text: &str) -> Result<Tokenizer> {

@@ -155,7 +155,7 @@ async fn caption_inner(name: &str, image: &[u8], file: &str) -> Result<String> {
         .generate(&gpu, &patches, c.generation)
         .await?
         .remove(0);
-    let words: Vec<String> = ids.iter().map(|&i| c.tokenizer.decode(&[i])).collect();
+    let words = c.tokenizer.pieces(&ids);
     // Teacher-forced forward over [start, w1 .. wn]: position l's cross-attention produced w(l+1).
     let mut input = vec![c.model.cfg.decoder_start_token_id];
     input.extend(&ids);
