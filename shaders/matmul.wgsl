@@ -427,8 +427,12 @@ fn matmul_rows(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let col = 4u * (group_index(wid, nwg) * 64u + lid);
-    if (col >= p.n) {
+    // Workgroups are numbered chunk-major: tiles_n of them cover the columns of one chunk of K
+    // (the batch index b1; see `Gemm::record_few_rows`).
+    let g = group_index(wid, nwg);
+    let chunk = g / p.tiles_n;
+    let col = 4u * ((g % p.tiles_n) * 64u + lid);
+    if (col >= p.n || chunk >= p.batch) {
         return;
     }
     var acc0 = vec4<f32>();
@@ -436,15 +440,16 @@ fn matmul_rows(
     var acc2 = vec4<f32>();
     var acc3 = vec4<f32>();
     let last = p.n - 1u;
-    let a0 = p.a_off / 4u;
+    let a0 = (p.a_off + chunk * p.a_bs1) / 4u;
     let ars = p.a_rs / 4u;
+    let b_off = p.b_off + chunk * p.b_bs1;
     for (var k = 0u; k < p.k; k += 4u) {
         var b0: vec4<f32>;
         var b1: vec4<f32>;
         var b2: vec4<f32>;
         var b3: vec4<f32>;
         if (B_ALONG_N) {
-            let at = (p.b_off + k * p.b_rs + col) / 4u;
+            let at = (b_off + k * p.b_rs + col) / 4u;
             let rs = p.b_rs / 4u;
             b0 = b4[at];
             b1 = b4[at + rs];
@@ -452,7 +457,7 @@ fn matmul_rows(
             b3 = b4[at + 3u * rs];
         } else {
             // Columns past n read the last one; they are not stored.
-            let at = (p.b_off + k) / 4u;
+            let at = (b_off + k) / 4u;
             let cs = p.b_cs / 4u;
             b0 = b4[at + col * cs];
             b1 = b4[at + min(col + 1u, last) * cs];
@@ -472,14 +477,15 @@ fn matmul_rows(
         }
     }
     let bv = column_bias(col, 1u);
-    store_row(p.c_off, 0u, col, acc0, 1u, bv);
+    let c0 = p.c_off + chunk * p.c_bs1;
+    store_row(c0, 0u, col, acc0, 1u, bv);
     if (ROWS > 1u) {
-        store_row(p.c_off, 1u, col, acc1, 1u, bv);
+        store_row(c0, 1u, col, acc1, 1u, bv);
     }
     if (ROWS > 2u) {
-        store_row(p.c_off, 2u, col, acc2, 1u, bv);
+        store_row(c0, 2u, col, acc2, 1u, bv);
     }
     if (ROWS > 3u) {
-        store_row(p.c_off, 3u, col, acc3, 1u, bv);
+        store_row(c0, 3u, col, acc3, 1u, bv);
     }
 }

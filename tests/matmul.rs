@@ -663,10 +663,13 @@ fn few_row_products_take_the_rows_kernel() {
                 let ran = kernels_run(&g, || {
                     check(&g, (m * n + k) as u64, 1, m, n, k, false, tb, true, bias);
                 });
+                // Chunks of K are summed by the column-sum kernel.
                 assert!(
-                    ran.iter().all(|k| k.starts_with("matmul_rows")),
+                    ran.iter()
+                        .all(|k| k.starts_with("matmul_rows") || k.starts_with("sum_")),
                     "m={m} n={n} k={k} tb={tb}: {ran:?}"
                 );
+                assert!(ran.iter().any(|k| k.starts_with("matmul_rows")), "{ran:?}");
             }
         }
     }
@@ -718,4 +721,43 @@ fn few_row_products_into_a_strided_view() {
         }
     }
     assert_close("rows kernel into a view", &got[0], &want, tol(k), 1e-5);
+}
+
+/// B along n over chunks of K, with a bias (added once) and accumulating into C: the residual
+/// connections of GPT-2's blocks, one token at a time.
+#[test]
+fn few_row_products_over_chunks_of_k_accumulate_with_a_bias() {
+    let (m, n, k) = (3, 80, 256);
+    let mut rng = Rng::new(9);
+    let (a, b, bias, c0) = (
+        rng.vec(m * k, 1.0),
+        rng.vec(k * n, 1.0),
+        rng.vec(n, 1.0),
+        rng.vec(m * n, 1.0),
+    );
+    let (ta, tb, tbias, tc) = (
+        upload(&[m, k], &a),
+        upload(&[k, n], &b),
+        upload(&[n], &bias),
+        upload(&[m, n], &c0),
+    );
+    let got = run(|s| {
+        Gemm {
+            m,
+            n,
+            k,
+            batch: [1, 1],
+            a: View::matrix(&ta, m, k, false),
+            b: View::matrix(&tb, k, n, false),
+            c: View::matrix(&tc, m, n, false),
+            bias: Some(&tbias),
+            alpha: 1.0,
+            accumulate: true,
+        }
+        .record(s)?;
+        Ok(vec![tc.clone()])
+    });
+    let prod = r::matmul(&a, &b, Some(&bias), 1, m, n, k, false, false, true);
+    let want: Vec<f64> = prod.iter().zip(&c0).map(|(p, c)| p + c).collect();
+    assert_close("rows kernel over chunks of K", &got[0], &want, tol(k), 1e-5);
 }

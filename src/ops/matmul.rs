@@ -124,6 +124,8 @@ pub static MATMUL_ROWS: [[[Kernel; 4]; 2]; 4] = few_rows!(1.0, 2.0, 3.0, 4.0);
 /// products (the losses' head-by-head ones) keep the tiled kernels.
 const FEW_ROWS: usize = 4;
 const FEW_ROWS_MIN_N: usize = 64;
+/// Rows of B per chunk of K in `matmul_rows` (see `Gemm::record_few_rows`).
+const FEW_ROWS_CHUNK: usize = 64;
 
 /// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), likewise.
 pub static MATMUL_IMAGE: [[[Kernel; 4]; 2]; 2] =
@@ -422,6 +424,93 @@ impl Gemm<'_> {
         (splits >= 2).then_some(splits)
     }
 
+    /// A product of a few rows on `matmul_rows`. Where B runs along n (GPT-2's Conv1D weights,
+    /// [k, n]) and K is long, K is cut into chunks of FEW_ROWS_CHUNK rows of B, each workgroup
+    /// reading one chunk's contiguous block, their partial products summed into C afterwards. A
+    /// GPU needs the chunks' workgroups: without them a 768-column product is 3 workgroups. On
+    /// lavapipe a 1 × 768 × 3072 product repeated on the same B went from 7.8 to 2.8 ms, but a
+    /// caption, whose products each read new weights from memory, did not get faster
+    /// (docs/benchmarks-caption.md: about 6 times transformers' time per token before and after).
+    fn record_few_rows(&self, step: &mut Step, b_along_n: bool) -> Result<()> {
+        let chunks = self.k / FEW_ROWS_CHUNK;
+        let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
+        if b_along_n && chunks >= 2 && contiguous_c && self.k.is_multiple_of(FEW_ROWS_CHUNK) {
+            let (m, n) = (self.m, self.n);
+            let partial = step.empty(&[chunks, m, n])?;
+            let part = |first: usize, count: usize, bias| Gemm {
+                k: FEW_ROWS_CHUNK,
+                batch: [count, 1],
+                a: View {
+                    off: self.a.off + first * FEW_ROWS_CHUNK,
+                    bs: [FEW_ROWS_CHUNK, 0],
+                    ..self.a
+                },
+                b: View {
+                    off: self.b.off + first * FEW_ROWS_CHUNK * self.b.rs,
+                    bs: [FEW_ROWS_CHUNK * self.b.rs, 0],
+                    ..self.b
+                },
+                c: View {
+                    off: first * m * n,
+                    bs: [m * n, 0],
+                    ..View::matrix(&partial, m, n, false)
+                },
+                bias,
+                accumulate: false,
+                ..*self
+            };
+            // The bias joins the first chunk only.
+            match self.bias {
+                Some(b) => {
+                    part(0, 1, Some(b)).dispatch_few_rows(step, true)?;
+                    part(1, chunks - 1, None).dispatch_few_rows(step, true)?;
+                }
+                None => part(0, chunks, None).dispatch_few_rows(step, true)?,
+            }
+            return sum_rows_into(
+                step,
+                &partial,
+                chunks,
+                m * n,
+                m * n,
+                self.c.t,
+                self.c.off,
+                self.accumulate,
+            );
+        }
+        self.dispatch_few_rows(step, b_along_n)
+    }
+
+    /// One `matmul_rows` dispatch: batch entries are chunks of K (see `record_few_rows`).
+    fn dispatch_few_rows(&self, step: &mut Step, b_along_n: bool) -> Result<()> {
+        const OP: &str = "matmul";
+        let u = |x| crate::ops::u32_of(OP, "size", x);
+        let col_groups = self.n.div_ceil(4 * 64);
+        let params = Params {
+            m: u(self.m)?,
+            n: u(self.n)?,
+            k: u(self.k)?,
+            batch2: 1,
+            batch: u(self.batch[0])?,
+            tiles_m: 1,
+            tiles_n: u(col_groups)?,
+            alpha: self.alpha,
+            a: pack(OP, &self.a)?,
+            b: pack(OP, &self.b)?,
+            c: pack(OP, &self.c)?,
+            group_tiles: 1,
+        };
+        let bias = self.bias.unwrap_or(self.b.t);
+        let tensors = [self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t];
+        let kernel = &MATMUL_ROWS[self.m - 1][b_along_n as usize][self.store()];
+        step.dispatch_linear(
+            kernel,
+            &params,
+            &tensors,
+            (col_groups * self.batch[0]) as u64,
+        )
+    }
+
     /// Split-K: the chunks of K as one batched product into a [splits, m, n] scratch tensor, their
     /// sum into C (added if accumulating), then the last part of K that is not a whole chunk.
     fn record_split(&self, step: &mut Step, splits: usize) -> Result<()> {
@@ -569,26 +658,7 @@ impl Gemm<'_> {
             if epilogue.is_some() {
                 return Ok(false);
             }
-            let u = |x| crate::ops::u32_of(OP, "size", x);
-            let params = Params {
-                m: u(self.m)?,
-                n: u(self.n)?,
-                k: u(self.k)?,
-                batch2: 1,
-                batch: 1,
-                tiles_m: 1,
-                tiles_n: 1,
-                alpha: self.alpha,
-                a: pack(OP, &self.a)?,
-                b: pack(OP, &self.b)?,
-                c: pack(OP, &self.c)?,
-                group_tiles: 1,
-            };
-            let bias = self.bias.unwrap_or(self.b.t);
-            let tensors = [self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t];
-            let kernel = &MATMUL_ROWS[self.m - 1][bn as usize][self.store()];
-            let groups = self.n.div_ceil(4 * 64) as u64;
-            step.dispatch_linear(kernel, &params, &tensors, groups)?;
+            self.record_few_rows(step, bn)?;
             return Ok(true);
         }
         let orientation = self.vec4_orientation();
