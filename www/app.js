@@ -261,7 +261,10 @@ $('new-scene').onclick = async () => {
 // 'bundled', or what else the teacher is (a Hub repo, "your files"): a student distilled from the
 // bundled teacher does not belong to another teacher, so captions then show none.
 let teacherKind = 'bundled';
-const HUB = new URLSearchParams(location.search).get('hub') || 'https://huggingface.co';
+const params = new URLSearchParams(location.search);
+const HUB = params.get('hub') || 'https://huggingface.co';
+// Downloads over this many bytes ask first (?ask-over=BYTES; 100 MB by default).
+const ASK_OVER = Number(params.get('ask-over')) || 100e6;
 let confirmed = null; // {key, bytes}: a large download the user agreed to by pressing Load again
 const MB = (n) => (n / 1e6).toFixed(1);
 
@@ -315,7 +318,8 @@ $('teacher-load').onclick = () => {
   }
   const [repo, revision = 'main'] = text.split('@');
   const key = [HUB, repo, revision].join(' ');
-  loadTeacher('loadHub', text.includes('@') ? text : repo, HUB, repo, revision, confirmed && confirmed.key === key ? confirmed.bytes : undefined);
+  loadTeacher('loadHub', text.includes('@') ? text : repo, HUB, repo, revision, ASK_OVER,
+    confirmed && confirmed.key === key ? confirmed.bytes : undefined);
 };
 $('teacher-cancel').onclick = () => call('cancelDownload');
 $('teacher-bundled').onclick = () => loadTeacher('loadBundled', 'bundled', 'teacher');

@@ -11,9 +11,8 @@ let started = null; // {step, time} of the current stretch, for steps/s
 let stepsRun = 0;
 const WEIGHTS_EVERY = 5;
 
-// The Hub download in progress, and the size over which a download waits for the page's consent.
+// The Hub download in progress.
 let download = null;
-const LARGE = 100e6;
 const MANIFEST = '.amad-files.json';
 
 // The browser's cache of Hub files (Cache Storage), or null where the browser has none.
@@ -50,10 +49,10 @@ const handlers = {
   // Loads a captioner from the Hugging Face Hub (or a mirror: `hub`) as model `name`, in the
   // formats and the order amad reads a folder (src/model/captioner.rs): safetensors, then sharded
   // safetensors, then pytorch_model.bin. Files come from the browser's cache where an earlier load
-  // left them. Downloads over LARGE bytes wait for the page to confirm them: without
+  // left them. Downloads over `askOver` bytes wait for the page to confirm them: without
   // `confirmedBytes` equal to the size, the answer is {confirm: bytes, files} and nothing is
   // fetched. Progress goes to the page as {event: 'download'} messages.
-  async loadHub(name, hub, repo, revision, confirmedBytes) {
+  async loadHub(name, hub, repo, revision, askOver, confirmedBytes) {
     const base = `${hub.replace(/\/+$/, '')}/${repo}/resolve/${encodeURIComponent(revision)}/`;
     const where = `${repo}@${revision}`;
     download = new AbortController();
@@ -137,7 +136,7 @@ const handlers = {
       }
     }
     const toFetch = wanted.filter((f) => !f.cached).reduce((a, f) => a + f.bytes, 0);
-    if (toFetch > LARGE && confirmedBytes !== toFetch) return { confirm: toFetch, files: wanted.map((f) => f.file) };
+    if (toFetch > askOver && confirmedBytes !== toFetch) return { confirm: toFetch, files: wanted.map((f) => f.file) };
     const all = wanted.reduce((a, f) => a + f.bytes, 0);
     let before = 0;
     for (const [i, f] of wanted.entries()) {

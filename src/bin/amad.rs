@@ -34,7 +34,9 @@ mod cli {
 commands:
   caption --model DIR [--beam N] [--max-tokens N] IMAGE...
         one line per image: the file name, a tab, the caption; unreadable files are reported on
-        stderr (exit status 1) and the others still caption
+        stderr (exit status 1) and the others still caption. DIR is a checkpoint as amad writes
+        it or as the Hugging Face Hub holds it (safetensors, sharded, or pytorch_model.bin);
+        decoding follows the checkpoint's generation settings unless --beam/--max-tokens say else
   train-teacher --out DIR [--steps N] [--batch B] [--lr LR] [--warmup N] [--decay-to F]
                 [--seed S] [--shape-loss W] [--shape-cells Q] [--checkpoint-every N] [--until N]
                 [--eval-every N] [--eval-n N]

@@ -364,7 +364,8 @@ const hub = http.createServer((req, res) => {
   fs.createReadStream(file).pipe(res);
 });
 await new Promise((r) => hub.listen(0, '127.0.0.1', r));
-const hubUrl = `${base}?hub=${encodeURIComponent(`http://127.0.0.1:${hub.address().port}`)}`;
+// The tiny model is 10 MB: asking over 1 MB makes the page ask first, as it does for real models.
+const hubUrl = `${base}?hub=${encodeURIComponent(`http://127.0.0.1:${hub.address().port}`)}&ask-over=1000000`;
 
 // Loads the tiny Hub model by repo id; returns the teacher-status texts seen on the way.
 async function loadHubTeacher() {
@@ -377,15 +378,26 @@ async function loadHubTeacher() {
   });
   await page.fill('[data-testid=teacher-repo]', 'amad-test/hub-tiny');
   await page.click('[data-testid=teacher-load]');
-  await page.waitForFunction(() => /ready|Could not/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 120000 });
+  await page.waitForFunction(() => /ready|Could not|Press Load again/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 120000 });
+  const asked = await page.textContent('[data-testid=teacher-status]');
+  const getsWhenAsked = hubLog.filter((l) => l.startsWith('GET ')).length;
+  if (/Press Load again/.test(asked)) {
+    asked.match(/is ([\d.]+) MB to download/) || assert(false, asked);
+    await page.click('[data-testid=teacher-load]');
+    await page.waitForFunction(() => /ready|Could not/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 120000 });
+  }
   const status = await page.textContent('[data-testid=teacher-status]');
   assert(/Teacher ready/.test(status), status);
-  return page.evaluate(() => window.teacherStatuses);
+  return { seen: await page.evaluate(() => window.teacherStatuses), asked, getsWhenAsked };
 }
 
 await check('a Hub captioner loads by repo id from a mock Hub, with progress, and captions a photo as transformers does', async () => {
-  const seen = await loadHubTeacher();
+  const gets = () => hubLog.filter((l) => l.startsWith('GET ')).length;
+  const { seen, asked, getsWhenAsked } = await loadHubTeacher();
+  // Over the limit, the page asked first, and fetched nothing until Load was pressed again.
+  assert(/is 10\.\d MB to download/.test(asked) && getsWhenAsked === 0, `${asked} (${getsWhenAsked} GETs)`);
   assert(seen.some((t) => /model\.safetensors: [\d.]+ of [\d.]+ MB/.test(t)), `no progress shown: ${JSON.stringify(seen.slice(0, 5))}`);
+  assert(gets() > 0, hubLog.join(', '));
   assert(hubLog.some((l) => l.startsWith('GET ') && l.endsWith('/model.safetensors')), hubLog.join(', '));
   const c = await newCard(() => page.setInputFiles('[data-testid=file-input]', [path.join(here, '../fixtures/photos/coffee.png')]));
   // The page decodes with the checkpoint's defaults (transformers': up to 19 new tokens); the
@@ -407,7 +419,8 @@ await check('an unknown repository gets a message that names it', async () => {
 await check('after a reload the Hub captioner loads from the browser cache with the mock Hub stopped', async () => {
   await new Promise((r) => hub.close(r));
   hubLog.length = 0;
-  await loadHubTeacher();
+  const { asked } = await loadHubTeacher();
+  assert(!/Press Load again/.test(asked), `a cached model needs no download, yet: ${asked}`);
   const c = await newCard(() => page.setInputFiles('[data-testid=file-input]', [path.join(here, '../fixtures/photos/coffee.png')]));
   assert(!c.error && c.teacher.startsWith(golden.coffee.greedy_text), JSON.stringify(c));
 });
