@@ -46,13 +46,7 @@ fn mismatched_shapes_are_errors() {
         "[batch, heads, q, k]",
     );
     let q = upload(&[2, 3, 8], &[0.0; 48]);
-    let dims = attention::Dims {
-        batch: 2,
-        heads: 3,
-        q_len: 3,
-        k_len: 3,
-        head_dim: 3,
-    };
+    let dims = attention::Dims::new(2, 3, 3, 3, 3);
     let whole = attention::Seq::whole(&q);
     expect_err(
         attention::attention(&mut s, dims, whole, whole, whole, softmax::Masks::default()),

@@ -95,6 +95,41 @@ fn the_hub_layout_with_safetensors_captions_as_transformers() {
     assert_greedy_as_transformers(&c);
 }
 
+/// GPT-2's scale_attn_by_inverse_layer_idx (scores further divided by the layer's index + 1), on
+/// the same weights: transformers' greedy tokens (tests/fixtures/make_hub_tiny_variants.py), which
+/// differ from the unscaled model's for two of the three photos.
+#[test]
+fn scores_scaled_by_the_inverse_layer_index_caption_as_transformers() {
+    let dir = copy_without("inverse-layer", &[]);
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config["decoder"]["scale_attn_by_inverse_layer_idx"] = Value::from(true);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let c = Captioner::load(gpu(), &dir).unwrap();
+    assert!(c.model.cfg.decoder.scale_attn_by_inverse_layer_idx);
+    let gold: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/hub_tiny_variants_golden.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let base = golden();
+    let mut differ = 0;
+    for photo in ["astronaut", "coffee", "chelsea"] {
+        let want = generated(&gold["inverse_layer_scale"][photo]["greedy"]);
+        differ += (want != generated(&base[photo]["greedy"])) as usize;
+        assert_eq!(
+            caption_ids(&c, photo, Generation::default()),
+            want,
+            "{photo}"
+        );
+    }
+    assert_eq!(differ, 2, "the flag changes two of the three captions");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 /// Beam search, 4 beams, max_length 16: transformers' algorithm token for token.
 #[test]
 fn four_beams_give_the_tokens_transformers_gives() {
@@ -479,12 +514,6 @@ fn config_fields_amad_does_not_implement_are_refused_by_name() {
         ),
         (
             "decoder",
-            "scale_attn_by_inverse_layer_idx",
-            Value::from(true),
-            "scale_attn_by_inverse_layer_idx",
-        ),
-        (
-            "decoder",
             "scale_attn_weights",
             Value::from(false),
             "scale_attn_weights",
@@ -515,11 +544,16 @@ fn config_fields_amad_does_not_implement_are_refused_by_name() {
             .to_string();
         assert!(err.contains(needle), "{key}: {err}");
     }
-    // What only changes half-precision numerics is accepted.
+    // What only changes half-precision numerics is accepted; a flag of another type is refused.
     let mut v = base.clone();
     v["decoder"]["reorder_and_upcast_attn"] = Value::from(true);
     v["decoder"]["activation_function"] = Value::from("gelu_pytorch_tanh");
     amad::model::Config::from_json(&v.to_string()).unwrap();
+    v["decoder"]["scale_attn_by_inverse_layer_idx"] = Value::from("yes");
+    let err = amad::model::Config::from_json(&v.to_string())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scale_attn_by_inverse_layer_idx"), "{err}");
 }
 
 /// A device whose storage bindings hold at most `bytes` (WebGPU's default is 128 MiB).

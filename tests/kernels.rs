@@ -497,13 +497,7 @@ fn attention_on(
             causal: m.causal,
             key_mask: gmask.as_ref(),
         };
-        let dims = attention::Dims {
-            batch: b,
-            heads: h,
-            q_len: tq,
-            k_len: tk,
-            head_dim: d,
-        };
+        let dims = attention::Dims::new(b, h, tq, tk, d);
         let [q, k, v] = seqs.map(|(t, i)| seq(&tensors[t], i, w));
         let (o, p) = attention::attention(s, dims, q, k, v, masks)?;
         // Gradients of K and V land in one fused [B, Tk, 2·H·D] buffer, as GPT-2's

@@ -150,13 +150,7 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     let qkv = filled(gpu, &[b, t, 3 * h * d])?;
     let dout = filled(gpu, &[b, t, h * d])?;
     let flops_fwd = 2.0 * 2.0 * (b * h * t * t * d) as f64;
-    let dims = attention::Dims {
-        batch: b,
-        heads: h,
-        q_len: t,
-        k_len: t,
-        head_dim: d,
-    };
+    let dims = attention::Dims::new(b, h, t, t, d);
     let (q, k, v) = (
         Seq::part(&qkv, 0, 3),
         Seq::part(&qkv, 1, 3),

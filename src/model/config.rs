@@ -28,6 +28,8 @@ pub struct Gpt2 {
     pub n_head: usize,
     pub n_inner: usize,
     pub layer_norm_epsilon: f32,
+    /// Attention scores further divided by the layer's index + 1 (false in GPT-2 itself).
+    pub scale_attn_by_inverse_layer_idx: bool,
 }
 
 /// An image captioner: ViT encoder + GPT-2 decoder, with the special token ids.
@@ -157,6 +159,7 @@ impl Config {
                 n_head: dec.2,
                 n_inner: 4 * dec.1,
                 layer_norm_epsilon: 1e-5,
+                scale_attn_by_inverse_layer_idx: false,
             },
             bos_token_id: 1,
             eos_token_id: 2,
@@ -256,7 +259,6 @@ impl Config {
         for (part, v, key, default) in [
             ("encoder", e, "qkv_bias", true),
             ("decoder", d, "scale_attn_weights", true),
-            ("decoder", d, "scale_attn_by_inverse_layer_idx", false),
             ("decoder", d, "tie_word_embeddings", true),
         ] {
             if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
@@ -291,6 +293,14 @@ impl Config {
                 n_head: usize_of(d, "decoder", "n_head")?,
                 n_inner,
                 layer_norm_epsilon: f32_of(d, "decoder", "layer_norm_epsilon", 1e-5)?,
+                scale_attn_by_inverse_layer_idx: match d.get("scale_attn_by_inverse_layer_idx") {
+                    None | Some(Value::Null) => false,
+                    Some(x) => x.as_bool().ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "config.json: decoder.scale_attn_by_inverse_layer_idx is {x}, not true or false"
+                        ))
+                    })?,
+                },
             },
             bos_token_id: token_id(d, "bos_token_id", 1),
             eos_token_id: token_id(&v, "eos_token_id", token_id(d, "eos_token_id", 2)),
@@ -353,6 +363,10 @@ impl Config {
                 "attn_pdrop": 0.0,
             },
         });
+        let mut v = v;
+        if d.scale_attn_by_inverse_layer_idx {
+            v["decoder"]["scale_attn_by_inverse_layer_idx"] = json!(true);
+        }
         serde_json::to_string_pretty(&v).expect("a JSON value serialises")
     }
 }

@@ -57,22 +57,23 @@ impl Model {
         }
     }
 
-    fn self_dims(&self, batch: usize, len: usize) -> Dims {
+    /// Layer `layer`'s attention sizes for `q_len` queries over `k_len` keys: GPT-2's
+    /// scale_attn_by_inverse_layer_idx divides its scores further by the layer's index + 1.
+    pub(super) fn dec_dims(&self, batch: usize, q_len: usize, k_len: usize, layer: usize) -> Dims {
         let d = &self.cfg.decoder;
-        Dims {
-            batch,
-            heads: d.n_head,
-            q_len: len,
-            k_len: len,
-            head_dim: d.head_dim(),
+        let mut dims = Dims::new(batch, d.n_head, q_len, k_len, d.head_dim());
+        if d.scale_attn_by_inverse_layer_idx {
+            dims.scale /= (layer + 1) as f32;
         }
+        dims
     }
 
-    fn cross_dims(&self, batch: usize, len: usize) -> Dims {
-        Dims {
-            k_len: self.cfg.encoder.tokens(),
-            ..self.self_dims(batch, len)
-        }
+    fn self_dims(&self, batch: usize, len: usize, layer: usize) -> Dims {
+        self.dec_dims(batch, len, len, layer)
+    }
+
+    fn cross_dims(&self, batch: usize, len: usize, layer: usize) -> Dims {
+        self.dec_dims(batch, len, self.cfg.encoder.tokens(), layer)
     }
 
     /// The token embeddings of `ids`, from the table whole or in row blocks (see `Weights`).
@@ -106,9 +107,12 @@ impl Model {
         let tokens = self.embed_tokens(step, ids)?;
         let placed = embedding(step, &positions, self.w(l.wpe))?;
         let mut x = add(step, &tokens, &placed)?;
-        let (sd, xd) = (self.self_dims(batch, len), self.cross_dims(batch, len));
         let mut blocks = Vec::with_capacity(l.dec.len());
-        for layer in &l.dec {
+        for (i, layer) in l.dec.iter().enumerate() {
+            let (sd, xd) = (
+                self.self_dims(batch, len, i),
+                self.cross_dims(batch, len, i),
+            );
             let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
             let qkv = self.lin(InOut, step, &a, layer.qkv)?;
             let causal = Masks {
@@ -186,7 +190,6 @@ impl Model {
     ) -> Result<Tensor> {
         let l = &self.layout;
         let s = acts.ids.shape();
-        let (sd, xd) = (self.self_dims(s[0], s[1]), self.cross_dims(s[0], s[1]));
         let dhidden = linear_bwd(
             step,
             &acts.hidden,
@@ -213,6 +216,10 @@ impl Model {
             let dprobs = (
                 dmaps.0.get(i).and_then(Option::as_ref),
                 dmaps.1.get(i).and_then(Option::as_ref),
+            );
+            let (sd, xd) = (
+                self.self_dims(s[0], s[1], i),
+                self.cross_dims(s[0], s[1], i),
             );
             dx = self.dec_block_bwd(step, layer, a, (sd, xd), states, &dstates, dx, dprobs, g)?;
         }

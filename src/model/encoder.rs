@@ -51,13 +51,13 @@ impl Model {
 
     fn enc_dims(&self, batch: usize) -> Dims {
         let e = &self.cfg.encoder;
-        Dims {
+        Dims::new(
             batch,
-            heads: e.num_attention_heads,
-            q_len: e.tokens(),
-            k_len: e.tokens(),
-            head_dim: e.head_dim(),
-        }
+            e.num_attention_heads,
+            e.tokens(),
+            e.tokens(),
+            e.head_dim(),
+        )
     }
 
     /// patches [B, N, C·P·P] (normalised, ordered (channel, row, column)) → encoder states.

@@ -9,7 +9,7 @@ use super::linear::Layout::InOut;
 use super::Model;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
-use crate::ops::attention::{attention, Dims, Seq};
+use crate::ops::attention::{attention, Seq};
 use crate::ops::elementwise::add;
 use crate::ops::embedding::embedding;
 use crate::ops::layernorm::layernorm;
@@ -196,13 +196,6 @@ impl Model {
         let tokens = self.embed_tokens(step, &id_t)?;
         let placed = embedding(step, &pos_t, self.w(l.wpe))?;
         let mut x = add(step, &tokens, &placed)?;
-        let dims = |k_len| Dims {
-            batch: n,
-            heads: cfg.n_head,
-            q_len: 1,
-            k_len,
-            head_dim: cfg.head_dim(),
-        };
         let mut self_kv = Vec::with_capacity(l.dec.len());
         for (i, layer) in l.dec.iter().enumerate() {
             let (a, _) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
@@ -218,7 +211,7 @@ impl Model {
             }
             let (self_out, _) = attention(
                 step,
-                dims(t + 1),
+                self.dec_dims(n, 1, t + 1, i),
                 Seq::part(&qkv, 0, 3),
                 Seq::part(&kv, 0, 2),
                 Seq::part(&kv, 1, 2),
@@ -237,7 +230,7 @@ impl Model {
             let cross = &cache.cross_kv[i];
             let (cross_out, _) = attention(
                 step,
-                dims(cross.shape()[1]),
+                self.dec_dims(n, 1, cross.shape()[1], i),
                 Seq::whole(&cross_q),
                 Seq::part(cross, 0, 2),
                 Seq::part(cross, 1, 2),

@@ -173,18 +173,29 @@ impl SeqImages {
 }
 
 /// Sizes of one attention call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Dims {
     pub batch: usize,
     pub heads: usize,
     pub q_len: usize,
     pub k_len: usize,
     pub head_dim: usize,
+    /// What scores are scaled by: 1/√head_dim, and further divided by the layer's index + 1
+    /// under GPT-2's scale_attn_by_inverse_layer_idx.
+    pub scale: f32,
 }
 
 impl Dims {
-    pub fn scale(&self) -> f32 {
-        1.0 / (self.head_dim as f32).sqrt()
+    /// Sizes with the usual 1/√head_dim scale.
+    pub fn new(batch: usize, heads: usize, q_len: usize, k_len: usize, head_dim: usize) -> Dims {
+        Dims {
+            batch,
+            heads,
+            q_len,
+            k_len,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        }
     }
 
     fn width(&self) -> usize {
@@ -293,7 +304,7 @@ impl Probs {
 /// S = scale · Q Kᵀ [B, H, Tq, row] (Tq rows of Q, Tk of K; rows padded as in [`Probs`]).
 fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, images: &mut SeqImages) -> Result<Tensor> {
     let map = step.empty(&[d.batch, d.heads, d.q_len, d.row()])?;
-    let p = d.params(d.scale(), false, [Some(x), Some(y), None])?;
+    let p = d.params(d.scale, false, [Some(x), Some(y), None])?;
     let n = groups(d.blocks(d.q_len, d.k_len), 64);
     let tensors = [x.t, y.t, &map];
     if let (Some(ix), Some(iy)) = (images.of(step, &d, x)?, images.of(step, &d, y)?) {
@@ -474,7 +485,7 @@ pub fn attention_bwd(
     step.dispatch_linear(&ROW_DOTS[with_extra], &p, &tensors, groups(d.rows(), 64))?;
     let mut images = SeqImages::default();
     let dscores = step.empty(probs.shape())?;
-    let p = d.params(d.scale(), false, [Some(&dout_seq), Some(&v), None])?;
+    let p = d.params(d.scale, false, [Some(&dout_seq), Some(&v), None])?;
     let tensors = [dout, v.t, &dscores, probs, extra, &dots];
     let n = groups(d.blocks(tq, tk), 64);
     if let (Some(ix), Some(iy)) = (images.of(step, &d, &dout_seq)?, images.of(step, &d, &v)?) {
