@@ -1,6 +1,8 @@
-//! A complete captioner: the model, its vocabulary and its image preprocessing, saved and loaded
-//! as one checkpoint directory (config.json, model.safetensors, preprocessor_config.json,
-//! tokenizer.json: what transformers and tokenizers read).
+//! A complete captioner: the model, its vocabulary, its image preprocessing and its generation
+//! settings, saved as one checkpoint directory (config.json, model.safetensors,
+//! preprocessor_config.json, tokenizer.json: what transformers and tokenizers read) and loaded
+//! from one as amad writes it or as the Hugging Face Hub holds it (other weight formats, GPT-2's
+//! vocab.json and merges.txt, generation_config.json).
 
 use super::formats::shard_names;
 use super::generate::Generation;
