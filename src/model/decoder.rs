@@ -33,6 +33,16 @@ pub struct BlockActs {
     mlp: MlpActs,
 }
 
+/// What the cross-attention sublayer computes: its LayerNorm (output, statistics), queries, maps,
+/// attention output and the sublayer's output y.
+pub(super) struct CrossActs {
+    ln: (Tensor, Tensor),
+    q: Tensor,
+    probs: Probs,
+    out: Tensor,
+    pub(super) y: Tensor,
+}
+
 /// What the decoder keeps for its backward.
 pub struct DecoderActs {
     ids: Tensor,
@@ -74,6 +84,32 @@ impl Model {
 
     fn cross_dims(&self, batch: usize, len: usize, layer: usize) -> Dims {
         self.dec_dims(batch, len, self.cfg.encoder.tokens(), layer)
+    }
+
+    /// The cross-attention sublayer: y = x + proj(attention(q(LayerNorm(x)), keys and values)),
+    /// `kv` [B, T, 2·D] the image's keys and values (computed from the encoder states once per
+    /// forward, or once per caption when generating).
+    pub(super) fn cross_sublayer(
+        &self,
+        step: &mut Step,
+        layer: &DecLayer,
+        dims: Dims,
+        x: &Tensor,
+        kv: &Tensor,
+    ) -> Result<CrossActs> {
+        let (ln_w, ln_b) = (self.w(layer.ln_cross.0), self.w(layer.ln_cross.1));
+        let ln = layernorm(step, x, ln_w, ln_b, self.cfg.decoder.layer_norm_epsilon)?;
+        let q = self.lin(InOut, step, &ln.0, layer.cross_q)?;
+        let (kq, vq) = (Seq::part(kv, 0, 2), Seq::part(kv, 1, 2));
+        let (out, probs) = attention(step, dims, Seq::whole(&q), kq, vq, Masks::default())?;
+        let y = self.lin_residual(InOut, step, &out, layer.cross_proj, x)?;
+        Ok(CrossActs {
+            ln,
+            q,
+            probs,
+            out,
+            y,
+        })
     }
 
     /// The token embeddings of `ids`, from the table whole or in row blocks (see `Weights`).
@@ -128,25 +164,9 @@ impl Model {
                 causal,
             )?;
             let x_mid1 = self.lin_residual(InOut, step, &self_out, layer.attn_proj, &x)?;
-            let (c, s2) = layernorm(
-                step,
-                &x_mid1,
-                self.w(layer.ln_cross.0),
-                self.w(layer.ln_cross.1),
-                eps,
-            )?;
-            let cross_q = self.lin(InOut, step, &c, layer.cross_q)?;
             let cross_kv = self.lin(InOut, step, states, layer.cross_kv)?;
-            let (cross_out, cross_probs) = attention(
-                step,
-                xd,
-                Seq::whole(&cross_q),
-                Seq::part(&cross_kv, 0, 2),
-                Seq::part(&cross_kv, 1, 2),
-                Masks::default(),
-            )?;
-            let x_mid2 = self.lin_residual(InOut, step, &cross_out, layer.cross_proj, &x_mid1)?;
-            let (x_out, mlp) = self.mlp(step, &x_mid2, &self.dec_mlp(layer))?;
+            let cross = self.cross_sublayer(step, layer, xd, &x_mid1, &cross_kv)?;
+            let (x_out, mlp) = self.mlp(step, &cross.y, &self.dec_mlp(layer))?;
             blocks.push(BlockActs {
                 x,
                 ln1: (a, s1),
@@ -154,12 +174,12 @@ impl Model {
                 self_probs,
                 self_out,
                 x_mid1,
-                ln_cross: (c, s2),
-                cross_q,
+                ln_cross: cross.ln,
+                cross_q: cross.q,
                 cross_kv,
-                cross_probs,
-                cross_out,
-                x_mid2,
+                cross_probs: cross.probs,
+                cross_out: cross.out,
+                x_mid2: cross.y,
                 mlp,
             });
             x = x_out;

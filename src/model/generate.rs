@@ -219,24 +219,9 @@ impl Model {
             )?;
             self_kv.push(kv);
             let x_mid1 = self.lin_residual(InOut, step, &self_out, layer.attn_proj, &x)?;
-            let (c, _) = layernorm(
-                step,
-                &x_mid1,
-                self.w(layer.ln_cross.0),
-                self.w(layer.ln_cross.1),
-                eps,
-            )?;
-            let cross_q = self.lin(InOut, step, &c, layer.cross_q)?;
             let cross = &cache.cross_kv[i];
-            let (cross_out, _) = attention(
-                step,
-                self.dec_dims(n, 1, cross.shape()[1], i),
-                Seq::whole(&cross_q),
-                Seq::part(cross, 0, 2),
-                Seq::part(cross, 1, 2),
-                Masks::default(),
-            )?;
-            let x_mid2 = self.lin_residual(InOut, step, &cross_out, layer.cross_proj, &x_mid1)?;
+            let dims = self.dec_dims(n, 1, cross.shape()[1], i);
+            let x_mid2 = self.cross_sublayer(step, layer, dims, &x_mid1, cross)?.y;
             x = self.mlp(step, &x_mid2, &self.dec_mlp(layer))?.0;
         }
         let (hidden, _) = layernorm(step, &x, self.w(l.ln_f.0), self.w(l.ln_f.1), eps)?;
