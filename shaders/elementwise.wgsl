@@ -74,6 +74,23 @@ fn gelu_tanh_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
+// ReLU, which a config may name instead of a GELU; its slope at 0 is 0, as torch's.
+@compute @workgroup_size(256)
+fn relu_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        out[i] = max(x[i], 0.0);
+    }
+}
+
+@compute @workgroup_size(256)
+fn relu_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        out[i] = select(0.0, y[i], x[i] > 0.0);
+    }
+}
+
 // ---- GELU with x and dy read from images (see src/gpu/image.rs) ----
 //
 // On lavapipe a storage load runs once per invocation and element; a texel fetch brings four

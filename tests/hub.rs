@@ -95,18 +95,12 @@ fn the_hub_layout_with_safetensors_captions_as_transformers() {
     assert_greedy_as_transformers(&c);
 }
 
-/// GPT-2's scale_attn_by_inverse_layer_idx (scores further divided by the layer's index + 1), on
-/// the same weights: transformers' greedy tokens (tests/fixtures/make_hub_tiny_variants.py), which
-/// differ from the unscaled model's for two of the three photos.
+/// Config fields on the same weights, each checked against transformers' greedy tokens
+/// (tests/fixtures/make_hub_tiny_variants.py): GPT-2's scale_attn_by_inverse_layer_idx (scores
+/// further divided by the layer's index + 1) and ReLU in both MLPs. Each changes at least one of
+/// the three captions, so each is seen to act.
 #[test]
-fn scores_scaled_by_the_inverse_layer_index_caption_as_transformers() {
-    let dir = copy_without("inverse-layer", &[]);
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    config["decoder"]["scale_attn_by_inverse_layer_idx"] = Value::from(true);
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let c = Captioner::load(gpu(), &dir).unwrap();
-    assert!(c.model.cfg.decoder.scale_attn_by_inverse_layer_idx);
+fn config_variants_caption_as_transformers() {
     let gold: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -116,18 +110,28 @@ fn scores_scaled_by_the_inverse_layer_index_caption_as_transformers() {
     )
     .unwrap();
     let base = golden();
-    let mut differ = 0;
-    for photo in ["astronaut", "coffee", "chelsea"] {
-        let want = generated(&gold["inverse_layer_scale"][photo]["greedy"]);
-        differ += (want != generated(&base[photo]["greedy"])) as usize;
-        assert_eq!(
-            caption_ids(&c, photo, Generation::default()),
-            want,
-            "{photo}"
-        );
+    for (variant, g) in gold.as_object().unwrap() {
+        let dir = copy_without(variant, &[]);
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        for (part, fields) in g["config"].as_object().unwrap() {
+            for (k, v) in fields.as_object().unwrap() {
+                config[part][k] = v.clone();
+            }
+        }
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let c = Captioner::load(gpu(), &dir).unwrap();
+        let mut differ = 0;
+        for photo in ["astronaut", "coffee", "chelsea"] {
+            let want = generated(&g[photo]["greedy"]);
+            differ += (want != generated(&base[photo]["greedy"])) as usize;
+            let got = caption_ids(&c, photo, Generation::default());
+            assert_eq!(got, want, "{variant} {photo}");
+        }
+        assert!(differ > 0, "{variant} changes no caption");
+        std::fs::remove_dir_all(dir).ok();
     }
-    assert_eq!(differ, 2, "the flag changes two of the three captions");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// Beam search, 4 beams, max_length 16: transformers' algorithm token for token.
@@ -509,7 +513,7 @@ fn config_fields_amad_does_not_implement_are_refused_by_name() {
         (
             "decoder",
             "activation_function",
-            Value::from("relu"),
+            Value::from("swish"),
             "decoder.activation_function",
         ),
         (
@@ -533,7 +537,7 @@ fn config_fields_amad_does_not_implement_are_refused_by_name() {
         (
             "encoder",
             "hidden_act",
-            Value::from("relu"),
+            Value::from("silu"),
             "encoder.hidden_act",
         ),
     ] {

@@ -2,7 +2,7 @@
 //! backward against central finite differences in f64.
 
 mod common;
-use amad::ops::elementwise::{add, axpy, bias_add, gelu, gelu_bwd, Gelu};
+use amad::ops::elementwise::{activation, activation_bwd, add, axpy, bias_add, Activation};
 use amad::ops::{attention, embedding, image, layernorm, loss, optim, reduce, softmax};
 use amad::reference as r;
 use amad::rng::Rng;
@@ -51,11 +51,11 @@ fn gelu_both_forms_forward_and_backward() {
     let buffers = own_device(false);
     for (kind, f, df) in [
         (
-            Gelu::Erf,
+            Activation::GeluErf,
             r::gelu_erf as fn(f64) -> f64,
             r::gelu_erf_grad as fn(f64) -> f64,
         ),
-        (Gelu::Tanh, r::gelu_tanh, r::gelu_tanh_grad),
+        (Activation::GeluTanh, r::gelu_tanh, r::gelu_tanh_grad),
     ] {
         let want: Vec<f64> = x.iter().map(|&v| f(v)).collect();
         let want_dx: Vec<f64> = x.iter().zip(&dy).map(|(&v, g)| g * df(v)).collect();
@@ -87,14 +87,21 @@ fn gelu_both_forms_forward_and_backward() {
                 let mut got = vec![];
                 let ran = kernels_run(g, || {
                     got = run_on(g, |s| {
-                        Ok(vec![gelu(s, &tx, kind)?, gelu_bwd(s, &tx, &tdy, kind)?])
+                        Ok(vec![
+                            activation(s, &tx, kind)?,
+                            activation_bwd(s, &tx, &tdy, kind)?,
+                        ])
                     })
                 });
-                let form = format!("{kind:?}").to_lowercase();
+                let form = if kind == Activation::GeluErf {
+                    "gelu_erf"
+                } else {
+                    "gelu_tanh"
+                };
                 let want_ran: Vec<String> = if on && fits {
                     vec!["gelu_bwd_image".into(), "gelu_fwd_image".into()]
                 } else {
-                    vec![format!("gelu_{form}_bwd"), format!("gelu_{form}_fwd")]
+                    vec![format!("{form}_bwd"), format!("{form}_fwd")]
                 };
                 assert_eq!(ran, want_ran, "{what}");
                 // erf by A&S 7.1.26 (error 1.5e-7) times |x| <= 20, plus f32 rounding: 4e-6.
@@ -108,6 +115,49 @@ fn gelu_both_forms_forward_and_backward() {
             );
         }
     }
+}
+
+/// ReLU, which a config may name instead of a GELU: buffer kernels on every device, the slope 0
+/// at 0 as torch's, and the finite differences of the reference away from the kink.
+#[test]
+fn relu_forward_and_backward() {
+    let mut rng = Rng::new(21);
+    let mut x = rng.vec(1021, 3.0);
+    x.extend([-2.0, 0.0, 1e-30, -1e-30]);
+    let dy = rng.vec(x.len(), 1.0);
+    let want: Vec<f64> = x.iter().map(|&v| r::relu(v)).collect();
+    let want_dx: Vec<f64> = x
+        .iter()
+        .zip(&dy)
+        .map(|(&v, g)| g * r::relu_grad(v))
+        .collect();
+    for (&v, (&g, &d)) in x.iter().zip(dy.iter().zip(&want_dx)) {
+        if v.abs() > 10.0 * FD_EPS {
+            let fd = g * (r::relu(v + FD_EPS) - r::relu(v - FD_EPS)) / (2.0 * FD_EPS);
+            assert!(
+                (fd - d).abs() <= FD_ATOL + FD_RTOL * d.abs(),
+                "{v}: {d} against {fd}"
+            );
+        }
+    }
+    let g = own_device(true);
+    let (tx, tdy) = (
+        upload_on(&g, &[x.len()], &x),
+        upload_on(&g, &[x.len()], &dy),
+    );
+    let mut got = vec![];
+    let ran = kernels_run(&g, || {
+        got = run_on(&g, |s| {
+            Ok(vec![
+                activation(s, &tx, Activation::Relu)?,
+                activation_bwd(s, &tx, &tdy, Activation::Relu)?,
+            ])
+        })
+    });
+    assert_eq!(ran, ["relu_bwd", "relu_fwd"]);
+    // A maximum and a select: exact up to the f32 rounding of the uploads.
+    assert_close("relu forward", &got[0], &want, 0.0, 6e-8);
+    assert_close("relu backward", &got[1], &want_dx, 0.0, 6e-8);
 }
 
 #[test]

@@ -535,15 +535,15 @@ fn backward_matches_reference_and_finite_differences() {
     assert_close("db", &got[2], &db_ref, tol(m), 1e-5);
 }
 
-/// An MLP's GELU done in the matmul's store (`linear_gelu`, and `linear_bwd` through the GELU):
+/// An MLP's GELU done in the matmul's store (`linear_activation`, and `linear_bwd` through the GELU):
 /// on a device with the subgroup kernel it runs in the product's store, elsewhere as the product
 /// and then the GELU kernel; both give the same bits and match the reference. Forward: hidden =
 /// x·W1 + b, act = GELU(hidden); backward of the next layer y = act·W2 through the GELU:
 /// dhidden = (dy·W2ᵀ) ⊙ GELU'(hidden). Both forms, both weight layouts.
 #[test]
 fn gelu_in_the_store_matches_the_gelu_kernel() {
-    use amad::model::linear::{linear_bwd, linear_gelu, Dx, Layout};
-    use amad::ops::elementwise::Gelu;
+    use amad::model::linear::{linear_activation, linear_bwd, Dx, Layout};
+    use amad::ops::elementwise::Activation;
     let subgroup = own_device(true);
     let buffers = own_device(false);
     let sub_kernel = subgroup_matmul_kernel(&subgroup);
@@ -561,14 +561,15 @@ fn gelu_in_the_store_matches_the_gelu_kernel() {
         };
         (w, io, shape)
     };
-    for kind in [Gelu::Erf, Gelu::Tanh] {
+    for kind in [Activation::GeluErf, Activation::GeluTanh, Activation::Relu] {
         type Scalar = fn(f64) -> f64;
         let (f, slope): (Scalar, Scalar) = match kind {
-            Gelu::Erf => (r::gelu_erf, r::gelu_erf_grad),
-            Gelu::Tanh => (r::gelu_tanh, r::gelu_tanh_grad),
+            Activation::GeluErf => (r::gelu_erf, r::gelu_erf_grad),
+            Activation::GeluTanh => (r::gelu_tanh, r::gelu_tanh_grad),
+            Activation::Relu => (r::relu, r::relu_grad),
         };
         for layout in [Layout::OutIn, Layout::InOut] {
-            let mut rng = Rng::new(70 + (kind == Gelu::Tanh) as u64);
+            let mut rng = Rng::new(70 + (kind == Activation::GeluTanh) as u64);
             let (x, b, dy) = (
                 rng.vec(rows * inp, 1.0),
                 rng.vec(hid, 1.0),
@@ -602,20 +603,21 @@ fn gelu_in_the_store_matches_the_gelu_kernel() {
                 let mut got = vec![];
                 let ran = kernels_run(g, || {
                     got = run_on(g, |s| {
-                        let (h, a) = linear_gelu(s, &tx, &tw1, &tb, layout, kind)?;
-                        let through = Dx::ThroughGelu { hidden: &h, kind };
+                        let (h, a) = linear_activation(s, &tx, &tw1, &tb, layout, kind)?;
+                        let through = Dx::ThroughActivation { hidden: &h, kind };
                         let dh = linear_bwd(s, &a, &tw2, layout, &tdy, &tdw, Some(&tdb), through)?;
                         Ok(vec![h, a, dh.expect("dhidden is returned")])
                     })
                 });
                 assert!(ran.contains(&product), "{what}: ran {ran:?}");
-                // Where the store applies the GELU, no GELU kernel runs.
-                let gelu_kernels = ran.iter().filter(|k| k.starts_with("gelu")).count();
-                assert_eq!(
-                    gelu_kernels,
-                    if fused { 0 } else { 2 },
-                    "{what}: ran {ran:?}"
-                );
+                // Where the store applies the GELU, no activation kernel runs; ReLU always has its
+                // own kernels.
+                let passes = ran
+                    .iter()
+                    .filter(|k| k.starts_with("gelu") || k.starts_with("relu"))
+                    .count();
+                let fused = fused && kind != Activation::Relu;
+                assert_eq!(passes, if fused { 0 } else { 2 }, "{what}: ran {ran:?}");
                 assert_close(&format!("{what}: hidden"), &got[0], &hidden, tol(inp), 1e-5);
                 assert_close(&format!("{what}: act"), &got[1], &act, tol(inp), 1e-5);
                 assert_close(

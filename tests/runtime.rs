@@ -45,7 +45,7 @@ fn second_identical_step_allocates_no_buffer_and_builds_no_pipeline() {
     let step = || -> Vec<f32> {
         let mut s = g.step();
         let y = matmul(&mut s, &x, &w, false, false, None).unwrap();
-        let h = elementwise::gelu(&mut s, &y, elementwise::Gelu::Tanh).unwrap();
+        let h = elementwise::activation(&mut s, &y, elementwise::Activation::GeluTanh).unwrap();
         let (n, _) = layernorm::layernorm(&mut s, &h, &gamma, &beta, 1e-5).unwrap();
         let total = reduce::sum(&mut s, &n).unwrap();
         s.submit().unwrap();

@@ -3,9 +3,10 @@
 //! transformers unchanged.
 
 use crate::error::{Error, Result};
+use crate::ops::elementwise::Activation;
 use serde_json::{json, Value};
 
-/// The ViT encoder (transformers' ViTConfig; hidden_act "gelu", qkv_bias true).
+/// The ViT encoder (transformers' ViTConfig; qkv_bias true).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Vit {
     pub image_size: usize,
@@ -16,6 +17,8 @@ pub struct Vit {
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
     pub layer_norm_eps: f32,
+    /// The MLP's activation (hidden_act; "gelu", the exact GELU, in ViT itself).
+    pub hidden_act: Activation,
 }
 
 /// The GPT-2 decoder with cross-attention (transformers' GPT2Config; activation "gelu_new").
@@ -28,6 +31,8 @@ pub struct Gpt2 {
     pub n_head: usize,
     pub n_inner: usize,
     pub layer_norm_epsilon: f32,
+    /// The MLP's activation (activation_function; "gelu_new", the tanh GELU, in GPT-2 itself).
+    pub activation_function: Activation,
     /// Attention scores further divided by the layer's index + 1 (false in GPT-2 itself).
     pub scale_attn_by_inverse_layer_idx: bool,
 }
@@ -101,6 +106,15 @@ fn expect_str(v: &Value, part: &str, key: &str, want: &str, default: &str) -> Re
     Ok(())
 }
 
+/// The name transformers' configs give an activation.
+fn activation_name(a: Activation) -> &'static str {
+    match a {
+        Activation::GeluErf => "gelu",
+        Activation::GeluTanh => "gelu_new",
+        Activation::Relu => "relu",
+    }
+}
+
 fn token_id(v: &Value, key: &str, default: u32) -> u32 {
     v.get(key)
         .and_then(Value::as_u64)
@@ -150,6 +164,7 @@ impl Config {
                 num_attention_heads: enc.2,
                 intermediate_size: 4 * enc.1,
                 layer_norm_eps: 1e-12,
+                hidden_act: Activation::GeluErf,
             },
             decoder: Gpt2 {
                 vocab_size,
@@ -159,6 +174,7 @@ impl Config {
                 n_head: dec.2,
                 n_inner: 4 * dec.1,
                 layer_norm_epsilon: 1e-5,
+                activation_function: Activation::GeluTanh,
                 scale_attn_by_inverse_layer_idx: false,
             },
             bos_token_id: 1,
@@ -236,18 +252,19 @@ impl Config {
         let e = field(&v, "config", "encoder")?;
         let d = field(&v, "config", "decoder")?;
         expect_str(e, "encoder", "model_type", "vit", "")?;
-        expect_str(e, "encoder", "hidden_act", "gelu", "gelu")?;
         expect_str(d, "decoder", "model_type", "gpt2", "")?;
         // gelu_pytorch_tanh is gelu_new's formula, computed by a fused kernel in PyTorch.
-        let act = d
-            .get("activation_function")
-            .and_then(Value::as_str)
-            .unwrap_or("gelu_new");
-        if !["gelu_new", "gelu_pytorch_tanh"].contains(&act) {
-            return Err(Error::Invalid(format!(
-                "config.json: decoder.activation_function is \"{act}\"; amad implements \"gelu_new\" (and its equal \"gelu_pytorch_tanh\") only"
-            )));
-        }
+        let activation = |part: &str, v: &Value, key: &str, default: &str| {
+            let name = v.get(key).and_then(Value::as_str).unwrap_or(default);
+            Activation::from_name(name).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "config.json: {part}.{key} is \"{name}\"; amad implements \"gelu\", \"gelu_new\" \
+                     (and its equal \"gelu_pytorch_tanh\") and \"relu\""
+                ))
+            })
+        };
+        let hidden_act = activation("encoder", e, "hidden_act", "gelu")?;
+        let activation_function = activation("decoder", d, "activation_function", "gelu_new")?;
         if d.get("add_cross_attention").and_then(Value::as_bool) != Some(true) {
             return Err(Error::Invalid(
                 "config.json: decoder.add_cross_attention must be true".into(),
@@ -284,6 +301,7 @@ impl Config {
                 num_attention_heads: usize_of(e, "encoder", "num_attention_heads")?,
                 intermediate_size: usize_of(e, "encoder", "intermediate_size")?,
                 layer_norm_eps: f32_of(e, "encoder", "layer_norm_eps", 1e-12)?,
+                hidden_act,
             },
             decoder: Gpt2 {
                 vocab_size: usize_of(d, "decoder", "vocab_size")?,
@@ -293,6 +311,7 @@ impl Config {
                 n_head: usize_of(d, "decoder", "n_head")?,
                 n_inner,
                 layer_norm_epsilon: f32_of(d, "decoder", "layer_norm_epsilon", 1e-5)?,
+                activation_function,
                 scale_attn_by_inverse_layer_idx: match d.get("scale_attn_by_inverse_layer_idx") {
                     None | Some(Value::Null) => false,
                     Some(x) => x.as_bool().ok_or_else(|| {
@@ -335,7 +354,7 @@ impl Config {
                 "num_hidden_layers": e.num_hidden_layers,
                 "num_attention_heads": e.num_attention_heads,
                 "intermediate_size": e.intermediate_size,
-                "hidden_act": "gelu",
+                "hidden_act": activation_name(e.hidden_act),
                 "layer_norm_eps": e.layer_norm_eps,
                 "qkv_bias": true,
                 "hidden_dropout_prob": 0.0,
@@ -349,7 +368,7 @@ impl Config {
                 "n_layer": d.n_layer,
                 "n_head": d.n_head,
                 "n_inner": d.n_inner,
-                "activation_function": "gelu_new",
+                "activation_function": activation_name(d.activation_function),
                 "layer_norm_epsilon": d.layer_norm_epsilon,
                 "add_cross_attention": true,
                 "is_decoder": true,

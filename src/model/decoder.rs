@@ -9,7 +9,7 @@ use super::{Model, Weights};
 use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
-use crate::ops::elementwise::{add, Gelu};
+use crate::ops::elementwise::add;
 use crate::ops::embedding::{embedding, embedding_bwd, embedding_rows};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
@@ -62,7 +62,7 @@ impl Model {
             fc: layer.fc,
             proj: layer.proj,
             layout: InOut,
-            gelu: Gelu::Tanh,
+            activation: self.cfg.decoder.activation_function,
             eps: self.cfg.decoder.layer_norm_epsilon,
         }
     }
@@ -262,7 +262,7 @@ impl Model {
         g: &Weights,
     ) -> Result<Tensor> {
         let need = |t: Option<Tensor>| t.expect("dx requested");
-        // x_out = x_mid2 + proj(gelu(fc(ln2(x_mid2))))
+        // x_out = x_mid2 + proj(activation(fc(ln2(x_mid2))))
         let dx_mid2 = self.mlp_bwd(step, &a.x_mid2, &self.dec_mlp(layer), &a.mlp, dx, g)?;
         // x_mid2 = x_mid1 + cross_proj(attention(q(ln_cross x_mid1), kv(states)))
         let dcross_out = need(self.lin_bwd(

@@ -8,7 +8,6 @@ use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
-use crate::ops::elementwise::Gelu;
 use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 use crate::ops::softmax::Masks;
@@ -44,7 +43,7 @@ impl Model {
             fc: layer.fc1,
             proj: layer.fc2,
             layout: OutIn,
-            gelu: Gelu::Erf,
+            activation: self.cfg.encoder.hidden_act,
             eps: self.cfg.encoder.layer_norm_eps,
         }
     }
@@ -155,7 +154,7 @@ impl Model {
         dprobs: Option<&Tensor>,
         g: &Weights,
     ) -> Result<Tensor> {
-        // x_out = x_mid + fc2(gelu(fc1(ln2(x_mid))))
+        // x_out = x_mid + fc2(activation(fc1(ln2(x_mid))))
         let dx_mid = self.mlp_bwd(step, &a.x_mid, &self.enc_mlp(layer), &a.mlp, dx, g)?;
         // x_mid = x + out(attention(qkv(ln1 x))), query, key and value as one product
         let dattn = self

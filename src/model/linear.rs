@@ -4,7 +4,7 @@
 
 use crate::error::{shape_err, Result};
 use crate::gpu::{Step, Tensor};
-use crate::ops::elementwise::{gelu, gelu_bwd, Gelu};
+use crate::ops::elementwise::{activation, activation_bwd, Activation};
 use crate::ops::matmul::{Epilogue, Gemm, View};
 use crate::ops::reduce::sum_columns;
 
@@ -189,13 +189,13 @@ fn forward_gemm<'a>(
 /// (hidden, act) = (x·W + b, GELU(hidden)), an MLP's first layer: one pass where the matmul applies
 /// the GELU as it stores (see `Gemm::record_with`), else the product and then the GELU kernel.
 /// Either way the same bits.
-pub fn linear_gelu(
+pub fn linear_activation(
     step: &mut Step,
     x: &Tensor,
     w: &Tensor,
     b: &Tensor,
     layout: Layout,
-    kind: Gelu,
+    kind: Activation,
 ) -> Result<(Tensor, Tensor)> {
     let dims = dims("linear", x, w, layout)?;
     let mut shape = x.shape().to_vec();
@@ -207,7 +207,7 @@ pub fn linear_gelu(
         return Ok((hidden, act));
     }
     gemm.record(step)?;
-    let act = gelu(step, &hidden, kind)?;
+    let act = activation(step, &hidden, kind)?;
     Ok((hidden, act))
 }
 
@@ -222,7 +222,10 @@ pub enum Dx<'a> {
     AddTo(&'a Tensor),
     /// A new tensor, the gradient one step further back: through x = GELU(hidden), so
     /// dhidden = dx ⊙ GELU'(hidden), returned (in the product's store where the matmul can).
-    ThroughGelu { hidden: &'a Tensor, kind: Gelu },
+    ThroughActivation {
+        hidden: &'a Tensor,
+        kind: Activation,
+    },
 }
 
 /// Backward of [`linear`]: adds dW (and db) into `dw` (and `db`); returns dx for [`Dx::New`].
@@ -288,14 +291,14 @@ pub fn linear_bwd(
     let (out_dx, accumulate) = match dx {
         Dx::Skip => return Ok(None),
         Dx::New => (step.empty(x.shape())?, false),
-        Dx::AddTo(t) | Dx::ThroughGelu { hidden: t, .. } if t.shape() != x.shape() => {
+        Dx::AddTo(t) | Dx::ThroughActivation { hidden: t, .. } if t.shape() != x.shape() => {
             return shape_err(
                 "linear_bwd",
                 format!("dx {:?} does not match x {:?}", t.shape(), x.shape()),
             )
         }
         Dx::AddTo(t) => (t.clone(), true),
-        Dx::ThroughGelu { .. } => (step.empty(x.shape())?, false),
+        Dx::ThroughActivation { .. } => (step.empty(x.shape())?, false),
     };
     // dX = dY Wᵀ: the weight read as an out × in operand.
     let wt = match layout {
@@ -326,12 +329,12 @@ pub fn linear_bwd(
         alpha: 1.0,
         accumulate,
     };
-    if let Dx::ThroughGelu { hidden, kind } = dx {
+    if let Dx::ThroughActivation { hidden, kind } = dx {
         if gemm.record_with(step, Some(Epilogue::GeluSlope { hidden, kind }))? {
             return Ok(Some(out_dx));
         }
         gemm.record(step)?;
-        return Ok(Some(gelu_bwd(step, hidden, &out_dx, kind)?));
+        return Ok(Some(activation_bwd(step, hidden, &out_dx, kind)?));
     }
     gemm.record(step)?;
     Ok((!accumulate).then_some(out_dx))

@@ -1,11 +1,11 @@
-//! The pre-LN MLP sublayer both stacks share: y = x + proj(gelu(fc(LayerNorm(x)))), forward and
+//! The pre-LN MLP sublayer both stacks share: y = x + proj(activation(fc(LayerNorm(x)))), forward and
 //! backward. The ViT uses nn.Linear weights and exact GELU, GPT-2 Conv1D weights and tanh GELU.
 
-use super::linear::{linear_gelu, Dx, Layout};
+use super::linear::{linear_activation, Dx, Layout};
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
-use crate::ops::elementwise::Gelu;
+use crate::ops::elementwise::Activation;
 use crate::ops::layernorm::{layernorm, layernorm_bwd};
 
 /// Which parameters and forms a sublayer uses.
@@ -14,7 +14,7 @@ pub struct Mlp {
     pub fc: (usize, usize),
     pub proj: (usize, usize),
     pub layout: Layout,
-    pub gelu: Gelu,
+    pub activation: Activation,
     pub eps: f32,
 }
 
@@ -30,7 +30,8 @@ impl Model {
     pub(super) fn mlp(&self, step: &mut Step, x: &Tensor, p: &Mlp) -> Result<(Tensor, MlpActs)> {
         let (normed, stats) = layernorm(step, x, self.w(p.ln.0), self.w(p.ln.1), p.eps)?;
         let (w, b) = p.fc;
-        let (hidden, act) = linear_gelu(step, &normed, self.w(w), self.w(b), p.layout, p.gelu)?;
+        let (hidden, act) =
+            linear_activation(step, &normed, self.w(w), self.w(b), p.layout, p.activation)?;
         let y = self.lin_residual(p.layout, step, &act, p.proj, x)?;
         Ok((
             y,
@@ -54,9 +55,9 @@ impl Model {
         dy: Tensor,
         g: &Weights,
     ) -> Result<Tensor> {
-        let through = Dx::ThroughGelu {
+        let through = Dx::ThroughActivation {
             hidden: &a.hidden,
-            kind: p.gelu,
+            kind: p.activation,
         };
         let dhidden = self
             .lin_bwd(p.layout, step, &a.act, p.proj, &dy, g, through)?

@@ -12,6 +12,8 @@ pub const GELU_ERF_FWD: Kernel = Kernel::new("elementwise", "gelu_erf_fwd", &[R,
 pub const GELU_ERF_BWD: Kernel = Kernel::new("elementwise", "gelu_erf_bwd", &[R, R, W]);
 pub const GELU_TANH_FWD: Kernel = Kernel::new("elementwise", "gelu_tanh_fwd", &[R, R, W]);
 pub const GELU_TANH_BWD: Kernel = Kernel::new("elementwise", "gelu_tanh_bwd", &[R, R, W]);
+pub const RELU_FWD: Kernel = Kernel::new("elementwise", "relu_fwd", &[R, R, W]);
+pub const RELU_BWD: Kernel = Kernel::new("elementwise", "relu_bwd", &[R, R, W]);
 
 /// GELU reading x (and dy) from images (`Gpu::image_operands`): [forward, backward] of one form.
 const fn gelu_images(names: [&'static str; 2], tanh: bool) -> [Kernel; 2] {
@@ -121,32 +123,54 @@ pub fn axpy(step: &mut Step, acc: &Tensor, x: &Tensor, alpha: f32) -> Result<()>
     )
 }
 
-/// Which GELU: the exact one (ViT) or GPT-2's tanh approximation.
+/// The MLPs' activation: the exact GELU (ViT's "gelu"), GPT-2's tanh approximation ("gelu_new",
+/// "gelu_pytorch_tanh"), or ReLU, which a config may name for either.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Gelu {
-    Erf,
-    Tanh,
+pub enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
 }
 
-fn image_kernels(kind: Gelu) -> &'static [Kernel; 2] {
-    match kind {
-        Gelu::Erf => &GELU_ERF_IMAGE,
-        Gelu::Tanh => &GELU_TANH_IMAGE,
+impl Activation {
+    /// The activation a config names (ViT's hidden_act, GPT-2's activation_function).
+    pub fn from_name(name: &str) -> Option<Activation> {
+        match name {
+            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" => Some(Activation::GeluTanh),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
     }
 }
 
-/// y = gelu(x).
-pub fn gelu(step: &mut Step, x: &Tensor, kind: Gelu) -> Result<Tensor> {
+/// The GELU kernels reading from images, [forward, backward]; ReLU, whose cost is its loads and
+/// stores only, keeps its buffer kernels.
+fn image_kernels(kind: Activation) -> Option<&'static [Kernel; 2]> {
+    match kind {
+        Activation::GeluErf => Some(&GELU_ERF_IMAGE),
+        Activation::GeluTanh => Some(&GELU_TANH_IMAGE),
+        Activation::Relu => None,
+    }
+}
+
+/// y = activation(x).
+pub fn activation(step: &mut Step, x: &Tensor, kind: Activation) -> Result<Tensor> {
     let k = match kind {
-        Gelu::Erf => &GELU_ERF_FWD,
-        Gelu::Tanh => &GELU_TANH_FWD,
+        Activation::GeluErf => &GELU_ERF_FWD,
+        Activation::GeluTanh => &GELU_TANH_FWD,
+        Activation::Relu => &RELU_FWD,
     };
     let out = step.empty(x.shape())?;
     let n = x.numel();
     let cols = *x.shape().last().unwrap_or(&1);
     let p = params("gelu", n, cols, 1.0)?;
-    if let Some(im) = step.operand_images(&[x], cols)? {
-        let k = &image_kernels(kind)[0];
+    let images = match image_kernels(kind) {
+        Some(_) => step.operand_images(&[x], cols)?,
+        None => None,
+    };
+    if let (Some(im), Some(ks)) = (images, image_kernels(kind)) {
+        let k = &ks[0];
         step.dispatch_linear_images(k, &p, &[x, x, &out], &[&im[0]], groups(n / 4, 256))?;
     } else {
         step.dispatch_linear(k, &p, &[x, x, &out], groups(n, 256))?;
@@ -154,19 +178,29 @@ pub fn gelu(step: &mut Step, x: &Tensor, kind: Gelu) -> Result<Tensor> {
     Ok(out)
 }
 
-/// dx = dy * gelu'(x).
-pub fn gelu_bwd(step: &mut Step, x: &Tensor, dy: &Tensor, kind: Gelu) -> Result<Tensor> {
+/// dx = dy * activation'(x).
+pub fn activation_bwd(
+    step: &mut Step,
+    x: &Tensor,
+    dy: &Tensor,
+    kind: Activation,
+) -> Result<Tensor> {
     same_shape("gelu_bwd", x, dy)?;
     let k = match kind {
-        Gelu::Erf => &GELU_ERF_BWD,
-        Gelu::Tanh => &GELU_TANH_BWD,
+        Activation::GeluErf => &GELU_ERF_BWD,
+        Activation::GeluTanh => &GELU_TANH_BWD,
+        Activation::Relu => &RELU_BWD,
     };
     let out = step.empty(x.shape())?;
     let n = x.numel();
     let cols = *x.shape().last().unwrap_or(&1);
     let p = params("gelu_bwd", n, cols, 1.0)?;
-    if let Some(im) = step.operand_images(&[x, dy], cols)? {
-        let k = &image_kernels(kind)[1];
+    let images = match image_kernels(kind) {
+        Some(_) => step.operand_images(&[x, dy], cols)?,
+        None => None,
+    };
+    if let (Some(im), Some(ks)) = (images, image_kernels(kind)) {
+        let k = &ks[1];
         let n4 = groups(n / 4, 256);
         step.dispatch_linear_images(k, &p, &[x, dy, &out], &[&im[0], &im[1]], n4)?;
     } else {

@@ -1,6 +1,6 @@
 //! Launcher for `shaders/matmul.wgsl`: batched strided matrix multiply with optional bias.
 
-use super::elementwise::Gelu;
+use super::elementwise::Activation;
 use super::reduce::sum_rows_into;
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access, Gpu, Kernel, Rows, Step, Tensor};
@@ -255,9 +255,12 @@ impl<'a> View<'a> {
 #[derive(Clone, Copy)]
 pub enum Epilogue<'a> {
     /// Also stores GELU(C) into `act`.
-    Gelu { act: &'a Tensor, kind: Gelu },
+    Gelu { act: &'a Tensor, kind: Activation },
     /// Multiplies C by GELU's slope at `hidden` before storing it (the gradient through GELU).
-    GeluSlope { hidden: &'a Tensor, kind: Gelu },
+    GeluSlope {
+        hidden: &'a Tensor,
+        kind: Activation,
+    },
 }
 
 impl<'a> Epilogue<'a> {
@@ -268,12 +271,16 @@ impl<'a> Epilogue<'a> {
         }
     }
 
-    /// The shader's EPILOGUE - 1.
-    fn index(&self) -> usize {
-        match self {
-            Epilogue::Gelu { kind, .. } => (*kind == Gelu::Tanh) as usize,
-            Epilogue::GeluSlope { kind, .. } => 2 + (*kind == Gelu::Tanh) as usize,
-        }
+    /// The shader's EPILOGUE - 1; `None` for ReLU, which has no epilogue (the caller's separate
+    /// pass runs it).
+    fn index(&self) -> Option<usize> {
+        let (Epilogue::Gelu { kind, .. } | Epilogue::GeluSlope { kind, .. }) = self;
+        let tanh = match kind {
+            Activation::GeluErf => 0,
+            Activation::GeluTanh => 1,
+            Activation::Relu => return None,
+        };
+        Some(tanh + 2 * matches!(self, Epilogue::GeluSlope { .. }) as usize)
     }
 }
 
@@ -632,7 +639,7 @@ impl Gemm<'_> {
                 && e.tensor().numel() == self.m * self.n
                 && self.c.t.numel() == self.m * self.n;
             let bias_fits = matches!(e, Epilogue::Gelu { .. }) == self.bias.is_some();
-            if self.k > MAX_K || self.accumulate || !c_whole || !bias_fits {
+            if self.k > MAX_K || self.accumulate || !c_whole || !bias_fits || e.index().is_none() {
                 return Ok(false);
             }
         }
@@ -719,7 +726,10 @@ impl Gemm<'_> {
                 // Without an epilogue, a spare vec4 stands in for its tensor.
                 let spare;
                 let (kernel, aux) = match epilogue {
-                    Some(e) => (&MATMUL_SUBGROUP_GELU[ak][bn][e.index()], e.tensor()),
+                    Some(e) => {
+                        let i = e.index().expect("checked above: ReLU has no epilogue");
+                        (&MATMUL_SUBGROUP_GELU[ak][bn][i], e.tensor())
+                    }
                     None => {
                         spare = step.empty(&[4])?;
                         (&MATMUL_SUBGROUP[ak][bn][store], &spare)

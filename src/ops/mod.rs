@@ -76,6 +76,8 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &elementwise::GELU_ERF_BWD,
     &elementwise::GELU_TANH_FWD,
     &elementwise::GELU_TANH_BWD,
+    &elementwise::RELU_FWD,
+    &elementwise::RELU_BWD,
     &elementwise::GELU_ERF_IMAGE[0],
     &elementwise::GELU_ERF_IMAGE[1],
     &elementwise::GELU_TANH_IMAGE[0],

@@ -3,9 +3,10 @@
 //! committed (a full-size model made in a test). Plain loops, ordered only so that the inner loop
 //! runs along contiguous memory, which keeps a 239 M parameter forward to seconds.
 
-use super::{gelu_erf, gelu_tanh};
+use super::{gelu_erf, gelu_tanh, relu};
 use crate::model::weights::Layout;
 use crate::model::Config;
+use crate::ops::elementwise::Activation;
 
 /// The parameters in layout order (as `Weights::from_values` takes them).
 pub struct Params<'a> {
@@ -109,6 +110,14 @@ fn attention(
     out
 }
 
+fn activate(a: Activation, x: f64) -> f64 {
+    match a {
+        Activation::GeluErf => gelu_erf(x),
+        Activation::GeluTanh => gelu_tanh(x),
+        Activation::Relu => relu(x),
+    }
+}
+
 fn add(x: &mut [f64], y: &[f64]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
@@ -173,7 +182,7 @@ pub fn encode(cfg: &Config, p: &Params, patches: &[f64]) -> Vec<f64> {
             d,
             false,
         );
-        m.iter_mut().for_each(|v| *v = gelu_erf(*v));
+        m.iter_mut().for_each(|v| *v = activate(e.hidden_act, *v));
         let inner = e.intermediate_size;
         add(
             &mut x,
@@ -275,7 +284,8 @@ pub fn next_logits(cfg: &Config, p: &Params, states: &[f64], ids: &[u32]) -> Vec
         add(&mut x, &proj);
         let h = layernorm(&x, p.get(layer.ln2.0), p.get(layer.ln2.1), eps);
         let mut m = linear(&h, len, p.get(layer.fc.0), Some(p.get(layer.fc.1)), d, true);
-        m.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+        m.iter_mut()
+            .for_each(|v| *v = activate(c.activation_function, *v));
         add(
             &mut x,
             &linear(

@@ -129,6 +129,19 @@ pub fn gelu_tanh_grad(x: f64) -> f64 {
     0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
 }
 
+pub fn relu(x: f64) -> f64 {
+    x.max(0.0)
+}
+
+/// ReLU's slope, 0 at 0 (as torch's).
+pub fn relu_grad(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// LayerNorm over rows of width `cols`; returns y and per-row (mean, rstd).
 pub fn layernorm(x: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> (Vec<f64>, Vec<(f64, f64)>) {
     let cols = gamma.len();
