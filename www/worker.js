@@ -85,7 +85,13 @@ const handlers = {
       const parts = [];
       let got = 0;
       for (;;) {
-        const { done, value } = await reader.read();
+        let part;
+        try {
+          part = await reader.read();
+        } catch (e) {
+          throw signal.aborted ? new Error('the download was cancelled') : e;
+        }
+        const { done, value } = part;
         if (done) break;
         parts.push(value);
         got += value.length;

@@ -350,9 +350,11 @@ await page.screenshot({ path: path.join(shots, 'final.png'), fullPage: true });
 const hubFiles = path.join(here, '../fixtures/hub_tiny');
 const golden = JSON.parse(fs.readFileSync(path.join(here, '../fixtures/hub_tiny_golden.json'), 'utf8'));
 const hubLog = [];
+// amad-test/hub-tiny-slow serves the same files slowly (64 KB every 50 ms), so that a download
+// is still running when the test presses Cancel.
 const hub = http.createServer((req, res) => {
-  const m = new URL(req.url, 'http://x').pathname.match(/^\/amad-test\/hub-tiny\/resolve\/main\/([\w.-]+)$/);
-  const file = m && path.join(hubFiles, m[1]);
+  const m = new URL(req.url, 'http://x').pathname.match(/^\/amad-test\/hub-tiny(-slow)?\/resolve\/main\/([\w.-]+)$/);
+  const file = m && path.join(hubFiles, m[2]);
   const cors = { 'access-control-allow-origin': '*', 'access-control-expose-headers': 'content-length' };
   hubLog.push(`${req.method} ${req.url}`);
   if (!file || !fs.existsSync(file)) {
@@ -361,7 +363,18 @@ const hub = http.createServer((req, res) => {
   }
   res.writeHead(200, { ...cors, 'content-length': fs.statSync(file).size, 'content-type': 'application/octet-stream' });
   if (req.method === 'HEAD') return res.end();
-  fs.createReadStream(file).pipe(res);
+  if (!m[1]) return fs.createReadStream(file).pipe(res);
+  const bytes = fs.readFileSync(file);
+  let at = 0;
+  const tick = setInterval(() => {
+    if (res.destroyed || at >= bytes.length) {
+      clearInterval(tick);
+      return res.end();
+    }
+    res.write(bytes.subarray(at, at + 65536));
+    at += 65536;
+  }, 50);
+  res.on('close', () => clearInterval(tick));
 });
 await new Promise((r) => hub.listen(0, '127.0.0.1', r));
 // The tiny model is 10 MB: asking over 1 MB makes the page ask first, as it does for real models.
@@ -416,6 +429,24 @@ await check('an unknown repository gets a message that names it', async () => {
   assert(/amad-test\/no-such-model/.test(status) && /no config\.json/.test(status), status);
   console.log(`     ${status.slice(0, 120)}`);
 });
+await check('a Hub download in progress can be cancelled, and the teacher stays as it was', async () => {
+  const status = () => page.textContent('[data-testid=teacher-status]');
+  await page.fill('[data-testid=teacher-repo]', 'amad-test/hub-tiny-slow');
+  await page.click('[data-testid=teacher-load]');
+  await page.waitForFunction(() => /Press Load again/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 60000 });
+  await page.click('[data-testid=teacher-load]');
+  await page.waitForFunction(() => /model\.safetensors: [\d.]+ of/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 60000 });
+  assert(await page.isVisible('[data-testid=teacher-cancel]'), 'no Cancel button while downloading');
+  await page.click('[data-testid=teacher-cancel]');
+  await page.waitForFunction(() => /cancelled/.test(document.querySelector('[data-testid=teacher-status]').textContent), null, { timeout: 60000 });
+  const text = await status();
+  assert(/Could not load amad-test\/hub-tiny-slow: the download was cancelled/.test(text), text);
+  assert(!(await page.isVisible('[data-testid=teacher-cancel]')), 'Cancel still shown');
+  // The teacher loaded before (hub-tiny) still captions.
+  const c = await newCard(() => page.setInputFiles('[data-testid=file-input]', [path.join(here, '../fixtures/photos/coffee.png')]));
+  assert(!c.error && c.teacher.startsWith(golden.coffee.greedy_text), JSON.stringify(c));
+});
+
 await check('after a reload the Hub captioner loads from the browser cache with the mock Hub stopped', async () => {
   await new Promise((r) => hub.close(r));
   hubLog.length = 0;
