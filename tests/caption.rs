@@ -268,3 +268,23 @@ fn batched_beam_search_matches_each_image_alone() {
         assert_eq!(batched[i], alone[0], "scene {i}");
     }
 }
+
+/// Where XDG_RUNTIME_DIR is unset (servers, containers, cron), amad prints no "error:" lines of
+/// the Vulkan loader's, only its output.
+#[test]
+fn no_spurious_errors_without_xdg_runtime_dir() {
+    let dir = captioner_dir("xdg");
+    let imgs = temp("xdg-images");
+    image::DynamicImage::ImageRgba8(image(20, 20, 3))
+        .save_with_format(imgs.join("a.png"), image::ImageFormat::Png)
+        .unwrap();
+    let out = amad_command(["caption", "--model", dir.to_str().unwrap()])
+        .arg(imgs.join("a.png"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("a.png\t"));
+}

@@ -9,6 +9,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    #[cfg(unix)]
+    private_runtime_dir();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match cli::run(&args) {
         Ok(()) => 0,
@@ -22,6 +24,28 @@ fn main() {
 
 #[cfg(target_arch = "wasm32")]
 fn main() {}
+
+/// Opening a Vulkan instance makes libwayland print "error: XDG_RUNTIME_DIR is invalid or not
+/// set in the environment." twice where that variable is unset (servers, containers, cron), and
+/// the command then succeeds: an "error" that is none. Where it is unset, point it at a private
+/// directory of this user's (mode 0700, as the variable requires), before any thread exists.
+#[cfg(unix)]
+fn private_runtime_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let dir = std::env::temp_dir().join(format!("amad-runtime-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    // Only a directory this user owns and no one else can enter.
+    let ours = std::fs::symlink_metadata(&dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o077 == 0);
+    if ours {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
