@@ -100,6 +100,36 @@ fn resumed_and_whole(tag: &str, shape_loss: Option<ShapeTargets>, names: &[&str]
     std::fs::remove_dir_all(b).ok();
 }
 
+/// A run killed after its last checkpoint has logged steps that its resumption takes again: those
+/// lines go, each step is logged once, and the clock continues instead of restarting at 0.
+#[test]
+fn a_resumed_run_logs_each_step_once_and_continues_the_clock() {
+    let d = dir("log-once");
+    train_captioner(gpu(), &d, &opts(Some(4)), None, tiny).unwrap();
+    let log = d.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    // Steps 5 and 6 as a run killed before its next checkpoint would have left them.
+    text.push_str("{\"step\":5,\"seconds\":99.0,\"losses\":{}}\n{\"step\":6,\"seconds\":99.5,\"losses\":{}}\n");
+    std::fs::write(&log, text).unwrap();
+    train_captioner(gpu(), &d, &opts(None), None, || panic!("resumed")).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = lines.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+    let seconds: Vec<f64> = lines
+        .iter()
+        .map(|v| v["seconds"].as_f64().unwrap())
+        .collect();
+    assert!(
+        seconds.windows(2).all(|w| w[0] <= w[1]) && seconds[5] < 99.0,
+        "the clock continues from step 4's: {seconds:?}"
+    );
+    std::fs::remove_dir_all(d).ok();
+}
+
 #[test]
 fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     resumed_and_whole("plain", None, &["ce"]);

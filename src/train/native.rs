@@ -43,6 +43,42 @@ pub fn restore(
     restore_state(gpu, c, opt, head, &bytes, &path.display().to_string())
 }
 
+/// Prepares the metrics log for a run that starts after `start` steps: a run killed after its last
+/// checkpoint logged steps that its resumption takes again, so the lines past `start` go (the file
+/// is rewritten whole, then renamed over the old one). Returns the seconds the kept lines had
+/// run, so that the clock continues.
+fn trim_log(path: &Path, start: u64) -> Result<f64> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(0.0);
+    };
+    let bad = |e: std::io::Error| Error::Invalid(format!("{}: {e}", path.display()));
+    let mut kept = String::new();
+    let mut clock = 0.0f64;
+    let mut dropped = false;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        if v.get("step")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+            > start
+        {
+            dropped = true;
+            continue;
+        }
+        if let Some(s) = v.get("seconds").and_then(serde_json::Value::as_f64) {
+            clock = clock.max(s);
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    if dropped {
+        let tmp = path.with_extension("jsonl.tmp");
+        std::fs::write(&tmp, kept).map_err(bad)?;
+        std::fs::rename(&tmp, path).map_err(bad)?;
+    }
+    Ok(clock)
+}
+
 /// One line of the metrics log and the progress line.
 pub struct Progress {
     pub step: u64,
@@ -66,6 +102,7 @@ pub fn run_loop(
     mut record: impl FnMut(&mut Optimizer, u64) -> Result<Tensor>,
 ) -> Result<()> {
     let log_path = dir.join("metrics.jsonl");
+    let clock = trim_log(&log_path, start)?;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -93,7 +130,7 @@ pub fn run_loop(
             "step": p.step,
             "lr": p.lr,
             "losses": p.terms.iter().map(|(n, v)| (n.to_string(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
-            "seconds": began.elapsed().as_secs_f64(),
+            "seconds": clock + began.elapsed().as_secs_f64(),
         });
         writeln!(log, "{line}")
             .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
