@@ -113,7 +113,7 @@ for r, ref in steps:
     out.append(f"| {r['name']} | {r['shape']} | {spread(r)} | {rc} | {ratio} |")
 out += [
     "",
-    "Default configs (shared/TOOLCHAIN.md): teacher ViT 4×128×8 heads + GPT-2 4×128×8 heads; student",
+    "Default configs (src/model/config.rs): teacher ViT 4×128×8 heads + GPT-2 4×128×8 heads; student",
     "ViT 2×64×2 + GPT-2 2×64×2; 64×64 images in 8×8 patches; vocabulary 64, captions of 16 tokens.",
     "`teacher_train_step`: forward with attention maps, cross-entropy, backward, AdamW.",
     "`distill_step_amad_kl`: teacher forward, student forward and backward, CE + T²·KD + AMAD-KL over the",

@@ -38,7 +38,7 @@ if [ "$want_web" = 1 ]; then
     echo "setup: installing trunk 0.21.14 (about 9 minutes on 2 cores)"
     cargo install --locked trunk@0.21.14
   fi
-  # wasm-bindgen-cli must equal the wasm-bindgen in Cargo.lock; no --locked (see shared/TOOLCHAIN.md).
+  # wasm-bindgen-cli must equal the wasm-bindgen in Cargo.lock; no --locked (with it the install fails on a crate version the registry lacks).
   wb=$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/version = |"/, ""); print; exit}' Cargo.lock)
   if ! wasm-bindgen --version 2>/dev/null | grep -q " $wb\$"; then
     echo "setup: installing wasm-bindgen-cli $wb"

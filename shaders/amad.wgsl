@@ -1,4 +1,4 @@
-// Attention-map distillation losses (shared/AMAD.md), forward and backward.
+// Attention-map distillation losses (docs/method.md), forward and backward.
 //
 // AMAD variants 1 (MSE), 2 (KL) and 3 (token-level KL). A "segment" is the set of valid cells the
 // maps are flattened over: the whole q×k map (variants 1, 2) or one query row (variant 3); a

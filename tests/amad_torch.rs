@@ -1,5 +1,5 @@
 //! `amad loss` against PyTorch: tests/fixtures/make_amad_golden.py implemented the five losses in
-//! torch from shared/AMAD.md (autograd gradients, f64) for three cases (H_s < H_t with padding,
+//! torch from docs/method.md (autograd gradients, f64) for three cases (H_s < H_t with padding,
 //! H_s = H_t with causal zeros, H_s = 1) and eight configurations (τ, detached weights). This runs
 //! the same maps through the file path the command line uses.
 

@@ -1,4 +1,4 @@
-//! One distillation step (shared/AMAD.md, "Total loss"): teacher forward, student forward,
+//! One distillation step (docs/method.md, "The total loss"): teacher forward, student forward,
 //!   L = α·CE(student, reference) + β·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + γ·L_attn,
 //! student backward and AdamW, all recorded into one submission. L_attn is the mean, over the
 //! paired layers of each enabled attention kind, of the alignment loss of their maps.
@@ -60,7 +60,7 @@ pub fn layer_pairs(
     }
 }
 
-/// Everything a distillation step needs to know; defaults as in shared/AMAD.md.
+/// Everything a distillation step needs to know; defaults as in docs/method.md.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DistillConfig {
     pub alpha: f32,

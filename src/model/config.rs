@@ -122,7 +122,7 @@ fn token_id(v: &Value, key: &str, default: u32) -> u32 {
 }
 
 impl Config {
-    /// The default teacher (shared/TOOLCHAIN.md): 64×64 images, patch 8 (65 image tokens),
+    /// The default teacher: 64×64 images, patch 8 (65 image tokens),
     /// ViT 4 layers × 128 wide × 8 heads, GPT-2 4 layers × 128 wide × 8 heads, MLPs 4× wide.
     pub fn teacher(vocab_size: usize, max_len: usize) -> Config {
         Self::sized(vocab_size, max_len, (4, 128, 8), (4, 128, 8))

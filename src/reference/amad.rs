@@ -1,4 +1,4 @@
-//! CPU reference of the attention-distillation losses (shared/AMAD.md), written straight from the
+//! CPU reference of the attention-distillation losses (docs/method.md), written straight from the
 //! spec in f64. Its gradients are central finite differences of these functions (tests).
 
 /// Which loss.
