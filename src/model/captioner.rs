@@ -77,13 +77,13 @@ const TORCH_BIN: &str = "pytorch_model.bin";
 
 /// The checkpoint's weights file, by preference: safetensors (one file, then sharded), then
 /// torch's pickle archive. The page fetches from the Hub in the same order.
-pub fn weights_file(has: impl Fn(&str) -> bool) -> Option<&'static str> {
+fn weights_file(has: impl Fn(&str) -> bool) -> Option<&'static str> {
     [SAFETENSORS, INDEX, TORCH_BIN].into_iter().find(|n| has(n))
 }
 
 /// The files a checkpoint may have besides config, preprocessor and weights: amad reads those
 /// present (the vocabulary in either form, the generation defaults).
-pub const OPTIONAL_FILES: [&str; 5] = [
+const OPTIONAL_FILES: [&str; 5] = [
     "tokenizer.json",
     "vocab.json",
     "merges.txt",
