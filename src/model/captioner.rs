@@ -83,6 +83,7 @@ fn weights_file(has: impl Fn(&str) -> bool) -> Option<&'static str> {
 
 /// The files a checkpoint may have besides config, preprocessor and weights: amad reads those
 /// present (the vocabulary in either form, the generation defaults).
+#[cfg(not(target_arch = "wasm32"))]
 const OPTIONAL_FILES: [&str; 5] = [
     "tokenizer.json",
     "vocab.json",
