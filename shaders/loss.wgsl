@@ -1,4 +1,4 @@
-// Losses over a vocabulary, one invocation per row (token position):
+// Losses over a vocabulary, one workgroup per row (token position):
 // cross-entropy with an ignore index (fused log-softmax) and the KL divergence between
 // temperature-softened teacher and student distributions.
 // Forward entries write per-row values into rowvals [2, rows]: (loss, 1) for a counted row and
@@ -19,16 +19,64 @@ struct Params {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;   // [rows, vocab] (student, for KL)
 @group(0) @binding(2) var<storage, read> targets: array<u32>;  // [rows]
 
-fn logsumexp(o: u32, s: f32) -> f32 {
+// One workgroup per row: its 256 invocations stride over the vocabulary and combine their
+// partial maxima and sums in workgroup memory. A row of GPT-2's 50,257 logits then costs each
+// invocation about 200 iterations per pass rather than 50,257, which matters twice: real GPUs
+// get 256 lanes per row instead of one, and lavapipe stops any invocation after 65,535 loop
+// iterations in all (Mesa's gallivm loop limiter), which silently truncated the one-invocation
+// version's sums from a vocabulary of 32,768 on. Blocked partial sums also round less than one
+// running total over the row.
+var<workgroup> red: array<f32, 256>;
+var<workgroup> row_target: u32;
+
+fn reduce_max(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var w = 128u; w > 0u; w >>= 1u) {
+        if (lid < w) {
+            red[lid] = max(red[lid], red[lid + w]);
+        }
+        workgroupBarrier();
+    }
+    let out = red[0];
+    workgroupBarrier();
+    return out;
+}
+
+fn reduce_sum(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var w = 128u; w > 0u; w >>= 1u) {
+        if (lid < w) {
+            red[lid] += red[lid + w];
+        }
+        workgroupBarrier();
+    }
+    let out = red[0];
+    workgroupBarrier();
+    return out;
+}
+
+// The row's target, read once and shared, so that a whole workgroup takes the same branch.
+fn shared_target(r: u32, lid: u32) -> u32 {
+    if (lid == 0u) {
+        row_target = targets[r];
+    }
+    return workgroupUniformLoad(&row_target);
+}
+
+// log Σ_c exp(s · logits[o + c]) over the row at o.
+fn logsumexp(o: u32, s: f32, lid: u32) -> f32 {
     var mx = -3.4e38;
-    for (var c = 0u; c < p.vocab; c++) {
+    for (var c = lid; c < p.vocab; c += 256u) {
         mx = max(mx, s * logits[o + c]);
     }
+    mx = reduce_max(mx, lid);
     var sum = 0.0;
-    for (var c = 0u; c < p.vocab; c++) {
+    for (var c = lid; c < p.vocab; c += 256u) {
         sum += exp(s * logits[o + c] - mx);
     }
-    return mx + log(sum);
+    return mx + log(reduce_sum(sum, lid));
 }
 
 // cross-entropy forward
@@ -36,19 +84,24 @@ fn logsumexp(o: u32, s: f32) -> f32 {
 
 @compute @workgroup_size(256)
 fn cross_entropy_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = thread_index(wid, nwg, lid);
+    let r = group_index(wid, nwg);
     if (r >= p.rows) {
         return;
     }
-    let tgt = targets[r];
+    let tgt = shared_target(r, lid);
     if (tgt == p.ignore || tgt >= p.vocab) {
-        rowvals[r] = 0.0;
-        rowvals[p.rows + r] = 0.0;
+        if (lid == 0u) {
+            rowvals[r] = 0.0;
+            rowvals[p.rows + r] = 0.0;
+        }
         return;
     }
     let o = r * p.vocab;
-    rowvals[r] = logsumexp(o, 1.0) - logits[o + tgt];
-    rowvals[p.rows + r] = 1.0;
+    let lse = logsumexp(o, 1.0, lid);
+    if (lid == 0u) {
+        rowvals[r] = lse - logits[o + tgt];
+        rowvals[p.rows + r] = 1.0;
+    }
 }
 
 // cross-entropy backward: dlogits = grad * (softmax - onehot) / count
@@ -57,21 +110,21 @@ fn cross_entropy_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 
 @compute @workgroup_size(256)
 fn cross_entropy_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = thread_index(wid, nwg, lid);
+    let r = group_index(wid, nwg);
     if (r >= p.rows) {
         return;
     }
     let o = r * p.vocab;
-    let tgt = targets[r];
+    let tgt = shared_target(r, lid);
     if (tgt == p.ignore || tgt >= p.vocab) {
-        for (var c = 0u; c < p.vocab; c++) {
+        for (var c = lid; c < p.vocab; c += 256u) {
             dlogits[o + c] = 0.0;
         }
         return;
     }
     let k = p.grad / max(totals[1], 1.0);
-    let lse = logsumexp(o, 1.0);
-    for (var c = 0u; c < p.vocab; c++) {
+    let lse = logsumexp(o, 1.0, lid);
+    for (var c = lid; c < p.vocab; c += 256u) {
         var g = exp(logits[o + c] - lse);
         if (c == tgt) {
             g -= 1.0;
@@ -85,40 +138,46 @@ fn cross_entropy_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 @group(0) @binding(3) var<storage, read> teacher: array<f32>;   // [rows, vocab]
 @group(0) @binding(4) var<storage, read_write> kl_rowvals: array<f32>;
 
-fn teacher_lse(o: u32) -> f32 {
+fn teacher_lse(o: u32, lid: u32) -> f32 {
     var mx = -3.4e38;
-    for (var c = 0u; c < p.vocab; c++) {
+    for (var c = lid; c < p.vocab; c += 256u) {
         mx = max(mx, p.inv_t * teacher[o + c]);
     }
+    mx = reduce_max(mx, lid);
     var sum = 0.0;
-    for (var c = 0u; c < p.vocab; c++) {
+    for (var c = lid; c < p.vocab; c += 256u) {
         sum += exp(p.inv_t * teacher[o + c] - mx);
     }
-    return mx + log(sum);
+    return mx + log(reduce_sum(sum, lid));
 }
 
 @compute @workgroup_size(256)
 fn kl_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = thread_index(wid, nwg, lid);
+    let r = group_index(wid, nwg);
     if (r >= p.rows) {
         return;
     }
-    if (targets[r] == p.ignore) {
-        kl_rowvals[r] = 0.0;
-        kl_rowvals[p.rows + r] = 0.0;
+    if (shared_target(r, lid) == p.ignore) {
+        if (lid == 0u) {
+            kl_rowvals[r] = 0.0;
+            kl_rowvals[p.rows + r] = 0.0;
+        }
         return;
     }
     let o = r * p.vocab;
-    let lt = teacher_lse(o);
-    let ls = logsumexp(o, p.inv_t);
+    let lt = teacher_lse(o, lid);
+    let ls = logsumexp(o, p.inv_t, lid);
     var kl = 0.0;
-    for (var c = 0u; c < p.vocab; c++) {
+    for (var c = lid; c < p.vocab; c += 256u) {
         let log_pt = p.inv_t * teacher[o + c] - lt;
         let log_ps = p.inv_t * logits[o + c] - ls;
         kl += exp(log_pt) * (log_pt - log_ps);
     }
-    kl_rowvals[r] = kl;
-    kl_rowvals[p.rows + r] = 1.0;
+    kl = reduce_sum(kl, lid);
+    if (lid == 0u) {
+        kl_rowvals[r] = kl;
+        kl_rowvals[p.rows + r] = 1.0;
+    }
 }
 
 // KL backward w.r.t. the student logits: grad * (p_s - p_t) / (T * count)
@@ -127,21 +186,21 @@ fn kl_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 @compute @workgroup_size(256)
 fn kl_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = thread_index(wid, nwg, lid);
+    let r = group_index(wid, nwg);
     if (r >= p.rows) {
         return;
     }
     let o = r * p.vocab;
-    if (targets[r] == p.ignore) {
-        for (var c = 0u; c < p.vocab; c++) {
+    if (shared_target(r, lid) == p.ignore) {
+        for (var c = lid; c < p.vocab; c += 256u) {
             dstudent[o + c] = 0.0;
         }
         return;
     }
     let k = p.grad * p.inv_t / max(kl_totals[1], 1.0);
-    let lt = teacher_lse(o);
-    let ls = logsumexp(o, p.inv_t);
-    for (var c = 0u; c < p.vocab; c++) {
+    let lt = teacher_lse(o, lid);
+    let ls = logsumexp(o, p.inv_t, lid);
+    for (var c = lid; c < p.vocab; c += 256u) {
         dstudent[o + c] = k * (exp(p.inv_t * logits[o + c] - ls) - exp(p.inv_t * teacher[o + c] - lt));
     }
 }

@@ -3,7 +3,7 @@
 //! rows; the forward also returns [sum, count], which its backward reads (no readback needed).
 
 use super::reduce::sum_segments;
-use super::{groups, u32_of};
+use super::u32_of;
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step, Tensor};
 
@@ -84,12 +84,7 @@ pub fn cross_entropy(
 ) -> Result<(Tensor, Tensor)> {
     let p = params("cross_entropy", logits, targets, 1.0, 0.0)?;
     let rowvals = step.empty(&[2, p.rows as usize])?;
-    step.dispatch_linear(
-        &CE_FWD,
-        &p,
-        &[logits, targets, &rowvals],
-        groups(p.rows as usize, 256),
-    )?;
+    step.dispatch_linear(&CE_FWD, &p, &[logits, targets, &rowvals], p.rows as u64)?;
     finish(step, &rowvals)
 }
 
@@ -103,12 +98,7 @@ pub fn cross_entropy_bwd(
 ) -> Result<Tensor> {
     let p = params("cross_entropy_bwd", logits, targets, 1.0, grad)?;
     let d = step.empty(logits.shape())?;
-    step.dispatch_linear(
-        &CE_BWD,
-        &p,
-        &[logits, targets, totals, &d],
-        groups(p.rows as usize, 256),
-    )?;
+    step.dispatch_linear(&CE_BWD, &p, &[logits, targets, totals, &d], p.rows as u64)?;
     Ok(d)
 }
 
@@ -143,7 +133,7 @@ pub fn kl_div(
         &KL_FWD,
         &p,
         &[student, targets, teacher, &rowvals],
-        groups(p.rows as usize, 256),
+        p.rows as u64,
     )?;
     finish(step, &rowvals)
 }
@@ -164,7 +154,7 @@ pub fn kl_div_bwd(
         &KL_BWD,
         &p,
         &[student, targets, teacher, totals, &d],
-        groups(p.rows as usize, 256),
+        p.rows as u64,
     )?;
     Ok(d)
 }
