@@ -5,7 +5,7 @@
 
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Step, Tensor};
-use crate::model::{Forward, MapGrads, Model, Optimizer, Weights};
+use crate::model::{Forward, KeepMaps, MapGrads, Model, Optimizer, Weights};
 use crate::ops::amad::{align, Options, Variant};
 use crate::ops::attention::Probs;
 use crate::ops::elementwise::axpy;
@@ -224,6 +224,33 @@ fn decoder_masks(
     ))
 }
 
+/// The paired layers (student, teacher) of every attention kind the loss reads, in the order
+/// their terms are recorded (none without an attention term).
+fn attention_jobs(
+    teacher: &Model,
+    student: &Model,
+    cfg: &DistillConfig,
+) -> Vec<(Kind, (usize, usize))> {
+    if cfg.attention.is_none() {
+        return vec![];
+    }
+    let (te, se) = (&teacher.cfg.encoder, &student.cfg.encoder);
+    let (td, sd) = (&teacher.cfg.decoder, &student.cfg.decoder);
+    let enc_pairs = layer_pairs(te.num_hidden_layers, se.num_hidden_layers, cfg.layer_map);
+    let dec_pairs = layer_pairs(td.n_layer, sd.n_layer, cfg.layer_map);
+    let mut jobs = vec![];
+    for (on, kind, pairs) in [
+        (cfg.kinds.encoder, Kind::Encoder, &enc_pairs),
+        (cfg.kinds.decoder_self, Kind::DecoderSelf, &dec_pairs),
+        (cfg.kinds.cross, Kind::Cross, &dec_pairs),
+    ] {
+        if on {
+            jobs.extend(pairs.iter().map(|&p| (kind, p)));
+        }
+    }
+    jobs
+}
+
 /// Records the distillation loss and its gradient w.r.t. the student's parameters into `grads`
 /// (which it zeroes first). Returns the loss terms and alignment weights.
 pub fn distill_grads(
@@ -264,11 +291,25 @@ pub fn distill_grads(
         );
     }
     let (b, len) = (s[0], s[1]);
+    let jobs = attention_jobs(teacher, student, cfg);
     grads.clear(step);
-    let tf = teacher.forward(step, &batch.teacher_patches, &batch.ids)?;
+    // The teacher keeps only what the losses read: its logits and the maps of its paired layers.
+    let mut keep = KeepMaps {
+        encoder: vec![false; te.num_hidden_layers],
+        decoder_self: vec![false; td.n_layer],
+        cross: vec![false; td.n_layer],
+    };
+    for &(kind, (_, jt)) in &jobs {
+        match kind {
+            Kind::Encoder => keep.encoder[jt] = true,
+            Kind::DecoderSelf => keep.decoder_self[jt] = true,
+            Kind::Cross => keep.cross[jt] = true,
+        }
+    }
+    let tf = teacher.forward_maps(step, &batch.teacher_patches, &batch.ids, &keep)?;
     let sf = student.forward(step, &batch.student_patches, &batch.ids)?;
     let rows = [b * len, sd.vocab_size];
-    let (zt, zs) = (tf.logits().reshape(&rows)?, sf.logits().reshape(&rows)?);
+    let (zt, zs) = (tf.logits.reshape(&rows)?, sf.logits().reshape(&rows)?);
     let terms = step.zeros(&[4])?;
     // Output terms.
     let (ce, ce_totals) = cross_entropy(step, &zs, &batch.labels)?;
@@ -302,26 +343,19 @@ pub fn distill_grads(
     };
     let mut weights = vec![];
     if let Some(opts) = cfg.attention {
-        let enc_pairs = layer_pairs(te.num_hidden_layers, se.num_hidden_layers, cfg.layer_map);
-        let dec_pairs = layer_pairs(td.n_layer, sd.n_layer, cfg.layer_map);
-        let mut jobs: Vec<(Kind, (usize, usize))> = vec![];
-        for (on, kind, pairs) in [
-            (cfg.kinds.encoder, Kind::Encoder, &enc_pairs),
-            (cfg.kinds.decoder_self, Kind::DecoderSelf, &dec_pairs),
-            (cfg.kinds.cross, Kind::Cross, &dec_pairs),
-        ] {
-            if on {
-                jobs.extend(pairs.iter().map(|&p| (kind, p)));
-            }
-        }
         let (self_mask, cross_mask) = decoder_masks(step, &batch.valid, b, len, se.tokens())?;
         let share = 1.0 / jobs.len().max(1) as f32;
-        for (kind, (js, jt)) in jobs {
+        for &(kind, (js, jt)) in &jobs {
+            let teacher_maps = match kind {
+                Kind::Encoder => &tf.encoder,
+                Kind::DecoderSelf => &tf.decoder_self,
+                Kind::Cross => &tf.cross,
+            };
+            let kept = teacher_maps[jt]
+                .as_ref()
+                .expect("forward_maps keeps every paired layer's maps");
             // The maps without the padding of their rows, as the losses take them.
-            let (tm, sm) = (
-                maps(&tf, kind)[jt].maps(step)?,
-                maps(&sf, kind)[js].maps(step)?,
-            );
+            let (tm, sm) = (kept.maps(step)?, maps(&sf, kind)[js].maps(step)?);
             let mask = match kind {
                 Kind::Encoder => None,
                 Kind::DecoderSelf => Some(&self_mask),

@@ -5,7 +5,7 @@
 use super::linear::{linear_bwd, linear_row_blocks, Dx, Layout::InOut, Layout::OutIn};
 use super::mlp::{Mlp, MlpActs};
 use super::weights::DecLayer;
-use super::{Model, Weights};
+use super::{LayerMaps, Model, Weights};
 use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
@@ -122,8 +122,9 @@ impl Model {
         linear_row_blocks(step, hidden, &self.weights.row_blocks[self.layout.wte])
     }
 
-    /// Token ids [B, L] (u32) attending to encoder states [B, T, D] → logits and activations.
-    pub fn decode(&self, step: &mut Step, states: &Tensor, ids: &Tensor) -> Result<DecoderActs> {
+    /// Token and position embeddings of ids [B, L] (u32): the position ids and the first
+    /// block's input.
+    fn dec_embed(&self, step: &mut Step, ids: &Tensor) -> Result<(Tensor, Tensor)> {
         let (l, cfg) = (&self.layout, &self.cfg.decoder);
         let s = ids.shape();
         if ids.dtype() != DType::U32 || s.len() != 2 || s[1] > cfg.n_positions {
@@ -137,55 +138,85 @@ impl Model {
             );
         }
         let (batch, len) = (s[0], s[1]);
-        let eps = cfg.layer_norm_epsilon;
         let positions: Vec<u32> = (0..batch * len).map(|i| (i % len) as u32).collect();
         let positions = step.upload_u32(&[batch, len], &positions)?;
         let tokens = self.embed_tokens(step, ids)?;
         let placed = embedding(step, &positions, self.w(l.wpe))?;
-        let mut x = add(step, &tokens, &placed)?;
-        let mut blocks = Vec::with_capacity(l.dec.len());
-        for (i, layer) in l.dec.iter().enumerate() {
-            let (sd, xd) = (
-                self.self_dims(batch, len, i),
-                self.cross_dims(batch, len, i),
-            );
-            let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
-            let qkv = self.lin(InOut, step, &a, layer.qkv)?;
-            let causal = Masks {
-                causal: true,
-                key_mask: None,
-            };
-            let (self_out, self_probs) = attention(
-                step,
-                sd,
-                Seq::part(&qkv, 0, 3),
-                Seq::part(&qkv, 1, 3),
-                Seq::part(&qkv, 2, 3),
-                causal,
-            )?;
-            let x_mid1 = self.lin_residual(InOut, step, &self_out, layer.attn_proj, &x)?;
-            let cross_kv = self.lin(InOut, step, states, layer.cross_kv)?;
-            let cross = self.cross_sublayer(step, layer, xd, &x_mid1, &cross_kv)?;
-            let (x_out, mlp) = self.mlp(step, &cross.y, &self.dec_mlp(layer))?;
-            blocks.push(BlockActs {
-                x,
-                ln1: (a, s1),
-                qkv,
-                self_probs,
-                self_out,
-                x_mid1,
-                ln_cross: cross.ln,
-                cross_q: cross.q,
-                cross_kv,
-                cross_probs: cross.probs,
-                cross_out: cross.out,
-                x_mid2: cross.y,
-                mlp,
-            });
+        let x = add(step, &tokens, &placed)?;
+        Ok((positions, x))
+    }
+
+    /// Block `i`: causal self-attention, cross-attention over `states`, MLP, each pre-LN with a
+    /// residual; returns its output and what its backward keeps.
+    fn dec_block(
+        &self,
+        step: &mut Step,
+        i: usize,
+        x: Tensor,
+        states: &Tensor,
+    ) -> Result<(Tensor, BlockActs)> {
+        let layer = &self.layout.dec[i];
+        let (batch, len) = (x.shape()[0], x.shape()[1]);
+        let eps = self.cfg.decoder.layer_norm_epsilon;
+        let (sd, xd) = (
+            self.self_dims(batch, len, i),
+            self.cross_dims(batch, len, i),
+        );
+        let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
+        let qkv = self.lin(InOut, step, &a, layer.qkv)?;
+        let causal = Masks {
+            causal: true,
+            key_mask: None,
+        };
+        let (self_out, self_probs) = attention(
+            step,
+            sd,
+            Seq::part(&qkv, 0, 3),
+            Seq::part(&qkv, 1, 3),
+            Seq::part(&qkv, 2, 3),
+            causal,
+        )?;
+        let x_mid1 = self.lin_residual(InOut, step, &self_out, layer.attn_proj, &x)?;
+        let cross_kv = self.lin(InOut, step, states, layer.cross_kv)?;
+        let cross = self.cross_sublayer(step, layer, xd, &x_mid1, &cross_kv)?;
+        let (x_out, mlp) = self.mlp(step, &cross.y, &self.dec_mlp(layer))?;
+        let acts = BlockActs {
+            x,
+            ln1: (a, s1),
+            qkv,
+            self_probs,
+            self_out,
+            x_mid1,
+            ln_cross: cross.ln,
+            cross_q: cross.q,
+            cross_kv,
+            cross_probs: cross.probs,
+            cross_out: cross.out,
+            x_mid2: cross.y,
+            mlp,
+        };
+        Ok((x_out, acts))
+    }
+
+    /// The final LayerNorm (output, statistics) and the logits.
+    fn dec_head(&self, step: &mut Step, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let l = &self.layout;
+        let eps = self.cfg.decoder.layer_norm_epsilon;
+        let (hidden, ln_stats) = layernorm(step, x, self.w(l.ln_f.0), self.w(l.ln_f.1), eps)?;
+        let logits = self.lm_head(step, &hidden)?;
+        Ok((hidden, ln_stats, logits))
+    }
+
+    /// Token ids [B, L] (u32) attending to encoder states [B, T, D] → logits and activations.
+    pub fn decode(&self, step: &mut Step, states: &Tensor, ids: &Tensor) -> Result<DecoderActs> {
+        let (positions, mut x) = self.dec_embed(step, ids)?;
+        let mut blocks = Vec::with_capacity(self.layout.dec.len());
+        for i in 0..self.layout.dec.len() {
+            let (x_out, acts) = self.dec_block(step, i, x, states)?;
+            blocks.push(acts);
             x = x_out;
         }
-        let (hidden, ln_stats) = layernorm(step, &x, self.w(l.ln_f.0), self.w(l.ln_f.1), eps)?;
-        let logits = self.lm_head(step, &hidden)?;
+        let (hidden, ln_stats, logits) = self.dec_head(step, &x)?;
         Ok(DecoderActs {
             ids: ids.clone(),
             positions,
@@ -195,6 +226,27 @@ impl Model {
             hidden,
             logits,
         })
+    }
+
+    /// The logits and the self- and cross-attention maps of the layers `keep` marks (self,
+    /// cross), and nothing else (see `encode_maps`).
+    pub(super) fn decode_maps(
+        &self,
+        step: &mut Step,
+        states: &Tensor,
+        ids: &Tensor,
+        keep: (&[bool], &[bool]),
+    ) -> Result<(Tensor, LayerMaps, LayerMaps)> {
+        let (_, mut x) = self.dec_embed(step, ids)?;
+        let (mut self_maps, mut cross_maps) = (vec![], vec![]);
+        let kept = |k: &[bool], i: usize| k.get(i).copied().unwrap_or(false);
+        for i in 0..self.layout.dec.len() {
+            let (x_out, acts) = self.dec_block(step, i, x, states)?;
+            self_maps.push(kept(keep.0, i).then_some(acts.self_probs));
+            cross_maps.push(kept(keep.1, i).then_some(acts.cross_probs));
+            x = x_out;
+        }
+        Ok((self.dec_head(step, &x)?.2, self_maps, cross_maps))
     }
 
     /// Backward from d logits; adds every decoder parameter's gradient into `g` and returns

@@ -4,7 +4,7 @@
 use super::linear::{Dx, Layout::OutIn};
 use super::mlp::{Mlp, MlpActs};
 use super::weights::EncLayer;
-use super::{Model, Weights};
+use super::{LayerMaps, Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
 use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
@@ -59,44 +59,70 @@ impl Model {
         )
     }
 
-    /// patches [B, N, C·P·P] (normalised, ordered (channel, row, column)) → encoder states.
-    pub fn encode(&self, step: &mut Step, patches: &Tensor) -> Result<EncoderActs> {
+    /// One pre-LN block: x → x + attention(LayerNorm(x)) → + MLP; returns its output and what
+    /// its backward keeps.
+    pub(super) fn enc_block(
+        &self,
+        step: &mut Step,
+        dims: Dims,
+        layer: &EncLayer,
+        x: Tensor,
+    ) -> Result<(Tensor, BlockActs)> {
+        let eps = self.cfg.encoder.layer_norm_eps;
+        let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
+        let qkv = self.lin(OutIn, step, &a, layer.qkv)?;
+        let (attn, probs) = attention(
+            step,
+            dims,
+            Seq::part(&qkv, 0, 3),
+            Seq::part(&qkv, 1, 3),
+            Seq::part(&qkv, 2, 3),
+            Masks::default(),
+        )?;
+        let x_mid = self.lin_residual(OutIn, step, &attn, layer.out, &x)?;
+        let (x_out, mlp) = self.mlp(step, &x_mid, &self.enc_mlp(layer))?;
+        let acts = BlockActs {
+            x,
+            ln1: (a, s1),
+            qkv,
+            probs,
+            attn,
+            x_mid,
+            mlp,
+        };
+        Ok((x_out, acts))
+    }
+
+    /// Patch embedding, CLS and positions: the first block's input [B, T, width].
+    fn enc_embed(&self, step: &mut Step, patches: &Tensor) -> Result<Tensor> {
+        let l = &self.layout;
+        let embedded = self.lin(OutIn, step, patches, l.patch)?;
+        vit_tokens(step, &embedded, self.w(l.cls), self.w(l.pos))
+    }
+
+    /// The final LayerNorm (output, statistics) and the states the decoder attends to.
+    fn enc_final(&self, step: &mut Step, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let l = &self.layout;
         let eps = self.cfg.encoder.layer_norm_eps;
-        let batch = patches.shape()[0];
-        let dims = self.enc_dims(batch);
-        let embedded = self.lin(OutIn, step, patches, l.patch)?;
-        let mut x = vit_tokens(step, &embedded, self.w(l.cls), self.w(l.pos))?;
-        let mut blocks = Vec::with_capacity(l.enc.len());
-        for layer in &l.enc {
-            let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
-            let qkv = self.lin(OutIn, step, &a, layer.qkv)?;
-            let (attn, probs) = attention(
-                step,
-                dims,
-                Seq::part(&qkv, 0, 3),
-                Seq::part(&qkv, 1, 3),
-                Seq::part(&qkv, 2, 3),
-                Masks::default(),
-            )?;
-            let x_mid = self.lin_residual(OutIn, step, &attn, layer.out, &x)?;
-            let (x_out, mlp) = self.mlp(step, &x_mid, &self.enc_mlp(layer))?;
-            blocks.push(BlockActs {
-                x,
-                ln1: (a, s1),
-                qkv,
-                probs,
-                attn,
-                x_mid,
-                mlp,
-            });
-            x = x_out;
-        }
-        let (normed, ln_stats) = layernorm(step, &x, self.w(l.enc_ln.0), self.w(l.enc_ln.1), eps)?;
+        let (normed, ln_stats) = layernorm(step, x, self.w(l.enc_ln.0), self.w(l.enc_ln.1), eps)?;
         let states = match l.enc_to_dec {
             Some(p) => self.lin(OutIn, step, &normed, p)?,
             None => normed.clone(),
         };
+        Ok((normed, ln_stats, states))
+    }
+
+    /// patches [B, N, C·P·P] (normalised, ordered (channel, row, column)) → encoder states.
+    pub fn encode(&self, step: &mut Step, patches: &Tensor) -> Result<EncoderActs> {
+        let dims = self.enc_dims(patches.shape()[0]);
+        let mut x = self.enc_embed(step, patches)?;
+        let mut blocks = Vec::with_capacity(self.layout.enc.len());
+        for layer in &self.layout.enc {
+            let (x_out, acts) = self.enc_block(step, dims, layer, x)?;
+            blocks.push(acts);
+            x = x_out;
+        }
+        let (normed, ln_stats, states) = self.enc_final(step, &x)?;
         Ok(EncoderActs {
             patches: patches.clone(),
             blocks,
@@ -105,6 +131,26 @@ impl Model {
             normed,
             states,
         })
+    }
+
+    /// The encoder states and the attention maps of the layers `keep` marks, and nothing else: a
+    /// forward without a backward (a teacher's) drops each block's activations as it goes, so
+    /// later dispatches of the same step reuse their buffers.
+    pub(super) fn encode_maps(
+        &self,
+        step: &mut Step,
+        patches: &Tensor,
+        keep: &[bool],
+    ) -> Result<(Tensor, LayerMaps)> {
+        let dims = self.enc_dims(patches.shape()[0]);
+        let mut x = self.enc_embed(step, patches)?;
+        let mut maps = Vec::with_capacity(self.layout.enc.len());
+        for (i, layer) in self.layout.enc.iter().enumerate() {
+            let (x_out, acts) = self.enc_block(step, dims, layer, x)?;
+            maps.push(keep.get(i).copied().unwrap_or(false).then_some(acts.probs));
+            x = x_out;
+        }
+        Ok((self.enc_final(step, &x)?.2, maps))
     }
 
     /// Backward from d states; adds every encoder parameter's gradient into `g`.

@@ -60,6 +60,25 @@ impl Forward {
     }
 }
 
+/// Which layers' attention maps a `forward_maps` keeps, per attention kind (missing: none).
+#[derive(Clone, Debug, Default)]
+pub struct KeepMaps {
+    pub encoder: Vec<bool>,
+    pub decoder_self: Vec<bool>,
+    pub cross: Vec<bool>,
+}
+
+/// Per layer, its attention maps where they were kept.
+pub type LayerMaps = Vec<Option<Probs>>;
+
+/// What `forward_maps` keeps: the logits [B, L, vocab] and, per layer, the maps asked for.
+pub struct MapsForward {
+    pub logits: Tensor,
+    pub encoder: LayerMaps,
+    pub decoder_self: LayerMaps,
+    pub cross: LayerMaps,
+}
+
 /// Gradients arriving at the attention maps from a distillation loss, per layer (`None`: none),
 /// for the encoder's self-attention, the decoder's self-attention and its cross-attention.
 #[derive(Default)]
@@ -246,8 +265,8 @@ impl Model {
         )
     }
 
-    /// Forward of a batch: patches [B, N, C·P·P] and decoder input ids [B, L] (u32).
-    pub fn forward(&self, step: &mut Step, patches: &Tensor, ids: &Tensor) -> Result<Forward> {
+    /// Checks that patches [B, N, C·P·P] and ids [B, ..] fit this model and each other.
+    fn check_inputs(&self, patches: &Tensor, ids: &Tensor) -> Result<()> {
         let e = &self.cfg.encoder;
         if patches.shape().len() != 3 || patches.shape()[1..] != [e.patches(), e.patch_dim()] {
             return shape_err(
@@ -270,9 +289,37 @@ impl Model {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// Forward of a batch: patches [B, N, C·P·P] and decoder input ids [B, L] (u32).
+    pub fn forward(&self, step: &mut Step, patches: &Tensor, ids: &Tensor) -> Result<Forward> {
+        self.check_inputs(patches, ids)?;
         let encoder = self.encode(step, patches)?;
         let decoder = self.decode(step, &encoder.states, ids)?;
         Ok(Forward { encoder, decoder })
+    }
+
+    /// A forward that keeps only the logits and the attention maps `keep` asks for: what a
+    /// teacher needs in a distillation step. Nothing else outlives its block, so the memory a
+    /// teacher needs is its kept maps and one block's activations, not the whole forward's.
+    pub fn forward_maps(
+        &self,
+        step: &mut Step,
+        patches: &Tensor,
+        ids: &Tensor,
+        keep: &KeepMaps,
+    ) -> Result<MapsForward> {
+        self.check_inputs(patches, ids)?;
+        let (states, encoder) = self.encode_maps(step, patches, &keep.encoder)?;
+        let (logits, decoder_self, cross) =
+            self.decode_maps(step, &states, ids, (&keep.decoder_self, &keep.cross))?;
+        Ok(MapsForward {
+            logits,
+            encoder,
+            decoder_self,
+            cross,
+        })
     }
 
     /// Backward from d logits (and from the attention maps, when a distillation loss reads them)
