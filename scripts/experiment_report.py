@@ -13,10 +13,17 @@ import re
 import statistics
 import sys
 
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def pyplot():
+    """matplotlib's pyplot, off-screen (imported on first use, so that the log readers here serve
+    scripts/experiment_photos_report.py without it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 DOC = os.path.join(ROOT, "docs", "results.md")
@@ -80,6 +87,7 @@ def smooth(ys, k=10):
 
 
 def plot_losses(runs_dir, results):
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in METHODS:
         runs = sorted(r["run"] for r in group(results, f"{m}-h2"))
@@ -100,6 +108,7 @@ def plot_losses(runs_dir, results):
 
 
 def plot_cider(runs_dir, results):
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in METHODS:
         per_step = {}
@@ -117,10 +126,13 @@ def plot_cider(runs_dir, results):
     plt.close(fig)
 
 
-def plot_alignment(runs_dir, run, name):
+def plot_alignment(runs_dir, run, name, plots=PLOTS):
+    """The alignment weights of `run`'s last checkpoint, one heatmap per paired layer, written as
+    `plots`/`name`; None where the run has none."""
     path = os.path.join(runs_dir, run, "alignment.json")
     if not os.path.exists(path):
         return None
+    plt = pyplot()
     pairs = json.load(open(path))["pairs"]
     fig, axes = plt.subplots(1, len(pairs), figsize=(1.6 * len(pairs) + 1, 3.4))
     for a, p in zip(axes if len(pairs) > 1 else [axes], pairs):
@@ -131,7 +143,7 @@ def plot_alignment(runs_dir, run, name):
         a.set_yticks(range(len(p["weights"])))
     axes[0].set_ylabel("teacher head")
     fig.colorbar(im, ax=axes, shrink=0.8)
-    fig.savefig(os.path.join(PLOTS, name), dpi=90)
+    fig.savefig(os.path.join(plots, name), dpi=90)
     plt.close(fig)
     return name
 

@@ -23,6 +23,13 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mesa-vulkan-drivers >/dev/null
 fi
 
+# python3 runs the experiment scripts' reports (tests/distill_hub.rs runs one end to end).
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "setup: installing python3"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3 >/dev/null
+fi
+
 if ! rustup component list --installed | grep -q '^clippy'; then
   rustup component add clippy rustfmt
 fi

@@ -17,7 +17,6 @@ const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/hub_tiny_golden.json"
 );
-const EOT: u32 = 50256;
 
 fn temp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("amad-hub-{tag}-{}", std::process::id()));
@@ -560,13 +559,6 @@ fn config_fields_amad_does_not_implement_are_refused_by_name() {
     assert!(err.contains("scale_attn_by_inverse_layer_idx"), "{err}");
 }
 
-/// A device whose storage bindings hold at most `bytes` (WebGPU's default is 128 MiB).
-fn capped_device(bytes: u64) -> amad::Gpu {
-    let mut g = own_device(true);
-    g.limits.max_storage_buffer_binding_size = bytes;
-    g
-}
-
 /// Under a 1 MiB binding limit the 6.4 MB token embedding is held in 7 row blocks; lookups and the
 /// LM head read across them and the captions stay transformers' own, greedy and with 4 beams.
 #[test]
@@ -613,45 +605,11 @@ fn an_embedding_larger_than_a_binding_is_split_by_rows() {
 /// (src/reference/captioner.rs, f64).
 #[test]
 fn a_full_size_captioner_runs_under_the_default_binding_limit() {
-    let cfg = amad::model::Config::from_json(
-        &serde_json::json!({
-            "model_type": "vision-encoder-decoder",
-            "decoder_start_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT,
-            "encoder": {"model_type": "vit", "image_size": 224, "patch_size": 16, "num_channels": 3,
-                        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                        "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
-                        "qkv_bias": true},
-            "decoder": {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768,
-                        "n_layer": 12, "n_head": 12, "n_inner": null, "activation_function": "gelu_new",
-                        "layer_norm_epsilon": 1e-5, "add_cross_attention": true, "bos_token_id": EOT},
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let layout = amad::model::Layout::new(&cfg);
+    let g = capped_device(128 << 20);
+    let (values, model) = full_size_random(&g);
+    let (cfg, layout) = (model.cfg.clone(), model.layout.clone());
     // transformers counts 239,195,904: these and the ViT pooler's 590,592, which captioning never reads.
     assert_eq!(layout.param_count(), 239_195_904 - 590_592);
-    // Weights spread as make_hub_tiny.py spreads them, so that logits are not near-ties.
-    let mut rng = amad::rng::Rng::new(27);
-    let values: Vec<Vec<f32>> = layout
-        .specs
-        .iter()
-        .map(|s| {
-            let n: usize = s.shape.iter().product();
-            let base = match s.init {
-                amad::model::weights::Init::Ones => 1.0,
-                _ => 0.0,
-            };
-            (0..n).map(|_| base + 0.1 * rng.normal() as f32).collect()
-        })
-        .collect();
-    let g = capped_device(128 << 20);
-    let weights = amad::model::Weights::from_values(&g, &layout, &values).unwrap();
-    let model = amad::model::Model {
-        cfg: cfg.clone(),
-        layout: layout.clone(),
-        weights,
-    };
     assert_eq!(model.weights.row_blocks[layout.wte].len(), 2);
     let c = Captioner {
         model,

@@ -239,7 +239,11 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         steps: 10,
         ..opts(None)
     };
-    let err = run_loop(gpu(), &c, &mut opt, None, &o, &d, 0, &["ce"], |_, step| {
+    let report = amad::train::Reporting {
+        names: &["ce"],
+        validation: &Source::Scenes,
+    };
+    let err = run_loop(gpu(), &c, &mut opt, None, &o, &d, 0, &report, |_, step| {
         // Steps 0-4 report a loss; step 5 a NaN.
         amad::Tensor::from_slice(gpu(), &[1], &[if step == 5 { f32::NAN } else { 1.0 }])
     })
@@ -376,16 +380,24 @@ fn distilling_from_own_images_uses_the_teachers_captions_and_skips_bad_files() {
         ("notes.png".to_string(), b"not an image".to_vec()),
         ("b.png".to_string(), png(1)),
     ];
-    let (t, skipped) = pollster::block_on(ImageTargets::caption(gpu(), &teacher, &files)).unwrap();
+    let none = Default::default();
+    let (t, skipped) = pollster::block_on(ImageTargets::caption(
+        gpu(),
+        &teacher,
+        &files,
+        &none,
+        |_, _| {},
+    ))
+    .unwrap();
     assert_eq!(t.names, ["a.png", "b.png"]);
     assert_eq!(skipped.len(), 1);
     assert!(skipped[0].contains("notes.png"), "{skipped:?}");
-    // The targets are the teacher's own greedy captions.
+    // The targets are the teacher's own captions, decoded as its checkpoint asks.
     for (i, name) in t.names.iter().enumerate() {
         let pixels =
             amad::data::image::decode(&files.iter().find(|f| &f.0 == name).unwrap().1, name)
                 .unwrap();
-        let own = pollster::block_on(teacher.caption(gpu(), &pixels, Default::default())).unwrap();
+        let own = pollster::block_on(teacher.caption(gpu(), &pixels, teacher.generation)).unwrap();
         assert_eq!(t.captions[i], own);
     }
     let o = RunOptions {
@@ -398,7 +410,10 @@ fn distilling_from_own_images_uses_the_teachers_captions_and_skips_bad_files() {
         &d,
         &o,
         &DistillConfig::default(),
-        &Source::Images(t),
+        &Source::Images {
+            train: Box::new(t),
+            held_out: Box::default(),
+        },
         tiny_student,
     )
     .unwrap();
@@ -422,10 +437,16 @@ fn distilling_from_own_images_uses_the_teachers_captions_and_skips_bad_files() {
             assert!((sum - 1.0).abs() < 1e-5, "{p}");
         }
     }
-    let err = pollster::block_on(ImageTargets::caption(gpu(), &teacher, &files[1..2]))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = pollster::block_on(ImageTargets::caption(
+        gpu(),
+        &teacher,
+        &files[1..2],
+        &none,
+        |_, _| {},
+    ))
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("none of the 1 files"), "{err}");
     std::fs::remove_dir_all(d).ok();
 }

@@ -148,6 +148,9 @@ function makeCard(name, blob, container = $('cards')) {
   return card;
 }
 
+// The models that have captioned once since they were loaded (see captionCard's speed-up).
+const captioned = new Set();
+
 // Captions `file` into `card` with each model in `models` ([model name, label]).
 async function captionCard(card, file, models = [['student', 'student'], ['teacher', 'teacher']]) {
   const bytes = await file.arrayBuffer();
@@ -156,7 +159,7 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
   } catch (e) {
     return cardError(card, `no GPU: ${e.message}`);
   }
-  if (teacherKind !== 'bundled' && models.some(([m]) => m === 'student')) {
+  if (studentTeacher !== teacherKind && models.some(([m]) => m === 'student')) {
     const none = document.createElement('div');
     none.className = 'caption-line muted';
     none.setAttribute('data-testid', 'caption-student');
@@ -199,6 +202,18 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
     time.textContent = `${ms.toFixed(0)} ms`;
     line.append(time);
     line.dataset.caption = r.caption;
+    // A model's first caption also builds its pipelines: its time says nothing of its speed.
+    line.ms = captioned.has(model) ? ms : null;
+    captioned.add(model);
+  }
+  // The student's time beside the teacher's: what distilling bought.
+  const [student, teacher] = ['student', 'teacher'].map((w) => card.body.querySelector(`[data-testid=caption-${w}]`));
+  if (student && teacher && student.ms && teacher.ms) {
+    const s = document.createElement('span');
+    s.className = 'speedup';
+    s.setAttribute('data-testid', 'speedup');
+    s.textContent = `${(teacher.ms / student.ms).toFixed(1)}× the teacher's speed`;
+    student.append(s);
   }
 }
 
@@ -261,6 +276,9 @@ $('new-scene').onclick = async () => {
 // 'bundled', or what else the teacher is (a Hub repo, "your files"): a student distilled from the
 // bundled teacher does not belong to another teacher, so captions then show none.
 let teacherKind = 'bundled';
+// The teacher the Caption tab's student was distilled from (the bundled student's is the bundled
+// teacher); a student shows in caption cards only beside its own teacher.
+let studentTeacher = 'bundled';
 const params = new URLSearchParams(location.search);
 const HUB = params.get('hub') || 'https://huggingface.co';
 // Downloads over this many bytes ask first (?ask-over=BYTES; 100 MB by default).
@@ -356,14 +374,22 @@ function formOptions() {
     else if (el.type === 'number') o[el.name] = Number(el.value);
     else o[el.name] = el.value;
   }
+  // An empty size takes the teacher's default student (the worker's StudentShape::default_for).
+  for (const k of ['layers', 'width', 'heads']) if (f.elements[k].value === '') delete o[k];
   o.eval_n = 20;
   o.warmup = Math.min(20, Math.max(1, Math.floor(o.steps / 10)));
+  // The run belongs to the teacher it distils from: a resume needs the same one.
+  o.teacher = teacherKind;
   return o;
 }
 
 function fillForm(o) {
   for (const el of $('distill-form').elements) {
-    if (!el.name || !(el.name in o)) continue;
+    if (!el.name) continue;
+    if (!(el.name in o)) {
+      if (['layers', 'width', 'heads'].includes(el.name)) el.value = '';
+      continue;
+    }
     if (el.type === 'checkbox') el.checked = !!o[el.name];
     else el.value = o[el.name];
   }
@@ -390,7 +416,7 @@ async function runLoop() {
 // showing `missing`, when there are none.
 async function chosenImages(missing) {
   if ($('distill-form').elements.data.value !== 'images') return null;
-  const chosen = [...$('distill-images').files];
+  const chosen = [...$('distill-images').files, ...folderImages()];
   const files = chosen.length ? chosen : distillDropped;
   if (!files.length) {
     showError(missing);
@@ -399,11 +425,23 @@ async function chosenImages(missing) {
   return Promise.all(files.map(async (f) => [f.name, await f.arrayBuffer()]));
 }
 
+// Choosing images or a folder picks "my images" as the data.
+for (const id of ['distill-images', 'distill-folder']) {
+  $(id).addEventListener('change', () => {
+    if ($(id).files.length) $('distill-form').elements.data.value = 'images';
+  });
+}
+
+// The images of a chosen folder (other files in it are left out, by their type or extension).
+function folderImages() {
+  return [...$('distill-folder').files].filter((f) => f.type.startsWith('image/') || /\.(png|jpe?g|webp|gif)$/i.test(f.name));
+}
+
 $('distill-start').onclick = async () => {
-  if (teacherKind !== 'bundled') {
-    return showError(`Distilling from ${teacherKind} is not available yet: choose the bundled teacher in the Caption tab.`);
-  }
   showError('');
+  if (teacherKind !== 'bundled' && $('distill-form').elements.data.value !== 'images' && distillState !== 'paused') {
+    return showError(`Generated scenes are captioned in the bundled teacher's words; ${teacherKind} distils on your photos: choose "my images" and add some.`);
+  }
   if (distillState === 'paused') return runLoop();
   startRun(formOptions(), 'Choose some images first (or pick generated scenes).');
 };
@@ -414,6 +452,7 @@ async function startRun(options, noImages) {
     await gpuReady;
     const images = await chosenImages(noImages);
     if (images === false) return;
+    exampleImage = images ? images[0] : null;
     const started = await call('distillStart', options, images, options === null);
     beginRun(started);
     runLoop();
@@ -465,22 +504,28 @@ function onDistillEvent(m) {
     if (m.alignment.length) drawAlignment(m.alignment);
   } else if (m.event === 'eval') {
     const row = $('eval-table').tBodies[0].insertRow();
-    for (const v of [m.step, m.bleu4.toFixed(3), m.cider_d.toFixed(3), m.truth.toFixed(3)]) row.insertCell().textContent = v;
+    // Truth is a scene score; held-out photos are scored against the teacher's captions only.
+    const truth = m.truth === undefined ? '—' : m.truth.toFixed(3);
+    for (const v of [m.step, m.bleu4.toFixed(3), m.cider_d.toFixed(3), truth]) row.insertCell().textContent = v;
   } else if (m.event === 'checkpoint') {
     $('distill-state').textContent = `running (checkpoint saved at step ${m.step})`;
     showExample(m.step);
   }
 }
 
-// One validation-domain scene captioned by the run's student and the teacher, with their
-// cross-attention per word (hover), refreshed at each checkpoint.
+// One example captioned by the run's student and the teacher, with their cross-attention per word
+// (hover), refreshed at each checkpoint: a validation-domain scene, or the first of the user's
+// images when the run trains on them.
 const EXAMPLE_SCENE = 7;
 let examplePng = null;
+let exampleImage = null; // [name, bytes] of the run's first image, when it trains on images
 async function showExample(step) {
   try {
-    if (!examplePng) examplePng = (await call('scene', EXAMPLE_SCENE)).png;
+    if (!exampleImage && !examplePng) examplePng = (await call('scene', EXAMPLE_SCENE)).png;
     await call('useStudent', 'run');
-    const file = new File([examplePng], `example scene, step ${step}`, { type: 'image/png' });
+    const file = exampleImage
+      ? new File([exampleImage[1]], `${exampleImage[0]}, step ${step}`)
+      : new File([examplePng], `example scene, step ${step}`, { type: 'image/png' });
     const box = $('example');
     const card = makeCard(file.name, file, box);
     await captionCard(card, file, [['run', 'student'], ['teacher', 'teacher']]);
@@ -512,8 +557,13 @@ async function offerResume() {
   fillForm(s.options);
 }
 
-$('distill-resume').onclick = () => {
+$('distill-resume').onclick = async () => {
   showError('');
+  const saved = await call('savedRun');
+  const from = (saved && saved.options.teacher) || 'bundled';
+  if (saved && from !== teacherKind) {
+    return showError(`The saved run distils from ${from}; load that teacher in the Caption tab first (the teacher now is ${teacherKind}).`);
+  }
   // A run on the user's images needs them again: they are not kept in the browser's storage.
   startRun(null, 'This run trained on your images: choose them again, then resume.');
 };
@@ -521,6 +571,7 @@ $('distill-resume').onclick = () => {
 $('distill-use').onclick = async () => {
   try {
     const s = await call('useStudent', 'student');
+    studentTeacher = (runOptions && runOptions.teacher) || 'bundled';
     $('models-status').textContent = `The Caption tab now uses your distilled student (${fmtParams(s.parameters)} parameters).`;
   } catch (e) {
     showError(e.message);
@@ -535,6 +586,7 @@ $('distill-download').onclick = async () => {
       ['config.json', c.config, 'application/json'],
       ['preprocessor_config.json', c.preprocessor, 'application/json'],
       ['tokenizer.json', c.tokenizer, 'application/json'],
+      ['generation_config.json', c.generation, 'application/json'],
     ];
     for (const [name, data, type] of files) {
       const a = document.createElement('a');
@@ -554,10 +606,11 @@ $('load-checkpoint').onchange = async (e) => {
   e.target.value = '';
   const need = ['model.safetensors', 'config.json', 'preprocessor_config.json', 'tokenizer.json'];
   const missing = need.filter((n) => !byName[n]);
-  if (missing.length) return showError(`A checkpoint is four files; missing: ${missing.join(', ')}.`);
+  if (missing.length) return showError(`A checkpoint is four files (and generation_config.json, if it has one); missing: ${missing.join(', ')}.`);
+  const given = byName['generation_config.json'] ? [...need, 'generation_config.json'] : need;
   try {
     await gpuReady;
-    const s = await call('loadFiles', 'student', await Promise.all(need.map(async (n) => [n, await byName[n].arrayBuffer()])));
+    const s = await call('loadFiles', 'student', await Promise.all(given.map(async (n) => [n, await byName[n].arrayBuffer()])));
     showError('');
     $('models-status').textContent = `Loaded your checkpoint as the student (${fmtParams(s.parameters)} parameters); the Caption tab uses it.`;
     $('models-status').dataset.loaded = 'true';

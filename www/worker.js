@@ -214,7 +214,9 @@ const handlers = {
           self.postMessage({ event: 'checkpoint', step: r.step });
         }
         if (options.eval_every > 0 && (r.step % options.eval_every === 0 || r.step === r.steps)) {
-          self.postMessage({ event: 'eval', ...JSON.parse(await amad.distill_eval(options.eval_n || 20)) });
+          // Null where nothing is held out to validate on.
+          const scores = JSON.parse(await amad.distill_eval(options.eval_n || 20));
+          if (scores) self.postMessage({ event: 'eval', ...scores });
         }
         if (r.step >= r.steps) {
           control = 'idle';
@@ -240,10 +242,10 @@ const handlers = {
     if (control === 'running') control = 'stopping';
   },
 
-  // The student's four files (for a download), from the run in memory.
+  // The student's five files (for a download), from the run in memory.
   async checkpoint() {
     const c = await amad.checkpoint();
-    return { config: c.config, weights: c.weights, preprocessor: c.preprocessor, tokenizer: c.tokenizer, step: c.step };
+    return { config: c.config, weights: c.weights, preprocessor: c.preprocessor, tokenizer: c.tokenizer, generation: c.generation, step: c.step };
   },
 
   async useStudent(name) {

@@ -361,6 +361,130 @@ pub fn step(gpu: &Gpu, batch: usize, iters: usize, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `amad bench distill`: a distillation step from `teacher` (a Hub captioner's directory, at
+/// full size) into its default student (`StudentShape::default_for`) at batch `batch` with
+/// captions of `len` positions: the teacher's forward alone (keeping its logits and paired maps,
+/// as the step does) and the whole step (teacher forward, student forward and backward, CE +
+/// T²·KD + AMAD-KL over all three attention kinds, AdamW); best of `iters` after a warm-up.
+pub fn distill(
+    gpu: &Gpu,
+    teacher: &crate::model::captioner::Captioner,
+    batch: usize,
+    len: usize,
+    iters: usize,
+    json: bool,
+) -> Result<()> {
+    use crate::model::{Config, KeepMaps, Model, Optimizer, StudentShape};
+    let tcfg = &teacher.model.cfg;
+    let shape = StudentShape::default_for(tcfg);
+    let student = Model::new(gpu, Config::student_of(tcfg, &shape), 2)?;
+    let cfg = crate::distill::DistillConfig::default();
+    let need = crate::distill::memory::check(
+        tcfg,
+        &student.cfg,
+        &cfg,
+        batch,
+        len,
+        gpu.max_binding(),
+        gpu.available_memory(),
+    )?;
+    let mut rng = crate::rng::Rng::new(1);
+    let e = &tcfg.encoder;
+    let patches: Vec<f32> = (0..batch * e.patches() * e.patch_dim())
+        .map(|_| rng.uniform() as f32 * 2.0 - 1.0)
+        .collect();
+    let vocab = tcfg.decoder.vocab_size;
+    let ids: Vec<u32> = (0..batch * len).map(|_| rng.below(vocab) as u32).collect();
+    let patches = Tensor::from_slice(gpu, &[batch, e.patches(), e.patch_dim()], &patches)?;
+    let data = crate::distill::Batch {
+        teacher_patches: patches.clone(),
+        student_patches: patches,
+        ids: Tensor::from_u32(gpu, &[batch, len], &ids)?,
+        labels: Tensor::from_u32(gpu, &[batch * len], &ids)?,
+        valid: vec![true; batch * len],
+    };
+    let opt = std::cell::RefCell::new(Optimizer::new(
+        gpu,
+        &student.layout,
+        crate::ops::optim::AdamW::default(),
+        1.0,
+    )?);
+    // The teacher's forward as the step records it: the paired layers' maps kept.
+    let pairs = |t, s| crate::distill::layer_pairs(t, s, cfg.layer_map);
+    let mut keep = KeepMaps {
+        encoder: vec![false; e.num_hidden_layers],
+        decoder_self: vec![false; tcfg.decoder.n_layer],
+        cross: vec![false; tcfg.decoder.n_layer],
+    };
+    for (_, t) in pairs(e.num_hidden_layers, student.cfg.encoder.num_hidden_layers) {
+        keep.encoder[t] = true;
+    }
+    for (_, t) in pairs(tcfg.decoder.n_layer, student.cfg.decoder.n_layer) {
+        keep.decoder_self[t] = true;
+        keep.cross[t] = true;
+    }
+    if !json {
+        println!("adapter: {}", gpu.describe());
+        println!(
+            "teacher {:.1} M parameters, student {:.1} M ({:?} encoder, {:?} decoder: layers, width, heads); \
+             estimated {:.0} MB per step",
+            teacher.model.layout.param_count() as f64 / 1e6,
+            student.layout.param_count() as f64 / 1e6,
+            shape.encoder,
+            shape.decoder,
+            need.total() as f64 / 1e6
+        );
+    }
+    let best = |record: &dyn Fn(&mut crate::Step) -> Result<()>| -> Result<f64> {
+        let once = || -> Result<f64> {
+            let t = Instant::now();
+            let mut st = gpu.step();
+            record(&mut st)?;
+            st.submit()?;
+            gpu.wait_idle()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        once()?;
+        (0..iters.max(1)).try_fold(f64::INFINITY, |b, _| Ok(b.min(once()?)))
+    };
+    let forward = best(&|st| {
+        teacher
+            .model
+            .forward_maps(st, &data.teacher_patches, &data.ids, &keep)
+            .map(drop)
+    })?;
+    let step = best(&|st| {
+        crate::distill::distill_step(
+            st,
+            &teacher.model,
+            &student,
+            &mut opt.borrow_mut(),
+            &data,
+            &cfg,
+        )
+        .map(drop)
+    })?;
+    let shape = format!("batch {batch}, {} + {len} tokens", e.tokens());
+    for (name, secs) in [
+        ("hub_teacher_forward", forward),
+        ("hub_distill_step_amad_kl", step),
+    ] {
+        Record {
+            name: name.into(),
+            shape: shape.clone(),
+            ms: secs * 1e3,
+            gflops: None,
+        }
+        .print(gpu, json);
+    }
+    match (peak_resident(), json) {
+        (Some(peak), false) => println!("peak resident memory: {:.0} MB", peak as f64 / 1e6),
+        (Some(peak), true) => println!("{}", serde_json::json!({"peak_resident_bytes": peak})),
+        (None, _) => {}
+    }
+    Ok(())
+}
+
 /// The process's peak resident memory in bytes (Linux: VmHWM), where the system reports it. On a
 /// CPU adapter (lavapipe) the device's buffers live here too.
 fn peak_resident() -> Option<u64> {

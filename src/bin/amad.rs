@@ -75,13 +75,21 @@ commands:
   distill --teacher DIR --out DIR [--method M] [--student-layers L] [--student-width W]
           [--student-heads H] [--steps N] [--batch B] [--lr LR] [--warmup N] [--decay-to F]
           [--alpha A] [--beta B] [--gamma G] [--temperature T] [--tau T] [--detach-weights]
-          [--seed S] [--checkpoint-every N] [--until N] [--images DIR] [--eval-every N] [--eval-n N]
-        distils a student from the teacher on generated scenes, or on the images in DIR with the
-        teacher's captions as targets (written to OUT/targets.jsonl); M: ce, kd, one-to-one,
-        amad-mse, amad-kl (default), amad-token. OUT/alignment.json gets the AMAD alignment weights
-        at each checkpoint; --eval-every N logs validation scores (N scenes: --eval-n, default 50)
-        to OUT/metrics.jsonl. Defaults: 2,400 steps of batch 32 at learning rate 1e-3, scheduled
-        as train-teacher's. Resumes like train-teacher.
+          [--seed S] [--checkpoint-every N] [--until N] [--images DIR] [--val-fraction F]
+          [--eval-every N] [--eval-n N]
+        distils a student from the teacher (the bundled one, or a Hub captioner's directory) on
+        generated scenes, or on the images in DIR with the teacher's captions as targets (kept in
+        OUT/targets.jsonl, so no image is captioned twice); M: ce, kd, one-to-one, amad-mse,
+        amad-kl (default), amad-token. The student shares the teacher's vocabulary and image
+        geometry; L, W and H are N for both sides or E,D for the encoder and the decoder, and
+        default to a quarter of the teacher's width and heads, a third of its encoder layers and a
+        sixth of its decoder layers, at least 2 × 64 × 2 (ViT-B + GPT-2: 4,2 layers, 192 wide, 3
+        heads). OUT/alignment.json gets the AMAD alignment weights at each checkpoint;
+        --eval-every N logs validation scores to OUT/metrics.jsonl: on N scenes (--eval-n,
+        default 50), or with --images the agreement (BLEU-4, CIDEr-D, ROUGE-L) of the student's
+        captions with the teacher's on the share F of the images held out (default 0.1).
+        Defaults: 2,400 steps of batch 32 at learning rate 1e-3, scheduled as train-teacher's.
+        Resumes like train-teacher.
   eval --model DIR [--split test] [--n N] [--beam N] [--json]
         BLEU-4, CIDEr-D, ROUGE-L and truth of the model's captions of generated scenes
   data export --split train|validation|test --n N --out DIR
@@ -95,6 +103,10 @@ commands:
         GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward+backward time
   bench step [--json] [--iters N] [--batch B]
         time of one teacher training step and one distillation step at the default configs
+  bench distill --teacher DIR [--batch B] [--len L] [--iters N] [--json]
+        a distillation step from the teacher in DIR (a Hub captioner) into its default student
+        at batch B (default 16) with captions of L positions (default 16): the teacher's forward
+        alone and the whole step (the best of N after a warm-up, default 2), and the peak memory
   bench caption --model DIR [--beam N] [--max-tokens N] [--iters N] [--json] IMAGE...
         per image: encoder time, decoder time per new token and the whole caption's time (the
         best of N runs after a warm-up, default 3), and the process's peak resident memory
@@ -159,6 +171,19 @@ commands:
                         .map_err(|_| Error::Invalid(format!("{name}: {v:?} is not a valid number")))
                 })
                 .transpose()
+        }
+
+        /// A student-size flag: N for both the encoder and the decoder, or E,D for each.
+        fn sides(&mut self, name: &str) -> Result<Option<(usize, usize)>> {
+            let Some(v) = self.value(name)? else {
+                return Ok(None);
+            };
+            let bad = || Error::Invalid(format!("{name}: {v:?} is not N or E,D (whole numbers)"));
+            let n = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
+            match v.split_once(',') {
+                Some((e, d)) => Ok(Some((n(e)?, n(d)?))),
+                None => n(v).map(|x| Some((x, x))),
+            }
         }
 
         /// The arguments no flag consumed (file names); an unknown `--flag` among them is an error.
@@ -227,6 +252,7 @@ commands:
                     amad::bench::step(&gpu()?, batch, iters, json)
                 }
                 Some("caption") => bench_caption(Flags::new(&rest[1..])),
+                Some("distill") => bench_distill(Flags::new(&rest[1..])),
                 Some("profile") => {
                     let mut f = Flags::new(&rest[1..]);
                     let batch: usize = f.number("--batch", 32)?;
@@ -327,23 +353,19 @@ commands:
                 generation: amad::model::generate::Generation::default(),
             })
         })?;
-        print_validation(&gpu, &c)
+        print_validation(&gpu, &c, &amad::train::Source::Scenes)
     }
 
-    /// Scores a freshly trained model on 200 validation scenes and prints them.
-    fn print_validation(gpu: &Gpu, c: &amad::model::captioner::Captioner) -> Result<()> {
-        use amad::data::scenes::Split;
-        let e = pollster::block_on(amad::train::evaluate(
-            gpu,
-            c,
-            Split::Validation,
-            200,
-            amad::model::generate::Generation::default(),
-        ))?;
-        println!(
-            "validation ({} scenes): BLEU-4 {:.4}  CIDEr-D {:.4}  ROUGE-L {:.4}  truth {:.4}",
-            e.n, e.bleu4, e.cider_d, e.rouge_l, e.truth
-        );
+    /// Validates a freshly trained model on `source` (200 scenes, or the held-out images) and
+    /// prints the scores.
+    fn print_validation(
+        gpu: &Gpu,
+        c: &amad::model::captioner::Captioner,
+        source: &amad::train::Source,
+    ) -> Result<()> {
+        if let Some((_, shown)) = pollster::block_on(source.validate(gpu, c, 200))? {
+            println!("{shown}");
+        }
         Ok(())
     }
 
@@ -366,13 +388,13 @@ commands:
     fn distill(mut f: Flags) -> Result<()> {
         use amad::distill::DistillConfig;
         use amad::model::captioner::Captioner;
-        use amad::model::{Config, Model};
+        use amad::model::{Config, Model, StudentShape};
         let teacher_dir = f.required("--teacher")?;
         let out = std::path::PathBuf::from(f.required("--out")?);
         let method = f.value("--method")?.unwrap_or("amad-kl");
-        let layers: usize = f.number("--student-layers", 2)?;
-        let width: usize = f.number("--student-width", 64)?;
-        let heads: usize = f.number("--student-heads", 2)?;
+        let layers = f.sides("--student-layers")?;
+        let width = f.sides("--student-width")?;
+        let heads = f.sides("--student-heads")?;
         let opts = run_options(&mut f, 2400, 1e-3)?;
         let d = DistillConfig::default();
         let cfg = DistillConfig {
@@ -386,28 +408,45 @@ commands:
         let detach_weights = f.switch("--detach-weights");
         let seed: u64 = f.number("--seed", 2)?;
         let images = f.value("--images")?;
+        let val_fraction: f64 = f.number("--val-fraction", 0.1)?;
         f.done()?;
         let cfg = cfg.with_method(method, tau, detach_weights)?;
         let gpu = gpu()?;
         let teacher = Captioner::load(&gpu, std::path::Path::new(teacher_dir))?;
+        let shape = StudentShape::default_for(&teacher.model.cfg).overridden(layers, width, heads);
+        shape.check()?;
         let source = match images {
             None => amad::train::Source::Scenes,
-            Some(dir) => amad::train::Source::Images(image_targets(&gpu, &teacher, dir, &out)?),
+            Some(dir) => {
+                let all = image_targets(&gpu, &teacher, dir, &out)?;
+                let (train, held_out) = all.split(val_fraction)?;
+                eprintln!(
+                    "{} images to train on, {} held out for validation",
+                    train.names.len(),
+                    held_out.names.len()
+                );
+                amad::train::Source::Images {
+                    train: Box::new(train),
+                    held_out: Box::new(held_out),
+                }
+            }
         };
         let c = amad::train::distill_captioner(&gpu, &teacher, &out, &opts, &cfg, &source, || {
-            let scfg = Config::student_of(&teacher.model.cfg, (layers, width, heads));
+            let scfg = Config::student_of(&teacher.model.cfg, &shape);
             Ok(Captioner {
                 model: Model::new(&gpu, scfg, seed)?,
                 tokenizer: teacher.tokenizer.clone(),
                 preprocess: teacher.preprocess.clone(),
-                generation: amad::model::generate::Generation::default(),
+                generation: teacher.generation,
             })
         })?;
-        print_validation(&gpu, &c)
+        print_validation(&gpu, &c, &source)
     }
 
-    /// The teacher's captions of the images in `dir` (non-recursive, sorted by name), also
-    /// written to `out`/targets.jsonl; unreadable files are reported and skipped.
+    /// The teacher's captions of the images in `dir` (non-recursive, sorted by name), kept in
+    /// `out`/targets.jsonl: captions already there (matched by the image's bytes) are reused, so
+    /// a resumed or repeated run captions nothing twice. Unreadable files are reported and
+    /// skipped.
     fn image_targets(
         gpu: &Gpu,
         teacher: &amad::model::captioner::Captioner,
@@ -427,30 +466,83 @@ commands:
                 Err(e) => eprintln!("amad: {}: {e} (skipped)", p.display()),
             }
         }
-        eprintln!("the teacher captions {} files in {dir}…", files.len());
+        let path = out.join("targets.jsonl");
+        // A line that does not parse is captioned again, never trusted.
+        let cached: std::collections::HashMap<String, String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| {
+                Some((
+                    v["key"].as_str()?.to_string(),
+                    v["caption"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let reused = files
+            .iter()
+            .filter(|(_, b)| cached.contains_key(&amad::train::batch::image_key(b)))
+            .count();
+        eprintln!(
+            "the teacher captions {} files in {dir} ({reused} captions reused from {})…",
+            files.len() - reused,
+            path.display()
+        );
+        let began = std::time::Instant::now();
         let (t, skipped) = pollster::block_on(amad::train::batch::ImageTargets::caption(
-            gpu, teacher, &files,
+            gpu,
+            teacher,
+            &files,
+            &cached,
+            |done, total| {
+                if total > 0 {
+                    eprint!(
+                        "\rcaptioned {done}/{total} ({:.0} s)   ",
+                        began.elapsed().as_secs_f64()
+                    );
+                }
+            },
         ))?;
+        eprintln!();
         for s in &skipped {
             eprintln!("amad: {s} (skipped)");
         }
         std::fs::create_dir_all(out)
             .map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
-        let lines: String = t
-            .names
-            .iter()
-            .zip(&t.captions)
-            .map(|(n, c)| format!("{}\n", serde_json::json!({"file": n, "caption": c})))
+        let lines: String = (0..t.names.len())
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    serde_json::json!({"file": t.names[i], "key": t.keys[i], "caption": t.captions[i]})
+                )
+            })
             .collect();
-        let path = out.join("targets.jsonl");
         std::fs::write(&path, lines)
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
         eprintln!(
-            "{} images, their captions in {}",
+            "{} image{}, their captions in {}",
             t.names.len(),
+            if t.names.len() == 1 { "" } else { "s" },
             path.display()
         );
         Ok(t)
+    }
+
+    fn bench_distill(mut f: Flags) -> Result<()> {
+        let dir = f.required("--teacher")?;
+        let batch: usize = f.number("--batch", 16)?;
+        let len: usize = f.number("--len", 16)?;
+        let iters: usize = f.number("--iters", 2)?;
+        let json = f.switch("--json");
+        f.done()?;
+        if batch == 0 || len == 0 {
+            return Err(Error::Invalid(format!(
+                "bench distill needs a --batch and a --len of 1 or more\n\n{USAGE}"
+            )));
+        }
+        let gpu = gpu()?;
+        let teacher = amad::model::captioner::Captioner::load(&gpu, std::path::Path::new(dir))?;
+        amad::bench::distill(&gpu, &teacher, batch, len, iters, json)
     }
 
     fn bench_caption(mut f: Flags) -> Result<()> {

@@ -1,7 +1,8 @@
 //! Distillation: the attention-alignment losses on files (`amad loss`), layer pairing and the
-//! total loss of a distillation step (step.rs).
+//! total loss of a distillation step (step.rs), and its memory (memory.rs).
 
 pub mod maps_file;
+pub mod memory;
 pub mod step;
 
 pub use step::{

@@ -285,6 +285,23 @@ impl Gpu {
         self.check()
     }
 
+    /// Memory known to be available to this device, in bytes: on a CPU adapter (natively, on
+    /// Linux) the host's MemAvailable; None where neither wgpu nor WebGPU can say (GPUs).
+    pub fn available_memory(&self) -> Option<u64> {
+        if self.info.device_type != wgpu::DeviceType::Cpu {
+            return None;
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kb * 1024)
+        }
+        #[cfg(target_arch = "wasm32")]
+        None
+    }
+
     /// Largest buffer this device can bind as storage.
     pub fn max_binding(&self) -> u64 {
         self.limits

@@ -250,7 +250,8 @@ impl Captioner {
         Self::from_file_map(gpu, &files, &dir.display().to_string())
     }
 
-    /// Writes the four files into `dir`.
+    /// Writes the five files into `dir`: config.json, model.safetensors,
+    /// preprocessor_config.json, tokenizer.json and generation_config.json.
     #[cfg(not(target_arch = "wasm32"))]
     pub async fn save(&self, gpu: &Gpu, dir: &std::path::Path) -> Result<()> {
         self.model.save(gpu, dir).await?;
@@ -262,7 +263,11 @@ impl Captioner {
             "preprocessor_config.json",
             preprocessor::to_json(&self.preprocess),
         )?;
-        write("tokenizer.json", self.tokenizer.to_json())
+        write("tokenizer.json", self.tokenizer.to_json())?;
+        write(
+            "generation_config.json",
+            self.generation.to_json(&self.model.cfg),
+        )
     }
 
     /// Normalised patches [1, N, C·P·P] of one image.

@@ -48,6 +48,78 @@ pub struct Config {
     pub decoder_start_token_id: u32,
 }
 
+/// A student's size: (layers, width, heads) of its encoder and of its decoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StudentShape {
+    pub encoder: (usize, usize, usize),
+    pub decoder: (usize, usize, usize),
+}
+
+impl StudentShape {
+    /// The default student of `teacher`: a quarter of its width and heads, a third of its encoder
+    /// layers and a sixth of its decoder layers, but never below 2 layers, 64 wide and 2 heads
+    /// where the teacher itself has more. A ViT-B/16 + GPT-2 teacher (12 × 768 × 12 per side)
+    /// gets 4 × 192 × 3 + 2 × 192 × 3, about 13 M parameters, three quarters of them the
+    /// 50,257-token embedding: small enough to train in a browser, with a quarter of the
+    /// teacher's heads, the setting AMAD is for. The bundled teacher (4 × 128 × 8) gets 2 × 64 × 2.
+    pub fn default_for(teacher: &Config) -> StudentShape {
+        let side = |(layers, width, heads): (usize, usize, usize), layer_share: usize| {
+            let heads_s = (heads / 4).max(heads.min(2)).max(1);
+            let width_s = (width / 4).max(width.min(64));
+            // The width must split into the heads: fewer heads until it does.
+            let heads_s = (1..=heads_s)
+                .rev()
+                .find(|h| width_s.is_multiple_of(*h))
+                .unwrap_or(1);
+            (
+                (layers / layer_share).max(layers.min(2)).max(1),
+                width_s,
+                heads_s,
+            )
+        };
+        let (e, d) = (&teacher.encoder, &teacher.decoder);
+        StudentShape {
+            encoder: side(
+                (e.num_hidden_layers, e.hidden_size, e.num_attention_heads),
+                3,
+            ),
+            decoder: side((d.n_layer, d.n_embd, d.n_head), 6),
+        }
+    }
+
+    /// This shape with the layers, widths and heads given as (encoder, decoder), where given.
+    pub fn overridden(
+        mut self,
+        layers: Option<(usize, usize)>,
+        width: Option<(usize, usize)>,
+        heads: Option<(usize, usize)>,
+    ) -> StudentShape {
+        if let Some((e, d)) = layers {
+            (self.encoder.0, self.decoder.0) = (e, d);
+        }
+        if let Some((e, d)) = width {
+            (self.encoder.1, self.decoder.1) = (e, d);
+        }
+        if let Some((e, d)) = heads {
+            (self.encoder.2, self.decoder.2) = (e, d);
+        }
+        self
+    }
+
+    /// An error naming a side without a layer or a head, or with a width its heads do not divide.
+    pub fn check(&self) -> Result<()> {
+        for (name, (layers, width, heads)) in [("encoder", self.encoder), ("decoder", self.decoder)]
+        {
+            if layers == 0 || heads == 0 || width == 0 || !width.is_multiple_of(heads) {
+                return Err(Error::Invalid(format!(
+                    "the student's {name} needs at least one layer and head, and a width divisible by its heads (got {layers} layers, width {width}, {heads} heads)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Vit {
     pub fn patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
@@ -133,17 +205,30 @@ impl Config {
         Self::sized(vocab_size, max_len, (2, 64, 2), (2, 64, 2))
     }
 
-    /// A student of `teacher`: its vocabulary, caption length, image and patch size, with
-    /// (layers, width, heads) for both the encoder and the decoder.
-    pub fn student_of(teacher: &Config, shape: (usize, usize, usize)) -> Config {
+    /// A student of `teacher` with `shape`: the teacher's vocabulary and special tokens, caption
+    /// length, image geometry (so their maps over the image pair cell for cell), activations and
+    /// LayerNorm epsilons, with MLPs 4× wide.
+    pub fn student_of(teacher: &Config, shape: &StudentShape) -> Config {
         let mut s = Config::sized(
             teacher.decoder.vocab_size,
             teacher.decoder.n_positions,
-            shape,
-            shape,
+            shape.encoder,
+            shape.decoder,
         );
-        s.encoder.image_size = teacher.encoder.image_size;
-        s.encoder.patch_size = teacher.encoder.patch_size;
+        let (e, te) = (&mut s.encoder, &teacher.encoder);
+        e.image_size = te.image_size;
+        e.patch_size = te.patch_size;
+        e.num_channels = te.num_channels;
+        e.layer_norm_eps = te.layer_norm_eps;
+        e.hidden_act = te.hidden_act;
+        let (d, td) = (&mut s.decoder, &teacher.decoder);
+        d.layer_norm_epsilon = td.layer_norm_epsilon;
+        d.activation_function = td.activation_function;
+        d.scale_attn_by_inverse_layer_idx = td.scale_attn_by_inverse_layer_idx;
+        s.bos_token_id = teacher.bos_token_id;
+        s.eos_token_id = teacher.eos_token_id;
+        s.pad_token_id = teacher.pad_token_id;
+        s.decoder_start_token_id = teacher.decoder_start_token_id;
         s
     }
 

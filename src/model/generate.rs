@@ -110,6 +110,30 @@ impl Generation {
 }
 
 impl Generation {
+    /// generation_config.json for these settings and `cfg`'s special tokens, as transformers
+    /// reads it (max_length and min_length count the decoder's start token).
+    pub fn to_json(&self, cfg: &super::Config) -> String {
+        let mut v = serde_json::json!({
+            "max_length": self.max_new_tokens + 1,
+            "num_beams": self.beams,
+            "length_penalty": self.length_penalty,
+            "early_stopping": match self.early_stopping {
+                EarlyStopping::False => Value::Bool(false),
+                EarlyStopping::True => Value::Bool(true),
+                EarlyStopping::Never => Value::String("never".into()),
+            },
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "decoder_start_token_id": cfg.decoder_start_token_id,
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+        });
+        if self.min_new_tokens > 0 {
+            v["min_length"] = (self.min_new_tokens + 1).into();
+        }
+        serde_json::to_string_pretty(&v).expect("a JSON value serialises")
+    }
+
     /// These settings with the beams and the new-token limit a user gave (`--beam`,
     /// `--max-tokens`), where given.
     pub fn overridden(self, beams: Option<usize>, max_new_tokens: Option<usize>) -> Generation {
@@ -264,7 +288,7 @@ impl Model {
         let batch = patches.shape().first().copied().unwrap_or(0);
         let rows = batch * opts.beams;
         let mut step = gpu.step();
-        let states = self.encode(&mut step, patches)?.states;
+        let states = self.encode_maps(&mut step, patches, &[])?.0;
         // Beams share their image's states: gather rows b → b·beams + k with the embedding lookup.
         let states = if opts.beams > 1 {
             let s = states.shape().to_vec();

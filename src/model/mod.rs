@@ -17,7 +17,7 @@ pub mod preprocessor;
 pub mod tokenizer;
 pub mod weights;
 
-pub use config::Config;
+pub use config::{Config, StudentShape};
 pub use formats::WeightFiles;
 pub use tokenizer::Tokenizer;
 pub use weights::{Layout, Weights};

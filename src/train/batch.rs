@@ -121,33 +121,60 @@ fn tokenizer_for(cfg: &Config) -> Result<Tokenizer> {
     Ok(tok)
 }
 
-/// The user's own images with the teacher's captions as targets (`amad distill --images`): the
-/// teacher captions each image once, and batches draw from them.
+/// The user's own images with the teacher's captions as targets (`amad distill --images`, the
+/// page's photo folder): each image decoded and preprocessed once, captioned by the teacher once.
+#[derive(Default)]
 pub struct ImageTargets {
     /// File names, in order.
     pub names: Vec<String>,
-    /// Normalised patches of each image, [N·C·P·P] on the CPU (small: 65×192 floats at 64×64).
+    /// Each image's key in the caption cache (see `image_key`).
+    pub keys: Vec<String>,
+    /// Normalised patches of each image, [N·C·P·P] on the CPU (600 KB at ViT-B/16's 224×224).
     pub patches: Vec<Vec<f32>>,
     /// The teacher's caption of each image.
     pub captions: Vec<String>,
     /// Patches per image and values per patch.
     pub patch_shape: [usize; 2],
+    /// Decoder positions per training caption: the start token and the longest caption's tokens
+    /// (with its end token), at most the decoder's n_positions.
+    pub len: usize,
+}
+
+/// Images the teacher captions in one generation batch.
+const CAPTION_BATCH: usize = 8;
+
+/// An image's key in the caption cache: a 64-bit FNV-1a hash of its bytes, so that a renamed or
+/// changed file is never matched to another image's caption.
+pub fn image_key(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{h:016x}")
+}
+
+/// Scores of a student's captions of held-out images against the teacher's captions of them.
+#[derive(Clone, Debug)]
+pub struct Agreement {
+    pub n: usize,
+    pub bleu4: f64,
+    pub cider_d: f64,
+    pub rouge_l: f64,
 }
 
 impl ImageTargets {
-    /// Decodes and captions `files` (name, bytes) with `teacher`. Unreadable files are skipped and
-    /// returned as error messages, so one bad file never stops the run; no usable image is an error.
+    /// Decodes `files` (name, bytes) and captions them with `teacher` as its checkpoint asks
+    /// (its generation settings), `CAPTION_BATCH` images at a time. Captions already in `cached`
+    /// (by `image_key`) are reused. `progress(done, total)` follows the captioning. Unreadable
+    /// files are skipped and returned as messages, so one bad file never stops the run; no usable
+    /// image is an error.
     pub async fn caption(
         gpu: &Gpu,
         teacher: &crate::model::captioner::Captioner,
         files: &[(String, Vec<u8>)],
+        cached: &std::collections::HashMap<String, String>,
+        mut progress: impl FnMut(usize, usize),
     ) -> Result<(ImageTargets, Vec<String>)> {
-        let mut t = ImageTargets {
-            names: vec![],
-            patches: vec![],
-            captions: vec![],
-            patch_shape: [0, 0],
-        };
+        let mut t = ImageTargets::default();
         let mut skipped = vec![];
         for (name, bytes) in files {
             let pixels = match crate::data::image::decode(bytes, name) {
@@ -158,14 +185,13 @@ impl ImageTargets {
                 }
             };
             let patches = teacher.patches(gpu, &pixels)?;
-            let ids = teacher
-                .model
-                .generate(gpu, &patches, crate::model::generate::Generation::default())
-                .await?;
             let s = patches.shape();
             t.patch_shape = [s[1], s[2]];
             t.patches.push(patches.read(gpu).await?);
-            t.captions.push(teacher.tokenizer.decode(&ids[0]));
+            let key = image_key(bytes);
+            t.captions
+                .push(cached.get(&key).cloned().unwrap_or_default());
+            t.keys.push(key);
             t.names.push(name.clone());
         }
         if t.names.is_empty() {
@@ -174,7 +200,103 @@ impl ImageTargets {
                 files.len()
             )));
         }
+        let todo: Vec<usize> = (0..t.names.len())
+            .filter(|&i| !cached.contains_key(&t.keys[i]))
+            .collect();
+        let [n, d] = t.patch_shape;
+        for (done, chunk) in todo.chunks(CAPTION_BATCH).enumerate() {
+            progress(done * CAPTION_BATCH, todo.len());
+            let pixels: Vec<f32> = chunk.iter().flat_map(|&i| t.patches[i].clone()).collect();
+            let patches = Tensor::from_slice(gpu, &[chunk.len(), n, d], &pixels)?;
+            let ids = teacher
+                .model
+                .generate(gpu, &patches, teacher.generation)
+                .await?;
+            for (&i, ids) in chunk.iter().zip(ids) {
+                t.captions[i] = teacher.tokenizer.decode(&ids);
+            }
+        }
+        progress(todo.len(), todo.len());
+        let cfg = &teacher.model.cfg;
+        let longest = t
+            .captions
+            .iter()
+            .map(|c| teacher.tokenizer.encode(c).len() + 1)
+            .max()
+            .unwrap_or(0);
+        t.len = longest.clamp(1, cfg.decoder.n_positions);
         Ok((t, skipped))
+    }
+
+    /// Holds out a share `fraction` (0 to under 1) of the images for validation, at least one
+    /// when the share is above 0: the images whose keys come first, so the choice depends on the
+    /// images alone and an image stays on its side when others join the folder. Returns (the
+    /// training images, the held-out ones); too few images for both is an error.
+    pub fn split(self, fraction: f64) -> Result<(ImageTargets, ImageTargets)> {
+        if !(0.0..1.0).contains(&fraction) {
+            return Err(crate::Error::Invalid(format!(
+                "the validation share must be at least 0 and below 1, got {fraction}"
+            )));
+        }
+        let n = self.names.len();
+        let held = if fraction > 0.0 {
+            ((n as f64 * fraction).round() as usize).max(1)
+        } else {
+            0
+        };
+        if n <= held {
+            return Err(crate::Error::Invalid(format!(
+                "{n} readable image{} too few: distilling needs at least one image to train on \
+                 besides the {held} held out for validation; add images, or set the validation \
+                 share to 0",
+                if n == 1 { " is" } else { "s are" }
+            )));
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            (&self.keys[a], &self.names[a]).cmp(&(&self.keys[b], &self.names[b]))
+        });
+        let mut is_held = vec![false; n];
+        for &i in &order[..held] {
+            is_held[i] = true;
+        }
+        let part = |want: bool| ImageTargets {
+            names: pick(&self.names, &is_held, want),
+            keys: pick(&self.keys, &is_held, want),
+            patches: pick(&self.patches, &is_held, want),
+            captions: pick(&self.captions, &is_held, want),
+            patch_shape: self.patch_shape,
+            len: self.len,
+        };
+        Ok((part(false), part(true)))
+    }
+
+    /// The student `c`'s captions of these images (as `generation` says, 16 at a time), scored
+    /// against the teacher's.
+    pub async fn agreement(
+        &self,
+        gpu: &Gpu,
+        c: &crate::model::captioner::Captioner,
+        generation: crate::model::generate::Generation,
+    ) -> Result<Agreement> {
+        let [n, d] = self.patch_shape;
+        let mut captions = vec![];
+        for start in (0..self.names.len()).step_by(16) {
+            let end = (start + 16).min(self.names.len());
+            let pixels: Vec<f32> = self.patches[start..end].concat();
+            let patches = Tensor::from_slice(gpu, &[end - start, n, d], &pixels)?;
+            for ids in c.model.generate(gpu, &patches, generation).await? {
+                captions.push(c.tokenizer.decode(&ids));
+            }
+        }
+        let refs: Vec<Vec<String>> = self.captions.iter().map(|c| vec![c.clone()]).collect();
+        let s = crate::eval::metrics::score(&captions, &refs);
+        Ok(Agreement {
+            n: captions.len(),
+            bleu4: s.bleu[3],
+            cider_d: s.cider_d,
+            rouge_l: s.rouge_l,
+        })
     }
 
     /// Batch `step`: `batch` images drawn with replacement (by the step, so a resumed run sees the
@@ -187,12 +309,11 @@ impl ImageTargets {
         step: u64,
         batch: usize,
     ) -> Result<Batch> {
-        let len = cfg.decoder.n_positions;
         let mut rng = Rng::new(step.wrapping_mul(0x9e37_79b9) ^ 0x1a9e5);
         let (mut ids, mut labels, mut patches) = (vec![], vec![], vec![]);
         for _ in 0..batch {
             let i = rng.below(self.names.len());
-            let (a, b) = caption_ids(cfg, tok, &self.captions[i], len);
+            let (a, b) = caption_ids(cfg, tok, &self.captions[i], self.len);
             ids.extend(a);
             labels.extend(b);
             patches.extend_from_slice(&self.patches[i]);
@@ -203,9 +324,18 @@ impl ImageTargets {
         Ok(Batch {
             teacher_patches: patches.clone(),
             student_patches: patches,
-            ids: Tensor::from_u32(gpu, &[batch, len], &ids)?,
-            labels: Tensor::from_u32(gpu, &[batch * len], &labels)?,
+            ids: Tensor::from_u32(gpu, &[batch, self.len], &ids)?,
+            labels: Tensor::from_u32(gpu, &[batch * self.len], &labels)?,
             valid,
         })
     }
+}
+
+/// The items of `all` whose flag is `want`.
+fn pick<T: Clone>(all: &[T], flags: &[bool], want: bool) -> Vec<T> {
+    all.iter()
+        .zip(flags)
+        .filter(|(_, &f)| f == want)
+        .map(|(x, _)| x.clone())
+        .collect()
 }

@@ -137,12 +137,23 @@ pub fn restore_state(
     Ok(step)
 }
 
+/// What a training loop reports: the names of its loss terms (the last is the total) and where it
+/// validates.
+pub struct Reporting<'a> {
+    pub names: &'a [&'static str],
+    pub validation: &'a Source,
+}
+
 /// Where a distillation run's batches come from.
 pub enum Source {
     /// The generated scene stream, one reference caption per scene.
     Scenes,
-    /// The user's own images, the teacher's captions as targets.
-    Images(batch::ImageTargets),
+    /// The user's own images, the teacher's captions as targets: the images trained on and
+    /// those held out for validation (possibly none).
+    Images {
+        train: Box<batch::ImageTargets>,
+        held_out: Box<batch::ImageTargets>,
+    },
 }
 
 impl Source {
@@ -161,7 +172,60 @@ impl Source {
                         .0,
                 )
             }
-            Source::Images(t) => t.batch(gpu, &c.model.cfg, &c.tokenizer, step, size),
+            Source::Images { train, .. } => {
+                train.batch(gpu, &c.model.cfg, &c.tokenizer, step, size)
+            }
+        }
+    }
+
+    /// Decoder positions of a training caption for a student of `cfg`.
+    pub fn positions(&self, cfg: &crate::model::Config) -> usize {
+        match self {
+            Source::Scenes => cfg.decoder.n_positions,
+            Source::Images { train, .. } => train.len,
+        }
+    }
+
+    /// Validates the captioner `c` (greedy captions): on scenes 0..n of the validation split
+    /// against their references, or on the held-out images against the teacher's captions (all
+    /// of them; `n` is for scenes). Returns the metrics log's "eval" object and a line to show;
+    /// None where there is nothing to validate on (no image held out).
+    pub async fn validate(
+        &self,
+        gpu: &Gpu,
+        c: &Captioner,
+        n: usize,
+    ) -> Result<Option<(serde_json::Value, String)>> {
+        match self {
+            Source::Scenes => {
+                let e = evaluate(gpu, c, Split::Validation, n, Generation::default()).await?;
+                Ok(Some((
+                    serde_json::json!({"split": "validation", "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth}),
+                    format!(
+                        "validation ({} scenes): BLEU-4 {:.4}  CIDEr-D {:.4}  ROUGE-L {:.4}  truth {:.4}",
+                        e.n, e.bleu4, e.cider_d, e.rouge_l, e.truth
+                    ),
+                )))
+            }
+            Source::Images { held_out, .. } if held_out.names.is_empty() => Ok(None),
+            Source::Images { held_out, .. } => {
+                let g = Generation {
+                    max_new_tokens: held_out.len,
+                    ..Generation::default()
+                };
+                let a = held_out.agreement(gpu, c, g).await?;
+                Ok(Some((
+                    serde_json::json!({"split": "held-out images", "n": a.n, "bleu4": a.bleu4, "cider_d": a.cider_d, "rouge_l": a.rouge_l}),
+                    format!(
+                        "agreement with the teacher ({} held-out image{}): BLEU-4 {:.4}  CIDEr-D {:.4}  ROUGE-L {:.4}",
+                        a.n,
+                        if a.n == 1 { "" } else { "s" },
+                        a.bleu4,
+                        a.cider_d,
+                        a.rouge_l
+                    ),
+                )))
+            }
         }
     }
 }

@@ -88,7 +88,8 @@ pub struct Progress {
 
 /// Runs `record` for steps `start..opts.steps`, each one submission that returns its loss terms
 /// (the last term is the total); checkpoints (with the shape head `head`, when training has one),
-/// logs, shows progress, and stops on a non-finite loss.
+/// logs as `report` says, shows progress, validates every `opts.eval_every` steps, and stops on a
+/// non-finite loss.
 #[allow(clippy::too_many_arguments)]
 pub fn run_loop(
     gpu: &Gpu,
@@ -98,9 +99,10 @@ pub fn run_loop(
     opts: &RunOptions,
     dir: &Path,
     start: u64,
-    names: &[&'static str],
+    report: &Reporting,
     mut record: impl FnMut(&mut Optimizer, u64) -> Result<Tensor>,
 ) -> Result<()> {
+    let Reporting { names, validation } = report;
     let log_path = dir.join("metrics.jsonl");
     let clock = trim_log(&log_path, start)?;
     let mut log = std::fs::OpenOptions::new()
@@ -149,27 +151,14 @@ pub fn run_loop(
             eta % 60
         );
         if opts.eval_every > 0 && (step + 1) % opts.eval_every == 0 {
-            let e = pollster::block_on(evaluate(
-                gpu,
-                c,
-                Split::Validation,
-                opts.eval_n,
-                Generation::default(),
-            ))?;
-            let line = serde_json::json!({
-                "step": step + 1,
-                "eval": {"split": "validation", "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth},
-            });
-            writeln!(log, "{line}")
-                .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
-            eprintln!(
-                "\nstep {}: validation ({} scenes) BLEU-4 {:.4}  CIDEr-D {:.4}  truth {:.4}",
-                step + 1,
-                e.n,
-                e.bleu4,
-                e.cider_d,
-                e.truth
-            );
+            if let Some((eval, shown)) =
+                pollster::block_on(validation.validate(gpu, c, opts.eval_n))?
+            {
+                let line = serde_json::json!({"step": step + 1, "eval": eval});
+                writeln!(log, "{line}")
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", log_path.display())))?;
+                eprintln!("\nstep {}: {shown}", step + 1);
+            }
         }
         if (step + 1) % opts.checkpoint_every == 0 || step + 1 == end {
             pollster::block_on(checkpoint(gpu, c, opt, head, step + 1, dir))?;
@@ -181,15 +170,15 @@ pub fn run_loop(
 
 /// Runs a training loop for the captioner checkpointed in `dir`: resumes from the checkpoint there
 /// if there is one, otherwise starts from `fresh()`. `record(captioner, optimiser, head, step)`
-/// records and submits one step and returns its loss terms, named by `names` (the last is the
-/// total). With `shape_loss` = Some(targets) the run trains a shape head (see `shape_loss`) beside
+/// records and submits one step and returns its loss terms, named and validated as `report` says
+/// (see `run_loop`). With `shape_loss` = Some(targets) the run trains a shape head (see `shape_loss`) beside
 /// the captioner.
 fn run_captioner(
     gpu: &Gpu,
     dir: &Path,
     opts: &RunOptions,
     shape_loss: Option<ShapeTargets>,
-    names: &[&'static str],
+    report: &Reporting,
     fresh: impl FnOnce() -> Result<Captioner>,
     mut record: impl FnMut(&Captioner, &mut Optimizer, Option<&ShapeLoss>, u64) -> Result<Tensor>,
 ) -> Result<Captioner> {
@@ -237,7 +226,7 @@ fn run_captioner(
         opts,
         dir,
         start,
-        names,
+        report,
         |opt, step| record(&c, opt, head, step),
     )?;
     Ok(c)
@@ -262,7 +251,10 @@ pub fn train_captioner(
         dir,
         opts,
         shape_loss,
-        names,
+        &Reporting {
+            names,
+            validation: &Source::Scenes,
+        },
         fresh,
         |c, opt, head, step| {
             let (b, scenes) = batch::scene_batch(
@@ -324,13 +316,51 @@ pub fn distill_captioner(
     fresh: impl FnOnce() -> Result<Captioner>,
 ) -> Result<Captioner> {
     let end = opts.until.map_or(opts.steps, |u| u.min(opts.steps));
+    let scene_words = crate::data::captions::tokenizer().len();
+    let vocab = teacher.model.cfg.decoder.vocab_size;
+    if matches!(source, Source::Scenes) && vocab != scene_words {
+        return Err(Error::Invalid(format!(
+            "generated scenes are captioned in the scene vocabulary ({scene_words} words) and this \
+             teacher's has {vocab} tokens: distil it on your own images (--images DIR)"
+        )));
+    }
+    // The student's config, to refuse a batch that cannot fit before anything starts.
+    let resuming = dir.join(STATE).exists();
+    let student = if resuming { None } else { Some(fresh()?) };
+    let student_cfg = match &student {
+        Some(c) => c.model.cfg.clone(),
+        None => {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            crate::model::Config::from_json(&text)?
+        }
+    };
+    let len = source.positions(&student_cfg);
+    let need = crate::distill::memory::check(
+        &teacher.model.cfg,
+        &student_cfg,
+        cfg,
+        opts.batch,
+        len,
+        gpu.max_binding(),
+        gpu.available_memory(),
+    )?;
+    eprintln!(
+        "a step of batch {} × {len} positions needs about {:.0} MB of device memory",
+        opts.batch,
+        need.total() as f64 / 1e6
+    );
     run_captioner(
         gpu,
         dir,
         opts,
         None,
-        &["ce", "kd", "attn", "total"],
-        fresh,
+        &Reporting {
+            names: &["ce", "kd", "attn", "total"],
+            validation: source,
+        },
+        || student.ok_or_else(|| Error::Invalid("the student was already made".into())),
         |c, opt, _, step| {
             let b = source.batch(gpu, c, step, opts.batch)?;
             let mut s = gpu.step();

@@ -8,9 +8,8 @@
 use crate::data::scenes::{Scene, Split};
 use crate::distill::DistillConfig;
 use crate::model::captioner::Captioner;
-use crate::model::generate::Generation;
 use crate::model::WeightFiles;
-use crate::model::{Config, Model, Optimizer};
+use crate::model::{Config, Model, Optimizer, StudentShape};
 use crate::ops::optim::AdamW;
 use crate::train::{batch, learning_rate, RunOptions, Source};
 use crate::{Error, Gpu, Result};
@@ -29,6 +28,8 @@ struct Run {
     /// The options as the page sent them, kept with checkpoints so a resumed run is the same run.
     options_json: String,
     step: u64,
+    /// The share of the user's images held out for validation.
+    val_fraction: f64,
     /// Generated scenes, or the user's own images with the teacher's captions.
     source: Source,
 }
@@ -219,8 +220,11 @@ pub fn scene_references(index: u32) -> String {
 struct PageOptions {
     opts: RunOptions,
     cfg: DistillConfig,
-    /// Student (layers, width, heads).
-    shape: (usize, usize, usize),
+    /// The student's (layers, width, heads) where the page gives them, for both sides; the rest
+    /// take the teacher's default student (`StudentShape::default_for`).
+    shape: [Option<(usize, usize)>; 3],
+    /// The share of the user's images held out for validation.
+    val_fraction: f64,
     seed: u64,
 }
 
@@ -266,21 +270,18 @@ fn parse_options(json: &str) -> Result<PageOptions> {
         num("tau", 1.0) as f32,
         v.get("detach").and_then(|x| x.as_bool()).unwrap_or(false),
     )?;
-    let shape = (
-        int("layers", 2)? as usize,
-        int("width", 64)? as usize,
-        int("heads", 2)? as usize,
-    );
-    if shape.0 == 0 || shape.2 == 0 || shape.1 == 0 || !shape.1.is_multiple_of(shape.2) {
-        return Err(Error::Invalid(format!(
-            "the student needs at least one layer and head, and a width divisible by its heads (got {} layers, width {}, {} heads)",
-            shape.0, shape.1, shape.2
-        )));
-    }
+    let side = |k: &str| -> Result<Option<(usize, usize)>> {
+        Ok(match v.get(k) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(_) => Some((int(k, 0)? as usize, int(k, 0)? as usize)),
+        })
+    };
+    let shape = [side("layers")?, side("width")?, side("heads")?];
     Ok(PageOptions {
         opts,
         cfg,
         shape,
+        val_fraction: num("val_fraction", 0.1),
         seed: int("seed", 2)?,
     })
 }
@@ -311,31 +312,26 @@ fn distill_start_inner(
         opts,
         cfg,
         shape,
+        val_fraction,
         seed,
     } = parse_options(options)?;
-    // Would the largest activation of a step fit this device? (The encoder's attention maps.)
-    let e = &teacher.model.cfg.encoder;
-    let maps =
-        opts.batch as u64 * e.num_attention_heads as u64 * (e.tokens() * e.tokens()) as u64 * 4;
-    if maps > gpu.max_binding() {
-        return Err(Error::TooLarge {
-            what: format!("the teacher's attention maps at batch {}", opts.batch),
-            bytes: maps,
-            limit_name: "max_storage_buffer_binding_size",
-            limit: gpu.max_binding(),
-        });
-    }
     let model = match (&resume_config, &resume_weights) {
         (Some(c), Some(w)) => {
             Model::from_files(&gpu, c, &WeightFiles::Safetensors(w), "the saved run")?
         }
-        _ => Model::new(&gpu, Config::student_of(&teacher.model.cfg, shape), seed)?,
+        _ => {
+            let [layers, width, heads] = shape;
+            let shape =
+                StudentShape::default_for(&teacher.model.cfg).overridden(layers, width, heads);
+            shape.check()?;
+            Model::new(&gpu, Config::student_of(&teacher.model.cfg, &shape), seed)?
+        }
     };
     let student = Captioner {
         model,
         tokenizer: teacher.tokenizer.clone(),
         preprocess: teacher.preprocess.clone(),
-        generation: crate::model::generate::Generation::default(),
+        generation: teacher.generation,
     };
     let mut opt = Optimizer::new(
         &gpu,
@@ -352,6 +348,18 @@ fn distill_start_inner(
         }
         None => 0,
     };
+    // Would a step fit this device? On generated scenes captions take the whole n_positions; the
+    // user's images are checked again at their captions' length once the teacher has them.
+    let positions = student.model.cfg.decoder.n_positions;
+    crate::distill::memory::check(
+        &teacher.model.cfg,
+        &student.model.cfg,
+        &cfg,
+        opts.batch,
+        positions,
+        gpu.max_binding(),
+        gpu.available_memory(),
+    )?;
     let out = summary(&student);
     let r = Run {
         teacher,
@@ -361,6 +369,7 @@ fn distill_start_inner(
         cfg,
         options_json: options.to_string(),
         step,
+        val_fraction,
         source: Source::Scenes,
     };
     STATE.with(|s| s.borrow_mut().run = Some(Rc::new(RefCell::new(r))));
@@ -380,7 +389,8 @@ pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String,
         let bytes = js_sys::Uint8Array::new(&pair.get(1)).to_vec();
         list.push((name, bytes));
     }
-    let (t, skipped) = batch::ImageTargets::caption(&gpu, &teacher, &list)
+    let none = Default::default();
+    let (t, skipped) = batch::ImageTargets::caption(&gpu, &teacher, &list, &none, |_, _| {})
         .await
         .map_err(js)?;
     let out = serde_json::json!({
@@ -388,7 +398,27 @@ pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String,
         "skipped": skipped,
     });
     let r = run().map_err(js)?;
-    r.borrow_mut().source = Source::Images(t);
+    let fitted = {
+        let run = r.borrow();
+        crate::distill::memory::check(
+            &run.teacher.model.cfg,
+            &run.student.model.cfg,
+            &run.cfg,
+            run.opts.batch,
+            t.len,
+            gpu.max_binding(),
+            gpu.available_memory(),
+        )
+        .and_then(|_| t.split(run.val_fraction))
+    };
+    // A run whose images cannot be used is no run: nothing may step it on scenes instead.
+    let (train, held_out) = fitted
+        .inspect_err(|_| STATE.with(|s| s.borrow_mut().run = None))
+        .map_err(js)?;
+    r.borrow_mut().source = Source::Images {
+        train: Box::new(train),
+        held_out: Box::new(held_out),
+    };
     Ok(out.to_string())
 }
 
@@ -451,25 +481,27 @@ async fn distill_step_inner(with_weights: bool) -> Result<String> {
     .to_string())
 }
 
-/// Validation BLEU-4, CIDEr-D, ROUGE-L and truth of the run's student on `n` scenes (JSON).
+/// The run's student validated (JSON: step, n, bleu4, cider_d, rouge_l, and truth on scenes): on
+/// `n` validation scenes, or with the user's images on those held out, against the teacher's
+/// captions. Null where there is nothing to validate on.
 #[wasm_bindgen]
 pub async fn distill_eval(n: u32) -> std::result::Result<String, JsError> {
     let gpu = gpu().map_err(js)?;
+    let r = run().map_err(js)?;
     let (student, step) = {
-        let r = run().map_err(js)?;
         let r = r.borrow();
         (r.student.clone(), r.step)
     };
-    let e = crate::train::evaluate(
-        &gpu,
-        &student,
-        Split::Validation,
-        n.max(1) as usize,
-        Generation::default(),
-    )
-    .await
-    .map_err(js)?;
-    Ok(serde_json::json!({"step": step, "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth}).to_string())
+    let source = std::mem::replace(&mut r.borrow_mut().source, Source::Scenes);
+    let e = source.validate(&gpu, &student, n.max(1) as usize).await;
+    r.borrow_mut().source = source;
+    Ok(match e.map_err(js)? {
+        Some((mut eval, _)) => {
+            eval["step"] = step.into();
+            eval.to_string()
+        }
+        None => "null".into(),
+    })
 }
 
 /// The run's student checkpoint: an object with config, weights (model.safetensors bytes),
@@ -509,6 +541,10 @@ pub async fn checkpoint() -> std::result::Result<js_sys::Object, JsError> {
             crate::model::preprocessor::to_json(&student.preprocess).into(),
         )?;
         set("tokenizer", student.tokenizer.to_json().into())?;
+        set(
+            "generation",
+            student.generation.to_json(&student.model.cfg).into(),
+        )?;
         set("state", bytes(&state))?;
         set("step", (step as f64).into())?;
         set("options", options.into())

@@ -174,3 +174,55 @@ pub fn merges_lines(tokenizer: &serde_json::Value) -> Vec<String> {
         .map(|p| format!("{} {}", p[0].as_str().unwrap(), p[1].as_str().unwrap()))
         .collect()
 }
+
+/// A device whose storage bindings hold at most `bytes` (WebGPU's default is 128 MiB).
+pub fn capped_device(bytes: u64) -> Gpu {
+    let mut g = own_device(true);
+    g.limits.max_storage_buffer_binding_size = bytes;
+    g
+}
+
+/// GPT-2's <|endoftext|>: start, end and padding of the Hub captioners.
+pub const EOT: u32 = 50256;
+
+/// A captioner of nlpconnect/vit-gpt2-image-captioning's shape (ViT-B/16 + 12-layer GPT-2, 50,257
+/// tokens) with random weights, spread as make_hub_tiny.py spreads them so that logits are not
+/// near-ties: its parameter values (in `Layout` order) and the model on `g`.
+pub fn full_size_random(g: &Gpu) -> (Vec<Vec<f32>>, amad::model::Model) {
+    let cfg = amad::model::Config::from_json(
+        &serde_json::json!({
+            "model_type": "vision-encoder-decoder",
+            "decoder_start_token_id": EOT, "eos_token_id": EOT, "pad_token_id": EOT,
+            "encoder": {"model_type": "vit", "image_size": 224, "patch_size": 16, "num_channels": 3,
+                        "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                        "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+                        "qkv_bias": true},
+            "decoder": {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768,
+                        "n_layer": 12, "n_head": 12, "n_inner": null, "activation_function": "gelu_new",
+                        "layer_norm_epsilon": 1e-5, "add_cross_attention": true, "bos_token_id": EOT},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let layout = amad::model::Layout::new(&cfg);
+    let mut rng = amad::rng::Rng::new(27);
+    let values: Vec<Vec<f32>> = layout
+        .specs
+        .iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            let base = match s.init {
+                amad::model::weights::Init::Ones => 1.0,
+                _ => 0.0,
+            };
+            (0..n).map(|_| base + 0.1 * rng.normal() as f32).collect()
+        })
+        .collect();
+    let weights = amad::model::Weights::from_values(g, &layout, &values).unwrap();
+    let model = amad::model::Model {
+        cfg,
+        layout,
+        weights,
+    };
+    (values, model)
+}
