@@ -628,6 +628,18 @@ fn a_full_size_captioner_runs_under_the_default_binding_limit() {
         .unwrap()
         .remove(0);
     assert_eq!(ids.len(), 3, "{ids:?}");
+    // The page's per-word heatmap at 14 × 14 patches: a row of 196 per token, each a share of the
+    // attention (the rest went to CLS), averaged over 12 layers × 12 heads.
+    let heat = pollster::block_on(c.word_attention(&g, &patches, &ids)).unwrap();
+    assert_eq!(heat.len(), 3);
+    for row in &heat {
+        assert_eq!(row.len(), 14 * 14);
+        let sum: f32 = row.iter().sum();
+        assert!(
+            row.iter().all(|&v| v >= 0.0) && sum > 0.0 && sum <= 1.0 + 1e-5,
+            "{sum}"
+        );
+    }
     // The same image on the CPU: the first two tokens, and the logits that chose them.
     let p = amad::reference::captioner::Params {
         layout: &layout,

@@ -280,6 +280,55 @@ impl Captioner {
         patches.reshape(&[1, s[0], s[1]])
     }
 
+    /// Where each generated token looked: for caption `ids` of the image `patches` [1, N, C·P·P],
+    /// per token the cross-attention over the N image patches (CLS left out) at the position that
+    /// produced it, the mean over layers and heads; as many rows as tokens (at most n_positions).
+    /// The maps come from one teacher-forced pass over [start, ids..] that keeps nothing else.
+    pub async fn word_attention(
+        &self,
+        gpu: &Gpu,
+        patches: &Tensor,
+        ids: &[u32],
+    ) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.model.cfg;
+        let mut input = vec![cfg.decoder_start_token_id];
+        input.extend(ids);
+        input.truncate(cfg.decoder.n_positions);
+        let layers = cfg.decoder.n_layer;
+        let keep = super::KeepMaps {
+            cross: vec![true; layers],
+            ..Default::default()
+        };
+        let mut step = gpu.step();
+        let id_tensor = step.upload_u32(&[1, input.len()], &input)?;
+        let fwd = self
+            .model
+            .forward_maps(&mut step, patches, &id_tensor, &keep)?;
+        let maps = fwd
+            .cross
+            .iter()
+            .flatten()
+            .map(|p| p.maps(&mut step))
+            .collect::<Result<Vec<_>>>()?;
+        step.submit()?;
+        let (tokens, len) = (cfg.encoder.tokens(), input.len());
+        let mut heat = vec![vec![0f32; tokens - 1]; ids.len().min(len)];
+        for m in maps {
+            let heads = m.shape()[1];
+            let v = m.read(gpu).await?;
+            for (w, row) in heat.iter_mut().enumerate() {
+                for h in 0..heads {
+                    let base = (h * len + w) * tokens;
+                    // Token 0 is the CLS token: no place in the image.
+                    for (p, x) in row.iter_mut().enumerate() {
+                        *x += v[base + 1 + p] / (heads * layers) as f32;
+                    }
+                }
+            }
+        }
+        Ok(heat)
+    }
+
     /// The caption of one image.
     pub async fn caption(
         &self,

@@ -157,40 +157,11 @@ async fn caption_inner(name: &str, image: &[u8], file: &str) -> Result<String> {
         .await?
         .remove(0);
     let words = c.tokenizer.pieces(&ids);
-    // Teacher-forced forward over [start, w1 .. wn]: position l's cross-attention produced w(l+1).
-    let mut input = vec![c.model.cfg.decoder_start_token_id];
-    input.extend(&ids);
-    input.truncate(c.model.cfg.decoder.n_positions);
-    let mut step = gpu.step();
-    let id_tensor = step.upload_u32(&[1, input.len()], &input)?;
-    let fwd = c.model.forward(&mut step, &patches, &id_tensor)?;
-    let maps = fwd
-        .cross_attentions()
-        .into_iter()
-        .map(|p| p.maps(&mut step))
-        .collect::<Result<Vec<_>>>()?;
-    step.submit()?;
-    let e = &c.model.cfg.encoder;
-    let (tokens, len) = (e.tokens(), input.len());
-    let mut heat = vec![vec![0f32; tokens - 1]; words.len().min(len)];
-    let layers = maps.len();
-    for m in maps {
-        let heads = m.shape()[1];
-        let v = m.read(&gpu).await?;
-        for (w, row) in heat.iter_mut().enumerate() {
-            for h in 0..heads {
-                let base = (h * len + w) * tokens;
-                // Token 0 is the CLS token: no place in the image.
-                for (p, x) in row.iter_mut().enumerate() {
-                    *x += v[base + 1 + p] / (heads * layers) as f32;
-                }
-            }
-        }
-    }
+    let heat = c.word_attention(&gpu, &patches, &ids).await?;
     Ok(serde_json::json!({
         "caption": c.tokenizer.decode(&ids),
         "words": words,
-        "grid": e.image_size / e.patch_size,
+        "grid": c.model.cfg.encoder.image_size / c.model.cfg.encoder.patch_size,
         "heat": heat,
     })
     .to_string())
