@@ -391,3 +391,73 @@ fn the_photo_experiment_runs_every_method_and_writes_its_report() {
     assert!(report.contains("on 1 held-out photo."), "{report}");
     std::fs::remove_dir_all(out).ok();
 }
+
+/// --init-from-teacher: on a side as wide as the teacher's, student layer j starts as the teacher
+/// layer the losses pair it with, whatever the head counts; a student narrower on both sides is
+/// refused with the width that would do.
+#[test]
+fn a_student_as_wide_as_its_teacher_starts_from_its_paired_layers() {
+    let teacher = Captioner::load(gpu(), Path::new(HUB_TINY)).unwrap();
+    // One layer per side, with 2 heads (the teacher: 2 layers, 3 and 4 heads).
+    let shape = StudentShape {
+        encoder: (1, 48, 2),
+        decoder: (1, 32, 2),
+    };
+    let cfg = Config::student_of(&teacher.model.cfg, &shape);
+    let (student, copied) = pollster::block_on(amad::distill::init::from_teacher(
+        gpu(),
+        &teacher.model,
+        cfg,
+        3,
+    ))
+    .unwrap();
+    assert_eq!(copied, student.layout.specs.len(), "every tensor fits");
+    let values = |m: &Model| pollster::block_on(m.weights.values(gpu())).unwrap();
+    let (t, s) = (values(&teacher.model), values(&student));
+    let find = |m: &Model, name: &str| {
+        m.layout
+            .specs
+            .iter()
+            .position(|x| x.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    // Student layer 0 of 1 pairs with teacher layer round(1 · 2 / 1) − 1 = 1.
+    for (sn, tn) in [
+        (
+            "encoder.encoder.layer.0.attention.attention.qkv.weight",
+            "encoder.encoder.layer.1.attention.attention.qkv.weight",
+        ),
+        (
+            "decoder.transformer.h.0.crossattention.c_attn.weight",
+            "decoder.transformer.h.1.crossattention.c_attn.weight",
+        ),
+        (
+            "decoder.transformer.wte.weight",
+            "decoder.transformer.wte.weight",
+        ),
+        ("enc_to_dec_proj.weight", "enc_to_dec_proj.weight"),
+    ] {
+        assert_eq!(
+            s[find(&student, sn)],
+            t[find(&teacher.model, tn)],
+            "{sn} from {tn}"
+        );
+    }
+    let narrow = Config::student_of(
+        &teacher.model.cfg,
+        &StudentShape {
+            encoder: (1, 24, 2),
+            decoder: (1, 16, 2),
+        },
+    );
+    let err = pollster::block_on(amad::distill::init::from_teacher(
+        gpu(),
+        &teacher.model,
+        narrow,
+        3,
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("--student-width 48"), "{err}");
+}

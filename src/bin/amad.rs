@@ -75,8 +75,8 @@ commands:
   distill --teacher DIR --out DIR [--method M] [--student-layers L] [--student-width W]
           [--student-heads H] [--steps N] [--batch B] [--lr LR] [--warmup N] [--decay-to F]
           [--alpha A] [--beta B] [--gamma G] [--temperature T] [--tau T] [--detach-weights]
-          [--seed S] [--checkpoint-every N] [--until N] [--images DIR] [--val-fraction F]
-          [--eval-every N] [--eval-n N]
+          [--seed S] [--init-from-teacher] [--checkpoint-every N] [--until N] [--images DIR]
+          [--val-fraction F] [--eval-every N] [--eval-n N]
         distils a student from the teacher (the bundled one, or a Hub captioner's directory) on
         generated scenes, or on the images in DIR with the teacher's captions as targets (kept in
         OUT/targets.jsonl, so no image is captioned twice); M: ce, kd, one-to-one, amad-mse,
@@ -84,10 +84,13 @@ commands:
         geometry; L, W and H are N for both sides or E,D for the encoder and the decoder, and
         default to a quarter of the teacher's width and heads, a third of its encoder layers and a
         sixth of its decoder layers, at least 2 × 64 × 2 (ViT-B + GPT-2: 4,2 layers, 192 wide, 3
-        heads). OUT/alignment.json gets the AMAD alignment weights at each checkpoint;
-        --eval-every N logs validation scores to OUT/metrics.jsonl: on N scenes (--eval-n,
-        default 50), or with --images the agreement (BLEU-4, CIDEr-D, ROUGE-L) of the student's
-        captions with the teacher's on the share F of the images held out (default 0.1).
+        heads). The student starts random (seed S); --init-from-teacher starts each side as wide
+        as the teacher's from the teacher's layers (student layer j from the teacher layer the
+        losses pair it with) and embeddings. OUT/alignment.json gets the AMAD alignment weights
+        at each checkpoint; --eval-every N logs validation scores to OUT/metrics.jsonl: on N
+        scenes (--eval-n, default 50), or with --images the agreement (BLEU-4, CIDEr-D, ROUGE-L)
+        of the student's captions with the teacher's on the share F of the images held out
+        (default 0.1).
         Defaults: 2,400 steps of batch 32 at learning rate 1e-3, scheduled as train-teacher's.
         Resumes like train-teacher.
   eval --model DIR [--split test] [--n N] [--beam N] [--json]
@@ -103,10 +106,11 @@ commands:
         GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward+backward time
   bench step [--json] [--iters N] [--batch B]
         time of one teacher training step and one distillation step at the default configs
-  bench distill --teacher DIR [--batch B] [--len L] [--iters N] [--json]
+  bench distill --teacher DIR [--batch B] [--len L] [--iters N] [--json] [--profile]
         a distillation step from the teacher in DIR (a Hub captioner) into its default student
         at batch B (default 16) with captions of L positions (default 16): the teacher's forward
-        alone and the whole step (the best of N after a warm-up, default 2), and the peak memory
+        alone and the whole step (the best of N after a warm-up, default 2), and the peak memory;
+        --profile: the step kernel by kernel instead
   bench caption --model DIR [--beam N] [--max-tokens N] [--iters N] [--json] IMAGE...
         per image: encoder time, decoder time per new token and the whole caption's time (the
         best of N runs after a warm-up, default 3), and the process's peak resident memory
@@ -406,6 +410,7 @@ commands:
         };
         let tau: f32 = f.number("--tau", 1.0)?;
         let detach_weights = f.switch("--detach-weights");
+        let init_from_teacher = f.switch("--init-from-teacher");
         let seed: u64 = f.number("--seed", 2)?;
         let images = f.value("--images")?;
         let val_fraction: f64 = f.number("--val-fraction", 0.1)?;
@@ -433,8 +438,23 @@ commands:
         };
         let c = amad::train::distill_captioner(&gpu, &teacher, &out, &opts, &cfg, &source, || {
             let scfg = Config::student_of(&teacher.model.cfg, &shape);
+            let model = if init_from_teacher {
+                let (m, copied) = pollster::block_on(amad::distill::init::from_teacher(
+                    &gpu,
+                    &teacher.model,
+                    scfg,
+                    seed,
+                ))?;
+                eprintln!(
+                    "{copied} of the student's {} tensors start from the teacher's",
+                    m.layout.specs.len()
+                );
+                m
+            } else {
+                Model::new(&gpu, scfg, seed)?
+            };
             Ok(Captioner {
-                model: Model::new(&gpu, scfg, seed)?,
+                model,
                 tokenizer: teacher.tokenizer.clone(),
                 preprocess: teacher.preprocess.clone(),
                 generation: teacher.generation,
@@ -534,6 +554,7 @@ commands:
         let len: usize = f.number("--len", 16)?;
         let iters: usize = f.number("--iters", 2)?;
         let json = f.switch("--json");
+        let profile = f.switch("--profile");
         f.done()?;
         if batch == 0 || len == 0 {
             return Err(Error::Invalid(format!(
@@ -542,7 +563,7 @@ commands:
         }
         let gpu = gpu()?;
         let teacher = amad::model::captioner::Captioner::load(&gpu, std::path::Path::new(dir))?;
-        amad::bench::distill(&gpu, &teacher, batch, len, iters, json)
+        amad::bench::distill(&gpu, &teacher, batch, len, iters, json, profile)
     }
 
     fn bench_caption(mut f: Flags) -> Result<()> {

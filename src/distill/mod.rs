@@ -1,6 +1,8 @@
 //! Distillation: the attention-alignment losses on files (`amad loss`), layer pairing and the
-//! total loss of a distillation step (step.rs), and its memory (memory.rs).
+//! total loss of a distillation step (step.rs), its memory (memory.rs), and students that start
+//! from their teacher (init.rs).
 
+pub mod init;
 pub mod maps_file;
 pub mod memory;
 pub mod step;

@@ -206,8 +206,8 @@ impl Config {
     }
 
     /// A student of `teacher` with `shape`: the teacher's vocabulary and special tokens, caption
-    /// length, image geometry (so their maps over the image pair cell for cell), activations and
-    /// LayerNorm epsilons, with MLPs 4× wide.
+    /// length, image geometry (so their maps over the image pair cell for cell), activations,
+    /// LayerNorm epsilons and MLP widths relative to the model's (4× in ViT-B and GPT-2).
     pub fn student_of(teacher: &Config, shape: &StudentShape) -> Config {
         let mut s = Config::sized(
             teacher.decoder.vocab_size,
@@ -216,12 +216,14 @@ impl Config {
             shape.decoder,
         );
         let (e, te) = (&mut s.encoder, &teacher.encoder);
+        e.intermediate_size = e.hidden_size * te.intermediate_size / te.hidden_size;
         e.image_size = te.image_size;
         e.patch_size = te.patch_size;
         e.num_channels = te.num_channels;
         e.layer_norm_eps = te.layer_norm_eps;
         e.hidden_act = te.hidden_act;
         let (d, td) = (&mut s.decoder, &teacher.decoder);
+        d.n_inner = d.n_embd * td.n_inner / td.n_embd;
         d.layer_norm_epsilon = td.layer_norm_epsilon;
         d.activation_function = td.activation_function;
         d.scale_attn_by_inverse_layer_idx = td.scale_attn_by_inverse_layer_idx;

@@ -492,6 +492,23 @@ impl Weights {
     }
 
     /// Reads every tensor back and serialises them as model.safetensors bytes.
+    /// Every parameter's values, in layout order (row blocks joined), read back.
+    pub async fn values(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let mut blocks = vec![];
+        for b in &self.blocks {
+            blocks.push(b.read(gpu).await?);
+        }
+        Ok(self
+            .places
+            .iter()
+            .map(|held| {
+                held.iter()
+                    .flat_map(|&(b, at, n)| blocks[b][at..at + n].iter().copied())
+                    .collect()
+            })
+            .collect())
+    }
+
     pub async fn to_safetensors(&self, gpu: &Gpu, layout: &Layout) -> Result<Vec<u8>> {
         let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
         f32_safetensors(&named_values(gpu, layout, &[("", self)]).await?, Some(meta))
@@ -510,15 +527,7 @@ pub async fn named_values(
 ) -> Result<Vec<Named>> {
     let mut data = vec![];
     for (prefix, w) in sets {
-        let mut blocks = vec![];
-        for b in &w.blocks {
-            blocks.push(b.read(gpu).await?);
-        }
-        for (s, held) in layout.specs.iter().zip(&w.places) {
-            let values: Vec<f32> = held
-                .iter()
-                .flat_map(|&(b, at, n)| blocks[b][at..at + n].iter().copied())
-                .collect();
+        for (s, values) in layout.specs.iter().zip(w.values(gpu).await?) {
             for (name, shape, r) in s.saved() {
                 data.push((format!("{prefix}{name}"), shape, values[r].to_vec()));
             }

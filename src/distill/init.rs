@@ -1,0 +1,112 @@
+//! A student initialised from its teacher where their widths allow (`amad distill
+//! --init-from-teacher`): on a side (encoder or decoder) whose width and MLP width equal the
+//! teacher's, each student layer starts as the teacher layer it is paired with (`layer_pairs`,
+//! the same map the attention losses use), and the embeddings and final LayerNorm start as the
+//! teacher's. Head counts may differ: a layer's weights do not depend on how its width splits
+//! into heads. Everything else keeps its random initialisation.
+//!
+//! It is off by default: the default student is a quarter of the teacher's width, where no
+//! teacher tensor fits, and a student as wide as its teacher keeps most of its size.
+
+use super::step::{layer_pairs, LayerMap};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::{Config, Model, Weights};
+
+/// Which sides of a student of `cfg` can start from `teacher`: (encoder, decoder).
+pub fn sides(teacher: &Config, cfg: &Config) -> (bool, bool) {
+    let (te, se) = (&teacher.encoder, &cfg.encoder);
+    let (td, sd) = (&teacher.decoder, &cfg.decoder);
+    (
+        te.hidden_size == se.hidden_size && te.intermediate_size == se.intermediate_size,
+        td.n_embd == sd.n_embd && td.n_inner == sd.n_inner,
+    )
+}
+
+/// The teacher's name for the student's tensor `name`, on the sides that copy (layer j of a side
+/// becomes its paired teacher layer); None for a tensor that keeps its random initialisation.
+fn teacher_name(
+    name: &str,
+    (enc, dec): (bool, bool),
+    enc_map: &[(usize, usize)],
+    dec_map: &[(usize, usize)],
+) -> Option<String> {
+    for (on, prefix, map) in [
+        (enc, "encoder.encoder.layer.", enc_map),
+        (dec, "decoder.transformer.h.", dec_map),
+    ] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            let (layer, tail) = rest.split_once('.')?;
+            let j: usize = layer.parse().ok()?;
+            let t = map.iter().find(|p| p.0 == j)?.1;
+            return on.then(|| format!("{prefix}{t}.{tail}"));
+        }
+    }
+    let side = if name.starts_with("encoder.") {
+        enc
+    } else if name.starts_with("decoder.") {
+        dec
+    } else {
+        // enc_to_dec_proj joins the two sides.
+        enc && dec
+    };
+    side.then(|| name.to_string())
+}
+
+/// A student of `cfg` (seed `seed` for what is not copied) with every tensor the teacher can give
+/// copied from it; also returns how many tensors were copied. An error where neither side's
+/// widths match.
+pub async fn from_teacher(
+    gpu: &Gpu,
+    teacher: &Model,
+    cfg: Config,
+    seed: u64,
+) -> Result<(Model, usize)> {
+    let on = sides(&teacher.cfg, &cfg);
+    if on == (false, false) {
+        return Err(Error::Invalid(format!(
+            "the student cannot start from the teacher: its widths (encoder {}, decoder {}) differ \
+             from the teacher's ({}, {}) on both sides; give a side the teacher's width (e.g. \
+             --student-width {}) or leave out --init-from-teacher",
+            cfg.encoder.hidden_size,
+            cfg.decoder.n_embd,
+            teacher.cfg.encoder.hidden_size,
+            teacher.cfg.decoder.n_embd,
+            teacher.cfg.encoder.hidden_size,
+        )));
+    }
+    let fresh = Model::new(gpu, cfg, seed)?;
+    let enc_map = layer_pairs(
+        teacher.cfg.encoder.num_hidden_layers,
+        fresh.cfg.encoder.num_hidden_layers,
+        LayerMap::Spread,
+    );
+    let dec_map = layer_pairs(
+        teacher.cfg.decoder.n_layer,
+        fresh.cfg.decoder.n_layer,
+        LayerMap::Spread,
+    );
+    let taught = teacher.weights.values(gpu).await?;
+    let by_name: std::collections::HashMap<&str, usize> = teacher
+        .layout
+        .specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let mut values = fresh.weights.values(gpu).await?;
+    let mut copied = 0;
+    for (spec, v) in fresh.layout.specs.iter().zip(values.iter_mut()) {
+        let Some(i) = teacher_name(&spec.name, on, &enc_map, &dec_map)
+            .and_then(|n| by_name.get(n.as_str()).copied())
+        else {
+            continue;
+        };
+        if teacher.layout.specs[i].shape == spec.shape {
+            v.clone_from(&taught[i]);
+            copied += 1;
+        }
+    }
+    let weights = Weights::from_values(gpu, &fresh.layout, &values)?;
+    Ok((Model { weights, ..fresh }, copied))
+}
