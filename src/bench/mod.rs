@@ -264,42 +264,48 @@ pub fn profile(gpu: &Gpu, batch: usize) -> Result<()> {
     println!("adapter: {}", gpu.describe());
     let mut setup = StepSetup::new(gpu, batch)?;
     for (name, record) in STEPS {
-        let mut once = || -> Result<()> {
+        profile_step(gpu, &format!("{name}, batch {batch}"), &mut || {
             let mut st = gpu.step();
             record(&mut setup, &mut st)?;
             st.submit()?;
             gpu.wait_idle()
-        };
-        // A first step builds the pipelines, so the profiled one times only the kernels.
+        })?;
+    }
+    Ok(())
+}
+
+/// Prints where one step (`once` records, submits and waits for it) spends its time, kernel by
+/// kernel, beside the same step as one submission.
+fn profile_step(gpu: &Gpu, name: &str, once: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+    // A first step builds the pipelines, so the profiled one times only the kernels.
+    once()?;
+    let p = gpu.profile(&mut *once)?;
+    let total: f64 = p.values().map(|v| v.1).sum();
+    let dispatches = p.values().map(|v| v.0).sum::<u64>();
+    // The same step as one submission (the best of three): what profiling adds per dispatch is
+    // the part of each row that is not the kernel's.
+    let mut whole = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
         once()?;
-        let p = gpu.profile(&mut once)?;
-        let total: f64 = p.values().map(|v| v.1).sum();
-        let dispatches = p.values().map(|v| v.0).sum::<u64>();
-        // The same step as one submission (the best of three): what profiling adds per dispatch
-        // is the part of each row that is not the kernel's.
-        let mut whole = f64::INFINITY;
-        for _ in 0..3 {
-            let t = Instant::now();
-            once()?;
-            whole = whole.min(t.elapsed().as_secs_f64());
-        }
+        whole = whole.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "\n{name}: {:.1} ms in {dispatches} dispatches, each on its own \
+         ({:.1} ms as one submission: about {:.2} ms of each dispatch's time is its own \
+         submission and wait)",
+        total * 1e3,
+        whole * 1e3,
+        ((total - whole) / dispatches.max(1) as f64).max(0.0) * 1e3
+    );
+    let mut rows: Vec<_> = p.into_iter().collect();
+    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    for (entry, (calls, secs)) in rows {
         println!(
-            "\n{name}, batch {batch}: {:.1} ms in {dispatches} dispatches, each on its own \
-             ({:.1} ms as one submission: about {:.2} ms of each dispatch's time is its own \
-             submission and wait)",
-            total * 1e3,
-            whole * 1e3,
-            ((total - whole) / dispatches.max(1) as f64).max(0.0) * 1e3
+            "  {entry:<28} {calls:>5} calls {:>9.2} ms {:>5.1}%",
+            secs * 1e3,
+            100.0 * secs / total
         );
-        let mut rows: Vec<_> = p.into_iter().collect();
-        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-        for (entry, (calls, secs)) in rows {
-            println!(
-                "  {entry:<28} {calls:>5} calls {:>9.2} ms {:>5.1}%",
-                secs * 1e3,
-                100.0 * secs / total
-            );
-        }
     }
     Ok(())
 }
@@ -373,6 +379,7 @@ pub fn distill(
     len: usize,
     iters: usize,
     json: bool,
+    profile: bool,
 ) -> Result<()> {
     use crate::model::{Config, KeepMaps, Model, Optimizer, StudentShape};
     let tcfg = &teacher.model.cfg;
@@ -447,13 +454,7 @@ pub fn distill(
         once()?;
         (0..iters.max(1)).try_fold(f64::INFINITY, |b, _| Ok(b.min(once()?)))
     };
-    let forward = best(&|st| {
-        teacher
-            .model
-            .forward_maps(st, &data.teacher_patches, &data.ids, &keep)
-            .map(drop)
-    })?;
-    let step = best(&|st| {
+    let step = |st: &mut crate::Step| {
         crate::distill::distill_step(
             st,
             &teacher.model,
@@ -463,7 +464,26 @@ pub fn distill(
             &cfg,
         )
         .map(drop)
+    };
+    if profile {
+        return profile_step(
+            gpu,
+            &format!("hub_distill_step_amad_kl, batch {batch}"),
+            &mut || {
+                let mut st = gpu.step();
+                step(&mut st)?;
+                st.submit()?;
+                gpu.wait_idle()
+            },
+        );
+    }
+    let forward = best(&|st| {
+        teacher
+            .model
+            .forward_maps(st, &data.teacher_patches, &data.ids, &keep)
+            .map(drop)
     })?;
+    let step = best(&step)?;
     let shape = format!("batch {batch}, {} + {len} tokens", e.tokens());
     for (name, secs) in [
         ("hub_teacher_forward", forward),
