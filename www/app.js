@@ -465,6 +465,9 @@ function beginRun(started) {
   runOptions = started.options;
   for (const k of Object.keys(losses)) losses[k].length = 0;
   $('eval-table').tBodies[0].innerHTML = '';
+  $('eval-caption').textContent = started.targets
+    ? 'Validation: agreement with the teacher on held-out images'
+    : 'Validation (generated scenes)';
   $('alignment').innerHTML = '';
   $('distill-steps').textContent = runOptions.steps;
   $('distill-step').textContent = started.step;
