@@ -5,11 +5,11 @@
 //! time, each behind a bounds-check branch, so a vec4 load costs 32 scalar loads for the 8
 //! invocations of a SIMD register, and the matmul spends most of its time loading. A texel fetch
 //! from a texture is one vectorised gather for all 8. The copy into the texture is a memcpy per
-//! row, small beside the product that reads it (see ARCHITECTURE.md for the figures).
+//! row, small beside the product that reads it (docs/perf-notes.md has the figures).
 //!
 //! The textures are bound as read-only storage textures (`texture_storage_2d<rgba32float, read>`)
 //! rather than sampled ones: the same `textureLoad`, but lavapipe's image path has no mip levels to
-//! look up, and the matmul ran about 1.3 to 1.5 times as fast that way (ARCHITECTURE.md).
+//! look up, and the matmul ran about 1.3 to 1.5 times as fast that way (docs/perf-notes.md).
 //!
 //! An image of a tensor is `height` rows of `width` texels (4 floats each): row y holds the
 //! elements `off + y*pitch ..` `+ 4*width`. Images are pooled by size like tensor buffers and
