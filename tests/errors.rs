@@ -114,3 +114,104 @@ fn reshape_checks_the_element_count() {
     assert_eq!(x.reshape(&[3, 4]).unwrap().shape(), &[3, 4]);
     expect_err(x.reshape(&[5, 2]), "cannot view");
 }
+
+/// Loss settings out of range are refused before a run starts, by name: a zero temperature used
+/// to pass the start and fail at step 0 (in the page, after the finished student was replaced).
+#[test]
+fn distillation_settings_out_of_range_are_refused_by_name() {
+    use amad::distill::DistillConfig;
+    let d = DistillConfig::default();
+    let refused = |c: DistillConfig, tau: f32| {
+        c.with_method("amad-kl", tau, false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    for (c, tau, word) in [
+        (
+            DistillConfig {
+                temperature: 0.0,
+                ..d
+            },
+            1.0,
+            "temperature",
+        ),
+        (d, 0.0, "tau"),
+        (DistillConfig { gamma: -1.0, ..d }, 1.0, "gamma"),
+        (
+            DistillConfig {
+                alpha: f32::NAN,
+                ..d
+            },
+            1.0,
+            "alpha",
+        ),
+        (
+            DistillConfig {
+                beta: f32::INFINITY,
+                ..d
+            },
+            1.0,
+            "beta",
+        ),
+    ] {
+        let err = refused(c, tau);
+        assert!(err.contains(word), "{word}: {err:?}");
+    }
+    assert!(d.with_method("amad-kl", 0.5, true).is_ok());
+}
+
+/// A PNG chunk: length, type, data and its CRC-32.
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let crc = kind.iter().chain(data).fold(!0u32, |mut c, &b| {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+        c
+    });
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    out.extend(kind);
+    out.extend(data);
+    out.extend((!crc).to_be_bytes());
+    out
+}
+
+/// Limits come before allocation: a 60-byte PNG whose header claims 60,000 × 60,000 pixels (10.8 GB
+/// decoded) and a safetensors header that claims a 4 TB tensor are refused with a message, without
+/// allocating what they claim.
+#[test]
+fn files_that_claim_huge_sizes_are_refused_before_allocating() {
+    let mut ihdr = 60_000u32.to_be_bytes().to_vec();
+    ihdr.extend(60_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    // A zlib stream of one byte: image data far short of what the header claims.
+    png.extend(png_chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01],
+    ));
+    png.extend(png_chunk(b"IEND", &[]));
+    let err = amad::data::image::decode(&png, "bomb.png")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bomb.png") && err.contains("too large to decode"),
+        "{err}"
+    );
+    let header =
+        br#"{"t":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4000000000000]}}"#;
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    st.extend(header);
+    st.extend([0u8; 16]);
+    let err = amad::model::formats::safetensors(&st, "huge.safetensors")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("huge.safetensors"), "{err}");
+}

@@ -38,10 +38,15 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Pixels> {
         )));
     }
     // For a GIF this is its first frame.
-    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| {
-        Error::Invalid(format!(
+    // The decoder checks its size against its memory limit (512 MB) before allocating, so a
+    // small file that claims a huge image is refused here.
+    let img = image::load_from_memory_with_format(bytes, format).map_err(|e| match e {
+        image::ImageError::Limits(_) => Error::Invalid(format!(
+            "{name}: the image is too large to decode (more than 512 MB of pixels); shrink it first"
+        )),
+        e => Error::Invalid(format!(
             "{name}: corrupt or unreadable {format:?} image ({e})"
-        ))
+        )),
     })?;
     let img = if img.width().max(img.height()) > MAX_SIDE {
         img.resize(MAX_SIDE, MAX_SIDE, image::imageops::FilterType::Triangle)

@@ -124,7 +124,35 @@ impl DistillConfig {
                 )))
             }
         };
+        self.check()?;
         Ok(self)
+    }
+
+    /// An error naming the first setting out of range: the loss weights α, β and γ must be finite
+    /// and not negative, the temperatures T and τ positive. Checked before a run starts, so that a
+    /// bad setting never reaches its first step.
+    pub fn check(&self) -> Result<()> {
+        for (name, v) in [
+            ("alpha (the caption loss's weight)", self.alpha),
+            ("beta (the output distillation's weight)", self.beta),
+            ("gamma (the attention loss's weight)", self.gamma),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(Error::Invalid(format!(
+                    "{name} must be a number of 0 or more, got {v}"
+                )));
+            }
+        }
+        let tau = self.attention.map_or(1.0, |o| o.tau);
+        for (name, v) in [
+            ("temperature (of output distillation)", self.temperature),
+            ("tau (the alignment temperature)", tau),
+        ] {
+            if !v.is_finite() || v <= 0.0 {
+                return Err(Error::Invalid(format!("{name} must be above 0, got {v}")));
+            }
+        }
+        Ok(())
     }
 }
 
