@@ -30,7 +30,7 @@ function startWorker() {
       p.reject(new Error(m.error));
     }
   };
-  worker.onerror = (e) => showNotice(`The GPU worker failed: ${e.message || 'unknown error'}`);
+  worker.onerror = (e) => onDeviceLost(`The GPU worker failed: ${e.message || 'unknown error'}`);
 }
 
 function call(op, ...args) {
@@ -55,7 +55,10 @@ function showNotice(text, action) {
 
 async function boot() {
   startWorker();
+  // A new worker has the bundled models and no pipelines yet.
   teacherKind = 'bundled';
+  studentTeacher = 'bundled';
+  captioned.clear();
   $('models-status').textContent = 'Loading the bundled teacher and student…';
   delete $('models-status').dataset.ready;
   gpuReady = (async () => {
@@ -86,6 +89,7 @@ async function boot() {
 }
 
 function onDeviceLost(error) {
+  $('models-status').textContent = `Stopped: ${error}`;
   showNotice(`${error}. Recover opens a new device, reloads the models and offers to resume a saved run.`, {
     label: 'Recover',
     run: () => {
@@ -351,6 +355,9 @@ $('teacher-files').onchange = async (e) => {
 
 let distillState = 'idle'; // idle | running | paused | stopped | complete
 let runOptions = null;
+let brokenStudent = false; // the run stopped on a non-finite loss
+// What a resume takes from the form rather than from the saved run: what can change mid-run.
+const RESUMABLE = ['lr', 'steps', 'warmup', 'checkpoint_every', 'eval_every'];
 const losses = { ce: [], kd: [], attn: [], total: [] };
 
 function setDistillState(s) {
@@ -361,21 +368,35 @@ function setDistillState(s) {
   $('distill-pause').disabled = s !== 'running';
   $('distill-stop').disabled = s !== 'running' && s !== 'paused';
   const haveRun = s !== 'idle' || runOptions !== null;
-  $('distill-use').disabled = !haveRun || s === 'running';
+  $('distill-use').disabled = !haveRun || s === 'running' || brokenStudent;
   $('distill-download').disabled = !haveRun || s === 'running';
 }
 
+// The sizes that may be left empty: the teacher's default student (StudentShape::default_for).
+const AUTO = ['layers', 'width', 'heads'];
+
+// The form's options, or an Error that names each field out of range in the form's own words
+// (those fields are marked), before anything starts.
 function formOptions() {
   const f = $('distill-form');
   const o = {};
+  const problems = [];
   for (const el of f.elements) {
     if (!el.name) continue;
+    el.classList.remove('invalid');
     if (el.type === 'checkbox') o[el.name] = el.checked;
-    else if (el.type === 'number') o[el.name] = Number(el.value);
-    else o[el.name] = el.value;
+    else if (el.type === 'number') {
+      const label = el.closest('label').firstChild.textContent.trim();
+      if (el.value === '' && AUTO.includes(el.name) && !el.validity.badInput) continue;
+      if (el.value === '' || !el.checkValidity()) {
+        el.classList.add('invalid');
+        problems.push(`${label}: ${el.value === '' && !el.validity.badInput ? 'give a number' : el.validationMessage}`);
+        continue;
+      }
+      o[el.name] = Number(el.value);
+    } else o[el.name] = el.value;
   }
-  // An empty size takes the teacher's default student (the worker's StudentShape::default_for).
-  for (const k of ['layers', 'width', 'heads']) if (f.elements[k].value === '') delete o[k];
+  if (problems.length) throw new Error(`Check these settings: ${problems.join('; ')}`);
   o.eval_n = 20;
   o.warmup = Math.min(20, Math.max(1, Math.floor(o.steps / 10)));
   // The run belongs to the teacher it distils from: a resume needs the same one.
@@ -387,7 +408,7 @@ function fillForm(o) {
   for (const el of $('distill-form').elements) {
     if (!el.name) continue;
     if (!(el.name in o)) {
-      if (['layers', 'width', 'heads'].includes(el.name)) el.value = '';
+      if (AUTO.includes(el.name)) el.value = '';
       continue;
     }
     if (el.type === 'checkbox') el.checked = !!o[el.name];
@@ -408,7 +429,11 @@ async function runLoop() {
     if (how === 'complete' || how === 'stopped') $('distill-resume').hidden = true;
   } catch (e) {
     showError(e.message);
+    // A non-finite loss: the student that produced it is not offered for captions, and the last
+    // checkpoint is offered to resume, with a lower learning rate.
+    brokenStudent = /the loss is/.test(e.message);
     setDistillState('stopped');
+    if (brokenStudent) await offerResume(true);
   }
 }
 
@@ -443,17 +468,25 @@ $('distill-start').onclick = async () => {
     return showError(`Generated scenes are captioned in the bundled teacher's words; ${teacherKind} distils on your photos: choose "my images" and add some.`);
   }
   if (distillState === 'paused') return runLoop();
-  startRun(formOptions(), 'Choose some images first (or pick generated scenes).');
+  let options;
+  try {
+    options = formOptions();
+  } catch (e) {
+    return showError(e.message);
+  }
+  startRun(options, 'Choose some images first (or pick generated scenes).');
 };
 
 // Starts a run with `options`, or with null the saved one, and runs it.
-async function startRun(options, noImages) {
+// Starts a run with `options`, or with null the saved one (with `changes` to its options), and
+// runs it.
+async function startRun(options, noImages, changes) {
   try {
     await gpuReady;
     const images = await chosenImages(noImages);
     if (images === false) return;
     exampleImage = images ? images[0] : null;
-    const started = await call('distillStart', options, images, options === null);
+    const started = await call('distillStart', options, images, options === null, changes);
     beginRun(started);
     runLoop();
   } catch (e) {
@@ -463,6 +496,7 @@ async function startRun(options, noImages) {
 
 function beginRun(started) {
   runOptions = started.options;
+  brokenStudent = false;
   for (const k of Object.keys(losses)) losses[k].length = 0;
   $('eval-table').tBodies[0].innerHTML = '';
   $('eval-caption').textContent = started.targets
@@ -477,6 +511,7 @@ function beginRun(started) {
   let text = `Student: ${fmtParams(s.parameters)} parameters (${s.encoder.join('/')} encoder, ${s.decoder.join('/')} decoder: layers/width/heads).`;
   if (started.targets) {
     text += ` Targets: the teacher's captions of ${started.targets.images.length} images`;
+    if (started.targets.reused) text += ` (${started.targets.reused} kept from an earlier run)`;
     if (started.targets.skipped.length) text += `; skipped: ${started.targets.skipped.join('; ')}`;
     text += '.';
   }
@@ -496,6 +531,7 @@ function onDistillEvent(m) {
     $('distill-step').textContent = m.step;
     $('distill-steps').textContent = m.steps;
     $('distill-loss').textContent = m.terms.total.toFixed(4);
+    $('distill-lr').textContent = m.lr.toExponential(2);
     for (const k of Object.keys(losses)) losses[k].push([m.step, m.terms[k]]);
     $('loss-plot').dataset.total = JSON.stringify(losses.total.map((p) => p[1]));
     linePlot($('loss-plot'), losses);
@@ -510,6 +546,10 @@ function onDistillEvent(m) {
     // Truth is a scene score; held-out photos are scored against the teacher's captions only.
     const truth = m.truth === undefined ? '—' : m.truth.toFixed(3);
     for (const v of [m.step, m.bleu4.toFixed(3), m.cider_d.toFixed(3), truth]) row.insertCell().textContent = v;
+  } else if (m.event === 'captioning') {
+    $('targets').textContent = m.done < m.total
+      ? `The teacher is captioning your images: ${m.done} of ${m.total}…`
+      : `The teacher captioned ${m.total} images.`;
   } else if (m.event === 'checkpoint') {
     $('distill-state').textContent = `running (checkpoint saved at step ${m.step})`;
     showExample(m.step);
@@ -551,13 +591,16 @@ function drawAlignment(pairs) {
   });
 }
 
-async function offerResume() {
+// Offers the saved run, if unfinished, for resuming; `keepForm` leaves the form as it is (after a
+// non-finite loss, where the user is to lower the learning rate), else it shows the run's options.
+async function offerResume(keepForm = false) {
   const s = await call('savedRun');
   if (!s || s.step >= s.options.steps) return;
-  $('resume-offer').textContent = `A run saved at step ${s.step} of ${s.options.steps} (${s.options.method}) can be resumed.`;
+  $('resume-offer').textContent = `A run saved at step ${s.step} of ${s.options.steps} (${s.options.method}) can be resumed` +
+    ` (with the learning rate, steps and intervals set here).`;
   $('resume-offer').hidden = false;
   $('distill-resume').hidden = false;
-  fillForm(s.options);
+  if (!keepForm) fillForm(s.options);
 }
 
 $('distill-resume').onclick = async () => {
@@ -567,8 +610,15 @@ $('distill-resume').onclick = async () => {
   if (saved && from !== teacherKind) {
     return showError(`The saved run distils from ${from}; load that teacher in the Caption tab first (the teacher now is ${teacherKind}).`);
   }
+  let changes;
+  try {
+    const o = formOptions();
+    changes = Object.fromEntries(RESUMABLE.map((k) => [k, o[k]]));
+  } catch (e) {
+    return showError(e.message);
+  }
   // A run on the user's images needs them again: they are not kept in the browser's storage.
-  startRun(null, 'This run trained on your images: choose them again, then resume.');
+  startRun(null, 'This run trained on your images: choose them again, then resume.', changes);
 };
 
 $('distill-use').onclick = async () => {
@@ -625,7 +675,12 @@ $('load-checkpoint').onchange = async (e) => {
 // ---------- start ----------
 
 // For tests and the curious: lose the GPU device on purpose, to see the recovery.
-window.amadDebug = { loseDevice: () => call('loseDevice') };
+window.amadDebug = {
+  loseDevice: () => call('loseDevice'),
+  panic: () => call('panicForTest'),
+  // The step of the run the worker holds (what Download student would save).
+  runStep: async () => (await call('checkpoint')).step,
+};
 
 if (!navigator.gpu) {
   $('adapter').textContent = 'This browser has no WebGPU.';

@@ -28,6 +28,9 @@ struct Run {
     /// The options as the page sent them, kept with checkpoints so a resumed run is the same run.
     options_json: String,
     step: u64,
+    /// Steps this run has taken since it started or resumed (a run that fails before its first
+    /// gives way to the run it replaced).
+    steps_taken: u64,
     /// The share of the user's images held out for validation.
     val_fraction: f64,
     /// Generated scenes, or the user's own images with the teacher's captions.
@@ -39,6 +42,18 @@ struct State {
     gpu: Option<Rc<Gpu>>,
     models: HashMap<String, Rc<Captioner>>,
     run: Option<Rc<RefCell<Run>>>,
+    /// The run a new one replaced, kept until the new one has taken its first step: a start that
+    /// fails (unusable images, a first step that fails) gives it back, so a finished student is
+    /// never lost to a bad start.
+    previous: Option<Rc<RefCell<Run>>>,
+}
+
+/// A new run failed before its first step: the run it replaced is the current one again.
+fn restore_previous() {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.run = s.previous.take();
+    });
 }
 
 thread_local! {
@@ -340,19 +355,50 @@ fn distill_start_inner(
         cfg,
         options_json: options.to_string(),
         step,
+        steps_taken: 0,
         val_fraction,
         source: Source::Scenes,
     };
-    STATE.with(|s| s.borrow_mut().run = Some(Rc::new(RefCell::new(r))));
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let replaced = s.run.replace(Rc::new(RefCell::new(r)));
+        // A run that had not yet stepped gives way to the one it replaced.
+        if replaced
+            .as_ref()
+            .is_some_and(|p| p.borrow().steps_taken > 0)
+        {
+            s.previous = replaced;
+        }
+    });
     Ok(out)
 }
 
 /// Uses the user's own images for the current run: the teacher captions each (the targets).
-/// `files` is an array of [name, Uint8Array]. Returns JSON: the captions and the skipped files.
+/// `files` is an array of [name, Uint8Array]; `cached` a JSON object of captions this teacher
+/// already made, by image key (see `image_key`), which are reused; `progress(done, total)` follows
+/// the captioning. Returns JSON: per image its file, key and caption, the skipped files, and how
+/// many captions came from `cached`.
 #[wasm_bindgen]
-pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String, JsError> {
-    let gpu = gpu().map_err(js)?;
-    let teacher = model("teacher").map_err(js)?;
+pub async fn distill_images(
+    files: js_sys::Array,
+    cached: &str,
+    progress: &js_sys::Function,
+) -> std::result::Result<String, JsError> {
+    // A run whose images cannot be used (none readable, too few, too large a batch) is no run:
+    // nothing may step it on scenes instead, and the run it replaced comes back.
+    distill_images_inner(files, cached, progress)
+        .await
+        .inspect_err(|_| restore_previous())
+        .map_err(js)
+}
+
+async fn distill_images_inner(
+    files: js_sys::Array,
+    cached: &str,
+    progress: &js_sys::Function,
+) -> Result<String> {
+    let gpu = gpu()?;
+    let teacher = model("teacher")?;
     let mut list = vec![];
     for f in files.iter() {
         let pair = js_sys::Array::from(&f);
@@ -360,16 +406,27 @@ pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String,
         let bytes = js_sys::Uint8Array::new(&pair.get(1)).to_vec();
         list.push((name, bytes));
     }
-    let none = Default::default();
-    let (t, skipped) = batch::ImageTargets::caption(&gpu, &teacher, &list, &none, |_, _| {})
-        .await
-        .map_err(js)?;
-    let out = serde_json::json!({
-        "images": t.names.iter().zip(&t.captions).map(|(n, c)| serde_json::json!({"file": n, "caption": c})).collect::<Vec<_>>(),
-        "skipped": skipped,
-    });
-    let r = run().map_err(js)?;
-    let fitted = {
+    // A cache that does not parse is ignored: the teacher captions again.
+    let cached: HashMap<String, String> = serde_json::from_str(cached).unwrap_or_default();
+    let (t, skipped) =
+        batch::ImageTargets::caption(&gpu, &teacher, &list, &cached, |done, total| {
+            // The page's progress line; a failing callback must not stop the captioning.
+            let _ = progress.call2(
+                &JsValue::NULL,
+                &(done as f64).into(),
+                &(total as f64).into(),
+            );
+        })
+        .await?;
+    let images: Vec<_> = (0..t.names.len())
+        .map(
+            |i| serde_json::json!({"file": t.names[i], "key": t.keys[i], "caption": t.captions[i]}),
+        )
+        .collect();
+    let reused = t.keys.iter().filter(|k| cached.contains_key(*k)).count();
+    let out = serde_json::json!({"images": images, "skipped": skipped, "reused": reused});
+    let r = run()?;
+    let (train, held_out) = {
         let run = r.borrow();
         crate::distill::memory::check(
             &run.teacher.model.cfg,
@@ -379,13 +436,9 @@ pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String,
             t.len,
             gpu.max_binding(),
             gpu.available_memory(),
-        )
-        .and_then(|_| t.split(run.val_fraction))
+        )?;
+        t.split(run.val_fraction)?
     };
-    // A run whose images cannot be used is no run: nothing may step it on scenes instead.
-    let (train, held_out) = fitted
-        .inspect_err(|_| STATE.with(|s| s.borrow_mut().run = None))
-        .map_err(js)?;
     r.borrow_mut().source = Source::Images {
         train: Box::new(train),
         held_out: Box::new(held_out),
@@ -397,7 +450,25 @@ pub async fn distill_images(files: js_sys::Array) -> std::result::Result<String,
 /// alignment weights (teacher heads × student heads, mean over the batch) of every paired layer.
 #[wasm_bindgen]
 pub async fn distill_step(weights: bool) -> std::result::Result<String, JsError> {
-    distill_step_inner(weights).await.map_err(js)
+    let first = run().is_ok_and(|r| r.borrow().steps_taken == 0);
+    match distill_step_inner(weights).await {
+        Ok(out) => {
+            if let Ok(r) = run() {
+                r.borrow_mut().steps_taken += 1;
+            }
+            if first {
+                STATE.with(|s| s.borrow_mut().previous = None);
+            }
+            Ok(out)
+        }
+        Err(e) => {
+            // A new run that cannot take its first step gives back the run it replaced.
+            if first {
+                restore_previous();
+            }
+            Err(js(e))
+        }
+    }
 }
 
 async fn distill_step_inner(with_weights: bool) -> Result<String> {
@@ -532,6 +603,30 @@ pub fn use_student(name: &str) -> std::result::Result<String, JsError> {
     let out = summary(&student);
     STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), student));
     Ok(out)
+}
+
+/// Installed when the module starts: a panic's message goes to `self.amadPanic` (and the console)
+/// before the module traps, so the worker can say what went wrong instead of WebAssembly's
+/// "unreachable", and the page can offer a fresh worker.
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.to_string();
+        let global = js_sys::global();
+        let _ = js_sys::Reflect::set(&global, &"amadPanic".into(), &message.clone().into());
+        if let Ok(console) = js_sys::Reflect::get(&global, &"console".into()) {
+            if let Ok(error) = js_sys::Reflect::get(&console, &"error".into()) {
+                let _ = js_sys::Function::from(error).call1(&console, &message.into());
+            }
+        }
+    }));
+}
+
+/// Panics, as a bug would: the page's tests use it to check that the message reaches the page
+/// and that Recover gives a working worker.
+#[wasm_bindgen]
+pub fn panic_for_test() {
+    panic!("a test panic, on purpose");
 }
 
 /// Destroys the GPU device, as a driver reset or the browser would: what follows reports the

@@ -230,6 +230,34 @@ await check('20 distillation steps run and the loss goes down, and the page stay
   await page.screenshot({ path: path.join(shots, 'distill.png'), fullPage: true });
 });
 
+await check('settings out of range are named before anything starts, and a failed start keeps the finished student', async () => {
+  const finished = await page.evaluate(() => window.amadDebug.runStep());
+  assert(finished === 20, `the finished run is at step ${finished}`);
+  // An empty weight and a batch over the form's maximum: named in the form's words, nothing starts.
+  await page.fill('#distill-form [name=alpha]', '');
+  await page.fill('#distill-form [name=layers]', '13');
+  await page.click('[data-testid=distill-start]');
+  let err = await page.textContent('#distill-error');
+  assert(/α \(caption CE\): give a number/.test(err) && /Student layers: /.test(err), err);
+  assert(await page.$eval('#distill-form [name=alpha]', (e) => e.classList.contains('invalid')), 'the field is not marked');
+  await page.fill('#distill-form [name=alpha]', '1');
+  await page.fill('#distill-form [name=layers]', '');
+  // A zero temperature is refused by the worker's check, before the run is replaced.
+  await page.fill('#distill-form [name=temperature]', '0');
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => /temperature/.test(document.getElementById('distill-error').textContent), null, { timeout: 60000 });
+  err = await page.textContent('#distill-error');
+  await page.fill('#distill-form [name=temperature]', '2');
+  // Only unreadable images: the new run fails after it replaced the finished one, which comes back.
+  await drop([{ path: fixture('notes.png'), type: 'image/png' }]);
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => /none of the 1 files/.test(document.getElementById('distill-error').textContent), null, { timeout: 60000 });
+  const after = await page.evaluate(() => window.amadDebug.runStep());
+  assert(after === 20, `after a failed start the run is at step ${after}, not the finished one's 20`);
+  await page.selectOption('#distill-form [name=data]', 'scenes');
+  console.log(`     ${err.slice(0, 100)}`);
+});
+
 await check('distilling a 1-head one-to-one student from the user\'s own dropped images: the teacher\'s captions as targets, validation at intervals', async () => {
   // Dropped on the page while the Distill tab is open.
   await drop([{ path: fixture('scene.png'), type: 'image/png' }, { path: fixture('photo.jpg'), type: 'image/jpeg' }, { path: fixture('notes.png'), type: 'image/png' }]);
@@ -270,9 +298,13 @@ await check('a reload offers to resume an unfinished run', async () => {
   assert(/saved at step \d+ of 40/.test(offer), offer);
   console.log(`     ${offer}`);
   await page.click('#tab-distill');
+  // A resume takes the learning rate from the form (it may be lowered after a bad run).
+  await page.fill('#distill-form [name=lr]', '0.0001');
   await page.click('[data-testid=distill-resume]');
   const resumedAt = Number(offer.match(/step (\d+)/)[1]);
   await page.waitForFunction((n) => Number(document.querySelector('[data-testid=distill-step]').textContent) > n, resumedAt, { timeout: 300000 });
+  const lr = Number(await page.textContent('[data-testid=distill-lr]'));
+  assert(lr > 0 && lr <= 1e-4, `the resumed run's learning rate is ${lr}, not the form's 1e-4 schedule`);
   await page.click('[data-testid=distill-pause]');
   await page.waitForFunction(() => document.getElementById('distill-state').textContent === 'paused', null, { timeout: 120000 });
 });
@@ -339,6 +371,21 @@ await check('a lost device gives a message and a recovery that works', async () 
 
 await check('no console errors', async () => {
   assert(problems.length === 0, problems.join(' | '));
+});
+
+await check('a panic in the worker gives its message, a failed card, and a recovery that works', async () => {
+  // After the console check: the panic hook logs the message as an error, as it should.
+  await page.evaluate(() => window.amadDebug.panic().catch(() => {}));
+  await page.waitForFunction(() => !document.getElementById('notice').hidden, null, { timeout: 60000 });
+  const notice = await page.textContent('#notice');
+  assert(/a test panic, on purpose/.test(notice) && /Recover/.test(notice), notice);
+  const status = await page.textContent('#models-status');
+  assert(/^Stopped: /.test(status), status);
+  await page.click('#notice button');
+  await page.waitForFunction(() => document.getElementById('models-status').dataset.ready === 'true', null, { timeout: 120000 });
+  const c = await newCard(chooseFile('photo.jpg'));
+  assert(c.teacher && !c.error, JSON.stringify(c));
+  console.log(`     ${notice.slice(0, 110)}…`);
 });
 
 await page.screenshot({ path: path.join(shots, 'final.png'), fullPage: true });
@@ -459,7 +506,14 @@ await check('a student distils from the Hub teacher on dropped photos, then capt
   const speed = await page.textContent('#cards [data-testid=caption-card] [data-testid=speedup]');
   assert(/^[\d.]+× the teacher's speed$/.test(speed), speed);
   console.log(`     ${targets.slice(targets.indexOf('Targets'))} Student: "${c.student}" (${speed})`);
+  // A second run on the same photos takes the teacher's captions from IndexedDB.
   await page.click('#tab-distill');
+  await page.fill('#distill-form [name=steps]', '1');
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => (document.getElementById('distill-steps').textContent === '1' && document.getElementById('distill-state').textContent === 'complete') || !document.getElementById('distill-error').hidden, null, { timeout: 300000 });
+  assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
+  const again = await page.textContent('#targets');
+  assert(/captions of 3 images \(3 kept from an earlier run\)/.test(again), again);
   await page.selectOption('#distill-form [name=data]', 'scenes');
   await page.fill('#distill-form [name=eval_every]', '0');
   await page.click('#tab-caption');
