@@ -15,12 +15,41 @@ const WEIGHTS_EVERY = 5;
 let download = null;
 const MANIFEST = '.amad-files.json';
 
-// The browser's cache of Hub files (Cache Storage), or null where the browser has none.
-async function openCache() {
+// The browser's store of Hub files: a directory of the origin private file system (OPFS) per
+// hub, repository and revision, or null where the browser has none. Cache Storage, used before,
+// refused files of 300 MB and more in Chromium ("Unexpected internal error"); OPFS stored and read
+// back 957 MB (nlpconnect's pytorch_model.bin) in about 11 s.
+async function openStore(hub, repo, revision) {
   try {
-    return self.caches ? await caches.open('amad-hub-v1') : null;
+    let dir = await navigator.storage.getDirectory();
+    for (const part of ['amad-hub', hub, ...repo.split('/'), revision]) {
+      dir = await dir.getDirectoryHandle(part.replace(/[^\w.-]+/g, '_'), { create: true });
+    }
+    return dir;
   } catch {
     return null;
+  }
+}
+
+// The stored file `name` in `dir`, or null.
+async function storedFile(dir, name) {
+  try {
+    return await (await dir.getFileHandle(name)).getFile();
+  } catch {
+    return null;
+  }
+}
+
+// Writes `bytes` as file `name` in `dir`, through a synchronous handle (workers only), in chunks.
+async function storeFile(dir, name, bytes) {
+  const handle = await (await dir.getFileHandle(name, { create: true })).createSyncAccessHandle();
+  try {
+    handle.truncate(0);
+    const chunk = 64 << 20;
+    for (let at = 0; at < bytes.length; at += chunk) handle.write(bytes.subarray(at, at + chunk), { at });
+    handle.flush();
+  } finally {
+    handle.close();
   }
 }
 
@@ -48,8 +77,8 @@ const handlers = {
 
   // Loads a captioner from the Hugging Face Hub (or a mirror: `hub`) as model `name`, in the
   // formats and the order amad reads a folder (src/model/captioner.rs): safetensors, then sharded
-  // safetensors, then pytorch_model.bin. Files come from the browser's cache where an earlier load
-  // left them. Downloads over `askOver` bytes wait for the page to confirm them: without
+  // safetensors, then pytorch_model.bin. Files come from the browser's store (OPFS) where an
+  // earlier load left them. Downloads over `askOver` bytes wait for the page to confirm them: without
   // `confirmedBytes` equal to the size, the answer is {confirm: bytes, files} and nothing is
   // fetched. Progress goes to the page as {event: 'download'} messages.
   async loadHub(name, hub, repo, revision, askOver, confirmedBytes) {
@@ -57,7 +86,7 @@ const handlers = {
     const where = `${repo}@${revision}`;
     download = new AbortController();
     const { signal } = download;
-    const cache = await openCache();
+    const store = await openStore(hub, repo, revision);
     const reach = async (url, init) => {
       try {
         return await fetch(url, { ...init, signal });
@@ -66,18 +95,22 @@ const handlers = {
         throw new Error(`could not reach ${hub} (${e.message}): the network is offline, or that server does not let this page fetch from it (CORS)`);
       }
     };
-    // A file's size, from the cache or a HEAD request; null where the repository has no such file.
+    // A stored file counts only at the size the Hub (or the manifest) gives it, so a file whose
+    // writing was cut short is fetched again.
+    const isStored = async (file, bytes) => {
+      const hit = store && bytes > 0 && await storedFile(store, file);
+      return !!hit && hit.size === bytes;
+    };
+    // A file's size, from a HEAD request; null where the repository has no such file.
     const size = async (file) => {
-      const hit = cache && await cache.match(base + file);
-      if (hit) return { file, bytes: Number(hit.headers.get('content-length')) || 0, cached: true };
       const r = await reach(base + file, { method: 'HEAD' });
       if (r.status === 404 || r.status === 401 || r.status === 403) return null;
       if (!r.ok) throw new Error(`${where}/${file}: HTTP ${r.status} from ${hub}`);
-      return { file, bytes: Number(r.headers.get('x-linked-size') || r.headers.get('content-length')) || 0, cached: false };
+      const bytes = Number(r.headers.get('x-linked-size') || r.headers.get('content-length')) || 0;
+      return { file, bytes, cached: await isStored(file, bytes) };
     };
     const get = async (f, onBytes) => {
-      const hit = cache && await cache.match(base + f.file);
-      if (hit) return new Uint8Array(await hit.arrayBuffer());
+      if (f.cached) return new Uint8Array(await (await storedFile(store, f.file)).arrayBuffer());
       const r = await reach(base + f.file);
       if (!r.ok) throw new Error(`${where}/${f.file}: HTTP ${r.status} from ${hub}`);
       const total = Number(r.headers.get('content-length')) || f.bytes;
@@ -103,25 +136,33 @@ const handlers = {
         bytes.set(p, at);
         at += p.length;
       }
-      if (cache) {
+      if (store) {
         try {
-          await cache.put(base + f.file, new Response(bytes, { headers: { 'content-length': String(got) } }));
+          await storeFile(store, f.file, bytes);
         } catch (e) {
           notCached.push(`${f.file} (${e.name === 'QuotaExceededError' ? "the browser's storage quota is full" : e.message})`);
         }
       }
+      f.bytes = got;
       return bytes;
     };
     const notCached = [];
-    // A load that completed left a list of the repository's files in the cache: with it, a load
-    // needs no network at all (no probes for the files the repository lacks).
-    const listed = cache && await cache.match(base + MANIFEST);
+    // A load that completed left a list of the repository's files and sizes in the store: with it,
+    // a load needs no network at all (no probes for the files the repository lacks).
+    const manifest = store && await storedFile(store, MANIFEST);
+    let listed = null;
+    try {
+      listed = manifest && JSON.parse(await manifest.text());
+    } catch {
+      listed = null; // a manifest that does not parse: probe the Hub again
+    }
     let wanted;
     const files = new Map();
-    if (listed) {
+    if (Array.isArray(listed) && listed.every((f) => f && typeof f.file === 'string' && f.bytes > 0)) {
       wanted = [];
-      for (const file of await listed.json()) wanted.push(await size(file));
+      for (const f of listed) wanted.push({ file: f.file, bytes: f.bytes, cached: await isStored(f.file, f.bytes) });
     } else {
+      listed = null;
       const config = await size('config.json');
       if (!config) throw new Error(`${where}: no config.json on ${hub} (HTTP 404): is the repository id right, and is it public?`);
       let weights = null;
@@ -152,8 +193,9 @@ const handlers = {
       before += f.bytes;
     }
     download = null;
-    if (cache && !listed && !notCached.length) {
-      await cache.put(base + MANIFEST, new Response(JSON.stringify(wanted.map((f) => f.file)))).catch(() => {});
+    if (store && !listed && !notCached.length) {
+      const list = JSON.stringify(wanted.map((f) => ({ file: f.file, bytes: f.bytes })));
+      await storeFile(store, MANIFEST, new TextEncoder().encode(list)).catch(() => {});
     }
     self.postMessage({ event: 'download', repo: where, loading: true });
     const summary = JSON.parse(amad.load_checkpoint(name, where, files));
@@ -174,12 +216,14 @@ const handlers = {
 
   // Starts a run (or continues the saved one with `resume`); with `images` ([[name, ArrayBuffer]])
   // the teacher captions them and the run trains on them.
-  async distillStart(options, images, resume) {
+  // `changes` (with `resume`): options that may differ from the saved run's (the learning rate,
+  // steps, intervals), as the page's form gives them.
+  async distillStart(options, images, resume, changes) {
     let saved = null;
     if (resume) {
       saved = await db('get');
       if (!saved) throw new Error('there is no saved run to resume');
-      options = JSON.parse(saved.options);
+      options = { ...JSON.parse(saved.options), ...(changes || {}) };
     }
     const student = JSON.parse(amad.distill_start(
       JSON.stringify(options),
@@ -189,7 +233,21 @@ const handlers = {
     ));
     let targets = null;
     if (images && images.length) {
-      targets = JSON.parse(await amad.distill_images(images.map(([n, b]) => [n, new Uint8Array(b)])));
+      // The teacher's captions are kept per teacher, by each image's bytes, so a run on the same
+      // photos (a resume, another method) captions nothing again. A teacher from the user's own
+      // files has no stable name, so its captions are not kept.
+      const teacher = options.teacher || 'bundled';
+      const keep = teacher !== 'your files';
+      const cached = keep ? ((await db('get', undefined, 'captions', teacher)) || {}) : {};
+      targets = JSON.parse(await amad.distill_images(
+        images.map(([n, b]) => [n, new Uint8Array(b)]),
+        JSON.stringify(cached),
+        (done, total) => self.postMessage({ event: 'captioning', done, total }),
+      ));
+      if (keep) {
+        for (const t of targets.images) cached[t.key] = t.caption;
+        await db('put', cached, 'captions', teacher);
+      }
     }
     return { student, targets, step: saved ? saved.step : 0, options };
   },
@@ -263,6 +321,10 @@ const handlers = {
   },
 
   // Destroys the device (tests of the recovery path; see the page's amadDebug).
+  async panicForTest() {
+    amad.panic_for_test();
+  },
+
   async loseDevice() {
     amad.lose_device();
   },
@@ -280,16 +342,21 @@ async function saveCheckpoint() {
   });
 }
 
-// One record in IndexedDB: the current run's latest checkpoint.
-function db(op, value) {
+// IndexedDB: in 'runs', the current run's latest checkpoint (key 'current'); in 'captions', per
+// teacher, the captions it made of the user's images, by image key.
+function db(op, value, storeName = 'runs', key = 'current') {
   return new Promise((resolve, reject) => {
-    const open = indexedDB.open('amad', 1);
-    open.onupgradeneeded = () => open.result.createObjectStore('runs');
+    const open = indexedDB.open('amad', 2);
+    open.onupgradeneeded = () => {
+      for (const name of ['runs', 'captions']) {
+        if (!open.result.objectStoreNames.contains(name)) open.result.createObjectStore(name);
+      }
+    };
     open.onerror = () => reject(new Error(`IndexedDB: ${open.error}`));
     open.onsuccess = () => {
-      const tx = open.result.transaction('runs', op === 'get' ? 'readonly' : 'readwrite');
-      const store = tx.objectStore('runs');
-      const req = op === 'get' ? store.get('current') : op === 'put' ? store.put(value, 'current') : store.delete('current');
+      const tx = open.result.transaction(storeName, op === 'get' ? 'readonly' : 'readwrite');
+      const store = tx.objectStore(storeName);
+      const req = op === 'get' ? store.get(key) : op === 'put' ? store.put(value, key) : store.delete(key);
       req.onsuccess = () => resolve(req.result);
       req.onerror = () => reject(new Error(`IndexedDB: ${req.error}`));
     };
@@ -304,7 +371,10 @@ self.onmessage = async (e) => {
     const result = await handlers[op](...(args || []));
     self.postMessage({ id, ok: true, result });
   } catch (err) {
-    const error = String((err && err.message) || err);
-    self.postMessage({ id, ok: false, error, lost: /lost|destroyed/i.test(error) });
+    // A Rust panic (its message left by the panic hook) or any other trap leaves the module
+    // unusable: the page must start a new worker, as after a lost device.
+    const trapped = self.amadPanic || err instanceof WebAssembly.RuntimeError;
+    const error = self.amadPanic ? `amad stopped on a bug: ${self.amadPanic}` : String((err && err.message) || err);
+    self.postMessage({ id, ok: false, error, lost: trapped || /lost|destroyed/i.test(error) });
   }
 };
