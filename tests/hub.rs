@@ -730,3 +730,23 @@ fn preprocessor_configs_read_as_vit_image_processor_reads_them() {
         .to_string();
     assert!(err.contains("give it 48×32 images"), "{err}");
 }
+
+/// Regressions from fuzzing (scripts/fuzz.sh; the inputs in tests/fixtures/fuzz/).
+/// pickle-copies-oom.pkl: 1,108 bytes of DUPs and memo copies that grew past 2 GB when every copy
+/// copied its whole value; the copy budget refuses it with a message, at once.
+#[test]
+fn a_pickle_that_multiplies_its_values_is_refused() {
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fuzz/pickle-copies-oom.pkl"
+    ))
+    .unwrap();
+    let err = formats::pickle::state_dict(&bytes, "copies.pkl")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("copies.pkl") && err.contains("values"),
+        "{err}"
+    );
+}

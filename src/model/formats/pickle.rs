@@ -74,10 +74,64 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// Values that copies (DUP, the memo) may still create: each copies its whole value, so a
+    /// few hundred bytes of DUPs could otherwise build gigabytes (the fuzzer's first find). A
+    /// state dict copies a few values per tensor.
+    budget: usize,
     file: &'a str,
 }
 
+/// Values copies may create in one pickle: thousands of times what GPT-2's state dict needs.
+const COPY_BUDGET: usize = 1 << 22;
+
+impl Value {
+    /// How many values `self` holds, itself included, counting no further than `cap`.
+    fn count(&self, cap: usize) -> usize {
+        let children: &[Value] = match self {
+            Value::Tuple(v) | Value::List(v) => v,
+            Value::Dict(pairs) => {
+                let mut n = 1;
+                for (k, v) in pairs {
+                    if n > cap {
+                        break;
+                    }
+                    n += k.count(cap) + v.count(cap);
+                }
+                return n;
+            }
+            _ => &[],
+        };
+        let mut n = 1;
+        for c in children {
+            if n > cap {
+                break;
+            }
+            n += c.count(cap);
+        }
+        n
+    }
+}
+
 impl<'a> Machine<'a> {
+    /// Spends `n` values of the copy budget, or refuses the pickle.
+    fn spend(&mut self, n: usize) -> Result<()> {
+        if n > self.budget {
+            return Err(self.err(format!(
+                "its copies would build more than {COPY_BUDGET} values, far past any state dict"
+            )));
+        }
+        self.budget -= n;
+        Ok(())
+    }
+
+    /// A copy of the top of the stack, within the copy budget (counted before copying).
+    fn copy_top(&mut self) -> Result<Value> {
+        let cap = self.budget;
+        let n = self.top()?.count(cap);
+        self.spend(n)?;
+        Ok(self.top()?.clone())
+    }
+
     fn err(&self, m: impl std::fmt::Display) -> Error {
         Error::Invalid(format!(
             "{}: unreadable pickle at byte {}: {m}",
@@ -182,7 +236,7 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
+                    let v = self.copy_top()?;
                     self.stack.push(v);
                 }
                 b')' => self.stack.push(Value::Tuple(vec![])),
@@ -328,11 +382,11 @@ impl<'a> Machine<'a> {
                     } else {
                         self.uint(4)?
                     };
-                    let v = self.top()?.clone();
+                    let v = self.copy_top()?;
                     self.memo.insert(key, v);
                 }
                 0x94 => {
-                    let v = self.top()?.clone();
+                    let v = self.copy_top()?;
                     self.memo.insert(self.memo.len() as u64, v);
                 }
                 b'h' | b'j' => {
@@ -341,11 +395,13 @@ impl<'a> Machine<'a> {
                     } else {
                         self.uint(4)?
                     };
-                    let v = self
+                    let n = self
                         .memo
                         .get(&key)
-                        .cloned()
-                        .ok_or_else(|| self.err(format!("memo {key} was never stored")))?;
+                        .ok_or_else(|| self.err(format!("memo {key} was never stored")))?
+                        .count(self.budget);
+                    self.spend(n)?;
+                    let v = self.memo[&key].clone();
                     self.stack.push(v);
                 }
                 other => {
@@ -469,6 +525,7 @@ pub fn state_dict(code: &[u8], file: &str) -> Result<Vec<(String, TensorRef)>> {
         stack: vec![],
         marks: vec![],
         memo: HashMap::new(),
+        budget: COPY_BUDGET,
         file,
     };
     let root = m.run()?;
