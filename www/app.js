@@ -107,10 +107,25 @@ const fmtParams = (n) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : `${(n / 1e3).
 
 // ---------- tabs ----------
 
-for (const b of document.querySelectorAll('.tab')) {
-  b.onclick = () => {
-    for (const t of document.querySelectorAll('.tab')) t.classList.toggle('active', t === b);
-    for (const p of document.querySelectorAll('.panel')) p.hidden = p.id !== b.dataset.tab;
+const tabs = [...document.querySelectorAll('.tab')];
+function selectTab(b) {
+  for (const t of tabs) {
+    t.classList.toggle('active', t === b);
+    t.setAttribute('aria-selected', String(t === b));
+    t.tabIndex = t === b ? 0 : -1;
+  }
+  for (const p of document.querySelectorAll('.panel')) p.hidden = p.id !== b.dataset.tab;
+}
+for (const b of tabs) {
+  b.onclick = () => selectTab(b);
+  // Arrow keys move between the tabs, as a tab list's do.
+  b.onkeydown = (e) => {
+    const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
+    if (!step) return;
+    const next = tabs[(tabs.indexOf(b) + step + tabs.length) % tabs.length];
+    selectTab(next);
+    next.focus();
+    e.preventDefault();
   };
 }
 
@@ -147,8 +162,13 @@ function makeCard(name, blob, container = $('cards')) {
   body.append(title);
   card.append(fig, body);
   container.prepend(card);
+  const waiting = document.createElement('div');
+  waiting.className = 'waiting';
+  waiting.textContent = 'waiting…';
+  body.append(waiting);
   card.overlay = overlay;
   card.body = body;
+  card.waiting = waiting;
   return card;
 }
 
@@ -157,6 +177,7 @@ const captioned = new Set();
 
 // Captions `file` into `card` with each model in `models` ([model name, label]).
 async function captionCard(card, file, models = [['student', 'student'], ['teacher', 'teacher']]) {
+  card.waiting.remove();
   const bytes = await file.arrayBuffer();
   try {
     await gpuReady;
@@ -196,14 +217,16 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
       const s = document.createElement('span');
       s.className = 'word';
       s.textContent = w;
-      s.onmouseenter = () => attentionOverlay(card.overlay, r.heat[i], r.grid);
-      s.onmouseleave = () => attentionOverlay(card.overlay, null, r.grid);
+      s.tabIndex = 0;
+      s.onmouseenter = s.onfocus = () => attentionOverlay(card.overlay, r.heat[i], r.grid);
+      s.onmouseleave = s.onblur = () => attentionOverlay(card.overlay, null, r.grid);
       line.append(s); // each piece carries the space before it, as the tokenizer has it
     });
     if (r.words.length === 0) line.append('(empty caption)');
     const time = document.createElement('span');
     time.className = 'time';
-    time.textContent = `${ms.toFixed(0)} ms`;
+    // A model's first caption also builds its GPU pipelines: say so beside its time.
+    time.textContent = captioned.has(model) ? `${ms.toFixed(0)} ms` : `${ms.toFixed(0)} ms (first: includes setup)`;
     line.append(time);
     line.dataset.caption = r.caption;
     // A model's first caption also builds its pipelines: its time says nothing of its speed.
@@ -235,17 +258,34 @@ document.addEventListener('dragover', (e) => {
   $('drop-zone').classList.add('over');
 });
 document.addEventListener('dragleave', () => $('drop-zone').classList.remove('over'));
-// Images dropped while the Distill tab is open become its training images; elsewhere they caption.
-let distillDropped = [];
+// The images a distillation will train on: one list, that choosing files, choosing a folder and
+// dropping images on the Distill tab all add to, shown, with a button that clears it.
+let distillList = [];
+function addDistillImages(files) {
+  if (!files.length) return;
+  distillList = [...distillList, ...files];
+  $('distill-form').elements.data.value = 'images';
+  showDistillList();
+}
+function showDistillList() {
+  const names = distillList.map((f) => f.name);
+  $('distill-dropped').textContent = names.length
+    ? `${names.length} image${names.length === 1 ? '' : 's'} for distillation: ${names.slice(0, 8).join(', ')}${names.length > 8 ? ', …' : ''}`
+    : 'No images chosen.';
+  $('distill-clear').hidden = !names.length;
+}
+$('distill-clear').onclick = () => {
+  distillList = [];
+  showDistillList();
+};
+// Images dropped while the Distill tab is open join its list; elsewhere they caption.
 document.addEventListener('drop', (e) => {
   e.preventDefault();
   $('drop-zone').classList.remove('over');
   const files = e.dataTransfer ? [...e.dataTransfer.files] : [];
   if (!files.length) return;
   if ($('distill').hidden) return captionFiles(files);
-  distillDropped = files;
-  $('distill-form').elements.data.value = 'images';
-  $('distill-dropped').textContent = `${files.length} dropped for distillation: ${files.map((f) => f.name).join(', ')}`;
+  addDistillImages(files);
 });
 document.addEventListener('paste', (e) => {
   const files = [...(e.clipboardData ? e.clipboardData.files : [])];
@@ -257,6 +297,15 @@ $('file-input').onchange = (e) => {
 };
 $('drop-zone').onclick = (e) => {
   if (e.target === $('drop-zone')) $('file-input').click();
+};
+$('drop-zone').onkeydown = (e) => {
+  if (e.target === $('drop-zone') && (e.key === 'Enter' || e.key === ' ')) {
+    e.preventDefault();
+    $('file-input').click();
+  }
+};
+$('clear-cards').onclick = () => {
+  $('cards').innerHTML = '';
 };
 $('new-scene').onclick = async () => {
   try {
@@ -367,6 +416,11 @@ function setDistillState(s) {
   $('distill-start').disabled = s === 'running';
   $('distill-pause').disabled = s !== 'running';
   $('distill-stop').disabled = s !== 'running' && s !== 'paused';
+  // What a run was started with cannot change under it: the form is locked while it runs or is
+  // paused (a saved run resumes with the learning rate, steps and intervals set here).
+  const locked = s === 'running' || s === 'paused';
+  $('distill-form').classList.toggle('locked', locked);
+  for (const el of $('distill-form').elements) el.disabled = locked;
   const haveRun = s !== 'idle' || runOptions !== null;
   $('distill-use').disabled = !haveRun || s === 'running' || brokenStudent;
   $('distill-download').disabled = !haveRun || s === 'running';
@@ -426,7 +480,7 @@ async function runLoop() {
   try {
     const how = await call('distillRun', runOptions);
     setDistillState(how);
-    if (how === 'complete' || how === 'stopped') $('distill-resume').hidden = true;
+    if (how === 'complete' || how === 'stopped') $('distill-resume').hidden = $('distill-forget').hidden = true;
   } catch (e) {
     showError(e.message);
     // A non-finite loss: the student that produced it is not offered for captions, and the last
@@ -441,8 +495,7 @@ async function runLoop() {
 // showing `missing`, when there are none.
 async function chosenImages(missing) {
   if ($('distill-form').elements.data.value !== 'images') return null;
-  const chosen = [...$('distill-images').files, ...folderImages()];
-  const files = chosen.length ? chosen : distillDropped;
+  const files = distillList;
   if (!files.length) {
     showError(missing);
     return false;
@@ -450,16 +503,16 @@ async function chosenImages(missing) {
   return Promise.all(files.map(async (f) => [f.name, await f.arrayBuffer()]));
 }
 
-// Choosing images or a folder picks "my images" as the data.
+// Chosen files and a chosen folder's images (other files in it are left out, by their type or
+// extension) join the list, and pick "my images" as the data.
 for (const id of ['distill-images', 'distill-folder']) {
   $(id).addEventListener('change', () => {
-    if ($(id).files.length) $('distill-form').elements.data.value = 'images';
+    const files = [...$(id).files];
+    $(id).value = '';
+    addDistillImages(id === 'distill-folder'
+      ? files.filter((f) => f.type.startsWith('image/') || /\.(png|jpe?g|webp|gif)$/i.test(f.name))
+      : files);
   });
-}
-
-// The images of a chosen folder (other files in it are left out, by their type or extension).
-function folderImages() {
-  return [...$('distill-folder').files].filter((f) => f.type.startsWith('image/') || /\.(png|jpe?g|webp|gif)$/i.test(f.name));
 }
 
 $('distill-start').onclick = async () => {
@@ -506,7 +559,7 @@ function beginRun(started) {
   $('distill-steps').textContent = runOptions.steps;
   $('distill-step').textContent = started.step;
   $('resume-offer').hidden = true;
-  $('distill-resume').hidden = true;
+  $('distill-resume').hidden = $('distill-forget').hidden = true;
   const s = started.student;
   let text = `Student: ${fmtParams(s.parameters)} parameters (${s.encoder.join('/')} encoder, ${s.decoder.join('/')} decoder: layers/width/heads).`;
   if (started.targets) {
@@ -522,7 +575,7 @@ $('distill-pause').onclick = () => call('distillPause');
 $('distill-stop').onclick = () => {
   if (distillState === 'paused') {
     setDistillState('stopped');
-    $('distill-resume').hidden = true;
+    $('distill-resume').hidden = $('distill-forget').hidden = true;
   } else call('distillStop');
 };
 
@@ -600,8 +653,14 @@ async function offerResume(keepForm = false) {
     ` (with the learning rate, steps and intervals set here).`;
   $('resume-offer').hidden = false;
   $('distill-resume').hidden = false;
+  $('distill-forget').hidden = false;
   if (!keepForm) fillForm(s.options);
 }
+
+$('distill-forget').onclick = async () => {
+  await call('forgetSavedRun');
+  for (const id of ['resume-offer', 'distill-resume', 'distill-forget']) $(id).hidden = true;
+};
 
 $('distill-resume').onclick = async () => {
   showError('');

@@ -114,7 +114,8 @@ await check('a dropped PNG and a dropped JPEG get non-empty captions from both m
     console.log(`     ${c.name}: student "${c.student}", teacher "${c.teacher}"`);
   }
   const times = await page.$$eval('#cards [data-testid=caption-card]', (cs) => cs.map((c) => [...c.querySelectorAll('.time')].map((t) => t.textContent)));
-  assert(times.every((t) => t.length === 2 && t.every((x) => /^\d+ ms$/.test(x))), `times: ${JSON.stringify(times)}`);
+  // A model's first caption is labelled as including its setup.
+  assert(times.every((t) => t.length === 2 && t.every((x) => /^\d+ ms( \(first: includes setup\))?$/.test(x))), `times: ${JSON.stringify(times)}`);
   await page.screenshot({ path: path.join(shots, 'captions.png'), fullPage: true });
 });
 
@@ -175,6 +176,36 @@ await check('hovering a word shows its cross-attention over the image', async ()
     return n;
   });
   assert(painted > 0, 'the overlay stayed empty');
+});
+
+await check('the keyboard reaches everything: the drop zone opens the file chooser, words show attention on focus, tabs move with arrows', async () => {
+  await page.focus('[data-testid=drop-zone]');
+  await newCard(async () => {
+    const [chooser] = await Promise.all([page.waitForEvent('filechooser', { timeout: 10000 }), page.keyboard.press('Enter')]);
+    await chooser.setFiles([fixture('scene.png')]);
+  });
+  await page.focus('#cards .word');
+  const painted = await page.$eval('#cards .card canvas', (c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    return d.some((v, i) => i % 4 === 3 && v > 0);
+  });
+  assert(painted, 'focusing a word paints no attention');
+  await page.focus('#tab-caption');
+  await page.keyboard.press('ArrowRight');
+  assert(!(await page.isHidden('#distill')) && (await page.getAttribute('#tab-distill', 'aria-selected')) === 'true', 'ArrowRight did not open Distill');
+  await page.keyboard.press('ArrowLeft');
+  assert(!(await page.isHidden('#caption')), 'ArrowLeft did not open Caption');
+});
+
+await check('at 400 px wide neither tab scrolls sideways', async () => {
+  const size = page.viewportSize();
+  await page.setViewportSize({ width: 400, height: 800 });
+  for (const tab of ['#tab-distill', '#tab-caption']) {
+    await page.click(tab);
+    const [scroll, width] = await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+    assert(scroll <= width, `${tab}: ${scroll} px of content in ${width}`);
+  }
+  await page.setViewportSize(size);
 });
 
 await check('"New scene" makes a scene from the training domain and captions it', async () => {
@@ -254,6 +285,12 @@ await check('settings out of range are named before anything starts, and a faile
   await page.waitForFunction(() => /none of the 1 files/.test(document.getElementById('distill-error').textContent), null, { timeout: 60000 });
   const after = await page.evaluate(() => window.amadDebug.runStep());
   assert(after === 20, `after a failed start the run is at step ${after}, not the finished one's 20`);
+  // Images chosen and dropped make one list, shown, that Clear empties.
+  await page.setInputFiles('[data-testid=distill-images]', [fixture('scene.png')]);
+  const list = await page.textContent('[data-testid=distill-list]');
+  assert(/^2 images for distillation: notes\.png, scene\.png$/.test(list), list);
+  await page.click('[data-testid=distill-clear]');
+  assert((await page.textContent('[data-testid=distill-list]')) === 'No images chosen.', 'the list was not cleared');
   await page.selectOption('#distill-form [name=data]', 'scenes');
   console.log(`     ${err.slice(0, 100)}`);
 });
