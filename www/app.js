@@ -58,6 +58,7 @@ async function boot() {
   // A new worker has the bundled models and no pipelines yet.
   teacherKind = 'bundled';
   studentTeacher = 'bundled';
+  studentName = 'bundled';
   captioned.clear();
   $('models-status').textContent = 'Loading the bundled teacher and student…';
   delete $('models-status').dataset.ready;
@@ -211,7 +212,8 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
     line.textContent = '';
     const label = document.createElement('span');
     label.className = 'who';
-    label.textContent = `${who} `;
+    // Which student wrote it: the bundled one, one distilled here, or a loaded checkpoint.
+    label.textContent = who === 'student' ? `student (${studentName}) ` : `${who} `;
     line.append(label);
     r.words.forEach((w, i) => {
       const s = document.createElement('span');
@@ -332,6 +334,7 @@ let teacherKind = 'bundled';
 // The teacher the Caption tab's student was distilled from (the bundled student's is the bundled
 // teacher); a student shows in caption cards only beside its own teacher.
 let studentTeacher = 'bundled';
+let studentName = 'bundled';
 const params = new URLSearchParams(location.search);
 const HUB = params.get('hub') || 'https://huggingface.co';
 // Downloads over this many bytes ask first (?ask-over=BYTES; 100 MB by default).
@@ -552,6 +555,15 @@ function beginRun(started) {
   brokenStudent = false;
   for (const k of Object.keys(losses)) losses[k].length = 0;
   $('eval-table').tBodies[0].innerHTML = '';
+  // A resumed run shows the history it saved: its loss curves and validation rows so far.
+  for (const h of (started.history && started.history.steps) || []) {
+    for (const k of Object.keys(losses)) losses[k].push([h.step, h.terms[k]]);
+  }
+  if (losses.total.length) {
+    $('loss-plot').dataset.total = JSON.stringify(losses.total.map((p) => p[1]));
+    linePlot($('loss-plot'), losses);
+  }
+  for (const e of (started.history && started.history.evals) || []) addEvalRow(e);
   $('eval-caption').textContent = started.targets
     ? 'Validation: agreement with the teacher on held-out images'
     : 'Validation (generated scenes)';
@@ -579,6 +591,13 @@ $('distill-stop').onclick = () => {
   } else call('distillStop');
 };
 
+function addEvalRow(m) {
+  const row = $('eval-table').tBodies[0].insertRow();
+  // Truth is a scene score; held-out photos are scored against the teacher's captions only.
+  const truth = m.truth === undefined ? '—' : m.truth.toFixed(3);
+  for (const v of [m.step, m.bleu4.toFixed(3), m.cider_d.toFixed(3), truth]) row.insertCell().textContent = v;
+}
+
 function onDistillEvent(m) {
   if (m.event === 'step') {
     $('distill-step').textContent = m.step;
@@ -595,10 +614,7 @@ function onDistillEvent(m) {
     }
     if (m.alignment.length) drawAlignment(m.alignment);
   } else if (m.event === 'eval') {
-    const row = $('eval-table').tBodies[0].insertRow();
-    // Truth is a scene score; held-out photos are scored against the teacher's captions only.
-    const truth = m.truth === undefined ? '—' : m.truth.toFixed(3);
-    for (const v of [m.step, m.bleu4.toFixed(3), m.cider_d.toFixed(3), truth]) row.insertCell().textContent = v;
+    addEvalRow(m);
   } else if (m.event === 'captioning') {
     $('targets').textContent = m.done < m.total
       ? `The teacher is captioning your images: ${m.done} of ${m.total}…`
@@ -655,6 +671,10 @@ async function offerResume(keepForm = false) {
   $('distill-resume').hidden = false;
   $('distill-forget').hidden = false;
   if (!keepForm) fillForm(s.options);
+  // The page opens on Caption: say there too that a run waits.
+  if (!/Distill tab/.test($('models-status').textContent)) {
+    $('models-status').textContent += ` A saved run (step ${s.step} of ${s.options.steps}) can be resumed on the Distill tab.`;
+  }
 }
 
 $('distill-forget').onclick = async () => {
@@ -684,7 +704,11 @@ $('distill-use').onclick = async () => {
   try {
     const s = await call('useStudent', 'student');
     studentTeacher = (runOptions && runOptions.teacher) || 'bundled';
-    $('models-status').textContent = `The Caption tab now uses your distilled student (${fmtParams(s.parameters)} parameters).`;
+    studentName = 'distilled here';
+    // Said on both tabs: the user is on Distill, the captions are on Caption.
+    const text = `The Caption tab now uses your distilled student (${fmtParams(s.parameters)} parameters).`;
+    $('models-status').textContent = text;
+    $('distill-note').textContent = text;
   } catch (e) {
     showError(e.message);
   }
@@ -724,7 +748,11 @@ $('load-checkpoint').onchange = async (e) => {
     await gpuReady;
     const s = await call('loadFiles', 'student', await Promise.all(given.map(async (n) => [n, await byName[n].arrayBuffer()])));
     showError('');
-    $('models-status').textContent = `Loaded your checkpoint as the student (${fmtParams(s.parameters)} parameters); the Caption tab uses it.`;
+    studentName = 'your checkpoint';
+    studentTeacher = teacherKind;
+    const text = `Loaded your checkpoint as the student (${fmtParams(s.parameters)} parameters); the Caption tab uses it.`;
+    $('models-status').textContent = text;
+    $('distill-note').textContent = text;
     $('models-status').dataset.loaded = 'true';
   } catch (err) {
     showError(`Could not load that checkpoint: ${err.message}`);

@@ -10,6 +10,9 @@ let control = 'idle';
 let started = null; // {step, time} of the current stretch, for steps/s
 let stepsRun = 0;
 const WEIGHTS_EVERY = 5;
+// The run's loss terms per step and its validation scores, saved with its checkpoints, so that a
+// resumed run shows its whole history.
+let history = { steps: [], evals: [] };
 
 // The Hub download in progress.
 let download = null;
@@ -249,7 +252,11 @@ const handlers = {
         await db('put', cached, 'captions', teacher);
       }
     }
-    return { student, targets, step: saved ? saved.step : 0, options };
+    // A resumed run continues the history it saved, up to its checkpoint's step.
+    const h = (saved && saved.history) || { steps: [], evals: [] };
+    const upTo = saved ? saved.step : 0;
+    history = { steps: h.steps.filter((x) => x.step <= upTo), evals: h.evals.filter((x) => x.step <= upTo) };
+    return { student, targets, step: upTo, options, history };
   },
 
   // Runs steps until the run completes, or is paused or stopped. Checkpoints go to IndexedDB.
@@ -267,6 +274,7 @@ const handlers = {
         if (first) started = { step: r.step, time: now };
         const rate = r.step > started.step ? (r.step - started.step) / ((now - started.time) / 1000) : null;
         self.postMessage({ event: 'step', ...r, rate });
+        history.steps.push({ step: r.step, terms: r.terms });
         if (r.step % options.checkpoint_every === 0 || r.step === r.steps) {
           await saveCheckpoint();
           self.postMessage({ event: 'checkpoint', step: r.step });
@@ -274,7 +282,10 @@ const handlers = {
         if (options.eval_every > 0 && (r.step % options.eval_every === 0 || r.step === r.steps)) {
           // Null where nothing is held out to validate on.
           const scores = JSON.parse(await amad.distill_eval(options.eval_n || 20));
-          if (scores) self.postMessage({ event: 'eval', ...scores });
+          if (scores) {
+            self.postMessage({ event: 'eval', ...scores });
+            history.evals.push(scores);
+          }
         }
         if (r.step >= r.steps) {
           control = 'idle';
@@ -338,6 +349,7 @@ async function saveCheckpoint() {
     config: c.config,
     weights: c.weights.buffer,
     state: c.state.buffer,
+    history: { steps: history.steps.filter((x) => x.step <= c.step), evals: history.evals.filter((x) => x.step <= c.step) },
     saved: Date.now(),
   });
 }

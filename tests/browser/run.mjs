@@ -342,6 +342,9 @@ await check('a reload offers to resume an unfinished run', async () => {
   await page.waitForFunction((n) => Number(document.querySelector('[data-testid=distill-step]').textContent) > n, resumedAt, { timeout: 300000 });
   const lr = Number(await page.textContent('[data-testid=distill-lr]'));
   assert(lr > 0 && lr <= 1e-4, `the resumed run's learning rate is ${lr}, not the form's 1e-4 schedule`);
+  // The loss curve keeps the steps before the resume.
+  const shown = JSON.parse(await page.$eval('#loss-plot', (c) => c.dataset.total)).length;
+  assert(shown > resumedAt, `the loss plot shows ${shown} steps after resuming at step ${resumedAt}`);
   await page.click('[data-testid=distill-pause]');
   await page.waitForFunction(() => document.getElementById('distill-state').textContent === 'paused', null, { timeout: 120000 });
 });
@@ -375,9 +378,14 @@ await check('the distilled student is used by the Caption tab at once', async ()
   await page.click('#tab-distill');
   await page.click('[data-testid=distill-use]');
   await page.waitForFunction(() => document.getElementById('models-status').textContent.startsWith('The Caption tab now uses your distilled student'), null, { timeout: 60000 });
+  // Said where the user is looking too, and each caption says which student wrote it.
+  const note = await page.textContent('[data-testid=distill-note]');
+  assert(/now uses your distilled student/.test(note), note);
   await page.click('#tab-caption');
   const c = await newCard(chooseFile('scene.png'));
   assert(c.student !== null && !c.error, JSON.stringify(c));
+  const label = await page.textContent('#cards [data-testid=caption-card] [data-testid=caption-student] .who');
+  assert(/^student \(distilled here\)/.test(label), label);
 });
 
 await check('a paused run resumes and stops', async () => {
