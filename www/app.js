@@ -81,6 +81,8 @@ async function boot() {
     ]);
     $('models-status').textContent =
       `Ready: student ${fmtParams(student.parameters)} parameters, teacher ${fmtParams(teacher.parameters)}.`;
+    // The form shows the worker's defaults: one home for them (src/web, page_defaults).
+    fillForm(await call('distillDefaults'));
     $('models-status').dataset.ready = 'true';
     await offerResume();
   })();
@@ -453,9 +455,12 @@ function formOptions() {
       o[el.name] = Number(el.value);
     } else o[el.name] = el.value;
   }
-  if (problems.length) throw new Error(`Check these settings: ${problems.join('; ')}`);
-  o.eval_n = 20;
-  o.warmup = Math.min(20, Math.max(1, Math.floor(o.steps / 10)));
+  if (problems.length) {
+    // The first field to fix takes the focus, beside the message under the buttons.
+    f.querySelector('input.invalid').focus();
+    throw new Error(`Check these settings: ${problems.join('; ')}`);
+  }
+  // The validation size and the warmup are the worker's (RunOptions::PAGE, page_warmup).
   // The run belongs to the teacher it distils from: a resume needs the same one.
   o.teacher = teacherKind;
   return o;

@@ -213,6 +213,11 @@ const handlers = {
     return JSON.parse(await amad.caption(name, new Uint8Array(bytes), file));
   },
 
+  // The defaults of a distillation run, for the page's form.
+  async distillDefaults() {
+    return JSON.parse(amad.distill_defaults());
+  },
+
   async scene(index) {
     return { png: amad.scene_png(index), references: JSON.parse(amad.scene_references(index)) };
   },

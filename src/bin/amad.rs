@@ -334,7 +334,7 @@ commands:
         // loss's weight won a sweep of recipes; shape labels per 2 × 2 sub-cell of each patch took
         // validation truth from about 0.8 to 0.9. At 2,500 steps a peak of 2e-3 scored 0.930 on
         // 500 validation scenes against 0.914 to 0.918 for three seeds at 1.5e-3 (docs/teacher.md).
-        let opts = run_options(&mut f, 2500, 2e-3)?;
+        let opts = run_options(&mut f, &amad::train::RunOptions::TRAIN_TEACHER)?;
         let seed: u64 = f.number("--seed", 1)?;
         let weight: f32 = f.number("--shape-loss", 5.0)?;
         let given_cells: Option<usize> = f.given_number("--shape-cells")?;
@@ -374,18 +374,18 @@ commands:
     }
 
     /// The run options shared by train-teacher and distill.
-    fn run_options(f: &mut Flags, steps: u64, lr: f32) -> Result<amad::train::RunOptions> {
+    fn run_options(f: &mut Flags, d: &amad::train::RunOptions) -> Result<amad::train::RunOptions> {
         Ok(amad::train::RunOptions {
-            steps: f.number("--steps", steps)?,
+            steps: f.number("--steps", d.steps)?,
             until: f.given_number("--until")?,
-            batch: f.number("--batch", 32)?,
-            lr: f.number("--lr", lr)?,
-            warmup: f.number("--warmup", 100)?,
-            decay_to: f.number("--decay-to", 0.1)?,
-            checkpoint_every: f.number("--checkpoint-every", 100)?,
-            max_norm: 1.0,
-            eval_every: f.number("--eval-every", 0)?,
-            eval_n: f.number("--eval-n", 50)?,
+            batch: f.number("--batch", d.batch)?,
+            lr: f.number("--lr", d.lr)?,
+            warmup: f.number("--warmup", d.warmup)?,
+            decay_to: f.number("--decay-to", d.decay_to)?,
+            checkpoint_every: f.number("--checkpoint-every", d.checkpoint_every)?,
+            max_norm: d.max_norm,
+            eval_every: f.number("--eval-every", d.eval_every)?,
+            eval_n: f.number("--eval-n", d.eval_n)?,
         })
     }
 
@@ -395,11 +395,13 @@ commands:
         use amad::model::{Config, Model, StudentShape};
         let teacher_dir = f.required("--teacher")?;
         let out = std::path::PathBuf::from(f.required("--out")?);
-        let method = f.value("--method")?.unwrap_or("amad-kl");
+        let method = f
+            .value("--method")?
+            .unwrap_or(amad::distill::DEFAULT_METHOD);
         let layers = f.sides("--student-layers")?;
         let width = f.sides("--student-width")?;
         let heads = f.sides("--student-heads")?;
-        let opts = run_options(&mut f, 2400, 1e-3)?;
+        let opts = run_options(&mut f, &amad::train::RunOptions::DISTILL)?;
         let d = DistillConfig::default();
         let cfg = DistillConfig {
             alpha: f.number("--alpha", d.alpha)?,
@@ -408,12 +410,12 @@ commands:
             temperature: f.number("--temperature", d.temperature)?,
             ..d
         };
-        let tau: f32 = f.number("--tau", 1.0)?;
+        let tau: f32 = f.number("--tau", amad::distill::DEFAULT_TAU)?;
         let detach_weights = f.switch("--detach-weights");
         let init_from_teacher = f.switch("--init-from-teacher");
-        let seed: u64 = f.number("--seed", 2)?;
+        let seed: u64 = f.number("--seed", amad::distill::DEFAULT_SEED)?;
         let images = f.value("--images")?;
-        let val_fraction: f64 = f.number("--val-fraction", 0.1)?;
+        let val_fraction: f64 = f.number("--val-fraction", amad::train::batch::VAL_FRACTION)?;
         f.done()?;
         let cfg = cfg.with_method(method, tau, detach_weights)?;
         let gpu = gpu()?;
@@ -659,7 +661,7 @@ commands:
         let input = f.required("--input")?;
         let output = f.required("--output")?;
         let variant = maps_file::parse_variant(f.required("--variant")?)?;
-        let tau: f32 = f.number("--tau", 1.0)?;
+        let tau: f32 = f.number("--tau", amad::distill::DEFAULT_TAU)?;
         let detach_weights = f.switch("--detach-weights");
         f.done()?;
         let bytes = std::fs::read(input).map_err(|e| Error::Invalid(format!("{input}: {e}")))?;

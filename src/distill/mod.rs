@@ -9,4 +9,5 @@ pub mod step;
 
 pub use step::{
     distill_grads, distill_step, layer_pairs, Batch, DistillConfig, Kind, Kinds, LayerMap,
+    DEFAULT_METHOD, DEFAULT_SEED, DEFAULT_TAU,
 };

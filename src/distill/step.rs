@@ -83,7 +83,7 @@ impl Default for DistillConfig {
             temperature: 2.0,
             attention: Some(Options {
                 variant: Variant::Kl,
-                tau: 1.0,
+                tau: DEFAULT_TAU,
                 detach_weights: false,
             }),
             kinds: Kinds::default(),
@@ -94,6 +94,15 @@ impl Default for DistillConfig {
 
 /// The names of the methods, as the CLI and the page spell them.
 pub const METHODS: &str = "ce, kd, one-to-one, amad-mse, amad-kl or amad-token";
+
+/// The method a run uses unless told otherwise.
+pub const DEFAULT_METHOD: &str = "amad-kl";
+
+/// The seed of a student's initialisation unless told otherwise.
+pub const DEFAULT_SEED: u64 = 2;
+
+/// The alignment's temperature τ unless told otherwise: the softmax over plain cosine similarities.
+pub const DEFAULT_TAU: f32 = 1.0;
 
 impl DistillConfig {
     /// This configuration with the loss of `method` (see `METHODS`): `ce` trains on the reference

@@ -140,6 +140,10 @@ pub struct ImageTargets {
     pub len: usize,
 }
 
+/// The share of the user's images held out for validation unless a run says otherwise (the CLI's
+/// --val-fraction, the page's field).
+pub const VAL_FRACTION: f64 = 0.1;
+
 /// Images the teacher captions in one generation batch.
 const CAPTION_BATCH: usize = 8;
 

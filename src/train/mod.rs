@@ -37,6 +37,48 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// `amad train-teacher`'s defaults: 2,500 steps of batch 32 at a peak learning rate of 2e-3,
+    /// the recipe of the bundled teacher (docs/bundled-models.md).
+    pub const TRAIN_TEACHER: RunOptions = RunOptions {
+        steps: 2500,
+        until: None,
+        batch: 32,
+        lr: 2e-3,
+        warmup: 100,
+        decay_to: 0.1,
+        checkpoint_every: 100,
+        max_norm: 1.0,
+        eval_every: 0,
+        eval_n: 50,
+    };
+
+    /// `amad distill`'s defaults: 2,400 steps at 1e-3, the rest as train-teacher's.
+    pub const DISTILL: RunOptions = RunOptions {
+        steps: 2400,
+        lr: 1e-3,
+        ..Self::TRAIN_TEACHER
+    };
+
+    /// The page's defaults for a distillation. A browser tab trains while its user watches, so
+    /// its runs are shorter (300 steps of batch 8) at a higher peak (2e-3), checkpoint and
+    /// validate more often, and validate on fewer scenes. The warmup is a tenth of the steps, at
+    /// most `warmup` (`page_warmup`).
+    pub const PAGE: RunOptions = RunOptions {
+        steps: 300,
+        batch: 8,
+        lr: 2e-3,
+        warmup: 20,
+        checkpoint_every: 25,
+        eval_every: 50,
+        eval_n: 20,
+        ..Self::DISTILL
+    };
+
+    /// The page's warmup for a run of `steps`: a tenth of it, between 1 and `PAGE.warmup`.
+    pub fn page_warmup(steps: u64) -> u64 {
+        (steps / 10).clamp(1, Self::PAGE.warmup)
+    }
+
     /// An error naming what is out of range: steps, batch, checkpoint interval and learning rate
     /// must be positive, the decay's end a fraction of the peak.
     pub fn check(&self) -> Result<()> {

@@ -101,6 +101,9 @@ await check('the page loads, finds an adapter and loads both models', async () =
   assert(await page.$eval('#notice', (e) => e.hidden), await page.textContent('#notice'));
   const adapter = await page.textContent('#adapter');
   assert(adapter.startsWith('GPU: '), adapter);
+  // The Distill form shows the worker's defaults (RunOptions::PAGE and the rest), sizes empty.
+  const form = await page.$eval('#distill-form', (f) => Object.fromEntries(['steps', 'batch', 'lr', 'tau', 'method', 'layers'].map((n) => [n, f.elements[n].value])));
+  assert(JSON.stringify(form) === JSON.stringify({ steps: '300', batch: '8', lr: '0.002', tau: '1', method: 'amad-kl', layers: '' }), JSON.stringify(form));
   console.log(`     ${adapter}`);
 });
 
