@@ -26,17 +26,10 @@ done
 python3 - "$beams" <<'PY'
 import json, statistics, sys, subprocess
 beams = sys.argv[1]
-def load(path):
-    rows, peaks = {}, []
-    for line in open(path):
-        r = json.loads(line)
-        if "peak_resident_bytes" in r:
-            peaks.append(r["peak_resident_bytes"])
-        else:
-            rows.setdefault(r["image"], []).append(r)
-    return rows, peaks
-amad, amad_peak = load("target/bench/caption-amad.jsonl")
-torch, torch_peak = load("target/bench/caption-torch.jsonl")
+sys.path.insert(0, "scripts")
+from bench_jsonl import load  # noqa: E402
+amad, amad_peak = load("target/bench/caption-amad.jsonl", "image")
+torch, torch_peak = load("target/bench/caption-torch.jsonl", "image")
 med = lambda rs, k: statistics.median(r[k] for r in rs)
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
 versions = subprocess.run([".venv/bin/python", "-c", "import torch, transformers; print(f'transformers {transformers.__version__}, torch {torch.__version__}')"],

@@ -26,18 +26,11 @@ for round in $(seq "${ROUNDS:-2}"); do
     --batch "$batch" --len "$len" --device "${DEVICE:-cpu}" 2>/dev/null | tee -a target/bench/distill-torch.jsonl
 done
 python3 - <<'PY'
-import json, statistics, subprocess
-def load(path):
-    rows, peaks = {}, []
-    for line in open(path):
-        r = json.loads(line)
-        if "peak_resident_bytes" in r:
-            peaks.append(r["peak_resident_bytes"])
-        else:
-            rows.setdefault(r["name"], []).append(r)
-    return rows, peaks
-amad, amad_peak = load("target/bench/distill-amad.jsonl")
-torch, torch_peak = load("target/bench/distill-torch.jsonl")
+import json, statistics, subprocess, sys
+sys.path.insert(0, "scripts")
+from bench_jsonl import load  # noqa: E402
+amad, amad_peak = load("target/bench/distill-amad.jsonl", "name")
+torch, torch_peak = load("target/bench/distill-torch.jsonl", "name")
 med = lambda rs: statistics.median(r["ms"] for r in rs)
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 first = lambda rows: next(iter(rows.values()))[0]

@@ -12,7 +12,7 @@ import re
 import statistics
 import sys
 
-from experiment_report import METHODS, metrics_log, plot_alignment, pyplot, smooth
+from experiment_report import METHODS, mean_sd, metrics_log, plot_alignment, pyplot, smooth
 
 METRICS = [("bleu4", "BLEU-4"), ("cider_d", "CIDEr-D"), ("rouge_l", "ROUGE-L")]
 
@@ -25,14 +25,6 @@ def runs_of(out, method):
 def final_eval(out, run):
     evals = metrics_log(out, run)[1]
     return evals[-1][1] if evals else None
-
-
-def cell(vals):
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
 
 
 def plots(out, plots_dir):
@@ -77,7 +69,7 @@ def main():
             n_held = evals[0]["n"]
         secs = [json.load(open(os.path.join(out, r, "done")))["seconds"] for r in runs]
         mins = statistics.mean(secs) / 60 if secs else 0
-        rows.append(f"| {m} | {len(runs)} | " + " | ".join(cell([e[k] for e in evals]) for k, _ in METRICS)
+        rows.append(f"| {m} | {len(runs)} | " + " | ".join(mean_sd([e[k] for e in evals]) for k, _ in METRICS)
                     + f" | {mins:.1f} |")
     student = json.load(open(os.path.join(out, runs_of(out, METHODS[-1])[0], "config.json"))) if runs_of(out, METHODS[-1]) else None
     shape = lambda c: (f"ViT {c['encoder']['num_hidden_layers']}/{c['encoder']['hidden_size']}/{c['encoder']['num_attention_heads']}"

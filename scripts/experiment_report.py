@@ -45,13 +45,17 @@ def group(results, pattern):
     return [r for name, r in results.items() if re.fullmatch(re.escape(pattern) + r"-s\d+", name)]
 
 
-def cell(runs, key):
-    vals = [r["test"][key] for r in runs]
+def mean_sd(vals):
+    """A table cell: the value, or mean ± standard deviation over seeds, or a dash."""
     if not vals:
         return "–"
     if len(vals) == 1:
         return f"{vals[0]:.3f}"
     return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def cell(runs, key):
+    return mean_sd([r["test"][key] for r in runs])
 
 
 def table(rows, results):
