@@ -287,4 +287,6 @@ fn no_spurious_errors_without_xdg_runtime_dir() {
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("a.png\t"));
+    std::fs::remove_dir_all(dir).ok();
+    std::fs::remove_dir_all(imgs).ok();
 }

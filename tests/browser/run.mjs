@@ -375,6 +375,7 @@ await check('a downloaded student loads back and captions', async () => {
   const c = await newCard(chooseFile('scene.png'));
   assert(c.student !== null && !c.error, JSON.stringify(c));
   console.log(`     downloaded to ${dir}; the loaded student says "${c.student}"`);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 await check('the distilled student is used by the Caption tab at once', async () => {
