@@ -460,4 +460,25 @@ fn a_student_as_wide_as_its_teacher_starts_from_its_paired_layers() {
     .unwrap()
     .to_string();
     assert!(err.contains("--student-width 48"), "{err}");
+    // Through the CLI it is refused before the teacher captions anything.
+    let out = temp("narrow");
+    let r = amad_cli([
+        "distill",
+        "--teacher",
+        HUB_TINY,
+        "--images",
+        PHOTOS,
+        "--out",
+        out.to_str().unwrap(),
+        "--student-width",
+        "24,16",
+        "--init-from-teacher",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("--student-width 48"),
+        "{err}"
+    );
+    assert!(!out.join("targets.jsonl").exists(), "{err}");
+    std::fs::remove_dir_all(out).ok();
 }

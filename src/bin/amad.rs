@@ -422,6 +422,13 @@ commands:
         let teacher = Captioner::load(&gpu, std::path::Path::new(teacher_dir))?;
         let shape = StudentShape::default_for(&teacher.model.cfg).overridden(layers, width, heads);
         shape.check()?;
+        if init_from_teacher {
+            // Before the teacher captions anything: a student that cannot start from it is refused.
+            amad::distill::init::check(
+                &teacher.model.cfg,
+                &Config::student_of(&teacher.model.cfg, &shape),
+            )?;
+        }
         let source = match images {
             None => amad::train::Source::Scenes,
             Some(dir) => {

@@ -53,6 +53,24 @@ fn teacher_name(
     side.then(|| name.to_string())
 }
 
+/// An error where no side of a student of `cfg` is as wide as `teacher`'s, so that nothing could
+/// start from it (checked before a run does any work).
+pub fn check(teacher: &Config, cfg: &Config) -> Result<()> {
+    if sides(teacher, cfg) == (false, false) {
+        return Err(Error::Invalid(format!(
+            "the student cannot start from the teacher: its widths (encoder {}, decoder {}) differ \
+             from the teacher's ({}, {}) on both sides; give a side the teacher's width (e.g. \
+             --student-width {}) or leave out --init-from-teacher",
+            cfg.encoder.hidden_size,
+            cfg.decoder.n_embd,
+            teacher.encoder.hidden_size,
+            teacher.decoder.n_embd,
+            teacher.encoder.hidden_size,
+        )));
+    }
+    Ok(())
+}
+
 /// A student of `cfg` (seed `seed` for what is not copied) with every tensor the teacher can give
 /// copied from it; also returns how many tensors were copied. An error where neither side's
 /// widths match.
@@ -62,19 +80,8 @@ pub async fn from_teacher(
     cfg: Config,
     seed: u64,
 ) -> Result<(Model, usize)> {
+    check(&teacher.cfg, &cfg)?;
     let on = sides(&teacher.cfg, &cfg);
-    if on == (false, false) {
-        return Err(Error::Invalid(format!(
-            "the student cannot start from the teacher: its widths (encoder {}, decoder {}) differ \
-             from the teacher's ({}, {}) on both sides; give a side the teacher's width (e.g. \
-             --student-width {}) or leave out --init-from-teacher",
-            cfg.encoder.hidden_size,
-            cfg.decoder.n_embd,
-            teacher.cfg.encoder.hidden_size,
-            teacher.cfg.decoder.n_embd,
-            teacher.cfg.encoder.hidden_size,
-        )));
-    }
     let fresh = Model::new(gpu, cfg, seed)?;
     let enc_map = layer_pairs(
         teacher.cfg.encoder.num_hidden_layers,
