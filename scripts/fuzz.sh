@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-targets="${TARGETS:-safetensors torch_bin pickle zip tokenizer_json vocab_merges configs image}"
+targets="${TARGETS:-safetensors torch_bin pickle zip tokenizer_json vocab_merges configs image saved_run}"
 cargo +nightly fuzz build -O
 mkdir -p target/fuzz-logs
 run() {

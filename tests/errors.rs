@@ -204,6 +204,14 @@ fn files_that_claim_huge_sizes_are_refused_before_allocating() {
         err.contains("bomb.png") && err.contains("too large to decode"),
         "{err}"
     );
+    // An empty file is refused as no image, by name.
+    let err = amad::data::image::decode(&[], "empty.png")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("empty.png") && err.contains("not an image"),
+        "{err}"
+    );
     let header =
         br#"{"t":{"dtype":"F32","shape":[1000000,1000000],"data_offsets":[0,4000000000000]}}"#;
     let mut st = (header.len() as u64).to_le_bytes().to_vec();

@@ -93,3 +93,29 @@ fn the_readme_quick_start_is_what_ci_runs() {
         assert!(Path::new(ROOT).join(c).is_file(), "{c}");
     }
 }
+
+/// Every repository path a tracked file names (a doc, a script, a source file, a fixture) exists, so
+/// no comment, doc or script points at a file the repository does not hold.
+#[test]
+fn named_files_exist() {
+    let re = fancy_regex::Regex::new(
+        r"(?<![\w/.-])(?:docs|scripts|tests|src|shaders|www|examples|fuzz)/[\w./-]+\.(?:md|rs|sh|py|wgsl|js|mjs|json|html|toml|png|safetensors|bin)\b",
+    )
+    .unwrap();
+    let mut missing = vec![];
+    for path in tracked() {
+        if path.components().any(|c| c.as_os_str() == "node_modules") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for m in re.find_iter(&text).flatten() {
+            let named = m.as_str();
+            if !Path::new(ROOT).join(named).exists() {
+                missing.push(format!("{} names {named}", path.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+}

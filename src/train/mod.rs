@@ -4,6 +4,7 @@
 //! (the last checkpoint, written before it, stays good).
 
 pub mod batch;
+pub mod page;
 pub mod shape_loss;
 
 pub use shape_loss::{ShapeLoss, ShapeTargets};
