@@ -6,12 +6,7 @@
 # REPORT_ONLY=1 writes the report again from the last run's target/bench/caption-*.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -c "import torch, transformers, safetensors" 2>/dev/null || .venv/bin/pip install -q torch transformers safetensors pillow
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-model=target/bench/nlpconnect-random
-[ -f "$model/model.safetensors" ] || .venv/bin/python scripts/make_random_hub_model.py --out "$model"
+. scripts/hub_bench_setup.sh
 images=(tests/fixtures/photos/astronaut.png tests/fixtures/photos/coffee.png tests/fixtures/photos/chelsea.png)
 beams="${BEAMS:-1}"
 mkdir -p target/bench

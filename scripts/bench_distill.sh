@@ -8,12 +8,7 @@
 #   DEVICE=cuda scripts/bench_distill.sh     # on a GPU machine: PyTorch on CUDA
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -c "import torch, transformers, safetensors" 2>/dev/null || .venv/bin/pip install -q torch transformers safetensors pillow
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-model=target/bench/nlpconnect-random
-[ -f "$model/model.safetensors" ] || .venv/bin/python scripts/make_random_hub_model.py --out "$model"
+. scripts/hub_bench_setup.sh
 batch="${BATCH:-16}"
 len="${LEN:-16}"
 mkdir -p target/bench

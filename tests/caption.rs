@@ -10,15 +10,9 @@ use std::path::{Path, PathBuf};
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
 
-fn temp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("amad-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// The tiny model with a 30-token vocabulary (4 special + 26 words) and 16×16 preprocessing.
 fn captioner_dir(tag: &str) -> PathBuf {
-    let dir = temp(tag);
+    let dir = temp_dir(tag);
     write_captioner(&dir);
     dir
 }
@@ -112,7 +106,7 @@ fn decoding_flattens_alpha_and_shrinks_huge_images() {
 #[test]
 fn caption_command_captions_every_readable_image_and_reports_the_rest() {
     let dir = captioner_dir("cli");
-    let imgs = temp("images");
+    let imgs = temp_dir("images");
     let good = [
         ("a.png", image::ImageFormat::Png),
         ("b.jpg", image::ImageFormat::Jpeg),
@@ -175,7 +169,7 @@ fn caption_command_captions_every_readable_image_and_reports_the_rest() {
 
 #[test]
 fn loss_command_writes_loss_gradient_and_weights() {
-    let dir = temp("loss");
+    let dir = temp_dir("loss");
     let (b, h, q, k) = (1, 2, 3, 3);
     let maps: Vec<f32> = (0..b * h * q * k)
         .map(|i| [0.2f32, 0.3, 0.5][i % 3])
@@ -225,7 +219,7 @@ fn loss_command_writes_loss_gradient_and_weights() {
 fn a_closed_output_pipe_ends_the_program_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let dir = captioner_dir("pipe");
-    let imgs = temp("pipe-images");
+    let imgs = temp_dir("pipe-images");
     let img = image::DynamicImage::ImageRgba8(image(40, 30, 7));
     img.save_with_format(imgs.join("a.png"), image::ImageFormat::Png)
         .unwrap();
@@ -274,7 +268,7 @@ fn batched_beam_search_matches_each_image_alone() {
 #[test]
 fn no_spurious_errors_without_xdg_runtime_dir() {
     let dir = captioner_dir("xdg");
-    let imgs = temp("xdg-images");
+    let imgs = temp_dir("xdg-images");
     image::DynamicImage::ImageRgba8(image(20, 20, 3))
         .save_with_format(imgs.join("a.png"), image::ImageFormat::Png)
         .unwrap();

@@ -8,17 +8,10 @@ use amad::model::captioner::Captioner;
 use amad::model::{Config, Model, StudentShape};
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
 const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
-
-fn temp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("amad-distill-hub-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Two crops of each fixture photo (left and right halves) and their mirror images: 12 PNGs.
 fn photo_crops(dir: &Path) {
@@ -51,7 +44,7 @@ fn json(path: &Path) -> Value {
 
 #[test]
 fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
-    let (images, out) = (temp("crops"), temp("out"));
+    let (images, out) = (temp_dir("crops"), temp_dir("out"));
     photo_crops(&images);
     let run = |steps: &str| {
         amad_cli([
@@ -160,7 +153,7 @@ fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
 
 #[test]
 fn too_few_photos_and_a_batch_over_the_device_are_refused_with_what_would_do() {
-    let (images, out) = (temp("few"), temp("few-out"));
+    let (images, out) = (temp_dir("few"), temp_dir("few-out"));
     std::fs::copy(format!("{PHOTOS}/coffee.png"), images.join("coffee.png")).unwrap();
     std::fs::write(images.join("notes.txt"), "not an image").unwrap();
     let distill = |extra: &[&str]| {
@@ -340,7 +333,7 @@ fn a_full_size_teacher_distils_into_a_three_head_student() {
 /// row of agreement scores per method.
 #[test]
 fn the_photo_experiment_runs_every_method_and_writes_its_report() {
-    let out = temp("experiment");
+    let out = temp_dir("experiment");
     let root = env!("CARGO_MANIFEST_DIR");
     let r = std::process::Command::new("bash")
         .arg(format!("{root}/scripts/experiment_photos.sh"))
@@ -461,7 +454,7 @@ fn a_student_as_wide_as_its_teacher_starts_from_its_paired_layers() {
     .to_string();
     assert!(err.contains("--student-width 48"), "{err}");
     // Through the CLI it is refused before the teacher captions anything.
-    let out = temp("narrow");
+    let out = temp_dir("narrow");
     let r = amad_cli([
         "distill",
         "--teacher",

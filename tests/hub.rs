@@ -18,16 +18,9 @@ const GOLDEN: &str = concat!(
     "/tests/fixtures/hub_tiny_golden.json"
 );
 
-fn temp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("amad-hub-{tag}-{}", std::process::id()));
-    std::fs::remove_dir_all(&d).ok();
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A copy of the tiny Hub checkpoint without the files in `drop`.
 fn copy_without(tag: &str, drop: &[&str]) -> PathBuf {
-    let d = temp(tag);
+    let d = temp_dir(tag);
     for f in std::fs::read_dir(HUB_TINY).unwrap() {
         let f = f.unwrap();
         let name = f.file_name().into_string().unwrap();

@@ -411,7 +411,7 @@ let distillState = 'idle'; // idle | running | paused | stopped | complete
 let runOptions = null;
 let brokenStudent = false; // the run stopped on a non-finite loss
 // What a resume takes from the form rather than from the saved run: what can change mid-run.
-const RESUMABLE = ['lr', 'steps', 'warmup', 'checkpoint_every', 'eval_every'];
+const RESUMABLE = ['lr', 'steps', 'checkpoint_every', 'eval_every'];
 const losses = { ce: [], kd: [], attn: [], total: [] };
 
 function setDistillState(s) {

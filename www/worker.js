@@ -260,7 +260,7 @@ const handlers = {
     // A resumed run continues the history it saved, up to its checkpoint's step.
     const h = (saved && saved.history) || { steps: [], evals: [] };
     const upTo = saved ? saved.step : 0;
-    history = { steps: h.steps.filter((x) => x.step <= upTo), evals: h.evals.filter((x) => x.step <= upTo) };
+    history = historyUpTo(h, upTo);
     return { student, targets, step: upTo, options, history };
   },
 
@@ -346,6 +346,11 @@ const handlers = {
   },
 };
 
+// The part of a run's history up to its step `step` (what a checkpoint of that step holds).
+function historyUpTo(h, step) {
+  return { steps: h.steps.filter((x) => x.step <= step), evals: h.evals.filter((x) => x.step <= step) };
+}
+
 async function saveCheckpoint() {
   const c = await amad.checkpoint();
   await db('put', {
@@ -354,7 +359,7 @@ async function saveCheckpoint() {
     config: c.config,
     weights: c.weights.buffer,
     state: c.state.buffer,
-    history: { steps: history.steps.filter((x) => x.step <= c.step), evals: history.evals.filter((x) => x.step <= c.step) },
+    history: historyUpTo(history, c.step),
     saved: Date.now(),
   });
 }

@@ -508,10 +508,7 @@ pub fn distill(
 /// The process's peak resident memory in bytes (Linux: VmHWM), where the system reports it. On a
 /// CPU adapter (lavapipe) the device's buffers live here too.
 fn peak_resident() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    crate::gpu::proc_bytes("/proc/self/status", "VmHWM:")
 }
 
 /// `amad bench caption`: per image, the encoder's time (preprocessing, ViT, cross-attention keys

@@ -91,6 +91,16 @@ fn image_operands_default(info: &wgpu::AdapterInfo) -> bool {
     info.device_type == wgpu::DeviceType::Cpu
 }
 
+/// A "Key:   N kB" line of a Linux /proc file (meminfo, self/status) in bytes, where the system
+/// has the file and the line.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn proc_bytes(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Wall time and dispatch count per kernel entry point, gathered while profiling.
 pub type Profile = std::collections::BTreeMap<&'static str, (u64, f64)>;
 
@@ -292,12 +302,7 @@ impl Gpu {
             return None;
         }
         #[cfg(not(target_arch = "wasm32"))]
-        {
-            let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kb * 1024)
-        }
+        return proc_bytes("/proc/meminfo", "MemAvailable:");
         #[cfg(target_arch = "wasm32")]
         None
     }

@@ -226,3 +226,11 @@ pub fn full_size_random(g: &Gpu) -> (Vec<Vec<f32>>, amad::model::Model) {
     };
     (values, model)
 }
+
+/// A fresh, empty directory for the calling test: `tag` names it within the test binary.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("amad-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&d).ok();
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}

@@ -87,19 +87,10 @@ const COPY_BUDGET: usize = 1 << 22;
 impl Value {
     /// How many values `self` holds, itself included, counting no further than `cap`.
     fn count(&self, cap: usize) -> usize {
-        let children: &[Value] = match self {
-            Value::Tuple(v) | Value::List(v) => v,
-            Value::Dict(pairs) => {
-                let mut n = 1;
-                for (k, v) in pairs {
-                    if n > cap {
-                        break;
-                    }
-                    n += k.count(cap) + v.count(cap);
-                }
-                return n;
-            }
-            _ => &[],
+        let children: Box<dyn Iterator<Item = &Value>> = match self {
+            Value::Tuple(v) | Value::List(v) => Box::new(v.iter()),
+            Value::Dict(pairs) => Box::new(pairs.iter().flat_map(|(k, v)| [k, v])),
+            _ => Box::new(std::iter::empty()),
         };
         let mut n = 1;
         for c in children {
