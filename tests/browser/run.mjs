@@ -45,6 +45,8 @@ page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
 
 let passed = 0;
 let failed = 0;
+// The failures again at the end, where a CI log's tail shows them.
+const failures = [];
 async function check(name, f) {
   const t0 = Date.now();
   try {
@@ -53,7 +55,8 @@ async function check(name, f) {
     console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   } catch (e) {
     failed++;
-    console.log(`FAIL ${name}: ${e.message.split('\n')[0]}`);
+    failures.push(`FAIL ${name}: ${e.message.split('\n')[0]}`);
+    console.log(failures[failures.length - 1]);
     await page.screenshot({ path: path.join(shots, `failed-${name.replace(/\W+/g, '-')}.png`), fullPage: true }).catch(() => {});
   }
 }
@@ -238,18 +241,20 @@ await check('20 distillation steps run and the loss goes down, and the page stay
   await set('eval_every', 0);
   await page.click('[data-testid=distill-start]');
   // While it trains, the main thread's timers keep firing on time (the work is in the worker).
-  const lag = await page.evaluate(() => new Promise((resolve) => {
+  // Steps on the main thread would stall them for a step's length (about a second here) at every
+  // step; one short stall is allowed, since a busy 2-core machine can deschedule the page once.
+  const stalls = await page.evaluate(() => new Promise((resolve) => {
     let last = performance.now();
-    let worst = 0;
+    const late = [];
     const t = setInterval(() => {
       const now = performance.now();
-      worst = Math.max(worst, now - last - 20);
+      if (now - last - 20 > 250) late.push(Math.round(now - last - 20));
       last = now;
     }, 20);
-    setTimeout(() => { clearInterval(t); resolve(worst); }, 3000);
+    setTimeout(() => { clearInterval(t); resolve(late); }, 3000);
   }));
-  console.log(`     worst main-thread timer delay during training: ${lag.toFixed(0)} ms`);
-  assert(lag < 250, `the page stalled for ${lag} ms`);
+  console.log(`     main-thread timers over 250 ms late during training: ${stalls.length ? stalls.join(', ') + ' ms' : 'none'}`);
+  assert(stalls.length <= 1 && stalls.every((ms) => ms < 1000), `the page stalled: ${stalls.join(', ')} ms`);
   await page.waitForFunction(() => document.querySelector('[data-testid=distill-step]').textContent === '20' && document.getElementById('distill-state').textContent === 'complete', null, { timeout: 600000 });
   const rate = await page.textContent('#distill-rate');
   assert(/^[\d.]+ steps\/s, ETA \d+m\d+s$/.test(rate), rate);
@@ -618,5 +623,6 @@ await check('without WebGPU the page says what works', async () => {
 });
 
 server.close();
+for (const f of failures) console.log(f);
 console.log(`browser: ${passed} passed, ${failed} failed; screenshots in ${shots}`);
 process.exit(failed ? 1 : 0);
