@@ -192,7 +192,7 @@ fn truth_checks_every_claim() {
 #[test]
 fn export_writes_images_captions_and_the_vocabulary() {
     let dir = std::env::temp_dir().join(format!("amad-export-{}", std::process::id()));
-    amad::data::export::export(Split::Test, 5, &dir, "test").unwrap();
+    amad::data::export::export(Split::Test, 5, &dir).unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("captions.jsonl"))
         .unwrap()
         .lines()

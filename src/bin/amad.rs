@@ -11,8 +11,7 @@ fn main() {
     }
     #[cfg(unix)]
     private_runtime_dir();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match cli::run(&args) {
+    let code = match cli::run() {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("amad: {e}");
@@ -50,265 +49,432 @@ fn private_runtime_dir() {
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use amad::distill::maps_file;
-    use amad::ops::amad::Options;
+    use amad::model::captioner::Captioner;
+    use amad::train::RunOptions;
     use amad::{Error, Gpu, Result};
+    use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+    use std::path::{Path, PathBuf};
 
-    const USAGE: &str = "usage: amad <command> [options]
-
-commands:
-  caption --model DIR [--beam N] [--max-tokens N] IMAGE...
-        one line per image: the file name, a tab, the caption; unreadable files are reported on
-        stderr (exit status 1) and the others still caption. DIR is a checkpoint as amad writes
-        it or as the Hugging Face Hub holds it (safetensors, sharded, or pytorch_model.bin);
-        decoding follows the checkpoint's generation settings unless --beam/--max-tokens say else
-  train-teacher --out DIR [--steps N] [--batch B] [--lr LR] [--warmup N] [--decay-to F]
-                [--seed S] [--shape-loss W] [--shape-cells Q] [--checkpoint-every N] [--until N]
-                [--eval-every N] [--eval-n N]
-        trains the default teacher on generated scenes (2,500 steps of batch 32, learning rate
-        2e-3), on the caption loss plus W (default 5; 0: none) times a per-patch shape loss that
-        teaches the encoder shapes directly (--shape-cells Q: labels for each patch's Q × Q
-        sub-cells, Q dividing the patch size; default 2); DIR gets the checkpoint,
-        metrics.jsonl and the optimiser state, and a run started again on the same DIR resumes
-        from its checkpoint (--until N stops after step N, to continue later). The learning rate
-        warms up linearly over N steps (default 100), then follows a cosine to F times its peak
-        (default 0.1)
-  distill --teacher DIR --out DIR [--method M] [--student-layers L] [--student-width W]
-          [--student-heads H] [--steps N] [--batch B] [--lr LR] [--warmup N] [--decay-to F]
-          [--alpha A] [--beta B] [--gamma G] [--temperature T] [--tau T] [--detach-weights]
-          [--seed S] [--init-from-teacher] [--checkpoint-every N] [--until N] [--images DIR]
-          [--val-fraction F] [--eval-every N] [--eval-n N]
-        distils a student from the teacher (the bundled one, or a Hub captioner's directory) on
-        generated scenes, or on the images in DIR with the teacher's captions as targets (kept in
-        OUT/targets.jsonl, so no image is captioned twice); M: ce, kd, one-to-one, amad-mse,
-        amad-kl (default), amad-token. The student shares the teacher's vocabulary and image
-        geometry; L, W and H are N for both sides or E,D for the encoder and the decoder, and
-        default to a quarter of the teacher's width and heads, a third of its encoder layers and a
-        sixth of its decoder layers, at least 2 × 64 × 2 (ViT-B + GPT-2: 4,2 layers, 192 wide, 3
-        heads). The student starts random (seed S); --init-from-teacher starts each side as wide
-        as the teacher's from the teacher's layers (student layer j from the teacher layer the
-        losses pair it with) and embeddings. OUT/alignment.json gets the AMAD alignment weights
-        at each checkpoint; --eval-every N logs validation scores to OUT/metrics.jsonl: on N
-        scenes (--eval-n, default 50), or with --images the agreement (BLEU-4, CIDEr-D, ROUGE-L)
-        of the student's captions with the teacher's on the share F of the images held out
-        (default 0.1).
-        Defaults: 2,400 steps of batch 32 at learning rate 1e-3, scheduled as train-teacher's.
-        Resumes like train-teacher.
-  eval --model DIR [--split test] [--n N] [--beam N] [--json]
-        BLEU-4, CIDEr-D, ROUGE-L and truth of the model's captions of generated scenes
-  data export --split train|validation|test --n N --out DIR
-        generated scenes as PNG files, captions.jsonl (file, references, scene graph) and the
-        vocabulary as tokenizer.json
-  loss --input MAPS.safetensors --variant V --output OUT.safetensors [--tau T] [--detach-weights]
-        the attention-distillation loss of teacher [B,Ht,q,k] and student [B,Hs,q,k] maps
-        (optional mask [B,q,k]); writes loss, grad_student and weights.
-        V: mse, kl, token-kl, one-to-one-kl, one-to-one-mse
-  bench kernels [--json] [--iters N]
-        GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward+backward time
-  bench step [--json] [--iters N] [--batch B]
-        time of one teacher training step and one distillation step at the default configs
-  bench distill --teacher DIR [--batch B] [--len L] [--iters N] [--json] [--profile]
-        a distillation step from the teacher in DIR (a Hub captioner) into its default student
-        at batch B (default 16) with captions of L positions (default 16): the teacher's forward
-        alone and the whole step (the best of N after a warm-up, default 2), and the peak memory;
-        --profile: the step kernel by kernel instead
-  bench caption --model DIR [--beam N] [--max-tokens N] [--iters N] [--json] IMAGE...
-        per image: encoder time, decoder time per new token and the whole caption's time (the
-        best of N runs after a warm-up, default 3), and the process's peak resident memory
-  bench profile [--batch B]
-        the same two steps kernel by kernel: dispatches and wall time per kernel (a developer's
-        breakdown: each dispatch is submitted on its own)
-  help  this text";
-
-    /// Flags of one command: `--name value` pairs and bare `--switch`es.
-    struct Flags<'a> {
-        args: &'a [String],
-        used: Vec<bool>,
+    /// amad: Attention Map Alignment Distillation of image-captioning transformers, on wgpu.
+    #[derive(Parser)]
+    #[command(name = "amad", version, arg_required_else_help = true)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
     }
 
-    impl<'a> Flags<'a> {
-        fn new(args: &'a [String]) -> Flags<'a> {
-            Flags {
-                args,
-                used: vec![false; args.len()],
+    #[derive(Subcommand)]
+    enum Command {
+        /// One line per image: the file name, a tab, the caption.
+        ///
+        /// Unreadable files are reported on stderr (exit status 1) and the others still caption.
+        /// The model is a checkpoint as amad writes it or as the Hugging Face Hub holds it
+        /// (safetensors, sharded, or pytorch_model.bin); decoding follows the checkpoint's
+        /// generation settings unless --beam or --max-tokens say otherwise.
+        Caption(CaptionArgs),
+        /// Trains the default teacher on generated scenes.
+        ///
+        /// The loss is the caption loss plus a per-patch shape loss that teaches the encoder
+        /// shapes directly. OUT gets the checkpoint, metrics.jsonl and the optimiser state, and a
+        /// run started again on the same OUT resumes from its checkpoint.
+        TrainTeacher(TrainTeacherArgs),
+        /// Distils a student from a teacher, on generated scenes or on your images.
+        ///
+        /// The teacher is the bundled one or a Hub captioner's directory. With --images the
+        /// teacher captions each image once (kept in OUT/targets.jsonl by the image's bytes) and
+        /// those captions are the targets. The student shares the teacher's vocabulary and image
+        /// geometry. OUT/alignment.json gets the AMAD alignment weights at each checkpoint. A run
+        /// started again on the same OUT resumes from its checkpoint.
+        Distill(DistillArgs),
+        /// BLEU-4, CIDEr-D, ROUGE-L and truth of a model's captions of generated scenes.
+        Eval(EvalArgs),
+        /// Generated scenes as files.
+        #[command(subcommand)]
+        Data(DataCommand),
+        /// The attention-distillation loss of teacher and student maps in a safetensors file.
+        ///
+        /// The input holds teacher [B,Ht,q,k] and student [B,Hs,q,k] maps and optionally a mask
+        /// [B,q,k]; the output gets loss, grad_student and weights.
+        Loss(LossArgs),
+        /// Benchmarks that print figures.
+        #[command(subcommand)]
+        Bench(BenchCommand),
+    }
+
+    /// At least 1.
+    fn positive(s: &str) -> std::result::Result<usize, String> {
+        match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{s:?} is not a whole number of 1 or more")),
+        }
+    }
+
+    /// A student size: N for both the encoder and the decoder, or E,D for each.
+    fn sides(s: &str) -> std::result::Result<(usize, usize), String> {
+        let bad = || format!("{s:?} is not N or E,D (whole numbers)");
+        let n = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
+        match s.split_once(',') {
+            Some((e, d)) => Ok((n(e)?, n(d)?)),
+            None => n(s).map(|x| (x, x)),
+        }
+    }
+
+    fn split(s: &str) -> std::result::Result<amad::data::scenes::Split, String> {
+        amad::data::scenes::Split::parse(s)
+            .ok_or_else(|| format!("{s:?}: choose train, validation or test"))
+    }
+
+    #[derive(Args)]
+    struct CaptionArgs {
+        /// The checkpoint's directory.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// Beams of the beam search (1: greedy).
+        #[arg(long, value_name = "N", value_parser = positive)]
+        beam: Option<usize>,
+        /// The most tokens a caption gets.
+        #[arg(long, value_name = "N", value_parser = positive)]
+        max_tokens: Option<usize>,
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<PathBuf>,
+    }
+
+    /// The options of a training run, shared by train-teacher and distill. Each command's
+    /// defaults are its `RunOptions` constant, set by [`with_run_defaults`].
+    #[derive(Args)]
+    struct RunArgs {
+        /// The run's length in steps: the learning-rate schedule spans it.
+        #[arg(long, value_name = "N", value_parser = positive)]
+        steps: Option<usize>,
+        /// Stops after step N, to continue later from the checkpoint.
+        #[arg(long, value_name = "N")]
+        until: Option<u64>,
+        /// Examples per step.
+        #[arg(long, value_name = "B", value_parser = positive)]
+        batch: Option<usize>,
+        /// The peak learning rate.
+        #[arg(long, value_name = "LR")]
+        lr: Option<f32>,
+        /// Steps of linear warm-up; then a cosine to --decay-to times the peak.
+        #[arg(long, value_name = "N")]
+        warmup: Option<u64>,
+        /// Where the cosine ends, as a fraction of the peak learning rate.
+        #[arg(long, value_name = "F")]
+        decay_to: Option<f32>,
+        /// Writes the checkpoint every N steps.
+        #[arg(long, value_name = "N", value_parser = positive)]
+        checkpoint_every: Option<usize>,
+        /// Logs validation scores to OUT/metrics.jsonl every N steps (0: never).
+        #[arg(long, value_name = "N")]
+        eval_every: Option<u64>,
+        /// Scenes per validation.
+        #[arg(long, value_name = "N", value_parser = positive)]
+        eval_n: Option<usize>,
+    }
+
+    impl RunArgs {
+        fn options(&self, d: &RunOptions) -> RunOptions {
+            RunOptions {
+                steps: self.steps.map_or(d.steps, |n| n as u64),
+                until: self.until,
+                batch: self.batch.unwrap_or(d.batch),
+                lr: self.lr.unwrap_or(d.lr),
+                warmup: self.warmup.unwrap_or(d.warmup),
+                decay_to: self.decay_to.unwrap_or(d.decay_to),
+                checkpoint_every: self
+                    .checkpoint_every
+                    .map_or(d.checkpoint_every, |n| n as u64),
+                max_norm: d.max_norm,
+                eval_every: self.eval_every.unwrap_or(d.eval_every),
+                eval_n: self.eval_n.unwrap_or(d.eval_n),
             }
         }
+    }
 
-        fn value(&mut self, name: &str) -> Result<Option<&'a str>> {
-            let Some(i) = self.args.iter().position(|a| a == name) else {
-                return Ok(None);
-            };
-            let v = self
-                .args
-                .get(i + 1)
-                .filter(|v| !v.starts_with("--"))
-                .ok_or_else(|| Error::Invalid(format!("{name} needs a value")))?;
-            self.used[i] = true;
-            self.used[i + 1] = true;
-            Ok(Some(v))
-        }
+    /// Shows a command's run defaults (`d`) in its help: the one place they are set is `d`.
+    fn with_run_defaults(c: clap::Command, d: &RunOptions) -> clap::Command {
+        let defaults = [
+            ("steps", d.steps.to_string()),
+            ("batch", d.batch.to_string()),
+            ("lr", d.lr.to_string()),
+            ("warmup", d.warmup.to_string()),
+            ("decay_to", d.decay_to.to_string()),
+            ("checkpoint_every", d.checkpoint_every.to_string()),
+            ("eval_every", d.eval_every.to_string()),
+            ("eval_n", d.eval_n.to_string()),
+        ];
+        defaults
+            .into_iter()
+            .fold(c, |c, (id, v)| c.mut_arg(id, |a| a.default_value(v)))
+    }
 
-        fn required(&mut self, name: &str) -> Result<&'a str> {
-            self.value(name)?
-                .ok_or_else(|| Error::Invalid(format!("missing {name}\n\n{USAGE}")))
-        }
+    #[derive(Args)]
+    struct TrainTeacherArgs {
+        /// The run's directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        /// The seed of the initial weights.
+        #[arg(long, value_name = "S", default_value_t = 1)]
+        seed: u64,
+        /// The shape loss's weight (0: none).
+        #[arg(long, value_name = "W", default_value_t = 5.0)]
+        shape_loss: f32,
+        /// Shape labels for each patch's Q × Q sub-cells (Q divides the patch size).
+        #[arg(long, value_name = "Q")]
+        shape_cells: Option<usize>,
+    }
 
-        fn switch(&mut self, name: &str) -> bool {
-            match self.args.iter().position(|a| a == name) {
-                Some(i) => {
-                    self.used[i] = true;
-                    true
-                }
-                None => false,
-            }
-        }
+    /// Sub-cells per patch side of the shape labels where --shape-cells is not given.
+    const SHAPE_CELLS: usize = 2;
 
-        fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T> {
-            Ok(self.given_number(name)?.unwrap_or(default))
-        }
+    #[derive(Args)]
+    struct DistillArgs {
+        /// The teacher's directory.
+        #[arg(long, value_name = "DIR")]
+        teacher: PathBuf,
+        /// The run's directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// ce, kd, one-to-one, amad-mse, amad-kl or amad-token.
+        #[arg(long, value_name = "M", default_value = amad::distill::DEFAULT_METHOD)]
+        method: String,
+        /// Student layers, N or E,D (default: a third of the teacher's encoder layers and a
+        /// sixth of its decoder layers, at least 2).
+        #[arg(long, value_name = "L", value_parser = sides)]
+        student_layers: Option<(usize, usize)>,
+        /// Student width, N or E,D (default: a quarter of the teacher's, at least 64).
+        #[arg(long, value_name = "W", value_parser = sides)]
+        student_width: Option<(usize, usize)>,
+        /// Student heads, N or E,D (default: a quarter of the teacher's, at least 2).
+        #[arg(long, value_name = "H", value_parser = sides)]
+        student_heads: Option<(usize, usize)>,
+        #[command(flatten)]
+        run: RunArgs,
+        /// α: the weight of the caption loss.
+        #[arg(long, value_name = "A", default_value_t = amad::distill::DistillConfig::default().alpha)]
+        alpha: f32,
+        /// β: the weight of output distillation (KD).
+        #[arg(long, value_name = "B", default_value_t = amad::distill::DistillConfig::default().beta)]
+        beta: f32,
+        /// γ: the weight of the attention term.
+        #[arg(long, value_name = "G", default_value_t = amad::distill::DistillConfig::default().gamma)]
+        gamma: f32,
+        /// The KD temperature.
+        #[arg(long, value_name = "T", default_value_t = amad::distill::DistillConfig::default().temperature)]
+        temperature: f32,
+        /// τ: the temperature of the alignment weights.
+        #[arg(long, value_name = "T", default_value_t = amad::distill::DEFAULT_TAU)]
+        tau: f32,
+        /// Alignment weights pass no gradient.
+        #[arg(long)]
+        detach_weights: bool,
+        /// The seed of the student's initial weights.
+        #[arg(long, value_name = "S", default_value_t = amad::distill::DEFAULT_SEED)]
+        seed: u64,
+        /// Starts each side as wide as the teacher's from the teacher's layers (student layer j
+        /// from the teacher layer the losses pair it with) and embeddings.
+        #[arg(long)]
+        init_from_teacher: bool,
+        /// Distils on the images in DIR, with the teacher's captions as targets.
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// With --images: the share of the images held out for validation, where the student's
+        /// agreement with the teacher (BLEU-4, CIDEr-D, ROUGE-L) is logged.
+        #[arg(long, value_name = "F", default_value_t = amad::train::batch::VAL_FRACTION)]
+        val_fraction: f64,
+    }
 
-        /// A number flag's value, or None where the flag is not given (for checks that only apply
-        /// to what the user asked for, not to a default).
-        fn given_number<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>> {
-            self.value(name)?
-                .map(|v| {
-                    v.parse()
-                        .map_err(|_| Error::Invalid(format!("{name}: {v:?} is not a valid number")))
-                })
-                .transpose()
-        }
+    #[derive(Args)]
+    struct EvalArgs {
+        /// The checkpoint's directory.
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// train, validation or test.
+        #[arg(long, default_value = "test", value_parser = split)]
+        split: amad::data::scenes::Split,
+        /// Scenes to caption.
+        #[arg(long, value_name = "N", default_value_t = 200, value_parser = positive)]
+        n: usize,
+        /// Beams of the beam search (1: greedy).
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = positive)]
+        beam: usize,
+        /// One JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+    }
 
-        /// A student-size flag: N for both the encoder and the decoder, or E,D for each.
-        fn sides(&mut self, name: &str) -> Result<Option<(usize, usize)>> {
-            let Some(v) = self.value(name)? else {
-                return Ok(None);
-            };
-            let bad = || Error::Invalid(format!("{name}: {v:?} is not N or E,D (whole numbers)"));
-            let n = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
-            match v.split_once(',') {
-                Some((e, d)) => Ok(Some((n(e)?, n(d)?))),
-                None => n(v).map(|x| Some((x, x))),
-            }
-        }
+    #[derive(Subcommand)]
+    enum DataCommand {
+        /// Generated scenes as PNG files, captions.jsonl (file, references, scene graph) and the
+        /// vocabulary as tokenizer.json.
+        Export {
+            /// train, validation or test.
+            #[arg(long, value_parser = split)]
+            split: amad::data::scenes::Split,
+            /// Scenes to write.
+            #[arg(long, value_name = "N", default_value_t = 200)]
+            n: usize,
+            /// The directory to write them to.
+            #[arg(long, value_name = "DIR")]
+            out: PathBuf,
+        },
+    }
 
-        /// The arguments no flag consumed (file names); an unknown `--flag` among them is an error.
-        fn positionals(self) -> Result<Vec<&'a str>> {
-            let mut out = vec![];
-            for (a, used) in self.args.iter().zip(&self.used) {
-                if !used {
-                    if a.starts_with("--") {
-                        return Err(Error::Invalid(format!("unknown option {a:?}\n\n{USAGE}")));
-                    }
-                    out.push(a.as_str());
-                }
-            }
-            Ok(out)
-        }
+    #[derive(Args)]
+    struct LossArgs {
+        /// The maps: teacher, student and optionally mask.
+        #[arg(long, value_name = "MAPS.safetensors")]
+        input: PathBuf,
+        /// mse, kl, token-kl, one-to-one-kl or one-to-one-mse.
+        #[arg(long, value_name = "V", value_parser = maps_file::parse_variant)]
+        variant: amad::ops::amad::Variant,
+        /// Where the loss, grad_student and weights go.
+        #[arg(long, value_name = "OUT.safetensors")]
+        output: PathBuf,
+        /// τ: the temperature of the alignment weights.
+        #[arg(long, value_name = "T", default_value_t = amad::distill::DEFAULT_TAU)]
+        tau: f32,
+        /// Alignment weights pass no gradient.
+        #[arg(long)]
+        detach_weights: bool,
+    }
 
-        /// Errors on anything not consumed, so that a typo is never silently ignored.
-        fn done(self) -> Result<()> {
-            match self.args.iter().zip(&self.used).find(|(_, u)| !**u) {
-                Some((a, _)) => Err(Error::Invalid(format!(
-                    "unexpected argument {a:?}\n\n{USAGE}"
-                ))),
-                None => Ok(()),
-            }
-        }
+    #[derive(Subcommand)]
+    enum BenchCommand {
+        /// GFLOP/s of matmul at 512³ and at the teacher's shapes; attention forward + backward.
+        Kernels {
+            #[arg(long)]
+            json: bool,
+            #[arg(long, value_name = "N", default_value_t = 10, value_parser = positive)]
+            iters: usize,
+        },
+        /// One teacher training step and one distillation step at the default configs.
+        Step {
+            #[arg(long)]
+            json: bool,
+            #[arg(long, value_name = "N", default_value_t = 3, value_parser = positive)]
+            iters: usize,
+            #[arg(long, value_name = "B", default_value_t = 32, value_parser = positive)]
+            batch: usize,
+        },
+        /// A distillation step from a Hub captioner into its default student.
+        ///
+        /// The teacher's forward alone and the whole step (the best of N after a warm-up), and
+        /// the peak memory; --profile: the step kernel by kernel instead.
+        Distill {
+            /// The teacher's directory.
+            #[arg(long, value_name = "DIR")]
+            teacher: PathBuf,
+            #[arg(long, value_name = "B", default_value_t = 16, value_parser = positive)]
+            batch: usize,
+            /// Caption positions.
+            #[arg(long, value_name = "L", default_value_t = 16, value_parser = positive)]
+            len: usize,
+            #[arg(long, value_name = "N", default_value_t = 2, value_parser = positive)]
+            iters: usize,
+            #[arg(long)]
+            json: bool,
+            #[arg(long)]
+            profile: bool,
+        },
+        /// Per image: encoder time, decoder time per new token, the whole caption's time (the
+        /// best of N runs after a warm-up), and the process's peak resident memory.
+        Caption {
+            #[command(flatten)]
+            caption: CaptionArgs,
+            #[arg(long, value_name = "N", default_value_t = 3, value_parser = positive)]
+            iters: usize,
+            #[arg(long)]
+            json: bool,
+        },
+        /// The teacher and distillation steps kernel by kernel: dispatches and wall time per
+        /// kernel (each dispatch is submitted on its own).
+        Profile {
+            #[arg(long, value_name = "B", default_value_t = 32, value_parser = positive)]
+            batch: usize,
+        },
     }
 
     fn gpu() -> Result<Gpu> {
         pollster::block_on(Gpu::new())
     }
 
-    pub fn run(args: &[String]) -> Result<()> {
-        let rest = args.get(1..).unwrap_or(&[]);
-        match args.first().map(String::as_str) {
-            Some("loss") => loss(Flags::new(rest)),
-            Some("caption") => caption(Flags::new(rest)),
-            Some("train-teacher") => train_teacher(Flags::new(rest)),
-            Some("distill") => distill(Flags::new(rest)),
-            Some("eval") => eval(Flags::new(rest)),
-            Some("data") => match rest.first().map(String::as_str) {
-                Some("export") => data_export(Flags::new(&rest[1..])),
-                _ => Err(Error::Invalid(format!("unknown data command\n\n{USAGE}"))),
-            },
-            Some("bench") => match rest.first().map(String::as_str) {
-                Some("kernels") => {
-                    let mut f = Flags::new(&rest[1..]);
-                    let json = f.switch("--json");
-                    let iters: usize = f.number("--iters", 10)?;
-                    f.done()?;
-                    if iters == 0 {
-                        return Err(Error::Invalid("--iters must be at least 1".into()));
-                    }
-                    amad::bench::kernels(&gpu()?, iters, json)
-                }
-                Some("step") => {
-                    let mut f = Flags::new(&rest[1..]);
-                    let json = f.switch("--json");
-                    let iters: usize = f.number("--iters", 3)?;
-                    let batch: usize = f.number("--batch", 32)?;
-                    f.done()?;
-                    if iters == 0 || batch == 0 {
-                        return Err(Error::Invalid(
-                            "--iters and --batch must be at least 1".into(),
-                        ));
-                    }
-                    amad::bench::step(&gpu()?, batch, iters, json)
-                }
-                Some("caption") => bench_caption(Flags::new(&rest[1..])),
-                Some("distill") => bench_distill(Flags::new(&rest[1..])),
-                Some("profile") => {
-                    let mut f = Flags::new(&rest[1..]);
-                    let batch: usize = f.number("--batch", 32)?;
-                    f.done()?;
-                    if batch == 0 {
-                        return Err(Error::Invalid("--batch must be at least 1".into()));
-                    }
-                    amad::bench::profile(&gpu()?, batch)
-                }
-                _ => Err(Error::Invalid(format!("unknown benchmark\n\n{USAGE}"))),
-            },
-            Some("help") | Some("--help") | Some("-h") | None => {
-                println!("{USAGE}");
+    /// Parses the command line (help and usage errors end the process here, as clap does) and
+    /// runs the command.
+    pub fn run() -> Result<()> {
+        let command = Cli::command()
+            .mut_subcommand("train-teacher", |c| {
+                with_run_defaults(c, &RunOptions::TRAIN_TEACHER)
+            })
+            .mut_subcommand("distill", |c| with_run_defaults(c, &RunOptions::DISTILL));
+        let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+        match cli.command {
+            Command::Caption(a) => caption(a),
+            Command::TrainTeacher(a) => train_teacher(a),
+            Command::Distill(a) => distill(a),
+            Command::Eval(a) => eval(a),
+            Command::Data(DataCommand::Export { split, n, out }) => {
+                amad::data::export::export(split, n, &out)?;
+                println!("wrote {n} {} scenes to {}", split.name(), out.display());
                 Ok(())
             }
-            Some(other) => Err(Error::Invalid(format!(
-                "unknown command {other:?}\n\n{USAGE}"
-            ))),
+            Command::Loss(a) => loss(a),
+            Command::Bench(b) => match b {
+                BenchCommand::Kernels { json, iters } => amad::bench::kernels(&gpu()?, iters, json),
+                BenchCommand::Step { json, iters, batch } => {
+                    amad::bench::step(&gpu()?, batch, iters, json)
+                }
+                BenchCommand::Distill {
+                    teacher,
+                    batch,
+                    len,
+                    iters,
+                    json,
+                    profile,
+                } => {
+                    let gpu = gpu()?;
+                    let teacher = Captioner::load(&gpu, &teacher)?;
+                    amad::bench::distill(&gpu, &teacher, batch, len, iters, json, profile)
+                }
+                BenchCommand::Caption {
+                    caption,
+                    iters,
+                    json,
+                } => bench_caption(caption, iters, json),
+                BenchCommand::Profile { batch } => amad::bench::profile(&gpu()?, batch),
+            },
         }
     }
 
-    fn caption(mut f: Flags) -> Result<()> {
-        use amad::model::captioner::Captioner;
-        let dir = f.required("--model")?;
-        let beams: Option<usize> = f.given_number("--beam")?;
-        let max_new_tokens: Option<usize> = f.given_number("--max-tokens")?;
-        let images = f.positionals()?;
-        if images.is_empty() {
-            return Err(Error::Invalid(format!("no images given\n\n{USAGE}")));
-        }
-        if beams == Some(0) || max_new_tokens == Some(0) {
-            return Err(Error::Invalid(
-                "--beam and --max-tokens must be at least 1".into(),
-            ));
-        }
+    /// A path's file name, for output lines.
+    fn file_name(path: &Path) -> String {
+        path.file_name()
+            .unwrap_or(path.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// An image file decoded, or an error that names it.
+    fn read_image(path: &Path) -> Result<amad::data::image::Pixels> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("{shown}: {e}")))?;
+        amad::data::image::decode(&bytes, &shown)
+    }
+
+    fn caption(a: CaptionArgs) -> Result<()> {
         let gpu = gpu()?;
-        let captioner = Captioner::load(&gpu, std::path::Path::new(dir))?;
+        let captioner = Captioner::load(&gpu, &a.model)?;
         // The checkpoint's own generation settings, where the command line does not override them.
-        let generation = captioner.generation.overridden(beams, max_new_tokens);
+        let generation = captioner.generation.overridden(a.beam, a.max_tokens);
         let mut failed = 0;
-        for path in &images {
-            let name = std::path::Path::new(path)
-                .file_name()
-                .map_or(path.to_string(), |n| n.to_string_lossy().into_owned());
-            let result = std::fs::read(path)
-                .map_err(|e| Error::Invalid(format!("{path}: {e}")))
-                .and_then(|bytes| amad::data::image::decode(&bytes, path))
-                .and_then(|pixels| {
-                    pollster::block_on(captioner.caption(&gpu, &pixels, generation))
-                });
+        for path in &a.images {
+            let result = read_image(path).and_then(|pixels| {
+                pollster::block_on(captioner.caption(&gpu, &pixels, generation))
+            });
             match result {
-                Ok(text) => println!("{name}\t{text}"),
+                Ok(text) => println!("{}\t{text}", file_name(path)),
                 Err(e) => {
                     eprintln!("amad: {e}");
                     failed += 1;
@@ -318,40 +484,33 @@ commands:
         if failed > 0 {
             return Err(Error::Invalid(format!(
                 "{failed} of {} images could not be captioned",
-                images.len()
+                a.images.len()
             )));
         }
         Ok(())
     }
 
-    fn train_teacher(mut f: Flags) -> Result<()> {
-        use amad::model::captioner::Captioner;
+    fn train_teacher(a: TrainTeacherArgs) -> Result<()> {
         use amad::model::{preprocessor, Config, Model};
         use amad::train::train_captioner;
-        let out = std::path::PathBuf::from(f.required("--out")?);
-        // 2,500 steps of batch 32, chosen to fit the hour on lavapipe on the 2-core Xeons (51:15
-        // and 58:00 measured there at the two learning rates; 4,000 steps took 2:07:41). The shape
-        // loss's weight won a sweep of recipes; shape labels per 2 × 2 sub-cell of each patch took
-        // validation truth from about 0.8 to 0.9. At 2,500 steps a peak of 2e-3 scored 0.930 on
-        // 500 validation scenes against 0.914 to 0.918 for three seeds at 1.5e-3 (docs/teacher.md).
-        let opts = run_options(&mut f, &amad::train::RunOptions::TRAIN_TEACHER)?;
-        let seed: u64 = f.number("--seed", 1)?;
-        let weight: f32 = f.number("--shape-loss", 5.0)?;
-        let given_cells: Option<usize> = f.given_number("--shape-cells")?;
-        if let Some(cells) = given_cells.filter(|_| weight == 0.0) {
+        // The defaults are the bundled teacher's recipe (docs/bundled-models.md): the shape
+        // loss's weight and its 2 × 2 sub-cells per patch are the settings that scored best.
+        let opts = a.run.options(&RunOptions::TRAIN_TEACHER);
+        if let Some(cells) = a.shape_cells.filter(|_| a.shape_loss == 0.0) {
             return Err(Error::Invalid(format!(
                 "--shape-cells {cells} sets the shape loss's labels, but --shape-loss 0 turns that loss off; drop one of them"
             )));
         }
-        let cells = given_cells.unwrap_or(2);
-        let shape_loss = (weight != 0.0).then_some(amad::train::ShapeTargets { weight, cells });
-        f.done()?;
+        let shape_loss = (a.shape_loss != 0.0).then_some(amad::train::ShapeTargets {
+            weight: a.shape_loss,
+            cells: a.shape_cells.unwrap_or(SHAPE_CELLS),
+        });
         let gpu = gpu()?;
-        let c = train_captioner(&gpu, &out, &opts, shape_loss, || {
+        let c = train_captioner(&gpu, &a.out, &opts, shape_loss, || {
             let tokenizer = amad::data::captions::tokenizer();
             let cfg = Config::teacher(tokenizer.len(), 16);
             Ok(Captioner {
-                model: Model::new(&gpu, cfg, seed)?,
+                model: Model::new(&gpu, cfg, a.seed)?,
                 tokenizer,
                 preprocess: preprocessor::default_for(64, 8),
                 generation: amad::model::generate::Generation::default(),
@@ -362,78 +521,45 @@ commands:
 
     /// Validates a freshly trained model on `source` (200 scenes, or the held-out images) and
     /// prints the scores.
-    fn print_validation(
-        gpu: &Gpu,
-        c: &amad::model::captioner::Captioner,
-        source: &amad::train::Source,
-    ) -> Result<()> {
+    fn print_validation(gpu: &Gpu, c: &Captioner, source: &amad::train::Source) -> Result<()> {
         if let Some((_, shown)) = pollster::block_on(source.validate(gpu, c, 200))? {
             println!("{shown}");
         }
         Ok(())
     }
 
-    /// The run options shared by train-teacher and distill.
-    fn run_options(f: &mut Flags, d: &amad::train::RunOptions) -> Result<amad::train::RunOptions> {
-        Ok(amad::train::RunOptions {
-            steps: f.number("--steps", d.steps)?,
-            until: f.given_number("--until")?,
-            batch: f.number("--batch", d.batch)?,
-            lr: f.number("--lr", d.lr)?,
-            warmup: f.number("--warmup", d.warmup)?,
-            decay_to: f.number("--decay-to", d.decay_to)?,
-            checkpoint_every: f.number("--checkpoint-every", d.checkpoint_every)?,
-            max_norm: d.max_norm,
-            eval_every: f.number("--eval-every", d.eval_every)?,
-            eval_n: f.number("--eval-n", d.eval_n)?,
-        })
-    }
-
-    fn distill(mut f: Flags) -> Result<()> {
+    fn distill(a: DistillArgs) -> Result<()> {
         use amad::distill::DistillConfig;
-        use amad::model::captioner::Captioner;
         use amad::model::{Config, Model, StudentShape};
-        let teacher_dir = f.required("--teacher")?;
-        let out = std::path::PathBuf::from(f.required("--out")?);
-        let method = f
-            .value("--method")?
-            .unwrap_or(amad::distill::DEFAULT_METHOD);
-        let layers = f.sides("--student-layers")?;
-        let width = f.sides("--student-width")?;
-        let heads = f.sides("--student-heads")?;
-        let opts = run_options(&mut f, &amad::train::RunOptions::DISTILL)?;
-        let d = DistillConfig::default();
+        let opts = a.run.options(&RunOptions::DISTILL);
         let cfg = DistillConfig {
-            alpha: f.number("--alpha", d.alpha)?,
-            beta: f.number("--beta", d.beta)?,
-            gamma: f.number("--gamma", d.gamma)?,
-            temperature: f.number("--temperature", d.temperature)?,
-            ..d
-        };
-        let tau: f32 = f.number("--tau", amad::distill::DEFAULT_TAU)?;
-        let detach_weights = f.switch("--detach-weights");
-        let init_from_teacher = f.switch("--init-from-teacher");
-        let seed: u64 = f.number("--seed", amad::distill::DEFAULT_SEED)?;
-        let images = f.value("--images")?;
-        let val_fraction: f64 = f.number("--val-fraction", amad::train::batch::VAL_FRACTION)?;
-        f.done()?;
-        let cfg = cfg.with_method(method, tau, detach_weights)?;
+            alpha: a.alpha,
+            beta: a.beta,
+            gamma: a.gamma,
+            temperature: a.temperature,
+            ..DistillConfig::default()
+        }
+        .with_method(&a.method, a.tau, a.detach_weights)?;
         let gpu = gpu()?;
-        let teacher = Captioner::load(&gpu, std::path::Path::new(teacher_dir))?;
-        let shape = StudentShape::default_for(&teacher.model.cfg).overridden(layers, width, heads);
+        let teacher = Captioner::load(&gpu, &a.teacher)?;
+        let shape = StudentShape::default_for(&teacher.model.cfg).overridden(
+            a.student_layers,
+            a.student_width,
+            a.student_heads,
+        );
         shape.check()?;
-        if init_from_teacher {
+        if a.init_from_teacher {
             // Before the teacher captions anything: a student that cannot start from it is refused.
             amad::distill::init::check(
                 &teacher.model.cfg,
                 &Config::student_of(&teacher.model.cfg, &shape),
             )?;
         }
-        let source = match images {
+        let source = match &a.images {
             None => amad::train::Source::Scenes,
             Some(dir) => {
-                let all = image_targets(&gpu, &teacher, dir, &out)?;
-                let (train, held_out) = all.split(val_fraction)?;
+                let all = image_targets(&gpu, &teacher, dir, &a.out)?;
+                let (train, held_out) = all.split(a.val_fraction)?;
                 eprintln!(
                     "{} images to train on, {} held out for validation",
                     train.names.len(),
@@ -445,45 +571,45 @@ commands:
                 }
             }
         };
-        let c = amad::train::distill_captioner(&gpu, &teacher, &out, &opts, &cfg, &source, || {
-            let scfg = Config::student_of(&teacher.model.cfg, &shape);
-            let model = if init_from_teacher {
-                let (m, copied) = pollster::block_on(amad::distill::init::from_teacher(
-                    &gpu,
-                    &teacher.model,
-                    scfg,
-                    seed,
-                ))?;
-                eprintln!(
-                    "{copied} of the student's {} tensors start from the teacher's",
-                    m.layout.specs.len()
-                );
-                m
-            } else {
-                Model::new(&gpu, scfg, seed)?
-            };
-            Ok(Captioner {
-                model,
-                tokenizer: teacher.tokenizer.clone(),
-                preprocess: teacher.preprocess.clone(),
-                generation: teacher.generation,
-            })
-        })?;
+        let c =
+            amad::train::distill_captioner(&gpu, &teacher, &a.out, &opts, &cfg, &source, || {
+                let scfg = Config::student_of(&teacher.model.cfg, &shape);
+                let model = if a.init_from_teacher {
+                    let (m, copied) = pollster::block_on(amad::distill::init::from_teacher(
+                        &gpu,
+                        &teacher.model,
+                        scfg,
+                        a.seed,
+                    ))?;
+                    eprintln!(
+                        "{copied} of the student's {} tensors start from the teacher's",
+                        m.layout.specs.len()
+                    );
+                    m
+                } else {
+                    Model::new(&gpu, scfg, a.seed)?
+                };
+                Ok(Captioner {
+                    model,
+                    tokenizer: teacher.tokenizer.clone(),
+                    preprocess: teacher.preprocess.clone(),
+                    generation: teacher.generation,
+                })
+            })?;
         print_validation(&gpu, &c, &source)
     }
-
     /// The teacher's captions of the images in `dir` (non-recursive, sorted by name), kept in
     /// `out`/targets.jsonl: captions already there (matched by the image's bytes) are reused, so
     /// a resumed or repeated run captions nothing twice. Unreadable files are reported and
     /// skipped.
     fn image_targets(
         gpu: &Gpu,
-        teacher: &amad::model::captioner::Captioner,
-        dir: &str,
-        out: &std::path::Path,
+        teacher: &Captioner,
+        dir: &Path,
+        out: &Path,
     ) -> Result<amad::train::batch::ImageTargets> {
         let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| Error::Invalid(format!("--images {dir}: {e}")))?
+            .map_err(|e| Error::Invalid(format!("--images {}: {e}", dir.display())))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file())
             .collect();
@@ -513,8 +639,9 @@ commands:
             .filter(|(_, b)| cached.contains_key(&amad::train::batch::image_key(b)))
             .count();
         eprintln!(
-            "the teacher captions {} files in {dir} ({reused} captions reused from {})…",
+            "the teacher captions {} files in {} ({reused} captions reused from {})…",
             files.len() - reused,
+            dir.display(),
             path.display()
         );
         let began = std::time::Instant::now();
@@ -557,87 +684,32 @@ commands:
         Ok(t)
     }
 
-    fn bench_distill(mut f: Flags) -> Result<()> {
-        let dir = f.required("--teacher")?;
-        let batch: usize = f.number("--batch", 16)?;
-        let len: usize = f.number("--len", 16)?;
-        let iters: usize = f.number("--iters", 2)?;
-        let json = f.switch("--json");
-        let profile = f.switch("--profile");
-        f.done()?;
-        if batch == 0 || len == 0 {
-            return Err(Error::Invalid(format!(
-                "bench distill needs a --batch and a --len of 1 or more\n\n{USAGE}"
-            )));
-        }
-        let gpu = gpu()?;
-        let teacher = amad::model::captioner::Captioner::load(&gpu, std::path::Path::new(dir))?;
-        amad::bench::distill(&gpu, &teacher, batch, len, iters, json, profile)
-    }
-
-    fn bench_caption(mut f: Flags) -> Result<()> {
-        use amad::model::captioner::Captioner;
-        let dir = f.required("--model")?;
-        let beams: Option<usize> = f.given_number("--beam")?;
-        let max_new_tokens: Option<usize> = f.given_number("--max-tokens")?;
-        let iters: usize = f.number("--iters", 3)?;
-        let json = f.switch("--json");
-        let paths = f.positionals()?;
-        if paths.is_empty() || iters == 0 || beams == Some(0) || max_new_tokens == Some(0) {
-            return Err(Error::Invalid(format!(
-                "bench caption needs images, and --iters, --beam and --max-tokens of 1 or more\n\n{USAGE}"
-            )));
-        }
-        let images = paths
+    fn bench_caption(a: CaptionArgs, iters: usize, json: bool) -> Result<()> {
+        let images = a
+            .images
             .iter()
-            .map(|p| {
-                let bytes = std::fs::read(p).map_err(|e| Error::Invalid(format!("{p}: {e}")))?;
-                let name = std::path::Path::new(p)
-                    .file_name()
-                    .map_or(p.to_string(), |n| n.to_string_lossy().into_owned());
-                Ok((name, amad::data::image::decode(&bytes, p)?))
-            })
+            .map(|p| Ok((file_name(p), read_image(p)?)))
             .collect::<Result<Vec<_>>>()?;
         let gpu = gpu()?;
-        let c = Captioner::load(&gpu, std::path::Path::new(dir))?;
-        let generation = c.generation.overridden(beams, max_new_tokens);
+        let c = Captioner::load(&gpu, &a.model)?;
+        let generation = c.generation.overridden(a.beam, a.max_tokens);
         amad::bench::caption(&gpu, &c, &images, generation, iters, json)
     }
 
-    fn eval(mut f: Flags) -> Result<()> {
-        use amad::data::scenes::Split;
-        use amad::model::captioner::Captioner;
+    fn eval(a: EvalArgs) -> Result<()> {
         use amad::model::generate::Generation;
-        let dir = f.required("--model")?;
-        let name = f.value("--split")?.unwrap_or("test");
-        let split = Split::parse(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "unknown split {name:?}; choose train, validation or test"
-            ))
-        })?;
-        let n: usize = f.number("--n", 200)?;
-        let beams: usize = f.number("--beam", 1)?;
-        let json = f.switch("--json");
-        f.done()?;
-        if n == 0 || beams == 0 {
-            return Err(Error::Invalid("--n and --beam must be at least 1".into()));
-        }
         let gpu = gpu()?;
-        let c = Captioner::load(&gpu, std::path::Path::new(dir))?;
-        let e = pollster::block_on(amad::train::evaluate(
-            &gpu,
-            &c,
-            split,
-            n,
-            Generation {
-                beams,
-                ..Generation::default()
-            },
-        ))?;
-        if json {
+        let c = Captioner::load(&gpu, &a.model)?;
+        let generation = Generation {
+            beams: a.beam,
+            ..Generation::default()
+        };
+        let e = pollster::block_on(amad::train::evaluate(&gpu, &c, a.split, a.n, generation))?;
+        let name = a.split.name();
+        if a.json {
             println!(
                 "{}",
-                serde_json::json!({"model": dir, "split": name, "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth})
+                serde_json::json!({"model": a.model, "split": name, "n": e.n, "bleu4": e.bleu4, "cider_d": e.cider_d, "rouge_l": e.rouge_l, "truth": e.truth})
             );
         } else {
             println!(
@@ -648,43 +720,23 @@ commands:
         Ok(())
     }
 
-    fn data_export(mut f: Flags) -> Result<()> {
-        use amad::data::scenes::Split;
-        let name = f.required("--split")?;
-        let split = Split::parse(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "unknown split {name:?}; choose train, validation or test"
-            ))
-        })?;
-        let n: usize = f.number("--n", 200)?;
-        let out = f.required("--out")?;
-        f.done()?;
-        amad::data::export::export(split, n, std::path::Path::new(out), name)?;
-        println!("wrote {n} {name} scenes to {out}");
-        Ok(())
-    }
-
-    fn loss(mut f: Flags) -> Result<()> {
-        let input = f.required("--input")?;
-        let output = f.required("--output")?;
-        let variant = maps_file::parse_variant(f.required("--variant")?)?;
-        let tau: f32 = f.number("--tau", amad::distill::DEFAULT_TAU)?;
-        let detach_weights = f.switch("--detach-weights");
-        f.done()?;
-        let bytes = std::fs::read(input).map_err(|e| Error::Invalid(format!("{input}: {e}")))?;
+    fn loss(a: LossArgs) -> Result<()> {
+        let shown = a.input.display().to_string();
+        let bytes = std::fs::read(&a.input).map_err(|e| Error::Invalid(format!("{shown}: {e}")))?;
         let gpu = gpu()?;
         let out = pollster::block_on(maps_file::loss_file(
             &gpu,
             &bytes,
-            input,
-            Options {
-                variant,
-                tau,
-                detach_weights,
+            &shown,
+            amad::ops::amad::Options {
+                variant: a.variant,
+                tau: a.tau,
+                detach_weights: a.detach_weights,
             },
         ))?;
-        std::fs::write(output, out).map_err(|e| Error::Invalid(format!("{output}: {e}")))?;
-        println!("wrote {output}");
+        std::fs::write(&a.output, out)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", a.output.display())))?;
+        println!("wrote {}", a.output.display());
         Ok(())
     }
 }

@@ -28,7 +28,7 @@ pub fn scene_json(scene: &Scene) -> serde_json::Value {
 }
 
 /// Writes scenes `0..n` of `split` into `dir`.
-pub fn export(split: Split, n: usize, dir: &Path, name: &str) -> Result<()> {
+pub fn export(split: Split, n: usize, dir: &Path) -> Result<()> {
     let io = |p: &Path, e: std::io::Error| Error::Invalid(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let jsonl = dir.join("captions.jsonl");
@@ -36,7 +36,7 @@ pub fn export(split: Split, n: usize, dir: &Path, name: &str) -> Result<()> {
         std::io::BufWriter::new(std::fs::File::create(&jsonl).map_err(|e| io(&jsonl, e))?);
     for i in 0..n {
         let scene = Scene::generate(split, i as u64);
-        let file = format!("{name}_{i:05}.png");
+        let file = format!("{}_{i:05}.png", split.name());
         let path = dir.join(&file);
         image::RgbImage::from_raw(SIZE as u32, SIZE as u32, scene.render())
             .expect("a rendered scene is SIZE × SIZE × 3")

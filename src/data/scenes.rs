@@ -195,6 +195,14 @@ impl Split {
             _ => None,
         }
     }
+    /// The split's name, as `parse` reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Validation => "validation",
+            Split::Test => "test",
+        }
+    }
     fn stream(self) -> u64 {
         match self {
             Split::Train => 0x7261_696e,
