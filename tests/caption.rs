@@ -103,6 +103,40 @@ fn decoding_flattens_alpha_and_shrinks_huge_images() {
     assert!(err.contains("cut.png") && err.contains("corrupt"), "{err}");
 }
 
+/// A JPEG of `w` × `h` (RGB: JPEG has no alpha).
+fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    let mut out = vec![];
+    image::DynamicImage::ImageRgba8(image(w, h, 3))
+        .to_rgb8()
+        .write_to(
+            &mut std::io::Cursor::new(&mut out),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    out
+}
+
+#[test]
+fn a_jpeg_cut_short_decodes_with_a_warning_and_whole_files_get_none() {
+    use amad::data::image::warning;
+    let whole = jpeg(64, 48);
+    assert_eq!(warning(&whole, "whole.jpg"), None);
+    // Cut inside the compressed data: it still decodes, so only the warning tells.
+    let cut = &whole[..whole.len() * 3 / 4];
+    let px = decode(cut, "cut.jpg").unwrap();
+    assert_eq!((px.width, px.height), (64, 48));
+    let w = warning(cut, "cut.jpg").expect("a truncated JPEG gets a warning");
+    assert!(w.contains("cut.jpg") && w.contains("ends early"), "{w}");
+    // Bytes after the end-of-image marker (padding some cameras write) are no truncation.
+    let padded = [whole.as_slice(), &[0u8; 16]].concat();
+    assert_eq!(warning(&padded, "padded.jpg"), None);
+    let mut png = vec![];
+    image(4, 2, 9)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    assert_eq!(warning(&png, "a.png"), None);
+}
+
 #[test]
 fn caption_command_captions_every_readable_image_and_reports_the_rest() {
     let dir = captioner_dir("cli");
@@ -112,6 +146,7 @@ fn caption_command_captions_every_readable_image_and_reports_the_rest() {
         ("b.jpg", image::ImageFormat::Jpeg),
         ("c.gif", image::ImageFormat::Gif),
         ("d.webp", image::ImageFormat::WebP),
+        ("e.bmp", image::ImageFormat::Bmp),
     ];
     for (i, (name, format)) in good.iter().enumerate() {
         let img = image::DynamicImage::ImageRgba8(image(40 + 10 * i as u32, 30, i as u8 * 40));
@@ -123,6 +158,8 @@ fn caption_command_captions_every_readable_image_and_reports_the_rest() {
         img.save_with_format(imgs.join(name), *format).unwrap();
     }
     std::fs::write(imgs.join("text.png"), "this is not an image").unwrap();
+    let whole = jpeg(64, 48);
+    std::fs::write(imgs.join("f-cut.jpg"), &whole[..whole.len() * 3 / 4]).unwrap();
     let mut args: Vec<String> = vec![
         "caption".into(),
         "--model".into(),
@@ -131,6 +168,7 @@ fn caption_command_captions_every_readable_image_and_reports_the_rest() {
         "2".into(),
     ];
     args.extend(good.iter().map(|(n, _)| imgs.join(n).display().to_string()));
+    args.push(imgs.join("f-cut.jpg").display().to_string());
     args.push(imgs.join("text.png").display().to_string());
     args.push(imgs.join("missing.jpg").display().to_string());
     let out = amad_cli(&args);
@@ -139,8 +177,14 @@ fn caption_command_captions_every_readable_image_and_reports_the_rest() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
         lines.len(),
-        4,
+        6,
         "one line per readable image:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        lines[5].starts_with("f-cut.jpg\t")
+            && stderr.contains("warning: ")
+            && stderr.contains("f-cut.jpg: the JPEG file ends early"),
+        "a truncated JPEG captions, with a warning:\n{stdout}\n{stderr}"
     );
     for ((name, _), line) in good.iter().zip(&lines) {
         let (file, caption) = line

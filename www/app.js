@@ -196,6 +196,7 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
     card.body.append(none);
     models = models.filter(([m]) => m !== 'student');
   }
+  let warning = null;
   for (const [model, who] of models) {
     const line = document.createElement('div');
     line.className = 'caption-line';
@@ -236,6 +237,15 @@ async function captionCard(card, file, models = [['student', 'student'], ['teach
     // A model's first caption also builds its pipelines: its time says nothing of its speed.
     line.ms = captioned.has(model) ? ms : null;
     captioned.add(model);
+    warning = r.warning;
+  }
+  // An image that decoded only in part (a truncated JPEG): its captions describe what decoded.
+  if (warning) {
+    const w = document.createElement('div');
+    w.className = 'caption-warning';
+    w.setAttribute('data-testid', 'caption-warning');
+    w.textContent = warning;
+    card.body.append(w);
   }
   // The student's time beside the teacher's: what distilling bought.
   const [student, teacher] = ['student', 'teacher'].map((w) => card.body.querySelector(`[data-testid=caption-${w}]`));

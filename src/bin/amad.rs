@@ -456,11 +456,15 @@ mod cli {
             .into_owned()
     }
 
-    /// An image file decoded, or an error that names it.
+    /// An image file decoded, or an error that names it; an incomplete image is warned of.
     fn read_image(path: &Path) -> Result<amad::data::image::Pixels> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| Error::Invalid(format!("{shown}: {e}")))?;
-        amad::data::image::decode(&bytes, &shown)
+        let pixels = amad::data::image::decode(&bytes, &shown)?;
+        if let Some(w) = amad::data::image::warning(&bytes, &shown) {
+            eprintln!("amad: warning: {w}");
+        }
+        Ok(pixels)
     }
 
     fn caption(a: CaptionArgs) -> Result<()> {

@@ -1,4 +1,4 @@
-//! Decoding user images: PNG, JPEG, WebP and the first frame of a GIF, of any size and aspect.
+//! Decoding user images: PNG, JPEG, WebP, BMP and the first frame of a GIF, of any size and aspect.
 //!
 //! Policy, as ViTImageProcessor does it: the whole image is resized to the model's square input
 //! (aspect not kept, nothing cropped); that resize runs on the GPU (shaders/image.wgsl). Alpha is
@@ -19,22 +19,23 @@ pub struct Pixels {
     pub rgba: Vec<u32>,
 }
 
+/// The formats `decode` reads, as messages name them.
+pub const READABLE: &str = "PNG, JPEG, WebP, GIF or BMP";
+
 /// Decodes an image file's bytes; `name` labels errors.
 pub fn decode(bytes: &[u8], name: &str) -> Result<Pixels> {
-    let format = image::guess_format(bytes).map_err(|_| {
-        Error::Invalid(format!(
-            "{name}: not an image amad can read (PNG, JPEG, WebP or GIF)"
-        ))
-    })?;
+    let format = image::guess_format(bytes)
+        .map_err(|_| Error::Invalid(format!("{name}: not an image amad can read ({READABLE})")))?;
     if !matches!(
         format,
         image::ImageFormat::Png
             | image::ImageFormat::Jpeg
             | image::ImageFormat::WebP
             | image::ImageFormat::Gif
+            | image::ImageFormat::Bmp
     ) {
         return Err(Error::Invalid(format!(
-            "{name}: {format:?} images are not supported (use PNG, JPEG, WebP or GIF)"
+            "{name}: {format:?} images are not supported (use {READABLE})"
         )));
     }
     // For a GIF this is its first frame.
@@ -70,5 +71,24 @@ pub fn decode(bytes: &[u8], name: &str) -> Result<Pixels> {
         width: w as usize,
         height: h as usize,
         rgba: packed,
+    })
+}
+
+/// A warning for an image that decodes but is incomplete, or None. A JPEG cut short in its
+/// compressed data still decodes (the missing part comes out grey), so its caption would describe
+/// a damaged image without a word: its last scan (SOS marker) must be followed by the end-of-image
+/// marker. Markers cannot occur inside the compressed data (a 0xFF byte there is stuffed as
+/// FF 00), and an embedded thumbnail's markers come before the main image's scans.
+pub fn warning(bytes: &[u8], name: &str) -> Option<String> {
+    if image::guess_format(bytes).ok()? != image::ImageFormat::Jpeg {
+        return None;
+    }
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA])?;
+    let ended = bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9]);
+    (!ended).then(|| {
+        format!(
+            "{name}: the JPEG file ends early (no end-of-image marker after its last scan), so \
+             part of the image is missing and the caption is of what decoded"
+        )
     })
 }

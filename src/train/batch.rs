@@ -200,8 +200,9 @@ impl ImageTargets {
         }
         if t.names.is_empty() {
             return Err(crate::Error::Invalid(format!(
-                "none of the {} files is an image amad can read (PNG, JPEG, WebP or GIF)",
-                files.len()
+                "none of the {} files is an image amad can read ({})",
+                files.len(),
+                crate::data::image::READABLE
             )));
         }
         let todo: Vec<usize> = (0..t.names.len())

@@ -153,9 +153,9 @@ pub fn load_checkpoint(
     Ok(out)
 }
 
-/// Captions an image file's bytes with model `name`. Returns JSON: the caption, its words, and
-/// per word the cross-attention over the image patches (mean over layers and heads, at the
-/// position that produced the word) as a grid × grid map.
+/// Captions an image file's bytes with model `name`. Returns JSON: the caption, its words, per
+/// word the cross-attention over the image patches (mean over layers and heads, at the position
+/// that produced the word) as a grid × grid map, and a warning where the image is incomplete.
 #[wasm_bindgen]
 pub async fn caption(name: &str, image: &[u8], file: &str) -> std::result::Result<String, JsError> {
     caption_inner(name, image, file).await.map_err(js)
@@ -178,6 +178,7 @@ async fn caption_inner(name: &str, image: &[u8], file: &str) -> Result<String> {
         "words": words,
         "grid": c.model.cfg.encoder.image_size / c.model.cfg.encoder.patch_size,
         "heat": heat,
+        "warning": crate::data::image::warning(image, file),
     })
     .to_string())
 }

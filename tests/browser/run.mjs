@@ -66,7 +66,7 @@ function assert(cond, msg) {
 
 // Drops files on the drop zone as a user's drag and drop does (a DataTransfer of Files).
 async function drop(files) {
-  const payload = files.map((f) => ({ name: path.basename(f.as || f.path), type: f.type, b64: fs.readFileSync(f.path).toString('base64') }));
+  const payload = files.map((f) => ({ name: path.basename(f.as || f.path), type: f.type, b64: (f.bytes || fs.readFileSync(f.path)).toString('base64') }));
   await page.evaluate((payload) => {
     const dt = new DataTransfer();
     for (const f of payload) {
@@ -134,6 +134,40 @@ await check('a text file named .png gets an error card while another image still
   assert(bad && bad.error && bad.error.includes('notes.png'), `notes.png: ${JSON.stringify(bad)}`);
   assert(good && good.student && good.teacher && !good.error, `scene.png: ${JSON.stringify(good)}`);
   console.log(`     notes.png: ${bad.error}`);
+});
+
+// A 24-bit BMP of w × h pixels: red across, green down.
+function bmp(w, h) {
+  const stride = Math.ceil((w * 3) / 4) * 4;
+  const b = Buffer.alloc(54 + stride * h);
+  b.write('BM', 0);
+  b.writeUInt32LE(b.length, 2);
+  b.writeUInt32LE(54, 10);
+  b.writeUInt32LE(40, 14);
+  b.writeInt32LE(w, 18);
+  b.writeInt32LE(h, 22);
+  b.writeUInt16LE(1, 26);
+  b.writeUInt16LE(24, 28);
+  b.writeUInt32LE(stride * h, 34);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) b.set([64, (y * 255) / h, (x * 255) / w], 54 + y * stride + x * 3);
+  }
+  return b;
+}
+
+await check('a BMP captions, and a JPEG cut short captions with a warning', async () => {
+  const photo = fs.readFileSync(fixture('photo.jpg'));
+  const before = (await cards()).length;
+  await drop([{ path: 'shapes.bmp', bytes: bmp(48, 32), type: 'image/bmp' }, { path: 'cut.jpg', bytes: photo.subarray(0, Math.floor(photo.length * 0.75)), type: 'image/jpeg' }]);
+  await settled(before + 2);
+  const got = (await cards()).slice(0, 2);
+  const bmpCard = got.find((c) => c.name === 'shapes.bmp');
+  const cut = got.find((c) => c.name === 'cut.jpg');
+  assert(bmpCard && bmpCard.student && bmpCard.teacher && !bmpCard.error, JSON.stringify(bmpCard));
+  assert(cut && cut.teacher && !cut.error, JSON.stringify(cut));
+  const warning = await page.$$eval('#cards [data-testid=caption-card]', (cs) => cs.map((c) => c.querySelector('[data-testid=caption-warning]')?.textContent ?? null));
+  assert(/cut\.jpg: the JPEG file ends early/.test(warning[got.indexOf(cut)]) && warning[got.indexOf(bmpCard)] === null, JSON.stringify(warning));
+  console.log(`     ${warning[got.indexOf(cut)].slice(0, 90)}…`);
 });
 
 await check('a pasted image captions', async () => {
