@@ -118,6 +118,29 @@ fn reshape_checks_the_element_count() {
 /// Loss settings out of range are refused before a run starts, by name: a zero temperature used
 /// to pass the start and fail at step 0 (in the page, after the finished student was replaced).
 #[test]
+fn a_student_too_large_for_the_page_is_refused_before_it_is_built() {
+    use amad::model::{Config, StudentShape};
+    use amad::train::page::check_student_size;
+    let teacher = Config::teacher(amad::data::captions::tokenizer().len(), 16);
+    let student = |shape: StudentShape| Config::student_of(&teacher, &shape);
+    check_student_size(&student(StudentShape::default_for(&teacher))).unwrap();
+    // One layer of width 4096 with 2 heads: the size that once ran the page out of memory.
+    let wide = StudentShape::default_for(&teacher).overridden(
+        Some((1, 1)),
+        Some((4096, 4096)),
+        Some((2, 2)),
+    );
+    expect_err(
+        check_student_size(&student(wide)),
+        "a student of 471.2 M parameters is too large for the page",
+    );
+    expect_err(
+        check_student_size(&student(wide)),
+        "Up to 115 M parameters fit",
+    );
+}
+
+#[test]
 fn distillation_settings_out_of_range_are_refused_by_name() {
     use amad::distill::DistillConfig;
     let d = DistillConfig::default();

@@ -102,3 +102,33 @@ pub fn parse_options(json: &str) -> Result<PageOptions> {
         seed: int("seed")?,
     })
 }
+
+/// The WebAssembly memory the page gives a run's checkpoint. A wasm32 page has at most 4 GiB of
+/// memory in all; the remaining GiB holds the models' host-side files, the user's images and the
+/// runtime.
+pub const CHECKPOINT_BUDGET: u64 = 3 << 30;
+
+/// Bytes of WebAssembly memory per student parameter while the page builds a checkpoint
+/// (`checkpoint` in src/web): the weights' safetensors (4) stay while AdamW's two moments are
+/// read back (8), copied per tensor (8) and serialised (8).
+const CHECKPOINT_BYTES_PER_PARAM: u64 = 28;
+
+/// Refuses a student the page could not checkpoint, before anything is allocated for it: every
+/// checkpoint of a run is built in the page's memory, and a run that cannot save cannot be
+/// resumed or downloaded.
+pub fn check_student_size(student: &crate::model::Config) -> Result<()> {
+    let params = crate::model::weights::Layout::new(student).param_count() as u64;
+    let most = CHECKPOINT_BUDGET / CHECKPOINT_BYTES_PER_PARAM;
+    if params <= most {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "a student of {:.1} M parameters is too large for the page: saving its checkpoint takes \
+         about {:.1} GB of the page's memory, and a page has at most 4 GB. Up to {:.0} M \
+         parameters fit: choose a smaller width or fewer layers, or distil it with the command \
+         line (amad distill)",
+        params as f64 / 1e6,
+        (params * CHECKPOINT_BYTES_PER_PARAM) as f64 / 1e9,
+        most as f64 / 1e6
+    )))
+}

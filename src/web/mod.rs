@@ -247,7 +247,9 @@ fn distill_start_inner(
             let shape =
                 StudentShape::default_for(&teacher.model.cfg).overridden(layers, width, heads);
             shape.check()?;
-            Model::new(&gpu, Config::student_of(&teacher.model.cfg, &shape), seed)?
+            let scfg = Config::student_of(&teacher.model.cfg, &shape);
+            crate::train::page::check_student_size(&scfg)?;
+            Model::new(&gpu, scfg, seed)?
         }
     };
     let student = Captioner {

@@ -321,6 +321,13 @@ await check('settings out of range are named before anything starts, and a faile
   await page.waitForFunction(() => /temperature/.test(document.getElementById('distill-error').textContent), null, { timeout: 60000 });
   err = await page.textContent('#distill-error');
   await page.fill('#distill-form [name=temperature]', '2');
+  // A student the page could not save (one layer 4096 wide): refused before it is built.
+  for (const [name, v] of [['layers', 1], ['width', 4096], ['heads', 2]]) await page.fill(`#distill-form [name=${name}]`, String(v));
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => /too large for the page/.test(document.getElementById('distill-error').textContent), null, { timeout: 60000 });
+  const big = await page.textContent('#distill-error');
+  assert(/471\.2 M parameters/.test(big) && /Up to \d+ M parameters fit/.test(big), big);
+  for (const name of ['layers', 'width', 'heads']) await page.fill(`#distill-form [name=${name}]`, '');
   // Only unreadable images: the new run fails after it replaced the finished one, which comes back.
   await drop([{ path: fixture('notes.png'), type: 'image/png' }]);
   await page.click('[data-testid=distill-start]');
@@ -335,6 +342,7 @@ await check('settings out of range are named before anything starts, and a faile
   assert((await page.textContent('[data-testid=distill-list]')) === 'No images chosen.', 'the list was not cleared');
   await page.selectOption('#distill-form [name=data]', 'scenes');
   console.log(`     ${err.slice(0, 100)}`);
+  console.log(`     ${big.slice(0, 120)}…`);
 });
 
 await check('distilling a 1-head one-to-one student from the user\'s own dropped images: the teacher\'s captions as targets, validation at intervals', async () => {
