@@ -22,6 +22,9 @@
 //   align_kl_dw   (unit): the KL loss and dW                        -> state
 //   align_grad    (unit, chunk): d loss / d student at every cell   -> grad
 //   align_reduce  (example, value): alignment weights and loss      -> weights, loss
+//
+// Launcher: src/ops/amad.rs. Reference: src/reference/amad.rs (loss).
+// Tests: tests/amad.rs, tests/amad_torch.rs.
 
 struct Params {
     batch: u32,

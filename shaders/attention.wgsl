@@ -24,6 +24,10 @@
 // On CPU adapters the products read their sequences from images instead (attention_scores_image,
 // attention_dscores_image, attention_apply_image, below; see src/gpu/image.rs), adding the same
 // terms in the same order.
+//
+// Launcher: src/ops/attention.rs.
+// Reference: src/reference/mod.rs (attention, attention_bwd, masked_softmax).
+// Tests: tests/attention.rs.
 
 struct Params {
     batch: u32,

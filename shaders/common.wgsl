@@ -1,4 +1,7 @@
 // Prepended to every shader family (see src/ops/mod.rs).
+//
+// Reference: src/reference/mod.rs (gelu_erf, gelu_tanh and their gradients).
+// Tests: tests/elementwise.rs, tests/matmul.rs.
 
 // Linear workgroup index. Launchers split counts over 65,535 into (x, y) with x = the
 // per-dimension limit, so wid.x + wid.y * nwg.x enumerates them; kernels bound-check the result.

@@ -1,6 +1,10 @@
 // Elementwise kernels: add, scaled accumulate, bias add, and GELU (both forms) forward/backward
 // (GELU's functions are in common.wgsl: the matmul applies them too, in its store).
 // One invocation per element, 256 per workgroup.
+//
+// Launcher: src/ops/elementwise.rs.
+// Reference: src/reference/mod.rs (bias_add, gelu_erf, gelu_tanh, relu and their gradients).
+// Tests: tests/elementwise.rs.
 
 struct Params {
     n: u32,       // elements

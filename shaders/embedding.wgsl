@@ -6,6 +6,10 @@
 // embedding_bwd_rows is cheaper, O(rows * tokens * dim): one invocation per (row, col) sums the
 // tokens with that id, in token order, so both add the same terms in the same order.
 // Ids >= vocab (never valid) read as zero rows and contribute no gradient.
+//
+// Launcher: src/ops/embedding.rs.
+// Reference: src/reference/mod.rs (embedding, embedding_bwd, vit_tokens).
+// Tests: tests/embedding.rs.
 
 struct Params {
     tokens: u32,

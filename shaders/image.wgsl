@@ -7,6 +7,9 @@
 // column) to match the patch-embedding convolution's weight layout.
 // Input pixels are RGBA8 packed in a u32 (r in the low byte); alpha is ignored here (the loader
 // flattens it onto a background first).
+//
+// Launcher: src/ops/image.rs. Reference: src/reference/image.rs (resize, normalize_patchify).
+// Tests: tests/preprocess.rs.
 
 struct Params {
     in_h: u32,

@@ -2,6 +2,9 @@
 // One invocation per row (rows are short: 64-512 wide): no barriers, which lavapipe executes
 // slowly, and on GPUs the thousands of rows of a batch keep the device busy.
 // Each entry point numbers its own bindings (globals sharing a number belong to different entries).
+//
+// Launcher: src/ops/layernorm.rs. Reference: src/reference/mod.rs (layernorm, layernorm_bwd).
+// Tests: tests/layernorm.rs.
 
 struct Params {
     rows: u32,

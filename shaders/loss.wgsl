@@ -3,6 +3,10 @@
 // temperature-softened teacher and student distributions.
 // Forward entries write per-row values into rowvals [2, rows]: (loss, 1) for a counted row and
 // (0, 0) for an ignored one; reduce.wgsl sums both halves, and loss_mean divides.
+//
+// Launcher: src/ops/loss.rs.
+// Reference: src/reference/mod.rs (cross_entropy, kl_div and their backwards).
+// Tests: tests/loss.rs.
 
 struct Params {
     rows: u32,

@@ -10,6 +10,9 @@
 // and become vector loads on CPU rasterisers (lavapipe runs 8 invocations per SIMD register);
 // invocations that share a row read the same A element (a broadcast). No workgroup memory and no
 // barriers: caches supply the reuse, and barriers are very slow on lavapipe.
+//
+// Launcher: src/ops/matmul.rs. Reference: src/reference/mod.rs (matmul).
+// Tests: tests/matmul.rs.
 
 struct Params {
     m: u32, n: u32, k: u32, batch2: u32,

@@ -24,6 +24,9 @@
 // of K; otherwise it holds 4 elements of K of one column. Rows past M and columns past N fetch
 // whatever the image holds there (or zero) and are never stored; each lane's sums use only its own
 // columns' values.
+//
+// Launcher: src/ops/matmul.rs. Reference: src/reference/mod.rs (matmul).
+// Tests: tests/matmul.rs.
 
 // C as vec4s (C's own binding, which this kernel does not use otherwise).
 @group(0) @binding(4) var<storage, read_write> c4: array<vec4<f32>>;

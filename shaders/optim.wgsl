@@ -1,4 +1,7 @@
 // AdamW (decoupled weight decay, bias-corrected moments) and global gradient-norm clipping.
+//
+// Launcher: src/ops/optim.rs. Reference: src/reference/mod.rs (clip_grad_norm, adamw).
+// Tests: tests/optim.rs.
 
 struct Params {
     n: u32,

@@ -1,5 +1,8 @@
 // Reductions: sums of contiguous segments (one workgroup each, a tree in workgroup memory),
 // column sums (bias gradients), and the broadcast that is the backward of a sum or a mean.
+//
+// Launcher: src/ops/reduce.rs. Reference: src/reference/mod.rs (sum_columns).
+// Tests: tests/reduce.rs.
 
 struct Params {
     segments: u32,  // sum_segments: segments; sum_columns: columns summed (the first ones)

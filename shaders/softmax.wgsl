@@ -5,6 +5,10 @@
 // Rows are laid out [batch, heads, q, k]; row r covers query (r % q) of batch r / (heads * q).
 // Masked cells get probability exactly 0. A row whose keys are all masked (only possible for a
 // padded query over padded keys) is all zeros, never NaN.
+//
+// Launcher: src/ops/softmax.rs.
+// Reference: src/reference/mod.rs (masked_softmax, softmax, softmax_bwd).
+// Tests: tests/softmax.rs.
 
 struct Params {
     rows: u32,

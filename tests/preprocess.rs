@@ -2,11 +2,15 @@
 //! 64×64 (PIL's antialiased bilinear, and bicubic, in its fixed point, rounded to 8 bits per pass,
 //! in its pass order), rescale, normalise.
 //! tests/fixtures/make_preprocess_golden.py made the goldens for images that shrink, grow and
-//! change aspect.
+//! change aspect. The kernels (shaders/image.wgsl, src/ops/image.rs) also against
+//! src/reference/image.rs.
 
 mod common;
 use amad::model::preprocessor::default_for;
+use amad::ops::image;
 use amad::ops::image::preprocess;
+use amad::reference as r;
+use amad::rng::Rng;
 use common::*;
 use safetensors::SafeTensors;
 
@@ -98,5 +102,69 @@ fn matches_vit_image_processor() {
                 want.len()
             );
         }
+    }
+}
+
+#[test]
+fn image_resize_and_patchify() {
+    let mut rng = Rng::new(12);
+    // Shrinking (antialiased), growing, and a non-square aspect; PIL's bilinear and bicubic.
+    let filters = [image::Resample::Bilinear, image::Resample::Bicubic];
+    for (resample, (h, w)) in filters
+        .iter()
+        .flat_map(|&f| [(40, 50), (7, 5), (16, 16), (1, 1)].map(|s| (f, s)))
+    {
+        let cfg = image::Preprocess {
+            size: (16, 16),
+            resize: true,
+            resample,
+            patch: 4,
+            rescale: 1.0 / 255.0,
+            mean: [0.5, 0.4, 0.3],
+            std: [0.5, 0.25, 0.2],
+        };
+        let rgba: Vec<u32> = (0..h * w).map(|_| rng.next_u64() as u32).collect();
+        let pix = r::image::resize(&rgba, h, w, 16, 16, resample);
+        let want = r::image::normalize_patchify(
+            &pix,
+            16,
+            16,
+            4,
+            1.0 / 255.0,
+            [0.5, 0.4, 0.3],
+            [0.5, 0.25, 0.2],
+        );
+        let t = upload_u32(&[h, w], &rgba);
+        let got = run(|s| {
+            let pixels = image::resize(s, &t, 16, 16, resample)?;
+            let patches = image::normalize_patchify(s, &pixels, &cfg)?;
+            Ok(vec![pixels, patches])
+        });
+        // Each pass rounds to integers; f32 weights may flip a value sitting at .5 by one level.
+        let off: usize = got[0]
+            .iter()
+            .zip(&pix)
+            .filter(|(g, w)| (**g as f64 - **w).abs() > 0.0)
+            .count();
+        assert!(
+            off * 50 <= pix.len(),
+            "{resample:?} {h}x{w}: {off} of {} resized values differ",
+            pix.len()
+        );
+        assert_close(
+            &format!("{resample:?} {h}x{w} resize"),
+            &got[0],
+            &pix,
+            1.0,
+            0.0,
+        );
+        // One level is 1/255/std <= 0.02 after normalisation.
+        assert_close(
+            &format!("{resample:?} {h}x{w} patches"),
+            &got[1],
+            &want,
+            0.021,
+            0.0,
+        );
     }
 }

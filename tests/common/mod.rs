@@ -3,6 +3,13 @@
 #![allow(dead_code)]
 
 use amad::{Gpu, Step, Tensor};
+
+// Finite differences use eps = 1e-6 in f64: truncation error ~eps² and rounding ~1e-16/eps,
+// both far below 1e-7, so 1e-6 relative (plus 1e-8 absolute) separates a right gradient from a
+// wrong one by orders of magnitude.
+pub const FD_EPS: f64 = 1e-6;
+pub const FD_ATOL: f64 = 1e-8;
+pub const FD_RTOL: f64 = 1e-6;
 use std::sync::OnceLock;
 
 /// The test device (lavapipe in CI). Tests in one binary share it, as an application would.
