@@ -46,8 +46,24 @@ impl Rows {
     /// device's size limit. The error says which does not hold.
     pub fn check(&self, gpu: &Gpu, t: &Tensor) -> Result<()> {
         let max = gpu.limits.max_texture_dimension_2d as usize;
+        self.fits(max, t.offset(), t.numel())
+            .map_err(|why| Error::Shape {
+                op: "image",
+                msg: format!("{self:?} of tensor {:?}: {why}", t.shape()),
+            })
+    }
+
+    /// `check` for a tensor of `numel` elements starting at byte `byte_offset` of its buffer, on
+    /// a device whose images are at most `max_texture` texels a side: why not, if not.
+    pub fn fits(
+        &self,
+        max_texture: usize,
+        byte_offset: u64,
+        numel: usize,
+    ) -> std::result::Result<(), String> {
+        let max = max_texture;
         let pitch_bytes = self.pitch * 4;
-        let start = t.offset() + self.off as u64 * 4;
+        let start = byte_offset + self.off as u64 * 4;
         let end = self.off + self.pitch * (self.height.max(1) - 1) + 4 * self.width;
         let why = if self.width == 0 || self.height == 0 {
             "empty image".to_string()
@@ -62,15 +78,12 @@ impl Rows {
             "rows overlap".to_string()
         } else if !start.is_multiple_of(16) {
             format!("start at byte {start} is not 16-byte aligned")
-        } else if end > t.numel() {
-            format!("rows end at element {end}, past the tensor's {}", t.numel())
+        } else if end > numel {
+            format!("rows end at element {end}, past the tensor's {numel}")
         } else {
             return Ok(());
         };
-        Err(Error::Shape {
-            op: "image",
-            msg: format!("{self:?} of tensor {:?}: {why}", t.shape()),
-        })
+        Err(why)
     }
 }
 

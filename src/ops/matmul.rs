@@ -210,6 +210,32 @@ impl<'a> View<'a> {
         }
     }
 
+    /// This view's numbers, for planning.
+    fn strides(&self) -> Strides {
+        Strides {
+            off: self.off,
+            rs: self.rs,
+            cs: self.cs,
+            bs: self.bs,
+            numel: self.t.numel(),
+            byte_offset: self.t.offset(),
+        }
+    }
+}
+
+/// A view without its tensor: where it lies (see [`View`]) and what it lies in (the tensor's
+/// element count and its byte offset in its buffer). All a plan needs to know of an operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strides {
+    pub off: usize,
+    pub rs: usize,
+    pub cs: usize,
+    pub bs: [usize; 2],
+    pub numel: usize,
+    pub byte_offset: u64,
+}
+
+impl Strides {
     /// The rows of this view's tensor that hold it, as an image (see `matmul_image` in the
     /// shader), if every batch starts on a row of it. The view is contiguous along its columns
     /// (`along_cols`) or its rows; that axis's extent, a multiple of 4, runs along the image's
@@ -271,17 +297,31 @@ impl<'a> Epilogue<'a> {
         }
     }
 
-    /// The shader's EPILOGUE - 1; `None` for ReLU, which has no epilogue (the caller's separate
-    /// pass runs it).
-    fn index(&self) -> Option<usize> {
+    /// What a plan needs to know of it.
+    fn wanted(&self) -> EpilogueWanted {
         let (Epilogue::Gelu { kind, .. } | Epilogue::GeluSlope { kind, .. }) = self;
-        let tanh = match kind {
-            Activation::GeluErf => 0,
-            Activation::GeluTanh => 1,
-            Activation::Relu => return None,
-        };
-        Some(tanh + 2 * matches!(self, Epilogue::GeluSlope { .. }) as usize)
+        let backward = matches!(self, Epilogue::GeluSlope { .. });
+        EpilogueWanted {
+            // The shader's EPILOGUE - 1; ReLU has none (the caller's separate pass runs it).
+            index: match kind {
+                Activation::GeluErf => Some(2 * backward as usize),
+                Activation::GeluTanh => Some(1 + 2 * backward as usize),
+                Activation::Relu => None,
+            },
+            with_bias: !backward,
+            numel: self.tensor().numel(),
+        }
     }
+}
+
+/// An epilogue as a plan sees it: which one (the shader's EPILOGUE - 1, `None` where the kernel
+/// has none), whether it goes with a bias (the forward GELU does, its gradient does not), and the
+/// size of its tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpilogueWanted {
+    pub index: Option<usize>,
+    pub with_bias: bool,
+    pub numel: usize,
 }
 
 /// A general matmul: C[b](m, n) = alpha * Σ_k A[b](m, k) B[b](k, n) (+ bias[n]) (+ C if accumulate).
@@ -297,6 +337,290 @@ pub struct Gemm<'a> {
     pub bias: Option<&'a Tensor>,
     pub alpha: f32,
     pub accumulate: bool,
+}
+
+/// What a plan needs to know of the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    /// Split a long K over more workgroups (`Gpu::split_k`: GPUs).
+    pub split_k: bool,
+    /// Read operands from images (`Gpu::image_operands`: CPU adapters).
+    pub image_operands: bool,
+    /// The subgroup kernel (`Gpu::subgroup_matmul`).
+    pub subgroup: bool,
+    /// max_texture_dimension_2d: the largest image of operand rows.
+    pub max_texture: usize,
+}
+
+impl Caps {
+    pub fn of(gpu: &Gpu) -> Caps {
+        Caps {
+            split_k: gpu.split_k(),
+            image_operands: gpu.image_operands(),
+            subgroup: gpu.subgroup_matmul(),
+            max_texture: gpu.limits.max_texture_dimension_2d as usize,
+        }
+    }
+}
+
+/// A product's shape and layout without its tensors: what `plan` decides from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batch: [usize; 2],
+    pub a: Strides,
+    pub b: Strides,
+    pub c: Strides,
+    pub bias: bool,
+    pub accumulate: bool,
+}
+
+/// How a product runs, decided from its [`Dims`] and the device's [`Caps`] before anything is
+/// recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// K is over MAX_K: products over chunks of it, accumulated into C.
+    LongK,
+    /// A few rows on `matmul_rows`, reading B along n (GPT-2's Conv1D weights) or along k.
+    FewRows { b_along_n: bool },
+    /// Split-K: `splits` partial products over chunks of K, summed (see SPLIT_BELOW_TILES).
+    SplitK { splits: usize },
+    /// One dispatch of a tiled kernel.
+    Tiled(Tiled),
+}
+
+/// The tiled kernels, with the orientation in which each reads its A and B blocks (A along k,
+/// B along n) and, for those that read images, where the images' rows lie in A and B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tiled {
+    /// Any strides, scalar loads.
+    Scalar,
+    /// vec4 loads from storage buffers.
+    Vec4 { a_along_k: bool, b_along_n: bool },
+    /// vec4 blocks from images of A's and B's rows (CPU adapters).
+    Image {
+        a_along_k: bool,
+        b_along_n: bool,
+        rows: [Rows; 2],
+    },
+    /// The image kernel with each texel fetched once per subgroup, C's rows stored as vec4s.
+    Subgroup {
+        a_along_k: bool,
+        b_along_n: bool,
+        rows: [Rows; 2],
+    },
+}
+
+impl Tiled {
+    /// Output tile of one workgroup (rows, columns).
+    fn tile(&self) -> (usize, usize) {
+        match self {
+            Tiled::Scalar => SCALAR_TILE,
+            Tiled::Vec4 { .. } | Tiled::Image { .. } => VEC4_TILE,
+            Tiled::Subgroup { .. } => SUBGROUP_TILE,
+        }
+    }
+
+    /// The pipeline for this kernel, storing C as `store` says (see `stores!`) or with epilogue
+    /// `epilogue` (the shader's EPILOGUE - 1; the subgroup kernel only).
+    fn kernel(&self, store: usize, epilogue: Option<usize>) -> &'static Kernel {
+        match (*self, epilogue) {
+            (Tiled::Scalar, _) => &MATMUL[store],
+            (
+                Tiled::Vec4 {
+                    a_along_k,
+                    b_along_n,
+                },
+                _,
+            ) => &MATMUL_VEC4[a_along_k as usize][b_along_n as usize][store],
+            (
+                Tiled::Image {
+                    a_along_k,
+                    b_along_n,
+                    ..
+                },
+                _,
+            ) => &MATMUL_IMAGE[a_along_k as usize][b_along_n as usize][store],
+            (
+                Tiled::Subgroup {
+                    a_along_k,
+                    b_along_n,
+                    ..
+                },
+                None,
+            ) => &MATMUL_SUBGROUP[a_along_k as usize][b_along_n as usize][store],
+            (
+                Tiled::Subgroup {
+                    a_along_k,
+                    b_along_n,
+                    ..
+                },
+                Some(e),
+            ) => &MATMUL_SUBGROUP_GELU[a_along_k as usize][b_along_n as usize][e],
+        }
+    }
+}
+
+impl Dims {
+    /// The plan for this product, or `None` where `epilogue` is wanted and no plan can do it in
+    /// its store: that needs the subgroup kernel writing C's own rows (C contiguous, neither
+    /// accumulated into nor split, a bias exactly for the forward GELU, the epilogue's tensor
+    /// shaped as C).
+    pub fn plan(&self, caps: &Caps, epilogue: Option<EpilogueWanted>) -> Option<Plan> {
+        if let Some(e) = epilogue {
+            let c_whole = self.c.off == 0
+                && self.c.rs == self.n
+                && self.batch == [1, 1]
+                && e.numel == self.m * self.n
+                && self.c.numel == self.m * self.n;
+            if self.k > MAX_K
+                || self.accumulate
+                || !c_whole
+                || e.with_bias != self.bias
+                || e.index.is_none()
+            {
+                return None;
+            }
+        }
+        if self.k > MAX_K {
+            return Some(Plan::LongK);
+        }
+        if let Some(b_along_n) = self.few_rows_orientation() {
+            // A fused epilogue would send the product to a tiled kernel: the caller's separate
+            // pass after matmul_rows costs less than the rows a tile computes for nothing.
+            return epilogue.is_none().then_some(Plan::FewRows { b_along_n });
+        }
+        let orientation = self.vec4_orientation();
+        if let Some(splits) = self.k_splits(caps, orientation.is_some()) {
+            return epilogue.is_none().then_some(Plan::SplitK { splits });
+        }
+        let tiled = match orientation {
+            None => Tiled::Scalar,
+            Some((a_along_k, b_along_n)) => match self.image_rows(caps, a_along_k, b_along_n) {
+                None => Tiled::Vec4 {
+                    a_along_k,
+                    b_along_n,
+                },
+                Some(rows) if caps.subgroup && self.c_rows_vec4() => Tiled::Subgroup {
+                    a_along_k,
+                    b_along_n,
+                    rows,
+                },
+                Some(rows) => Tiled::Image {
+                    a_along_k,
+                    b_along_n,
+                    rows,
+                },
+            },
+        };
+        if epilogue.is_some() && !matches!(tiled, Tiled::Subgroup { .. }) {
+            return None;
+        }
+        Some(Plan::Tiled(tiled))
+    }
+
+    /// Whether `matmul_rows` takes this product, and which way it reads B (along n): a few rows
+    /// of one matrix, A contiguous along k, B contiguous along n or k, every vec4 it loads
+    /// 16-byte aligned.
+    fn few_rows_orientation(&self) -> Option<bool> {
+        let (a, b) = (&self.a, &self.b);
+        let fits = self.m <= FEW_ROWS
+            && self.n >= FEW_ROWS_MIN_N
+            && self.batch == [1, 1]
+            && self.k.is_multiple_of(4)
+            && a.cs == 1
+            && a.rs.is_multiple_of(4)
+            && a.off.is_multiple_of(4);
+        if !fits || !b.off.is_multiple_of(4) {
+            return None;
+        }
+        if b.cs == 1 && b.rs.is_multiple_of(4) && self.n.is_multiple_of(4) {
+            Some(true)
+        } else if b.rs == 1 && b.cs.is_multiple_of(4) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// Which way the vec4 kernel can read A and B blocks, if it can: every vec4 it loads must be
+    /// 16-byte aligned, so the contiguous axis has stride 1 and every other stride and offset is a
+    /// multiple of 4. Returns (A read along k, B read along n).
+    fn vec4_orientation(&self) -> Option<(bool, bool)> {
+        let aligned = |v: &Strides, other: usize| {
+            v.off.is_multiple_of(4)
+                && v.bs[0].is_multiple_of(4)
+                && v.bs[1].is_multiple_of(4)
+                && other.is_multiple_of(4)
+        };
+        let along = |v: &Strides| {
+            if v.cs == 1 && aligned(v, v.rs) {
+                Some(true)
+            } else if v.rs == 1 && aligned(v, v.cs) {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        Some((along(&self.a)?, along(&self.b)?))
+    }
+
+    /// Whether C's rows can be stored as vec4s, as the subgroup kernel stores them: contiguous,
+    /// whole vec4s long, and 16-byte aligned.
+    fn c_rows_vec4(&self) -> bool {
+        let c = &self.c;
+        c.cs == 1
+            && self.n.is_multiple_of(4)
+            && [c.off, c.rs, c.bs[0], c.bs[1]]
+                .iter()
+                .all(|x| x.is_multiple_of(4))
+    }
+
+    /// How many K chunks to split this product into (see SPLIT_BELOW_TILES), if any: only single
+    /// products without bias whose C rows are contiguous, so that the chunks' sum is a column sum,
+    /// and whose A is stored K-major and B N-major (a weight gradient, Xᵀ·dY), so that every chunk
+    /// starts on a stored row of both: a chunk starting mid-row has no image of its own rows, and
+    /// on CPU adapters would leave the image kernels for storage buffers (at 512 x 128 x 512, a
+    /// product of the teacher's backward, 6-7 ms against about 1.5 unsplit). Tiles are counted as
+    /// the scalar kernel's, or for a `blocked` product as the vec4 and image kernels' 64 x 64,
+    /// also when the subgroup kernel runs it: the decision must not depend on which blocked kernel
+    /// runs, so that all three add the same terms in the same order.
+    fn k_splits(&self, caps: &Caps, blocked: bool) -> Option<usize> {
+        if !caps.split_k {
+            return None;
+        }
+        let (tm, tn) = if blocked { VEC4_TILE } else { SCALAR_TILE };
+        let tiles = self.m.div_ceil(tm) * self.n.div_ceil(tn);
+        let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
+        let chunks_start_rows = self.a.rs == 1 && self.b.cs == 1;
+        if self.batch != [1, 1]
+            || self.bias
+            || !contiguous_c
+            || !chunks_start_rows
+            || tiles >= SPLIT_BELOW_TILES
+        {
+            return None;
+        }
+        let splits = (SPLIT_TARGET_TILES / tiles).min(self.k / MIN_SPLIT_K);
+        (splits >= 2).then_some(splits)
+    }
+
+    /// Where A's and B's rows lie for images of them, when the device reads operands from images
+    /// and both fit one (see [`Strides::image_rows`] and [`Rows::fits`]); `None` sends the
+    /// product to the buffer kernels.
+    fn image_rows(&self, caps: &Caps, ak: bool, bn: bool) -> Option<[Rows; 2]> {
+        if !caps.image_operands {
+            return None;
+        }
+        let ra = self.a.image_rows(self.m, self.k, self.batch, ak)?;
+        let rb = self.b.image_rows(self.k, self.n, self.batch, bn)?;
+        // Both must fit before either is copied (Step::image checks each again, as it must for
+        // any caller).
+        let fits = |r: &Rows, v: &Strides| r.fits(caps.max_texture, v.byte_offset, v.numel);
+        (fits(&ra, &self.a).is_ok() && fits(&rb, &self.b).is_ok()).then_some([ra, rb])
+    }
 }
 
 #[repr(C)]
@@ -340,104 +664,116 @@ impl Gemm<'_> {
         self.bias.is_some() as usize | (self.accumulate as usize) << 1
     }
 
-    /// Whether `matmul_rows` takes this product, and which way it reads B (along n): a few rows
-    /// of one matrix, A contiguous along k, B contiguous along n or k, every vec4 it loads
-    /// 16-byte aligned.
-    fn few_rows_orientation(&self) -> Option<bool> {
-        let (a, b) = (&self.a, &self.b);
-        let fits = self.m <= FEW_ROWS
-            && self.n >= FEW_ROWS_MIN_N
-            && self.batch == [1, 1]
-            && self.k.is_multiple_of(4)
-            && a.cs == 1
-            && a.rs.is_multiple_of(4)
-            && a.off.is_multiple_of(4);
-        if !fits || !b.off.is_multiple_of(4) {
-            return None;
-        }
-        if b.cs == 1 && b.rs.is_multiple_of(4) && self.n.is_multiple_of(4) {
-            Some(true)
-        } else if b.rs == 1 && b.cs.is_multiple_of(4) {
-            Some(false)
-        } else {
-            None
+    /// This product's numbers, for `Dims::plan`.
+    pub fn dims(&self) -> Dims {
+        Dims {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            batch: self.batch,
+            a: self.a.strides(),
+            b: self.b.strides(),
+            c: self.c.strides(),
+            bias: self.bias.is_some(),
+            accumulate: self.accumulate,
         }
     }
 
-    /// Which way the vec4 kernel can read A and B blocks, if it can: every vec4 it loads must be
-    /// 16-byte aligned, so the contiguous axis has stride 1 and every other stride and offset is a
-    /// multiple of 4. Returns (A read along k, B read along n).
-    fn vec4_orientation(&self) -> Option<(bool, bool)> {
-        let aligned = |v: &View, other: usize| {
-            v.off.is_multiple_of(4)
-                && v.bs[0].is_multiple_of(4)
-                && v.bs[1].is_multiple_of(4)
-                && other.is_multiple_of(4)
-        };
-        let ak = if self.a.cs == 1 && aligned(&self.a, self.a.rs) {
-            true
-        } else if self.a.rs == 1 && aligned(&self.a, self.a.cs) {
-            false
-        } else {
-            return None;
-        };
-        let bn = if self.b.cs == 1 && aligned(&self.b, self.b.rs) {
-            true
-        } else if self.b.rs == 1 && aligned(&self.b, self.b.cs) {
-            false
-        } else {
-            return None;
-        };
-        Some((ak, bn))
+    /// Shape errors, before anything is planned: zero sizes, views past their tensors, a bias
+    /// that is not n long, an output that aliases an input.
+    fn check(&self) -> Result<()> {
+        const OP: &str = "matmul";
+        let [b1, b2] = self.batch;
+        if self.m == 0 || self.n == 0 || self.k == 0 || b1 == 0 || b2 == 0 {
+            return shape_err(
+                OP,
+                format!(
+                    "zero-sized matmul m={} n={} k={} batch={:?}",
+                    self.m, self.n, self.k, self.batch
+                ),
+            );
+        }
+        for (name, v, r, c) in [
+            ("A", &self.a, self.m, self.k),
+            ("B", &self.b, self.k, self.n),
+            ("C", &self.c, self.m, self.n),
+        ] {
+            let need = v.strides().max_index(r, c, self.batch) + 1;
+            if need > v.t.numel() {
+                return shape_err(
+                    OP,
+                    format!(
+                        "{name} view needs {need} elements but its tensor {:?} has {}",
+                        v.t.shape(),
+                        v.t.numel()
+                    ),
+                );
+            }
+        }
+        if let Some(bias) = self.bias {
+            if bias.numel() != self.n {
+                return shape_err(
+                    OP,
+                    format!(
+                        "bias has {} elements, expected n = {}",
+                        bias.numel(),
+                        self.n
+                    ),
+                );
+            }
+        }
+        if self.c.t.overlaps(self.a.t) || self.c.t.overlaps(self.b.t) {
+            return shape_err(OP, "the output may not alias an input");
+        }
+        Ok(())
     }
 
-    /// Whether C's rows can be stored as vec4s, as the subgroup kernel stores them: contiguous,
-    /// whole vec4s long, and 16-byte aligned.
-    fn c_rows_vec4(&self) -> bool {
-        let c = &self.c;
-        c.cs == 1
-            && self.n.is_multiple_of(4)
-            && [c.off, c.rs, c.bs[0], c.bs[1]]
-                .iter()
-                .all(|x| x.is_multiple_of(4))
+    /// Records the matmul into `step`.
+    pub fn record(&self, step: &mut Step) -> Result<()> {
+        self.record_with(step, None).map(drop)
     }
 
-    /// How many K chunks to split this product into (see SPLIT_BELOW_TILES), if any: only single
-    /// products without bias whose C rows are contiguous, so that the chunks' sum is a column sum,
-    /// and whose A is stored K-major and B N-major (a weight gradient, Xᵀ·dY), so that every chunk
-    /// starts on a stored row of both: a chunk starting mid-row has no image of its own rows, and
-    /// on CPU adapters would leave the image kernels for storage buffers (at 512 x 128 x 512, a
-    /// product of the teacher's backward, 6-7 ms against about 1.5 unsplit). Tiles are counted as
-    /// the scalar kernel's, or for a `blocked` product as the vec4 and image kernels' 64 x 64,
-    /// also when the subgroup kernel runs it: the decision must not depend on which blocked kernel
-    /// runs, so that all three add the same terms in the same order.
-    fn k_splits(&self, gpu: &Gpu, blocked: bool) -> Option<usize> {
-        if !gpu.split_k() {
-            return None;
+    /// Records the matmul with `epilogue` done in its store where a plan can do that (see
+    /// [`Dims::plan`]). Returns whether it recorded; if not, it records nothing, and the caller
+    /// runs the product and the GELU kernel.
+    pub fn record_with(&self, step: &mut Step, epilogue: Option<Epilogue>) -> Result<bool> {
+        self.check()?;
+        let caps = Caps::of(step.gpu());
+        let Some(plan) = self.dims().plan(&caps, epilogue.map(|e| e.wanted())) else {
+            return Ok(false);
+        };
+        match plan {
+            Plan::LongK => self.record_long_k(step)?,
+            Plan::FewRows { b_along_n } => self.record_few_rows(step, b_along_n)?,
+            Plan::SplitK { splits } => self.record_split(step, splits)?,
+            Plan::Tiled(t) => self.dispatch_tiled(step, t, epilogue)?,
         }
-        let (tm, tn) = if blocked { VEC4_TILE } else { SCALAR_TILE };
-        let tiles = self.m.div_ceil(tm) * self.n.div_ceil(tn);
-        let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
-        let chunks_start_rows = self.a.rs == 1 && self.b.cs == 1;
-        if self.batch != [1, 1]
-            || self.bias.is_some()
-            || !contiguous_c
-            || !chunks_start_rows
-            || tiles >= SPLIT_BELOW_TILES
-        {
-            return None;
+        Ok(true)
+    }
+
+    /// lavapipe silently stops an invocation's loops after 65,535 iterations in all (see
+    /// ARCHITECTURE.md), so a K over MAX_K runs as several products accumulated into C.
+    fn record_long_k(&self, step: &mut Step) -> Result<()> {
+        for k0 in (0..self.k).step_by(MAX_K) {
+            let mut part = Gemm {
+                k: MAX_K.min(self.k - k0),
+                bias: if k0 == 0 { self.bias } else { None },
+                accumulate: self.accumulate || k0 > 0,
+                ..*self
+            };
+            part.a.off += k0 * self.a.cs;
+            part.b.off += k0 * self.b.rs;
+            part.record(step)?;
         }
-        let splits = (SPLIT_TARGET_TILES / tiles).min(self.k / MIN_SPLIT_K);
-        (splits >= 2).then_some(splits)
+        Ok(())
     }
 
     /// A product of a few rows on `matmul_rows`. Where B runs along n (GPT-2's Conv1D weights,
     /// [k, n]) and K is long, K is cut into chunks of FEW_ROWS_CHUNK rows of B, each workgroup
     /// reading one chunk's contiguous block, their partial products summed into C afterwards. A
     /// GPU needs the chunks' workgroups: without them a 768-column product is 3 workgroups. On
-    /// lavapipe a 1 × 768 × 3072 product repeated on the same B went from 7.8 to 2.8 ms, but a
-    /// caption, whose products each read new weights from memory, did not get faster
-    /// (docs/benchmarks-caption.md: about 6 times transformers' time per token before and after).
+    /// lavapipe they make a 1 × 768 × 3072 product on a B already in cache about 3 times faster
+    /// (2.8 ms against 7.8), but not a caption, whose products each read new weights from memory.
     fn record_few_rows(&self, step: &mut Step, b_along_n: bool) -> Result<()> {
         let chunks = self.k / FEW_ROWS_CHUNK;
         let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
@@ -565,139 +901,18 @@ impl Gemm<'_> {
         Ok(())
     }
 
-    /// Where A's and B's rows lie for images of them, when the device reads operands from images
-    /// and both fit one (see [`View::image_rows`] and [`Rows::check`]); `None` sends the product
-    /// to the buffer kernels.
-    fn image_rows(&self, gpu: &Gpu, ak: bool, bn: bool) -> Option<[Rows; 2]> {
-        if !gpu.image_operands() {
-            return None;
-        }
-        let ra = self.a.image_rows(self.m, self.k, self.batch, ak)?;
-        let rb = self.b.image_rows(self.k, self.n, self.batch, bn)?;
-        // Both must fit before either is copied (Step::image checks each again, as it must for
-        // any caller).
-        (ra.check(gpu, self.a.t).is_ok() && rb.check(gpu, self.b.t).is_ok()).then_some([ra, rb])
-    }
-
-    /// Records the matmul into `step`.
-    pub fn record(&self, step: &mut Step) -> Result<()> {
-        self.record_with(step, None).map(drop)
-    }
-
-    /// Records the matmul with `epilogue` done in its store, where the subgroup kernel runs the
-    /// product into C's own rows (C contiguous, neither accumulated into nor split, a bias exactly
-    /// for the forward GELU) and the epilogue's tensor is shaped as C. Returns whether it did so;
-    /// if not, it records nothing, and the caller runs the product and the GELU kernel.
-    pub fn record_with(&self, step: &mut Step, epilogue: Option<Epilogue>) -> Result<bool> {
+    /// One dispatch of tiled kernel `t`, with `epilogue` in its store where given (the plan
+    /// chose the subgroup kernel for it).
+    fn dispatch_tiled(&self, step: &mut Step, t: Tiled, epilogue: Option<Epilogue>) -> Result<()> {
         const OP: &str = "matmul";
         let [b1, b2] = self.batch;
-        if self.m == 0 || self.n == 0 || self.k == 0 || b1 == 0 || b2 == 0 {
-            return shape_err(
-                OP,
-                format!(
-                    "zero-sized matmul m={} n={} k={} batch={:?}",
-                    self.m, self.n, self.k, self.batch
-                ),
-            );
-        }
-        for (name, v, r, c) in [
-            ("A", &self.a, self.m, self.k),
-            ("B", &self.b, self.k, self.n),
-            ("C", &self.c, self.m, self.n),
-        ] {
-            let need = v.max_index(r, c, self.batch) + 1;
-            if need > v.t.numel() {
-                return shape_err(
-                    OP,
-                    format!(
-                        "{name} view needs {need} elements but its tensor {:?} has {}",
-                        v.t.shape(),
-                        v.t.numel()
-                    ),
-                );
-            }
-        }
-        if let Some(bias) = self.bias {
-            if bias.numel() != self.n {
-                return shape_err(
-                    OP,
-                    format!(
-                        "bias has {} elements, expected n = {}",
-                        bias.numel(),
-                        self.n
-                    ),
-                );
-            }
-        }
-        if self.c.t.overlaps(self.a.t) || self.c.t.overlaps(self.b.t) {
-            return shape_err(OP, "the output may not alias an input");
-        }
-        if let Some(e) = epilogue {
-            let c_whole = self.c.off == 0
-                && self.c.rs == self.n
-                && self.batch == [1, 1]
-                && e.tensor().numel() == self.m * self.n
-                && self.c.t.numel() == self.m * self.n;
-            let bias_fits = matches!(e, Epilogue::Gelu { .. }) == self.bias.is_some();
-            if self.k > MAX_K || self.accumulate || !c_whole || !bias_fits || e.index().is_none() {
-                return Ok(false);
-            }
-        }
-        if self.k > MAX_K {
-            // lavapipe silently stops an invocation's loops after 65,535 iterations in all (see
-            // ARCHITECTURE.md), so a long K runs as several products accumulated into C.
-            for k0 in (0..self.k).step_by(MAX_K) {
-                let mut part = Gemm {
-                    k: MAX_K.min(self.k - k0),
-                    bias: if k0 == 0 { self.bias } else { None },
-                    accumulate: self.accumulate || k0 > 0,
-                    ..*self
-                };
-                part.a.off += k0 * self.a.cs;
-                part.b.off += k0 * self.b.rs;
-                part.record(step)?;
-            }
-            return Ok(true);
-        }
-        if let Some(bn) = self.few_rows_orientation() {
-            // A fused epilogue would send the product to a tiled kernel: the caller's separate
-            // pass after matmul_rows costs less than the rows a tile computes for nothing.
-            if epilogue.is_some() {
-                return Ok(false);
-            }
-            self.record_few_rows(step, bn)?;
-            return Ok(true);
-        }
-        let orientation = self.vec4_orientation();
-        if let Some(splits) = self.k_splits(step.gpu(), orientation.is_some()) {
-            if epilogue.is_some() {
-                return Ok(false);
-            }
-            self.record_split(step, splits)?;
-            return Ok(true);
-        }
-        // The image kernels where both operands fit images; of them, the subgroup kernel where
-        // the device has it.
-        let imaged =
-            orientation.and_then(|(ak, bn)| Some((ak, bn, self.image_rows(step.gpu(), ak, bn)?)));
-        let subgroup = imaged.is_some() && step.gpu().subgroup_matmul() && self.c_rows_vec4();
-        if epilogue.is_some() && !subgroup {
-            return Ok(false);
-        }
-        let (tm, tn) = if subgroup {
-            SUBGROUP_TILE
-        } else if orientation.is_some() {
-            VEC4_TILE
-        } else {
-            SCALAR_TILE
-        };
+        let (tm, tn) = t.tile();
         let tiles_m = self.m.div_ceil(tm);
         let tiles_n = self.n.div_ceil(tn);
         let tiles = (tiles_m * tiles_n) as u64 * (b1 * b2) as u64;
-        let group_tiles = if subgroup {
-            subgroup_group_tiles(tiles, self.k)
-        } else {
-            1
+        let group_tiles = match t {
+            Tiled::Subgroup { .. } => subgroup_group_tiles(tiles, self.k),
+            _ => 1,
         };
         let total = tiles.div_ceil(group_tiles);
         let u = |x| crate::ops::u32_of(OP, "size", x);
@@ -715,44 +930,33 @@ impl Gemm<'_> {
             c: pack(OP, &self.c)?,
             group_tiles: group_tiles as u32,
         };
-        let store = self.store();
+        let kernel = t.kernel(self.store(), epilogue.and_then(|e| e.wanted().index));
         let bias = self.bias.unwrap_or(self.b.t);
-        let tensors = [self.a.t, self.b.t, bias, self.c.t];
-        if let Some((ak, bn, [ra, rb])) = imaged {
-            let ia = step.image(self.a.t, &ra)?;
-            let ib = step.image(self.b.t, &rb)?;
-            let (ak, bn) = (ak as usize, bn as usize);
-            if subgroup {
+        let (a, b, c) = (self.a.t, self.b.t, self.c.t);
+        match t {
+            Tiled::Scalar => step.dispatch_linear(kernel, &params, &[a, b, bias, c], total),
+            Tiled::Vec4 { .. } => {
+                step.dispatch_linear(kernel, &params, &[a, b, bias, c, a, b], total)
+            }
+            Tiled::Image { rows: [ra, rb], .. } => {
+                let (ia, ib) = (step.image(a, &ra)?, step.image(b, &rb)?);
+                step.dispatch_linear_images(kernel, &params, &[a, b, bias, c], &[&ia, &ib], total)
+            }
+            Tiled::Subgroup { rows: [ra, rb], .. } => {
+                let (ia, ib) = (step.image(a, &ra)?, step.image(b, &rb)?);
                 // Without an epilogue, a spare vec4 stands in for its tensor.
                 let spare;
-                let (kernel, aux) = match epilogue {
-                    Some(e) => {
-                        let i = e.index().expect("checked above: ReLU has no epilogue");
-                        (&MATMUL_SUBGROUP_GELU[ak][bn][i], e.tensor())
-                    }
+                let aux = match epilogue {
+                    Some(e) => e.tensor(),
                     None => {
                         spare = step.empty(&[4])?;
-                        (&MATMUL_SUBGROUP[ak][bn][store], &spare)
+                        &spare
                     }
                 };
-                let tensors = [self.a.t, self.b.t, bias, self.c.t, aux];
-                step.dispatch_linear_images(kernel, &params, &tensors, &[&ia, &ib], total)?;
-            } else {
-                let kernel = &MATMUL_IMAGE[ak][bn][store];
-                step.dispatch_linear_images(kernel, &params, &tensors, &[&ia, &ib], total)?;
+                let tensors = [a, b, bias, c, aux];
+                step.dispatch_linear_images(kernel, &params, &tensors, &[&ia, &ib], total)
             }
-            return Ok(true);
         }
-        match orientation {
-            Some((ak, bn)) => step.dispatch_linear(
-                &MATMUL_VEC4[ak as usize][bn as usize][store],
-                &params,
-                &[self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t],
-                total,
-            ),
-            None => step.dispatch_linear(&MATMUL[store], &params, &tensors, total),
-        }?;
-        Ok(true)
     }
 }
 
@@ -816,4 +1020,194 @@ pub fn matmul(
     }
     .record(step)?;
     Ok(c)
+}
+
+/// Plans decided without a GPU, for the shapes of a caption, a training step and a distillation.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A contiguous [rows, cols] matrix alone in its tensor, as `View::matrix` lays it out.
+    fn matrix(rows: usize, cols: usize, transposed: bool) -> Strides {
+        let (rs, cs) = if transposed { (1, cols) } else { (cols, 1) };
+        Strides {
+            off: 0,
+            rs,
+            cs,
+            bs: [rows * cols, 0],
+            numel: rows * cols,
+            byte_offset: 0,
+        }
+    }
+
+    /// C = A · B for A [m, k] (stored [k, m] if `ta`) and B [k, n] (stored [n, k] if `tb`).
+    fn product(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Dims {
+        Dims {
+            m,
+            n,
+            k,
+            batch: [1, 1],
+            a: if ta {
+                matrix(k, m, true)
+            } else {
+                matrix(m, k, false)
+            },
+            b: if tb {
+                matrix(n, k, true)
+            } else {
+                matrix(k, n, false)
+            },
+            c: matrix(m, n, false),
+            bias: false,
+            accumulate: false,
+        }
+    }
+
+    const LAVAPIPE: Caps = Caps {
+        split_k: false,
+        image_operands: true,
+        subgroup: true,
+        max_texture: 16384,
+    };
+    const GPU: Caps = Caps {
+        split_k: true,
+        image_operands: false,
+        subgroup: false,
+        max_texture: 16384,
+    };
+
+    const GELU: EpilogueWanted = EpilogueWanted {
+        index: Some(0),
+        with_bias: true,
+        numel: 64 * 3072,
+    };
+
+    #[test]
+    fn one_generated_token_takes_the_few_rows_kernel_everywhere() {
+        // GPT-2's MLP up-projection for one token: Conv1D weights [768, 3072], read along n.
+        for caps in [LAVAPIPE, GPU] {
+            let p = product(1, 3072, 768, false, false).plan(&caps, None);
+            assert_eq!(p, Some(Plan::FewRows { b_along_n: true }));
+        }
+        // The ViT's nn.Linear weights [out, in] are read along k.
+        let p = product(2, 768, 768, false, true).plan(&GPU, None);
+        assert_eq!(p, Some(Plan::FewRows { b_along_n: false }));
+        // Too narrow for it (the losses' head-by-head products): tiled.
+        let p = product(1, 16, 768, false, false).plan(&GPU, None);
+        assert!(matches!(p, Some(Plan::Tiled(_))), "{p:?}");
+    }
+
+    #[test]
+    fn a_long_k_is_chunked_before_anything_else() {
+        let p = product(64, 64, MAX_K + 4, false, false).plan(&LAVAPIPE, None);
+        assert_eq!(p, Some(Plan::LongK));
+        let p = product(64, 64, MAX_K, false, false).plan(&LAVAPIPE, None);
+        assert!(
+            matches!(p, Some(Plan::Tiled(Tiled::Subgroup { .. }))),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn weight_gradients_split_k_on_gpus_only() {
+        // Xᵀ·dY over 2,080 tokens: 128 × 512, 16 tiles of 64 × 64.
+        let dw = product(128, 512, 2080, true, false);
+        let splits = (SPLIT_TARGET_TILES / 16).min(2080 / MIN_SPLIT_K);
+        assert_eq!(dw.plan(&GPU, None), Some(Plan::SplitK { splits }));
+        assert!(matches!(
+            dw.plan(&LAVAPIPE, None),
+            Some(Plan::Tiled(Tiled::Subgroup {
+                a_along_k: false,
+                b_along_n: true,
+                ..
+            }))
+        ));
+        // With a bias the chunks' sum would add it once per chunk: not split.
+        let biased = Dims { bias: true, ..dw };
+        assert!(matches!(
+            biased.plan(&GPU, None),
+            Some(Plan::Tiled(Tiled::Vec4 { .. }))
+        ));
+    }
+
+    #[test]
+    fn kernels_follow_alignment_and_the_device() {
+        let x = product(64, 512, 512, false, true);
+        let vec4 = Tiled::Vec4 {
+            a_along_k: true,
+            b_along_n: false,
+        };
+        assert_eq!(x.plan(&GPU, None), Some(Plan::Tiled(vec4)));
+        // Without subgroups, CPU adapters read images in the image kernel.
+        let images = Caps {
+            subgroup: false,
+            ..LAVAPIPE
+        };
+        assert!(matches!(
+            x.plan(&images, None),
+            Some(Plan::Tiled(Tiled::Image { .. }))
+        ));
+        // GPT-2's 50,257-word LM head reads the embedding [50257, 768] along k, but as an image
+        // it would be 50,257 texels high: the vec4 kernel on buffers. The gradient of that
+        // embedding reads the logits' gradient transposed, along rows of odd width: no vec4s.
+        let head = product(64, 50257, 768, false, true);
+        assert_eq!(head.plan(&LAVAPIPE, None), Some(Plan::Tiled(vec4)));
+        let head_grad = product(50257, 768, 64, true, false);
+        assert_eq!(
+            head_grad.plan(&LAVAPIPE, None),
+            Some(Plan::Tiled(Tiled::Scalar))
+        );
+        // Rows wider than an image can be: the vec4 kernel on buffers.
+        let small = Caps {
+            max_texture: 64,
+            ..LAVAPIPE
+        };
+        assert_eq!(x.plan(&small, None), Some(Plan::Tiled(vec4)));
+    }
+
+    #[test]
+    fn an_epilogue_only_where_the_subgroup_kernel_writes_c_whole() {
+        let up = Dims {
+            bias: true,
+            ..product(64, 3072, 768, false, false)
+        };
+        assert!(matches!(
+            up.plan(&LAVAPIPE, Some(GELU)),
+            Some(Plan::Tiled(Tiled::Subgroup { .. }))
+        ));
+        // Each of these leaves the GELU to the caller's own pass.
+        let relu = EpilogueWanted {
+            index: None,
+            ..GELU
+        };
+        let unbiased = EpilogueWanted {
+            with_bias: false,
+            ..GELU
+        };
+        let accumulating = Dims {
+            accumulate: true,
+            ..up
+        };
+        let one_row = Dims {
+            m: 1,
+            c: matrix(1, 3072, false),
+            ..up
+        };
+        for (d, e, caps) in [
+            (up, GELU, GPU),
+            (up, relu, LAVAPIPE),
+            (up, unbiased, LAVAPIPE),
+            (accumulating, GELU, LAVAPIPE),
+            (
+                one_row,
+                EpilogueWanted {
+                    numel: 3072,
+                    ..GELU
+                },
+                LAVAPIPE,
+            ),
+        ] {
+            assert_eq!(d.plan(&caps, Some(e)), None, "{d:?} {e:?} {caps:?}");
+        }
+    }
 }
