@@ -542,7 +542,7 @@ fn backward_matches_reference_and_finite_differences() {
 /// dhidden = (dy·W2ᵀ) ⊙ GELU'(hidden). Both forms, both weight layouts.
 #[test]
 fn gelu_in_the_store_matches_the_gelu_kernel() {
-    use amad::model::linear::{linear_activation, linear_bwd, Dx, Layout};
+    use amad::model::linear::{linear_activation, linear_bwd, Dx, Grad, Layout};
     use amad::ops::elementwise::Activation;
     let subgroup = own_device(true);
     let buffers = own_device(false);
@@ -605,8 +605,14 @@ fn gelu_in_the_store_matches_the_gelu_kernel() {
                     got = run_on(g, |s| {
                         let (h, a) = linear_activation(s, &tx, &tw1, &tb, layout, kind)?;
                         let through = Dx::ThroughActivation { hidden: &h, kind };
-                        let dh = linear_bwd(s, &a, &tw2, layout, &tdy, &tdw, Some(&tdb), through)?;
-                        Ok(vec![h, a, dh.expect("dhidden is returned")])
+                        let p = Grad {
+                            w: &tw2,
+                            layout,
+                            dw: &tdw,
+                            db: Some(&tdb),
+                        };
+                        let dh = linear_bwd(s, &a, p, &tdy, through)?;
+                        Ok(vec![h, a, dh])
                     })
                 });
                 assert!(ran.contains(&product), "{what}: ran {ran:?}");

@@ -10,7 +10,7 @@ use crate::ops::amad::{align, Options, Variant};
 use crate::ops::attention::Probs;
 use crate::ops::elementwise::axpy;
 use crate::ops::loss::{cross_entropy, cross_entropy_bwd, kl_div, kl_div_bwd};
-use crate::ops::reduce::sum_segments;
+use crate::ops::reduce::add_sum_into;
 
 /// Which attention maps are distilled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,7 +223,16 @@ impl PairWeights {
     }
 }
 
-/// What a step reports: [ce, kd, attention, total] in one tensor (one readback), and the
+/// The slots of [`StepOut::terms`], and their names in metrics.jsonl.
+pub mod term {
+    pub const CE: usize = 0;
+    pub const KD: usize = 1;
+    pub const ATTENTION: usize = 2;
+    pub const TOTAL: usize = 3;
+    pub const NAMES: [&str; 4] = ["ce", "kd", "attn", "total"];
+}
+
+/// What a step reports: its loss terms (see [`term`]) in one tensor (one readback), and the
 /// alignment weights of every paired layer.
 pub struct StepOut {
     pub terms: Tensor,
@@ -347,7 +356,7 @@ pub fn distill_grads(
     let sf = student.forward(step, &batch.student_patches, &batch.ids)?;
     let rows = [b * len, sd.vocab_size];
     let (zt, zs) = (tf.logits.reshape(&rows)?, sf.logits().reshape(&rows)?);
-    let terms = step.zeros(&[4])?;
+    let terms = step.zeros(&[term::NAMES.len()])?;
     // Output terms.
     let (ce, ce_totals) = cross_entropy(step, &zs, &batch.labels)?;
     let dlogits = cross_entropy_bwd(step, &zs, &batch.labels, &ce_totals, cfg.alpha)?;
@@ -365,13 +374,10 @@ pub fn distill_grads(
         )?;
         axpy(step, &dlogits, &dkd, 1.0)?;
     }
-    let add_term = |step: &mut Step, x: &Tensor, slot: usize, scale: f32| {
-        sum_segments(step, x, 1, scale, false, &terms, slot, true)
-    };
-    add_term(step, &ce, 0, 1.0)?;
-    add_term(step, &kd, 1, 1.0)?;
-    add_term(step, &ce, 3, cfg.alpha)?;
-    add_term(step, &kd, 3, cfg.beta * t2)?;
+    add_sum_into(step, &ce, 1.0, &terms, term::CE)?;
+    add_sum_into(step, &kd, 1.0, &terms, term::KD)?;
+    add_sum_into(step, &ce, cfg.alpha, &terms, term::TOTAL)?;
+    add_sum_into(step, &kd, cfg.beta * t2, &terms, term::TOTAL)?;
     // Attention term.
     let mut dmaps = MapGrads {
         encoder: vec![None; se.num_hidden_layers],
@@ -399,8 +405,8 @@ pub fn distill_grads(
                 Kind::Cross => Some(&cross_mask),
             };
             let a = align(step, &tm, &sm, mask, opts, cfg.gamma * share)?;
-            add_term(step, &a.loss, 2, share)?;
-            add_term(step, &a.loss, 3, cfg.gamma * share)?;
+            add_sum_into(step, &a.loss, share, &terms, term::ATTENTION)?;
+            add_sum_into(step, &a.loss, cfg.gamma * share, &terms, term::TOTAL)?;
             let slot = match kind {
                 Kind::Encoder => &mut dmaps.encoder[js],
                 Kind::DecoderSelf => &mut dmaps.decoder_self[js],

@@ -2,16 +2,18 @@
 //! pre-LN blocks of causal self-attention, cross-attention over the encoder states and a
 //! tanh-GELU MLP, final LayerNorm, and the LM head tied to the token embedding.
 
-use super::linear::{linear_bwd, linear_row_blocks, Dx, Layout::InOut, Layout::OutIn};
+use super::linear::{
+    linear_bwd, linear_bwd_params, linear_row_blocks, Dx, Grad, Layout::InOut, Layout::OutIn,
+};
 use super::mlp::{Mlp, MlpActs};
 use super::weights::DecLayer;
-use super::{LayerMaps, Model, Weights};
+use super::{cross_attention_bwd, self_attention_bwd, LayerMaps, Model, Weights};
 use crate::error::{shape_err, Result};
 use crate::gpu::{DType, Step, Tensor};
-use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
+use crate::ops::attention::{attention, Dims, Probs, Saved, Seq};
 use crate::ops::elementwise::add;
 use crate::ops::embedding::{embedding, embedding_bwd, embedding_rows};
-use crate::ops::layernorm::{layernorm, layernorm_bwd};
+use crate::ops::layernorm::layernorm;
 use crate::ops::softmax::Masks;
 
 /// What one block keeps for its backward.
@@ -262,27 +264,16 @@ impl Model {
     ) -> Result<Tensor> {
         let l = &self.layout;
         let s = acts.ids.shape();
-        let dhidden = linear_bwd(
-            step,
-            &acts.hidden,
-            self.w(l.wte),
-            OutIn,
-            dlogits,
-            &g.tensors[l.wte],
-            None,
-            Dx::New,
-        )?
-        .expect("dx requested");
-        let mut dx = layernorm_bwd(
-            step,
-            &acts.x_final,
-            self.w(l.ln_f.0),
-            &acts.ln_stats,
-            &dhidden,
-            &g.tensors[l.ln_f.0],
-            &g.tensors[l.ln_f.1],
-            None,
-        )?;
+        // The LM head is the token embedding, tied and without a bias.
+        let head = Grad {
+            w: self.w(l.wte),
+            layout: OutIn,
+            dw: &g.tensors[l.wte],
+            db: None,
+        };
+        let dhidden = linear_bwd(step, &acts.hidden, head, dlogits, Dx::New)?;
+        let stats = (&acts.x_final, &acts.ln_stats);
+        let mut dx = self.ln_bwd(step, l.ln_f, stats, &dhidden, g, None)?;
         let dstates = step.zeros(states.shape())?;
         for (i, (layer, a)) in l.dec.iter().zip(&acts.blocks).enumerate().rev() {
             let dprobs = (
@@ -293,115 +284,49 @@ impl Model {
                 self.self_dims(s[0], s[1], i),
                 self.cross_dims(s[0], s[1], i),
             );
-            dx = self.dec_block_bwd(step, layer, a, (sd, xd), states, &dstates, dx, dprobs, g)?;
+            let states = (states, &dstates);
+            dx = self.dec_block_bwd(step, (layer, a), (sd, xd), states, (dx, dprobs), g)?;
         }
         embedding_bwd(step, &acts.ids, &dx, &g.tensors[l.wte])?;
         embedding_bwd(step, &acts.positions, &dx, &g.tensors[l.wpe])?;
         Ok(dstates)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Backward of one block, from the gradients arriving at its output and at its self- and
+    /// cross-attention maps (a distillation loss on them): the forward in reverse. Adds the
+    /// encoder states' gradient into `dstates`; returns the input's gradient.
     fn dec_block_bwd(
         &self,
         step: &mut Step,
-        layer: &DecLayer,
-        a: &BlockActs,
+        (layer, a): (&DecLayer, &BlockActs),
         (sd, xd): (Dims, Dims),
-        states: &Tensor,
-        dstates: &Tensor,
-        dx: Tensor,
-        (dself, dcross): (Option<&Tensor>, Option<&Tensor>),
+        (states, dstates): (&Tensor, &Tensor),
+        (dx, (dself_maps, dcross_maps)): (Tensor, (Option<&Tensor>, Option<&Tensor>)),
         g: &Weights,
     ) -> Result<Tensor> {
-        let need = |t: Option<Tensor>| t.expect("dx requested");
         // x_out = x_mid2 + proj(activation(fc(ln2(x_mid2))))
         let dx_mid2 = self.mlp_bwd(step, &a.x_mid2, &self.dec_mlp(layer), &a.mlp, dx, g)?;
         // x_mid2 = x_mid1 + cross_proj(attention(q(ln_cross x_mid1), kv(states)))
-        let dcross_out = need(self.lin_bwd(
-            InOut,
-            step,
-            &a.cross_out,
-            layer.cross_proj,
-            &dx_mid2,
-            g,
-            Dx::New,
-        )?);
-        let dcq = step.empty(a.cross_q.shape())?;
-        let dckv = step.empty(a.cross_kv.shape())?;
-        let grads = Grads {
-            dq: Seq::whole(&dcq),
-            dk: Seq::part(&dckv, 0, 2),
-            dv: Seq::part(&dckv, 1, 2),
-            dprobs: dcross,
-        };
-        let (q, k, v) = (
-            Seq::whole(&a.cross_q),
-            Seq::part(&a.cross_kv, 0, 2),
-            Seq::part(&a.cross_kv, 1, 2),
-        );
+        let dcross = self.lin_bwd(InOut, step, &a.cross_out, layer.cross_proj, &dx_mid2, g)?;
         let saved = Saved {
             out: &a.cross_out,
             probs: &a.cross_probs,
         };
-        attention_bwd(step, xd, q, k, v, saved, &dcross_out, grads)?;
-        self.lin_bwd(
-            InOut,
-            step,
-            states,
-            layer.cross_kv,
-            &dckv,
-            g,
-            Dx::AddTo(dstates),
-        )?;
-        let dc = need(self.lin_bwd(InOut, step, &a.ln_cross.0, layer.cross_q, &dcq, g, Dx::New)?);
-        let dx_mid1 = layernorm_bwd(
-            step,
-            &a.x_mid1,
-            self.w(layer.ln_cross.0),
-            &a.ln_cross.1,
-            &dc,
-            &g.tensors[layer.ln_cross.0],
-            &g.tensors[layer.ln_cross.1],
-            Some(dx_mid2),
-        )?;
+        let qkv = (&a.cross_q, &a.cross_kv);
+        let (dcq, dckv) = cross_attention_bwd(step, xd, qkv, saved, &dcross, dcross_maps)?;
+        let kv = self.grad(InOut, layer.cross_kv, g);
+        linear_bwd_params(step, states, kv, &dckv, Some(dstates))?;
+        let dln_cross = self.lin_bwd(InOut, step, &a.ln_cross.0, layer.cross_q, &dcq, g)?;
+        let saved_ln = (&a.x_mid1, &a.ln_cross.1);
+        let dx_mid1 = self.ln_bwd(step, layer.ln_cross, saved_ln, &dln_cross, g, Some(dx_mid2))?;
         // x_mid1 = x + attn_proj(causal attention(qkv(ln1 x)))
-        let dself_out = need(self.lin_bwd(
-            InOut,
-            step,
-            &a.self_out,
-            layer.attn_proj,
-            &dx_mid1,
-            g,
-            Dx::New,
-        )?);
-        let dqkv = step.empty(a.qkv.shape())?;
-        let grads = Grads {
-            dq: Seq::part(&dqkv, 0, 3),
-            dk: Seq::part(&dqkv, 1, 3),
-            dv: Seq::part(&dqkv, 2, 3),
-            dprobs: dself,
-        };
-        let (q, k, v) = (
-            Seq::part(&a.qkv, 0, 3),
-            Seq::part(&a.qkv, 1, 3),
-            Seq::part(&a.qkv, 2, 3),
-        );
+        let dself = self.lin_bwd(InOut, step, &a.self_out, layer.attn_proj, &dx_mid1, g)?;
         let saved = Saved {
             out: &a.self_out,
             probs: &a.self_probs,
         };
-        attention_bwd(step, sd, q, k, v, saved, &dself_out, grads)?;
-        let da = need(self.lin_bwd(InOut, step, &a.ln1.0, layer.qkv, &dqkv, g, Dx::New)?);
-        let dx_in = layernorm_bwd(
-            step,
-            &a.x,
-            self.w(layer.ln1.0),
-            &a.ln1.1,
-            &da,
-            &g.tensors[layer.ln1.0],
-            &g.tensors[layer.ln1.1],
-            Some(dx_mid1),
-        )?;
-        Ok(dx_in)
+        let dqkv = self_attention_bwd(step, sd, &a.qkv, saved, &dself, dself_maps)?;
+        let dln1 = self.lin_bwd(InOut, step, &a.ln1.0, layer.qkv, &dqkv, g)?;
+        self.ln_bwd(step, layer.ln1, (&a.x, &a.ln1.1), &dln1, g, Some(dx_mid1))
     }
 }

@@ -1,15 +1,15 @@
 //! The ViT encoder, forward and backward: patch embedding, CLS and positions, pre-LN blocks with
 //! exact-GELU MLPs, final LayerNorm, and the projection to the decoder's width when they differ.
 
-use super::linear::{Dx, Layout::OutIn};
+use super::linear::{linear_bwd_params, Layout::OutIn};
 use super::mlp::{Mlp, MlpActs};
 use super::weights::EncLayer;
-use super::{LayerMaps, Model, Weights};
+use super::{self_attention_bwd, LayerMaps, Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
-use crate::ops::attention::{attention, attention_bwd, Dims, Grads, Probs, Saved, Seq};
+use crate::ops::attention::{attention, Dims, Probs, Saved, Seq};
 use crate::ops::embedding::{vit_tokens, vit_tokens_bwd};
-use crate::ops::layernorm::{layernorm, layernorm_bwd};
+use crate::ops::layernorm::layernorm;
 use crate::ops::softmax::Masks;
 
 /// What one block keeps for its backward.
@@ -165,80 +165,42 @@ impl Model {
         let l = &self.layout;
         let dims = self.enc_dims(acts.patches.shape()[0]);
         let dnormed = match l.enc_to_dec {
-            Some(p) => self
-                .lin_bwd(OutIn, step, &acts.normed, p, dstates, g, Dx::New)?
-                .expect("dx requested"),
+            Some(p) => self.lin_bwd(OutIn, step, &acts.normed, p, dstates, g)?,
             None => dstates.clone(),
         };
-        let mut dx = layernorm_bwd(
-            step,
-            &acts.x_final,
-            self.w(l.enc_ln.0),
-            &acts.ln_stats,
-            &dnormed,
-            &g.tensors[l.enc_ln.0],
-            &g.tensors[l.enc_ln.1],
-            None,
-        )?;
+        let stats = (&acts.x_final, &acts.ln_stats);
+        let mut dx = self.ln_bwd(step, l.enc_ln, stats, &dnormed, g, None)?;
         for (i, (layer, a)) in l.enc.iter().zip(&acts.blocks).enumerate().rev() {
             let dprobs = dmaps.get(i).and_then(Option::as_ref);
-            dx = self.block_bwd(step, layer, a, dims, dx, dprobs, g)?;
+            dx = self.block_bwd(step, layer, a, dims, (dx, dprobs), g)?;
         }
         let dembedded = vit_tokens_bwd(step, &dx, &g.tensors[l.cls], &g.tensors[l.pos])?;
-        self.lin_bwd(OutIn, step, &acts.patches, l.patch, &dembedded, g, Dx::Skip)?;
-        Ok(())
+        // The patches are data: their gradient is not needed.
+        let patch = self.grad(OutIn, l.patch, g);
+        linear_bwd_params(step, &acts.patches, patch, &dembedded, None)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Backward of one block, from the gradients arriving at its output and at its attention
+    /// map (a distillation loss on it): the forward in reverse. Returns the input's gradient.
     fn block_bwd(
         &self,
         step: &mut Step,
         layer: &EncLayer,
         a: &BlockActs,
         dims: Dims,
-        dx: Tensor,
-        dprobs: Option<&Tensor>,
+        (dx, dprobs): (Tensor, Option<&Tensor>),
         g: &Weights,
     ) -> Result<Tensor> {
         // x_out = x_mid + fc2(activation(fc1(ln2(x_mid))))
         let dx_mid = self.mlp_bwd(step, &a.x_mid, &self.enc_mlp(layer), &a.mlp, dx, g)?;
         // x_mid = x + out(attention(qkv(ln1 x))), query, key and value as one product
-        let dattn = self
-            .lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g, Dx::New)?
-            .expect("dx requested");
-        let dqkv = step.empty(a.qkv.shape())?;
-        let grads = Grads {
-            dq: Seq::part(&dqkv, 0, 3),
-            dk: Seq::part(&dqkv, 1, 3),
-            dv: Seq::part(&dqkv, 2, 3),
-            dprobs,
+        let dattn = self.lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g)?;
+        let saved = Saved {
+            out: &a.attn,
+            probs: &a.probs,
         };
-        attention_bwd(
-            step,
-            dims,
-            Seq::part(&a.qkv, 0, 3),
-            Seq::part(&a.qkv, 1, 3),
-            Seq::part(&a.qkv, 2, 3),
-            Saved {
-                out: &a.attn,
-                probs: &a.probs,
-            },
-            &dattn,
-            grads,
-        )?;
-        let da = self
-            .lin_bwd(OutIn, step, &a.ln1.0, layer.qkv, &dqkv, g, Dx::New)?
-            .expect("dx requested");
-        let dx_in = layernorm_bwd(
-            step,
-            &a.x,
-            self.w(layer.ln1.0),
-            &a.ln1.1,
-            &da,
-            &g.tensors[layer.ln1.0],
-            &g.tensors[layer.ln1.1],
-            Some(dx_mid),
-        )?;
-        Ok(dx_in)
+        let dqkv = self_attention_bwd(step, dims, &a.qkv, saved, &dattn, dprobs)?;
+        let dln1 = self.lin_bwd(OutIn, step, &a.ln1.0, layer.qkv, &dqkv, g)?;
+        self.ln_bwd(step, layer.ln1, (&a.x, &a.ln1.1), &dln1, g, Some(dx_mid))
     }
 }

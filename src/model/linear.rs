@@ -211,45 +211,92 @@ pub fn linear_activation(
     Ok((hidden, act))
 }
 
-/// What [`linear_bwd`] does with dx.
+/// A linear layer's weight, laid out as `layout`, and the gradients its backward adds into.
+#[derive(Clone, Copy)]
+pub struct Grad<'a> {
+    pub w: &'a Tensor,
+    pub layout: Layout,
+    pub dw: &'a Tensor,
+    /// The bias's gradient, for a layer with a bias.
+    pub db: Option<&'a Tensor>,
+}
+
+/// The dx that [`linear_bwd`] returns.
 #[derive(Clone, Copy)]
 pub enum Dx<'a> {
-    /// Not needed (the layer's input is data).
-    Skip,
-    /// A new tensor, returned.
+    /// The gradient of the layer's input.
     New,
-    /// Added into this tensor (another path's gradient of the same input), in the product itself.
-    AddTo(&'a Tensor),
-    /// A new tensor, the gradient one step further back: through x = GELU(hidden), so
-    /// dhidden = dx ⊙ GELU'(hidden), returned (in the product's store where the matmul can).
+    /// The gradient one step further back: through x = GELU(hidden), so dhidden = dx ⊙
+    /// GELU'(hidden) (in the product's store where the matmul can).
     ThroughActivation {
         hidden: &'a Tensor,
         kind: Activation,
     },
 }
 
-/// Backward of [`linear`]: adds dW (and db) into `dw` (and `db`); returns dx for [`Dx::New`].
-#[allow(clippy::too_many_arguments)]
-pub fn linear_bwd(
+/// Backward of [`linear`]: adds dW (and db) into the gradients of `p` and returns dx as `dx` says.
+pub fn linear_bwd(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor, dx: Dx) -> Result<Tensor> {
+    let dims = param_grads(step, x, p, dy)?;
+    let out_dx = step.empty(x.shape())?;
+    let gemm = dx_gemm(p, dy, &out_dx, dims, false);
+    match dx {
+        Dx::New => gemm.record(step)?,
+        Dx::ThroughActivation { hidden, kind } => {
+            if hidden.shape() != x.shape() {
+                return shape_err(
+                    "linear_bwd",
+                    format!(
+                        "hidden {:?} does not match x {:?}",
+                        hidden.shape(),
+                        x.shape()
+                    ),
+                );
+            }
+            if gemm.record_with(step, Some(Epilogue::GeluSlope { hidden, kind }))? {
+                return Ok(out_dx);
+            }
+            gemm.record(step)?;
+            return activation_bwd(step, hidden, &out_dx, kind);
+        }
+    }
+    Ok(out_dx)
+}
+
+/// Backward of [`linear`] for its parameters alone: adds dW (and db) into the gradients of `p`,
+/// and dx into `add_dx_to` where given (another path's gradient of the same input: the product
+/// adds it in its store); where not, the input is data and needs none.
+pub fn linear_bwd_params(
     step: &mut Step,
     x: &Tensor,
-    w: &Tensor,
-    layout: Layout,
+    p: Grad,
     dy: &Tensor,
-    dw: &Tensor,
-    db: Option<&Tensor>,
-    dx: Dx,
-) -> Result<Option<Tensor>> {
-    let (rows, inp, out) = dims("linear_bwd", x, w, layout)?;
-    if dy.numel() != rows * out || dw.numel() != w.numel() {
+    add_dx_to: Option<&Tensor>,
+) -> Result<()> {
+    let dims = param_grads(step, x, p, dy)?;
+    let Some(t) = add_dx_to else {
+        return Ok(());
+    };
+    if t.shape() != x.shape() {
+        return shape_err(
+            "linear_bwd",
+            format!("dx {:?} does not match x {:?}", t.shape(), x.shape()),
+        );
+    }
+    dx_gemm(p, dy, t, dims, true).record(step)
+}
+
+/// Adds dW (and db) into the gradients of `p`; returns the layer's (rows, in, out).
+fn param_grads(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor) -> Result<(usize, usize, usize)> {
+    let (rows, inp, out) = dims("linear_bwd", x, p.w, p.layout)?;
+    if dy.numel() != rows * out || p.dw.numel() != p.w.numel() {
         return shape_err(
             "linear_bwd",
             format!(
                 "dy {:?} or dw {:?} do not match x {:?}, w {:?}",
                 dy.shape(),
-                dw.shape(),
+                p.dw.shape(),
                 x.shape(),
-                w.shape()
+                p.w.shape()
             ),
         );
     }
@@ -268,7 +315,7 @@ pub fn linear_bwd(
         cs: inp,
         bs: [0, 0],
     };
-    let (m, n, a, b) = match layout {
+    let (m, n, a, b) = match p.layout {
         Layout::OutIn => (out, inp, dyt, plain(x, inp)),
         Layout::InOut => (inp, out, xt, plain(dy, out)),
     };
@@ -279,63 +326,52 @@ pub fn linear_bwd(
         batch: [1, 1],
         a,
         b,
-        c: plain(dw, n),
+        c: plain(p.dw, n),
         bias: None,
         alpha: 1.0,
         accumulate: true,
     }
     .record(step)?;
-    if let Some(db) = db {
+    if let Some(db) = p.db {
         sum_columns(step, &dy.reshape(&[rows, out])?, db)?;
     }
-    let (out_dx, accumulate) = match dx {
-        Dx::Skip => return Ok(None),
-        Dx::New => (step.empty(x.shape())?, false),
-        Dx::AddTo(t) | Dx::ThroughActivation { hidden: t, .. } if t.shape() != x.shape() => {
-            return shape_err(
-                "linear_bwd",
-                format!("dx {:?} does not match x {:?}", t.shape(), x.shape()),
-            )
-        }
-        Dx::AddTo(t) => (t.clone(), true),
-        Dx::ThroughActivation { .. } => (step.empty(x.shape())?, false),
-    };
-    // dX = dY Wᵀ: the weight read as an out × in operand.
-    let wt = match layout {
+    Ok((rows, inp, out))
+}
+
+/// dX = dY Wᵀ into `dx` (added to it when `accumulate`): the weight read as an out × in operand.
+fn dx_gemm<'a>(
+    p: Grad<'a>,
+    dy: &'a Tensor,
+    dx: &'a Tensor,
+    (rows, inp, out): (usize, usize, usize),
+    accumulate: bool,
+) -> Gemm<'a> {
+    let wt = match p.layout {
         Layout::OutIn => View {
-            t: w,
+            t: p.w,
             off: 0,
             rs: inp,
             cs: 1,
             bs: [0, 0],
         },
         Layout::InOut => View {
-            t: w,
+            t: p.w,
             off: 0,
             rs: 1,
             cs: out,
             bs: [0, 0],
         },
     };
-    let gemm = Gemm {
+    Gemm {
         m: rows,
         n: inp,
         k: out,
         batch: [1, 1],
         a: plain(dy, out),
         b: wt,
-        c: plain(&out_dx, inp),
+        c: plain(dx, inp),
         bias: None,
         alpha: 1.0,
         accumulate,
-    };
-    if let Dx::ThroughActivation { hidden, kind } = dx {
-        if gemm.record_with(step, Some(Epilogue::GeluSlope { hidden, kind }))? {
-            return Ok(Some(out_dx));
-        }
-        gemm.record(step)?;
-        return Ok(Some(activation_bwd(step, hidden, &out_dx, kind)?));
     }
-    gemm.record(step)?;
-    Ok((!accumulate).then_some(out_dx))
 }

@@ -1,12 +1,12 @@
 //! The pre-LN MLP sublayer both stacks share: y = x + proj(activation(fc(LayerNorm(x)))), forward and
 //! backward. The ViT uses nn.Linear weights and exact GELU, GPT-2 Conv1D weights and tanh GELU.
 
-use super::linear::{linear_activation, Dx, Layout};
+use super::linear::{linear_activation, linear_bwd, Dx, Layout};
 use super::{Model, Weights};
 use crate::error::Result;
 use crate::gpu::{Step, Tensor};
 use crate::ops::elementwise::Activation;
-use crate::ops::layernorm::{layernorm, layernorm_bwd};
+use crate::ops::layernorm::layernorm;
 
 /// Which parameters and forms a sublayer uses.
 pub struct Mlp {
@@ -55,25 +55,15 @@ impl Model {
         dy: Tensor,
         g: &Weights,
     ) -> Result<Tensor> {
+        // y = x + proj(activation(fc(ln(x)))): proj's backward returns the gradient through the
+        // activation, at fc's output.
         let through = Dx::ThroughActivation {
             hidden: &a.hidden,
             kind: p.activation,
         };
-        let dhidden = self
-            .lin_bwd(p.layout, step, &a.act, p.proj, &dy, g, through)?
-            .expect("dx requested");
-        let dnormed = self
-            .lin_bwd(p.layout, step, &a.normed, p.fc, &dhidden, g, Dx::New)?
-            .expect("dx requested");
-        layernorm_bwd(
-            step,
-            x,
-            self.w(p.ln.0),
-            &a.stats,
-            &dnormed,
-            &g.tensors[p.ln.0],
-            &g.tensors[p.ln.1],
-            Some(dy),
-        )
+        let proj = self.grad(p.layout, p.proj, g);
+        let dhidden = linear_bwd(step, &a.act, proj, &dy, through)?;
+        let dnormed = self.lin_bwd(p.layout, step, &a.normed, p.fc, &dhidden, g)?;
+        self.ln_bwd(step, p.ln, (x, &a.stats), &dnormed, g, Some(dy))
     }
 }

@@ -24,7 +24,8 @@ pub use weights::{Layout, Weights};
 
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
-use crate::ops::attention::Probs;
+use crate::ops::attention::{attention_bwd, Dims, Grads, Probs, Saved, Seq};
+use crate::ops::layernorm::layernorm_bwd;
 use crate::ops::loss::{cross_entropy, cross_entropy_bwd};
 use crate::ops::optim::{adamw, clip_grad_norm, AdamW, Slot};
 
@@ -241,27 +242,54 @@ impl Model {
         linear::linear_residual(step, x, self.w(w), Some(self.w(b)), layout, residual)
     }
 
-    /// Its backward: adds into the gradients of (weight, bias); dx as `dx` says.
-    #[allow(clippy::too_many_arguments)]
+    /// The linear layer (weight, bias) and the gradients its backward adds into, in `g`.
+    fn grad<'a>(
+        &'a self,
+        layout: linear::Layout,
+        (w, b): (usize, usize),
+        g: &'a Weights,
+    ) -> linear::Grad<'a> {
+        linear::Grad {
+            w: self.w(w),
+            layout,
+            dw: &g.tensors[w],
+            db: Some(&g.tensors[b]),
+        }
+    }
+
+    /// Backward of the linear layer (weight, bias): adds into their gradients in `g`, returns dx.
     fn lin_bwd(
         &self,
         layout: linear::Layout,
         step: &mut Step,
         x: &Tensor,
-        (w, b): (usize, usize),
+        wb: (usize, usize),
         dy: &Tensor,
         g: &Weights,
-        dx: linear::Dx,
-    ) -> Result<Option<Tensor>> {
-        linear::linear_bwd(
+    ) -> Result<Tensor> {
+        linear::linear_bwd(step, x, self.grad(layout, wb, g), dy, linear::Dx::New)
+    }
+
+    /// Backward of LayerNorm (gamma, beta) of `x` with its saved `stats`: adds into their
+    /// gradients in `g`, returns dx (added into `residual` where given).
+    fn ln_bwd(
+        &self,
+        step: &mut Step,
+        (gamma, beta): (usize, usize),
+        (x, stats): (&Tensor, &Tensor),
+        dy: &Tensor,
+        g: &Weights,
+        residual: Option<Tensor>,
+    ) -> Result<Tensor> {
+        layernorm_bwd(
             step,
             x,
-            self.w(w),
-            layout,
+            self.w(gamma),
+            stats,
             dy,
-            &g.tensors[w],
-            Some(&g.tensors[b]),
-            dx,
+            &g.tensors[gamma],
+            &g.tensors[beta],
+            residual,
         )
     }
 
@@ -389,4 +417,46 @@ impl Model {
         opt.update(step, &self.weights)?;
         Ok(loss)
     }
+}
+
+/// Backward of a self-attention whose query, key and value are the thirds of one projection
+/// `qkv` [B, T, 3·H·D], from dO: returns dqkv, laid out as `qkv`.
+fn self_attention_bwd(
+    step: &mut Step,
+    dims: Dims,
+    qkv: &Tensor,
+    saved: Saved,
+    dout: &Tensor,
+    dprobs: Option<&Tensor>,
+) -> Result<Tensor> {
+    let dqkv = step.empty(qkv.shape())?;
+    let thirds = |t| (Seq::part(t, 0, 3), Seq::part(t, 1, 3), Seq::part(t, 2, 3));
+    let ((q, k, v), (dq, dk, dv)) = (thirds(qkv), thirds(&dqkv));
+    let grads = Grads { dq, dk, dv, dprobs };
+    attention_bwd(step, dims, q, k, v, saved, dout, grads)?;
+    Ok(dqkv)
+}
+
+/// Backward of a cross-attention whose query is `q` [B, Tq, H·D] and whose key and value are the
+/// halves of `kv` [B, Tk, 2·H·D], from dO: returns (dq, dkv), laid out as `q` and `kv`.
+fn cross_attention_bwd(
+    step: &mut Step,
+    dims: Dims,
+    (q, kv): (&Tensor, &Tensor),
+    saved: Saved,
+    dout: &Tensor,
+    dprobs: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let dq = step.empty(q.shape())?;
+    let dkv = step.empty(kv.shape())?;
+    let halves = |t| (Seq::part(t, 0, 2), Seq::part(t, 1, 2));
+    let ((k, v), (dk, dv)) = (halves(kv), halves(&dkv));
+    let grads = Grads {
+        dq: Seq::whole(&dq),
+        dk,
+        dv,
+        dprobs,
+    };
+    attention_bwd(step, dims, Seq::whole(q), k, v, saved, dout, grads)?;
+    Ok((dq, dkv))
 }

@@ -1,6 +1,6 @@
 //! Launcher for `shaders/amad.wgsl`: the attention-distillation losses with their gradients.
 
-use super::reduce::sum_segments;
+use super::reduce::{sum_segments, SumInto};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
@@ -185,16 +185,11 @@ pub fn align(
         step.dispatch_linear(&ALIGN_REDUCE, &p, &bufs, groups(b * (ht * hs + 1), 256))?;
     }
     let loss = step.empty(&[1])?;
-    sum_segments(
-        step,
-        &per_example,
-        1,
-        1.0 / b as f32,
-        false,
-        &loss,
-        0,
-        false,
-    )?;
+    let mean = SumInto {
+        scale: 1.0 / b as f32,
+        ..SumInto::new(&loss)
+    };
+    sum_segments(step, &per_example, 1, mean)?;
     Ok(Alignment {
         loss,
         grad,

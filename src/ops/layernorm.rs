@@ -1,6 +1,6 @@
 //! Launchers for `shaders/layernorm.wgsl`.
 
-use super::reduce::{sum_rows_into, COLUMN_CHUNK};
+use super::reduce::{sum_rows_into, Dest, COLUMN_CHUNK};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
@@ -168,7 +168,13 @@ pub fn layernorm_bwd(
             step.dispatch_linear(&BWD_PARAMS, &p, &bwd_params, n)?;
         }
     }
-    sum_rows_into(step, &pg, chunks, cols, cols, dgamma, 0, true)?;
-    sum_rows_into(step, &pb, chunks, cols, cols, dbeta, 0, true)?;
+    for (partial, out) in [(&pg, dgamma), (&pb, dbeta)] {
+        let to = Dest {
+            out,
+            at: 0,
+            accumulate: true,
+        };
+        sum_rows_into(step, partial, (chunks, cols), cols, to)?;
+    }
     Ok(dx)
 }

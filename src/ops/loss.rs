@@ -2,7 +2,7 @@
 //! between temperature-softened teacher and student logits. Each loss is the mean over counted
 //! rows; the forward also returns [sum, count], which its backward reads (no readback needed).
 
-use super::reduce::sum_segments;
+use super::reduce::{sum_segments, SumInto};
 use super::u32_of;
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step, Tensor};
@@ -64,7 +64,7 @@ fn params(
 /// Mean loss and [sum, count] from per-row values [2, rows].
 fn finish(step: &mut Step, rowvals: &Tensor) -> Result<(Tensor, Tensor)> {
     let totals = step.empty(&[2])?;
-    sum_segments(step, rowvals, 2, 1.0, false, &totals, 0, false)?;
+    sum_segments(step, rowvals, 2, SumInto::new(&totals))?;
     let loss = step.empty(&[1])?;
     step.dispatch(
         &MEAN,

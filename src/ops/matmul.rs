@@ -1,7 +1,7 @@
 //! Launcher for `shaders/matmul.wgsl`: batched strided matrix multiply with optional bias.
 
 use super::elementwise::Activation;
-use super::reduce::sum_rows_into;
+use super::reduce::{sum_rows_into, Dest};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access, Gpu, Kernel, Rows, Step, Tensor};
 
@@ -664,6 +664,15 @@ impl Gemm<'_> {
         self.bias.is_some() as usize | (self.accumulate as usize) << 1
     }
 
+    /// C as the destination of a sum over partial products.
+    fn c_dest(&self) -> Dest<'_> {
+        Dest {
+            out: self.c.t,
+            at: self.c.off,
+            accumulate: self.accumulate,
+        }
+    }
+
     /// This product's numbers, for `Dims::plan`.
     pub fn dims(&self) -> Dims {
         Dims {
@@ -810,16 +819,7 @@ impl Gemm<'_> {
                 }
                 None => part(0, chunks, None).dispatch_few_rows(step, true)?,
             }
-            return sum_rows_into(
-                step,
-                &partial,
-                chunks,
-                m * n,
-                m * n,
-                self.c.t,
-                self.c.off,
-                self.accumulate,
-            );
+            return sum_rows_into(step, &partial, (chunks, m * n), m * n, self.c_dest());
         }
         self.dispatch_few_rows(step, b_along_n)
     }
@@ -877,16 +877,7 @@ impl Gemm<'_> {
             ..*self
         }
         .record(step)?;
-        sum_rows_into(
-            step,
-            &partial,
-            splits,
-            m * n,
-            m * n,
-            self.c.t,
-            self.c.off,
-            self.accumulate,
-        )?;
+        sum_rows_into(step, &partial, (splits, m * n), m * n, self.c_dest())?;
         let done = splits * chunk;
         if done < self.k {
             let mut rest = Gemm {

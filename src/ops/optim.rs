@@ -1,6 +1,6 @@
 //! Launchers for `shaders/optim.wgsl`: global gradient-norm clipping and AdamW.
 
-use super::reduce::sum_segments;
+use super::reduce::{sum_segments, SumInto};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
@@ -78,7 +78,12 @@ pub fn clip_grad_norm(step: &mut Step, grads: &[&Tensor], max_norm: f32) -> Resu
     let sumsq = step.empty(&[total])?;
     let mut at = 0;
     for (g, &n) in grads.iter().zip(&segments) {
-        sum_segments(step, g, n, 1.0, true, &sumsq, at, false)?;
+        let squares = SumInto {
+            at,
+            squares: true,
+            ..SumInto::new(&sumsq)
+        };
+        sum_segments(step, g, n, squares)?;
         at += n;
     }
     let out = step.empty(&[2])?;

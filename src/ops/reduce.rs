@@ -42,24 +42,49 @@ struct Params {
 /// sums the chunks. On lavapipe the passes cost about what one did: the loads are the same.
 pub(crate) const COLUMN_CHUNK: usize = 64;
 
-/// Sums `segments` contiguous runs of `x` into out[out_off ..]: scaled, optionally of squares,
-/// optionally accumulated.
-#[allow(clippy::too_many_arguments)]
+/// Where and how [`sum_segments`] writes its sums: into `out` from element `at`, times `scale`,
+/// of squares where `squares`, added to what is there where `accumulate`.
+#[derive(Clone, Copy)]
+pub(crate) struct SumInto<'a> {
+    pub out: &'a Tensor,
+    pub at: usize,
+    pub scale: f32,
+    pub squares: bool,
+    pub accumulate: bool,
+}
+
+impl<'a> SumInto<'a> {
+    /// Plain sums into `out` from element 0.
+    pub fn new(out: &'a Tensor) -> SumInto<'a> {
+        SumInto {
+            out,
+            at: 0,
+            scale: 1.0,
+            squares: false,
+            accumulate: false,
+        }
+    }
+}
+
+/// Sums `segments` contiguous runs of `x` as `into` says.
 pub(crate) fn sum_segments(
     step: &mut Step,
     x: &Tensor,
     segments: usize,
-    scale: f32,
-    squares: bool,
-    out: &Tensor,
-    out_off: usize,
-    accumulate: bool,
+    into: SumInto,
 ) -> Result<()> {
-    if segments == 0 || !x.numel().is_multiple_of(segments) || out_off + segments > out.numel() {
+    let SumInto {
+        out,
+        at,
+        scale,
+        squares,
+        accumulate,
+    } = into;
+    if segments == 0 || !x.numel().is_multiple_of(segments) || at + segments > out.numel() {
         return shape_err(
             "sum",
             format!(
-                "cannot sum {:?} in {segments} segments into {:?} at {out_off}",
+                "cannot sum {:?} in {segments} segments into {:?} at {at}",
                 x.shape(),
                 out.shape()
             ),
@@ -70,23 +95,44 @@ pub(crate) fn sum_segments(
         len: u32_of("sum", "length", x.numel() / segments)?,
         flags: squares as u32 | (accumulate as u32) << 1,
         scale,
-        out_off: out_off as u32,
+        out_off: at as u32,
         ..Default::default()
     };
     step.dispatch_linear(&SUM_SEGMENTS, &p, &[x, out], segments as u64)
 }
 
+/// Adds `scale` times the sum of `x` into element `at` of `out`: a step's loss terms.
+pub(crate) fn add_sum_into(
+    step: &mut Step,
+    x: &Tensor,
+    scale: f32,
+    out: &Tensor,
+    at: usize,
+) -> Result<()> {
+    let into = SumInto {
+        at,
+        scale,
+        accumulate: true,
+        ..SumInto::new(out)
+    };
+    sum_segments(step, x, 1, into)
+}
+
 /// The sum of all elements, as a [1] tensor.
 pub fn sum(step: &mut Step, x: &Tensor) -> Result<Tensor> {
     let out = step.empty(&[1])?;
-    sum_segments(step, x, 1, 1.0, false, &out, 0, false)?;
+    sum_segments(step, x, 1, SumInto::new(&out))?;
     Ok(out)
 }
 
 /// The mean of all elements, as a [1] tensor.
 pub fn mean(step: &mut Step, x: &Tensor) -> Result<Tensor> {
     let out = step.empty(&[1])?;
-    sum_segments(step, x, 1, 1.0 / x.numel() as f32, false, &out, 0, false)?;
+    let mean = SumInto {
+        scale: 1.0 / x.numel() as f32,
+        ..SumInto::new(&out)
+    };
+    sum_segments(step, x, 1, mean)?;
     Ok(out)
 }
 
@@ -134,55 +180,62 @@ pub fn sum_columns(step: &mut Step, x: &Tensor, out: &Tensor) -> Result<()> {
         return Ok(());
     }
     let rows = x.numel() / cols;
-    sum_rows_into(step, x, rows, cols, out.numel(), out, 0, true)
+    let to = Dest {
+        out,
+        at: 0,
+        accumulate: true,
+    };
+    sum_rows_into(step, x, (rows, cols), out.numel(), to)
 }
 
-/// out[out_off + c] (+= if `accumulate`, else =) Σ_r x[r, c] for c < len, x read as [rows, cols]:
-/// first in passes of COLUMN_CHUNK-row partial sums while more than two chunks' rows remain.
-#[allow(clippy::too_many_arguments)]
+/// Where a column sum writes: `out` from element `at`, added to what is there where
+/// `accumulate`.
+#[derive(Clone, Copy)]
+pub(crate) struct Dest<'a> {
+    pub out: &'a Tensor,
+    pub at: usize,
+    pub accumulate: bool,
+}
+
+/// to.out[to.at + c] (+= if `to.accumulate`, else =) Σ_r x[r, c] for c < len, x read as
+/// [rows, cols]: first in passes of COLUMN_CHUNK-row partial sums while more than two chunks' rows
+/// remain.
 pub(crate) fn sum_rows_into(
     step: &mut Step,
     x: &Tensor,
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
     len: usize,
-    out: &Tensor,
-    out_off: usize,
-    accumulate: bool,
+    to: Dest,
 ) -> Result<()> {
     if rows > 2 * COLUMN_CHUNK {
         let chunks = rows.div_ceil(COLUMN_CHUNK);
         let partial = step.empty(&[chunks, len])?;
-        column_pass(step, x, rows, cols, len, COLUMN_CHUNK, &partial, 0, false)?;
-        return sum_rows_into(step, &partial, chunks, len, len, out, out_off, accumulate);
+        let chunk_sums = Dest {
+            out: &partial,
+            at: 0,
+            accumulate: false,
+        };
+        column_pass(step, x, (rows, cols), len, COLUMN_CHUNK, chunk_sums)?;
+        return sum_rows_into(step, &partial, (chunks, len), len, to);
     }
-    column_pass(
-        step,
-        x,
-        rows,
-        cols,
-        len,
-        rows.max(1),
-        out,
-        out_off,
-        accumulate,
-    )
+    column_pass(step, x, (rows, cols), len, rows.max(1), to)
 }
 
 /// One dispatch of the `sum_columns` kernel: sums over chunks of `chunk` rows, the sum of chunk k
-/// going to out[out_off + k·len ..].
-#[allow(clippy::too_many_arguments)]
+/// going to to.out[to.at + k·len ..].
 fn column_pass(
     step: &mut Step,
     x: &Tensor,
-    rows: usize,
-    cols: usize,
+    (rows, cols): (usize, usize),
     len: usize,
     chunk: usize,
-    out: &Tensor,
-    out_off: usize,
-    accumulate: bool,
+    to: Dest,
 ) -> Result<()> {
+    let Dest {
+        out,
+        at: out_off,
+        accumulate,
+    } = to;
     const OP: &str = "sum_columns";
     let chunks = rows.div_ceil(chunk).max(1);
     if rows * cols > x.numel() || out_off + chunks * len > out.numel() {

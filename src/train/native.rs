@@ -357,7 +357,7 @@ pub fn distill_captioner(
         opts,
         None,
         &Reporting {
-            names: &["ce", "kd", "attn", "total"],
+            names: &crate::distill::step::term::NAMES,
             validation: source,
         },
         || student.ok_or_else(|| Error::Invalid("the student was already made".into())),

@@ -21,11 +21,11 @@ use crate::distill::maps_file::f32_tensor;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
 use crate::model::config::Vit;
-use crate::model::linear::{linear, linear_bwd, Dx, Layout};
+use crate::model::linear::{linear, linear_bwd, Dx, Grad, Layout};
 use crate::model::weights::Named;
 use crate::ops::loss::{cross_entropy, cross_entropy_bwd, IGNORE};
 use crate::ops::optim::{adamw, clip_grad_norm, AdamW, Slot};
-use crate::ops::reduce::sum_segments;
+use crate::ops::reduce::add_sum_into;
 use crate::rng::Rng;
 use safetensors::SafeTensors;
 
@@ -139,7 +139,7 @@ impl ShapeLoss {
             (ce, 2, 1.0),
             (shape, 2, self.weight),
         ] {
-            sum_segments(step, x, 1, scale, false, &terms, slot, true)?;
+            add_sum_into(step, x, scale, &terms, slot)?;
         }
         Ok(terms)
     }
@@ -176,17 +176,13 @@ impl ShapeLoss {
         let (loss, totals) = cross_entropy(step, &logits, labels)?;
         let dlogits = cross_entropy_bwd(step, &logits, labels, &totals, self.weight)?
             .reshape(&[s[0] * s[1], CLASSES * per_token])?;
-        let drows = linear_bwd(
-            step,
-            &rows,
-            &self.params[0],
-            Layout::InOut,
-            &dlogits,
-            &self.grads[0],
-            Some(&self.grads[1]),
-            Dx::New,
-        )?
-        .expect("dx was asked for");
+        let head = Grad {
+            w: &self.params[0],
+            layout: Layout::InOut,
+            dw: &self.grads[0],
+            db: Some(&self.grads[1]),
+        };
+        let drows = linear_bwd(step, &rows, head, &dlogits, Dx::New)?;
         Ok((loss, drows.reshape(s)?))
     }
 

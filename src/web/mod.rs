@@ -456,7 +456,11 @@ async fn distill_step_inner(with_weights: bool) -> Result<String> {
         "step": step,
         "steps": steps,
         "lr": lr,
-        "terms": {"ce": terms[0], "kd": terms[1], "attn": terms[2], "total": terms[3]},
+        "terms": crate::distill::step::term::NAMES
+            .iter()
+            .zip(&terms)
+            .map(|(name, v)| (name.to_string(), serde_json::json!(v)))
+            .collect::<serde_json::Map<_, _>>(),
         "alignment": pairs,
     })
     .to_string())
