@@ -42,6 +42,10 @@ page.on('console', (m) => {
   if (m.type() === 'error') problems.push(`console: ${m.text()}`);
 });
 page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+// Playwright starts intercepting file choosers when the first 'filechooser' listener is added, in
+// a call that races the action that opens one (a key press sent at once can win, and then the
+// chooser is never reported): a listener from the start keeps interception on throughout.
+page.on('filechooser', () => {});
 
 let passed = 0;
 let failed = 0;
