@@ -253,6 +253,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         err.contains("step 6") && err.contains("NaN") && err.contains("from step 4"),
         "{err}"
     );
+    assert!(err.contains("is the last good one"), "{err}");
     assert_eq!(term(&d, "ce").len(), 5, "nothing logged for the bad step");
     // The checkpoint of step 4 loads and resumes.
     Captioner::load(gpu(), &d).unwrap();
@@ -260,6 +261,17 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     assert_eq!(
         amad::train::restore(gpu(), &c, &mut opt, None, &d).unwrap(),
         4
+    );
+    // Resumed from step 4 and the loss at once not finite: that checkpoint gave it, and the
+    // message says so instead of sending the user back to it.
+    let err = run_loop(gpu(), &c, &mut opt, None, &o, &d, 4, &report, |_, _| {
+        amad::Tensor::from_slice(gpu(), &[1], &[f32::INFINITY])
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("step 5") && err.contains("from step 4") && err.contains("gave this loss"),
+        "{err}"
     );
     std::fs::remove_dir_all(d).ok();
 }

@@ -505,7 +505,7 @@ async function runLoop() {
     // checkpoint is offered to resume, with a lower learning rate.
     brokenStudent = /the loss is/.test(e.message);
     setDistillState('stopped');
-    if (brokenStudent) await offerResume(true);
+    if (brokenStudent && /Resume from its checkpoint/.test(e.message)) await offerResume(true);
   }
 }
 
@@ -780,6 +780,8 @@ $('load-checkpoint').onchange = async (e) => {
 window.amadDebug = {
   loseDevice: () => call('loseDevice'),
   panic: () => call('panicForTest'),
+  // Makes the running student's next loss NaN.
+  poison: () => call('poisonForTest'),
   // The step of the run the worker holds (what Download student would save).
   runStep: async () => (await call('checkpoint')).step,
 };

@@ -13,6 +13,8 @@ const WEIGHTS_EVERY = 5;
 // The run's loss terms per step and its validation scores, saved with its checkpoints, so that a
 // resumed run shows its whole history.
 let history = { steps: [], evals: [] };
+// The run whose checkpoints are saved: a new one's id at each start, a resumed one's own.
+let runId = null;
 
 // The Hub download in progress.
 let download = null;
@@ -261,6 +263,7 @@ const handlers = {
     const h = (saved && saved.history) || { steps: [], evals: [] };
     const upTo = saved ? saved.step : 0;
     history = historyUpTo(h, upTo);
+    runId = (saved && saved.run) || `${Date.now()}-${Math.random()}`;
     return { student, targets, step: upTo, options, history };
   },
 
@@ -304,6 +307,8 @@ const handlers = {
       return how;
     } catch (e) {
       control = 'idle';
+      const bad = /^step (\d+): the loss is /.exec(e.message);
+      if (bad) throw new Error(`${e.message} ${await keepGoodCheckpoint(Number(bad[1]))}`);
       throw e;
     }
   },
@@ -334,6 +339,7 @@ const handlers = {
 
   async forgetSavedRun() {
     await db('delete');
+    await db('delete', undefined, 'runs', 'previous');
   },
 
   // Destroys the device (tests of the recovery path; see the page's amadDebug).
@@ -344,16 +350,42 @@ const handlers = {
   async loseDevice() {
     amad.lose_device();
   },
+
+  async poisonForTest() {
+    amad.poison_student_for_test();
+  },
 };
+
+// After a non-finite loss at step `s`: the loss of step s comes from the weights after s - 1
+// steps, so a checkpoint of step s - 1 holds the weights that gave it, and only one of step s - 2
+// or before is known good (the loss after it was finite). Keeps this run's newest such checkpoint
+// as the saved run, or none of this run's; returns what the user can do.
+async function keepGoodCheckpoint(s) {
+  const [current, previous] = [await db('get'), await db('get', undefined, 'runs', 'previous')];
+  const good = [current, previous].find((c) => c && c.run === runId && c.step <= s - 2);
+  await db('delete', undefined, 'runs', 'previous');
+  if (good) {
+    if (good !== current) await db('put', good);
+    return `Resume from its checkpoint of step ${good.step} with a lower learning rate.`;
+  }
+  if (current && current.run === runId) await db('delete');
+  return 'No checkpoint of this run comes before the loss went bad: start it again with a lower learning rate.';
+}
 
 // The part of a run's history up to its step `step` (what a checkpoint of that step holds).
 function historyUpTo(h, step) {
   return { steps: h.steps.filter((x) => x.step <= step), evals: h.evals.filter((x) => x.step <= step) };
 }
 
+// Saves the run's checkpoint as the saved run ('current'), keeping the one it replaces as
+// 'previous' when it is of the same run: see keepGoodCheckpoint.
 async function saveCheckpoint() {
   const c = await amad.checkpoint();
+  const last = await db('get');
+  if (!last || last.run !== runId) await db('delete', undefined, 'runs', 'previous');
+  else if (last.step < c.step) await db('put', last, 'runs', 'previous');
   await db('put', {
+    run: runId,
     step: c.step,
     options: c.options,
     config: c.config,

@@ -116,11 +116,19 @@ pub fn run_loop(
         opt.cfg.lr = learning_rate(opts, step);
         let terms = pollster::block_on(record(opt, step)?.read(gpu))?;
         if let Some(bad) = terms.iter().find(|v| !v.is_finite()) {
+            // The loss of step `step` + 1 is computed from the weights after `step` updates: a
+            // checkpoint from `step` holds the very weights that gave it.
+            let last = (step - step % opts.checkpoint_every).max(start);
+            let advice = if last < step {
+                "is the last good one; run again with a lower --lr to continue from it"
+            } else {
+                "holds the weights that gave this loss, so continuing from it gives the same; \
+                 start again in a new directory with a lower --lr"
+            };
             return Err(Error::Invalid(format!(
-                "step {}: the loss is {bad}; stopped. The checkpoint in {} (from step {}) is the last good one; lower --lr to continue",
+                "step {}: the loss is {bad}; stopped. The checkpoint in {} (from step {last}) {advice}",
                 step + 1,
                 dir.display(),
-                step - step % opts.checkpoint_every
             )));
         }
         let p = Progress {

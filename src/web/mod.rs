@@ -443,7 +443,7 @@ async fn distill_step_inner(with_weights: bool) -> Result<String> {
     let terms = out.terms.read(&gpu).await?;
     if let Some(bad) = terms.iter().find(|v| !v.is_finite()) {
         return Err(Error::Invalid(format!(
-            "step {step}: the loss is {bad}; the run stopped. Resume from the last checkpoint with a lower learning rate"
+            "step {step}: the loss is {bad}; the run stopped."
         )));
     }
     let mut pairs = vec![];
@@ -570,6 +570,21 @@ pub fn start() {
 #[wasm_bindgen]
 pub fn panic_for_test() {
     panic!("a test panic, on purpose");
+}
+
+/// Fills the running student's first weight tensor with NaN, as a learning rate far too high does
+/// within a few steps: its next loss is not finite. The page's tests use it for the way back from
+/// a non-finite loss to the last good checkpoint.
+#[wasm_bindgen]
+pub fn poison_student_for_test() -> std::result::Result<(), JsError> {
+    let gpu = gpu().map_err(js)?;
+    let r = run().map_err(js)?;
+    let r = r.borrow();
+    let w = &r.student.model.weights.tensors[0];
+    let nan = crate::Tensor::from_slice(&gpu, w.shape(), &vec![f32::NAN; w.numel()]).map_err(js)?;
+    let mut s = gpu.step();
+    s.copy_into(&nan, w, 0).map_err(js)?;
+    s.submit().map_err(js)
 }
 
 /// Destroys the GPU device, as a driver reset or the browser would: what follows reports the

@@ -454,6 +454,35 @@ await check('a paused run resumes and stops', async () => {
   await page.click('#tab-caption');
 });
 
+await check('a loss that turns NaN stops the run, its student is not offered, and it resumes from the last good checkpoint with a lower learning rate', async () => {
+  await page.click('#tab-distill');
+  for (const [name, v] of [['steps', 30], ['batch', 2], ['lr', 0.002], ['checkpoint_every', 2], ['eval_every', 0]]) {
+    await page.fill(`#distill-form [name=${name}]`, String(v));
+  }
+  await page.click('[data-testid=distill-start]');
+  // This run's fifth step (the run before it showed more steps than that).
+  await page.waitForFunction(() => document.getElementById('distill-steps').textContent === '30' && Number(document.querySelector('[data-testid=distill-step]').textContent) >= 5, null, { timeout: 300000 });
+  await page.evaluate(() => window.amadDebug.poison());
+  await page.waitForFunction(() => /the loss is/.test(document.getElementById('distill-error').textContent), null, { timeout: 300000 });
+  const err = await page.textContent('#distill-error');
+  const m = /^step (\d+): the loss is NaN; the run stopped\. Resume from its checkpoint of step (\d+) with a lower learning rate\.$/.exec(err);
+  // The loss of step s comes from the weights after s - 1 steps: only a checkpoint of s - 2 or before is good.
+  assert(m && Number(m[2]) <= Number(m[1]) - 2 && Number(m[2]) >= 2, err);
+  assert(await page.$eval('#distill-use', (b) => b.disabled), '"Use this student" is offered for the student that gave NaN');
+  await page.waitForFunction(() => !document.querySelector('[data-testid=distill-resume]').hidden, null, { timeout: 60000 });
+  await page.fill('#distill-form [name=lr]', '0.0005');
+  await page.click('[data-testid=distill-resume]');
+  // Past the step that went bad (the counter shows that step until the resumed run moves on).
+  await page.waitForFunction((n) => Number(document.querySelector('[data-testid=distill-step]').textContent) > n, Number(m[1]), { timeout: 300000 });
+  const lr = Number(await page.textContent('[data-testid=distill-lr]'));
+  const total = JSON.parse(await page.$eval('#loss-plot', (c) => c.dataset.total));
+  assert(lr > 0 && lr <= 5e-4 && total.slice(-2).every(Number.isFinite), `resumed at lr ${lr}, losses ${total.slice(-3)}`);
+  await page.click('[data-testid=distill-stop]');
+  await page.waitForFunction(() => document.getElementById('distill-state').textContent === 'stopped', null, { timeout: 120000 });
+  console.log(`     ${err}`);
+  await page.click('#tab-caption');
+});
+
 await check('a lost device gives a message and a recovery that works', async () => {
   await page.evaluate(() => window.amadDebug.loseDevice());
   await page.setInputFiles('[data-testid=file-input]', [fixture('scene.png')]);
