@@ -94,6 +94,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs() - (atol + rtol * w.abs());
         assert!(!(g as f64).is_nan(), "{what}: NaN at {i}");
+        // A NaN reference would pass every comparison below.
+        assert!(!w.is_nan(), "{what}: the reference is NaN at {i}");
         if err > worst.1 {
             worst = (i, err);
         }
