@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test amad. Idempotent: each step
 # checks first. `--web` also installs the page's build tools (trunk, wasm-bindgen-cli); `--browser`
-# adds what the page's tests need (Debian's chromium, playwright-core from npm).
+# adds what the page's tests need (Debian's chromium, playwright-core from npm); `--python` makes
+# .venv with the PyTorch package (python/) and its dependencies, for its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_web=0
 want_browser=0
+want_python=0
 for a in "$@"; do
   case "$a" in
     --web) want_web=1 ;;
     --browser) want_web=1; want_browser=1 ;;
+    --python) want_python=1 ;;
   esac
 done
 
@@ -68,5 +71,20 @@ if [ "$want_browser" = 1 ]; then
   fi
   if [ ! -d tests/browser/node_modules/playwright-core ]; then
     (cd tests/browser && npm ci --no-audit --no-fund --silent)
+  fi
+fi
+
+if [ "$want_python" = 1 ]; then
+  # The PyTorch package installed editable (its tests run the working tree's code) into .venv,
+  # with torch, transformers and safetensors from PyPI: a few GB, a few minutes, once.
+  if ! python3 -c "import ensurepip" >/dev/null 2>&1; then
+    echo "setup: installing python3-venv"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+  fi
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  if ! .venv/bin/python -c "import amad_torch, torch, transformers, safetensors" >/dev/null 2>&1; then
+    echo "setup: installing the PyTorch package and its dependencies into .venv (torch is a few GB)"
+    .venv/bin/pip install -q --disable-pip-version-check -e ./python
   fi
 fi
