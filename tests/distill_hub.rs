@@ -209,6 +209,20 @@ fn too_few_photos_and_a_batch_over_the_device_are_refused_with_what_would_do() {
         "{err}"
     );
     assert!(!out.join("config.json").exists(), "nothing started");
+    // A student checkpoint of another teacher is refused by what differs, before any captioning.
+    let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/www/models/student");
+    let r = distill(&["--student-init", bundled]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("not a student of this teacher")
+            && err.contains("vocab_size 34 (the teacher's: 50257)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("the teacher captions"),
+        "refused before any captioning: {err}"
+    );
     std::fs::remove_dir_all(images).ok();
     std::fs::remove_dir_all(out).ok();
 }

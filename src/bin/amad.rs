@@ -275,8 +275,12 @@ mod cli {
         seed: u64,
         /// Starts each side as wide as the teacher's from the teacher's layers (student layer j
         /// from the teacher layer the losses pair it with) and embeddings.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "student_init")]
         init_from_teacher: bool,
+        /// Starts from the student checkpoint in DIR (one amad or amad_torch wrote for this
+        /// teacher) instead of a new one; its sizes are its own.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["student_layers", "student_width", "student_heads"])]
+        student_init: Option<PathBuf>,
         /// Distils on the images in DIR, with the teacher's captions as targets.
         #[arg(long, value_name = "DIR")]
         images: Option<PathBuf>,
@@ -559,6 +563,15 @@ mod cli {
                 &Config::student_of(&teacher.model.cfg, &shape),
             )?;
         }
+        // Likewise a student checkpoint that is not of this teacher.
+        let initial = match &a.student_init {
+            Some(dir) => {
+                let m = Model::load(&gpu, dir)?;
+                amad::distill::init::check_student_of(&teacher.model.cfg, &m.cfg, dir)?;
+                Some(m)
+            }
+            None => None,
+        };
         let source = match &a.images {
             None => amad::train::Source::Scenes,
             Some(dir) => {
@@ -578,7 +591,9 @@ mod cli {
         let c =
             amad::train::distill_captioner(&gpu, &teacher, &a.out, &opts, &cfg, &source, || {
                 let scfg = Config::student_of(&teacher.model.cfg, &shape);
-                let model = if a.init_from_teacher {
+                let model = if let Some(m) = initial {
+                    m
+                } else if a.init_from_teacher {
                     let (m, copied) = pollster::block_on(amad::distill::init::from_teacher(
                         &gpu,
                         &teacher.model,

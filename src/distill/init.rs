@@ -71,6 +71,52 @@ pub fn check(teacher: &Config, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// An error unless `student` (the checkpoint in `dir`) can be distilled from `teacher`: the same
+/// vocabulary and special tokens, the same image geometry, and positions for the teacher's
+/// captions.
+pub fn check_student_of(teacher: &Config, student: &Config, dir: &std::path::Path) -> Result<()> {
+    let (te, se, td, sd) = (
+        &teacher.encoder,
+        &student.encoder,
+        &teacher.decoder,
+        &student.decoder,
+    );
+    let differ = [
+        ("vocab_size", td.vocab_size, sd.vocab_size),
+        ("n_positions", td.n_positions, sd.n_positions),
+        ("image_size", te.image_size, se.image_size),
+        ("patch_size", te.patch_size, se.patch_size),
+        ("num_channels", te.num_channels, se.num_channels),
+        (
+            "decoder_start_token_id",
+            teacher.decoder_start_token_id as usize,
+            student.decoder_start_token_id as usize,
+        ),
+        (
+            "eos_token_id",
+            teacher.eos_token_id as usize,
+            student.eos_token_id as usize,
+        ),
+        (
+            "pad_token_id",
+            teacher.pad_token_id as usize,
+            student.pad_token_id as usize,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, t, s)| t != s)
+    .map(|(name, t, s)| format!("{name} {s} (the teacher's: {t})"))
+    .collect::<Vec<_>>();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "{}: not a student of this teacher: {}",
+        dir.display(),
+        differ.join(", ")
+    )))
+}
+
 /// A student of `cfg` (seed `seed` for what is not copied) with every tensor the teacher can give
 /// copied from it; also returns how many tensors were copied. An error where neither side's
 /// widths match.
