@@ -1,0 +1,19 @@
+"""The gradients of step 1 of a run set up as `python -m amad_torch.distill` sets it up (its
+arguments), alone or under torchrun: process 0 saves them, summed over the processes as the
+optimiser sees them, to OUT/gradients.pt. For tests/test_distill.py."""
+import os
+import sys
+
+import torch
+
+from amad_torch.distill import Run, World, arguments
+
+a = arguments(sys.argv[1:])
+world = World()
+run = Run(a, world)
+run.backward(0)
+if world.rank == 0:
+    names = {id(p): n for n, p in run.student.named_parameters()}
+    torch.save({names[id(p)]: p.grad.detach().clone() for p in run.params}, os.path.join(a.out, "gradients.pt"))
+if world.size > 1:
+    torch.distributed.destroy_process_group()
