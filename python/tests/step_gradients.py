@@ -1,6 +1,6 @@
 """The gradients of step 1 of a run set up as `python -m amad_torch.distill` sets it up (its
 arguments), alone or under torchrun: process 0 saves them, summed over the processes as the
-optimiser sees them, to OUT/gradients.pt. For tests/test_distill.py."""
+optimiser sees them, to OUT/gradients.pt. For python/tests/test_distill.py."""
 import os
 import sys
 

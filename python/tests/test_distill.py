@@ -60,19 +60,24 @@ class Distill(unittest.TestCase):
         common = ["--images", PHOTOS, "--val-fraction", "0", "--batch", "3", "--steps", "1"]
         # A student amad wrote (after one step of its own) is where both start.
         run([AMAD, "distill", "--teacher", TEACHER, "--out", self.path("init"), *common])
-        run([AMAD, "distill", "--teacher", TEACHER, "--out", self.path("amad"), "--student-init", self.path("init"), *common])
-        # The teacher's captions as amad made them, so that both train on the same targets.
-        os.makedirs(self.path("torch"))
-        shutil.copy(self.path("amad/targets.jsonl"), self.path("torch/targets.jsonl"))
-        torch_distill(self.path("torch"), "--student-init", self.path("init"), "--batch", "3", "--steps", "1")
-        a, t = metrics(self.path("amad"))[0], metrics(self.path("torch"))[0]
-        self.assertEqual((a["step"], t["step"]), (1, 1))
-        # One step of CE, KD and the attention term in f32 on lavapipe and in PyTorch on the CPU.
-        self.assertTermsClose(t["losses"], a["losses"], 1e-5, "step 1, amad_torch against amad")
+        # Each method's own code path: the map-level KL, the token-level KL with a τ, the
+        # one-to-one baseline, and output KD alone.
+        for method, extra in [("amad-kl", []), ("amad-token", ["--tau", "0.5"]), ("one-to-one", []), ("kd", [])]:
+            a_out, t_out = self.path(f"amad-{method}"), self.path(f"torch-{method}")
+            args = [*common, "--student-init", self.path("init"), "--method", method, *extra]
+            run([AMAD, "distill", "--teacher", TEACHER, "--out", a_out, *args])
+            # The teacher's captions as amad made them, so that both train on the same targets.
+            os.makedirs(t_out)
+            shutil.copy(os.path.join(a_out, "targets.jsonl"), os.path.join(t_out, "targets.jsonl"))
+            torch_distill(t_out, "--student-init", self.path("init"), "--batch", "3", "--steps", "1", "--method", method, *extra)
+            a, t = metrics(a_out)[0], metrics(t_out)[0]
+            self.assertEqual((a["step"], t["step"]), (1, 1))
+            # One step of CE, KD and the attention term in f32 on lavapipe and in PyTorch on the CPU.
+            self.assertTermsClose(t["losses"], a["losses"], 1e-5, f"{method}: step 1, amad_torch against amad")
         # amad_torch's student is a checkpoint amad captions with.
-        r = run([AMAD, "caption", "--model", self.path("torch"), os.path.join(PHOTOS, "coffee.png")])
+        r = run([AMAD, "caption", "--model", self.path("torch-amad-kl"), os.path.join(PHOTOS, "coffee.png")])
         self.assertTrue(r.stdout.startswith("coffee.png\t"), r.stdout)
-        with open(self.path("torch/alignment.json")) as f:
+        with open(self.path("torch-amad-kl/alignment.json")) as f:
             al = json.load(f)
         self.assertEqual(al["step"], 1)
         self.assertEqual({p["kind"] for p in al["pairs"]}, {"encoder", "decoder_self", "cross"})
