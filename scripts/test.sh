@@ -16,7 +16,7 @@ cargo test --release 2>&1 | tee "$log"
 # page's checks.
 python_status=0
 AMAD_BIN=target/release/amad .venv/bin/python -m unittest discover -s python/tests 2>&1 | tee -a "$log" || python_status=$?
-cargo build --release --target wasm32-unknown-unknown
+cargo build --release --target wasm32-unknown-unknown --lib
 trunk build --release --offline
 # The page's tests: reported, and counted into the totals, even when some fail.
 browser_status=0
