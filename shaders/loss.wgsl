@@ -1,6 +1,7 @@
-// Losses over a vocabulary, one workgroup per row (token position):
-// cross-entropy with an ignore index (fused log-softmax) and the KL divergence between
-// temperature-softened teacher and student distributions.
+// Losses over a vocabulary: cross-entropy with an ignore index (fused log-softmax) and the KL
+// divergence between temperature-softened teacher and student distributions. Two forms of each:
+// one workgroup per row (token position) for large vocabularies, and one invocation per row
+// (`*_rows`) for small ones, chosen by the launcher (ROW_KERNEL_MAX_VOCAB).
 // Forward entries write per-row values into rowvals [2, rows]: (loss, 1) for a counted row and
 // (0, 0) for an ignored one; reduce.wgsl sums both halves, and loss_mean divides.
 //
@@ -205,6 +206,124 @@ fn kl_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let lt = teacher_lse(o, lid);
     let ls = logsumexp(o, p.inv_t, lid);
     for (var c = lid; c < p.vocab; c += 256u) {
+        dstudent[o + c] = k * (exp(p.inv_t * logits[o + c] - ls) - exp(p.inv_t * teacher[o + c] - lt));
+    }
+}
+
+// ---- One invocation per row, for small vocabularies ----
+// A row of the bundled models' 64 words leaves 192 of a row's workgroup of 256 idle and costs
+// 16 barriers per reduction, which lavapipe executes slowly: the bundled distillation step spent
+// about 90 ms of 630 in the four workgroup kernels, and a few ms in these (`amad bench profile`).
+// The launcher keeps these to vocabularies whose three passes stay far under lavapipe's cap of
+// 65,535 loop iterations per invocation.
+
+fn row_logsumexp(o: u32, s: f32) -> f32 {
+    var mx = -3.4e38;
+    for (var c = 0u; c < p.vocab; c++) {
+        mx = max(mx, s * logits[o + c]);
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < p.vocab; c++) {
+        sum += exp(s * logits[o + c] - mx);
+    }
+    return mx + log(sum);
+}
+
+fn row_teacher_lse(o: u32) -> f32 {
+    var mx = -3.4e38;
+    for (var c = 0u; c < p.vocab; c++) {
+        mx = max(mx, p.inv_t * teacher[o + c]);
+    }
+    var sum = 0.0;
+    for (var c = 0u; c < p.vocab; c++) {
+        sum += exp(p.inv_t * teacher[o + c] - mx);
+    }
+    return mx + log(sum);
+}
+
+@compute @workgroup_size(256)
+fn cross_entropy_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    let tgt = targets[r];
+    if (tgt == p.ignore || tgt >= p.vocab) {
+        rowvals[r] = 0.0;
+        rowvals[p.rows + r] = 0.0;
+        return;
+    }
+    let o = r * p.vocab;
+    rowvals[r] = row_logsumexp(o, 1.0) - logits[o + tgt];
+    rowvals[p.rows + r] = 1.0;
+}
+
+@compute @workgroup_size(256)
+fn cross_entropy_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    let o = r * p.vocab;
+    let tgt = targets[r];
+    if (tgt == p.ignore || tgt >= p.vocab) {
+        for (var c = 0u; c < p.vocab; c++) {
+            dlogits[o + c] = 0.0;
+        }
+        return;
+    }
+    let k = p.grad / max(totals[1], 1.0);
+    let lse = row_logsumexp(o, 1.0);
+    for (var c = 0u; c < p.vocab; c++) {
+        var g = exp(logits[o + c] - lse);
+        if (c == tgt) {
+            g -= 1.0;
+        }
+        dlogits[o + c] = k * g;
+    }
+}
+
+@compute @workgroup_size(256)
+fn kl_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    if (targets[r] == p.ignore) {
+        kl_rowvals[r] = 0.0;
+        kl_rowvals[p.rows + r] = 0.0;
+        return;
+    }
+    let o = r * p.vocab;
+    let lt = row_teacher_lse(o);
+    let ls = row_logsumexp(o, p.inv_t);
+    var kl = 0.0;
+    for (var c = 0u; c < p.vocab; c++) {
+        let log_pt = p.inv_t * teacher[o + c] - lt;
+        let log_ps = p.inv_t * logits[o + c] - ls;
+        kl += exp(log_pt) * (log_pt - log_ps);
+    }
+    kl_rowvals[r] = kl;
+    kl_rowvals[p.rows + r] = 1.0;
+}
+
+@compute @workgroup_size(256)
+fn kl_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r = thread_index(wid, nwg, lid);
+    if (r >= p.rows) {
+        return;
+    }
+    let o = r * p.vocab;
+    if (targets[r] == p.ignore) {
+        for (var c = 0u; c < p.vocab; c++) {
+            dstudent[o + c] = 0.0;
+        }
+        return;
+    }
+    let k = p.grad * p.inv_t / max(kl_totals[1], 1.0);
+    let lt = row_teacher_lse(o);
+    let ls = row_logsumexp(o, p.inv_t);
+    for (var c = 0u; c < p.vocab; c++) {
         dstudent[o + c] = k * (exp(p.inv_t * logits[o + c] - ls) - exp(p.inv_t * teacher[o + c] - lt));
     }
 }

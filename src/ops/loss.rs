@@ -3,7 +3,7 @@
 //! rows; the forward also returns [sum, count], which its backward reads (no readback needed).
 
 use super::reduce::{sum_segments, SumInto};
-use super::u32_of;
+use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step, Tensor};
 
@@ -12,6 +12,33 @@ pub const CE_BWD: Kernel = Kernel::new("loss", "cross_entropy_bwd", &[R, R, R, W
 pub const KL_FWD: Kernel = Kernel::new("loss", "kl_fwd", &[R, R, R, W]);
 pub const KL_BWD: Kernel = Kernel::new("loss", "kl_bwd", &[R, R, R, R, W]);
 pub const MEAN: Kernel = Kernel::new("loss", "loss_mean", &[R, W]);
+/// The same four, one invocation per row (see the shader), for vocabularies up to
+/// ROW_KERNEL_MAX_VOCAB.
+pub const CE_FWD_ROWS: Kernel = Kernel::new("loss", "cross_entropy_fwd_rows", &[R, R, W]);
+pub const CE_BWD_ROWS: Kernel = Kernel::new("loss", "cross_entropy_bwd_rows", &[R, R, R, W]);
+pub const KL_FWD_ROWS: Kernel = Kernel::new("loss", "kl_fwd_rows", &[R, R, R, W]);
+pub const KL_BWD_ROWS: Kernel = Kernel::new("loss", "kl_bwd_rows", &[R, R, R, R, W]);
+
+/// The largest vocabulary the one-invocation-per-row kernels take: at most five passes over a
+/// row (KL: the teacher's and the student's maximum and sum, then the divergence) stay far under
+/// lavapipe's 65,535 loop iterations per invocation, and a workgroup per row pays for its
+/// barriers only on long rows.
+const ROW_KERNEL_MAX_VOCAB: u32 = 4096;
+
+/// Dispatches `wide` (a workgroup per row) or `rows` (an invocation per row) as the vocabulary
+/// of `p` says.
+fn dispatch_by_vocab(
+    step: &mut Step,
+    (wide, rows): (&'static Kernel, &'static Kernel),
+    p: &Params,
+    tensors: &[&Tensor],
+) -> Result<()> {
+    if p.vocab <= ROW_KERNEL_MAX_VOCAB {
+        step.dispatch_linear(rows, p, tensors, groups(p.rows as usize, 256))
+    } else {
+        step.dispatch_linear(wide, p, tensors, p.rows as u64)
+    }
+}
 
 /// Target id that marks a position as not counted (padding).
 pub const IGNORE: u32 = u32::MAX;
@@ -84,7 +111,12 @@ pub fn cross_entropy(
 ) -> Result<(Tensor, Tensor)> {
     let p = params("cross_entropy", logits, targets, 1.0, 0.0)?;
     let rowvals = step.empty(&[2, p.rows as usize])?;
-    step.dispatch_linear(&CE_FWD, &p, &[logits, targets, &rowvals], p.rows as u64)?;
+    dispatch_by_vocab(
+        step,
+        (&CE_FWD, &CE_FWD_ROWS),
+        &p,
+        &[logits, targets, &rowvals],
+    )?;
     finish(step, &rowvals)
 }
 
@@ -98,7 +130,12 @@ pub fn cross_entropy_bwd(
 ) -> Result<Tensor> {
     let p = params("cross_entropy_bwd", logits, targets, 1.0, grad)?;
     let d = step.empty(logits.shape())?;
-    step.dispatch_linear(&CE_BWD, &p, &[logits, targets, totals, &d], p.rows as u64)?;
+    dispatch_by_vocab(
+        step,
+        (&CE_BWD, &CE_BWD_ROWS),
+        &p,
+        &[logits, targets, totals, &d],
+    )?;
     Ok(d)
 }
 
@@ -129,12 +166,8 @@ pub fn kl_div(
     }
     let p = params("kl_div", student, targets, 1.0 / temperature, 0.0)?;
     let rowvals = step.empty(&[2, p.rows as usize])?;
-    step.dispatch_linear(
-        &KL_FWD,
-        &p,
-        &[student, targets, teacher, &rowvals],
-        p.rows as u64,
-    )?;
+    let tensors = [student, targets, teacher, &rowvals];
+    dispatch_by_vocab(step, (&KL_FWD, &KL_FWD_ROWS), &p, &tensors)?;
     finish(step, &rowvals)
 }
 
@@ -150,11 +183,7 @@ pub fn kl_div_bwd(
 ) -> Result<Tensor> {
     let p = params("kl_div_bwd", student, targets, 1.0 / temperature, grad)?;
     let d = step.empty(student.shape())?;
-    step.dispatch_linear(
-        &KL_BWD,
-        &p,
-        &[student, targets, teacher, totals, &d],
-        p.rows as u64,
-    )?;
+    let tensors = [student, targets, teacher, totals, &d];
+    dispatch_by_vocab(step, (&KL_BWD, &KL_BWD_ROWS), &p, &tensors)?;
     Ok(d)
 }
