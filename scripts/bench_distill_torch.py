@@ -10,6 +10,7 @@ Usage: bench_distill_torch.py --teacher DIR [--batch 16] [--len 16] [--iters 2] 
 """
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -18,7 +19,8 @@ try:
     import torch
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
-    from torch_amad import amad_kl
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    from amad_torch import amad_loss
 except ImportError:
     print("torch/transformers not installed: skipping the PyTorch distillation benchmark", file=sys.stderr)
     sys.exit(0)
@@ -107,10 +109,10 @@ def distill_step():
     cross_mask = valid[:, :, None].expand(B, L, tokens)
     attn, jobs = 0, 0
     for js, jt in enc_pairs:
-        attn, jobs = attn + amad_kl(t.encoder_attentions[jt], s.encoder_attentions[js]), jobs + 1
+        attn, jobs = attn + amad_loss(t.encoder_attentions[jt], s.encoder_attentions[js])[0], jobs + 1
     for js, jt in dec_pairs:
-        attn = attn + amad_kl(t.decoder_attentions[jt], s.decoder_attentions[js], self_mask)
-        attn = attn + amad_kl(t.cross_attentions[jt], s.cross_attentions[js], cross_mask)
+        attn = attn + amad_loss(t.decoder_attentions[jt], s.decoder_attentions[js], self_mask)[0]
+        attn = attn + amad_loss(t.cross_attentions[jt], s.cross_attentions[js], cross_mask)[0]
         jobs += 2
     loss = s.loss + T * T * kd + attn / jobs
     loss.backward()

@@ -6,6 +6,7 @@ Usage: bench_step_torch.py [BATCH] [--device cuda] [--iters N] (scripts/bench_gp
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -13,7 +14,8 @@ try:
     import torch
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
-    from torch_amad import amad_kl
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    from amad_torch import amad_loss
 except ImportError:
     print("torch/transformers not installed: skipping the PyTorch step benchmark", file=sys.stderr)
     sys.exit(0)
@@ -86,9 +88,9 @@ def distill_step():
     cross_mask = valid[:, :, None].expand(BATCH, LEN, 65)
     attn = 0
     for js, jt in pairs:
-        attn = attn + amad_kl(t.encoder_attentions[jt], s.encoder_attentions[js])
-        attn = attn + amad_kl(t.decoder_attentions[jt], s.decoder_attentions[js], self_mask)
-        attn = attn + amad_kl(t.cross_attentions[jt], s.cross_attentions[js], cross_mask)
+        attn = attn + amad_loss(t.encoder_attentions[jt], s.encoder_attentions[js])[0]
+        attn = attn + amad_loss(t.decoder_attentions[jt], s.decoder_attentions[js], self_mask)[0]
+        attn = attn + amad_loss(t.cross_attentions[jt], s.cross_attentions[js], cross_mask)[0]
     loss = s.loss + T * T * kd + attn / (3 * len(pairs))
     loss.backward()
     sopt.step()
