@@ -335,9 +335,12 @@ def step_losses(a, teacher, student, pixels, ids, labels, world):
             # amad_loss is a mean over this process's examples: as a share of the global batch.
             part = loss * b / n_ex
             attn = attn + share * part
-            pairs_out.append((name, js, jt, world.sum(weights.sum(0)) / n_ex))
+            # This process's sum over its examples; summed over the processes only when saved.
+            pairs_out.append((name, js, jt, weights.sum(0)))
         objective = objective + a.gamma * attn
-    terms = {"ce": world.sum(ce).item(), "kd": world.sum(kd).item(), "attn": world.sum(attn).item()}
+    # One all-reduce for the three terms.
+    ce_g, kd_g, attn_g = world.sum(torch.stack([ce.detach(), kd.detach(), attn.detach()])).tolist()
+    terms = {"ce": ce_g, "kd": kd_g, "attn": attn_g}
     terms["total"] = a.alpha * terms["ce"] + beta * a.temperature ** 2 * terms["kd"] + a.gamma * terms["attn"]
     return objective * world.size, terms, pairs_out
 
@@ -425,7 +428,8 @@ class Run:
 
     def backward(self, step):
         """Step `step`'s gradients into the student's parameters (summed over the processes, as
-        one process would have them); returns the step's terms and alignment weights."""
+        one process would have them); returns the step's terms and this process's sums of the
+        alignment weights."""
         a = self.a
         pixels, ids, labels = batch_for(step, self.train, self.length, self.teacher.config, self.tokens, a.batch, self.world)
         objective, terms, pairs = step_losses(a, self.teacher, self.model, pixels, ids, labels, self.world)
@@ -465,6 +469,8 @@ def main(argv=None):
                 f.write(json.dumps({"step": step + 1, "lr": lr, "losses": terms, "seconds": time.time() - began}) + "\n")
         world.say(f"\rstep {step + 1}/{a.steps} | " + " | ".join(f"{k} {v:.4f}" for k, v in terms.items()), end="")
         if (step + 1) % a.checkpoint_every == 0 or step + 1 == end:
+            # The step's alignment weights, the mean over the global batch (every process takes part).
+            pairs = [(k, js, jt, world.sum(w) / a.batch) for k, js, jt, w in pairs]
             save(a, step + 1, run.model, run.optimizer, a.teacher, pairs, world)
     world.say("")
     if world.size > 1:

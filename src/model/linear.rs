@@ -59,6 +59,15 @@ fn weight_view<'a>(w: &'a Tensor, layout: Layout, inp: usize, out: usize) -> Vie
     }
 }
 
+/// `v` read transposed: element (i, j) is its element (j, i).
+fn transposed(v: View<'_>) -> View<'_> {
+    View {
+        rs: v.cs,
+        cs: v.rs,
+        ..v
+    }
+}
+
 fn plain(t: &Tensor, cols: usize) -> View<'_> {
     View {
         t,
@@ -301,23 +310,9 @@ fn param_grads(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor) -> Result<(usi
         );
     }
     // dW: [out, in] += dYᵀ X, or [in, out] += Xᵀ dY.
-    let dyt = View {
-        t: dy,
-        off: 0,
-        rs: 1,
-        cs: out,
-        bs: [0, 0],
-    };
-    let xt = View {
-        t: x,
-        off: 0,
-        rs: 1,
-        cs: inp,
-        bs: [0, 0],
-    };
     let (m, n, a, b) = match p.layout {
-        Layout::OutIn => (out, inp, dyt, plain(x, inp)),
-        Layout::InOut => (inp, out, xt, plain(dy, out)),
+        Layout::OutIn => (out, inp, transposed(plain(dy, out)), plain(x, inp)),
+        Layout::InOut => (inp, out, transposed(plain(x, inp)), plain(dy, out)),
     };
     Gemm {
         m,
@@ -338,7 +333,7 @@ fn param_grads(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor) -> Result<(usi
     Ok((rows, inp, out))
 }
 
-/// dX = dY Wᵀ into `dx` (added to it when `accumulate`): the weight read as an out × in operand.
+/// dX = dY Wᵀ into `dx` (added to it when `accumulate`).
 fn dx_gemm<'a>(
     p: Grad<'a>,
     dy: &'a Tensor,
@@ -346,29 +341,14 @@ fn dx_gemm<'a>(
     (rows, inp, out): (usize, usize, usize),
     accumulate: bool,
 ) -> Gemm<'a> {
-    let wt = match p.layout {
-        Layout::OutIn => View {
-            t: p.w,
-            off: 0,
-            rs: inp,
-            cs: 1,
-            bs: [0, 0],
-        },
-        Layout::InOut => View {
-            t: p.w,
-            off: 0,
-            rs: 1,
-            cs: out,
-            bs: [0, 0],
-        },
-    };
     Gemm {
         m: rows,
         n: inp,
         k: out,
         batch: [1, 1],
         a: plain(dy, out),
-        b: wt,
+        // The weight read as an out × in operand.
+        b: transposed(weight_view(p.w, p.layout, inp, out)),
         c: plain(dx, inp),
         bias: None,
         alpha: 1.0,

@@ -169,12 +169,7 @@ pub fn layernorm_bwd(
         }
     }
     for (partial, out) in [(&pg, dgamma), (&pb, dbeta)] {
-        let to = Dest {
-            out,
-            at: 0,
-            accumulate: true,
-        };
-        sum_rows_into(step, partial, (chunks, cols), cols, to)?;
+        sum_rows_into(step, partial, (chunks, cols), cols, Dest::add_to(out))?;
     }
     Ok(dx)
 }

@@ -1,6 +1,6 @@
 //! Launchers for `shaders/optim.wgsl`: global gradient-norm clipping and AdamW.
 
-use super::reduce::{sum_segments, SumInto};
+use super::reduce::{sum_segments, Dest, SumInto};
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, Kernel, Step, Tensor};
@@ -79,9 +79,12 @@ pub fn clip_grad_norm(step: &mut Step, grads: &[&Tensor], max_norm: f32) -> Resu
     let mut at = 0;
     for (g, &n) in grads.iter().zip(&segments) {
         let squares = SumInto {
-            at,
+            to: Dest {
+                at,
+                ..Dest::new(&sumsq)
+            },
+            scale: 1.0,
             squares: true,
-            ..SumInto::new(&sumsq)
         };
         sum_segments(step, g, n, squares)?;
         at += n;

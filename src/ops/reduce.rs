@@ -42,26 +42,48 @@ struct Params {
 /// sums the chunks. On lavapipe the passes cost about what one did: the loads are the same.
 pub(crate) const COLUMN_CHUNK: usize = 64;
 
-/// Where and how [`sum_segments`] writes its sums: into `out` from element `at`, times `scale`,
-/// of squares where `squares`, added to what is there where `accumulate`.
+/// Where a reduction writes: `out` from element `at`, added to what is there where `accumulate`.
 #[derive(Clone, Copy)]
-pub(crate) struct SumInto<'a> {
+pub(crate) struct Dest<'a> {
     pub out: &'a Tensor,
     pub at: usize,
+    pub accumulate: bool,
+}
+
+impl<'a> Dest<'a> {
+    /// `out` from element 0, overwritten.
+    pub fn new(out: &'a Tensor) -> Dest<'a> {
+        Dest {
+            out,
+            at: 0,
+            accumulate: false,
+        }
+    }
+
+    /// `out` from element 0, added to.
+    pub fn add_to(out: &'a Tensor) -> Dest<'a> {
+        Dest {
+            accumulate: true,
+            ..Dest::new(out)
+        }
+    }
+}
+
+/// How [`sum_segments`] writes its sums: to `to`, times `scale`, of squares where `squares`.
+#[derive(Clone, Copy)]
+pub(crate) struct SumInto<'a> {
+    pub to: Dest<'a>,
     pub scale: f32,
     pub squares: bool,
-    pub accumulate: bool,
 }
 
 impl<'a> SumInto<'a> {
     /// Plain sums into `out` from element 0.
     pub fn new(out: &'a Tensor) -> SumInto<'a> {
         SumInto {
-            out,
-            at: 0,
+            to: Dest::new(out),
             scale: 1.0,
             squares: false,
-            accumulate: false,
         }
     }
 }
@@ -74,11 +96,13 @@ pub(crate) fn sum_segments(
     into: SumInto,
 ) -> Result<()> {
     let SumInto {
-        out,
-        at,
+        to: Dest {
+            out,
+            at,
+            accumulate,
+        },
         scale,
         squares,
-        accumulate,
     } = into;
     if segments == 0 || !x.numel().is_multiple_of(segments) || at + segments > out.numel() {
         return shape_err(
@@ -109,11 +133,14 @@ pub(crate) fn add_sum_into(
     out: &Tensor,
     at: usize,
 ) -> Result<()> {
-    let into = SumInto {
+    let to = Dest {
         at,
+        ..Dest::add_to(out)
+    };
+    let into = SumInto {
+        to,
         scale,
-        accumulate: true,
-        ..SumInto::new(out)
+        squares: false,
     };
     sum_segments(step, x, 1, into)
 }
@@ -180,21 +207,7 @@ pub fn sum_columns(step: &mut Step, x: &Tensor, out: &Tensor) -> Result<()> {
         return Ok(());
     }
     let rows = x.numel() / cols;
-    let to = Dest {
-        out,
-        at: 0,
-        accumulate: true,
-    };
-    sum_rows_into(step, x, (rows, cols), out.numel(), to)
-}
-
-/// Where a column sum writes: `out` from element `at`, added to what is there where
-/// `accumulate`.
-#[derive(Clone, Copy)]
-pub(crate) struct Dest<'a> {
-    pub out: &'a Tensor,
-    pub at: usize,
-    pub accumulate: bool,
+    sum_rows_into(step, x, (rows, cols), out.numel(), Dest::add_to(out))
 }
 
 /// to.out[to.at + c] (+= if `to.accumulate`, else =) Σ_r x[r, c] for c < len, x read as
@@ -210,12 +223,14 @@ pub(crate) fn sum_rows_into(
     if rows > 2 * COLUMN_CHUNK {
         let chunks = rows.div_ceil(COLUMN_CHUNK);
         let partial = step.empty(&[chunks, len])?;
-        let chunk_sums = Dest {
-            out: &partial,
-            at: 0,
-            accumulate: false,
-        };
-        column_pass(step, x, (rows, cols), len, COLUMN_CHUNK, chunk_sums)?;
+        column_pass(
+            step,
+            x,
+            (rows, cols),
+            len,
+            COLUMN_CHUNK,
+            Dest::new(&partial),
+        )?;
         return sum_rows_into(step, &partial, (chunks, len), len, to);
     }
     column_pass(step, x, (rows, cols), len, rows.max(1), to)
