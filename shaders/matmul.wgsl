@@ -492,3 +492,97 @@ fn matmul_rows(
         store_row(c0, 3u, col, acc3, 1u, bv);
     }
 }
+
+// ---- matmul_rows_image: matmul_rows with B read from an image it keeps (CPU adapters) ----
+//
+// Generating a token reads every weight of the decoder once, a few rows of A against all of B, so
+// the product runs at the speed B is loaded. On lavapipe a storage load loops over the 8 lanes of
+// a register (see matmul_image) while a texel fetch gathers 4 floats for all 8 at once; a probe at
+// 1 x 32768 x 768 read B at 2 GB/s from a buffer and 13 GB/s from an image, where PyTorch's mv
+// reads at 13 (docs/perf-notes.md). The image is made once per weight and kept while the weights
+// stay fixed (`Gpu::hold_images`), since copying B into an image costs more than reading it.
+// Each invocation owns 8 columns of C for all ROWS rows (two vec4s per row: 4 x 4 blocks of B
+// fetched as two texel columns per step of 4 along K); the sums are matmul_rows' (`rows_step`),
+// added in the same order. Image rows: K when B runs along n, else B's columns (n).
+@compute @workgroup_size(8)
+fn matmul_rows_image(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let col = 8u * (group_index(wid, nwg) * 8u + lid);
+    if (col >= p.n) {
+        return;
+    }
+    var acc0 = vec4<f32>();
+    var acc1 = vec4<f32>();
+    var acc2 = vec4<f32>();
+    var acc3 = vec4<f32>();
+    var acc4 = vec4<f32>();
+    var acc5 = vec4<f32>();
+    var acc6 = vec4<f32>();
+    var acc7 = vec4<f32>();
+    let a0 = p.a_off / 4u;
+    let ars = p.a_rs / 4u;
+    // Columns past n read the last column's texels; they are not stored.
+    let last = p.n - 1u;
+    for (var k = 0u; k < p.k; k += 4u) {
+        var lo: mat4x4<f32>;
+        var hi: mat4x4<f32>;
+        if (B_ALONG_N) {
+            // Rows k..k+3, texels of columns col..col+3 and col+4..col+7.
+            lo = texels(b_image, col / 4u, k);
+            hi = texels(b_image, min(col + 4u, last) / 4u, k);
+        } else {
+            // Texel k/4 of image rows col..col+7: B(k..k+3, col + j).
+            let x = i32(k / 4u);
+            lo = mat4x4<f32>(
+                textureLoad(b_image, vec2<i32>(x, i32(col))),
+                textureLoad(b_image, vec2<i32>(x, i32(min(col + 1u, last)))),
+                textureLoad(b_image, vec2<i32>(x, i32(min(col + 2u, last)))),
+                textureLoad(b_image, vec2<i32>(x, i32(min(col + 3u, last)))),
+            );
+            hi = mat4x4<f32>(
+                textureLoad(b_image, vec2<i32>(x, i32(min(col + 4u, last)))),
+                textureLoad(b_image, vec2<i32>(x, i32(min(col + 5u, last)))),
+                textureLoad(b_image, vec2<i32>(x, i32(min(col + 6u, last)))),
+                textureLoad(b_image, vec2<i32>(x, i32(min(col + 7u, last)))),
+            );
+        }
+        let ak = a0 + k / 4u;
+        let av0 = a4[ak];
+        acc0 = rows_step(acc0, av0, lo[0], lo[1], lo[2], lo[3]);
+        acc1 = rows_step(acc1, av0, hi[0], hi[1], hi[2], hi[3]);
+        if (ROWS > 1u) {
+            let av = a4[ak + ars];
+            acc2 = rows_step(acc2, av, lo[0], lo[1], lo[2], lo[3]);
+            acc3 = rows_step(acc3, av, hi[0], hi[1], hi[2], hi[3]);
+        }
+        if (ROWS > 2u) {
+            let av = a4[ak + 2u * ars];
+            acc4 = rows_step(acc4, av, lo[0], lo[1], lo[2], lo[3]);
+            acc5 = rows_step(acc5, av, hi[0], hi[1], hi[2], hi[3]);
+        }
+        if (ROWS > 3u) {
+            let av = a4[ak + 3u * ars];
+            acc6 = rows_step(acc6, av, lo[0], lo[1], lo[2], lo[3]);
+            acc7 = rows_step(acc7, av, hi[0], hi[1], hi[2], hi[3]);
+        }
+    }
+    let b_lo = column_bias(col, 1u);
+    let b_hi = column_bias(col + 4u, 1u);
+    store_row(p.c_off, 0u, col, acc0, 1u, b_lo);
+    store_row(p.c_off, 0u, col + 4u, acc1, 1u, b_hi);
+    if (ROWS > 1u) {
+        store_row(p.c_off, 1u, col, acc2, 1u, b_lo);
+        store_row(p.c_off, 1u, col + 4u, acc3, 1u, b_hi);
+    }
+    if (ROWS > 2u) {
+        store_row(p.c_off, 2u, col, acc4, 1u, b_lo);
+        store_row(p.c_off, 2u, col + 4u, acc5, 1u, b_hi);
+    }
+    if (ROWS > 3u) {
+        store_row(p.c_off, 3u, col, acc6, 1u, b_lo);
+        store_row(p.c_off, 3u, col + 4u, acc7, 1u, b_hi);
+    }
+}

@@ -769,3 +769,121 @@ fn few_row_products_over_chunks_of_k_accumulate_with_a_bias() {
     let want: Vec<f64> = prod.iter().zip(&c0).map(|(p, c)| p + c).collect();
     assert_close("rows kernel over chunks of K", &got[0], &want, tol(k), 1e-5);
 }
+
+/// With B's tensor held (`Gpu::hold_images`, as generation holds the weights), few-row products
+/// read B from an image made once and kept: `matmul_rows_image`, along n and along k, 1 to 4 rows,
+/// with a bias. On a device whose images are at most 64 texels a side, 257 columns along k run in
+/// five parts (one image each); a bias there, or a K of more than 64 rows along n, keeps
+/// `matmul_rows` (as does a row pitch that is not a multiple of 256 bytes, which no image copy
+/// takes). The images go when the hold ends.
+#[test]
+fn few_row_products_from_held_images() {
+    let mut g = own_device(true);
+    g.limits.max_texture_dimension_2d = 64;
+    for m in 1..=4 {
+        // (n, k, B transposed (along k), bias, images held: None where matmul_rows runs)
+        for (n, k, tb, bias, images) in [
+            (128, 64, false, true, Some(1)),
+            (128, 64, false, false, Some(1)),
+            (64, 72, false, false, None),
+            (257, 128, true, false, Some(5)),
+            (257, 128, true, true, None),
+            (64, 64, true, true, Some(1)),
+        ] {
+            let what = format!("m={m} n={n} k={k} tb={tb} bias={bias}");
+            let mut rng = Rng::new((m * n + k) as u64);
+            let (a, b, bv) = (rng.vec(m * k, 1.0), rng.vec(k * n, 1.0), rng.vec(n, 1.0));
+            let want = r::matmul(&a, &b, bias.then_some(&bv[..]), 1, m, n, k, false, tb, true);
+            let ta = upload_on(&g, &[m, k], &a);
+            let t_b = upload_on(&g, &if tb { [n, k] } else { [k, n] }, &b);
+            let t_bias = upload_on(&g, &[n], &bv);
+            let held = g.hold_images(std::slice::from_ref(&t_b));
+            for round in 0..2 {
+                let mut got = vec![];
+                let ran = kernels_run(&g, || {
+                    got = run_on(&g, |s| {
+                        Ok(vec![matmul(
+                            s,
+                            &ta,
+                            &t_b,
+                            false,
+                            tb,
+                            bias.then_some(&t_bias),
+                        )?])
+                    });
+                });
+                assert_close(&what, &got[0], &want, tol(k), 1e-5);
+                let kernel = if images.is_some() {
+                    "matmul_rows_image"
+                } else {
+                    "matmul_rows"
+                };
+                assert!(ran.contains(&kernel), "{what}: {ran:?}");
+                assert!(
+                    !ran.contains(&"matmul_rows_image") || images.is_some(),
+                    "{what}"
+                );
+                // Made in the first round, reused in the second.
+                assert_eq!(
+                    g.stats().images_held,
+                    images.unwrap_or(0),
+                    "{what}, round {round}"
+                );
+            }
+            drop(held);
+            assert_eq!(g.stats().images_held, 0, "{what}");
+        }
+    }
+}
+
+/// The LM head's case: B along k in parts, each writing its columns of a wider C at an offset and
+/// accumulating into what C held.
+#[test]
+fn held_image_products_into_a_strided_view() {
+    let mut g = own_device(true);
+    g.limits.max_texture_dimension_2d = 32;
+    let (m, n, k, wide, off) = (2, 68, 64, 200, 12);
+    let mut rng = Rng::new(5);
+    let (a, b, c0) = (
+        rng.vec(m * k, 1.0),
+        rng.vec(n * k, 1.0),
+        rng.vec(m * wide, 1.0),
+    );
+    let (ta, tb, tc) = (
+        upload_on(&g, &[m, k], &a),
+        upload_on(&g, &[n, k], &b),
+        upload_on(&g, &[m, wide], &c0),
+    );
+    let _held = g.hold_images(std::slice::from_ref(&tb));
+    let got = run_on(&g, |s| {
+        Gemm {
+            m,
+            n,
+            k,
+            batch: [1, 1],
+            a: View::matrix(&ta, m, k, false),
+            b: View::matrix(&tb, n, k, true),
+            c: View {
+                t: &tc,
+                off,
+                rs: wide,
+                cs: 1,
+                bs: [m * wide, 0],
+            },
+            bias: None,
+            alpha: 1.0,
+            accumulate: true,
+        }
+        .record(s)?;
+        Ok(vec![tc.clone()])
+    });
+    assert_eq!(g.stats().images_held, 3, "68 columns in parts of 32");
+    let prod = r::matmul(&a, &b, None, 1, m, n, k, false, true, true);
+    let mut want = c0.clone();
+    for i in 0..m {
+        for j in 0..n {
+            want[i * wide + off + j] += prod[i * n + j];
+        }
+    }
+    assert_close("held images into a view", &got[0], &want, tol(k), 1e-5);
+}

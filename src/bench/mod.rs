@@ -104,8 +104,9 @@ fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_slice(gpu, shape, &data)
 }
 
-/// `amad bench kernels`: matmul GFLOP/s at 512³ and at the teacher's shapes (batch 32 × 65 image
-/// tokens × 128 wide), and the attention core's forward + backward time.
+/// `amad bench kernels`: matmul GFLOP/s at 512³, at the teacher's shapes (batch 32 × 65 image
+/// tokens × 128 wide) and at a full-size decoder's one-token shapes, and the attention core's
+/// forward + backward time.
 pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     if !json {
         println!("adapter: {}", gpu.describe());
@@ -122,13 +123,23 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         ("teacher_mlp_down_fwd", tokens, 128, 512, false, false),
         ("teacher_mlp_up_dx", tokens, 128, 512, false, true),
         ("teacher_mlp_up_dw", 128, 512, tokens, true, false),
+        // Generating one token of a GPT-2 (768 wide) caption: one row through Conv1D weights
+        // [in, out], and half the tied LM head [vocab, in] (a binding of 128 MiB holds half of it);
+        // each weight is read once per token.
+        ("decode_qkv", 1, 2304, 768, false, false),
+        ("decode_mlp_down", 1, 768, 3072, false, false),
+        ("decode_lm_head_half", 1, 25129, 768, false, true),
     ];
     for &(name, m, n, k, ta, tb) in cases {
         let a = filled(gpu, &if ta { [k, m] } else { [m, k] })?;
         let b = filled(gpu, &if tb { [n, k] } else { [k, n] })?;
-        let times = time_paths(gpu, iters, &|step| {
-            matmul(step, &a, &b, ta, tb, None).map(drop)
-        })?;
+        let record = |step: &mut crate::Step| matmul(step, &a, &b, ta, tb, None).map(drop);
+        let mut times = time_paths(gpu, iters, &record)?;
+        if m <= 4 && gpu.image_operands() {
+            // As in generation: B's image made once and kept (see `Gpu::hold_images`).
+            let _held = gpu.hold_images(std::slice::from_ref(&b));
+            times.push(("_held", time(gpu, iters, &record)?));
+        }
         let shape = format!(
             "{m}x{n}x{k}{}{}",
             if ta { " Aᵀ" } else { "" },
@@ -509,6 +520,24 @@ pub fn distill(
 /// CPU adapter (lavapipe) the device's buffers live here too.
 fn peak_resident() -> Option<u64> {
     crate::gpu::proc_bytes("/proc/self/status", "VmHWM:")
+}
+
+/// `amad bench caption --profile`: one image's caption (encoder and every decoding step) kernel by
+/// kernel.
+pub fn caption_profile(
+    gpu: &Gpu,
+    c: &crate::model::captioner::Captioner,
+    px: &crate::data::image::Pixels,
+    generation: crate::model::generate::Generation,
+) -> Result<()> {
+    profile_step(
+        gpu,
+        &format!("caption, {} beam(s)", generation.beams),
+        &mut || {
+            let patches = c.patches(gpu, px)?;
+            pollster::block_on(c.model.generate(gpu, &patches, generation)).map(drop)
+        },
+    )
 }
 
 /// `amad bench caption`: per image, the encoder's time (preprocessing, ViT, cross-attention keys

@@ -392,6 +392,9 @@ mod cli {
             iters: usize,
             #[arg(long)]
             json: bool,
+            /// Instead, the first image's caption kernel by kernel (each dispatch on its own).
+            #[arg(long)]
+            profile: bool,
         },
         /// The teacher and distillation steps kernel by kernel: dispatches and wall time per
         /// kernel (each dispatch is submitted on its own).
@@ -446,7 +449,8 @@ mod cli {
                     caption,
                     iters,
                     json,
-                } => bench_caption(caption, iters, json),
+                    profile,
+                } => bench_caption(caption, iters, json, profile),
                 BenchCommand::Profile { batch } => amad::bench::profile(&gpu()?, batch),
             },
         }
@@ -703,7 +707,7 @@ mod cli {
         Ok(t)
     }
 
-    fn bench_caption(a: CaptionArgs, iters: usize, json: bool) -> Result<()> {
+    fn bench_caption(a: CaptionArgs, iters: usize, json: bool, profile: bool) -> Result<()> {
         let images = a
             .images
             .iter()
@@ -712,6 +716,9 @@ mod cli {
         let gpu = gpu()?;
         let c = Captioner::load(&gpu, &a.model)?;
         let generation = c.generation.overridden(a.beam, a.max_tokens);
+        if profile {
+            return amad::bench::caption_profile(&gpu, &c, &images[0].1, generation);
+        }
         amad::bench::caption(&gpu, &c, &images, generation, iters, json)
     }
 

@@ -18,6 +18,7 @@
 
 use super::{tensor::BufferPool, Gpu, Tensor};
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 pub(super) const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
@@ -31,7 +32,7 @@ pub struct Image {
 }
 
 /// Where an image's rows lie in a tensor, in f32 elements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rows {
     pub off: usize,
     pub pitch: usize,
@@ -132,6 +133,77 @@ impl Drop for Image {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
             pool.put_image(self.size, (self.texture.clone(), self.view.clone()));
+        }
+    }
+}
+
+/// Images kept while their tensors stay fixed (see [`Gpu::hold_images`]): the tensors (clones,
+/// so that their buffers cannot return to the pool and be reused), and each image made of them,
+/// by buffer, byte offset and rows.
+#[derive(Default)]
+pub(super) struct Held {
+    tensors: Vec<Tensor>,
+    images: HashMap<(usize, u64, Rows), Arc<Image>>,
+}
+
+impl Held {
+    pub(super) fn new(tensors: &[Tensor]) -> Held {
+        Held {
+            tensors: tensors.to_vec(),
+            images: HashMap::new(),
+        }
+    }
+
+    /// Whether `t` lies in one of the held tensors' buffers.
+    pub(super) fn holds(&self, t: &Tensor) -> bool {
+        self.tensors.iter().any(|h| h.same_buffer(t))
+    }
+
+    pub(super) fn get(&self, t: &Tensor, rows: &Rows) -> Option<Arc<Image>> {
+        self.images
+            .get(&(t.buffer_key(), t.offset(), *rows))
+            .cloned()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub(super) fn insert(&mut self, t: &Tensor, rows: &Rows, image: Arc<Image>) {
+        self.images
+            .insert((t.buffer_key(), t.offset(), *rows), image);
+    }
+}
+
+/// While alive, images of the held tensors are kept and reused (see [`Gpu::hold_images`]); when
+/// dropped, they return to the pool.
+pub struct HeldImages<'g> {
+    gpu: &'g Gpu,
+    /// Whether this guard started the hold (a nested one leaves the outer one's alone).
+    outer: bool,
+}
+
+impl Gpu {
+    /// Until the returned guard drops, a product of a few rows whose B lies in one of `tensors`
+    /// reads B from an image made the first time and kept (`matmul_rows_image`), on devices that
+    /// read operands from images ([`Gpu::image_operands`]); elsewhere it does nothing. The caller
+    /// promises that nothing writes `tensors` meanwhile: generation, whose weights are fixed and
+    /// read once per token. Copying a weight into an image costs more than reading it, so only a
+    /// weight read many times gains; the images cost their size in memory while held.
+    pub fn hold_images(&self, tensors: &[Tensor]) -> HeldImages<'_> {
+        let mut held = self.held.lock().unwrap();
+        let outer = held.is_none() && self.image_operands();
+        if outer {
+            *held = Some(Held::new(tensors));
+        }
+        HeldImages { gpu: self, outer }
+    }
+}
+
+impl Drop for HeldImages<'_> {
+    fn drop(&mut self) {
+        if self.outer {
+            self.gpu.held.lock().unwrap().take();
         }
     }
 }

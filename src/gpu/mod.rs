@@ -10,7 +10,7 @@ mod pipelines;
 mod step;
 mod tensor;
 
-pub use image::{Image, Rows};
+pub use image::{HeldImages, Image, Rows};
 pub use pipelines::{Access, Kernel};
 pub use step::Step;
 pub use tensor::{DType, Tensor};
@@ -35,6 +35,8 @@ pub struct Stats {
     pub tensor_buffers_created: u64,
     /// Images ever created for texture operands (see [`Image`]), likewise.
     pub images_created: u64,
+    /// Images held now for fixed tensors (see [`Gpu::hold_images`]).
+    pub images_held: usize,
     pub pipelines_built: usize,
 }
 
@@ -56,6 +58,8 @@ pub struct Gpu {
     subgroup_matmul: std::sync::atomic::AtomicBool,
     /// Whether long weight-gradient products split K (see [`Gpu::split_k`]).
     split_k: std::sync::atomic::AtomicBool,
+    /// Images kept for fixed tensors, while a [`HeldImages`] guard lives.
+    held: Mutex<Option<image::Held>>,
 }
 
 /// Whether to open a device with subgroup operations, which the subgroup matmul needs: natively,
@@ -173,6 +177,7 @@ impl Gpu {
             image_operands: image_operands_default(&info).into(),
             subgroup_matmul: subgroup_matmul_default().into(),
             split_k: (info.device_type != wgpu::DeviceType::Cpu).into(),
+            held: Mutex::new(None),
             info,
         })
     }
@@ -253,6 +258,7 @@ impl Gpu {
                 .pool
                 .images_created
                 .load(std::sync::atomic::Ordering::Relaxed),
+            images_held: self.held.lock().unwrap().as_ref().map_or(0, |h| h.len()),
             pipelines_built: self.pipelines.len(),
         }
     }

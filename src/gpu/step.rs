@@ -6,7 +6,7 @@ use super::image::Rows;
 use super::DType;
 use super::{Access, Gpu, Image, Kernel, Tensor};
 use crate::error::{Error, Result};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Bytes in one uniform chunk; each dispatch takes one aligned slot of it.
 const CHUNK: u64 = 64 * 1024;
@@ -270,6 +270,25 @@ impl<'g> Step<'g> {
             },
         );
         Ok(image)
+    }
+
+    /// The image of `rows` of `t` held for it (see [`Gpu::hold_images`]), made now if this is its
+    /// first use; `None` where `t` is not held (or no hold is on), or its rows do not fit an image.
+    pub fn held_image(&mut self, t: &Tensor, rows: &Rows) -> Result<Option<Arc<Image>>> {
+        let gpu = self.gpu;
+        let mut guard = gpu.held.lock().unwrap();
+        let Some(held) = guard.as_mut().filter(|h| h.holds(t)) else {
+            return Ok(None);
+        };
+        if let Some(image) = held.get(t, rows) {
+            return Ok(Some(image));
+        }
+        if rows.check(gpu, t).is_err() {
+            return Ok(None);
+        }
+        let image = Arc::new(self.image(t, rows)?);
+        held.insert(t, rows, image.clone());
+        Ok(Some(image))
     }
 
     /// Images of whole rows of each of `ts`, read as rows of `cols` elements (one texel per four),

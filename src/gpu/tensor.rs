@@ -339,6 +339,11 @@ impl Tensor {
         })
     }
     /// True when both handles share one buffer.
+    /// Identifies this tensor's buffer while it is alive (see `image::Held`).
+    pub(super) fn buffer_key(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }

@@ -287,6 +287,9 @@ impl Model {
         }
         let batch = patches.shape().first().copied().unwrap_or(0);
         let rows = batch * opts.beams;
+        // Every token reads all of the decoder's weights: where that is faster from images, each
+        // is copied into one at its first use and kept until the caption is done.
+        let _held = gpu.hold_images(&self.weights.blocks);
         let mut step = gpu.step();
         let states = self.encode_maps(&mut step, patches, &[])?.0;
         // Beams share their image's states: gather rows b → b·beams + k with the embedding lookup.

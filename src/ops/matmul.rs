@@ -86,29 +86,30 @@ pub static MATMUL: [Kernel; 4] = stores!("matmul", "matmul", &[R, R, R, W], "", 
 pub static MATMUL_VEC4: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul", "matmul_vec4", &[R, R, R, W, R, R]);
 
-/// The kernel for products of a few rows (`matmul_rows`, m <= FEW_ROWS: one token at a time),
-/// [m - 1][b_along_n][store]: the shader's ROWS is a constant per pipeline.
+/// The kernels for products of a few rows (m <= FEW_ROWS: one token at a time), [m - 1]
+/// [b_along_n][store]: the shader's ROWS is a constant per pipeline.
 macro_rules! few_rows {
-    ($($rows:literal),*) => {
+    ($entry:literal, $bindings:expr; $($rows:literal),*) => {
         [$([
-            few_rows!(@one $rows, "_bk", 0.0),
-            few_rows!(@one $rows, "_bn", 1.0),
+            few_rows!(@one $entry, $bindings, $rows, "_bk", 0.0),
+            few_rows!(@one $entry, $bindings, $rows, "_bn", 1.0),
         ]),*]
     };
-    (@one $rows:literal, $orient:literal, $bn:literal) => {
+    (@one $entry:literal, $bindings:expr, $rows:literal, $orient:literal, $bn:literal) => {
         [
-            few_rows!(@store $rows, $orient, "", $bn, 0.0, 0.0),
-            few_rows!(@store $rows, $orient, "_bias", $bn, 1.0, 0.0),
-            few_rows!(@store $rows, $orient, "_acc", $bn, 0.0, 1.0),
-            few_rows!(@store $rows, $orient, "_bias_acc", $bn, 1.0, 1.0),
+            few_rows!(@store $entry, $bindings, $rows, $orient, "", $bn, 0.0, 0.0),
+            few_rows!(@store $entry, $bindings, $rows, $orient, "_bias", $bn, 1.0, 0.0),
+            few_rows!(@store $entry, $bindings, $rows, $orient, "_acc", $bn, 0.0, 1.0),
+            few_rows!(@store $entry, $bindings, $rows, $orient, "_bias_acc", $bn, 1.0, 1.0),
         ]
     };
-    (@store $rows:literal, $orient:literal, $store:literal, $bn:literal, $bias:literal, $acc:literal) => {
+    (@store $entry:literal, $bindings:expr, $rows:literal, $orient:literal, $store:literal,
+     $bn:literal, $bias:literal, $acc:literal) => {
         Kernel::specialised(
-            concat!("matmul_rows", $rows, $orient, $store),
+            concat!($entry, $rows, $orient, $store),
             "matmul",
-            "matmul_rows",
-            &[R, R, R, W, R, R],
+            $entry,
+            $bindings,
             &[
                 ("ROWS", $rows),
                 ("B_ALONG_N", $bn),
@@ -118,7 +119,14 @@ macro_rules! few_rows {
         )
     };
 }
-pub static MATMUL_ROWS: [[[Kernel; 4]; 2]; 4] = few_rows!(1.0, 2.0, 3.0, 4.0);
+
+/// `matmul_rows`: B from storage buffers.
+pub static MATMUL_ROWS: [[[Kernel; 4]; 2]; 4] =
+    few_rows!("matmul_rows", &[R, R, R, W, R, R]; 1.0, 2.0, 3.0, 4.0);
+
+/// `matmul_rows_image`: B from an image held for it (see `Gemm::record_few_rows`).
+pub static MATMUL_ROWS_IMAGE: [[[Kernel; 4]; 2]; 4] =
+    few_rows!("matmul_rows_image", &[R, R, R, W, R, I]; 1.0, 2.0, 3.0, 4.0);
 
 /// The most rows `matmul_rows` takes (the shader's FEW_ROWS), and the fewest columns: narrower
 /// products (the losses' head-by-head ones) keep the tiled kernels.
@@ -164,6 +172,7 @@ pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
     MATMUL
         .iter()
         .chain(MATMUL_ROWS.iter().flatten().flatten())
+        .chain(MATMUL_ROWS_IMAGE.iter().flatten().flatten())
         .chain(blocked.into_iter().flatten().flatten().flatten())
 }
 
@@ -784,6 +793,9 @@ impl Gemm<'_> {
     /// lavapipe they make a 1 × 768 × 3072 product on a B already in cache about 3 times faster
     /// (2.8 ms against 7.8), but not a caption, whose products each read new weights from memory.
     fn record_few_rows(&self, step: &mut Step, b_along_n: bool) -> Result<()> {
+        if self.record_few_rows_held(step, b_along_n)? {
+            return Ok(());
+        }
         let chunks = self.k / FEW_ROWS_CHUNK;
         let contiguous_c = self.c.rs == self.n && self.c.cs == 1;
         if b_along_n && chunks >= 2 && contiguous_c && self.k.is_multiple_of(FEW_ROWS_CHUNK) {
@@ -822,6 +834,62 @@ impl Gemm<'_> {
             return sum_rows_into(step, &partial, (chunks, m * n), m * n, self.c_dest());
         }
         self.dispatch_few_rows(step, b_along_n)
+    }
+
+    /// `matmul_rows_image`, where B lies in a tensor whose images are held (`Gpu::hold_images`:
+    /// a decoder's weights while it generates): B is read from an image made on its first use and
+    /// kept. Along k, B's columns are the image's rows, so a B of more columns than an image has
+    /// rows (the LM head) runs in parts of columns, each with its own image; a bias would need
+    /// its own parts too, so such a product keeps `matmul_rows`. Returns whether it recorded.
+    fn record_few_rows_held(&self, step: &mut Step, b_along_n: bool) -> Result<bool> {
+        const OP: &str = "matmul";
+        let max_rows = step.gpu().limits.max_texture_dimension_2d as usize / 8 * 8;
+        let part = if b_along_n { self.n } else { max_rows };
+        if part == 0 || (self.n > part && self.bias.is_some()) {
+            return Ok(false);
+        }
+        let mut parts = Vec::new();
+        for first in (0..self.n).step_by(part) {
+            let n = part.min(self.n - first);
+            let b = View {
+                off: self.b.off + first * self.b.cs,
+                ..self.b
+            };
+            let Some(rows) = b.strides().image_rows(self.k, n, [1, 1], b_along_n) else {
+                return Ok(false);
+            };
+            let Some(image) = step.held_image(self.b.t, &rows)? else {
+                return Ok(false);
+            };
+            parts.push((first, n, b, image));
+        }
+        let u = |x| crate::ops::u32_of(OP, "size", x);
+        let kernel = &MATMUL_ROWS_IMAGE[self.m - 1][b_along_n as usize][self.store()];
+        for (first, n, b, image) in parts {
+            let c = View {
+                off: self.c.off + first * self.c.cs,
+                ..self.c
+            };
+            let params = Params {
+                m: u(self.m)?,
+                n: u(n)?,
+                k: u(self.k)?,
+                batch2: 1,
+                batch: 1,
+                tiles_m: 1,
+                tiles_n: 1,
+                alpha: self.alpha,
+                a: pack(OP, &self.a)?,
+                b: pack(OP, &b)?,
+                c: pack(OP, &c)?,
+                group_tiles: 1,
+            };
+            let bias = self.bias.unwrap_or(self.b.t);
+            let tensors = [self.a.t, self.b.t, bias, self.c.t, self.a.t];
+            let groups = n.div_ceil(8 * 8) as u64;
+            step.dispatch_linear_images(kernel, &params, &tensors, &[&image], groups)?;
+        }
+        Ok(true)
     }
 
     /// One `matmul_rows` dispatch: batch entries are chunks of K (see `record_few_rows`).
