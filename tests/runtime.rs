@@ -140,3 +140,44 @@ fn parts_of_one_buffer_are_tensors_of_their_own() {
     assert!(misaligned.is_err() || align == 1);
     assert!(block.part(&g, 3 * align, &[align + 1]).is_err());
 }
+
+/// While a tensor is held (`Gpu::hold_images`), every kernel that reads it from an image gets the
+/// one image made at its first use, across steps; a tensor made after the hold began joins it
+/// with `also`; an unheld tensor is copied each time; nothing is held after the guard drops, and
+/// on a device that reads no operands from images a hold does nothing.
+#[test]
+fn held_tensors_are_copied_into_images_once() {
+    let device = |images: bool| {
+        let g = pollster::block_on(Gpu::new()).unwrap();
+        g.set_image_operands(images);
+        g
+    };
+    let g = device(true);
+    let filled = |n: usize| amad::Tensor::from_slice(&g, &[n, 64], &vec![0.5; n * 64]).unwrap();
+    let (weight, activation) = (filled(4), filled(4));
+    let held = g.hold_images(std::slice::from_ref(&weight));
+    let later = filled(2);
+    held.also(&later);
+    let images = |t: &amad::Tensor| {
+        let mut step = g.step();
+        let image = step.operand_images(&[t], 64).unwrap().unwrap().remove(0);
+        step.submit().unwrap();
+        image
+    };
+    let (w1, w2) = (images(&weight), images(&weight));
+    assert!(
+        std::sync::Arc::ptr_eq(&w1, &w2),
+        "a held tensor's image is made once"
+    );
+    assert!(std::sync::Arc::ptr_eq(&images(&later), &images(&later)));
+    assert!(!std::sync::Arc::ptr_eq(
+        &images(&activation),
+        &images(&activation)
+    ));
+    assert_eq!(g.stats().images_held, 2);
+    drop(held);
+    assert_eq!(g.stats().images_held, 0);
+    let off = device(false);
+    let _held = off.hold_images(std::slice::from_ref(&weight));
+    assert_eq!(off.stats().images_held, 0);
+}

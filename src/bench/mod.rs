@@ -197,6 +197,29 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
             .print(gpu, json);
         }
     }
+    // One token of a GPT-2 (12 heads of 64) decoding: its query against the 197 image tokens'
+    // keys and values (cross-attention), as generation lays them out.
+    let (h, t, d) = (12, 197, 64);
+    let q = filled(gpu, &[1, 1, 3 * h * d])?;
+    let kv = filled(gpu, &[1, t, 2 * h * d])?;
+    let dims = attention::Dims::new(1, h, 1, t, d);
+    let record = |step: &mut crate::Step| {
+        let (q, k, v) = (
+            Seq::part(&q, 0, 3),
+            Seq::part(&kv, 0, 2),
+            Seq::part(&kv, 1, 2),
+        );
+        attention::attention(step, dims, q, k, v, Masks::default()).map(drop)
+    };
+    for (suffix, s) in time_paths(gpu, iters, &record)? {
+        Record {
+            name: format!("decode_cross_attention{suffix}"),
+            shape: format!("B1 H{h} 1x{t} D{d}"),
+            ms: s * 1e3,
+            gflops: Some(4.0 * (h * t * d) as f64 / s / 1e9),
+        }
+        .print(gpu, json);
+    }
     Ok(())
 }
 

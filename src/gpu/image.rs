@@ -200,6 +200,23 @@ impl Gpu {
     }
 }
 
+impl HeldImages<'_> {
+    /// Holds `t` too, a tensor made after the hold began that nothing will write while it lasts
+    /// (generation's cross-attention keys and values, read at every token).
+    pub fn also(&self, t: &Tensor) {
+        if let Some(held) = self
+            .gpu
+            .held
+            .lock()
+            .unwrap()
+            .as_mut()
+            .filter(|_| self.outer)
+        {
+            held.tensors.push(t.clone());
+        }
+    }
+}
+
 impl Drop for HeldImages<'_> {
     fn drop(&mut self) {
         if self.outer {

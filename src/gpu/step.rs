@@ -295,7 +295,11 @@ impl<'g> Step<'g> {
     /// when the device reads operands from images ([`Gpu::image_operands`]) and every tensor's rows
     /// fit one ([`Rows::check`]); all are checked before any is copied. `None` sends the caller to
     /// its buffer kernel.
-    pub fn operand_images(&mut self, ts: &[&Tensor], cols: usize) -> Result<Option<Vec<Image>>> {
+    pub fn operand_images(
+        &mut self,
+        ts: &[&Tensor],
+        cols: usize,
+    ) -> Result<Option<Vec<Arc<Image>>>> {
         if !self.gpu.image_operands() || cols == 0 || !cols.is_multiple_of(4) {
             return Ok(None);
         }
@@ -309,7 +313,10 @@ impl<'g> Step<'g> {
             return Ok(None);
         }
         ts.iter()
-            .map(|t| self.image(t, &rows(t)))
+            .map(|t| match self.held_image(t, &rows(t))? {
+                Some(held) => Ok(held),
+                None => self.image(t, &rows(t)).map(Arc::new),
+            })
             .collect::<Result<_>>()
             .map(Some)
     }

@@ -289,7 +289,7 @@ impl Model {
         let rows = batch * opts.beams;
         // Every token reads all of the decoder's weights: where that is faster from images, each
         // is copied into one at its first use and kept until the caption is done.
-        let _held = gpu.hold_images(&self.weights.blocks);
+        let held = gpu.hold_images(&self.weights.blocks);
         let mut step = gpu.step();
         let states = self.encode_maps(&mut step, patches, &[])?.0;
         // Beams share their image's states: gather rows b → b·beams + k with the embedding lookup.
@@ -304,6 +304,9 @@ impl Model {
         };
         let cache = self.start_cache(&mut step, &states)?;
         step.submit()?;
+        for kv in &cache.cross_kv {
+            held.also(kv);
+        }
         // The sequence, start token included, may fill the decoder's positions.
         let max_new = opts
             .max_new_tokens

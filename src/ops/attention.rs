@@ -12,6 +12,7 @@ use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
 use crate::gpu::{Image, Kernel, Step, Tensor};
+use std::sync::Arc;
 
 pub const SCORES: Kernel = Kernel::new("attention", "attention_scores", &[R, R, W]);
 /// The masked softmax, one pipeline per mask (the shader's CAUSAL and KEY_MASK constants; see
@@ -144,7 +145,7 @@ struct Params {
 /// A tensor's image holds all its rows (token (b, t) is image row b·len + t). The call's outputs
 /// never alias its inputs, so the images stay current through it.
 #[derive(Default)]
-struct SeqImages(Vec<(Tensor, Option<Image>)>);
+struct SeqImages(Vec<(Tensor, Option<Arc<Image>>)>);
 
 impl SeqImages {
     /// The index of `s`'s image, when the device reads operands from images and the sequence's
@@ -168,7 +169,10 @@ impl SeqImages {
     }
 
     fn get(&self, i: usize) -> &Image {
-        self.0[i].1.as_ref().expect("of() returns only held images")
+        self.0[i]
+            .1
+            .as_deref()
+            .expect("of() returns only held images")
     }
 }
 

@@ -5,6 +5,7 @@ use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Image as I, Access::Read as R, Access::ReadWrite as W};
 use crate::gpu::{Image, Kernel, Step, Tensor};
+use std::sync::Arc;
 
 pub const FWD: Kernel = Kernel::new("layernorm", "layernorm_fwd", &[R, R, R, W, W]);
 /// dx set, or added to the residual's gradient already there (the ACCUMULATE constant, see
@@ -65,7 +66,7 @@ fn images(
     x: &Tensor,
     gamma: &Tensor,
     third: &Tensor,
-) -> Result<Option<[Image; 3]>> {
+) -> Result<Option<[Arc<Image>; 3]>> {
     let images = step.operand_images(&[x, gamma, third], gamma.numel())?;
     Ok(images.and_then(|v| v.try_into().ok()))
 }
@@ -155,7 +156,7 @@ pub fn layernorm_bwd(
     let (bwd_x, bwd_params) = ([x, gamma, dy, stats, &dx], [x, &pg, dy, stats, &pb]);
     match images(step, x, gamma, dy)? {
         Some([a, b, c]) => {
-            let im = [&a, &b, &c];
+            let im: [&Image; 3] = [&a, &b, &c];
             let kernel = &BWD_X_IMAGE[accumulate];
             step.dispatch_linear_images(kernel, &p, &bwd_x, &im, groups(rows, 256))?;
             let n = groups(chunks * cols / 4, 256);
