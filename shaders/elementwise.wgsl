@@ -1,16 +1,16 @@
-// Elementwise kernels: add, scaled accumulate, bias add, and GELU (both forms) forward/backward
+// Elementwise kernels: add, scaled accumulate, bias add, padded rows, and GELU (both forms) forward/backward
 // (GELU's functions are in common.wgsl: the matmul applies them too, in its store).
 // One invocation per element, 256 per workgroup.
 //
 // Launcher: src/ops/elementwise.rs.
-// Reference: src/reference/mod.rs (bias_add, gelu_erf, gelu_tanh, relu and their gradients).
+// Reference: src/reference/mod.rs (bias_add, pad_rows, gelu_erf, gelu_tanh, relu and their gradients).
 // Tests: tests/elementwise.rs.
 
 struct Params {
     n: u32,       // elements
     cols: u32,    // row length, for bias_add
     alpha: f32,   // scale for axpy
-    _pad: u32,
+    pitch: u32,   // padded row length, for pad_rows
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,6 +33,18 @@ fn bias_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let i = thread_index(wid, nwg, lid);
     if (i < p.n) {
         out[i] = x[i] + y[i % p.cols];
+    }
+}
+
+// out[r, c] = x[r, c] for c < cols, 0 up to the row's pitch: x's rows at a pitch of whole vec4s
+// (y unused but bound).
+@compute @workgroup_size(256)
+fn pad_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = thread_index(wid, nwg, lid);
+    if (i < p.n) {
+        let c = i % p.pitch;
+        let v = x[(i / p.pitch) * p.cols + min(c, p.cols - 1u)];
+        out[i] = select(0.0, v, c < p.cols);
     }
 }
 

@@ -1,9 +1,11 @@
 //! The elementwise kernels (shaders/elementwise.wgsl, src/ops/elementwise.rs): add, axpy, bias
-//! add, GELU (both forms) and ReLU, forward and backward, against src/reference; each reference
+//! add, padded rows, GELU (both forms) and ReLU, forward and backward, against src/reference; each reference
 //! backward against central finite differences in f64.
 
 mod common;
-use amad::ops::elementwise::{activation, activation_bwd, add, axpy, bias_add, Activation};
+use amad::ops::elementwise::{
+    activation, activation_bwd, add, axpy, bias_add, pad_rows, Activation,
+};
 use amad::reference as r;
 use amad::rng::Rng;
 use common::*;
@@ -30,6 +32,28 @@ fn add_bias_add_axpy() {
     assert_close("add", &got[0], &want_sum, 1e-6, 0.0);
     assert_close("bias_add", &got[1], &r::bias_add(&x, &b), 1e-6, 0.0);
     assert_close("axpy", &got[2], &want_axpy, 1e-6, 0.0);
+}
+
+/// Rows of an odd length (as the logits over 50,257 words) at a pitch of whole vec4s; a pitch
+/// shorter than a row is refused.
+#[test]
+fn pad_rows_keeps_each_row_and_zeroes_the_rest() {
+    let mut rng = Rng::new(4);
+    // Values an f32 holds exactly: the copy must keep every bit.
+    let x: Vec<f64> = rng
+        .vec(3 * 2 * 13, 1.0)
+        .iter()
+        .map(|&v| v as f32 as f64)
+        .collect();
+    let tx = upload(&[3, 2, 13], &x);
+    let got = run(|s| Ok(vec![pad_rows(s, &tx, 64)?, pad_rows(s, &tx, 13)?]));
+    assert_eq!(got[0].len(), 6 * 64);
+    assert_close("pad_rows", &got[0], &r::pad_rows(&x, 13, 64), 0.0, 0.0);
+    assert_close("pad_rows at its own width", &got[1], &x, 0.0, 0.0);
+    let msg = pad_rows(&mut gpu().step(), &tx, 12)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("pitch of 12"), "{msg}");
 }
 
 #[test]

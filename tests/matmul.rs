@@ -887,3 +887,150 @@ fn held_image_products_into_a_strided_view() {
     }
     assert_close("held images into a view", &got[0], &want, tol(k), 1e-5);
 }
+
+/// A linear layer's backward where dY's rows are not whole vec4s (the logits over GPT-2's 50,257
+/// words): dY is read through a copy at a padded pitch, so with an [out, in] weight (the tied LM
+/// head) no product falls to the scalar kernel; dX, dW and db match the reference in both weight
+/// layouts, with and without images. (An [in, out] weight of odd out is itself unaligned.)
+#[test]
+fn linear_backward_over_odd_rows_reads_them_padded() {
+    use amad::model::linear::{linear_bwd, Dx, Grad, Layout};
+    let (rows, inp, out) = (24, 64, 130);
+    let mut rng = Rng::new(12);
+    let (x, w, dy) = (
+        rng.vec(rows * inp, 1.0),
+        rng.vec(inp * out, 1.0),
+        rng.vec(rows * out, 1.0),
+    );
+    for images in [false, true] {
+        let g = own_device(images);
+        for layout in [Layout::OutIn, Layout::InOut] {
+            let what = format!("{layout:?}, images {images}");
+            // W as stored: [out, in] or [in, out]; the reference reads it as the [in, out] map.
+            let (w_shape, w_io) = match layout {
+                Layout::OutIn => {
+                    let t: Vec<f64> = (0..out * inp)
+                        .map(|i| w[(i % inp) * out + i / inp])
+                        .collect();
+                    ([out, inp], t)
+                }
+                Layout::InOut => ([inp, out], w.clone()),
+            };
+            let (tx, tw, tdy) = (
+                upload_on(&g, &[rows, inp], &x),
+                upload_on(&g, &w_shape, &w_io),
+                upload_on(&g, &[rows, out], &dy),
+            );
+            let (dw, db) = (
+                upload_on(&g, &w_shape, &vec![0.0; inp * out]),
+                upload_on(&g, &[out], &vec![0.0; out]),
+            );
+            let mut got = vec![];
+            let ran = kernels_run(&g, || {
+                got = run_on(&g, |s| {
+                    let p = Grad {
+                        w: &tw,
+                        layout,
+                        dw: &dw,
+                        db: Some(&db),
+                    };
+                    Ok(vec![
+                        linear_bwd(s, &tx, p, &tdy, Dx::New)?,
+                        dw.clone(),
+                        db.clone(),
+                    ])
+                });
+            });
+            if layout == Layout::OutIn {
+                assert!(
+                    !ran.contains(&"matmul"),
+                    "{what}: the scalar kernel ran: {ran:?}"
+                );
+            }
+            assert!(ran.contains(&"pad_rows"), "{what}: {ran:?}");
+            let dx_ref = r::matmul(&dy, &w, None, 1, rows, inp, out, false, true, true);
+            let dw_io = r::matmul(&x, &dy, None, 1, inp, out, rows, true, false, true);
+            let dw_ref: Vec<f64> = match layout {
+                Layout::OutIn => (0..out * inp)
+                    .map(|i| dw_io[(i % inp) * out + i / inp])
+                    .collect(),
+                Layout::InOut => dw_io,
+            };
+            assert_close(&format!("dX, {what}"), &got[0], &dx_ref, tol(out), 1e-5);
+            assert_close(&format!("dW, {what}"), &got[1], &dw_ref, tol(rows), 1e-5);
+            assert_close(
+                &format!("db, {what}"),
+                &got[2],
+                &r::sum_columns(&dy, out),
+                tol(rows),
+                1e-5,
+            );
+        }
+    }
+}
+
+/// B along k with more columns than an image has rows (an LM head): on a device that reads images
+/// the product runs in column parts on the image kernels, bit for bit what the vec4 kernel gives
+/// on buffers, and accumulating into an offset view as the LM head's row blocks do.
+#[test]
+fn column_parts_give_the_vec4_kernels_bits() {
+    let (m, n, k, wide, off) = (8, 200, 64, 256, 20);
+    let mut rng = Rng::new(21);
+    let (a, b, c0) = (
+        rng.vec(m * k, 1.0),
+        rng.vec(n * k, 1.0),
+        rng.vec(m * wide, 1.0),
+    );
+    let mut small = own_device(true);
+    small.limits.max_texture_dimension_2d = 64;
+    let buffers = own_device(false);
+    let mut outs = vec![];
+    for g in [&small, &buffers] {
+        let (ta, tb, tc) = (
+            upload_on(g, &[m, k], &a),
+            upload_on(g, &[n, k], &b),
+            upload_on(g, &[m, wide], &c0),
+        );
+        let mut got = vec![];
+        let ran = kernels_run(g, || {
+            got = run_on(g, |s| {
+                Gemm {
+                    m,
+                    n,
+                    k,
+                    batch: [1, 1],
+                    a: View::matrix(&ta, m, k, false),
+                    b: View::matrix(&tb, n, k, true),
+                    c: View {
+                        t: &tc,
+                        off,
+                        rs: wide,
+                        cs: 1,
+                        bs: [m * wide, 0],
+                    },
+                    bias: None,
+                    alpha: 1.0,
+                    accumulate: true,
+                }
+                .record(s)?;
+                Ok(vec![tc.clone()])
+            });
+        });
+        let want_kernel = if g.image_operands() {
+            subgroup_matmul_kernel(g)
+        } else {
+            "matmul_vec4"
+        };
+        assert_eq!(ran, [want_kernel], "{}", g.describe());
+        outs.push(got.remove(0));
+    }
+    same_bits("column parts against vec4", &outs[0], &outs[1]);
+    let prod = r::matmul(&a, &b, None, 1, m, n, k, false, true, true);
+    let mut want = c0.clone();
+    for i in 0..m {
+        for j in 0..n {
+            want[i * wide + off + j] += prod[i * n + j];
+        }
+    }
+    assert_close("column parts", &outs[0], &want, tol(k), 1e-5);
+}

@@ -4,7 +4,7 @@
 
 use crate::error::{shape_err, Result};
 use crate::gpu::{Step, Tensor};
-use crate::ops::elementwise::{activation, activation_bwd, Activation};
+use crate::ops::elementwise::{activation, activation_bwd, pad_rows, Activation};
 use crate::ops::matmul::{Epilogue, Gemm, View};
 use crate::ops::reduce::sum_columns;
 
@@ -245,9 +245,9 @@ pub enum Dx<'a> {
 
 /// Backward of [`linear`]: adds dW (and db) into the gradients of `p` and returns dx as `dx` says.
 pub fn linear_bwd(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor, dx: Dx) -> Result<Tensor> {
-    let dims = param_grads(step, x, p, dy)?;
+    let (dims, rows) = param_grads(step, x, p, dy)?;
     let out_dx = step.empty(x.shape())?;
-    let gemm = dx_gemm(p, dy, &out_dx, dims, false);
+    let gemm = dx_gemm(p, rows.view(), &out_dx, dims, false);
     match dx {
         Dx::New => gemm.record(step)?,
         Dx::ThroughActivation { hidden, kind } => {
@@ -281,7 +281,7 @@ pub fn linear_bwd_params(
     dy: &Tensor,
     add_dx_to: Option<&Tensor>,
 ) -> Result<()> {
-    let dims = param_grads(step, x, p, dy)?;
+    let (dims, rows) = param_grads(step, x, p, dy)?;
     let Some(t) = add_dx_to else {
         return Ok(());
     };
@@ -291,11 +291,46 @@ pub fn linear_bwd_params(
             format!("dx {:?} does not match x {:?}", t.shape(), x.shape()),
         );
     }
-    dx_gemm(p, dy, t, dims, true).record(step)
+    dx_gemm(p, rows.view(), t, dims, true).record(step)
 }
 
-/// Adds dW (and db) into the gradients of `p`; returns the layer's (rows, in, out).
-fn param_grads(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor) -> Result<(usize, usize, usize)> {
+/// dY's rows as the backward's products read them: dY itself, or where its rows are not whole
+/// vec4s (the logits over GPT-2's 50,257 words) a copy at a pitch of whole 256-byte rows, which
+/// puts both products on the vec4 and image kernels instead of the scalar one (on lavapipe that
+/// kernel ran a full-size student's LM-head backward at 2 GFLOP/s, over a tenth of the step).
+struct DyRows {
+    t: Tensor,
+    pitch: usize,
+}
+
+impl DyRows {
+    fn of(step: &mut Step, dy: &Tensor, out: usize) -> Result<DyRows> {
+        if out.is_multiple_of(4) {
+            return Ok(DyRows {
+                t: dy.clone(),
+                pitch: out,
+            });
+        }
+        let pitch = out.next_multiple_of(64);
+        Ok(DyRows {
+            t: pad_rows(step, dy, pitch)?,
+            pitch,
+        })
+    }
+
+    fn view(&self) -> View<'_> {
+        plain(&self.t, self.pitch)
+    }
+}
+
+/// Adds dW (and db) into the gradients of `p`; returns the layer's (rows, in, out) and dY's rows
+/// as the products read them.
+fn param_grads(
+    step: &mut Step,
+    x: &Tensor,
+    p: Grad,
+    dy: &Tensor,
+) -> Result<((usize, usize, usize), DyRows)> {
     let (rows, inp, out) = dims("linear_bwd", x, p.w, p.layout)?;
     if dy.numel() != rows * out || p.dw.numel() != p.w.numel() {
         return shape_err(
@@ -309,10 +344,11 @@ fn param_grads(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor) -> Result<(usi
             ),
         );
     }
+    let dy_rows = DyRows::of(step, dy, out)?;
     // dW: [out, in] += dYᵀ X, or [in, out] += Xᵀ dY.
     let (m, n, a, b) = match p.layout {
-        Layout::OutIn => (out, inp, transposed(plain(dy, out)), plain(x, inp)),
-        Layout::InOut => (inp, out, transposed(plain(x, inp)), plain(dy, out)),
+        Layout::OutIn => (out, inp, transposed(dy_rows.view()), plain(x, inp)),
+        Layout::InOut => (inp, out, transposed(plain(x, inp)), dy_rows.view()),
     };
     Gemm {
         m,
@@ -330,13 +366,13 @@ fn param_grads(step: &mut Step, x: &Tensor, p: Grad, dy: &Tensor) -> Result<(usi
     if let Some(db) = p.db {
         sum_columns(step, &dy.reshape(&[rows, out])?, db)?;
     }
-    Ok((rows, inp, out))
+    Ok(((rows, inp, out), dy_rows))
 }
 
-/// dX = dY Wᵀ into `dx` (added to it when `accumulate`).
+/// dX = dY Wᵀ into `dx` (added to it when `accumulate`), dY's rows read through `dy`.
 fn dx_gemm<'a>(
     p: Grad<'a>,
-    dy: &'a Tensor,
+    dy: View<'a>,
     dx: &'a Tensor,
     (rows, inp, out): (usize, usize, usize),
     accumulate: bool,
@@ -346,7 +382,7 @@ fn dx_gemm<'a>(
         n: inp,
         k: out,
         batch: [1, 1],
-        a: plain(dy, out),
+        a: dy,
         // The weight read as an out × in operand.
         b: transposed(weight_view(p.w, p.layout, inp, out)),
         c: plain(dx, inp),

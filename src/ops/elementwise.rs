@@ -1,4 +1,4 @@
-//! Launchers for `shaders/elementwise.wgsl`: add, bias add, scaled accumulate, GELU.
+//! Launchers for `shaders/elementwise.wgsl`: add, bias add, scaled accumulate, padded rows, GELU.
 
 use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
@@ -8,6 +8,7 @@ use crate::gpu::{Kernel, Step, Tensor};
 pub const ADD: Kernel = Kernel::new("elementwise", "add", &[R, R, W]);
 pub const BIAS_ADD: Kernel = Kernel::new("elementwise", "bias_add", &[R, R, W]);
 pub const AXPY: Kernel = Kernel::new("elementwise", "axpy", &[R, R, W]);
+pub const PAD_ROWS: Kernel = Kernel::new("elementwise", "pad_rows", &[R, R, W]);
 pub const GELU_ERF_FWD: Kernel = Kernel::new("elementwise", "gelu_erf_fwd", &[R, R, W]);
 pub const GELU_ERF_BWD: Kernel = Kernel::new("elementwise", "gelu_erf_bwd", &[R, R, W]);
 pub const GELU_TANH_FWD: Kernel = Kernel::new("elementwise", "gelu_tanh_fwd", &[R, R, W]);
@@ -50,7 +51,7 @@ struct Params {
     n: u32,
     cols: u32,
     alpha: f32,
-    _pad: u32,
+    pitch: u32,
 }
 
 fn params(op: &'static str, n: usize, cols: usize, alpha: f32) -> Result<Params> {
@@ -58,7 +59,7 @@ fn params(op: &'static str, n: usize, cols: usize, alpha: f32) -> Result<Params>
         n: u32_of(op, "elements", n)?,
         cols: u32_of(op, "cols", cols)?,
         alpha,
-        _pad: 0,
+        pitch: 0,
     })
 }
 
@@ -83,6 +84,27 @@ pub fn add(step: &mut Step, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         &[x, y, &out],
         groups(n, 256),
     )?;
+    Ok(out)
+}
+
+/// x [.., cols] as [rows, pitch]: each row followed by zeros up to `pitch` (at least cols), so that
+/// products can read rows of an odd length (the logits over GPT-2's 50,257 words) as whole vec4s.
+pub fn pad_rows(step: &mut Step, x: &Tensor, pitch: usize) -> Result<Tensor> {
+    let cols = *x.shape().last().unwrap_or(&0);
+    if cols == 0 || pitch < cols {
+        return shape_err(
+            "pad_rows",
+            format!("rows of {:?} do not fit a pitch of {pitch}", x.shape()),
+        );
+    }
+    let rows = x.numel() / cols;
+    let out = step.empty(&[rows, pitch])?;
+    let n = rows * pitch;
+    let p = Params {
+        pitch: u32_of("pad_rows", "pitch", pitch)?,
+        ..params("pad_rows", n, cols, 1.0)?
+    };
+    step.dispatch_linear(&PAD_ROWS, &p, &[x, x, &out], groups(n, 256))?;
     Ok(out)
 }
 

@@ -396,6 +396,9 @@ pub enum Plan {
     FewRows { b_along_n: bool },
     /// Split-K: `splits` partial products over chunks of K, summed (see SPLIT_BELOW_TILES).
     SplitK { splits: usize },
+    /// B runs along k, so its columns are its image's rows, and it has more than an image holds
+    /// (an LM head's 50,257): products over parts of `cols` columns, each on the image kernels.
+    ColumnParts { cols: usize },
     /// One dispatch of a tiled kernel.
     Tiled(Tiled),
 }
@@ -505,6 +508,9 @@ impl Dims {
         if let Some(splits) = self.k_splits(caps, orientation.is_some()) {
             return epilogue.is_none().then_some(Plan::SplitK { splits });
         }
+        if let Some(cols) = self.column_parts(caps, orientation) {
+            return epilogue.is_none().then_some(Plan::ColumnParts { cols });
+        }
         let tiled = match orientation {
             None => Tiled::Scalar,
             Some((a_along_k, b_along_n)) => match self.image_rows(caps, a_along_k, b_along_n) {
@@ -574,6 +580,29 @@ impl Dims {
             }
         };
         Some((along(&self.a)?, along(&self.b)?))
+    }
+
+    /// The width of the parts of [`Plan::ColumnParts`], where it applies: on a device that reads
+    /// operands from images, a single product without a bias (a bias would need parts of its
+    /// own) whose B runs along k with more columns than an image has rows, where a part of the
+    /// widest whole number of tiles that fits would be read from images. The parts add the same
+    /// terms in the same order as the vec4 kernel that would run the whole, so the bits are the
+    /// same.
+    fn column_parts(&self, caps: &Caps, orientation: Option<(bool, bool)>) -> Option<usize> {
+        let (ak, bn) = orientation?;
+        let cols = caps.max_texture / VEC4_TILE.1 * VEC4_TILE.1;
+        if !caps.image_operands
+            || bn
+            || self.bias
+            || self.batch != [1, 1]
+            || self.n <= caps.max_texture
+            || cols == 0
+        {
+            return None;
+        }
+        Dims { n: cols, ..*self }
+            .image_rows(caps, ak, bn)
+            .map(|_| cols)
     }
 
     /// Whether C's rows can be stored as vec4s, as the subgroup kernel stores them: contiguous,
@@ -764,9 +793,30 @@ impl Gemm<'_> {
             Plan::LongK => self.record_long_k(step)?,
             Plan::FewRows { b_along_n } => self.record_few_rows(step, b_along_n)?,
             Plan::SplitK { splits } => self.record_split(step, splits)?,
+            Plan::ColumnParts { cols } => self.record_column_parts(step, cols)?,
             Plan::Tiled(t) => self.dispatch_tiled(step, t, epilogue)?,
         }
         Ok(true)
+    }
+
+    /// The product as parts of `cols` columns of B and C (see [`Plan::ColumnParts`]).
+    fn record_column_parts(&self, step: &mut Step, cols: usize) -> Result<()> {
+        for first in (0..self.n).step_by(cols) {
+            Gemm {
+                n: cols.min(self.n - first),
+                b: View {
+                    off: self.b.off + first * self.b.cs,
+                    ..self.b
+                },
+                c: View {
+                    off: self.c.off + first * self.c.cs,
+                    ..self.c
+                },
+                ..*self
+            }
+            .record(step)?;
+        }
+        Ok(())
     }
 
     /// lavapipe silently stops an invocation's loops after 65,535 iterations in all (see
@@ -1157,6 +1207,38 @@ mod tests {
     }
 
     #[test]
+    fn an_lm_head_wider_than_an_image_runs_in_column_parts_on_image_devices() {
+        // A full-size student's LM head: 256 tokens × 192 wide against 50,257 rows of [out, in].
+        let head = product(256, 50257, 192, false, true);
+        assert_eq!(
+            head.plan(&LAVAPIPE, None),
+            Some(Plan::ColumnParts { cols: 16384 })
+        );
+        // A part fits an image (the image kernel: C's rows, 50,257 long, are not whole vec4s);
+        // GPUs read buffers and need no parts.
+        let part = Dims { n: 16384, ..head };
+        assert!(matches!(
+            part.plan(&LAVAPIPE, None),
+            Some(Plan::Tiled(Tiled::Image { .. }))
+        ));
+        assert!(matches!(
+            head.plan(&GPU, None),
+            Some(Plan::Tiled(Tiled::Vec4 { .. }))
+        ));
+        // A bias would need parts of its own; B along n keeps its columns in the image's rows.
+        let biased = Dims { bias: true, ..head };
+        assert!(matches!(
+            biased.plan(&LAVAPIPE, None),
+            Some(Plan::Tiled(Tiled::Vec4 { .. }))
+        ));
+        let along_n = product(256, 50257, 192, false, false);
+        assert!(!matches!(
+            along_n.plan(&LAVAPIPE, None),
+            Some(Plan::ColumnParts { .. })
+        ));
+    }
+
+    #[test]
     fn a_long_k_is_chunked_before_anything_else() {
         let p = product(64, 64, MAX_K + 4, false, false).plan(&LAVAPIPE, None);
         assert_eq!(p, Some(Plan::LongK));
@@ -1207,10 +1289,12 @@ mod tests {
             Some(Plan::Tiled(Tiled::Image { .. }))
         ));
         // GPT-2's 50,257-word LM head reads the embedding [50257, 768] along k, but as an image
-        // it would be 50,257 texels high: the vec4 kernel on buffers. The gradient of that
-        // embedding reads the logits' gradient transposed, along rows of odd width: no vec4s.
+        // it would be 50,257 texels high: in column parts (see the test above), or on a device
+        // without images the vec4 kernel on buffers. The gradient of that embedding reads the
+        // logits' gradient transposed, along rows of odd width: no vec4s (`linear_bwd` reads a
+        // padded copy instead).
         let head = product(64, 50257, 768, false, true);
-        assert_eq!(head.plan(&LAVAPIPE, None), Some(Plan::Tiled(vec4)));
+        assert_eq!(head.plan(&GPU, None), Some(Plan::Tiled(vec4)));
         let head_grad = product(50257, 768, 64, true, false);
         assert_eq!(
             head_grad.plan(&LAVAPIPE, None),

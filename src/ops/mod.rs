@@ -72,6 +72,7 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &elementwise::ADD,
     &elementwise::BIAS_ADD,
     &elementwise::AXPY,
+    &elementwise::PAD_ROWS,
     &elementwise::GELU_ERF_FWD,
     &elementwise::GELU_ERF_BWD,
     &elementwise::GELU_TANH_FWD,

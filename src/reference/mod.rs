@@ -56,6 +56,17 @@ pub fn bias_add(x: &[f64], bias: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// The rows of a [rows, cols] matrix at a pitch of `pitch`, zeros after each row's cols.
+pub fn pad_rows(x: &[f64], cols: usize, pitch: usize) -> Vec<f64> {
+    x.chunks(cols)
+        .flat_map(|row| {
+            row.iter()
+                .copied()
+                .chain(std::iter::repeat_n(0.0, pitch - cols))
+        })
+        .collect()
+}
+
 /// Column sums of a [rows, cols] matrix (the bias gradient).
 pub fn sum_columns(x: &[f64], cols: usize) -> Vec<f64> {
     let mut out = vec![0.0; cols];
