@@ -27,12 +27,13 @@ run() {
     return 1
   fi
 }
+# Each target's status is collected by its pid: a bare `wait` returns 0 whatever its jobs did.
 status=0
 pids=()
 for t in $targets; do
-  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do wait -n || status=1; done
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do sleep 1; done
   run "$t" &
+  pids+=("$!")
 done
-wait || status=1
-for p in $(jobs -rp); do wait "$p" || status=1; done
+for p in "${pids[@]}"; do wait "$p" || status=1; done
 exit "$status"
