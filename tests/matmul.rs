@@ -683,11 +683,19 @@ fn few_row_products_take_the_rows_kernel() {
     }
 }
 
-/// The LM head over row blocks writes each block's columns of a wider C: an offset, strided view,
-/// here also accumulating into what C held.
-#[test]
-fn few_row_products_into_a_strided_view() {
-    let (m, n, k, wide, off) = (2, 68, 16, 200, 12);
+/// What one of the LM head's row blocks does: B [n, k] read along k, the product added into
+/// columns `off ..` of a wider C [m, wide] (an offset, strided view), on `g`, with B held
+/// (`Gpu::hold_images`) where `hold`.
+struct IntoWideView {
+    got: Vec<f32>,
+    want: Vec<f64>,
+    ran: Vec<&'static str>,
+    /// Images held once the product was recorded.
+    held: usize,
+}
+
+fn into_wide_view(g: &amad::Gpu, (m, n, k): (usize, usize, usize), hold: bool) -> IntoWideView {
+    let (wide, off) = (n + 56, 12);
     let mut rng = Rng::new(5);
     let (a, b, c0) = (
         rng.vec(m * k, 1.0),
@@ -695,40 +703,61 @@ fn few_row_products_into_a_strided_view() {
         rng.vec(m * wide, 1.0),
     );
     let (ta, tb, tc) = (
-        upload(&[m, k], &a),
-        upload(&[n, k], &b),
-        upload(&[m, wide], &c0),
+        upload_on(g, &[m, k], &a),
+        upload_on(g, &[n, k], &b),
+        upload_on(g, &[m, wide], &c0),
     );
-    let got = run(|s| {
-        Gemm {
-            m,
-            n,
-            k,
-            batch: [1, 1],
-            a: View::matrix(&ta, m, k, false),
-            b: View::matrix(&tb, n, k, true),
-            c: View {
-                t: &tc,
-                off,
-                rs: wide,
-                cs: 1,
-                bs: [m * wide, 0],
-            },
-            bias: None,
-            alpha: 1.0,
-            accumulate: true,
-        }
-        .record(s)?;
-        Ok(vec![tc.clone()])
+    let guard = hold.then(|| g.hold_images(std::slice::from_ref(&tb)));
+    let mut got = vec![];
+    let ran = kernels_run(g, || {
+        got = run_on(g, |s| {
+            Gemm {
+                m,
+                n,
+                k,
+                batch: [1, 1],
+                a: View::matrix(&ta, m, k, false),
+                b: View::matrix(&tb, n, k, true),
+                c: View {
+                    t: &tc,
+                    off,
+                    rs: wide,
+                    cs: 1,
+                    bs: [m * wide, 0],
+                },
+                bias: None,
+                alpha: 1.0,
+                accumulate: true,
+            }
+            .record(s)?;
+            Ok(vec![tc.clone()])
+        });
     });
+    let held = g.stats().images_held;
+    drop(guard);
     let prod = r::matmul(&a, &b, None, 1, m, n, k, false, true, true);
-    let mut want = c0.clone();
+    let mut want = c0;
     for i in 0..m {
         for j in 0..n {
             want[i * wide + off + j] += prod[i * n + j];
         }
     }
-    assert_close("rows kernel into a view", &got[0], &want, tol(k), 1e-5);
+    IntoWideView {
+        got: got.remove(0),
+        want,
+        ran,
+        held,
+    }
+}
+
+/// The LM head over row blocks writes each block's columns of a wider C: an offset, strided view,
+/// here also accumulating into what C held.
+#[test]
+fn few_row_products_into_a_strided_view() {
+    let (m, n, k) = (2, 68, 16);
+    let v = into_wide_view(&own_device(true), (m, n, k), false);
+    assert!(v.ran.contains(&"matmul_rows"), "{:?}", v.ran);
+    assert_close("rows kernel into a view", &v.got, &v.want, tol(k), 1e-5);
 }
 
 /// B along n over chunks of K, with a bias (added once) and accumulating into C: the residual
@@ -842,50 +871,11 @@ fn few_row_products_from_held_images() {
 fn held_image_products_into_a_strided_view() {
     let mut g = own_device(true);
     g.limits.max_texture_dimension_2d = 32;
-    let (m, n, k, wide, off) = (2, 68, 64, 200, 12);
-    let mut rng = Rng::new(5);
-    let (a, b, c0) = (
-        rng.vec(m * k, 1.0),
-        rng.vec(n * k, 1.0),
-        rng.vec(m * wide, 1.0),
-    );
-    let (ta, tb, tc) = (
-        upload_on(&g, &[m, k], &a),
-        upload_on(&g, &[n, k], &b),
-        upload_on(&g, &[m, wide], &c0),
-    );
-    let _held = g.hold_images(std::slice::from_ref(&tb));
-    let got = run_on(&g, |s| {
-        Gemm {
-            m,
-            n,
-            k,
-            batch: [1, 1],
-            a: View::matrix(&ta, m, k, false),
-            b: View::matrix(&tb, n, k, true),
-            c: View {
-                t: &tc,
-                off,
-                rs: wide,
-                cs: 1,
-                bs: [m * wide, 0],
-            },
-            bias: None,
-            alpha: 1.0,
-            accumulate: true,
-        }
-        .record(s)?;
-        Ok(vec![tc.clone()])
-    });
-    assert_eq!(g.stats().images_held, 3, "68 columns in parts of 32");
-    let prod = r::matmul(&a, &b, None, 1, m, n, k, false, true, true);
-    let mut want = c0.clone();
-    for i in 0..m {
-        for j in 0..n {
-            want[i * wide + off + j] += prod[i * n + j];
-        }
-    }
-    assert_close("held images into a view", &got[0], &want, tol(k), 1e-5);
+    let k = 64;
+    let v = into_wide_view(&g, (2, 68, k), true);
+    assert_eq!(v.ran, ["matmul_rows_image"]);
+    assert_eq!(v.held, 3, "68 columns in parts of 32");
+    assert_close("held images into a view", &v.got, &v.want, tol(k), 1e-5);
 }
 
 /// A linear layer's backward where dY's rows are not whole vec4s (the logits over GPT-2's 50,257
@@ -974,63 +964,13 @@ fn linear_backward_over_odd_rows_reads_them_padded() {
 /// on buffers, and accumulating into an offset view as the LM head's row blocks do.
 #[test]
 fn column_parts_give_the_vec4_kernels_bits() {
-    let (m, n, k, wide, off) = (8, 200, 64, 256, 20);
-    let mut rng = Rng::new(21);
-    let (a, b, c0) = (
-        rng.vec(m * k, 1.0),
-        rng.vec(n * k, 1.0),
-        rng.vec(m * wide, 1.0),
-    );
+    let (m, n, k) = (8, 200, 64);
     let mut small = own_device(true);
     small.limits.max_texture_dimension_2d = 64;
-    let buffers = own_device(false);
-    let mut outs = vec![];
-    for g in [&small, &buffers] {
-        let (ta, tb, tc) = (
-            upload_on(g, &[m, k], &a),
-            upload_on(g, &[n, k], &b),
-            upload_on(g, &[m, wide], &c0),
-        );
-        let mut got = vec![];
-        let ran = kernels_run(g, || {
-            got = run_on(g, |s| {
-                Gemm {
-                    m,
-                    n,
-                    k,
-                    batch: [1, 1],
-                    a: View::matrix(&ta, m, k, false),
-                    b: View::matrix(&tb, n, k, true),
-                    c: View {
-                        t: &tc,
-                        off,
-                        rs: wide,
-                        cs: 1,
-                        bs: [m * wide, 0],
-                    },
-                    bias: None,
-                    alpha: 1.0,
-                    accumulate: true,
-                }
-                .record(s)?;
-                Ok(vec![tc.clone()])
-            });
-        });
-        let want_kernel = if g.image_operands() {
-            subgroup_matmul_kernel(g)
-        } else {
-            "matmul_vec4"
-        };
-        assert_eq!(ran, [want_kernel], "{}", g.describe());
-        outs.push(got.remove(0));
-    }
-    same_bits("column parts against vec4", &outs[0], &outs[1]);
-    let prod = r::matmul(&a, &b, None, 1, m, n, k, false, true, true);
-    let mut want = c0.clone();
-    for i in 0..m {
-        for j in 0..n {
-            want[i * wide + off + j] += prod[i * n + j];
-        }
-    }
-    assert_close("column parts", &outs[0], &want, tol(k), 1e-5);
+    let parts = into_wide_view(&small, (m, n, k), false);
+    assert_eq!(parts.ran, [subgroup_matmul_kernel(&small)]);
+    let whole = into_wide_view(&own_device(false), (m, n, k), false);
+    assert_eq!(whole.ran, ["matmul_vec4"]);
+    same_bits("column parts against vec4", &parts.got, &whole.got);
+    assert_close("column parts", &parts.got, &parts.want, tol(k), 1e-5);
 }
