@@ -126,7 +126,9 @@ def arguments(argv=None):
 
 
 class World:
-    """The processes of a run: one, or torchrun's (gloo on CPUs, NCCL on GPUs)."""
+    """The processes of a run: one, or torchrun's (gloo on CPUs, NCCL on GPUs). Under torchrun the
+    processes form a group, and train through DDP, even when there is one (so that one GPU runs
+    the NCCL path that many take)."""
 
     def __init__(self):
         self.size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -135,13 +137,15 @@ class World:
         if torch.cuda.is_available():
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
-        if self.size > 1:
-            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.backend = None
+        if "WORLD_SIZE" in os.environ:
+            self.backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(self.backend)
 
     def sum(self, x):
         """x summed over the processes (a tensor; a copy)."""
         x = x.detach().clone()
-        if self.size > 1:
+        if self.backend:
             torch.distributed.all_reduce(x)
         return x
 
@@ -422,7 +426,7 @@ class Run:
                     self.optimizer.state[p] = {"step": torch.tensor(float(self.start)), "exp_avg": st[f"m.{n}"].to(world.device),
                                                "exp_avg_sq": st[f"v.{n}"].to(world.device)}
         self.model = student
-        if world.size > 1:
+        if world.backend:
             ids = [world.device.index] if world.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(student, device_ids=ids)
 
@@ -445,7 +449,8 @@ def main(argv=None):
     world = World()
     run = Run(a, world)
     world.say(f"training {sum(p.numel() for p in run.params)} parameters in {a.out} from step {run.start} of {a.steps}: "
-              f"{len(run.train)} images to train on, {len(run.held)} held out; {world.size} process(es) on {world.device.type}")
+              f"{len(run.train)} images to train on, {len(run.held)} held out; {world.size} process(es) on {world.device.type}"
+              + (f" ({world.backend})" if world.backend else ""))
     log_path = os.path.join(a.out, "metrics.jsonl")
     if world.rank == 0:
         os.makedirs(a.out, exist_ok=True)
@@ -473,7 +478,7 @@ def main(argv=None):
             pairs = [(k, js, jt, world.sum(w) / a.batch) for k, js, jt, w in pairs]
             save(a, step + 1, run.model, run.optimizer, a.teacher, pairs, world)
     world.say("")
-    if world.size > 1:
+    if world.backend:
         torch.distributed.destroy_process_group()
 
 
