@@ -82,6 +82,13 @@ pub fn estimate(
         0
     };
     let logits = b * l * vocab * F32;
+    // The backward reads the logits' gradient through a copy at a pitch of whole vec4s where its
+    // rows are not (see `linear_bwd`): a buffer of its own, a little wider.
+    let padded = if vocab.is_multiple_of(4) {
+        0
+    } else {
+        b * l * vocab.next_multiple_of(64) * F32
+    };
     let student_acts = se.num_hidden_layers as u64
         * enc_block(
             se.hidden_size as u64,
@@ -115,6 +122,7 @@ pub fn estimate(
         Need {
             what: "the losses' gradients (logits, and the attention maps compared)",
             bytes: 2 * logits
+                + padded
                 + if cfg.attention.is_some() {
                     2 * student_maps(se.num_attention_heads.max(sd.n_head) as u64)
                 } else {
@@ -124,7 +132,10 @@ pub fn estimate(
     ];
     // The largest single buffer: a logits tensor, an encoder map or an MLP hidden layer.
     let largest = [
-        ("the logits [batch × positions × vocabulary]", logits),
+        (
+            "the logits [batch × positions × vocabulary, rows padded to whole vec4s]",
+            logits.max(padded),
+        ),
         (
             "the teacher's encoder attention maps [batch × heads × tokens × tokens]",
             b * ht * t * pad(t) * F32,

@@ -184,12 +184,13 @@ pub struct HeldImages<'g> {
 }
 
 impl Gpu {
-    /// Until the returned guard drops, a product of a few rows whose B lies in one of `tensors`
-    /// reads B from an image made the first time and kept (`matmul_rows_image`), on devices that
-    /// read operands from images ([`Gpu::image_operands`]); elsewhere it does nothing. The caller
-    /// promises that nothing writes `tensors` meanwhile: generation, whose weights are fixed and
-    /// read once per token. Copying a weight into an image costs more than reading it, so only a
-    /// weight read many times gains; the images cost their size in memory while held.
+    /// Until the returned guard drops, a kernel that reads one of `tensors` from an image gets the
+    /// image made at the tensor's first such use, kept (a product of a few rows reads its B so,
+    /// in `matmul_rows_image`; attention its keys and values; LayerNorm its weights), on devices
+    /// that read operands from images ([`Gpu::image_operands`]); elsewhere it does nothing. The
+    /// caller promises that nothing writes `tensors` meanwhile: generation, whose weights are
+    /// fixed and read once per token. Copying a weight into an image costs more than reading it,
+    /// so only a weight read many times gains; the images cost their size in memory while held.
     pub fn hold_images(&self, tensors: &[Tensor]) -> HeldImages<'_> {
         let mut held = self.held.lock().unwrap();
         let outer = held.is_none() && self.image_operands();

@@ -338,12 +338,12 @@ impl Tensor {
             size: wgpu::BufferSize::new(size),
         })
     }
-    /// True when both handles share one buffer.
     /// Identifies this tensor's buffer while it is alive (see `image::Held`).
     pub(super) fn buffer_key(&self) -> usize {
         Arc::as_ptr(&self.inner) as usize
     }
 
+    /// True when both handles share one buffer.
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }

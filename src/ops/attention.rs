@@ -172,7 +172,7 @@ impl SeqImages {
         self.0[i]
             .1
             .as_deref()
-            .expect("of() returns only held images")
+            .expect("of() returns the indices of images only")
     }
 }
 
