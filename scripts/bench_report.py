@@ -68,9 +68,9 @@ out = [
 ]
 steps = []
 for r in amad:
-    # `_images` and `_buffers` rows are the same work through the image kernels without subgroups
-    # and through the storage-buffer kernels: same reference.
-    name = r["name"].removesuffix("_buffers").removesuffix("_images")
+    # `_images`, `_buffers` and `_held` rows are the same work through the image kernels without
+    # subgroups, the storage-buffer kernels and images held for generation: same reference.
+    name = r["name"].removesuffix("_buffers").removesuffix("_images").removesuffix("_held")
     ref = by_name.get((name, r["shape"] if r.get("gflops") is None else None))
     if r.get("gflops") is None:
         steps.append((r, ref))
@@ -79,7 +79,10 @@ for r in amad:
     out.append(f"| {r['name']} | {r['shape']} | {r['ms']:.3f} | {r['gflops']:.2f} | {rc} |")
 out += [
     "",
-    "`matmul*` is the 512³ probe (`_at`: A transposed, `_bt`: B transposed). `teacher_*` are the teacher's",
+    "`matmul*` is the 512³ probe (`_at`: A transposed, `_bt`: B transposed), and 2048³. `decode_*` are one",
+    "generated token's products at GPT-2's full size (one row against Conv1D weights, half the tied LM",
+    "head; `_held`: B read from the image generation keeps, `Gpu::hold_images`) and its cross-attention",
+    "over 197 image tokens. `teacher_*` are the teacher's",
     "linear layers at batch 32 × 65 image tokens × 128 wide: forward X·W, and the backward products",
     "dX = dY·Wᵀ and dW = Xᵀ·dY. `attention_*` is the attention core (B 32, H 8, T 65, head width 16, Q, K",
     "and V side by side in one fused projection); its GFLOP/s counts the matmul-equivalent work (Q·Kᵀ and",

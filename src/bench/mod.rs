@@ -104,7 +104,7 @@ fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_slice(gpu, shape, &data)
 }
 
-/// `amad bench kernels`: matmul GFLOP/s at 512³, at the teacher's shapes (batch 32 × 65 image
+/// `amad bench kernels`: matmul GFLOP/s at 512³ and 2048³, at the teacher's shapes (batch 32 × 65 image
 /// tokens × 128 wide) and at a full-size decoder's one-token shapes, and the attention core's
 /// forward + backward time.
 pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
@@ -118,6 +118,8 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         ("matmul", 512, 512, 512, false, false),
         ("matmul_at", 512, 512, 512, true, false),
         ("matmul_bt", 512, 512, 512, false, true),
+        // The size at which GPU matmuls are compared with cuBLAS.
+        ("matmul_2048", 2048, 2048, 2048, false, false),
         ("teacher_qkv_fwd", tokens, 384, 128, false, false),
         ("teacher_mlp_up_fwd", tokens, 512, 128, false, false),
         ("teacher_mlp_down_fwd", tokens, 128, 512, false, false),
