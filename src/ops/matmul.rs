@@ -802,21 +802,47 @@ impl Gemm<'_> {
     /// The product as parts of `cols` columns of B and C (see [`Plan::ColumnParts`]).
     fn record_column_parts(&self, step: &mut Step, cols: usize) -> Result<()> {
         for first in (0..self.n).step_by(cols) {
-            Gemm {
-                n: cols.min(self.n - first),
-                b: View {
-                    off: self.b.off + first * self.b.cs,
-                    ..self.b
-                },
-                c: View {
-                    off: self.c.off + first * self.c.cs,
-                    ..self.c
-                },
-                ..*self
-            }
-            .record(step)?;
+            self.columns(first, cols.min(self.n - first)).record(step)?;
         }
         Ok(())
+    }
+
+    /// This product restricted to `n` columns of B and C from column `first`.
+    fn columns(&self, first: usize, n: usize) -> Gemm<'_> {
+        Gemm {
+            n,
+            b: View {
+                off: self.b.off + first * self.b.cs,
+                ..self.b
+            },
+            c: View {
+                off: self.c.off + first * self.c.cs,
+                ..self.c
+            },
+            ..*self
+        }
+    }
+
+    /// The shader's parameter block for this product, laid out in (tiles_m, tiles_n) tiles per
+    /// batch matrix, `group_tiles` tiles per workgroup.
+    fn params(&self, (tiles_m, tiles_n): (usize, usize), group_tiles: u64) -> Result<Params> {
+        const OP: &str = "matmul";
+        let u = |x| crate::ops::u32_of(OP, "size", x);
+        let [b1, b2] = self.batch;
+        Ok(Params {
+            m: u(self.m)?,
+            n: u(self.n)?,
+            k: u(self.k)?,
+            batch2: u(b2)?,
+            batch: u(b1 * b2)?,
+            tiles_m: u(tiles_m)?,
+            tiles_n: u(tiles_n)?,
+            alpha: self.alpha,
+            a: pack(OP, &self.a)?,
+            b: pack(OP, &self.b)?,
+            c: pack(OP, &self.c)?,
+            group_tiles: group_tiles as u32,
+        })
     }
 
     /// lavapipe silently stops an invocation's loops after 65,535 iterations in all (see
@@ -892,7 +918,6 @@ impl Gemm<'_> {
     /// rows (the LM head) runs in parts of columns, each with its own image; a bias would need
     /// its own parts too, so such a product keeps `matmul_rows`. Returns whether it recorded.
     fn record_few_rows_held(&self, step: &mut Step, b_along_n: bool) -> Result<bool> {
-        const OP: &str = "matmul";
         let max_rows = step.gpu().limits.max_texture_dimension_2d as usize / 8 * 8;
         let part = if b_along_n { self.n } else { max_rows };
         if part == 0 || (self.n > part && self.bias.is_some()) {
@@ -900,43 +925,21 @@ impl Gemm<'_> {
         }
         let mut parts = Vec::new();
         for first in (0..self.n).step_by(part) {
-            let n = part.min(self.n - first);
-            let b = View {
-                off: self.b.off + first * self.b.cs,
-                ..self.b
-            };
-            let Some(rows) = b.strides().image_rows(self.k, n, [1, 1], b_along_n) else {
+            let g = self.columns(first, part.min(self.n - first));
+            let Some(rows) = g.b.strides().image_rows(g.k, g.n, [1, 1], b_along_n) else {
                 return Ok(false);
             };
-            let Some(image) = step.held_image(self.b.t, &rows)? else {
+            let Some(image) = step.held_image(g.b.t, &rows)? else {
                 return Ok(false);
             };
-            parts.push((first, n, b, image));
+            parts.push((g, image));
         }
-        let u = |x| crate::ops::u32_of(OP, "size", x);
         let kernel = &MATMUL_ROWS_IMAGE[self.m - 1][b_along_n as usize][self.store()];
-        for (first, n, b, image) in parts {
-            let c = View {
-                off: self.c.off + first * self.c.cs,
-                ..self.c
-            };
-            let params = Params {
-                m: u(self.m)?,
-                n: u(n)?,
-                k: u(self.k)?,
-                batch2: 1,
-                batch: 1,
-                tiles_m: 1,
-                tiles_n: 1,
-                alpha: self.alpha,
-                a: pack(OP, &self.a)?,
-                b: pack(OP, &b)?,
-                c: pack(OP, &c)?,
-                group_tiles: 1,
-            };
-            let bias = self.bias.unwrap_or(self.b.t);
-            let tensors = [self.a.t, self.b.t, bias, self.c.t, self.a.t];
-            let groups = n.div_ceil(8 * 8) as u64;
+        for (g, image) in parts {
+            let bias = g.bias.unwrap_or(g.b.t);
+            let tensors = [g.a.t, g.b.t, bias, g.c.t, g.a.t];
+            let groups = g.n.div_ceil(8 * 8) as u64;
+            let params = g.params((1, 1), 1)?;
             step.dispatch_linear_images(kernel, &params, &tensors, &[&image], groups)?;
         }
         Ok(true)
@@ -944,23 +947,8 @@ impl Gemm<'_> {
 
     /// One `matmul_rows` dispatch: batch entries are chunks of K (see `record_few_rows`).
     fn dispatch_few_rows(&self, step: &mut Step, b_along_n: bool) -> Result<()> {
-        const OP: &str = "matmul";
-        let u = |x| crate::ops::u32_of(OP, "size", x);
         let col_groups = self.n.div_ceil(4 * 64);
-        let params = Params {
-            m: u(self.m)?,
-            n: u(self.n)?,
-            k: u(self.k)?,
-            batch2: 1,
-            batch: u(self.batch[0])?,
-            tiles_m: 1,
-            tiles_n: u(col_groups)?,
-            alpha: self.alpha,
-            a: pack(OP, &self.a)?,
-            b: pack(OP, &self.b)?,
-            c: pack(OP, &self.c)?,
-            group_tiles: 1,
-        };
+        let params = self.params((1, col_groups), 1)?;
         let bias = self.bias.unwrap_or(self.b.t);
         let tensors = [self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t];
         let kernel = &MATMUL_ROWS[self.m - 1][b_along_n as usize][self.store()];
@@ -1013,7 +1001,6 @@ impl Gemm<'_> {
     /// One dispatch of tiled kernel `t`, with `epilogue` in its store where given (the plan
     /// chose the subgroup kernel for it).
     fn dispatch_tiled(&self, step: &mut Step, t: Tiled, epilogue: Option<Epilogue>) -> Result<()> {
-        const OP: &str = "matmul";
         let [b1, b2] = self.batch;
         let (tm, tn) = t.tile();
         let tiles_m = self.m.div_ceil(tm);
@@ -1024,21 +1011,7 @@ impl Gemm<'_> {
             _ => 1,
         };
         let total = tiles.div_ceil(group_tiles);
-        let u = |x| crate::ops::u32_of(OP, "size", x);
-        let params = Params {
-            m: u(self.m)?,
-            n: u(self.n)?,
-            k: u(self.k)?,
-            batch2: u(b2)?,
-            batch: u(b1 * b2)?,
-            tiles_m: u(tiles_m)?,
-            tiles_n: u(tiles_n)?,
-            alpha: self.alpha,
-            a: pack(OP, &self.a)?,
-            b: pack(OP, &self.b)?,
-            c: pack(OP, &self.c)?,
-            group_tiles: group_tiles as u32,
-        };
+        let params = self.params((tiles_m, tiles_n), group_tiles)?;
         let kernel = t.kernel(self.store(), epilogue.and_then(|e| e.wanted().index));
         let bias = self.bias.unwrap_or(self.b.t);
         let (a, b, c) = (self.a.t, self.b.t, self.c.t);
