@@ -6,17 +6,22 @@
 //
 // Why: a texel fetch is lavapipe's costliest step in the matmul (about 60 cycles for the 8 lanes of
 // a register, measured with a probe at 512³), and in matmul_image the 8 invocations of a register
-// all fetch the same A texels. Here a workgroup is one subgroup of 8 invocations that owns a 32 x 32
+// all fetch the same A texels. Here a workgroup is one subgroup of 8 invocations that owns a 32 x 64
 // tile of C, and each lane fetches different texels: per step of 4 along K, lane l fetches 4
-// texels of A (rows of the tile, 4 elements of K each) and 4 of B (its own columns).
+// texels of A (rows of the tile, 4 elements of K each) and 8 of B (its own columns).
 // subgroupBroadcast with a constant lane, an extract and a splat on lavapipe, hands every lane the
-// A rows it needs. Each lane owns all 32 rows and 4 columns of the tile, eight 4 x 4 blocks (the
-// Block of matmul_vec4): 8 fetches per 512 multiply-adds, against 24 in matmul_image.
+// A rows it needs. Each lane owns all 32 rows and two groups of 4 columns of the tile, sixteen
+// 4 x 4 blocks (two Blocks of matmul_vec4): 12 fetches and 128 broadcasts per 1,024 multiply-adds,
+// against 24 fetches per 512 in matmul_image. A tile of 32 x 32 (one group of columns, 8 fetches
+// per 512) ran 10-16% slower in `amad bench kernels` (best of 3 rounds per build, alternating:
+// 73.5 against 81.4 GFLOP/s at 512³, 63.4 against 72.5 at 2048³), and one of 32 x 128 slower
+// still (59.5 and 65.3): the accumulators live in memory either way (256 here, more than a CPU
+// has registers), and past two groups the fetches saved no longer repay the extra traffic.
 // Each block is updated as in matmul_vec4 (block = mad(a, b, block) per step of 4 along K; K's remainder
 // through the scalar bindings), so every element of C is the same sum in the same order and the
 // three kernels give the same bits.
 //
-// Columns: lane l owns columns 4l .. 4l+3 of the tile, and stores each row of them with one vec4
+// Columns: lane l owns columns 4l .. 4l+3 and 32+4l .. 32+4l+3 of the tile, and stores each row of them with one vec4
 // store into C (bound as vec4s: the launcher runs this kernel only where C's rows are contiguous and
 // 16-byte aligned). On lavapipe a vec4 store costs about a third of four scalar ones: each is a
 // loop over the 8 lanes, and the vec4's loop moves 16 bytes per lane (a probe: 0.87 ns per element
@@ -52,7 +57,7 @@ fn matmul_subgroup(
     // workgroup is one subgroup, so the loop and its exit are uniform across it.
     let first = group_index(wid, nwg) * p.group_tiles;
     for (var t = first; t < first + p.group_tiles; t++) {
-        let tile = locate_tile(t, 32u, 32u);
+        let tile = locate_tile(t, 32u, 64u);
         if (!tile.valid) {
             return;
         }
@@ -60,16 +65,17 @@ fn matmul_subgroup(
     }
 }
 
-// One 32 x 32 tile of C.
+// One 32 x 64 tile of C: this lane's columns col .. col+3 in acc, col+32 .. col+35 in acd.
 fn subgroup_tile(tile: Tile, lane: u32) {
     let ay = (tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2) / select(p.a_cs, p.a_rs, A_ALONG_K);
     let by = (tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2) / select(p.b_cs, p.b_rs, B_ALONG_N);
-    // This lane's first column.
     let col = tile.col + 4u * lane;
     var acc: Block;
+    var acd: Block;
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
         let bm = lane_b(by, col, k);
+        let bn = lane_b(by, col + 32u, k);
         var a: array<vec4<f32>, 4>;
         a[0] = lane_a(ay, tile.row, lane, 0u, k);
         a[1] = lane_a(ay, tile.row, lane, 1u, k);
@@ -78,55 +84,74 @@ fn subgroup_tile(tile: Tile, lane: u32) {
         if (A_ALONG_K) {
             // a[q] = A(row 8q + lane, k .. k+3): rows 4i .. 4i+3 are lanes 0-3 (i even) or 4-7
             // (i odd) of a[i / 2], each a row of the math matrix.
-            acc[0] = mad(transpose(lanes_0_3(a[0])), bm, acc[0]);
-            acc[1] = mad(transpose(lanes_4_7(a[0])), bm, acc[1]);
-            acc[2] = mad(transpose(lanes_0_3(a[1])), bm, acc[2]);
-            acc[3] = mad(transpose(lanes_4_7(a[1])), bm, acc[3]);
-            acc[4] = mad(transpose(lanes_0_3(a[2])), bm, acc[4]);
-            acc[5] = mad(transpose(lanes_4_7(a[2])), bm, acc[5]);
-            acc[6] = mad(transpose(lanes_0_3(a[3])), bm, acc[6]);
-            acc[7] = mad(transpose(lanes_4_7(a[3])), bm, acc[7]);
+            mad_both(transpose(lanes_0_3(a[0])), bm, bn, 0u, &acc, &acd);
+            mad_both(transpose(lanes_4_7(a[0])), bm, bn, 1u, &acc, &acd);
+            mad_both(transpose(lanes_0_3(a[1])), bm, bn, 2u, &acc, &acd);
+            mad_both(transpose(lanes_4_7(a[1])), bm, bn, 3u, &acc, &acd);
+            mad_both(transpose(lanes_0_3(a[2])), bm, bn, 4u, &acc, &acd);
+            mad_both(transpose(lanes_4_7(a[2])), bm, bn, 5u, &acc, &acd);
+            mad_both(transpose(lanes_0_3(a[3])), bm, bn, 6u, &acc, &acd);
+            mad_both(transpose(lanes_4_7(a[3])), bm, bn, 7u, &acc, &acd);
         } else {
             // a[kk] = A(rows 4·lane .. 4·lane+3, k + kk): block i is lane i's four, one column of
             // the math matrix per kk.
-            acc[0] = mad(lane_columns(a, 0u), bm, acc[0]);
-            acc[1] = mad(lane_columns(a, 1u), bm, acc[1]);
-            acc[2] = mad(lane_columns(a, 2u), bm, acc[2]);
-            acc[3] = mad(lane_columns(a, 3u), bm, acc[3]);
-            acc[4] = mad(lane_columns(a, 4u), bm, acc[4]);
-            acc[5] = mad(lane_columns(a, 5u), bm, acc[5]);
-            acc[6] = mad(lane_columns(a, 6u), bm, acc[6]);
-            acc[7] = mad(lane_columns(a, 7u), bm, acc[7]);
+            mad_both(lane_columns(a, 0u), bm, bn, 0u, &acc, &acd);
+            mad_both(lane_columns(a, 1u), bm, bn, 1u, &acc, &acd);
+            mad_both(lane_columns(a, 2u), bm, bn, 2u, &acc, &acd);
+            mad_both(lane_columns(a, 3u), bm, bn, 3u, &acc, &acd);
+            mad_both(lane_columns(a, 4u), bm, bn, 4u, &acc, &acd);
+            mad_both(lane_columns(a, 5u), bm, bn, 5u, &acc, &acd);
+            mad_both(lane_columns(a, 6u), bm, bn, 6u, &acc, &acd);
+            mad_both(lane_columns(a, 7u), bm, bn, 7u, &acc, &acd);
         }
     }
-    // K's remainder through the scalar bindings, then the stores, as in matmul_vec4's block_finish
-    // (written out: an accumulator indexed in a loop would move to memory).
     let a0 = p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + tile.row * p.a_rs;
     let b0 = p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + col * p.b_cs;
+    let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
+    finish_columns(a0, b0, k4, &acc);
+    store_tile_columns(c0, tile.row, col, &acc);
+    finish_columns(a0, b0 + 32u * p.b_cs, k4, &acd);
+    store_tile_columns(c0, tile.row, col + 32u, &acd);
+}
+
+// Block i of both column groups += m · bm (bn). i is a constant once inlined (an accumulator
+// indexed at run time would move to memory).
+fn mad_both(m: mat4x4<f32>, bm: mat4x4<f32>, bn: mat4x4<f32>, i: u32, acc: ptr<function, Block>,
+    acd: ptr<function, Block>) {
+    (*acc)[i] = mad(m, bm, (*acc)[i]);
+    (*acd)[i] = mad(m, bn, (*acd)[i]);
+}
+
+// K's remainder for one column group (its first column's offset in B at b0) through the scalar
+// bindings, as in matmul_vec4's block_finish (written out, for the same reason as mad_both).
+fn finish_columns(a0: u32, b0: u32, k4: u32, acc: ptr<function, Block>) {
     let r4 = 4u * p.a_rs;
     let s = p.b_cs;
     for (var k = k4; k < p.k; k++) {
         let o = b0 + k * p.b_rs;
         let bv = vec4<f32>(b[o], b[o + s], b[o + 2u * s], b[o + 3u * s]);
-        acc[0] = mad_outer(a_column(a0, k), bv, acc[0]);
-        acc[1] = mad_outer(a_column(a0 + r4, k), bv, acc[1]);
-        acc[2] = mad_outer(a_column(a0 + 2u * r4, k), bv, acc[2]);
-        acc[3] = mad_outer(a_column(a0 + 3u * r4, k), bv, acc[3]);
-        acc[4] = mad_outer(a_column(a0 + 4u * r4, k), bv, acc[4]);
-        acc[5] = mad_outer(a_column(a0 + 5u * r4, k), bv, acc[5]);
-        acc[6] = mad_outer(a_column(a0 + 6u * r4, k), bv, acc[6]);
-        acc[7] = mad_outer(a_column(a0 + 7u * r4, k), bv, acc[7]);
+        (*acc)[0] = mad_outer(a_column(a0, k), bv, (*acc)[0]);
+        (*acc)[1] = mad_outer(a_column(a0 + r4, k), bv, (*acc)[1]);
+        (*acc)[2] = mad_outer(a_column(a0 + 2u * r4, k), bv, (*acc)[2]);
+        (*acc)[3] = mad_outer(a_column(a0 + 3u * r4, k), bv, (*acc)[3]);
+        (*acc)[4] = mad_outer(a_column(a0 + 4u * r4, k), bv, (*acc)[4]);
+        (*acc)[5] = mad_outer(a_column(a0 + 5u * r4, k), bv, (*acc)[5]);
+        (*acc)[6] = mad_outer(a_column(a0 + 6u * r4, k), bv, (*acc)[6]);
+        (*acc)[7] = mad_outer(a_column(a0 + 7u * r4, k), bv, (*acc)[7]);
     }
-    let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
+}
+
+// The 32 rows of one column group, from row0, into C.
+fn store_tile_columns(c0: u32, row0: u32, col: u32, acc: ptr<function, Block>) {
     let bv = column_bias(col, 1u);
-    store_rows(c0, tile.row, col, acc[0], bv);
-    store_rows(c0, tile.row + 4u, col, acc[1], bv);
-    store_rows(c0, tile.row + 8u, col, acc[2], bv);
-    store_rows(c0, tile.row + 12u, col, acc[3], bv);
-    store_rows(c0, tile.row + 16u, col, acc[4], bv);
-    store_rows(c0, tile.row + 20u, col, acc[5], bv);
-    store_rows(c0, tile.row + 24u, col, acc[6], bv);
-    store_rows(c0, tile.row + 28u, col, acc[7], bv);
+    store_rows(c0, row0, col, (*acc)[0], bv);
+    store_rows(c0, row0 + 4u, col, (*acc)[1], bv);
+    store_rows(c0, row0 + 8u, col, (*acc)[2], bv);
+    store_rows(c0, row0 + 12u, col, (*acc)[3], bv);
+    store_rows(c0, row0 + 16u, col, (*acc)[4], bv);
+    store_rows(c0, row0 + 20u, col, (*acc)[5], bv);
+    store_rows(c0, row0 + 24u, col, (*acc)[6], bv);
+    store_rows(c0, row0 + 28u, col, (*acc)[7], bv);
 }
 
 // Stores block m (m[j][i] = C(row + i, col + j)) as four vec4 rows: store_block's sums in its order

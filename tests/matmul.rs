@@ -165,8 +165,9 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
     let buffers = own_device(false);
     let sub_kernel = subgroup_matmul_kernel(&subgroup);
     // (m, n, k): leading dimensions that are multiples of 64, so operands fit images; M and N
-    // that leave part of a 32 x 32 or 64 x 64 tile; and 2 x 20 x 10 tiles of 32 x 32, which the
-    // subgroup kernel takes 6 to a workgroup, the last workgroup finding only 4.
+    // that leave part of a 32 x 64 or 64 x 64 tile (N = 72 and 100 leave lanes with no columns in
+    // the second group of the subgroup kernel's tile, or only some); and 2 x 20 x 5 tiles of
+    // 32 x 64, which the subgroup kernel takes 3 to a workgroup, the last workgroup finding only 2.
     let shapes = [
         (64, 64, 64),
         (68, 128, 128),
@@ -209,8 +210,7 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
         }
     }
     // A weight gradient's shape, whose K is split into chunks: the split is decided on the same
-    // tiles whichever kernel runs (a 64 x 64 tile gives 16 tiles here and a split, a 32 x 32 one
-    // would give 64 and none), so the sums are the same.
+    // 64 x 64 tiles whichever kernel runs (16 tiles here, so 8 chunks), so the sums are the same.
     let devices = [
         (&subgroup, sub_kernel),
         (&images, "matmul_image"),

@@ -192,7 +192,7 @@ const MIN_SPLIT_K: usize = 256;
 /// Output tile of one workgroup (rows, columns): see the shader.
 const SCALAR_TILE: (usize, usize) = (16, 64);
 const VEC4_TILE: (usize, usize) = (64, 64);
-const SUBGROUP_TILE: (usize, usize) = (32, 32);
+const SUBGROUP_TILE: (usize, usize) = (32, 64);
 
 /// A strided view of a batch of matrices in a tensor: element (r, c) of batch (b1, b2) sits at
 /// `off + r*rs + c*cs + b1*bs[0] + b2*bs[1]`.
