@@ -148,11 +148,15 @@ fn align_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             continue;
         }
         n++;
+        // Each student value loaded once per cell (see Unit).
+        var s: array<f32, 16>;
         for (var j = 0u; j < hs; j++) {
-            let s = sv(pc.b, j, cell);
-            ls[j] += s;
+            s[j] = sv(pc.b, j, cell);
+            ls[j] += s[j];
+        }
+        for (var j = 0u; j < hs; j++) {
             for (var j2 = 0u; j2 < hs; j2++) {
-                gs[j * hs + j2] += s * sv(pc.b, j2, cell);
+                gs[j * hs + j2] += s[j] * s[j2];
             }
         }
         for (var i = 0u; i < p.ht; i++) {
@@ -160,7 +164,7 @@ fn align_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             nt2[i] += t * t;
             lt[i] += t;
             for (var j = 0u; j < hs; j++) {
-                ct[i * hs + j] += t * sv(pc.b, j, cell);
+                ct[i * hs + j] += t * s[j];
             }
         }
     }
@@ -289,6 +293,40 @@ fn align_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     finish_dw(u);
 }
 
+// A unit's state as the per-cell passes read it, loaded once per invocation. On lavapipe a storage
+// load is a loop over the 8 lanes with a bounds check each, and these passes read the unit's
+// weights at every cell of every (teacher, student) pair: loaded per cell, they cost more than the
+// maps themselves.
+struct Unit {
+    a: array<f32, 256>,    // a_ij [ht][hs]
+    dw: array<f32, 256>,   // dW_ij [ht][hs]
+    nt: array<f32, 16>,
+    lt: array<f32, 16>,
+    ns: array<f32, 16>,
+    ls: array<f32, 16>,
+    cos: array<f32, 16>,
+    mix: array<f32, 16>,
+}
+
+fn load_unit(u: u32) -> Unit {
+    var r: Unit;
+    for (var x = 0u; x < p.ht * p.hs; x++) {
+        r.a[x] = state[st_a(u) + x];
+        r.dw[x] = state[st_dw(u) + x];
+    }
+    for (var i = 0u; i < p.ht; i++) {
+        r.nt[i] = state[st_nt(u) + i];
+        r.lt[i] = state[st_lt(u) + i];
+    }
+    for (var j = 0u; j < p.hs; j++) {
+        r.ns[j] = state[st_ns(u) + j];
+        r.ls[j] = state[st_ls(u) + j];
+        r.cos[j] = state[st_cos(u) + j];
+        r.mix[j] = state[st_mix(u) + j];
+    }
+    return r;
+}
+
 // KL: L_i = sum_c t~_ic (log t~_ic - log m_ic), m_ic = sum_j a_ij s~_jc;
 // dA_ij = -sum_c t~_ic s~_jc / m_ic. Partials: [loss, dA [ht][hs]].
 @compute @workgroup_size(256)
@@ -298,26 +336,30 @@ fn align_kl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let hs = p.hs;
-    let u = pc.u;
+    var un = load_unit(pc.u);
     var total = 0.0;
     var da: array<f32, 256>;
     for (var cell = pc.first; cell < pc.end; cell++) {
         if (!valid(pc.b, cell)) {
             continue;
         }
+        var sn: array<f32, 16>;
+        for (var j = 0u; j < hs; j++) {
+            sn[j] = safe_div(sv(pc.b, j, cell), un.ls[j]);
+        }
         for (var i = 0u; i < p.ht; i++) {
-            let tt = safe_div(tv(pc.b, i, cell), state[st_lt(u) + i]);
+            let tt = safe_div(tv(pc.b, i, cell), un.lt[i]);
             if (tt <= 0.0) {
                 continue;
             }
             var m = 0.0;
             for (var j = 0u; j < hs; j++) {
-                m += state[st_a(u) + i * hs + j] * safe_div(sv(pc.b, j, cell), state[st_ls(u) + j]);
+                m += un.a[i * hs + j] * sn[j];
             }
             m = max(m, TINY);
             total += tt * (log(tt) - log(m));
             for (var j = 0u; j < hs; j++) {
-                da[i * hs + j] -= tt * safe_div(sv(pc.b, j, cell), state[st_ls(u) + j]) / m;
+                da[i * hs + j] -= tt * sn[j] / m;
             }
         }
     }
@@ -350,10 +392,10 @@ fn align_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         return;
     }
     let hs = p.hs;
-    let u = pc.u;
     let mse = is_mse();
     let qk = p.q * p.k;
-    let live = state[st_live(u)] > 0.0;
+    let live = state[st_live(pc.u)] > 0.0;
+    var un = load_unit(pc.u);
     for (var cell = pc.first; cell < pc.end; cell++) {
         if (!live || !valid(pc.b, cell)) {
             for (var j = 0u; j < hs; j++) {
@@ -361,51 +403,58 @@ fn align_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
             continue;
         }
+        var t: array<f32, 16>;
+        for (var i = 0u; i < p.ht; i++) {
+            t[i] = tv(pc.b, i, cell);
+        }
         // The student mixture at this cell, per teacher head: MSE mixes s^, KL mixes s~.
+        var s: array<f32, 16>;
+        var sn: array<f32, 16>;
+        for (var j = 0u; j < hs; j++) {
+            s[j] = sv(pc.b, j, cell);
+            sn[j] = safe_div(s[j], un.ls[j]);
+            if (mse) {
+                sn[j] = safe_div(s[j], un.ns[j]);
+            }
+        }
         var mixed: array<f32, 16>;
         for (var i = 0u; i < p.ht; i++) {
             for (var j = 0u; j < hs; j++) {
-                var sn = safe_div(sv(pc.b, j, cell), state[st_ls(u) + j]);
-                if (mse) {
-                    sn = safe_div(sv(pc.b, j, cell), state[st_ns(u) + j]);
-                }
-                mixed[i] += state[st_a(u) + i * hs + j] * sn;
+                mixed[i] += un.a[i * hs + j] * sn[j];
             }
         }
         for (var j = 0u; j < hs; j++) {
-            let s = sv(pc.b, j, cell);
-            let ns = state[st_ns(u) + j];
-            let ls = state[st_ls(u) + j];
+            let ns = un.ns[j];
+            let ls = un.ls[j];
             var direct = 0.0;   // dL/ds^_jc (MSE) or dL/ds~_jc (KL), weights held fixed
             var cosine = 0.0;   // h_jc = sum_i dW_ij t^_ic
             for (var i = 0u; i < p.ht; i++) {
-                let nt = state[st_nt(u) + i];
+                let nt = un.nt[i];
                 if (nt == 0.0) {
                     continue;
                 }
-                let a = state[st_a(u) + i * hs + j];
-                let t = tv(pc.b, i, cell);
-                cosine += state[st_dw(u) + i * hs + j] * t / nt;
+                let a = un.a[i * hs + j];
+                cosine += un.dw[i * hs + j] * t[i] / nt;
                 if (mse) {
-                    direct += -2.0 * a * (t / nt - mixed[i]);
+                    direct += -2.0 * a * (t[i] / nt - mixed[i]);
                 } else {
-                    let tt = safe_div(t, state[st_lt(u) + i]);
+                    let tt = safe_div(t[i], un.lt[i]);
                     if (tt > 0.0) {
                         direct -= a * tt / max(mixed[i], TINY);
                     }
                 }
             }
-            let cos_proj = state[st_cos(u) + j];
-            let mix_proj = state[st_mix(u) + j];
+            let cos_proj = un.cos[j];
+            let mix_proj = un.mix[j];
             var g = 0.0;
             if (mse) {
                 // both paths go through s^ = s / ns: (g - s^ (s^ · g)) / ns
-                let sh = safe_div(s, ns);
+                let sh = safe_div(s[j], ns);
                 g = safe_div(direct + cosine - sh * (mix_proj + cos_proj), ns);
             } else {
                 // direct path through s~ = s / |s|_1, cosine path through s^
                 g = safe_div(direct - mix_proj, ls);
-                g += safe_div(cosine - safe_div(s, ns) * cos_proj, ns);
+                g += safe_div(cosine - safe_div(s[j], ns) * cos_proj, ns);
             }
             grad[(pc.b * hs + j) * qk + cell] = p.grad_scale * g;
         }
