@@ -85,8 +85,9 @@ out += [
     "over 197 image tokens. `teacher_*` are the teacher's",
     "linear layers at batch 32 × 65 image tokens × 128 wide: forward X·W, and the backward products",
     "dX = dY·Wᵀ and dW = Xᵀ·dY. `attention_*` is the attention core (B 32, H 8, T 65, head width 16, Q, K",
-    "and V side by side in one fused projection); its GFLOP/s counts the matmul-equivalent work (Q·Kᵀ and",
-    "P·V forward; four more products backward).",
+    "and V side by side in one fused projection), `vit_attention_fwd` its forward at a ViT-B/16 encoder",
+    "layer's size (B 4, H 12, T 197, head width 64); their GFLOP/s count the matmul-equivalent work (Q·Kᵀ",
+    "and P·V forward; four more products backward).",
     "",
 ] + ([
     "On a CPU adapter amad copies the operands of matmuls, attention products and column sums into",

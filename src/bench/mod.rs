@@ -199,6 +199,28 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
             .print(gpu, json);
         }
     }
+    // The attention core of a ViT-B/16 encoder layer (12 heads of 64 over 197 tokens), for 4
+    // images, forward only, as a teacher's forward runs it.
+    let (b, h, t, d) = (4, 12, 197, 64);
+    let qkv = filled(gpu, &[b, t, 3 * h * d])?;
+    let dims = attention::Dims::new(b, h, t, t, d);
+    let (q, k, v) = (
+        Seq::part(&qkv, 0, 3),
+        Seq::part(&qkv, 1, 3),
+        Seq::part(&qkv, 2, 3),
+    );
+    let record = |step: &mut crate::Step| {
+        attention::attention(step, dims, q, k, v, Masks::default()).map(drop)
+    };
+    for (suffix, s) in time_paths(gpu, iters, &record)? {
+        Record {
+            name: format!("vit_attention_fwd{suffix}"),
+            shape: format!("B{b} H{h} T{t} D{d}"),
+            ms: s * 1e3,
+            gflops: Some(4.0 * (b * h * t * t * d) as f64 / s / 1e9),
+        }
+        .print(gpu, json);
+    }
     // One token of a GPT-2 (12 heads of 64) decoding: its query against the 197 image tokens'
     // keys and values (cross-attention), as generation lays them out.
     let (h, t, d) = (12, 197, 64);
