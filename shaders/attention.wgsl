@@ -239,6 +239,43 @@ fn attention_scores_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     store_scores(blk, products_image(seq_x, seq_y, blk));
 }
 
+// ---- scores_row_image: attention_scores_image for one query row (a generated token) ----
+//
+// In a block of 8 × 8 the rows past Tq repeat the last one, so at one query row 7 of every 8
+// multiply-adds and of the X fetches are idle. Here an invocation owns 1 × 8 cells: per step of 4
+// along d, one fetch of X and 8 of Y (every key's texel, which any kernel must fetch once). Each
+// cell adds the same products in the same order as in attention_scores_image, so both give the
+// same bits.
+@compute @workgroup_size(64)
+fn attention_scores_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let blk = locate_wide_block(group_index(wid, nwg) * 64u + lid, 1u, p.tk, 8u);
+    if (!blk.valid) {
+        return;
+    }
+    let b = blk.bh / p.heads;
+    let h = blk.bh % p.heads;
+    let xr = i32(b * p.tq);
+    let yr0 = seq_rows(b, p.tk, blk.c0);
+    let yr1 = seq_rows(b, p.tk, blk.c0 + 4u);
+    let xt = (p.x_off + h * p.hd) / 4u;
+    let yt = (p.y_off + h * p.hd) / 4u;
+    var s0 = vec4<f32>();
+    var s1 = vec4<f32>();
+    for (var dt = 0u; dt < p.hd / 4u; dt++) {
+        let x = textureLoad(seq_x, vec2<i32>(i32(xt + dt), xr));
+        // Row dd: Y(c0 .. c0+3, 4dt + dd), as in products_image.
+        let y0 = transpose(seq_texels(seq_y, yt + dt, yr0));
+        let y1 = transpose(seq_texels(seq_y, yt + dt, yr1));
+        for (var dd = 0u; dd < 4u; dd++) {
+            s0 += x[dd] * y0[dd];
+            s1 += x[dd] * y1[dd];
+        }
+    }
+    let base = blk.bh * p.tq * p.row;
+    store_map_row(base, 0u, blk.c0, s0);
+    store_map_row(base, 0u, blk.c0 + 4u, s1);
+}
+
 // ---- softmax: one invocation per row of the map, in place ----
 @group(0) @binding(1) var<storage, read> key_mask: array<f32>;   // [B, Tk], 1 = valid
 @group(0) @binding(2) var<storage, read_write> pmap4: array<vec4<f32>>;
@@ -597,6 +634,37 @@ fn attention_apply_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 4u, acc.a11);
     store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 8u, acc.a12);
     store_out4(b, h, rows, blk.r0 + 4u, blk.c0 + 12u, acc.a13);
+}
+
+// ---- apply_row_image: attention_apply_image (W Z, not transposed) for one query row ----
+//
+// As scores_row_image: at one row, 7 of every 8 rows of apply_image's block are idle. Here an
+// invocation owns 4 columns of the row: per key one fetch of Z's texel (Z is read once in all)
+// and, per four keys, one vec4 of the map; more invocations than 16 columns each would give, so
+// that a single token's few heads still spread over the CPU's threads. The terms are added in
+// apply_image's order, so both give the same bits.
+@compute @workgroup_size(64)
+fn attention_apply_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let blk = locate_wide_block(group_index(wid, nwg) * 64u + lid, 1u, p.hd, 4u);
+    if (!blk.valid) {
+        return;
+    }
+    let b = blk.bh / p.heads;
+    let h = blk.bh % p.heads;
+    let tx = i32((p.x_off + h * p.hd + blk.c0) / 4u);
+    let zrow = b * p.tk;
+    let last_z = zrow + p.tk - 1u;
+    let mrow = blk.bh * p.tq * p.row / 4u;
+    var acc = vec4<f32>();
+    for (var c4 = 0u; c4 < (p.tk + 3u) / 4u; c4++) {
+        let w = aw4[mrow + c4];
+        let z = zrow + 4u * c4;
+        acc += w.x * textureLoad(seq_x, vec2<i32>(tx, i32(z)));
+        acc += w.y * textureLoad(seq_x, vec2<i32>(tx, i32(min(z + 1u, last_z))));
+        acc += w.z * textureLoad(seq_x, vec2<i32>(tx, i32(min(z + 2u, last_z))));
+        acc += w.w * textureLoad(seq_x, vec2<i32>(tx, i32(min(z + 3u, last_z))));
+    }
+    store_row4(b, h, 1u, 0u, blk.c0, acc);
 }
 
 // The output sequence as vec4s (aout's binding; the launcher checks that its offset and stride

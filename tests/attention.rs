@@ -290,3 +290,55 @@ fn attention_image_and_buffer_kernels() {
     }
     assert_eq!(buffers.stats().images_created, 0);
 }
+
+/// A generated token's attention (one query row) takes the row kernels on a CPU adapter: scores
+/// and O = P V (and dQ = dS K, also one row) without the blocked kernels' idle rows. They add the
+/// same terms in the same order as the blocked kernels, so the results are the same bits as on a
+/// device without images (whose buffer kernels the image kernels match), and match the reference.
+#[test]
+fn attention_one_query_row_kernels() {
+    let images = own_device(true);
+    let buffers = own_device(false);
+    let mut rng = Rng::new(56);
+    // (padded, dims, pad of the fused layout): a GPT-2 cross-attention over 197 image tokens with
+    // 4 beams, a self-attention over a short cache, keys past one 8-key block.
+    for (padded, (b, h, tq, tk, d), pad) in [
+        (false, (4, 12, 1, 197, 64), 0),
+        (false, (1, 4, 1, 6, 16), 64),
+        (true, (2, 2, 1, 13, 32), 0),
+    ] {
+        let a = r::AttnDims { b, h, tq, tk, d };
+        let (x, mask) = attention_inputs(&mut rng, a, 3);
+        let [q, k, v, dout] = &x;
+        let m = r::Masks {
+            causal: false,
+            key_mask: padded.then_some(&mask[..]),
+        };
+        let (out, probs) = r::attention(q, k, v, a, m);
+        let (dq, dk, dv) = r::attention_bwd(q, k, v, dout, None, a, m);
+        let mut results = vec![];
+        for g in [&images, &buffers] {
+            let what = format!("{:?} one row", (b, h, tq, tk, d, pad));
+            let ran = kernels_run(g, || {
+                results.push(attention_on(
+                    g,
+                    &what,
+                    a,
+                    m,
+                    Some(pad),
+                    [q, k, v, dout],
+                    None,
+                    [&out, &probs, &dq, &dk, &dv],
+                ))
+            });
+            let rows = ran.iter().filter(|k| k.contains("_row_image")).count();
+            let want = if std::ptr::eq(g, &images) { 2 } else { 0 };
+            assert_eq!(rows, want, "{what}: {ran:?}");
+        }
+        assert!(
+            results[0] == results[1],
+            "{:?}: the paths differ",
+            (b, h, tq, tk, d)
+        );
+    }
+}

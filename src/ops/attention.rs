@@ -74,6 +74,12 @@ pub const APPLY: Kernel = Kernel::new("attention", "attention_apply", &[R, R, W]
 /// SCORES and APPLY reading their sequences from images (`Gpu::image_operands`).
 pub const SCORES_IMAGE: Kernel =
     Kernel::new("attention", "attention_scores_image", &[R, R, W, I, I]);
+/// SCORES_IMAGE and APPLY_IMAGE (not transposed) for one query row, a generated token's: the
+/// blocked kernels would compute 7 idle rows of every 8.
+pub const SCORES_ROW_IMAGE: Kernel =
+    Kernel::new("attention", "attention_scores_row_image", &[R, R, W, I, I]);
+pub const APPLY_ROW_IMAGE: Kernel =
+    Kernel::new("attention", "attention_apply_row_image", &[R, R, W, I]);
 /// APPLY reading Z from an image and the map as vec4s, [W Z, Wᵀ Z] (the TRANSPOSED constant).
 pub const APPLY_IMAGE: [Kernel; 2] = [
     Kernel::specialised(
@@ -313,7 +319,13 @@ fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, images: &mut SeqImages) ->
     let tensors = [x.t, y.t, &map];
     if let (Some(ix), Some(iy)) = (images.of(step, &d, x)?, images.of(step, &d, y)?) {
         let im = [images.get(ix), images.get(iy)];
-        step.dispatch_linear_images(&SCORES_IMAGE, &p, &tensors, &im, n)?;
+        if d.q_len == 1 {
+            // 1 × 8 cells per invocation (see the shader).
+            let n = groups(d.batch * d.heads * d.k_len.div_ceil(8), 64);
+            step.dispatch_linear_images(&SCORES_ROW_IMAGE, &p, &tensors, &im, n)?;
+        } else {
+            step.dispatch_linear_images(&SCORES_IMAGE, &p, &tensors, &im, n)?;
+        }
     } else {
         step.dispatch_linear(&SCORES, &p, &tensors, n)?;
     }
@@ -342,6 +354,11 @@ fn apply(
         None
     };
     match iz {
+        Some(iz) if rows == 1 && !transposed => {
+            // 4 of the row's columns per invocation (see the shader).
+            let n = groups(d.batch * d.heads * d.head_dim.div_ceil(4), 64);
+            step.dispatch_linear_images(&APPLY_ROW_IMAGE, &p, &tensors, &[images.get(iz)], n)
+        }
         Some(iz) => {
             // Blocks of 8 rows × 16 columns (see the shader).
             let n = groups(d.blocks(rows, d.head_dim.div_ceil(16) * 8), 64);

@@ -144,6 +144,8 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &attention::SCORES_IMAGE,
     &attention::APPLY_IMAGE[0],
     &attention::APPLY_IMAGE[1],
+    &attention::SCORES_ROW_IMAGE,
+    &attention::APPLY_ROW_IMAGE,
     &attention::UNPAD,
     &amad::ONE_TO_ONE,
     &amad::ONE_TO_ONE_FINISH,
