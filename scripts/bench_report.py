@@ -68,9 +68,12 @@ out = [
 ]
 steps = []
 for r in amad:
-    # `_images`, `_buffers` and `_held` rows are the same work through the image kernels without
-    # subgroups, the storage-buffer kernels and images held for generation: same reference.
-    name = r["name"].removesuffix("_buffers").removesuffix("_images").removesuffix("_held")
+    # `_images`, `_buffers`, `_held`, `_shared` and `_vec4` rows are the same work through the
+    # image kernels without subgroups, the storage-buffer kernels, images held for generation,
+    # and the workgroup-memory or vec4 matmul: same reference.
+    name = r["name"]
+    for suffix in ("_buffers", "_images", "_held", "_shared", "_vec4"):
+        name = name.removesuffix(suffix)
     ref = by_name.get((name, r["shape"] if r.get("gflops") is None else None))
     if r.get("gflops") is None:
         steps.append((r, ref))
@@ -100,7 +103,12 @@ out += [
     "the 8 invocations of a subgroup (`matmul_subgroup`); an `_images` row is the same work through the",
     "image kernel without subgroups (`matmul_image`), timed in the same run.",
     "",
-] if any(r["name"].endswith("_images") for r in amad) else []) + [
+] if any(r["name"].endswith("_images") for r in amad) else []) + ([
+    "On a device that reads storage buffers (GPUs), a `_shared` row is the same work through the matmul",
+    "that stages each workgroup's tiles in workgroup memory (`matmul_shared`, opt-in with",
+    "AMAD_SHARED_MATMUL=1), and a `_vec4` row, where that is on, the vec4 kernel; timed in the same run.",
+    "",
+] if any(r["name"].endswith(("_shared", "_vec4")) for r in amad) else []) + [
     "## Training steps",
     "",
     "| step | shape | amad ms | PyTorch eager ms | amad / PyTorch |",

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every figure the open speed work needs from a real GPU, in one run on a lent device machine,
 # each beside PyTorch on the same GPU:
-#   1. scripts/bench_gpu.sh: matmul beside cuBLAS fp32 (TF32 off), the bundled steps beside eager
-#   2. the full-size distillation step (amad bench distill) beside scripts/bench_distill_torch.py
+#   1. scripts/bench_gpu.sh: matmul beside cuBLAS fp32 (TF32 off), the bundled steps beside eager;
+#      its `_shared` rows are the workgroup-memory matmul (AMAD_SHARED_MATMUL=1) beside the vec4 one
+#   2. the full-size distillation step (amad bench distill) beside scripts/bench_distill_torch.py,
+#      with the vec4 matmul and with the workgroup-memory one (lines tagged "shared")
 #   3. caption latency, greedy and 4 beams (amad bench caption) beside scripts/bench_caption_torch.py
 #   4. amad_torch.distill on one GPU: seconds per step at global batch 16 (docs/scale.md), alone and
 #      under torchrun, whose process group is NCCL on a GPU
@@ -53,6 +55,7 @@ fi
 if wants hub; then
   : >"$out/hub.jsonl"
   part distill_amad 60 sh -c "$amad bench distill --json --teacher $model >>$out/hub.jsonl"
+  part distill_amad_shared 60 sh -c "AMAD_SHARED_MATMUL=1 $amad bench distill --json --teacher $model | sed 's/^{/{\"shared\":true,/' >>$out/hub.jsonl"
   part distill_torch 60 sh -c "$py scripts/bench_distill_torch.py --teacher $model --device $device >>$out/hub.jsonl"
   for beams in 1 4; do
     part "caption_amad_beams$beams" 40 sh -c "$amad bench caption --json --model $model --beam $beams --max-tokens 15 ${photos[*]} >>$out/hub.jsonl"

@@ -336,6 +336,65 @@ fn store_block(c0: u32, row: u32, col: u32, m: mat4x4<f32>, step: u32, bv: vec4<
     store_row(c0, row + 3u, col, rows[3], step, bv);
 }
 
+// ---- matmul_shared: matmul_vec4 with the tile's A and B staged in workgroup memory (GPUs) ----
+//
+// In matmul_vec4 each element of A's tile is loaded by the 8 invocations that share its rows and
+// each of B's by the 4 that share its columns, from the device's caches. Here the workgroup loads
+// its 64 x 64 tile's A and B once per chunk of 16 along K into workgroup memory, each invocation
+// loading two 4 x 4 matrices of each, and every invocation then reads its blocks from there. The
+// usual GPU tiling; on lavapipe workgroup memory and barriers are slow (ARCHITECTURE.md), so it is
+// for GPUs and opt-in until measured on one (`Gpu::shared_matmul`). The same 16 x 8 blocks per
+// invocation, each element the same fma chain in the same order (block_fma per step of 4, then
+// the steps left after the last whole chunk, then block_finish's remainder), so its results are
+// the same bits as matmul_vec4's.
+
+// A's tile as 16 row blocks x 4 steps of K (matrix 4 * rq + kq: rows 4rq .., K 4kq ..), B's as
+// 4 steps of K x 16 column blocks (matrix 16 * kq + cq).
+var<workgroup> shared_a: array<mat4x4<f32>, 64>;
+var<workgroup> shared_b: array<mat4x4<f32>, 64>;
+
+@compute @workgroup_size(8, 4, 1)
+fn matmul_shared(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    // The whole workgroup shares a tile, so this exit is uniform, as the barriers need.
+    let tile = locate_tile(group_index(wid, nwg), 64u, 64u);
+    if (!tile.valid) {
+        return;
+    }
+    let o = block_origin(wid, nwg, lid);
+    let ta = p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + tile.row * p.a_rs;
+    let tb = p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + tile.col * p.b_cs;
+    let r4 = 4u * p.a_rs;
+    let c4 = 4u * p.b_cs;
+    var acc: Block;
+    let k16 = p.k & ~15u;
+    for (var k = 0u; k < k16; k += 16u) {
+        for (var e = 0u; e < 2u; e++) {
+            let q = 2u * li + e;
+            shared_a[q] = load_a(ta + (q / 4u) * r4, k + 4u * (q % 4u));
+            shared_b[q] = load_b(tb + (q % 16u) * c4, k + 4u * (q / 16u));
+        }
+        workgroupBarrier();
+        for (var kq = 0u; kq < 4u; kq++) {
+            let ra = 16u * lid.y + kq;
+            let cb = 16u * kq + 2u * lid.x;
+            block_fma(&acc, shared_a[ra], shared_a[ra + 4u], shared_a[ra + 8u], shared_a[ra + 12u],
+                shared_b[cb], shared_b[cb + 1u]);
+        }
+        workgroupBarrier();
+    }
+    let k4 = p.k & ~3u;
+    for (var k = k16; k < k4; k += 4u) {
+        block_fma(&acc, load_a(o.a, k), load_a(o.a + r4, k), load_a(o.a + 2u * r4, k),
+            load_a(o.a + 3u * r4, k), load_b(o.b, k), load_b(o.b + c4, k));
+    }
+    block_finish(&acc, o, k4);
+}
+
 // ---- matmul_image: matmul_vec4 with A and B read from images (see src/gpu/image.rs) ----
 //
 // Used where texel fetches are cheaper than storage loads: on lavapipe a storage load runs once

@@ -974,3 +974,43 @@ fn column_parts_give_the_vec4_kernels_bits() {
     same_bits("column parts against vec4", &parts.got, &whole.got);
     assert_close("column parts", &parts.got, &parts.want, tol(k), 1e-5);
 }
+
+/// The workgroup-memory kernel (`Gpu::shared_matmul`: for GPUs, opt-in) against the vec4 kernel
+/// it stands in for, each on a device without images: every orientation, tiles cut by M and N, K
+/// over and under a chunk of 16 (with steps of 4 left after the last chunk, and a remainder of
+/// 1-3 where the layout allows), a batch, a bias and a B shared by the batch. Against the reference
+/// (in `check`) and bit for bit: each element is the same chain of multiply-adds.
+#[test]
+fn workgroup_tiles_give_the_vec4_kernels_bits() {
+    let shared = own_device(false);
+    shared.set_shared_matmul(true);
+    let vec4 = own_device(false);
+    let mut case = 100;
+    let all = [(false, false), (true, false), (false, true), (true, true)];
+    let cases = [
+        ((64, 64, 64), &all[..]),
+        ((68, 36, 28), &all[..]),
+        ((132, 72, 36), &all[..]),
+        ((8, 200, 4), &all[..]),
+        // A stored [k, m] and B [k, n]: any K keeps their rows aligned.
+        ((68, 36, 39), &all[1..2]),
+        ((64, 128, 17), &all[1..2]),
+    ];
+    for ((m, n, k), orientations) in cases {
+        for &(ta, tb) in orientations {
+            case += 1;
+            let (b_shared, bias) = (case % 2 == 0, case % 3 == 0);
+            let what = format!("m={m} n={n} k={k} ta={ta} tb={tb}");
+            let mut outs = vec![];
+            for (g, kernel) in [(&shared, "matmul_shared"), (&vec4, "matmul_vec4")] {
+                let mut got = vec![];
+                let ran = kernels_run(g, || {
+                    got = check(g, case, 2, m, n, k, ta, tb, b_shared, bias);
+                });
+                assert_eq!(ran, [kernel], "{what}");
+                outs.push(got);
+            }
+            same_bits(&what, &outs[0], &outs[1]);
+        }
+    }
+}

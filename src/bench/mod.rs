@@ -96,6 +96,23 @@ fn time_paths(
     times
 }
 
+/// On a device that reads buffers (GPUs), times `record` with the other of the workgroup-memory
+/// and vec4 matmuls than the device's own (see `Gpu::shared_matmul`), so both show side by side.
+fn time_other_tiles(
+    gpu: &Gpu,
+    iters: usize,
+    record: &dyn Fn(&mut crate::Step) -> Result<()>,
+) -> Result<Option<(&'static str, f64)>> {
+    if gpu.image_operands() {
+        return Ok(None);
+    }
+    let shared = gpu.shared_matmul();
+    gpu.set_shared_matmul(!shared);
+    let other = time(gpu, iters, record);
+    gpu.set_shared_matmul(shared);
+    Ok(Some((if shared { "_vec4" } else { "_shared" }, other?)))
+}
+
 fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n)
@@ -137,6 +154,9 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         let b = filled(gpu, &if tb { [n, k] } else { [k, n] })?;
         let record = |step: &mut crate::Step| matmul(step, &a, &b, ta, tb, None).map(drop);
         let mut times = time_paths(gpu, iters, &record)?;
+        if m > 4 {
+            times.extend(time_other_tiles(gpu, iters, &record)?);
+        }
         if m <= 4 && gpu.image_operands() {
             // As in generation: B's image made once and kept (see `Gpu::hold_images`).
             let _held = gpu.hold_images(std::slice::from_ref(&b));

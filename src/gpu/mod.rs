@@ -56,6 +56,8 @@ pub struct Gpu {
     image_operands: std::sync::atomic::AtomicBool,
     /// Whether image matmuls use the subgroup kernel where they can.
     subgroup_matmul: std::sync::atomic::AtomicBool,
+    /// Whether buffer matmuls stage their tiles in workgroup memory (see [`Gpu::shared_matmul`]).
+    shared_matmul: std::sync::atomic::AtomicBool,
     /// Whether long weight-gradient products split K (see [`Gpu::split_k`]).
     split_k: std::sync::atomic::AtomicBool,
     /// Images kept for fixed tensors, while a [`HeldImages`] guard lives.
@@ -80,6 +82,16 @@ fn subgroup_matmul_default() -> bool {
         return false;
     }
     true
+}
+
+/// Whether a new device's buffer matmuls stage their tiles in workgroup memory: only where the
+/// environment variable AMAD_SHARED_MATMUL says `1` (see [`Gpu::shared_matmul`]).
+fn shared_matmul_default() -> bool {
+    #[cfg(not(target_arch = "wasm32"))]
+    if std::env::var("AMAD_SHARED_MATMUL").as_deref() == Ok("1") {
+        return true;
+    }
+    false
 }
 
 /// Whether a new device reads matmul operands from images: on CPU adapters (see
@@ -176,6 +188,7 @@ impl Gpu {
             profile: Mutex::new(None),
             image_operands: image_operands_default(&info).into(),
             subgroup_matmul: subgroup_matmul_default().into(),
+            shared_matmul: shared_matmul_default().into(),
             split_k: (info.device_type != wgpu::DeviceType::Cpu).into(),
             held: Mutex::new(None),
             info,
@@ -232,6 +245,22 @@ impl Gpu {
     /// device); on has no effect on a device without subgroups.
     pub fn set_subgroup_matmul(&self, on: bool) {
         self.subgroup_matmul
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether matmuls that read storage buffers with vec4 loads stage each workgroup's tile of
+    /// A and B in workgroup memory (`matmul_shared` in shaders/matmul.wgsl) instead of loading
+    /// them per invocation from the caches (`matmul_vec4`): the usual GPU tiling, the same bits.
+    /// Off unless AMAD_SHARED_MATMUL=1 or turned on: it has not yet been timed on a GPU, where it
+    /// is for (`scripts/device_check.sh` times both), and on lavapipe images win anyway.
+    pub fn shared_matmul(&self) -> bool {
+        self.shared_matmul
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Turns the workgroup-memory matmul on or off (tests and benchmarks compare the kernels).
+    pub fn set_shared_matmul(&self, on: bool) {
+        self.shared_matmul
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 

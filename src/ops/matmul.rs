@@ -135,6 +135,11 @@ const FEW_ROWS_MIN_N: usize = 64;
 /// Rows of B per chunk of K in `matmul_rows` (see `Gemm::record_few_rows`).
 const FEW_ROWS_CHUNK: usize = 64;
 
+/// The vec4 kernel with each workgroup's tile staged in workgroup memory (`Gpu::shared_matmul`:
+/// GPUs, opt-in until measured on one), likewise.
+pub static MATMUL_SHARED: [[[Kernel; 4]; 2]; 2] =
+    oriented!("matmul", "matmul_shared", &[R, R, R, W, R, R]);
+
 /// The vec4 kernel's blocking with A and B read from images (`Gpu::image_operands`), likewise.
 pub static MATMUL_IMAGE: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul", "matmul_image", &[R, R, R, W, I, I]);
@@ -165,6 +170,7 @@ pub static MATMUL_SUBGROUP_GELU: [[[Kernel; 4]; 2]; 2] = [
 pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
     let blocked = [
         &MATMUL_VEC4,
+        &MATMUL_SHARED,
         &MATMUL_IMAGE,
         &MATMUL_SUBGROUP,
         &MATMUL_SUBGROUP_GELU,
@@ -357,6 +363,8 @@ pub struct Caps {
     pub image_operands: bool,
     /// The subgroup kernel (`Gpu::subgroup_matmul`).
     pub subgroup: bool,
+    /// The vec4 kernel with workgroup-memory tiles in place of the vec4 kernel (`Gpu::shared_matmul`).
+    pub shared: bool,
     /// max_texture_dimension_2d: the largest image of operand rows.
     pub max_texture: usize,
 }
@@ -367,6 +375,7 @@ impl Caps {
             split_k: gpu.split_k(),
             image_operands: gpu.image_operands(),
             subgroup: gpu.subgroup_matmul(),
+            shared: gpu.shared_matmul(),
             max_texture: gpu.limits.max_texture_dimension_2d as usize,
         }
     }
@@ -411,6 +420,8 @@ pub enum Tiled {
     Scalar,
     /// vec4 loads from storage buffers.
     Vec4 { a_along_k: bool, b_along_n: bool },
+    /// The vec4 kernel with the tile staged in workgroup memory (GPUs, `Gpu::shared_matmul`).
+    Shared { a_along_k: bool, b_along_n: bool },
     /// vec4 blocks from images of A's and B's rows (CPU adapters).
     Image {
         a_along_k: bool,
@@ -430,7 +441,7 @@ impl Tiled {
     fn tile(&self) -> (usize, usize) {
         match self {
             Tiled::Scalar => SCALAR_TILE,
-            Tiled::Vec4 { .. } | Tiled::Image { .. } => VEC4_TILE,
+            Tiled::Vec4 { .. } | Tiled::Shared { .. } | Tiled::Image { .. } => VEC4_TILE,
             Tiled::Subgroup { .. } => SUBGROUP_TILE,
         }
     }
@@ -447,6 +458,13 @@ impl Tiled {
                 },
                 _,
             ) => &MATMUL_VEC4[a_along_k as usize][b_along_n as usize][store],
+            (
+                Tiled::Shared {
+                    a_along_k,
+                    b_along_n,
+                },
+                _,
+            ) => &MATMUL_SHARED[a_along_k as usize][b_along_n as usize][store],
             (
                 Tiled::Image {
                     a_along_k,
@@ -514,6 +532,10 @@ impl Dims {
         let tiled = match orientation {
             None => Tiled::Scalar,
             Some((a_along_k, b_along_n)) => match self.image_rows(caps, a_along_k, b_along_n) {
+                None if caps.shared => Tiled::Shared {
+                    a_along_k,
+                    b_along_n,
+                },
                 None => Tiled::Vec4 {
                     a_along_k,
                     b_along_n,
@@ -1017,7 +1039,7 @@ impl Gemm<'_> {
         let (a, b, c) = (self.a.t, self.b.t, self.c.t);
         match t {
             Tiled::Scalar => step.dispatch_linear(kernel, &params, &[a, b, bias, c], total),
-            Tiled::Vec4 { .. } => {
+            Tiled::Vec4 { .. } | Tiled::Shared { .. } => {
                 step.dispatch_linear(kernel, &params, &[a, b, bias, c, a, b], total)
             }
             Tiled::Image { rows: [ra, rb], .. } => {
@@ -1149,12 +1171,14 @@ mod tests {
         split_k: false,
         image_operands: true,
         subgroup: true,
+        shared: false,
         max_texture: 16384,
     };
     const GPU: Caps = Caps {
         split_k: true,
         image_operands: false,
         subgroup: false,
+        shared: false,
         max_texture: 16384,
     };
 
@@ -1279,6 +1303,33 @@ mod tests {
             ..LAVAPIPE
         };
         assert_eq!(x.plan(&small, None), Some(Plan::Tiled(vec4)));
+    }
+
+    #[test]
+    fn workgroup_tiles_replace_the_vec4_kernel_where_asked() {
+        let shared = Caps {
+            shared: true,
+            ..GPU
+        };
+        let x = product(64, 512, 512, false, true);
+        assert_eq!(
+            x.plan(&shared, None),
+            Some(Plan::Tiled(Tiled::Shared {
+                a_along_k: true,
+                b_along_n: false,
+            }))
+        );
+        // Not where the vec4 kernel would not run either, nor in place of images.
+        let odd = product(5, 7, 9, false, false);
+        assert_eq!(odd.plan(&shared, None), Some(Plan::Tiled(Tiled::Scalar)));
+        let on_images = Caps {
+            shared: true,
+            ..LAVAPIPE
+        };
+        assert!(matches!(
+            x.plan(&on_images, None),
+            Some(Plan::Tiled(Tiled::Subgroup { .. }))
+        ));
     }
 
     #[test]
