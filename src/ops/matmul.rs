@@ -253,22 +253,33 @@ pub struct Strides {
 impl Strides {
     /// The rows of this view's tensor that hold it, as an image (see `matmul_image` in the
     /// shader), if every batch starts on a row of it. The view is contiguous along its columns
-    /// (`along_cols`) or its rows; that axis's extent, a multiple of 4, runs along the image's
-    /// texels, and the other axis's stride is the image's row pitch.
+    /// (`along_cols`) or its rows; that axis runs along the image's texels, and the other axis's
+    /// stride is the image's row pitch. Where the contiguous axis is K (`along_k`), the kernels
+    /// fetch whole texels only (K's remainder runs through the scalar bindings), so a last partial
+    /// texel is left out. Along M or N a last partial texel is fetched whole: its spare elements,
+    /// from the row's padding, feed only rows or columns of C that are never stored, so the pitch
+    /// must hold them (the logits' gradient, 50,257 wide at a pitch of 50,304, is read so).
     fn image_rows(
         &self,
         rows: usize,
         cols: usize,
         batch: [usize; 2],
         along_cols: bool,
+        along_k: bool,
     ) -> Option<Rows> {
         let (pitch, extent) = if along_cols {
             (self.rs, cols)
         } else {
             (self.cs, rows)
         };
+        let width = if along_k {
+            extent / 4
+        } else {
+            extent.div_ceil(4)
+        };
         if pitch == 0
-            || !extent.is_multiple_of(4)
+            || width == 0
+            || (!extent.is_multiple_of(4) && 4 * width > pitch)
             || !self.bs[0].is_multiple_of(pitch)
             || !self.bs[1].is_multiple_of(pitch)
         {
@@ -277,7 +288,7 @@ impl Strides {
         Some(Rows {
             off: self.off,
             pitch,
-            width: extent / 4,
+            width,
             height: (self.max_index(rows, cols, batch) - self.off) / pitch + 1,
         })
     }
@@ -674,8 +685,8 @@ impl Dims {
         if !caps.image_operands {
             return None;
         }
-        let ra = self.a.image_rows(self.m, self.k, self.batch, ak)?;
-        let rb = self.b.image_rows(self.k, self.n, self.batch, bn)?;
+        let ra = self.a.image_rows(self.m, self.k, self.batch, ak, ak)?;
+        let rb = self.b.image_rows(self.k, self.n, self.batch, bn, !bn)?;
         // Both must fit before either is copied (Step::image checks each again, as it must for
         // any caller).
         let fits = |r: &Rows, v: &Strides| r.fits(caps.max_texture, v.byte_offset, v.numel);
@@ -948,7 +959,10 @@ impl Gemm<'_> {
         let mut parts = Vec::new();
         for first in (0..self.n).step_by(part) {
             let g = self.columns(first, part.min(self.n - first));
-            let Some(rows) = g.b.strides().image_rows(g.k, g.n, [1, 1], b_along_n) else {
+            let Some(rows) =
+                g.b.strides()
+                    .image_rows(g.k, g.n, [1, 1], b_along_n, !b_along_n)
+            else {
                 return Ok(false);
             };
             let Some(image) = step.held_image(g.b.t, &rows)? else {
