@@ -412,10 +412,7 @@ fn align_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         var sn: array<f32, 16>;
         for (var j = 0u; j < hs; j++) {
             s[j] = sv(pc.b, j, cell);
-            sn[j] = safe_div(s[j], un.ls[j]);
-            if (mse) {
-                sn[j] = safe_div(s[j], un.ns[j]);
-            }
+            sn[j] = safe_div(s[j], select(un.ls[j], un.ns[j], mse));
         }
         var mixed: array<f32, 16>;
         for (var i = 0u; i < p.ht; i++) {

@@ -216,9 +216,16 @@ fn block_origin(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> Origin {
     let tile = locate_tile(group_index(wid, nwg), 64u, 64u);
     let row = tile.row + lid.y * 16u;
     let col = tile.col + lid.x * 8u;
-    let a = p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + row * p.a_rs;
-    let b = p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + col * p.b_cs;
-    return Origin(tile.valid, row, col, a, b, tile.b1, tile.b2);
+    return Origin(tile.valid, row, col, a_row(tile, row), b_column(tile, col), tile.b1, tile.b2);
+}
+
+// A's element at (row, k = 0) and B's at (k = 0, col) of a tile's batch matrix.
+fn a_row(tile: Tile, row: u32) -> u32 {
+    return p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + row * p.a_rs;
+}
+
+fn b_column(tile: Tile, col: u32) -> u32 {
+    return p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + col * p.b_cs;
 }
 
 // One step of 4 along K: block 2i + j += a_i · b_j, for A's four row blocks and B's two column
@@ -366,8 +373,8 @@ fn matmul_shared(
         return;
     }
     let o = block_origin(wid, nwg, lid);
-    let ta = p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + tile.row * p.a_rs;
-    let tb = p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + tile.col * p.b_cs;
+    let ta = a_row(tile, tile.row);
+    let tb = b_column(tile, tile.col);
     let r4 = 4u * p.a_rs;
     let c4 = 4u * p.b_cs;
     var acc: Block;

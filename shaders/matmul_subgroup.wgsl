@@ -105,8 +105,8 @@ fn subgroup_tile(tile: Tile, lane: u32) {
             mad_both(lane_columns(a, 7u), bm, bn, 7u, &acc, &acd);
         }
     }
-    let a0 = p.a_off + tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2 + tile.row * p.a_rs;
-    let b0 = p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + col * p.b_cs;
+    let a0 = a_row(tile, tile.row);
+    let b0 = b_column(tile, col);
     let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
     finish_columns(a0, b0, k4, &acc);
     store_tile_columns(c0, tile.row, col, &acc);

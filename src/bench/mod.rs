@@ -113,6 +113,26 @@ fn time_other_tiles(
     Ok(Some((if shared { "_vec4" } else { "_shared" }, other?)))
 }
 
+/// One record per timed path of the work `name` (`flops` of it), named with the path's suffix.
+fn print_paths(
+    gpu: &Gpu,
+    json: bool,
+    name: &str,
+    shape: &str,
+    times: Vec<(&str, f64)>,
+    flops: f64,
+) {
+    for (suffix, s) in times {
+        Record {
+            name: format!("{name}{suffix}"),
+            shape: shape.to_string(),
+            ms: s * 1e3,
+            gflops: Some(flops / s / 1e9),
+        }
+        .print(gpu, json);
+    }
+}
+
 fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n)
@@ -167,15 +187,8 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
             if ta { " Aᵀ" } else { "" },
             if tb { " Bᵀ" } else { "" }
         );
-        for (suffix, s) in times {
-            Record {
-                name: format!("{name}{suffix}"),
-                shape: shape.clone(),
-                ms: s * 1e3,
-                gflops: Some(2.0 * (m * n * k) as f64 / s / 1e9),
-            }
-            .print(gpu, json);
-        }
+        let flops = 2.0 * (m * n * k) as f64;
+        print_paths(gpu, json, name, &shape, times, flops);
     }
     // Attention core at the teacher's encoder shape: B = 32, H = 8, T = 65, head width 16, with
     // Q, K and V side by side in one fused projection as the model has them.
@@ -209,15 +222,7 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         ("attention_fwd", fwd, flops_fwd),
         ("attention_fwd_bwd", fwd_bwd, 3.0 * flops_fwd),
     ] {
-        for (suffix, s) in times {
-            Record {
-                name: format!("{name}{suffix}"),
-                shape: shape.clone(),
-                ms: s * 1e3,
-                gflops: Some(flops / s / 1e9),
-            }
-            .print(gpu, json);
-        }
+        print_paths(gpu, json, name, &shape, times, flops);
     }
     // The attention core of a ViT-B/16 encoder layer (12 heads of 64 over 197 tokens), for 4
     // images, forward only, as a teacher's forward runs it.
@@ -232,15 +237,16 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     let record = |step: &mut crate::Step| {
         attention::attention(step, dims, q, k, v, Masks::default()).map(drop)
     };
-    for (suffix, s) in time_paths(gpu, iters, &record)? {
-        Record {
-            name: format!("vit_attention_fwd{suffix}"),
-            shape: format!("B{b} H{h} T{t} D{d}"),
-            ms: s * 1e3,
-            gflops: Some(4.0 * (b * h * t * t * d) as f64 / s / 1e9),
-        }
-        .print(gpu, json);
-    }
+    let times = time_paths(gpu, iters, &record)?;
+    let flops = 4.0 * (b * h * t * t * d) as f64;
+    print_paths(
+        gpu,
+        json,
+        "vit_attention_fwd",
+        &format!("B{b} H{h} T{t} D{d}"),
+        times,
+        flops,
+    );
     // One token of a GPT-2 (12 heads of 64) decoding: its query against the 197 image tokens'
     // keys and values (cross-attention), as generation lays them out.
     let (h, t, d) = (12, 197, 64);
@@ -255,15 +261,16 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         );
         attention::attention(step, dims, q, k, v, Masks::default()).map(drop)
     };
-    for (suffix, s) in time_paths(gpu, iters, &record)? {
-        Record {
-            name: format!("decode_cross_attention{suffix}"),
-            shape: format!("B1 H{h} 1x{t} D{d}"),
-            ms: s * 1e3,
-            gflops: Some(4.0 * (h * t * d) as f64 / s / 1e9),
-        }
-        .print(gpu, json);
-    }
+    let times = time_paths(gpu, iters, &record)?;
+    let flops = 4.0 * (h * t * d) as f64;
+    print_paths(
+        gpu,
+        json,
+        "decode_cross_attention",
+        &format!("B1 H{h} 1x{t} D{d}"),
+        times,
+        flops,
+    );
     Ok(())
 }
 

@@ -84,10 +84,11 @@ pub fn estimate(
     let logits = b * l * vocab * F32;
     // The backward reads the logits' gradient through a copy at a pitch of whole vec4s where its
     // rows are not (see `linear_bwd`): a buffer of its own, a little wider.
-    let padded = if vocab.is_multiple_of(4) {
+    let pitch = crate::model::linear::dy_pitch(vocab as usize) as u64;
+    let padded = if pitch == vocab {
         0
     } else {
-        b * l * vocab.next_multiple_of(64) * F32
+        b * l * pitch * F32
     };
     let student_acts = se.num_hidden_layers as u64
         * enc_block(

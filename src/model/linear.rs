@@ -303,19 +303,25 @@ struct DyRows {
     pitch: usize,
 }
 
+/// The pitch at which the backward reads dY's rows of `out` values: `out` where that is whole
+/// vec4s, else the next whole 256-byte row (the memory estimate counts the copy this makes).
+pub fn dy_pitch(out: usize) -> usize {
+    if out.is_multiple_of(4) {
+        out
+    } else {
+        out.next_multiple_of(64)
+    }
+}
+
 impl DyRows {
     fn of(step: &mut Step, dy: &Tensor, out: usize) -> Result<DyRows> {
-        if out.is_multiple_of(4) {
-            return Ok(DyRows {
-                t: dy.clone(),
-                pitch: out,
-            });
-        }
-        let pitch = out.next_multiple_of(64);
-        Ok(DyRows {
-            t: pad_rows(step, dy, pitch)?,
-            pitch,
-        })
+        let pitch = dy_pitch(out);
+        let t = if pitch == out {
+            dy.clone()
+        } else {
+            pad_rows(step, dy, pitch)?
+        };
+        Ok(DyRows { t, pitch })
     }
 
     fn view(&self) -> View<'_> {

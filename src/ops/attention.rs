@@ -268,6 +268,11 @@ impl Dims {
         self.batch * self.heads * rows.div_ceil(8) * cols.div_ceil(8)
     }
 
+    /// Invocations of a one-query-row kernel giving each (batch, head) `width` of its `cols`.
+    fn row_pieces(&self, cols: usize, width: usize) -> usize {
+        self.batch * self.heads * cols.div_ceil(width)
+    }
+
     /// Invocations of a kernel with one per row of the maps.
     fn rows(&self) -> usize {
         self.batch * self.heads * self.q_len
@@ -319,13 +324,13 @@ fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, images: &mut SeqImages) ->
     let tensors = [x.t, y.t, &map];
     if let (Some(ix), Some(iy)) = (images.of(step, &d, x)?, images.of(step, &d, y)?) {
         let im = [images.get(ix), images.get(iy)];
-        if d.q_len == 1 {
+        let (kernel, n) = if d.q_len == 1 {
             // 1 × 8 cells per invocation (see the shader).
-            let n = groups(d.batch * d.heads * d.k_len.div_ceil(8), 64);
-            step.dispatch_linear_images(&SCORES_ROW_IMAGE, &p, &tensors, &im, n)?;
+            (&SCORES_ROW_IMAGE, groups(d.row_pieces(d.k_len, 8), 64))
         } else {
-            step.dispatch_linear_images(&SCORES_IMAGE, &p, &tensors, &im, n)?;
-        }
+            (&SCORES_IMAGE, n)
+        };
+        step.dispatch_linear_images(kernel, &p, &tensors, &im, n)?;
     } else {
         step.dispatch_linear(&SCORES, &p, &tensors, n)?;
     }
@@ -356,7 +361,7 @@ fn apply(
     match iz {
         Some(iz) if rows == 1 && !transposed => {
             // 4 of the row's columns per invocation (see the shader).
-            let n = groups(d.batch * d.heads * d.head_dim.div_ceil(4), 64);
+            let n = groups(d.row_pieces(d.head_dim, 4), 64);
             step.dispatch_linear_images(&APPLY_ROW_IMAGE, &p, &tensors, &[images.get(iz)], n)
         }
         Some(iz) => {

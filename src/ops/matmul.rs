@@ -293,6 +293,16 @@ impl Strides {
         })
     }
 
+    /// [`Strides::image_rows`] of this view as A (m × k), contiguous along k or m.
+    fn a_image_rows(&self, m: usize, k: usize, batch: [usize; 2], along_k: bool) -> Option<Rows> {
+        self.image_rows(m, k, batch, along_k, along_k)
+    }
+
+    /// [`Strides::image_rows`] of this view as B (k × n), contiguous along n or k.
+    fn b_image_rows(&self, k: usize, n: usize, batch: [usize; 2], along_n: bool) -> Option<Rows> {
+        self.image_rows(k, n, batch, along_n, !along_n)
+    }
+
     fn max_index(&self, rows: usize, cols: usize, batch: [usize; 2]) -> usize {
         self.off
             + (rows - 1) * self.rs
@@ -374,7 +384,7 @@ pub struct Caps {
     pub image_operands: bool,
     /// The subgroup kernel (`Gpu::subgroup_matmul`).
     pub subgroup: bool,
-    /// The vec4 kernel with workgroup-memory tiles in place of the vec4 kernel (`Gpu::shared_matmul`).
+    /// Workgroup-memory tiles in place of the vec4 kernel (`Gpu::shared_matmul`).
     pub shared: bool,
     /// max_texture_dimension_2d: the largest image of operand rows.
     pub max_texture: usize,
@@ -685,8 +695,8 @@ impl Dims {
         if !caps.image_operands {
             return None;
         }
-        let ra = self.a.image_rows(self.m, self.k, self.batch, ak, ak)?;
-        let rb = self.b.image_rows(self.k, self.n, self.batch, bn, !bn)?;
+        let ra = self.a.a_image_rows(self.m, self.k, self.batch, ak)?;
+        let rb = self.b.b_image_rows(self.k, self.n, self.batch, bn)?;
         // Both must fit before either is copied (Step::image checks each again, as it must for
         // any caller).
         let fits = |r: &Rows, v: &Strides| r.fits(caps.max_texture, v.byte_offset, v.numel);
@@ -959,10 +969,7 @@ impl Gemm<'_> {
         let mut parts = Vec::new();
         for first in (0..self.n).step_by(part) {
             let g = self.columns(first, part.min(self.n - first));
-            let Some(rows) =
-                g.b.strides()
-                    .image_rows(g.k, g.n, [1, 1], b_along_n, !b_along_n)
-            else {
+            let Some(rows) = g.b.strides().b_image_rows(g.k, g.n, [1, 1], b_along_n) else {
                 return Ok(false);
             };
             let Some(image) = step.held_image(g.b.t, &rows)? else {
