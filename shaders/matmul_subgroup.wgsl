@@ -22,8 +22,8 @@
 // three kernels give the same bits.
 //
 // Columns: lane l owns columns 4l .. 4l+3 and 32+4l .. 32+4l+3 of the tile, and stores each row of them with one vec4
-// store into C (bound as vec4s: the launcher runs this kernel only where C's rows are contiguous and
-// 16-byte aligned). On lavapipe a vec4 store costs about a third of four scalar ones: each is a
+// store into C (bound as vec4s: the launcher runs this entry point only where C's rows are
+// contiguous and 16-byte aligned, and matmul_subgroup_cells, below, elsewhere). On lavapipe a vec4 store costs about a third of four scalar ones: each is a
 // loop over the 8 lanes, and the vec4's loop moves 16 bytes per lane (a probe: 0.87 ns per element
 // stored as vec4s, 1.6-2.8 as scalars). With B_ALONG_N a fetch holds those 4 columns at one step
 // of K; otherwise it holds 4 elements of K of one column. Rows past M and columns past N fetch
@@ -61,17 +61,50 @@ fn matmul_subgroup(
         if (!tile.valid) {
             return;
         }
-        subgroup_tile(tile, lane);
+        var acc: Block;
+        var acd: Block;
+        subgroup_tile(tile, lane, &acc, &acd);
+        let col = tile.col + 4u * lane;
+        let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
+        store_tile_columns(c0, tile.row, col, &acc);
+        store_tile_columns(c0, tile.row, col + 32u, &acd);
     }
 }
 
-// One 32 x 64 tile of C: this lane's columns col .. col+3 in acc, col+32 .. col+35 in acd.
-fn subgroup_tile(tile: Tile, lane: u32) {
+// matmul_subgroup for a C whose rows are not whole aligned vec4s (an LM head's logits, 50,257 to a
+// row): the same sums, each element stored on its own through C's scalar binding, as matmul_image
+// stores them. A pass of its own because naga refuses an entry point that uses both of binding 4's
+// views. Its scalar stores cost more per element than vec4 ones, but a product that gets here has
+// K multiply-adds per element stored (768 for GPT-2's LM head), and it ran at half the speed on
+// the image kernel, whose 8 lanes fetch A's texels separately.
+@compute @workgroup_size(8, 1, 1)
+fn matmul_subgroup_cells(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(subgroup_invocation_id) lane: u32,
+) {
+    let first = group_index(wid, nwg) * p.group_tiles;
+    for (var t = first; t < first + p.group_tiles; t++) {
+        let tile = locate_tile(t, 32u, 64u);
+        if (!tile.valid) {
+            return;
+        }
+        var acc: Block;
+        var acd: Block;
+        subgroup_tile(tile, lane, &acc, &acd);
+        let col = tile.col + 4u * lane;
+        let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
+        store_tile_cells(c0, tile.row, col, &acc);
+        store_tile_cells(c0, tile.row, col + 32u, &acd);
+    }
+}
+
+// The sums of one 32 x 64 tile of C: this lane's columns col .. col+3 into acc, col+32 .. col+35
+// into acd (both zero on entry).
+fn subgroup_tile(tile: Tile, lane: u32, acc: ptr<function, Block>, acd: ptr<function, Block>) {
     let ay = (tile.b1 * p.a_bs1 + tile.b2 * p.a_bs2) / select(p.a_cs, p.a_rs, A_ALONG_K);
     let by = (tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2) / select(p.b_cs, p.b_rs, B_ALONG_N);
     let col = tile.col + 4u * lane;
-    var acc: Block;
-    var acd: Block;
     let k4 = p.k & ~3u;
     for (var k = 0u; k < k4; k += 4u) {
         let bm = lane_b(by, col, k);
@@ -84,34 +117,31 @@ fn subgroup_tile(tile: Tile, lane: u32) {
         if (A_ALONG_K) {
             // a[q] = A(row 8q + lane, k .. k+3): rows 4i .. 4i+3 are lanes 0-3 (i even) or 4-7
             // (i odd) of a[i / 2], each a row of the math matrix.
-            mad_both(transpose(lanes_0_3(a[0])), bm, bn, 0u, &acc, &acd);
-            mad_both(transpose(lanes_4_7(a[0])), bm, bn, 1u, &acc, &acd);
-            mad_both(transpose(lanes_0_3(a[1])), bm, bn, 2u, &acc, &acd);
-            mad_both(transpose(lanes_4_7(a[1])), bm, bn, 3u, &acc, &acd);
-            mad_both(transpose(lanes_0_3(a[2])), bm, bn, 4u, &acc, &acd);
-            mad_both(transpose(lanes_4_7(a[2])), bm, bn, 5u, &acc, &acd);
-            mad_both(transpose(lanes_0_3(a[3])), bm, bn, 6u, &acc, &acd);
-            mad_both(transpose(lanes_4_7(a[3])), bm, bn, 7u, &acc, &acd);
+            mad_both(transpose(lanes_0_3(a[0])), bm, bn, 0u, acc, acd);
+            mad_both(transpose(lanes_4_7(a[0])), bm, bn, 1u, acc, acd);
+            mad_both(transpose(lanes_0_3(a[1])), bm, bn, 2u, acc, acd);
+            mad_both(transpose(lanes_4_7(a[1])), bm, bn, 3u, acc, acd);
+            mad_both(transpose(lanes_0_3(a[2])), bm, bn, 4u, acc, acd);
+            mad_both(transpose(lanes_4_7(a[2])), bm, bn, 5u, acc, acd);
+            mad_both(transpose(lanes_0_3(a[3])), bm, bn, 6u, acc, acd);
+            mad_both(transpose(lanes_4_7(a[3])), bm, bn, 7u, acc, acd);
         } else {
             // a[kk] = A(rows 4·lane .. 4·lane+3, k + kk): block i is lane i's four, one column of
             // the math matrix per kk.
-            mad_both(lane_columns(a, 0u), bm, bn, 0u, &acc, &acd);
-            mad_both(lane_columns(a, 1u), bm, bn, 1u, &acc, &acd);
-            mad_both(lane_columns(a, 2u), bm, bn, 2u, &acc, &acd);
-            mad_both(lane_columns(a, 3u), bm, bn, 3u, &acc, &acd);
-            mad_both(lane_columns(a, 4u), bm, bn, 4u, &acc, &acd);
-            mad_both(lane_columns(a, 5u), bm, bn, 5u, &acc, &acd);
-            mad_both(lane_columns(a, 6u), bm, bn, 6u, &acc, &acd);
-            mad_both(lane_columns(a, 7u), bm, bn, 7u, &acc, &acd);
+            mad_both(lane_columns(a, 0u), bm, bn, 0u, acc, acd);
+            mad_both(lane_columns(a, 1u), bm, bn, 1u, acc, acd);
+            mad_both(lane_columns(a, 2u), bm, bn, 2u, acc, acd);
+            mad_both(lane_columns(a, 3u), bm, bn, 3u, acc, acd);
+            mad_both(lane_columns(a, 4u), bm, bn, 4u, acc, acd);
+            mad_both(lane_columns(a, 5u), bm, bn, 5u, acc, acd);
+            mad_both(lane_columns(a, 6u), bm, bn, 6u, acc, acd);
+            mad_both(lane_columns(a, 7u), bm, bn, 7u, acc, acd);
         }
     }
     let a0 = a_row(tile, tile.row);
     let b0 = b_column(tile, col);
-    let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
-    finish_columns(a0, b0, k4, &acc);
-    store_tile_columns(c0, tile.row, col, &acc);
-    finish_columns(a0, b0 + 32u * p.b_cs, k4, &acd);
-    store_tile_columns(c0, tile.row, col + 32u, &acd);
+    finish_columns(a0, b0, k4, acc);
+    finish_columns(a0, b0 + 32u * p.b_cs, k4, acd);
 }
 
 // Block i of both column groups += m · bm (bn). i is a constant once inlined (an accumulator
@@ -141,7 +171,7 @@ fn finish_columns(a0: u32, b0: u32, k4: u32, acc: ptr<function, Block>) {
     }
 }
 
-// The 32 rows of one column group, from row0, into C.
+// The 32 rows of one column group, from row0, into C as vec4s.
 fn store_tile_columns(c0: u32, row0: u32, col: u32, acc: ptr<function, Block>) {
     let bv = column_bias(col, 1u);
     store_rows(c0, row0, col, (*acc)[0], bv);
@@ -152,6 +182,19 @@ fn store_tile_columns(c0: u32, row0: u32, col: u32, acc: ptr<function, Block>) {
     store_rows(c0, row0 + 20u, col, (*acc)[5], bv);
     store_rows(c0, row0 + 24u, col, (*acc)[6], bv);
     store_rows(c0, row0 + 28u, col, (*acc)[7], bv);
+}
+
+// The same into C element by element (matmul.wgsl's store_block, the same sums in the same order).
+fn store_tile_cells(c0: u32, row0: u32, col: u32, acc: ptr<function, Block>) {
+    let bv = column_bias(col, 1u);
+    store_block(c0, row0, col, (*acc)[0], 1u, bv);
+    store_block(c0, row0 + 4u, col, (*acc)[1], 1u, bv);
+    store_block(c0, row0 + 8u, col, (*acc)[2], 1u, bv);
+    store_block(c0, row0 + 12u, col, (*acc)[3], 1u, bv);
+    store_block(c0, row0 + 16u, col, (*acc)[4], 1u, bv);
+    store_block(c0, row0 + 20u, col, (*acc)[5], 1u, bv);
+    store_block(c0, row0 + 24u, col, (*acc)[6], 1u, bv);
+    store_block(c0, row0 + 28u, col, (*acc)[7], 1u, bv);
 }
 
 // Stores block m (m[j][i] = C(row + i, col + j)) as four vec4 rows: store_block's sums in its order

@@ -164,10 +164,18 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
     images.set_subgroup_matmul(false);
     let buffers = own_device(false);
     let sub_kernel = subgroup_matmul_kernel(&subgroup);
+    // Where C's rows are not whole aligned vec4s, the subgroup kernel's entry point that stores
+    // element by element.
+    let sub_cells = match sub_kernel {
+        "matmul_subgroup" => "matmul_subgroup_cells",
+        other => other,
+    };
     // (m, n, k): leading dimensions that are multiples of 64, so operands fit images; M and N
     // that leave part of a 32 x 64 or 64 x 64 tile (N = 72 and 100 leave lanes with no columns in
     // the second group of the subgroup kernel's tile, or only some); and 2 x 20 x 5 tiles of
-    // 32 x 64, which the subgroup kernel takes 3 to a workgroup, the last workgroup finding only 2.
+    // 32 x 64, which the subgroup kernel takes 3 to a workgroup, the last workgroup finding only 2;
+    // N = 70, whose rows of C are not whole vec4s (an LM head's logits) and whose last lane with
+    // columns holds two of them: it fits images where B is stored [n, k].
     let shapes = [
         (64, 64, 64),
         (68, 128, 128),
@@ -175,6 +183,7 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
         (132, 64, 64),
         (192, 100, 64),
         (640, 320, 64),
+        (128, 70, 128),
     ];
     let mut case = 0;
     for (m, n, k) in shapes {
@@ -183,18 +192,24 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
             // pitches that are multiples of 64 (256 bytes) can be copied into an image.
             let fits = if ta { m % 64 == 0 } else { k % 64 == 0 }
                 && if tb { k % 64 == 0 } else { n % 64 == 0 };
+            // Pitches that are not whole vec4s (B stored [k, 70]) leave only the scalar kernel.
+            let on_buffers = if (if tb { k } else { n }) % 4 == 0 {
+                "matmul_vec4"
+            } else {
+                "matmul"
+            };
             case += 1;
             let (shared, bias) = (case % 2 == 0, case % 3 == 0);
-            // The subgroup kernel stores C's rows as vec4s: N must be a multiple of 4.
+            // The subgroup kernel stores C's rows as vec4s where N is a multiple of 4.
             let on_subgroup = match (fits, n % 4 == 0) {
                 (true, true) => sub_kernel,
-                (true, false) => "matmul_image",
-                (false, _) => "matmul_vec4",
+                (true, false) => sub_cells,
+                (false, _) => on_buffers,
             };
             let devices = [
                 (&subgroup, on_subgroup),
-                (&images, if fits { "matmul_image" } else { "matmul_vec4" }),
-                (&buffers, "matmul_vec4"),
+                (&images, if fits { "matmul_image" } else { on_buffers }),
+                (&buffers, on_buffers),
             ];
             let what = format!("case {case}: m={m} n={n} k={k} ta={ta} tb={tb}");
             same_on_all(&what, devices, true, |g| {
@@ -233,8 +248,8 @@ fn subgroup_image_and_buffer_kernels_at_image_pitches() {
         });
     }
     // Storing: alpha, bias and accumulating into C at an offset (a multiple of 4, so the
-    // subgroup kernel stores its rows as vec4s; at 2 it cannot, and the image kernel runs).
-    for (off, on_subgroup) in [(64, sub_kernel), (2, "matmul_image")] {
+    // subgroup kernel stores its rows as vec4s; at 2 it stores them element by element).
+    for (off, on_subgroup) in [(64, sub_kernel), (2, sub_cells)] {
         let devices = [
             (&subgroup, on_subgroup),
             (&images, "matmul_image"),

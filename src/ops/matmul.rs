@@ -153,6 +153,13 @@ const SUBGROUP_BINDINGS: &[Access] = &[R, R, R, W, W, I, I];
 pub static MATMUL_SUBGROUP: [[[Kernel; 4]; 2]; 2] =
     oriented!("matmul_subgroup", "matmul_subgroup", SUBGROUP_BINDINGS);
 
+/// The same sums stored element by element, for a C whose rows are not aligned vec4s.
+pub static MATMUL_SUBGROUP_CELLS: [[[Kernel; 4]; 2]; 2] = oriented!(
+    "matmul_subgroup",
+    "matmul_subgroup_cells",
+    SUBGROUP_BINDINGS
+);
+
 /// The subgroup kernel with a GELU in its store (the shader's EPILOGUE), [a_along_k][b_along_n]
 /// [epilogue - 1]: the forward ones (exact, tanh) add a bias, the backward ones (exact, tanh) none.
 pub static MATMUL_SUBGROUP_GELU: [[[Kernel; 4]; 2]; 2] = [
@@ -173,6 +180,7 @@ pub fn kernels() -> impl Iterator<Item = &'static Kernel> {
         &MATMUL_SHARED,
         &MATMUL_IMAGE,
         &MATMUL_SUBGROUP,
+        &MATMUL_SUBGROUP_CELLS,
         &MATMUL_SUBGROUP_GELU,
     ];
     MATMUL
@@ -449,11 +457,13 @@ pub enum Tiled {
         b_along_n: bool,
         rows: [Rows; 2],
     },
-    /// The image kernel with each texel fetched once per subgroup, C's rows stored as vec4s.
+    /// The image kernel with each texel fetched once per subgroup, C's rows stored as vec4s where
+    /// `c_vec4` (see [`Dims::c_rows_vec4`]), else element by element.
     Subgroup {
         a_along_k: bool,
         b_along_n: bool,
         rows: [Rows; 2],
+        c_vec4: bool,
     },
 }
 
@@ -498,10 +508,20 @@ impl Tiled {
                 Tiled::Subgroup {
                     a_along_k,
                     b_along_n,
+                    c_vec4: true,
                     ..
                 },
                 None,
             ) => &MATMUL_SUBGROUP[a_along_k as usize][b_along_n as usize][store],
+            (
+                Tiled::Subgroup {
+                    a_along_k,
+                    b_along_n,
+                    c_vec4: false,
+                    ..
+                },
+                None,
+            ) => &MATMUL_SUBGROUP_CELLS[a_along_k as usize][b_along_n as usize][store],
             (
                 Tiled::Subgroup {
                     a_along_k,
@@ -561,10 +581,11 @@ impl Dims {
                     a_along_k,
                     b_along_n,
                 },
-                Some(rows) if caps.subgroup && self.c_rows_vec4() => Tiled::Subgroup {
+                Some(rows) if caps.subgroup => Tiled::Subgroup {
                     a_along_k,
                     b_along_n,
                     rows,
+                    c_vec4: self.c_rows_vec4(),
                 },
                 Some(rows) => Tiled::Image {
                     a_along_k,
@@ -573,7 +594,7 @@ impl Dims {
                 },
             },
         };
-        if epilogue.is_some() && !matches!(tiled, Tiled::Subgroup { .. }) {
+        if epilogue.is_some() && !matches!(tiled, Tiled::Subgroup { c_vec4: true, .. }) {
             return None;
         }
         Some(Plan::Tiled(tiled))
@@ -1232,11 +1253,19 @@ mod tests {
             head.plan(&LAVAPIPE, None),
             Some(Plan::ColumnParts { cols: 16384 })
         );
-        // A part fits an image (the image kernel: C's rows, 50,257 long, are not whole vec4s);
-        // GPUs read buffers and need no parts.
+        // A part fits an image (the subgroup kernel storing element by element: C's rows,
+        // 50,257 long, are not whole vec4s); GPUs read buffers and need no parts.
         let part = Dims { n: 16384, ..head };
         assert!(matches!(
             part.plan(&LAVAPIPE, None),
+            Some(Plan::Tiled(Tiled::Subgroup { c_vec4: false, .. }))
+        ));
+        let no_subgroups = Caps {
+            subgroup: false,
+            ..LAVAPIPE
+        };
+        assert!(matches!(
+            part.plan(&no_subgroups, None),
             Some(Plan::Tiled(Tiled::Image { .. }))
         ));
         assert!(matches!(
@@ -1381,7 +1410,21 @@ mod tests {
             c: matrix(1, 3072, false),
             ..up
         };
+        // Rows that are not whole vec4s: the subgroup kernel stores them element by element,
+        // without the epilogue's vec4 tensor.
+        let odd = Dims {
+            bias: true,
+            ..product(64, 3070, 768, false, false)
+        };
         for (d, e, caps) in [
+            (
+                odd,
+                EpilogueWanted {
+                    numel: 64 * 3070,
+                    ..GELU
+                },
+                LAVAPIPE,
+            ),
             (up, GELU, GPU),
             (up, relu, LAVAPIPE),
             (up, unbiased, LAVAPIPE),
