@@ -56,6 +56,17 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> state: array<f32>;    // per unit, see st_* below
 
 const MAX_H: u32 = 16u;
+// The head counts of the maps, as pipeline constants for the per-cell passes (align_stats, align_kl,
+// align_grad: src/ops/amad.rs builds one pipeline per pair it meets; the other passes read p.ht and
+// p.hs). With constant trip counts the compiler unrolls the loops over heads, so the per-invocation
+// arrays (the statistics, the unit's weights, a cell's values) are indexed by constants and live
+// in registers. Indexed at run time they lived in per-invocation memory, which lavapipe reads and
+// writes lane by lane: in the full-size distillation profile (12 teacher and 3 student heads) the
+// three passes took 1,130 ms a step that way and 527 specialised, and building them from scratch
+// (Mesa's shader cache off) took about 35 s once against 8 s for each pair of counts. The
+// defaults are the largest counts (MAX_H).
+override HT: u32 = 16u;
+override HS: u32 = 16u;
 const CHUNK: u32 = 64u;
 // Floor for the student mixture m inside log m: a cell the teacher weighs but no student head
 // covers would otherwise cost infinity (masked softmax cells are exactly 0 in both maps).
@@ -136,7 +147,6 @@ fn align_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (!pc.ok) {
         return;
     }
-    let hs = p.hs;
     var ct: array<f32, 256>;
     var gs: array<f32, 256>;
     var nt2: array<f32, 16>;
@@ -150,36 +160,36 @@ fn align_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         n++;
         // Each student value loaded once per cell (see Unit).
         var s: array<f32, 16>;
-        for (var j = 0u; j < hs; j++) {
+        for (var j = 0u; j < HS; j++) {
             s[j] = sv(pc.b, j, cell);
             ls[j] += s[j];
         }
-        for (var j = 0u; j < hs; j++) {
-            for (var j2 = 0u; j2 < hs; j2++) {
-                gs[j * hs + j2] += s[j] * s[j2];
+        for (var j = 0u; j < HS; j++) {
+            for (var j2 = 0u; j2 < HS; j2++) {
+                gs[j * HS + j2] += s[j] * s[j2];
             }
         }
-        for (var i = 0u; i < p.ht; i++) {
+        for (var i = 0u; i < HT; i++) {
             let t = tv(pc.b, i, cell);
             nt2[i] += t * t;
             lt[i] += t;
-            for (var j = 0u; j < hs; j++) {
-                ct[i * hs + j] += t * s[j];
+            for (var j = 0u; j < HS; j++) {
+                ct[i * HS + j] += t * s[j];
             }
         }
     }
     let o = (pc.u * p.chunks + pc.ch) * p.width;
-    for (var x = 0u; x < p.ht * hs; x++) {
+    for (var x = 0u; x < HT * HS; x++) {
         scratch[o + x] = ct[x];
     }
-    for (var x = 0u; x < hs * hs; x++) {
+    for (var x = 0u; x < HS * HS; x++) {
         scratch[o + s1_gs() + x] = gs[x];
     }
-    for (var i = 0u; i < p.ht; i++) {
+    for (var i = 0u; i < HT; i++) {
         scratch[o + s1_nt2() + i] = nt2[i];
         scratch[o + s1_lt() + i] = lt[i];
     }
-    for (var j = 0u; j < hs; j++) {
+    for (var j = 0u; j < HS; j++) {
         scratch[o + s1_ls() + j] = ls[j];
     }
     scratch[o + s1_n()] = f32(n);
@@ -296,7 +306,9 @@ fn align_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 // A unit's state as the per-cell passes read it, loaded once per invocation. On lavapipe a storage
 // load is a loop over the 8 lanes with a bounds check each, and these passes read the unit's
 // weights at every cell of every (teacher, student) pair: loaded per cell, they cost more than the
-// maps themselves.
+// maps themselves. Filled in place through a pointer: returned by value, the copy of all its
+// arrays (sized for MAX_H heads) made LLVM take 22 s to compile align_grad for 12 and 3 heads on
+// lavapipe, against 3 s in place.
 struct Unit {
     a: array<f32, 256>,    // a_ij [ht][hs]
     dw: array<f32, 256>,   // dW_ij [ht][hs]
@@ -308,23 +320,21 @@ struct Unit {
     mix: array<f32, 16>,
 }
 
-fn load_unit(u: u32) -> Unit {
-    var r: Unit;
-    for (var x = 0u; x < p.ht * p.hs; x++) {
-        r.a[x] = state[st_a(u) + x];
-        r.dw[x] = state[st_dw(u) + x];
+fn load_unit(u: u32, r: ptr<function, Unit>) {
+    for (var x = 0u; x < HT * HS; x++) {
+        (*r).a[x] = state[st_a(u) + x];
+        (*r).dw[x] = state[st_dw(u) + x];
     }
-    for (var i = 0u; i < p.ht; i++) {
-        r.nt[i] = state[st_nt(u) + i];
-        r.lt[i] = state[st_lt(u) + i];
+    for (var i = 0u; i < HT; i++) {
+        (*r).nt[i] = state[st_nt(u) + i];
+        (*r).lt[i] = state[st_lt(u) + i];
     }
-    for (var j = 0u; j < p.hs; j++) {
-        r.ns[j] = state[st_ns(u) + j];
-        r.ls[j] = state[st_ls(u) + j];
-        r.cos[j] = state[st_cos(u) + j];
-        r.mix[j] = state[st_mix(u) + j];
+    for (var j = 0u; j < HS; j++) {
+        (*r).ns[j] = state[st_ns(u) + j];
+        (*r).ls[j] = state[st_ls(u) + j];
+        (*r).cos[j] = state[st_cos(u) + j];
+        (*r).mix[j] = state[st_mix(u) + j];
     }
-    return r;
 }
 
 // KL: L_i = sum_c t~_ic (log t~_ic - log m_ic), m_ic = sum_j a_ij s~_jc;
@@ -335,8 +345,8 @@ fn align_kl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (!pc.ok) {
         return;
     }
-    let hs = p.hs;
-    var un = load_unit(pc.u);
+    var un: Unit;
+    load_unit(pc.u, &un);
     var total = 0.0;
     var da: array<f32, 256>;
     for (var cell = pc.first; cell < pc.end; cell++) {
@@ -344,28 +354,28 @@ fn align_kl(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             continue;
         }
         var sn: array<f32, 16>;
-        for (var j = 0u; j < hs; j++) {
+        for (var j = 0u; j < HS; j++) {
             sn[j] = safe_div(sv(pc.b, j, cell), un.ls[j]);
         }
-        for (var i = 0u; i < p.ht; i++) {
+        for (var i = 0u; i < HT; i++) {
             let tt = safe_div(tv(pc.b, i, cell), un.lt[i]);
             if (tt <= 0.0) {
                 continue;
             }
             var m = 0.0;
-            for (var j = 0u; j < hs; j++) {
-                m += un.a[i * hs + j] * sn[j];
+            for (var j = 0u; j < HS; j++) {
+                m += un.a[i * HS + j] * sn[j];
             }
             m = max(m, TINY);
             total += tt * (log(tt) - log(m));
-            for (var j = 0u; j < hs; j++) {
-                da[i * hs + j] -= tt * sn[j] / m;
+            for (var j = 0u; j < HS; j++) {
+                da[i * HS + j] -= tt * sn[j] / m;
             }
         }
     }
     let o = (pc.u * p.chunks + pc.ch) * p.width;
     scratch[o] = total;
-    for (var x = 0u; x < p.ht * hs; x++) {
+    for (var x = 0u; x < HT * HS; x++) {
         scratch[o + 1u + x] = da[x];
     }
 }
@@ -391,47 +401,47 @@ fn align_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (!pc.ok) {
         return;
     }
-    let hs = p.hs;
     let mse = is_mse();
     let qk = p.q * p.k;
     let live = state[st_live(pc.u)] > 0.0;
-    var un = load_unit(pc.u);
+    var un: Unit;
+    load_unit(pc.u, &un);
     for (var cell = pc.first; cell < pc.end; cell++) {
         if (!live || !valid(pc.b, cell)) {
-            for (var j = 0u; j < hs; j++) {
-                grad[(pc.b * hs + j) * qk + cell] = 0.0;
+            for (var j = 0u; j < HS; j++) {
+                grad[(pc.b * HS + j) * qk + cell] = 0.0;
             }
             continue;
         }
         var t: array<f32, 16>;
-        for (var i = 0u; i < p.ht; i++) {
+        for (var i = 0u; i < HT; i++) {
             t[i] = tv(pc.b, i, cell);
         }
         // The student mixture at this cell, per teacher head: MSE mixes s^, KL mixes s~.
         var s: array<f32, 16>;
         var sn: array<f32, 16>;
-        for (var j = 0u; j < hs; j++) {
+        for (var j = 0u; j < HS; j++) {
             s[j] = sv(pc.b, j, cell);
             sn[j] = safe_div(s[j], select(un.ls[j], un.ns[j], mse));
         }
         var mixed: array<f32, 16>;
-        for (var i = 0u; i < p.ht; i++) {
-            for (var j = 0u; j < hs; j++) {
-                mixed[i] += un.a[i * hs + j] * sn[j];
+        for (var i = 0u; i < HT; i++) {
+            for (var j = 0u; j < HS; j++) {
+                mixed[i] += un.a[i * HS + j] * sn[j];
             }
         }
-        for (var j = 0u; j < hs; j++) {
+        for (var j = 0u; j < HS; j++) {
             let ns = un.ns[j];
             let ls = un.ls[j];
             var direct = 0.0;   // dL/ds^_jc (MSE) or dL/ds~_jc (KL), weights held fixed
             var cosine = 0.0;   // h_jc = sum_i dW_ij t^_ic
-            for (var i = 0u; i < p.ht; i++) {
+            for (var i = 0u; i < HT; i++) {
                 let nt = un.nt[i];
                 if (nt == 0.0) {
                     continue;
                 }
-                let a = un.a[i * hs + j];
-                cosine += un.dw[i * hs + j] * t[i] / nt;
+                let a = un.a[i * HS + j];
+                cosine += un.dw[i * HS + j] * t[i] / nt;
                 if (mse) {
                     direct += -2.0 * a * (t[i] / nt - mixed[i]);
                 } else {
@@ -453,7 +463,7 @@ fn align_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
                 g = safe_div(direct - mix_proj, ls);
                 g += safe_div(cosine - safe_div(s[j], ns) * cos_proj, ns);
             }
-            grad[(pc.b * hs + j) * qk + cell] = p.grad_scale * g;
+            grad[(pc.b * HS + j) * qk + cell] = p.grad_scale * g;
         }
     }
 }

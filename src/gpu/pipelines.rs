@@ -1,7 +1,7 @@
 //! Compute pipelines, each built once per device and kept for its lifetime.
 
 use super::Gpu;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 /// How a kernel binds one resource. Binding 0 of every kernel is its uniform parameter block;
@@ -61,6 +61,35 @@ impl Kernel {
             bindings,
             constants,
         }
+    }
+}
+
+impl Kernel {
+    /// This kernel with further override constants whose values are known only at run time (the
+    /// AMAD passes' head counts, which size their loops). Interned: each distinct variant is made
+    /// once per process and kept for its life, as the `&'static Kernel` that pipelines are cached
+    /// under and dispatches take; a process meets a few (one per pair of head counts it aligns).
+    pub fn with(&self, extra: &[(&'static str, u32)]) -> &'static Kernel {
+        static INTERNED: Mutex<BTreeMap<String, &'static Kernel>> = Mutex::new(BTreeMap::new());
+        let values: Vec<String> = extra.iter().map(|(c, v)| format!("{c}={v}")).collect();
+        let name = format!("{}[{}]", self.name, values.join(","));
+        let mut interned = INTERNED.lock().unwrap();
+        if let Some(k) = interned.get(&name) {
+            return k;
+        }
+        let constants: Vec<(&'static str, f64)> = self
+            .constants
+            .iter()
+            .copied()
+            .chain(extra.iter().map(|&(c, v)| (c, v as f64)))
+            .collect();
+        let kernel: &'static Kernel = Box::leak(Box::new(Kernel {
+            name: Box::leak(name.clone().into_boxed_str()),
+            constants: Box::leak(constants.into_boxed_slice()),
+            ..*self
+        }));
+        interned.insert(name, kernel);
+        kernel
     }
 }
 
@@ -166,5 +195,23 @@ impl Gpu {
             .unwrap()
             .insert(k.name, built.clone());
         built
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kernel;
+
+    #[test]
+    fn run_time_variants_are_made_once_each() {
+        const K: Kernel = Kernel::new("family", "entry", &[]);
+        let a = K.with(&[("N", 3)]);
+        assert!(std::ptr::eq(a, K.with(&[("N", 3)])));
+        assert!(!std::ptr::eq(a, K.with(&[("N", 4)])));
+        assert_eq!(
+            (a.name, a.entry, a.family),
+            ("entry[N=3]", "entry", "family")
+        );
+        assert_eq!(a.constants, [("N", 3.0)]);
     }
 }

@@ -169,19 +169,21 @@ pub fn align(
         step.dispatch_linear(&ONE_TO_ONE, &p, &bufs, pieces)?;
         step.dispatch_linear(&ONE_TO_ONE_FINISH, &p, &bufs, groups(b, 64))?;
     } else {
+        // The per-cell passes, built for these head counts (the shader's HT and HS).
+        let heads = [("HT", ht as u32), ("HS", hs as u32)];
         let stats_width = ht * hs + hs * hs + 2 * ht + hs + 1;
         p.width = stats_width as u32;
-        step.dispatch_linear(&ALIGN_STATS, &p, &bufs, pieces)?;
+        step.dispatch_linear(ALIGN_STATS.with(&heads), &p, &bufs, pieces)?;
         step.dispatch_linear(&ALIGN_SUM, &p, &bufs, groups(units * stats_width, 256))?;
         step.dispatch_linear(&ALIGN_WEIGHTS, &p, &bufs, groups(units, 64))?;
         if mode != 1 {
             let kl_width = 1 + ht * hs;
             p.width = kl_width as u32;
-            step.dispatch_linear(&ALIGN_KL, &p, &bufs, pieces)?;
+            step.dispatch_linear(ALIGN_KL.with(&heads), &p, &bufs, pieces)?;
             step.dispatch_linear(&ALIGN_SUM, &p, &bufs, groups(units * kl_width, 256))?;
             step.dispatch_linear(&ALIGN_KL_DW, &p, &bufs, groups(units, 64))?;
         }
-        step.dispatch_linear(&ALIGN_GRAD, &p, &bufs, pieces)?;
+        step.dispatch_linear(ALIGN_GRAD.with(&heads), &p, &bufs, pieces)?;
         step.dispatch_linear(&ALIGN_REDUCE, &p, &bufs, groups(b * (ht * hs + 1), 256))?;
     }
     let loss = step.empty(&[1])?;
