@@ -253,17 +253,6 @@ fn lane_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
     );
 }
 
-// Lanes 0-3's (4-7's) vectors as a matrix's columns.
-fn lanes_0_3(v: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
-        subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
-}
-
-fn lanes_4_7(v: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
-        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
-}
-
 // Lane i's a[0..3] as a matrix's columns. The lane must be a constant expression, hence the switch
 // (each case folds once the caller's constant argument is inlined).
 fn lane_columns(a: array<vec4<f32>, 4>, i: u32) -> mat4x4<f32> {

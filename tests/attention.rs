@@ -226,6 +226,7 @@ fn attention_on(
 fn attention_image_and_buffer_kernels() {
     let images = own_device(true);
     let buffers = own_device(false);
+    let subgroups = subgroup_matmul_kernel(&images) == "matmul_subgroup";
     let mut rng = Rng::new(55);
     // (causal, padded, dims, pad of the fused layout, whether the sequences fit images)
     for (causal, padded, (b, h, tq, tk, d), pad, fits) in [
@@ -233,6 +234,14 @@ fn attention_image_and_buffer_kernels() {
         (false, false, (2, 8, 9, 9, 8), 0, true),
         (false, true, (2, 2, 5, 17, 32), 0, true),
         (false, true, (2, 2, 11, 70, 32), 64, true),
+        // At least 32 query rows: the subgroup scores kernel where the device has subgroups,
+        // with tiles cut by Tq and Tk.
+        (false, true, (2, 4, 37, 45, 16), 64, true),
+        (true, false, (1, 4, 40, 40, 16), 0, true),
+        // Heads of 64 and 96 columns take the subgroup kernel for O = P V and dQ = dS K too
+        // (96: a second tile of columns, half past the head).
+        (true, false, (2, 2, 33, 33, 64), 64, true),
+        (false, true, (1, 2, 37, 45, 96), 0, true),
         // Heads of 6 columns start mid-texel; rows of 24 floats are not 256 bytes.
         (true, false, (2, 3, 7, 7, 6), 10, false),
         (true, false, (2, 2, 7, 7, 4), 0, false),
@@ -269,10 +278,18 @@ fn attention_image_and_buffer_kernels() {
             let mut want: Vec<String> = ["apply", "dscores", "row_dots", "scores", "softmax"]
                 .iter()
                 .map(|k| match *k {
+                    "scores" if on && fits && tq >= 32 && subgroups => {
+                        "attention_scores_subgroup".into()
+                    }
                     "apply" | "dscores" | "scores" => format!("attention_{k}{suffix}"),
                     _ => format!("attention_{k}"),
                 })
                 .collect();
+            // W Z (not transposed) with at least 32 rows of heads at least 64 wide: O = P V and
+            // dQ = dS K.
+            if on && fits && tq >= 32 && d >= 64 && subgroups {
+                want.push("attention_apply_subgroup".into());
+            }
             // Rows of Tk cells padded to a multiple of 4 are unpadded for reading.
             if tk % 4 != 0 {
                 want.push("attention_unpad".into());

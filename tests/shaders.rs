@@ -6,9 +6,9 @@ fn validate(name: &str) -> naga::Module {
     let src = shader_source(name);
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&src)));
-    // Only the subgroup family may use subgroup operations (the device opens with them only
-    // where the adapter has them).
-    let subgroups = name == "matmul_subgroup";
+    // Only the families that extend another may use subgroup operations (the device opens with
+    // them only where the adapter has them).
+    let subgroups = EXTENDS.iter().any(|(f, _)| *f == name);
     let caps = if subgroups {
         naga::valid::Capabilities::SUBGROUP
     } else {

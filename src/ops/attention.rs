@@ -74,6 +74,24 @@ pub const APPLY: Kernel = Kernel::new("attention", "attention_apply", &[R, R, W]
 /// SCORES and APPLY reading their sequences from images (`Gpu::image_operands`).
 pub const SCORES_IMAGE: Kernel =
     Kernel::new("attention", "attention_scores_image", &[R, R, W, I, I]);
+/// SCORES_IMAGE with each texel fetched once per subgroup (`Gpu::subgroup_matmul`), for maps of
+/// at least SUBGROUP_TILE query rows.
+pub const SCORES_SUBGROUP: Kernel = Kernel::new(
+    "attention_subgroup",
+    "attention_scores_subgroup",
+    &[R, R, W, I, I],
+);
+/// APPLY_IMAGE (not transposed) with a tile per subgroup, likewise, for heads at least
+/// SUBGROUP_APPLY_COLUMNS wide.
+pub const APPLY_SUBGROUP: Kernel = Kernel::new(
+    "attention_subgroup",
+    "attention_apply_subgroup",
+    &[R, R, W, I],
+);
+/// The subgroup kernels' tiles: 32 query rows by 32 keys (scores) or 64 columns of the head
+/// (apply).
+const SUBGROUP_TILE: usize = 32;
+const SUBGROUP_APPLY_COLUMNS: usize = 64;
 /// SCORES_IMAGE and APPLY_IMAGE (not transposed) for one query row, a generated token's: the
 /// blocked kernels would compute 7 idle rows of every 8.
 pub const SCORES_ROW_IMAGE: Kernel =
@@ -327,6 +345,10 @@ fn scores(step: &mut Step, d: Dims, x: &Seq, y: &Seq, images: &mut SeqImages) ->
         let (kernel, n) = if d.q_len == 1 {
             // 1 × 8 cells per invocation (see the shader).
             (&SCORES_ROW_IMAGE, groups(d.row_pieces(d.k_len, 8), 64))
+        } else if d.q_len >= SUBGROUP_TILE && step.gpu().subgroup_matmul() {
+            // A workgroup of 8 per tile (see the shader).
+            let tiles = d.q_len.div_ceil(SUBGROUP_TILE) * d.k_len.div_ceil(SUBGROUP_TILE);
+            (&SCORES_SUBGROUP, (d.batch * d.heads * tiles) as u64)
         } else {
             (&SCORES_IMAGE, n)
         };
@@ -363,6 +385,17 @@ fn apply(
             // 4 of the row's columns per invocation (see the shader).
             let n = groups(d.row_pieces(d.head_dim, 4), 64);
             step.dispatch_linear_images(&APPLY_ROW_IMAGE, &p, &tensors, &[images.get(iz)], n)
+        }
+        Some(iz)
+            if !transposed
+                && rows >= SUBGROUP_TILE
+                && d.head_dim >= SUBGROUP_APPLY_COLUMNS
+                && step.gpu().subgroup_matmul() =>
+        {
+            // A workgroup of 8 per tile (see the shader).
+            let tiles = rows.div_ceil(SUBGROUP_TILE) * d.head_dim.div_ceil(SUBGROUP_APPLY_COLUMNS);
+            let n = (d.batch * d.heads * tiles) as u64;
+            step.dispatch_linear_images(&APPLY_SUBGROUP, &p, &tensors, &[images.get(iz)], n)
         }
         Some(iz) => {
             // Blocks of 8 rows × 16 columns (see the shader).

@@ -35,15 +35,25 @@ pub const SHADERS: &[(&str, &str)] = &[
         "matmul_subgroup",
         include_str!("../../shaders/matmul_subgroup.wgsl"),
     ),
+    (
+        "attention_subgroup",
+        include_str!("../../shaders/attention_subgroup.wgsl"),
+    ),
 ];
 
-/// Families whose source begins with another family's (WGSL has no includes): matmul_subgroup
-/// adds one kernel to matmul's parameters, bindings and helpers, in a module of its own because
-/// it needs subgroup operations, which not every device has.
-pub const EXTENDS: &[(&str, &str)] = &[("matmul_subgroup", "matmul")];
+/// Families whose source begins with another family's (WGSL has no includes): each adds kernels
+/// to its base's parameters, bindings and helpers, in a module of its own because they need
+/// subgroup operations, which not every device has.
+pub const EXTENDS: &[(&str, &str)] = &[
+    ("matmul_subgroup", "matmul"),
+    ("attention_subgroup", "attention"),
+];
 
 /// Prepended to every family: shared helpers (WGSL has no includes).
 pub const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
+
+/// Added after the base of every family that extends one (those that use subgroup operations).
+const SUBGROUP_HELPERS: &str = include_str!("../../shaders/subgroup.wgsl");
 
 /// Full WGSL source of a shader family, prelude and any family it extends included.
 pub fn shader_source(family: &str) -> String {
@@ -55,7 +65,11 @@ pub fn shader_source(family: &str) -> String {
             .unwrap_or_else(|| panic!("unknown shader family {family}"))
     };
     match EXTENDS.iter().find(|(f, _)| *f == family) {
-        Some((_, base)) => format!("{PRELUDE}\n{}\n{}", own(base), own(family)),
+        Some((_, base)) => format!(
+            "{PRELUDE}\n{}\n{SUBGROUP_HELPERS}\n{}",
+            own(base),
+            own(family)
+        ),
         None => format!("{PRELUDE}\n{}", own(family)),
     }
 }
@@ -142,6 +156,8 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &attention::DSCORES_IMAGE[1],
     &attention::APPLY,
     &attention::SCORES_IMAGE,
+    &attention::SCORES_SUBGROUP,
+    &attention::APPLY_SUBGROUP,
     &attention::APPLY_IMAGE[0],
     &attention::APPLY_IMAGE[1],
     &attention::SCORES_ROW_IMAGE,
