@@ -3,7 +3,11 @@
 // one workgroup per row (token position) for large vocabularies, and one invocation per row
 // (`*_rows`) for small ones, chosen by the launcher (ROW_KERNEL_MAX_VOCAB).
 // Forward entries write per-row values into rowvals [2, rows]: (loss, 1) for a counted row and
-// (0, 0) for an ignored one; reduce.wgsl sums both halves, and loss_mean divides.
+// (0, 0) for an ignored one; reduce.wgsl sums both halves into the first two elements of `saved`,
+// and loss_mean divides. They also keep each counted row's log-sum-exp in `saved` after those two
+// (cross-entropy: one per row; KL: the teacher's for every row, then the student's), and the
+// backward entries read them there instead of recomputing them: on GPT-2's 50,257-word rows the
+// recomputation was four of the KL backward's five passes over the logits.
 //
 // Launcher: src/ops/loss.rs.
 // Reference: src/reference/mod.rs (cross_entropy, kl_div and their backwards).
@@ -86,6 +90,7 @@ fn logsumexp(o: u32, s: f32, lid: u32) -> f32 {
 
 // cross-entropy forward
 @group(0) @binding(3) var<storage, read_write> rowvals: array<f32>;
+@group(0) @binding(4) var<storage, read_write> ce_saved: array<f32>;   // [sum, count, lse per row]
 
 @compute @workgroup_size(256)
 fn cross_entropy_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -106,11 +111,12 @@ fn cross_entropy_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     if (lid == 0u) {
         rowvals[r] = lse - logits[o + tgt];
         rowvals[p.rows + r] = 1.0;
+        ce_saved[2u + r] = lse;
     }
 }
 
 // cross-entropy backward: dlogits = grad * (softmax - onehot) / count
-@group(0) @binding(3) var<storage, read> totals: array<f32>;   // [sum of losses, count]
+@group(0) @binding(3) var<storage, read> totals: array<f32>;   // the forward's saved values
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;
 
 @compute @workgroup_size(256)
@@ -128,7 +134,7 @@ fn cross_entropy_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         return;
     }
     let k = p.grad / max(totals[1], 1.0);
-    let lse = logsumexp(o, 1.0, lid);
+    let lse = totals[2u + r];
     for (var c = lid; c < p.vocab; c += 256u) {
         var g = exp(logits[o + c] - lse);
         if (c == tgt) {
@@ -142,6 +148,7 @@ fn cross_entropy_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 // Hinton's distillation loss is applied by the caller, where the loss weights live.
 @group(0) @binding(3) var<storage, read> teacher: array<f32>;   // [rows, vocab]
 @group(0) @binding(4) var<storage, read_write> kl_rowvals: array<f32>;
+@group(0) @binding(5) var<storage, read_write> kl_saved: array<f32>;   // [sum, count, lt, ls per row]
 
 fn teacher_lse(o: u32, lid: u32) -> f32 {
     var mx = -3.4e38;
@@ -172,6 +179,10 @@ fn kl_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let o = r * p.vocab;
     let lt = teacher_lse(o, lid);
     let ls = logsumexp(o, p.inv_t, lid);
+    if (lid == 0u) {
+        kl_saved[2u + r] = lt;
+        kl_saved[2u + p.rows + r] = ls;
+    }
     var kl = 0.0;
     for (var c = lid; c < p.vocab; c += 256u) {
         let log_pt = p.inv_t * teacher[o + c] - lt;
@@ -186,7 +197,7 @@ fn kl_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // KL backward w.r.t. the student logits: grad * (p_s - p_t) / (T * count)
-@group(0) @binding(4) var<storage, read> kl_totals: array<f32>;
+@group(0) @binding(4) var<storage, read> kl_totals: array<f32>;   // the forward's saved values
 @group(0) @binding(5) var<storage, read_write> dstudent: array<f32>;
 
 @compute @workgroup_size(256)
@@ -203,8 +214,8 @@ fn kl_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         return;
     }
     let k = p.grad * p.inv_t / max(kl_totals[1], 1.0);
-    let lt = teacher_lse(o, lid);
-    let ls = logsumexp(o, p.inv_t, lid);
+    let lt = kl_totals[2u + r];
+    let ls = kl_totals[2u + p.rows + r];
     for (var c = lid; c < p.vocab; c += 256u) {
         dstudent[o + c] = k * (exp(p.inv_t * logits[o + c] - ls) - exp(p.inv_t * teacher[o + c] - lt));
     }
@@ -254,8 +265,10 @@ fn cross_entropy_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         return;
     }
     let o = r * p.vocab;
-    rowvals[r] = row_logsumexp(o, 1.0) - logits[o + tgt];
+    let lse = row_logsumexp(o, 1.0);
+    rowvals[r] = lse - logits[o + tgt];
     rowvals[p.rows + r] = 1.0;
+    ce_saved[2u + r] = lse;
 }
 
 @compute @workgroup_size(256)
@@ -273,7 +286,7 @@ fn cross_entropy_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         return;
     }
     let k = p.grad / max(totals[1], 1.0);
-    let lse = row_logsumexp(o, 1.0);
+    let lse = totals[2u + r];
     for (var c = 0u; c < p.vocab; c++) {
         var g = exp(logits[o + c] - lse);
         if (c == tgt) {
@@ -297,6 +310,8 @@ fn kl_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let o = r * p.vocab;
     let lt = row_teacher_lse(o);
     let ls = row_logsumexp(o, p.inv_t);
+    kl_saved[2u + r] = lt;
+    kl_saved[2u + p.rows + r] = ls;
     var kl = 0.0;
     for (var c = 0u; c < p.vocab; c++) {
         let log_pt = p.inv_t * teacher[o + c] - lt;
@@ -321,8 +336,8 @@ fn kl_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     let k = p.grad * p.inv_t / max(kl_totals[1], 1.0);
-    let lt = row_teacher_lse(o);
-    let ls = row_logsumexp(o, p.inv_t);
+    let lt = kl_totals[2u + r];
+    let ls = kl_totals[2u + p.rows + r];
     for (var c = 0u; c < p.vocab; c++) {
         dstudent[o + c] = k * (exp(p.inv_t * logits[o + c] - ls) - exp(p.inv_t * teacher[o + c] - lt));
     }

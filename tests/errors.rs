@@ -19,6 +19,25 @@ fn expect_err<T: std::fmt::Debug>(r: amad::Result<T>, needle: &str) {
     }
 }
 
+/// The losses' backward reads the log-sum-exps its forward saved: values of another length (a
+/// bare [sum, count]) are refused, where they would have been read past their end.
+#[test]
+fn loss_backward_refuses_values_its_forward_did_not_save() {
+    let g = gpu();
+    let logits = upload(&[3, 5], &[0.0; 15]);
+    let targets = upload_u32(&[3], &[0, 1, 2]);
+    let sums = upload(&[2], &[1.0, 3.0]);
+    let mut s = g.step();
+    expect_err(
+        loss::cross_entropy_bwd(&mut s, &logits, &targets, &sums, 1.0),
+        "forward's saved values [5]",
+    );
+    expect_err(
+        loss::kl_div_bwd(&mut s, &logits, &logits, &targets, &sums, 1.0, 1.0),
+        "forward's saved values [8]",
+    );
+}
+
 #[test]
 fn mismatched_shapes_are_errors() {
     let g = gpu();

@@ -53,7 +53,7 @@ fn cross_entropy_and_kl_with_ignored_rows() {
     assert_close("CE grad (upstream 0.5)", &got[1], &half, 1e-6, 1e-5);
     assert_close("KL", &got[2], &[kl], 1e-6, 1e-4);
     assert_close("KL grad", &got[3], &dkl, 1e-6, 1e-4);
-    assert_close("CE count", &got[4][1..], &[5.0], 0.0, 0.0);
+    assert_close("CE count", &got[4][1..2], &[5.0], 0.0, 0.0);
 }
 
 /// GPT-2's 50,257-token vocabulary: lavapipe stops an invocation after 65,535 loop iterations in

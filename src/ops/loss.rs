@@ -7,16 +7,16 @@ use super::{groups, u32_of};
 use crate::error::{shape_err, Result};
 use crate::gpu::{Access::Read as R, Access::ReadWrite as W, DType, Kernel, Step, Tensor};
 
-pub const CE_FWD: Kernel = Kernel::new("loss", "cross_entropy_fwd", &[R, R, W]);
+pub const CE_FWD: Kernel = Kernel::new("loss", "cross_entropy_fwd", &[R, R, W, W]);
 pub const CE_BWD: Kernel = Kernel::new("loss", "cross_entropy_bwd", &[R, R, R, W]);
-pub const KL_FWD: Kernel = Kernel::new("loss", "kl_fwd", &[R, R, R, W]);
+pub const KL_FWD: Kernel = Kernel::new("loss", "kl_fwd", &[R, R, R, W, W]);
 pub const KL_BWD: Kernel = Kernel::new("loss", "kl_bwd", &[R, R, R, R, W]);
 pub const MEAN: Kernel = Kernel::new("loss", "loss_mean", &[R, W]);
 /// The same four, one invocation per row (see the shader), for vocabularies up to
 /// ROW_KERNEL_MAX_VOCAB.
-pub const CE_FWD_ROWS: Kernel = Kernel::new("loss", "cross_entropy_fwd_rows", &[R, R, W]);
+pub const CE_FWD_ROWS: Kernel = Kernel::new("loss", "cross_entropy_fwd_rows", &[R, R, W, W]);
 pub const CE_BWD_ROWS: Kernel = Kernel::new("loss", "cross_entropy_bwd_rows", &[R, R, R, W]);
-pub const KL_FWD_ROWS: Kernel = Kernel::new("loss", "kl_fwd_rows", &[R, R, R, W]);
+pub const KL_FWD_ROWS: Kernel = Kernel::new("loss", "kl_fwd_rows", &[R, R, R, W, W]);
 pub const KL_BWD_ROWS: Kernel = Kernel::new("loss", "kl_bwd_rows", &[R, R, R, R, W]);
 
 /// The largest vocabulary the one-invocation-per-row kernels take: at most five passes over a
@@ -88,22 +88,37 @@ fn params(
     })
 }
 
-/// Mean loss and [sum, count] from per-row values [2, rows].
-fn finish(step: &mut Step, rowvals: &Tensor) -> Result<(Tensor, Tensor)> {
-    let totals = step.empty(&[2])?;
-    sum_segments(step, rowvals, 2, SumInto::new(&totals))?;
+/// Checks that `saved` is what the forward returned for these rows (`len` values).
+fn saved_for(op: &'static str, saved: &Tensor, len: usize) -> Result<()> {
+    if saved.shape() != [len] {
+        return shape_err(
+            op,
+            format!(
+                "expects the forward's saved values [{len}] for these rows, got {:?}",
+                saved.shape()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// The mean loss, with [sum, count] summed from per-row values [2, rows] into the first two
+/// elements of `saved` (whose other elements the forward filled for the backward).
+fn finish(step: &mut Step, rowvals: &Tensor, saved: Tensor) -> Result<(Tensor, Tensor)> {
+    sum_segments(step, rowvals, 2, SumInto::new(&saved))?;
     let loss = step.empty(&[1])?;
     step.dispatch(
         &MEAN,
         &<Params as bytemuck::Zeroable>::zeroed(),
-        &[&totals, &loss],
+        &[&saved, &loss],
         (1, 1, 1),
     )?;
-    Ok((loss, totals))
+    Ok((loss, saved))
 }
 
 /// Mean cross-entropy of logits [N, V] against targets [N] (u32; [`IGNORE`] rows not counted).
-/// Returns (loss [1], totals [2] = [sum, count]).
+/// Returns (loss [1], saved [2 + N]): [sum, count], then each counted row's log-sum-exp, which
+/// the backward reads.
 pub fn cross_entropy(
     step: &mut Step,
     logits: &Tensor,
@@ -111,16 +126,18 @@ pub fn cross_entropy(
 ) -> Result<(Tensor, Tensor)> {
     let p = params("cross_entropy", logits, targets, 1.0, 0.0)?;
     let rowvals = step.empty(&[2, p.rows as usize])?;
+    let saved = step.empty(&[2 + p.rows as usize])?;
     dispatch_by_vocab(
         step,
         (&CE_FWD, &CE_FWD_ROWS),
         &p,
-        &[logits, targets, &rowvals],
+        &[logits, targets, &rowvals, &saved],
     )?;
-    finish(step, &rowvals)
+    finish(step, &rowvals, saved)
 }
 
-/// d loss / d logits, scaled by `grad` (the upstream gradient, e.g. the loss weight).
+/// d loss / d logits, scaled by `grad` (the upstream gradient, e.g. the loss weight); `totals` is
+/// what [`cross_entropy`] returned with the loss.
 pub fn cross_entropy_bwd(
     step: &mut Step,
     logits: &Tensor,
@@ -129,6 +146,7 @@ pub fn cross_entropy_bwd(
     grad: f32,
 ) -> Result<Tensor> {
     let p = params("cross_entropy_bwd", logits, targets, 1.0, grad)?;
+    saved_for("cross_entropy_bwd", totals, 2 + p.rows as usize)?;
     let d = step.empty(logits.shape())?;
     dispatch_by_vocab(
         step,
@@ -140,7 +158,9 @@ pub fn cross_entropy_bwd(
 }
 
 /// Mean over counted rows of KL(softmax(teacher/T) ‖ softmax(student/T)). Rows whose target is
-/// [`IGNORE`] are not counted. Returns (loss [1], totals [2]). The T² factor is the caller's.
+/// [`IGNORE`] are not counted. Returns (loss [1], saved [2 + 2N]: [sum, count], then the teacher's
+/// and the student's log-sum-exp of each counted row, which the backward reads). The T² factor
+/// is the caller's.
 pub fn kl_div(
     step: &mut Step,
     teacher: &Tensor,
@@ -166,12 +186,13 @@ pub fn kl_div(
     }
     let p = params("kl_div", student, targets, 1.0 / temperature, 0.0)?;
     let rowvals = step.empty(&[2, p.rows as usize])?;
-    let tensors = [student, targets, teacher, &rowvals];
+    let saved = step.empty(&[2 + 2 * p.rows as usize])?;
+    let tensors = [student, targets, teacher, &rowvals, &saved];
     dispatch_by_vocab(step, (&KL_FWD, &KL_FWD_ROWS), &p, &tensors)?;
-    finish(step, &rowvals)
+    finish(step, &rowvals, saved)
 }
 
-/// d KL / d student logits, scaled by `grad`.
+/// d KL / d student logits, scaled by `grad`; `totals` is what [`kl_div`] returned with the loss.
 pub fn kl_div_bwd(
     step: &mut Step,
     teacher: &Tensor,
@@ -182,6 +203,7 @@ pub fn kl_div_bwd(
     grad: f32,
 ) -> Result<Tensor> {
     let p = params("kl_div_bwd", student, targets, 1.0 / temperature, grad)?;
+    saved_for("kl_div_bwd", totals, 2 + 2 * p.rows as usize)?;
     let d = step.empty(student.shape())?;
     let tensors = [student, targets, teacher, totals, &d];
     dispatch_by_vocab(step, (&KL_BWD, &KL_BWD_ROWS), &p, &tensors)?;
