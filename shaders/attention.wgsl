@@ -699,6 +699,26 @@ fn attention_unpad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     if (i >= p.batch * p.heads * p.tq * p.tk) {
         return;
     }
+    unpadded[i] = padded_cell(i);
+}
+
+// The same, four cells per invocation into a vec4 (the launcher's choice where the map's cell
+// count is a multiple of 4): on lavapipe a store is a loop over the 8 lanes of a register whether
+// it moves a scalar or a vec4, and the stores were most of this pass's cost.
+@group(0) @binding(2) var<storage, read_write> unpadded4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn attention_unpad4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let v = thread_index(wid, nwg, lid);
+    if (v >= p.batch * p.heads * p.tq * p.tk / 4u) {
+        return;
+    }
+    unpadded4[v] = vec4<f32>(padded_cell(4u * v), padded_cell(4u * v + 1u), padded_cell(4u * v + 2u),
+        padded_cell(4u * v + 3u));
+}
+
+// Cell i of the unpadded maps, from its padded row.
+fn padded_cell(i: u32) -> f32 {
     let r = i / p.tk;
-    unpadded[i] = padded[r * p.row + i - r * p.tk];
+    return padded[r * p.row + i - r * p.tk];
 }

@@ -117,6 +117,8 @@ pub const APPLY_IMAGE: [Kernel; 2] = [
 ];
 /// The maps without their rows' padding (see [`Probs::maps`]).
 pub const UNPAD: Kernel = Kernel::new("attention", "attention_unpad", &[R, W]);
+/// UNPAD four cells to an invocation, where the maps hold a multiple of 4 cells.
+pub const UNPAD4: Kernel = Kernel::new("attention", "attention_unpad4", &[R, W]);
 
 /// Columns `off .. off + width` of every token of a [batch, len, stride] buffer.
 #[derive(Clone, Copy, Debug)]
@@ -329,7 +331,11 @@ impl Probs {
             row: u(row)?,
             ..Default::default()
         };
-        step.dispatch_linear(&UNPAD, &p, &[&self.t, &out], groups(out.numel(), 256))?;
+        if out.numel().is_multiple_of(4) {
+            step.dispatch_linear(&UNPAD4, &p, &[&self.t, &out], groups(out.numel() / 4, 256))?;
+        } else {
+            step.dispatch_linear(&UNPAD, &p, &[&self.t, &out], groups(out.numel(), 256))?;
+        }
         Ok(out)
     }
 }

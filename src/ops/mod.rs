@@ -163,6 +163,7 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &attention::SCORES_ROW_IMAGE,
     &attention::APPLY_ROW_IMAGE,
     &attention::UNPAD,
+    &attention::UNPAD4,
     &amad::ONE_TO_ONE,
     &amad::ONE_TO_ONE_FINISH,
 ];
