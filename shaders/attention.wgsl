@@ -72,11 +72,16 @@ fn locate_block(index: u32, rows: u32, cols: u32) -> Block {
 
 // locate_block for blocks of 8 rows × `width` columns.
 fn locate_wide_block(index: u32, rows: u32, cols: u32, width: u32) -> Block {
+    return locate_sized_block(index, rows, cols, 8u, width);
+}
+
+// locate_block for blocks of `height` rows × `width` columns.
+fn locate_sized_block(index: u32, rows: u32, cols: u32, height: u32, width: u32) -> Block {
     let bc = (cols + width - 1u) / width;
-    let per = ((rows + 7u) / 8u) * bc;
+    let per = ((rows + height - 1u) / height) * bc;
     let bh = index / per;
     let k = index % per;
-    return Block(bh < p.batch * p.heads, bh, (k / bc) * 8u, (k % bc) * width);
+    return Block(bh < p.batch * p.heads, bh, (k / bc) * height, (k % bc) * width);
 }
 
 // Start of token t of (batch b, head h) in a sequence of `len` tokens at (off, stride), with t

@@ -30,17 +30,15 @@ fn attention_scores_subgroup(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    // Tiles per (batch, head): 32-row by 32-column, row-major. The whole workgroup is one
-    // subgroup, so this exit is uniform across it.
-    let cols = (p.tk + 31u) / 32u;
-    let per = ((p.tq + 31u) / 32u) * cols;
-    let t = group_index(wid, nwg);
-    let bh = t / per;
-    if (bh >= p.batch * p.heads) {
+    // The workgroup's tile: 32 rows by 32 columns of one (batch, head)'s map. The whole workgroup
+    // is one subgroup, so this exit is uniform across it.
+    let tile = locate_sized_block(group_index(wid, nwg), p.tq, p.tk, 32u, 32u);
+    if (!tile.valid) {
         return;
     }
-    let r0 = ((t % per) / cols) * 32u;
-    let c0 = ((t % per) % cols) * 32u + 4u * lane;
+    let bh = tile.bh;
+    let r0 = tile.r0;
+    let c0 = tile.c0 + 4u * lane;
     let b = bh / p.heads;
     let h = bh % p.heads;
     let xt = (p.x_off + h * p.hd) / 4u;
@@ -103,15 +101,14 @@ fn attention_apply_subgroup(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(subgroup_invocation_id) lane: u32,
 ) {
-    let cols = (p.hd + 63u) / 64u;
-    let per = ((p.tq + 31u) / 32u) * cols;
-    let t = group_index(wid, nwg);
-    let bh = t / per;
-    if (bh >= p.batch * p.heads) {
+    // The workgroup's tile: 32 rows by 64 columns of one (batch, head)'s output.
+    let tile = locate_sized_block(group_index(wid, nwg), p.tq, p.hd, 32u, 64u);
+    if (!tile.valid) {
         return;
     }
-    let r0 = ((t % per) / cols) * 32u;
-    let c0 = ((t % per) % cols) * 64u + 4u * lane;
+    let bh = tile.bh;
+    let r0 = tile.r0;
+    let c0 = tile.c0 + 4u * lane;
     let b = bh / p.heads;
     let h = bh % p.heads;
     // Z's texels of this lane's columns c0 .. c0+3 and c0+32 .. c0+35, clamped to the head's last.
