@@ -58,10 +58,13 @@ override EXTRA_DP: bool = false;
 @group(0) @binding(0) var<uniform> p: Params;
 
 // Which (batch · head, block row, block column) an invocation owns, for a grid of
-// rows × cols blocks per (batch, head); `valid` is false for spare invocations.
+// rows × cols blocks per (batch, head), with bh's batch b and head h; `valid` is false for spare
+// invocations.
 struct Block {
     valid: bool,
     bh: u32,
+    b: u32,
+    h: u32,
     r0: u32,
     c0: u32,
 }
@@ -81,7 +84,7 @@ fn locate_sized_block(index: u32, rows: u32, cols: u32, height: u32, width: u32)
     let per = ((rows + height - 1u) / height) * bc;
     let bh = index / per;
     let k = index % per;
-    return Block(bh < p.batch * p.heads, bh, (k / bc) * height, (k % bc) * width);
+    return Block(bh < p.batch * p.heads, bh, bh / p.heads, bh % p.heads, (k / bc) * height, (k % bc) * width);
 }
 
 // Start of token t of (batch b, head h) in a sequence of `len` tokens at (off, stride), with t
@@ -117,8 +120,8 @@ fn map_block(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Block {
 // Σ_d X(r0 + i, d) Y(c0 + j, d) over the head's d for block blk's rows r0 .. and columns c0 ..,
 // from the buffers.
 fn products(blk: Block) -> Quad {
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
+    let b = blk.b;
+    let h = blk.h;
     let r0 = blk.r0;
     let c0 = blk.c0;
     var xa: array<u32, 8>;
@@ -207,8 +210,8 @@ fn seq_rows(b: u32, len: u32, t0: u32) -> vec4<u32> {
 
 // products() with X and Y read from their images.
 fn products_image(xi: texture_storage_2d<rgba32float, read>, yi: texture_storage_2d<rgba32float, read>, blk: Block) -> Quad {
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
+    let b = blk.b;
+    let h = blk.h;
     let r0 = blk.r0;
     let c0 = blk.c0;
     let xr0 = seq_rows(b, p.tq, r0);
@@ -257,8 +260,8 @@ fn attention_scores_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     if (!blk.valid) {
         return;
     }
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
+    let b = blk.b;
+    let h = blk.h;
     let xr = i32(b * p.tq);
     let yr0 = seq_rows(b, p.tk, blk.c0);
     let yr1 = seq_rows(b, p.tk, blk.c0 + 4u);
@@ -498,8 +501,8 @@ fn attention_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
     if (!blk.valid) {
         return;
     }
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
+    let b = blk.b;
+    let h = blk.h;
     let wa = map_rows(w, blk.bh, blk.r0);
     // Columns d0 .. d0 + 7 of Z, clamped to the head's last one.
     let dz = blk.c0;
@@ -589,8 +592,8 @@ fn attention_apply_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     if (!blk.valid) {
         return;
     }
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
+    let b = blk.b;
+    let h = blk.h;
     // Texels of Z's columns c0 .. c0 + 15 of the head, clamped to its last texel.
     let tz = (p.x_off + h * p.hd) / 4u;
     let tl = p.hd / 4u - 1u;
@@ -654,8 +657,8 @@ fn attention_apply_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     if (!blk.valid) {
         return;
     }
-    let b = blk.bh / p.heads;
-    let h = blk.bh % p.heads;
+    let b = blk.b;
+    let h = blk.h;
     let tx = i32((p.x_off + h * p.hd + blk.c0) / 4u);
     let zrow = b * p.tk;
     let last_z = zrow + p.tk - 1u;

@@ -39,8 +39,8 @@ fn attention_scores_subgroup(
     let bh = tile.bh;
     let r0 = tile.r0;
     let c0 = tile.c0 + 4u * lane;
-    let b = bh / p.heads;
-    let h = bh % p.heads;
+    let b = tile.b;
+    let h = tile.h;
     let xt = (p.x_off + h * p.hd) / 4u;
     let yt = (p.y_off + h * p.hd) / 4u;
     // Image rows: X's that this lane fetches (rows r0 + 8q + lane), Y's of its own columns.
@@ -109,8 +109,8 @@ fn attention_apply_subgroup(
     let bh = tile.bh;
     let r0 = tile.r0;
     let c0 = tile.c0 + 4u * lane;
-    let b = bh / p.heads;
-    let h = bh % p.heads;
+    let b = tile.b;
+    let h = tile.h;
     // Z's texels of this lane's columns c0 .. c0+3 and c0+32 .. c0+35, clamped to the head's last.
     let tz = (p.x_off + h * p.hd) / 4u;
     let tl = p.hd / 4u - 1u;

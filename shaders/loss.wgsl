@@ -116,7 +116,7 @@ fn cross_entropy_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 }
 
 // cross-entropy backward: dlogits = grad * (softmax - onehot) / count
-@group(0) @binding(3) var<storage, read> totals: array<f32>;   // the forward's saved values
+@group(0) @binding(3) var<storage, read> fwd_saved: array<f32>;   // the forward's saved values
 @group(0) @binding(4) var<storage, read_write> dlogits: array<f32>;
 
 @compute @workgroup_size(256)
@@ -133,8 +133,8 @@ fn cross_entropy_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         }
         return;
     }
-    let k = p.grad / max(totals[1], 1.0);
-    let lse = totals[2u + r];
+    let k = p.grad / max(fwd_saved[1], 1.0);
+    let lse = fwd_saved[2u + r];
     for (var c = lid; c < p.vocab; c += 256u) {
         var g = exp(logits[o + c] - lse);
         if (c == tgt) {
@@ -197,7 +197,7 @@ fn kl_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 }
 
 // KL backward w.r.t. the student logits: grad * (p_s - p_t) / (T * count)
-@group(0) @binding(4) var<storage, read> kl_totals: array<f32>;   // the forward's saved values
+@group(0) @binding(4) var<storage, read> kl_fwd_saved: array<f32>;   // the forward's saved values
 @group(0) @binding(5) var<storage, read_write> dstudent: array<f32>;
 
 @compute @workgroup_size(256)
@@ -213,9 +213,9 @@ fn kl_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         }
         return;
     }
-    let k = p.grad * p.inv_t / max(kl_totals[1], 1.0);
-    let lt = kl_totals[2u + r];
-    let ls = kl_totals[2u + p.rows + r];
+    let k = p.grad * p.inv_t / max(kl_fwd_saved[1], 1.0);
+    let lt = kl_fwd_saved[2u + r];
+    let ls = kl_fwd_saved[2u + p.rows + r];
     for (var c = lid; c < p.vocab; c += 256u) {
         dstudent[o + c] = k * (exp(p.inv_t * logits[o + c] - ls) - exp(p.inv_t * teacher[o + c] - lt));
     }
@@ -285,8 +285,8 @@ fn cross_entropy_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         }
         return;
     }
-    let k = p.grad / max(totals[1], 1.0);
-    let lse = totals[2u + r];
+    let k = p.grad / max(fwd_saved[1], 1.0);
+    let lse = fwd_saved[2u + r];
     for (var c = 0u; c < p.vocab; c++) {
         var g = exp(logits[o + c] - lse);
         if (c == tgt) {
@@ -335,9 +335,9 @@ fn kl_bwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         }
         return;
     }
-    let k = p.grad * p.inv_t / max(kl_totals[1], 1.0);
-    let lt = kl_totals[2u + r];
-    let ls = kl_totals[2u + p.rows + r];
+    let k = p.grad * p.inv_t / max(kl_fwd_saved[1], 1.0);
+    let lt = kl_fwd_saved[2u + r];
+    let ls = kl_fwd_saved[2u + p.rows + r];
     for (var c = 0u; c < p.vocab; c++) {
         dstudent[o + c] = k * (exp(p.inv_t * logits[o + c] - ls) - exp(p.inv_t * teacher[o + c] - lt));
     }

@@ -111,7 +111,7 @@ fn matmul(
         b2_ += p.b_rs;
         b3 += p.b_rs;
     }
-    let c0 = p.c_off + b1 * p.c_bs1 + b2 * p.c_bs2;
+    let c0 = c_matrix(b1, b2);
     let bv = column_bias(col0, WX);
     store_row(c0, row0, col0, acc0, WX, bv);
     store_row(c0, row0 + 1u, col0, acc1, WX, bv);
@@ -228,6 +228,11 @@ fn b_column(tile: Tile, col: u32) -> u32 {
     return p.b_off + tile.b1 * p.b_bs1 + tile.b2 * p.b_bs2 + col * p.b_cs;
 }
 
+// C's element (0, 0) of batch matrix (b1, b2).
+fn c_matrix(b1: u32, b2: u32) -> u32 {
+    return p.c_off + b1 * p.c_bs1 + b2 * p.c_bs2;
+}
+
 // One step of 4 along K: block 2i + j += a_i · b_j, for A's four row blocks and B's two column
 // blocks as math matrices (A's: row i, column kk; B's: row kk, column j).
 fn block_fma(acc: ptr<function, Block>, a0: mat4x4<f32>, a1: mat4x4<f32>, a2: mat4x4<f32>,
@@ -278,7 +283,7 @@ fn block_finish(acc: ptr<function, Block>, o: Origin, k4: u32) {
         (*acc)[6] = mad_outer(av3, bv0, (*acc)[6]);
         (*acc)[7] = mad_outer(av3, bv1, (*acc)[7]);
     }
-    let c0 = p.c_off + o.b1 * p.c_bs1 + o.b2 * p.c_bs2;
+    let c0 = c_matrix(o.b1, o.b2);
     let bv0 = column_bias(o.col, 1u);
     let bv1 = column_bias(o.col + 4u, 1u);
     store_block(c0, o.row, o.col, (*acc)[0], 1u, bv0);

@@ -65,7 +65,7 @@ fn matmul_subgroup(
         var acd: Block;
         subgroup_tile(tile, lane, &acc, &acd);
         let col = tile.col + 4u * lane;
-        let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
+        let c0 = c_matrix(tile.b1, tile.b2);
         store_tile_columns(c0, tile.row, col, &acc);
         store_tile_columns(c0, tile.row, col + 32u, &acd);
     }
@@ -93,7 +93,7 @@ fn matmul_subgroup_cells(
         var acd: Block;
         subgroup_tile(tile, lane, &acc, &acd);
         let col = tile.col + 4u * lane;
-        let c0 = p.c_off + tile.b1 * p.c_bs1 + tile.b2 * p.c_bs2;
+        let c0 = c_matrix(tile.b1, tile.b2);
         store_tile_cells(c0, tile.row, col, &acc);
         store_tile_cells(c0, tile.row, col + 32u, &acd);
     }

@@ -62,9 +62,7 @@ impl Kernel {
             constants,
         }
     }
-}
 
-impl Kernel {
     /// This kernel with further override constants whose values are known only at run time (the
     /// AMAD passes' head counts, which size their loops). Interned: each distinct variant is made
     /// once per process and kept for its life, as the `&'static Kernel` that pipelines are cached

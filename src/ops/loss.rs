@@ -136,23 +136,23 @@ pub fn cross_entropy(
     finish(step, &rowvals, saved)
 }
 
-/// d loss / d logits, scaled by `grad` (the upstream gradient, e.g. the loss weight); `totals` is
+/// d loss / d logits, scaled by `grad` (the upstream gradient, e.g. the loss weight); `saved` is
 /// what [`cross_entropy`] returned with the loss.
 pub fn cross_entropy_bwd(
     step: &mut Step,
     logits: &Tensor,
     targets: &Tensor,
-    totals: &Tensor,
+    saved: &Tensor,
     grad: f32,
 ) -> Result<Tensor> {
     let p = params("cross_entropy_bwd", logits, targets, 1.0, grad)?;
-    saved_for("cross_entropy_bwd", totals, 2 + p.rows as usize)?;
+    saved_for("cross_entropy_bwd", saved, 2 + p.rows as usize)?;
     let d = step.empty(logits.shape())?;
     dispatch_by_vocab(
         step,
         (&CE_BWD, &CE_BWD_ROWS),
         &p,
-        &[logits, targets, totals, &d],
+        &[logits, targets, saved, &d],
     )?;
     Ok(d)
 }
@@ -192,20 +192,20 @@ pub fn kl_div(
     finish(step, &rowvals, saved)
 }
 
-/// d KL / d student logits, scaled by `grad`; `totals` is what [`kl_div`] returned with the loss.
+/// d KL / d student logits, scaled by `grad`; `saved` is what [`kl_div`] returned with the loss.
 pub fn kl_div_bwd(
     step: &mut Step,
     teacher: &Tensor,
     student: &Tensor,
     targets: &Tensor,
-    totals: &Tensor,
+    saved: &Tensor,
     temperature: f32,
     grad: f32,
 ) -> Result<Tensor> {
     let p = params("kl_div_bwd", student, targets, 1.0 / temperature, grad)?;
-    saved_for("kl_div_bwd", totals, 2 + 2 * p.rows as usize)?;
+    saved_for("kl_div_bwd", saved, 2 + 2 * p.rows as usize)?;
     let d = step.empty(student.shape())?;
-    let tensors = [student, targets, teacher, totals, &d];
+    let tensors = [student, targets, teacher, saved, &d];
     dispatch_by_vocab(step, (&KL_BWD, &KL_BWD_ROWS), &p, &tensors)?;
     Ok(d)
 }
