@@ -25,6 +25,8 @@ CASES = [
     ("teacher_mlp_down_fwd", TOKENS, 128, 512, False, False),
     ("teacher_mlp_up_dx", TOKENS, 128, 512, False, True),
     ("teacher_mlp_up_dw", 128, 512, TOKENS, True, False),
+    ("vit_qkv_fwd", 16 * 197, 2304, 768, False, False),
+    ("vit_mlp_down_fwd", 16 * 197, 768, 3072, False, False),
     ("matmul_2048", 2048, 2048, 2048, False, False),
     ("decode_qkv", 1, 2304, 768, False, False),
     ("decode_mlp_down", 1, 768, 3072, False, False),

@@ -142,9 +142,11 @@ fn filled(gpu: &Gpu, shape: &[usize]) -> Result<Tensor> {
 }
 
 /// `amad bench kernels`: matmul GFLOP/s at 512³ and 2048³, at the teacher's shapes (batch 32 × 65 image
-/// tokens × 128 wide) and at a full-size decoder's one-token shapes, and the attention core's
-/// forward + backward time.
-pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
+/// tokens × 128 wide), at a ViT-B/16 encoder's shapes (16 images × 197 tokens × 768 wide) and at a
+/// full-size decoder's one-token shapes, and the attention core's forward + backward time. `only`
+/// keeps the cases whose names contain it (a dev loop for one kernel).
+pub fn kernels(gpu: &Gpu, iters: usize, json: bool, only: Option<&str>) -> Result<()> {
+    let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
     if !json {
         println!("adapter: {}", gpu.describe());
     }
@@ -162,6 +164,10 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         ("teacher_mlp_down_fwd", tokens, 128, 512, false, false),
         ("teacher_mlp_up_dx", tokens, 128, 512, false, true),
         ("teacher_mlp_up_dw", 128, 512, tokens, true, false),
+        // A full-size teacher's encoder at batch 16 (ViT-B/16: 197 tokens, 768 wide), its QKV
+        // projection and its MLP's down projection, the largest share of a distillation step.
+        ("vit_qkv_fwd", 16 * 197, 2304, 768, false, false),
+        ("vit_mlp_down_fwd", 16 * 197, 768, 3072, false, false),
         // Generating one token of a GPT-2 (768 wide) caption: one row through Conv1D weights
         // [in, out], and half the tied LM head [vocab, in] (a binding of 128 MiB holds half of it);
         // each weight is read once per token.
@@ -169,7 +175,7 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         ("decode_mlp_down", 1, 768, 3072, false, false),
         ("decode_lm_head_half", 1, 25129, 768, false, true),
     ];
-    for &(name, m, n, k, ta, tb) in cases {
+    for &(name, m, n, k, ta, tb) in cases.iter().filter(|c| wanted(c.0)) {
         let a = filled(gpu, &if ta { [k, m] } else { [m, k] })?;
         let b = filled(gpu, &if tb { [n, k] } else { [k, n] })?;
         let record = |step: &mut crate::Step| matmul(step, &a, &b, ta, tb, None).map(drop);
@@ -190,8 +196,22 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         let flops = 2.0 * (m * n * k) as f64;
         print_paths(gpu, json, name, &shape, times, flops);
     }
-    // Attention core at the teacher's encoder shape: B = 32, H = 8, T = 65, head width 16, with
-    // Q, K and V side by side in one fused projection as the model has them.
+    if wanted("attention_fwd") {
+        teacher_attention(gpu, iters, json)?;
+    }
+    if wanted("vit_attention_fwd") {
+        vit_attention(gpu, iters, json)?;
+    }
+    if wanted("decode_cross_attention") {
+        decode_cross_attention(gpu, iters, json)?;
+    }
+    Ok(())
+}
+
+/// The attention core at the teacher's encoder shape: B = 32, H = 8, T = 65, head width 16, with
+/// Q, K and V side by side in one fused projection as the model has them; forward, and forward +
+/// backward.
+fn teacher_attention(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     let (b, h, t, d) = (32, 8, 65, 16);
     let qkv = filled(gpu, &[b, t, 3 * h * d])?;
     let dout = filled(gpu, &[b, t, h * d])?;
@@ -224,8 +244,12 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     ] {
         print_paths(gpu, json, name, &shape, times, flops);
     }
-    // The attention core of a ViT-B/16 encoder layer (12 heads of 64 over 197 tokens), for 4
-    // images, forward only, as a teacher's forward runs it.
+    Ok(())
+}
+
+/// The attention core of a ViT-B/16 encoder layer (12 heads of 64 over 197 tokens), for 4 images,
+/// forward only, as a teacher's forward runs it.
+fn vit_attention(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     let (b, h, t, d) = (4, 12, 197, 64);
     let qkv = filled(gpu, &[b, t, 3 * h * d])?;
     let dims = attention::Dims::new(b, h, t, t, d);
@@ -247,8 +271,12 @@ pub fn kernels(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
         times,
         flops,
     );
-    // One token of a GPT-2 (12 heads of 64) decoding: its query against the 197 image tokens'
-    // keys and values (cross-attention), as generation lays them out.
+    Ok(())
+}
+
+/// One token of a GPT-2 (12 heads of 64) decoding: its query against the 197 image tokens' keys
+/// and values (cross-attention), as generation lays them out.
+fn decode_cross_attention(gpu: &Gpu, iters: usize, json: bool) -> Result<()> {
     let (h, t, d) = (12, 197, 64);
     let q = filled(gpu, &[1, 1, 3 * h * d])?;
     let kv = filled(gpu, &[1, t, 2 * h * d])?;

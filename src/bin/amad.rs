@@ -353,6 +353,9 @@ mod cli {
             json: bool,
             #[arg(long, value_name = "N", default_value_t = 10, value_parser = positive)]
             iters: usize,
+            /// Only the cases whose names contain this (e.g. vit_qkv_fwd, attention)
+            #[arg(long, value_name = "NAME")]
+            only: Option<String>,
         },
         /// One teacher training step and one distillation step at the default configs.
         Step {
@@ -429,7 +432,9 @@ mod cli {
             }
             Command::Loss(a) => loss(a),
             Command::Bench(b) => match b {
-                BenchCommand::Kernels { json, iters } => amad::bench::kernels(&gpu()?, iters, json),
+                BenchCommand::Kernels { json, iters, only } => {
+                    amad::bench::kernels(&gpu()?, iters, json, only.as_deref())
+                }
                 BenchCommand::Step { json, iters, batch } => {
                     amad::bench::step(&gpu()?, batch, iters, json)
                 }
