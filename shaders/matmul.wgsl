@@ -34,11 +34,25 @@ override ACCUMULATE: bool = false;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+
+// ---- B's storage: f32 (src/ops/mod.rs puts shaders/matmul_f16b.wgsl's section here instead for
+// the families that read f16 weights) ----
+@group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+
+// Element i of B's binding.
+fn b_at(i: u32) -> f32 {
+    return b[i];
+}
+
+// Elements 4i .. 4i+3 of B's binding.
+fn b4_at(i: u32) -> vec4<f32> {
+    return b4[i];
+}
+// ---- end of B's storage ----
 
 // Where workgroup g's tile of C lies: its batch matrix (b1, b2) and its first row and column.
 // Tiles are numbered batch-major, then row-major; `valid` is false for the spare workgroups of a
@@ -97,7 +111,7 @@ fn matmul(
     var acc2 = vec4<f32>();
     var acc3 = vec4<f32>();
     for (var kk = 0u; kk < p.k; kk++) {
-        let bv = vec4<f32>(b[b0], b[b1_], b[b2_], b[b3]);
+        let bv = vec4<f32>(b_at(b0), b_at(b1_), b_at(b2_), b_at(b3));
         acc0 = fma(vec4<f32>(a[a0]), bv, acc0);
         acc1 = fma(vec4<f32>(a[a1]), bv, acc1);
         acc2 = fma(vec4<f32>(a[a2]), bv, acc2);
@@ -313,11 +327,11 @@ fn load_b(base: u32, k: u32) -> mat4x4<f32> {
     if (B_ALONG_N) {
         let o = (base + k * p.b_rs) / 4u;
         let s = p.b_rs / 4u;
-        return transpose(mat4x4<f32>(b4[o], b4[o + s], b4[o + 2u * s], b4[o + 3u * s]));
+        return transpose(mat4x4<f32>(b4_at(o), b4_at(o + s), b4_at(o + 2u * s), b4_at(o + 3u * s)));
     }
     let o = (base + k) / 4u;
     let s = p.b_cs / 4u;
-    return mat4x4<f32>(b4[o], b4[o + s], b4[o + 2u * s], b4[o + 3u * s]);
+    return mat4x4<f32>(b4_at(o), b4_at(o + s), b4_at(o + 2u * s), b4_at(o + 3u * s));
 }
 
 // A(rows 0..3 of the block at base, k), through the scalar binding.
@@ -329,7 +343,7 @@ fn a_column(base: u32, k: u32) -> vec4<f32> {
 // B(k, columns 0..3 of the block at base), through the scalar binding.
 fn b_row(base: u32, k: u32) -> vec4<f32> {
     let o = base + k * p.b_rs;
-    return vec4<f32>(b[o], b[o + p.b_cs], b[o + 2u * p.b_cs], b[o + 3u * p.b_cs]);
+    return vec4<f32>(b_at(o), b_at(o + p.b_cs), b_at(o + 2u * p.b_cs), b_at(o + 3u * p.b_cs));
 }
 
 // acc + u vᵀ (element (i, j) plus u_i v_j), fused as in mad.
@@ -525,18 +539,18 @@ fn matmul_rows(
         if (B_ALONG_N) {
             let at = (b_off + k * p.b_rs + col) / 4u;
             let rs = p.b_rs / 4u;
-            b0 = b4[at];
-            b1 = b4[at + rs];
-            b2 = b4[at + 2u * rs];
-            b3 = b4[at + 3u * rs];
+            b0 = b4_at(at);
+            b1 = b4_at(at + rs);
+            b2 = b4_at(at + 2u * rs);
+            b3 = b4_at(at + 3u * rs);
         } else {
             // Columns past n read the last one; they are not stored.
             let at = (b_off + k) / 4u;
             let cs = p.b_cs / 4u;
-            b0 = b4[at + col * cs];
-            b1 = b4[at + min(col + 1u, last) * cs];
-            b2 = b4[at + min(col + 2u, last) * cs];
-            b3 = b4[at + min(col + 3u, last) * cs];
+            b0 = b4_at(at + col * cs);
+            b1 = b4_at(at + min(col + 1u, last) * cs);
+            b2 = b4_at(at + min(col + 2u, last) * cs);
+            b3 = b4_at(at + min(col + 3u, last) * cs);
         }
         let ak = a0 + k / 4u;
         acc0 = rows_step(acc0, a4[ak], b0, b1, b2, b3);

@@ -159,7 +159,7 @@ fn finish_columns(a0: u32, b0: u32, k4: u32, acc: ptr<function, Block>) {
     let s = p.b_cs;
     for (var k = k4; k < p.k; k++) {
         let o = b0 + k * p.b_rs;
-        let bv = vec4<f32>(b[o], b[o + s], b[o + 2u * s], b[o + 3u * s]);
+        let bv = vec4<f32>(b_at(o), b_at(o + s), b_at(o + 2u * s), b_at(o + 3u * s));
         (*acc)[0] = mad_outer(a_column(a0, k), bv, (*acc)[0]);
         (*acc)[1] = mad_outer(a_column(a0 + r4, k), bv, (*acc)[1]);
         (*acc)[2] = mad_outer(a_column(a0 + 2u * r4, k), bv, (*acc)[2]);

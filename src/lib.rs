@@ -12,6 +12,7 @@ pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod gpu;
+pub mod half;
 pub mod model;
 pub mod ops;
 pub mod reference;

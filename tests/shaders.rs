@@ -1,19 +1,24 @@
 //! Every shader family parses and validates with naga, and every kernel's entry point exists.
 
-use amad::ops::{kernels, shader_source, EXTENDS, SHADERS};
+use amad::ops::{kernels, shader_source, EXTENDS, HALF_B, SHADERS};
 
 fn validate(name: &str) -> naga::Module {
     let src = shader_source(name);
     let module = naga::front::wgsl::parse_str(&src)
         .unwrap_or_else(|e| panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&src)));
-    // Only the families that extend another may use subgroup operations (the device opens with
-    // them only where the adapter has them).
-    let subgroups = EXTENDS.iter().any(|(f, _)| *f == name);
-    let caps = if subgroups {
-        naga::valid::Capabilities::SUBGROUP
-    } else {
-        naga::valid::Capabilities::empty()
-    };
+    // Only the families that extend another (and their f16 twins) may use subgroup operations
+    // (the device opens with them only where the adapter has them).
+    let base = HALF_B
+        .iter()
+        .find(|(f, _)| *f == name)
+        .map_or(name, |(_, b)| b);
+    let subgroups = EXTENDS.iter().any(|(f, _)| *f == base);
+    // unpack2x16float (the families that read f16 weights) is core WGSL; naga asks for the
+    // capability that wgpu grants every WebGPU-compliant device (DownlevelFlags::SHADER_F16_IN_F32).
+    let mut caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    if subgroups {
+        caps |= naga::valid::Capabilities::SUBGROUP;
+    }
     let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
     if subgroups {
         validator
@@ -30,6 +35,17 @@ fn validate(name: &str) -> naga::Module {
 fn every_shader_parses_and_validates() {
     for (name, _) in SHADERS {
         validate(name);
+    }
+}
+
+#[test]
+fn every_half_weights_family_validates_with_its_bases_entry_points() {
+    for (half, base) in HALF_B {
+        let names = |m: naga::Module| -> Vec<String> {
+            m.entry_points.into_iter().map(|e| e.name).collect()
+        };
+        assert_eq!(names(validate(half)), names(validate(base)), "{half}");
+        assert!(shader_source(half).contains("unpack2x16float"), "{half}");
     }
 }
 

@@ -47,7 +47,7 @@ impl Rows {
     /// device's size limit. The error says which does not hold.
     pub fn check(&self, gpu: &Gpu, t: &Tensor) -> Result<()> {
         let max = gpu.limits.max_texture_dimension_2d as usize;
-        self.fits(max, t.offset(), t.numel())
+        self.fits(max, t.image_offset(), t.numel())
             .map_err(|why| Error::Shape {
                 op: "image",
                 msg: format!("{self:?} of tensor {:?}: {why}", t.shape()),

@@ -6,12 +6,15 @@ use std::sync::Mutex;
 
 /// How a kernel binds one resource. Binding 0 of every kernel is its uniform parameter block;
 /// storage buffers follow at bindings 1, 2, ... in the order listed, then images (read-only storage
-/// textures read with `textureLoad`, see [`super::Image`]).
+/// textures read with `textureLoad`, see [`super::Image`]). `Half` is a read-only storage buffer
+/// of f16 elements (a [`super::DType::F16`] tensor, read two to a word): only a binding declared
+/// so takes such a tensor, and it takes no other (`Step` checks both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Read,
     ReadWrite,
     Image,
+    Half,
 }
 
 /// One entry point of one shader family, with its storage bindings.
@@ -89,6 +92,33 @@ impl Kernel {
         interned.insert(name, kernel);
         kernel
     }
+
+    /// This kernel built from another family with the same entry points (`family`: one whose
+    /// source the ops assemble from this one's, such as matmul's with f16 weights) and with the
+    /// bindings `halves` (indices into `bindings`) taking f16 tensors. Interned as in
+    /// [`Kernel::with`].
+    pub fn in_family(&self, family: &'static str, halves: &[usize]) -> &'static Kernel {
+        static INTERNED: Mutex<BTreeMap<String, &'static Kernel>> = Mutex::new(BTreeMap::new());
+        let name = format!("{}@{family}", self.name);
+        let mut interned = INTERNED.lock().unwrap();
+        if let Some(k) = interned.get(&name) {
+            return k;
+        }
+        let bindings: Vec<Access> = self
+            .bindings
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| if halves.contains(&i) { Access::Half } else { a })
+            .collect();
+        let kernel: &'static Kernel = Box::leak(Box::new(Kernel {
+            name: Box::leak(name.clone().into_boxed_str()),
+            family,
+            bindings: Box::leak(bindings.into_boxed_slice()),
+            ..*self
+        }));
+        interned.insert(name, kernel);
+        kernel
+    }
 }
 
 pub(super) struct Built {
@@ -147,7 +177,7 @@ impl Gpu {
                 },
                 _ => wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Storage {
-                        read_only: *a == Access::Read,
+                        read_only: *a != Access::ReadWrite,
                     },
                     has_dynamic_offset: false,
                     min_binding_size: None,

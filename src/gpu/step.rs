@@ -124,6 +124,24 @@ impl<'g> Step<'g> {
                 images.len()
             )));
         }
+        // f16 tensors go only to the bindings that read them as such, and only they go there:
+        // any other kernel would read their bits as f32s.
+        for (i, (a, t)) in kernel.bindings.iter().zip(tensors).enumerate() {
+            if (*a == Access::Half) != (t.dtype() == DType::F16) {
+                return Err(Error::Invalid(format!(
+                    "kernel {}: buffer {i} is {:?}, where it takes {}; half-precision weights \
+                     serve captioning and a distillation's teacher, which only read them in \
+                     products",
+                    kernel.entry,
+                    t.dtype(),
+                    if *a == Access::Half {
+                        "f16"
+                    } else {
+                        "f32 or u32"
+                    }
+                )));
+            }
+        }
         // A buffer written by a dispatch may not share elements with another of its bindings
         // (WebGPU forbids writable aliasing), nor be bound read-only beside (wgpu counts that as
         // conflicting usages of one buffer); parts of one buffer may be written side by side.
@@ -135,7 +153,9 @@ impl<'g> Step<'g> {
                     .zip(kernel.bindings)
                     .enumerate()
                     .any(|(j, (u, b))| {
-                        j != i && (u.overlaps(t) || (*b == Access::Read && u.same_buffer(t)))
+                        j != i
+                            && (u.overlaps(t)
+                                || (matches!(b, Access::Read | Access::Half) && u.same_buffer(t)))
                     })
             {
                 return Err(Error::Invalid(format!(
@@ -243,8 +263,13 @@ impl<'g> Step<'g> {
         self.dispatch_images(kernel, params, tensors, images, (x, y, 1))
     }
 
-    /// Copies `rows` of `t` into a pooled image, in recording order (see [`Image`]).
+    /// Copies `rows` of `t` into a pooled image, in recording order (see [`Image`]). An f16
+    /// tensor is widened first, into a transient f32 copy (images hold f32s).
     pub fn image(&mut self, t: &Tensor, rows: &Rows) -> Result<Image> {
+        if t.dtype() == DType::F16 {
+            let wide = crate::ops::half::widen(self, t)?;
+            return self.image(&wide, rows);
+        }
         rows.check(self.gpu, t)?;
         let size = (rows.width as u32, rows.height as u32);
         let image = Image::alloc(self.gpu, size, self.id);

@@ -16,11 +16,24 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-/// Element type of a tensor. Everything numeric is f32; token ids and indices are u32.
+/// Element type of a tensor. Everything computed is f32; token ids and indices are u32; F16
+/// holds the weights of a model loaded in half precision (`Precision::HalfWeights`), two to a
+/// 32-bit word, which only the kernels that bind them as such read ([`crate::gpu::Access::Half`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
     F32,
     U32,
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::F16 => 2,
+        }
+    }
 }
 
 /// A free pooled resource (buffer or image), with the newest step open when it was freed
@@ -169,8 +182,15 @@ fn size_class(bytes: u64) -> u64 {
 }
 
 impl Tensor {
-    /// Checks a shape before anything is allocated: no zero-sized dimension, within the limits.
+    /// Checks an f32 shape before anything is allocated: no zero-sized dimension, within the
+    /// limits. Returns its bytes.
     pub fn check_shape(gpu: &Gpu, shape: &[usize], what: &str) -> Result<u64> {
+        Self::check_shape_of(gpu, shape, DType::F32, what)
+    }
+
+    /// [`Tensor::check_shape`] for elements of `dtype`; the bytes are rounded up to whole 32-bit
+    /// words (an odd number of f16 elements leaves half a word).
+    pub fn check_shape_of(gpu: &Gpu, shape: &[usize], dtype: DType, what: &str) -> Result<u64> {
         if shape.contains(&0) {
             return Err(Error::Shape {
                 op: "tensor",
@@ -179,7 +199,8 @@ impl Tensor {
         }
         let numel = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
         let bytes = numel
-            .and_then(|n| n.checked_mul(4))
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .map(|b| b.next_multiple_of(4))
             .ok_or_else(|| Error::Shape {
                 op: "tensor",
                 msg: format!("{what}: shape {shape:?} overflows"),
@@ -198,7 +219,7 @@ impl Tensor {
     /// A tensor with undefined contents for step `step`, from the pool when a buffer of its size
     /// class is free and no other step open when it was freed is still open.
     pub(crate) fn alloc(gpu: &Gpu, shape: &[usize], dtype: DType, step: u64) -> Result<Tensor> {
-        let bytes = size_class(Self::check_shape(gpu, shape, "tensor")?);
+        let bytes = size_class(Self::check_shape_of(gpu, shape, dtype, "tensor")?);
         let buffer = match gpu.pool.take(&gpu.pool.free, &bytes, step) {
             Some(b) => b,
             None => gpu.pool.create(gpu, bytes, false),
@@ -233,7 +254,7 @@ impl Tensor {
     /// leaves free), so parts of one buffer can be written by one dispatch each, or several at once.
     pub fn part(&self, gpu: &Gpu, at: usize, shape: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
-        let offset = self.offset + at as u64 * 4;
+        let offset = self.offset + at as u64 * self.dtype.size();
         let align = gpu.limits.min_storage_buffer_offset_alignment as u64;
         if at + numel > self.numel() || !offset.is_multiple_of(align) {
             return Err(Error::Shape {
@@ -265,6 +286,17 @@ impl Tensor {
         )
     }
 
+    /// Like [`Tensor::from_slice`] for f16 data, given as the bits of each element.
+    pub fn from_f16_bits(gpu: &Gpu, shape: &[usize], bits: &[u16]) -> Result<Tensor> {
+        Self::upload_new(
+            gpu,
+            shape,
+            bytemuck::cast_slice(bits),
+            bits.len(),
+            DType::F16,
+        )
+    }
+
     /// Like [`Tensor::from_slice`] for u32 data (token ids, indices).
     pub fn from_u32(gpu: &Gpu, shape: &[usize], data: &[u32]) -> Result<Tensor> {
         Self::upload_new(
@@ -283,11 +315,12 @@ impl Tensor {
         len: usize,
         dtype: DType,
     ) -> Result<Tensor> {
-        let want = Self::check_shape(gpu, shape, "upload")?;
-        if want != len as u64 * 4 {
+        let want = Self::check_shape_of(gpu, shape, dtype, "upload")?;
+        let numel: usize = shape.iter().product();
+        if numel != len {
             return Err(Error::Shape {
                 op: "upload",
-                msg: format!("shape {shape:?} needs {} elements, got {len}", want / 4),
+                msg: format!("shape {shape:?} needs {numel} elements, got {len}"),
             });
         }
         let size = size_class(want);
@@ -312,8 +345,9 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+    /// The bytes of its elements (for f16, rounded up to a whole 32-bit word).
     pub fn bytes(&self) -> u64 {
-        self.numel() as u64 * 4
+        (self.numel() as u64 * self.dtype.size()).next_multiple_of(4)
     }
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.inner.buffer
@@ -322,6 +356,16 @@ impl Tensor {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+    /// Where an image of this tensor's rows is copied from, as a byte offset into the buffer the
+    /// copy reads: its own offset, or 0 for an f16 tensor, whose images are made from a widened
+    /// copy of its own (`Step::image`).
+    pub fn image_offset(&self) -> u64 {
+        match self.dtype {
+            DType::F16 => 0,
+            _ => self.offset,
+        }
+    }
+
     /// The tensor as a storage binding: the whole buffer for a tensor of its own, the part's own
     /// byte range for a part.
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {

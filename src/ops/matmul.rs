@@ -3,7 +3,7 @@
 use super::elementwise::Activation;
 use super::reduce::{sum_rows_into, Dest};
 use crate::error::{shape_err, Result};
-use crate::gpu::{Access, Gpu, Kernel, Rows, Step, Tensor};
+use crate::gpu::{Access, DType, Gpu, Kernel, Rows, Step, Tensor};
 
 use Access::{Image as I, Read as R, ReadWrite as W};
 
@@ -241,7 +241,7 @@ impl<'a> View<'a> {
             cs: self.cs,
             bs: self.bs,
             numel: self.t.numel(),
-            byte_offset: self.t.offset(),
+            byte_offset: self.t.image_offset(),
         }
     }
 }
@@ -761,6 +761,27 @@ fn pack(op: &'static str, v: &View) -> Result<[u32; 5]> {
 }
 
 impl Gemm<'_> {
+    /// `kernel` as this product runs it: where B holds half-precision weights, the same kernel
+    /// from the family that reads them (its bindings of B then take the f16 tensor; the bias
+    /// binding's stand-in, where there is no bias, is A for the same reason).
+    fn for_b(&self, kernel: &'static Kernel) -> &'static Kernel {
+        if self.b.t.dtype() != DType::F16 {
+            return kernel;
+        }
+        let family = crate::ops::HALF_B
+            .iter()
+            .find(|(_, base)| *base == kernel.family)
+            .map(|(half, _)| *half)
+            .expect("every matmul family has an f16 twin");
+        // Binding 2 is B's scalar view; binding 6, where a buffer, its vec4 view.
+        let halves: &[usize] = if kernel.bindings.get(5) == Some(&Access::Read) {
+            &[1, 5]
+        } else {
+            &[1]
+        };
+        kernel.in_family(family, halves)
+    }
+
     /// Which of a kernel's pipelines stores C for this product (see `stores!`).
     fn store(&self) -> usize {
         self.bias.is_some() as usize | (self.accumulate as usize) << 1
@@ -998,9 +1019,9 @@ impl Gemm<'_> {
             };
             parts.push((g, image));
         }
-        let kernel = &MATMUL_ROWS_IMAGE[self.m - 1][b_along_n as usize][self.store()];
+        let kernel = self.for_b(&MATMUL_ROWS_IMAGE[self.m - 1][b_along_n as usize][self.store()]);
         for (g, image) in parts {
-            let bias = g.bias.unwrap_or(g.b.t);
+            let bias = g.bias.unwrap_or(g.a.t);
             let tensors = [g.a.t, g.b.t, bias, g.c.t, g.a.t];
             let groups = g.n.div_ceil(8 * 8) as u64;
             let params = g.params((1, 1), 1)?;
@@ -1013,9 +1034,9 @@ impl Gemm<'_> {
     fn dispatch_few_rows(&self, step: &mut Step, b_along_n: bool) -> Result<()> {
         let col_groups = self.n.div_ceil(4 * 64);
         let params = self.params((1, col_groups), 1)?;
-        let bias = self.bias.unwrap_or(self.b.t);
+        let bias = self.bias.unwrap_or(self.a.t);
         let tensors = [self.a.t, self.b.t, bias, self.c.t, self.a.t, self.b.t];
-        let kernel = &MATMUL_ROWS[self.m - 1][b_along_n as usize][self.store()];
+        let kernel = self.for_b(&MATMUL_ROWS[self.m - 1][b_along_n as usize][self.store()]);
         step.dispatch_linear(
             kernel,
             &params,
@@ -1076,8 +1097,8 @@ impl Gemm<'_> {
         };
         let total = tiles.div_ceil(group_tiles);
         let params = self.params((tiles_m, tiles_n), group_tiles)?;
-        let kernel = t.kernel(self.store(), epilogue.and_then(|e| e.wanted().index));
-        let bias = self.bias.unwrap_or(self.b.t);
+        let kernel = self.for_b(t.kernel(self.store(), epilogue.and_then(|e| e.wanted().index)));
+        let bias = self.bias.unwrap_or(self.a.t);
         let (a, b, c) = (self.a.t, self.b.t, self.c.t);
         match t {
             Tiled::Scalar => step.dispatch_linear(kernel, &params, &[a, b, bias, c], total),

@@ -7,6 +7,7 @@ pub mod amad;
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod half;
 pub mod image;
 pub mod layernorm;
 pub mod loss;
@@ -39,6 +40,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         "attention_subgroup",
         include_str!("../../shaders/attention_subgroup.wgsl"),
     ),
+    ("half", include_str!("../../shaders/half.wgsl")),
 ];
 
 /// Families whose source begins with another family's (WGSL has no includes): each adds kernels
@@ -55,8 +57,31 @@ pub const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
 /// Added after the base of every family that extends one (those that use subgroup operations).
 const SUBGROUP_HELPERS: &str = include_str!("../../shaders/subgroup.wgsl");
 
+/// Families that read f16 weights as B: (family, the family it is made from). Each is its base with
+/// shaders/matmul_f16b.wgsl's section in place of matmul.wgsl's f32 storage of B.
+pub const HALF_B: &[(&str, &str)] = &[
+    ("matmul_f16b", "matmul"),
+    ("matmul_subgroup_f16b", "matmul_subgroup"),
+];
+
+const HALF_B_STORAGE: &str = include_str!("../../shaders/matmul_f16b.wgsl");
+
+/// `src` with its section of B's storage (from its "---- B's storage" line through its "---- end
+/// of B's storage ----" line) replaced by the f16 one.
+fn with_half_b(src: &str) -> String {
+    const START: &str = "// ---- B's storage";
+    const END: &str = "// ---- end of B's storage ----";
+    let (Some(a), Some(b)) = (src.find(START), src.find(END)) else {
+        panic!("no section of B's storage to replace");
+    };
+    format!("{}{HALF_B_STORAGE}{}", &src[..a], &src[b + END.len()..])
+}
+
 /// Full WGSL source of a shader family, prelude and any family it extends included.
 pub fn shader_source(family: &str) -> String {
+    if let Some((_, base)) = HALF_B.iter().find(|(f, _)| *f == family) {
+        return with_half_b(&shader_source(base));
+    }
     let own = |family: &str| {
         SHADERS
             .iter()
@@ -135,6 +160,7 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &image::RESIZE_H,
     &image::RESIZE_V,
     &image::PATCHIFY,
+    &half::WIDEN,
     &amad::ALIGN_STATS,
     &amad::ALIGN_SUM,
     &amad::ALIGN_WEIGHTS,

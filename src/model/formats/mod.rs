@@ -44,24 +44,6 @@ pub struct RawTensor<'a> {
     pub data: Cow<'a, [u8]>,
 }
 
-/// IEEE half precision to f32 (exact: every f16 is an f32).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, _) => {
-            // Subnormal: renormalise.
-            let shift = frac.leading_zeros() - 21;
-            sign | ((113 - shift) << 23) | (((frac << shift) & 0x3ff) << 13)
-        }
-        (31, _) => sign | 0x7f80_0000 | (frac << 13),
-        _ => sign | ((exp + 112) << 23) | (frac << 13),
-    };
-    f32::from_bits(bits)
-}
-
 impl RawTensor<'_> {
     /// The values as f32 (F16 and BF16 widen exactly). `name` and `file` go into errors.
     pub fn to_f32(&self, name: &str, file: &str) -> Result<Vec<f32>> {
@@ -73,7 +55,7 @@ impl RawTensor<'_> {
                 .collect(),
             Dtype::F16 => d
                 .chunks_exact(2)
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .map(|c| crate::half::f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
                 .collect(),
             Dtype::BF16 => d
                 .chunks_exact(2)
@@ -334,25 +316,4 @@ pub fn torch_bin<'a>(bytes: &'a [u8], file: &str) -> Result<Tensors<'a>> {
         );
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::f16_to_f32;
-
-    #[test]
-    fn half_precision_widens_exactly() {
-        for (h, want) in [
-            (0x3c00u16, 1.0f32),
-            (0xc000, -2.0),
-            (0x7bff, 65504.0),
-            (0x0001, 5.960_464_5e-8),
-            (0x03ff, 6.097_555e-5),
-            (0x8000, -0.0),
-            (0x7c00, f32::INFINITY),
-        ] {
-            assert_eq!(f16_to_f32(h).to_bits(), want.to_bits(), "{h:#06x}");
-        }
-        assert!(f16_to_f32(0x7e00).is_nan());
-    }
 }

@@ -1,0 +1,167 @@
+//! Half-precision weights: the f16 tensors a model loaded with `Precision::HalfWeights` holds, and
+//! the products that read them. A kernel widens each f16 element exactly, so every product over
+//! f16 weights must give the same bits as the same product over those weights widened to f32, on
+//! every path a product can take (the buffer kernels, the image kernels reading a widened copy,
+//! few rows with and without held images, K in chunks); and no other kernel takes an f16 tensor.
+
+mod common;
+use amad::gpu::{DType, Gpu};
+use amad::half::{f16_to_f32, f32_to_f16};
+use amad::ops::matmul::matmul;
+use amad::rng::Rng;
+use amad::Tensor;
+use common::*;
+
+/// `n` random halves (as bits) and their values.
+fn halves(rng: &mut Rng, n: usize) -> (Vec<u16>, Vec<f32>) {
+    let bits: Vec<u16> = rng
+        .vec(n, 1.0)
+        .iter()
+        .map(|&x| f32_to_f16(x as f32))
+        .collect();
+    let wide = bits.iter().map(|&h| f16_to_f32(h)).collect();
+    (bits, wide)
+}
+
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        panic!("{what}: element {i} is {} against {}", got[i], want[i]);
+    }
+}
+
+#[test]
+fn widening_on_the_device_is_exact_for_every_half() {
+    let g = gpu();
+    // Every bit pattern, plus one so that the count is odd (the last word's high half unused).
+    let bits: Vec<u16> = (0..=u16::MAX).chain([0x3c00]).collect();
+    let t = Tensor::from_f16_bits(g, &[bits.len()], &bits).unwrap();
+    // Two bytes an element, rounded up to a whole word.
+    let bytes = (2 * bits.len() as u64).next_multiple_of(4);
+    assert_eq!((t.dtype(), t.bytes()), (DType::F16, bytes));
+    let got = run_on(g, |s| Ok(vec![amad::ops::half::widen(s, &t)?])).remove(0);
+    for (h, x) in bits.iter().zip(&got) {
+        let want = f16_to_f32(*h);
+        if want.is_nan() {
+            assert!(x.is_nan(), "{h:#06x}");
+        } else {
+            assert_eq!(x.to_bits(), want.to_bits(), "{h:#06x}");
+        }
+    }
+}
+
+/// One product x · op(W) (+ bias) with W as f16 and as its widened f32 values, on `g`: the two
+/// results, and the kernels the f16 one ran.
+fn both(
+    g: &Gpu,
+    seed: u64,
+    (batch, m, n, k): (usize, usize, usize, usize),
+    tb: bool,
+    bias: bool,
+    hold: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<&'static str>) {
+    let mut rng = Rng::new(seed);
+    let x = upload_on(g, &[batch, m, k], &rng.vec(batch * m * k, 1.0));
+    let w_shape = if tb { [n, k] } else { [k, n] };
+    let (bits, wide) = halves(&mut rng, k * n);
+    let w16 = Tensor::from_f16_bits(g, &w_shape, &bits).unwrap();
+    let w32 = Tensor::from_slice(g, &w_shape, &wide).unwrap();
+    let bv = upload_on(g, &[n], &rng.vec(n, 1.0));
+    let product = |w: &Tensor| {
+        let held = hold.then(|| g.hold_images(std::slice::from_ref(w)));
+        let out = run_on(g, |s| {
+            Ok(vec![matmul(s, &x, w, false, tb, bias.then_some(&bv))?])
+        });
+        drop(held);
+        out.into_iter().next().unwrap()
+    };
+    let mut half = vec![];
+    let ran = kernels_run(g, || half = product(&w16));
+    (half, product(&w32), ran)
+}
+
+#[test]
+fn products_over_half_weights_give_the_bits_of_their_widened_values() {
+    // (batch, m, n, k): tiles with edges and a K remainder, a long K (chunked), widths that no
+    // vec4 kernel takes or whose rows of C are not whole vec4s, and few rows (one token, beams).
+    let shapes = [
+        (2, 70, 68, 37),
+        (1, 33, 96, 1028),
+        (1, 9, 37, 30),
+        (1, 40, 37, 128),
+        (1, 1, 72, 2048),
+        (1, 3, 40, 64),
+    ];
+    let mut ran_all = std::collections::BTreeSet::new();
+    // Buffers (the GPU path, tiles staged in workgroup memory or not), images with and without the
+    // subgroup kernel (CPU adapters).
+    for (images, subgroup, shared) in [
+        (false, false, false),
+        (false, false, true),
+        (true, false, false),
+        (true, true, false),
+    ] {
+        let g = own_device(images);
+        g.set_subgroup_matmul(subgroup);
+        g.set_shared_matmul(shared);
+        for (i, &shape) in shapes.iter().enumerate() {
+            for tb in [false, true] {
+                for bias in [false, true] {
+                    for hold in [false, true] {
+                        let what = format!(
+                            "{shape:?} tb={tb} bias={bias} hold={hold} images={images} \
+                             subgroup={subgroup} shared={shared}"
+                        );
+                        let (half, wide, ran) = both(&g, i as u64, shape, tb, bias, hold);
+                        same_bits(&what, &half, &wide);
+                        ran_all.extend(ran);
+                    }
+                }
+            }
+        }
+    }
+    let mut want = vec![
+        "widen_halves",
+        "matmul",
+        "matmul_vec4",
+        "matmul_shared",
+        "matmul_image",
+        "matmul_rows",
+        "matmul_rows_image",
+    ];
+    if gpu()
+        .device
+        .features()
+        .contains(amad::gpu::wgpu::Features::SUBGROUP)
+    {
+        want.extend(["matmul_subgroup", "matmul_subgroup_cells"]);
+    }
+    for k in want {
+        assert!(ran_all.contains(k), "{k} never ran: {ran_all:?}");
+    }
+}
+
+#[test]
+fn no_kernel_but_a_product_takes_half_weights() {
+    let g = gpu();
+    let mut rng = Rng::new(3);
+    let (bits, _) = halves(&mut rng, 64);
+    let w16 = Tensor::from_f16_bits(g, &[8, 8], &bits).unwrap();
+    let x = upload_on(g, &[8, 8], &rng.vec(64, 1.0));
+    let mut step = g.step();
+    // As A of a product (activations are f32).
+    let err = matmul(&mut step, &w16, &x, false, false, None).unwrap_err();
+    assert!(
+        err.to_string().contains("is F16, where it takes f32"),
+        "{err}"
+    );
+    // Into an elementwise kernel.
+    let err = amad::ops::elementwise::add(&mut step, &x, &w16).unwrap_err();
+    assert!(
+        err.to_string().contains("is F16, where it takes f32"),
+        "{err}"
+    );
+    // And an f32 tensor where the widening kernel takes f16.
+    let err = amad::ops::half::widen(&mut step, &x).unwrap_err();
+    assert!(err.to_string().contains("widens f16 tensors"), "{err}");
+}
