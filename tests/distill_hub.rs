@@ -5,7 +5,7 @@
 mod common;
 use amad::distill::{memory, DistillConfig};
 use amad::model::captioner::Captioner;
-use amad::model::{Config, Model, StudentShape};
+use amad::model::{Config, Layout, Model, Precision, StudentShape};
 use common::*;
 use serde_json::Value;
 use std::path::Path;
@@ -237,27 +237,60 @@ fn the_memory_estimate_finds_the_largest_batch_that_fits() {
     let student = Config::student_of(&teacher, &StudentShape::default_for(&teacher));
     let cfg = DistillConfig::default();
     let binding = 128u64 << 20;
-    let e = memory::estimate(&teacher, &student, &cfg, 8, 20);
+    let e = memory::estimate((&teacher, Precision::F32), &student, &cfg, 8, 20);
     // The logits' gradient, its rows padded from 50,257 to 50,304 for the backward's products.
     assert_eq!(e.largest.bytes, 8 * 20 * 50304 * 4, "{e:?}");
-    let err = memory::check(&teacher, &student, &cfg, 64, 20, binding, None)
-        .unwrap_err()
-        .to_string();
+    // A teacher with half-precision weights needs two bytes less for each weight of its products.
+    let half = memory::estimate((&teacher, Precision::HalfWeights), &student, &cfg, 8, 20);
+    let layout = Layout::new(&teacher);
+    let product: usize = (layout.product_weights().iter())
+        .map(|&i| layout.specs[i].shape.iter().product::<usize>())
+        .sum();
+    assert!(product > 0);
+    assert_eq!(e.total() - half.total(), 2 * product as u64);
+    let err = memory::check(
+        (&teacher, Precision::F32),
+        &student,
+        &cfg,
+        64,
+        20,
+        binding,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
     // 33 × 20 × 50304 × 4 bytes = 132.8 MB ≤ 134.2 MB; 34 is over.
     assert!(
         err.contains("logits") && err.contains("a batch of 33 or less fits"),
         "{err}"
     );
     // A total over what the device has available is refused too.
-    let total = memory::estimate(&teacher, &student, &cfg, 4, 20).total();
-    let err = memory::check(&teacher, &student, &cfg, 8, 20, binding, Some(total))
-        .unwrap_err()
-        .to_string();
+    let total = memory::estimate((&teacher, Precision::F32), &student, &cfg, 4, 20).total();
+    let err = memory::check(
+        (&teacher, Precision::F32),
+        &student,
+        &cfg,
+        8,
+        20,
+        binding,
+        Some(total),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         err.contains("in all") && err.contains("a batch of 4 or less fits"),
         "{err}"
     );
-    assert!(memory::check(&teacher, &student, &cfg, 4, 20, binding, Some(total)).is_ok());
+    assert!(memory::check(
+        (&teacher, Precision::F32),
+        &student,
+        &cfg,
+        4,
+        20,
+        binding,
+        Some(total)
+    )
+    .is_ok());
 }
 
 /// A few steps from a random teacher of nlpconnect's full shape (239 M parameters, 12 heads,

@@ -165,3 +165,154 @@ fn no_kernel_but_a_product_takes_half_weights() {
     let err = amad::ops::half::widen(&mut step, &x).unwrap_err();
     assert!(err.to_string().contains("widens f16 tensors"), "{err}");
 }
+
+const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
+const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
+
+/// The tiny Hub model's patches for a fixture photo.
+fn patches(c: &amad::model::captioner::Captioner, g: &Gpu, photo: &str) -> Tensor {
+    let bytes = std::fs::read(std::path::Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
+    let px = amad::data::image::decode(&bytes, photo).unwrap();
+    c.patches(g, &px).unwrap()
+}
+
+#[test]
+fn a_model_with_half_weights_computes_on_its_rounded_weights() {
+    use amad::model::captioner::Captioner;
+    use amad::model::generate::Generation;
+    use amad::model::{Model, Precision, Weights};
+    let dir = std::path::Path::new(HUB_TINY);
+    // Both kinds of device: images and the subgroup kernel (CPU adapters), and storage buffers.
+    for images in [true, false] {
+        let g = own_device(images);
+        let full = Captioner::load(&g, dir).unwrap();
+        let half = Captioner::load_as(&g, dir, Precision::HalfWeights).unwrap();
+        let layout = &full.model.layout;
+        let product = layout.product_weights();
+        for (i, t) in half.model.weights.tensors.iter().enumerate() {
+            let want = if product.contains(&i) {
+                DType::F16
+            } else {
+                DType::F32
+            };
+            assert_eq!(t.dtype(), want, "{}", layout.specs[i].name);
+        }
+        // The same model in f32 with its product weights rounded to f16, as the half model holds
+        // them (read back, they are exactly those values).
+        let values = pollster::block_on(full.model.weights.values(&g)).unwrap();
+        let rounded: Vec<Vec<f32>> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match product.contains(&i) {
+                true => v.iter().map(|&x| f16_to_f32(f32_to_f16(x))).collect(),
+                false => v.clone(),
+            })
+            .collect();
+        let held = pollster::block_on(half.model.weights.values(&g)).unwrap();
+        for (i, (a, b)) in held.iter().zip(&rounded).enumerate() {
+            same_bits(&layout.specs[i].name, a, b);
+        }
+        let twin = Model {
+            cfg: full.model.cfg.clone(),
+            layout: layout.clone(),
+            weights: Weights::from_values(&g, layout, &rounded).unwrap(),
+        };
+        let ids = Tensor::from_u32(&g, &[1, 6], &[50256, 64, 582, 10311, 257, 6769]).unwrap();
+        let (mut worst, mut largest): (f32, f32) = (0.0, 0.0);
+        for photo in ["astronaut", "coffee", "chelsea"] {
+            let px = patches(&full, &g, photo);
+            let logits = |m: &Model| {
+                run_on(&g, |s| Ok(vec![m.forward(s, &px, &ids)?.logits().clone()])).remove(0)
+            };
+            let (h, t, f) = (logits(&half.model), logits(&twin), logits(&full.model));
+            same_bits(&format!("{photo} logits, images={images}"), &h, &t);
+            largest = f.iter().fold(largest, |m, x| m.max(x.abs()));
+            worst = f
+                .iter()
+                .zip(&h)
+                .fold(worst, |w, (a, b)| w.max((a - b).abs()));
+            // Generation reads the weights through other kernels (a few rows, held images).
+            let caption =
+                |m: &Model| pollster::block_on(m.generate(&g, &px, Generation::default())).unwrap();
+            let ids = caption(&half.model);
+            assert_eq!(ids, caption(&twin), "{photo} caption");
+            assert_eq!(
+                ids,
+                caption(&full.model),
+                "{photo}: the f32 model's caption"
+            );
+        }
+        // Against the f32 model the logits move by the weights' rounding only (half precision
+        // keeps 11 significant bits): by under 1% of the largest logit here (a wrong weight would
+        // move them by as much as the logits themselves).
+        eprintln!("images={images}: logits up to {largest:.2}, moved by at most {worst:.2e}");
+        assert!(worst > 0.0 && worst < 0.01 * largest, "moved by {worst}");
+    }
+}
+
+#[test]
+fn a_model_with_half_weights_refuses_to_train() {
+    use amad::model::captioner::Captioner;
+    use amad::model::Precision;
+    let g = gpu();
+    let dir = std::path::Path::new(HUB_TINY);
+    let half = Captioner::load_as(g, dir, Precision::HalfWeights).unwrap();
+    let err = half.model.check_trainable().unwrap_err().to_string();
+    assert!(err.contains("half-precision weights"), "{err}");
+}
+
+/// `amad caption --half-weights` captions as the f32 model does (the test above finds the same
+/// tokens), and `amad distill --teacher-half-weights` teaches a student from a teacher so held:
+/// every loss term finite, the student trained in f32.
+#[test]
+fn the_cli_captions_and_teaches_with_half_weights() {
+    let photo = format!("{PHOTOS}/astronaut.png");
+    let caption = |extra: &[&str]| {
+        let mut args = vec!["caption", "--model", HUB_TINY, &photo];
+        args.extend(extra);
+        let r = amad_cli(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        String::from_utf8(r.stdout).unwrap()
+    };
+    assert_eq!(caption(&["--half-weights"]), caption(&[]));
+    let (images, out) = (temp_dir("half_photos"), temp_dir("half_out"));
+    for name in ["astronaut", "coffee", "chelsea"] {
+        let from = std::path::Path::new(PHOTOS).join(format!("{name}.png"));
+        std::fs::copy(&from, images.join(format!("{name}.png"))).unwrap();
+        std::fs::copy(&from, images.join(format!("{name}_again.png"))).unwrap();
+    }
+    let r = amad_cli([
+        "distill",
+        "--teacher",
+        HUB_TINY,
+        "--teacher-half-weights",
+        "--images",
+        images.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--val-fraction",
+        "0.34",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("losses").is_some())
+        .collect();
+    assert_eq!(steps.len(), 3, "{log}");
+    for s in &steps {
+        for term in ["ce", "kd", "attn", "total"] {
+            let x = s["losses"][term].as_f64().unwrap();
+            assert!(x.is_finite() && x >= 0.0, "{term} = {x} in {s}");
+        }
+    }
+    let student = amad::model::Model::load(gpu(), &out).unwrap();
+    assert_eq!(student.precision(), amad::model::Precision::F32);
+    std::fs::remove_dir_all(images).ok();
+    std::fs::remove_dir_all(out).ok();
+}

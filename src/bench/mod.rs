@@ -500,7 +500,7 @@ pub fn distill(
     let student = Model::new(gpu, Config::student_of(tcfg, &shape), 2)?;
     let cfg = crate::distill::DistillConfig::default();
     let need = crate::distill::memory::check(
-        tcfg,
+        (tcfg, teacher.model.precision()),
         &student.cfg,
         &cfg,
         batch,

@@ -5,7 +5,7 @@
 
 use super::step::{layer_pairs, DistillConfig};
 use crate::error::{Error, Result};
-use crate::model::Config;
+use crate::model::{Config, Layout, Precision};
 
 /// One buffer (or group of buffers) of a step, in bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,12 +33,13 @@ impl Estimate {
 const F32: u64 = 4;
 
 fn param_count(cfg: &Config) -> u64 {
-    crate::model::weights::Layout::new(cfg).param_count() as u64
+    Layout::new(cfg).param_count() as u64
 }
 
-/// The step's memory for `batch` captions of `len` positions.
+/// The step's memory for `batch` captions of `len` positions, the teacher's weights held as its
+/// precision says.
 pub fn estimate(
-    teacher: &Config,
+    (teacher, precision): (&Config, Precision),
     student: &Config,
     cfg: &DistillConfig,
     batch: usize,
@@ -102,7 +103,7 @@ pub fn estimate(
     let items = vec![
         Need {
             what: "the teacher's weights",
-            bytes: param_count(teacher) * F32,
+            bytes: Layout::new(teacher).bytes(precision),
         },
         Need {
             what: "the student's weights, gradients and AdamW moments",
@@ -166,7 +167,7 @@ fn mb(bytes: u64) -> String {
 /// the device's largest binding `max_binding`, or its total over `available` bytes where that is
 /// known — and the largest batch that would.
 pub fn check(
-    teacher: &Config,
+    teacher: (&Config, Precision),
     student: &Config,
     cfg: &DistillConfig,
     batch: usize,

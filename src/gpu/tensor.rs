@@ -413,9 +413,17 @@ impl Tensor {
         })
     }
 
-    /// Reads the tensor back as f32 (async: on wasm it awaits the browser, natively it polls).
+    /// Reads the tensor back as f32, f16 elements widened (async: on wasm it awaits the browser,
+    /// natively it polls).
     pub async fn read(&self, gpu: &Gpu) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(gpu).await?;
+        if self.dtype == DType::F16 {
+            return Ok(bytes
+                .chunks_exact(2)
+                .take(self.numel())
+                .map(|c| crate::half::f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect());
+        }
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 

@@ -6,7 +6,7 @@
 
 use super::formats::shard_names;
 use super::generate::Generation;
-use super::{preprocessor, Model, Tokenizer, WeightFiles};
+use super::{preprocessor, Model, Precision, Tokenizer, WeightFiles};
 use crate::data::image::Pixels;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Tensor};
@@ -117,8 +117,14 @@ fn special_tokens(text: &str) -> Result<Vec<String>> {
 }
 
 impl Captioner {
-    pub fn from_files(gpu: &Gpu, files: &CheckpointFiles, source: &str) -> Result<Captioner> {
-        let model = Model::from_files(gpu, files.config, &files.weights, source)?;
+    /// A checkpoint from its files, its weights held as `precision` says.
+    pub fn from_files(
+        gpu: &Gpu,
+        files: &CheckpointFiles,
+        source: &str,
+        precision: Precision,
+    ) -> Result<Captioner> {
+        let model = Model::from_files(gpu, files.config, &files.weights, source, precision)?;
         let e = &model.cfg.encoder;
         let preprocess = preprocessor::from_json(files.preprocessor, e.patch_size)
             .map_err(|err| Error::Invalid(format!("{source}/{err}")))?;
@@ -157,11 +163,12 @@ impl Captioner {
     /// them): config.json, preprocessor_config.json, generation_config.json where there is one,
     /// the weights (the first format `weights_file` finds; with sharded safetensors, the shards
     /// the index names) and the vocabulary (tokenizer.json, else vocab.json and merges.txt).
-    /// `source` names the checkpoint in errors.
+    /// `source` names the checkpoint in errors; `precision` says how its weights are held.
     pub fn from_file_map(
         gpu: &Gpu,
         files: &HashMap<String, Vec<u8>>,
         source: &str,
+        precision: Precision,
     ) -> Result<Captioner> {
         let has = |name: &str| files.contains_key(name);
         let bytes = |name: &str| {
@@ -214,13 +221,19 @@ impl Captioner {
                 .then(|| text("generation_config.json"))
                 .transpose()?,
         };
-        Self::from_files(gpu, &files, source)
+        Self::from_files(gpu, &files, source, precision)
     }
 
     /// Loads a checkpoint directory as amad writes it or as the Hugging Face Hub holds it,
-    /// reading only the files `from_file_map` uses.
+    /// reading only the files `from_file_map` uses, every parameter in f32.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(gpu: &Gpu, dir: &std::path::Path) -> Result<Captioner> {
+        Self::load_as(gpu, dir, Precision::F32)
+    }
+
+    /// [`Captioner::load`], the weights held as `precision` says.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_as(gpu: &Gpu, dir: &std::path::Path, precision: Precision) -> Result<Captioner> {
         let has = |name: &str| dir.join(name).is_file();
         let mut names: Vec<String> = OPTIONAL_FILES
             .iter()
@@ -247,7 +260,7 @@ impl Captioner {
             let b = read(&n)?;
             files.insert(n, b);
         }
-        Self::from_file_map(gpu, &files, &dir.display().to_string())
+        Self::from_file_map(gpu, &files, &dir.display().to_string(), precision)
     }
 
     /// Writes the five files into `dir`: config.json, model.safetensors,

@@ -20,7 +20,7 @@ pub mod weights;
 pub use config::{Config, StudentShape};
 pub use formats::WeightFiles;
 pub use tokenizer::Tokenizer;
-pub use weights::{Layout, Weights};
+pub use weights::{Layout, Precision, Weights};
 
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
@@ -163,18 +163,21 @@ impl Model {
         })
     }
 
-    /// A model from config.json text and its weight files; `source` names them in errors.
+    /// A model from config.json text and its weight files, held as `precision` says; `source`
+    /// names them in errors.
     pub fn from_files(
         gpu: &Gpu,
         config_json: &str,
         weights: &WeightFiles,
         source: &str,
+        precision: Precision,
     ) -> Result<Model> {
         let cfg = Config::from_json(config_json)
             .map_err(|e| Error::Invalid(format!("{source}/config.json: {e}")))?;
         let layout = Layout::new(&cfg);
         let file = format!("{source}/{}", weights.name());
-        let weights = Weights::from_checkpoint(gpu, &layout, &weights.tensors(&file)?, &file)?;
+        let tensors = weights.tensors(&file)?;
+        let weights = Weights::from_checkpoint(gpu, &layout, &tensors, &file, precision)?;
         Ok(Model {
             cfg,
             layout,
@@ -197,6 +200,7 @@ impl Model {
             &config,
             &WeightFiles::Safetensors(&read("model.safetensors")?),
             &dir.display().to_string(),
+            Precision::F32,
         )
     }
 
@@ -213,6 +217,14 @@ impl Model {
             .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
         write("config.json", self.cfg.to_json().as_bytes())?;
         write("model.safetensors", &bytes)
+    }
+
+    /// How this model holds its parameters.
+    pub fn precision(&self) -> Precision {
+        match self.weights.has_halves() {
+            true => Precision::HalfWeights,
+            false => Precision::F32,
+        }
     }
 
     pub(crate) fn w(&self, i: usize) -> &Tensor {
@@ -363,14 +375,7 @@ impl Model {
         dstates_extra: Option<&Tensor>,
         grads: &Weights,
     ) -> Result<()> {
-        if self.weights.is_row_split() {
-            return Err(Error::Invalid(format!(
-                "this model's token embedding ({} rows) is larger than one storage binding of \
-                 this device, so amad holds it in row blocks, which serve captioning only; \
-                 training it needs a device with larger storage bindings",
-                self.cfg.decoder.vocab_size
-            )));
-        }
+        self.check_trainable()?;
         let dstates = self.decode_bwd(
             step,
             &fwd.encoder.states,
@@ -383,6 +388,26 @@ impl Model {
             crate::ops::elementwise::axpy(step, &dstates, extra, 1.0)?;
         }
         self.encode_bwd(step, &fwd.encoder, &dstates, &dmaps.encoder, grads)
+    }
+
+    /// Refuses to train a model held in a form that serves captioning only, saying why.
+    pub fn check_trainable(&self) -> Result<()> {
+        if self.weights.is_row_split() {
+            return Err(Error::Invalid(format!(
+                "this model's token embedding ({} rows) is larger than one storage binding of \
+                 this device, so amad holds it in row blocks, which serve captioning only; \
+                 training it needs a device with larger storage bindings",
+                self.cfg.decoder.vocab_size
+            )));
+        }
+        if self.weights.has_halves() {
+            return Err(Error::Invalid(
+                "this model was loaded with half-precision weights, which serve captioning and \
+                 a distillation's teacher only; load it in f32 to train it"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// One training step on cross-entropy against `labels` [B·L] (u32, `loss::IGNORE` where not

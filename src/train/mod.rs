@@ -16,7 +16,7 @@ use crate::eval::{metrics, truth};
 use crate::gpu::Gpu;
 use crate::model::captioner::Captioner;
 use crate::model::generate::Generation;
-use crate::model::{Optimizer, Weights};
+use crate::model::{Optimizer, Precision, Weights};
 
 /// Options of a training run.
 #[derive(Clone, Debug)]
@@ -159,8 +159,8 @@ pub fn restore_state(
         .map_err(|e| Error::Invalid(format!("{source}: {e}")))?;
     let layout = &c.model.layout;
     let named = crate::model::formats::safetensors(bytes, source)?;
-    let m = Weights::from_named(gpu, layout, &named, "m.", source)?;
-    let v = Weights::from_named(gpu, layout, &named, "v.", source)?;
+    let m = Weights::from_named(gpu, layout, &named, ("m.", source), Precision::F32)?;
+    let v = Weights::from_named(gpu, layout, &named, ("v.", source), Precision::F32)?;
     let saved_head = st.names().iter().any(|n| n.starts_with(shape_loss::PREFIX));
     match head {
         Some(h) if saved_head => h.restore(gpu, &st, source)?,

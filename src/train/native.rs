@@ -346,7 +346,7 @@ pub fn distill_captioner(
     };
     let len = source.positions(&student_cfg);
     let need = crate::distill::memory::check(
-        &teacher.model.cfg,
+        (&teacher.model.cfg, teacher.model.precision()),
         &student_cfg,
         cfg,
         opts.batch,

@@ -9,7 +9,7 @@ use crate::data::scenes::{Scene, Split};
 use crate::distill::DistillConfig;
 use crate::model::captioner::Captioner;
 use crate::model::WeightFiles;
-use crate::model::{Config, Model, Optimizer, StudentShape};
+use crate::model::{Config, Model, Optimizer, Precision, StudentShape};
 use crate::ops::optim::AdamW;
 use crate::train::{batch, learning_rate, RunOptions, Source};
 use crate::{Error, Gpu, Result};
@@ -146,7 +146,7 @@ pub fn load_checkpoint(
             .ok_or_else(|| JsError::new("a file without a name"))?;
         map.insert(file, js_sys::Uint8Array::new(&pair.get(1)).to_vec());
     }
-    let c = Captioner::from_file_map(&gpu, &map, source).map_err(js)?;
+    let c = Captioner::from_file_map(&gpu, &map, source, Precision::F32).map_err(js)?;
     drop(map);
     let out = summary(&c);
     STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), Rc::new(c)));
@@ -240,7 +240,8 @@ fn distill_start_inner(
     } = crate::train::page::parse_options(options)?;
     let model = match (&resume_config, &resume_weights) {
         (Some(c), Some(w)) => {
-            Model::from_files(&gpu, c, &WeightFiles::Safetensors(w), "the saved run")?
+            let files = WeightFiles::Safetensors(w);
+            Model::from_files(&gpu, c, &files, "the saved run", Precision::F32)?
         }
         _ => {
             let [layers, width, heads] = shape;
@@ -277,7 +278,7 @@ fn distill_start_inner(
     // user's images are checked again at their captions' length once the teacher has them.
     let positions = student.model.cfg.decoder.n_positions;
     crate::distill::memory::check(
-        &teacher.model.cfg,
+        (&teacher.model.cfg, teacher.model.precision()),
         &student.model.cfg,
         &cfg,
         opts.batch,
@@ -368,7 +369,7 @@ async fn distill_images_inner(
     let (train, held_out) = {
         let run = r.borrow();
         crate::distill::memory::check(
-            &run.teacher.model.cfg,
+            (&run.teacher.model.cfg, run.teacher.model.precision()),
             &run.student.model.cfg,
             &run.cfg,
             run.opts.batch,
