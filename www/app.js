@@ -370,7 +370,8 @@ function onDownload(m) {
 function teacherReady(what, s) {
   teacherKind = what;
   const note = s.notCached && s.notCached.length ? ` Not cached: ${s.notCached.join(', ')}.` : '';
-  teacherStatus(`Teacher ready: ${what}, ${fmtParams(s.parameters)} parameters, ${s.image_size}×${s.image_size} images, ` +
+  const weights = `${MB(s.weight_bytes)} MB of weights on the GPU${s.half_weights ? ', half precision' : ''}`;
+  teacherStatus(`Teacher ready: ${what}, ${fmtParams(s.parameters)} parameters (${weights}), ${s.image_size}×${s.image_size} images, ` +
     `${s.vocab_size} tokens.${note}`, 'ready');
   $('models-status').textContent = what === 'bundled' ? $('models-status').textContent
     : `The teacher is ${what}; no student has been distilled for it yet, so captions come from the teacher alone.`;
@@ -381,7 +382,8 @@ async function loadTeacher(op, what, ...args) {
   $('teacher-cancel').hidden = op !== 'loadHub';
   try {
     await gpuReady;
-    const s = await call(op, 'teacher', ...args);
+    // Last of every load's arguments: the linear maps' weights in f16, as the box says.
+    const s = await call(op, 'teacher', ...args, $('teacher-half').checked);
     if (s.confirm) {
       confirmed = { key: args.slice(0, 3).join(' '), bytes: s.confirm };
       return teacherStatus(`${what} is ${MB(s.confirm)} MB to download (${s.files.join(', ')}); it is kept in this ` +

@@ -63,8 +63,9 @@ const handlers = {
     return JSON.parse(await amad.open_gpu());
   },
 
-  // Fetches a bundled checkpoint (www/models/<dir>) and loads it as model `name`.
-  async loadBundled(name, dir) {
+  // Fetches a bundled checkpoint (www/models/<dir>) and loads it as model `name` (`half`: its
+  // linear maps' weights in f16, here and below).
+  async loadBundled(name, dir, half = false) {
     const base = new URL(`models/${dir}/`, self.location.href);
     const files = await Promise.all(['config.json', 'model.safetensors', 'preprocessor_config.json', 'tokenizer.json']
       .map(async (file) => {
@@ -72,12 +73,12 @@ const handlers = {
         if (!r.ok) throw new Error(`models/${dir}/${file}: HTTP ${r.status}`);
         return [file, new Uint8Array(await r.arrayBuffer())];
       }));
-    return JSON.parse(amad.load_checkpoint(name, `models/${dir}`, new Map(files)));
+    return JSON.parse(amad.load_checkpoint(name, `models/${dir}`, new Map(files), half));
   },
 
   // Loads a checkpoint from the user's files: [[file name, ArrayBuffer]], as a folder holds them.
-  async loadFiles(name, files) {
-    return JSON.parse(amad.load_checkpoint(name, 'your files', new Map(files.map(([n, b]) => [n, new Uint8Array(b)]))));
+  async loadFiles(name, files, half = false) {
+    return JSON.parse(amad.load_checkpoint(name, 'your files', new Map(files.map(([n, b]) => [n, new Uint8Array(b)])), half));
   },
 
   // Loads a captioner from the Hugging Face Hub (or a mirror: `hub`) as model `name`, in the
@@ -86,7 +87,7 @@ const handlers = {
   // earlier load left them. Downloads over `askOver` bytes wait for the page to confirm them: without
   // `confirmedBytes` equal to the size, the answer is {confirm: bytes, files} and nothing is
   // fetched. Progress goes to the page as {event: 'download'} messages.
-  async loadHub(name, hub, repo, revision, askOver, confirmedBytes) {
+  async loadHub(name, hub, repo, revision, askOver, confirmedBytes, half = false) {
     const base = `${hub.replace(/\/+$/, '')}/${repo}/resolve/${encodeURIComponent(revision)}/`;
     const where = `${repo}@${revision}`;
     download = new AbortController();
@@ -203,7 +204,7 @@ const handlers = {
       await storeFile(store, MANIFEST, new TextEncoder().encode(list)).catch(() => {});
     }
     self.postMessage({ event: 'download', repo: where, loading: true });
-    const summary = JSON.parse(amad.load_checkpoint(name, where, files));
+    const summary = JSON.parse(amad.load_checkpoint(name, where, files, half));
     return { ...summary, notCached, bytes: all };
   },
 

@@ -654,7 +654,7 @@ pub fn caption(
     iters: usize,
     json: bool,
 ) -> Result<()> {
-    let weights: u64 = c.model.weights.blocks.iter().map(|b| b.bytes()).sum();
+    let weights = c.model.weights.device_bytes();
     if !json {
         println!("adapter: {}", gpu.describe());
         println!(

@@ -469,6 +469,11 @@ impl Weights {
         })
     }
 
+    /// The bytes the parameters take on the device (their blocks, padding included).
+    pub fn device_bytes(&self) -> u64 {
+        self.blocks.iter().map(Tensor::bytes).sum()
+    }
+
     /// Whether any parameter is held in f16 (`Precision::HalfWeights`).
     pub fn has_halves(&self) -> bool {
         self.blocks.iter().any(|b| b.dtype() == DType::F16)

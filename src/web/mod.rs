@@ -118,6 +118,8 @@ fn summary(c: &Captioner) -> String {
     let (e, d) = (&c.model.cfg.encoder, &c.model.cfg.decoder);
     serde_json::json!({
         "parameters": c.model.layout.param_count(),
+        "weight_bytes": c.model.weights.device_bytes(),
+        "half_weights": c.model.precision() == Precision::HalfWeights,
         "encoder": [e.num_hidden_layers, e.hidden_size, e.num_attention_heads],
         "decoder": [d.n_layer, d.n_embd, d.n_head],
         "image_size": e.image_size,
@@ -129,12 +131,14 @@ fn summary(c: &Captioner) -> String {
 
 /// Loads a checkpoint from its files, a Map of file name → Uint8Array (a bundled model, a Hub
 /// download or the user's own files, in any of the formats `Captioner::from_file_map` reads), as
-/// model `name`; `source` names it in errors. Returns a JSON summary of its sizes.
+/// model `name`, with its linear maps' weights in f16 where `half_weights` (`Precision`);
+/// `source` names it in errors. Returns a JSON summary of its sizes.
 #[wasm_bindgen]
 pub fn load_checkpoint(
     name: &str,
     source: &str,
     files: js_sys::Map,
+    half_weights: bool,
 ) -> std::result::Result<String, JsError> {
     let gpu = gpu().map_err(js)?;
     let mut map = HashMap::new();
@@ -146,7 +150,11 @@ pub fn load_checkpoint(
             .ok_or_else(|| JsError::new("a file without a name"))?;
         map.insert(file, js_sys::Uint8Array::new(&pair.get(1)).to_vec());
     }
-    let c = Captioner::from_file_map(&gpu, &map, source, Precision::F32).map_err(js)?;
+    let precision = match half_weights {
+        true => Precision::HalfWeights,
+        false => Precision::F32,
+    };
+    let c = Captioner::from_file_map(&gpu, &map, source, precision).map_err(js)?;
     drop(map);
     let out = summary(&c);
     STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), Rc::new(c)));

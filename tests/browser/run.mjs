@@ -556,10 +556,12 @@ await new Promise((r) => hub.listen(0, '127.0.0.1', r));
 // The tiny model is 10 MB: asking over 1 MB makes the page ask first, as it does for real models.
 const hubUrl = `${base}?hub=${encodeURIComponent(`http://127.0.0.1:${hub.address().port}`)}&ask-over=1000000`;
 
-// Loads the tiny Hub model by repo id; returns the teacher-status texts seen on the way.
-async function loadHubTeacher() {
+// Loads the tiny Hub model by repo id (with `half`, its linear maps' weights in f16); returns the
+// teacher-status texts seen on the way.
+async function loadHubTeacher(half = false) {
   await page.goto(hubUrl);
   await page.waitForFunction(() => document.getElementById('models-status').dataset.ready === 'true', null, { timeout: 120000 });
+  await page.setChecked('[data-testid=teacher-half]', half);
   await page.evaluate(() => {
     window.teacherStatuses = [];
     new MutationObserver(() => window.teacherStatuses.push(document.querySelector('[data-testid=teacher-status]').textContent))
@@ -681,6 +683,18 @@ await check('after a reload the Hub captioner loads from the browser cache with 
   assert(!/Press Load again/.test(asked), `a cached model needs no download, yet: ${asked}`);
   const c = await newCard(() => page.setInputFiles('[data-testid=file-input]', [path.join(here, '../fixtures/photos/coffee.png')]));
   assert(!c.error && c.teacher.startsWith(golden.coffee.greedy_text), JSON.stringify(c));
+});
+
+await check('with half-precision weights the Hub captioner takes less GPU memory and captions as before', async () => {
+  const full = await page.textContent('[data-testid=teacher-status]');
+  await loadHubTeacher(true);
+  const half = await page.textContent('[data-testid=teacher-status]');
+  const mb = (t) => Number((t.match(/\(([\d.]+) MB of weights on the GPU/) || [])[1]);
+  assert(/half precision/.test(half) && !/half precision/.test(full), `${full} / ${half}`);
+  assert(mb(half) > 0 && mb(half) < mb(full), `${full} / ${half}`);
+  const c = await newCard(() => page.setInputFiles('[data-testid=file-input]', [path.join(here, '../fixtures/photos/coffee.png')]));
+  assert(!c.error && c.teacher.startsWith(golden.coffee.greedy_text), JSON.stringify(c));
+  console.log(`     weights ${mb(full)} MB in f32, ${mb(half)} MB with half precision: "${c.teacher}"`);
 });
 
 await browser.close();
