@@ -52,6 +52,22 @@ fn b_at(i: u32) -> f32 {
 fn b4_at(i: u32) -> vec4<f32> {
     return b4[i];
 }
+
+// B's image (see matmul_image): binding 6, or 7 in the subgroup kernels, whose binding 6 is A's
+// (declared here, unused by this family's own kernels, so that one section holds every form in
+// which B is read).
+@group(0) @binding(6) var b_image: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba32float, read>;
+
+// Texel (x, y) of B's image.
+fn b_texel(x: u32, y: u32) -> vec4<f32> {
+    return textureLoad(b_image, vec2<i32>(i32(x), i32(y)));
+}
+
+// Texel (x, y) of the subgroup kernels' B image.
+fn sg_b_texel(x: u32, y: u32) -> vec4<f32> {
+    return textureLoad(sg_b_image, vec2<i32>(i32(x), i32(y)));
+}
 // ---- end of B's storage ----
 
 // Where workgroup g's tile of C lies: its batch matrix (b1, b2) and its first row and column.
@@ -433,7 +449,6 @@ fn matmul_shared(
 // (K mod 4) runs through the scalar bindings, as in matmul_vec4.
 
 @group(0) @binding(5) var a_image: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(6) var b_image: texture_storage_2d<rgba32float, read>;
 
 @compute @workgroup_size(8, 4, 1)
 fn matmul_image(
@@ -467,6 +482,11 @@ fn texels(image: texture_storage_2d<rgba32float, read>, x: u32, y: u32) -> mat4x
     );
 }
 
+// Texels (x, y .. y+3) of B's image, as texels() reads them.
+fn b_texels(x: u32, y: u32) -> mat4x4<f32> {
+    return mat4x4<f32>(b_texel(x, y), b_texel(x, y + 1u), b_texel(x, y + 2u), b_texel(x, y + 3u));
+}
+
 // Math matrix (row i, column kk) = A(row + i, k + kk), A's batch starting at image row y0.
 fn image_a(y0: u32, row: u32, k: u32) -> mat4x4<f32> {
     if (A_ALONG_K) {
@@ -481,10 +501,10 @@ fn image_a(y0: u32, row: u32, k: u32) -> mat4x4<f32> {
 fn image_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
     if (B_ALONG_N) {
         // Image row = k; texel col/4 holds B(k, col..col+3), a row of the math matrix.
-        return transpose(texels(b_image, col / 4u, y0 + k));
+        return transpose(b_texels(col / 4u, y0 + k));
     }
     // Image row = B's column; texel k/4 holds B(k..k+3, col), a column of the math matrix.
-    return texels(b_image, k / 4u, y0 + col);
+    return b_texels(k / 4u, y0 + col);
 }
 
 // ---- matmul_rows: products of a few rows (m <= 4), as generating one token at a time makes ----
@@ -616,22 +636,22 @@ fn matmul_rows_image(
         var hi: mat4x4<f32>;
         if (B_ALONG_N) {
             // Rows k..k+3, texels of columns col..col+3 and col+4..col+7.
-            lo = texels(b_image, col / 4u, k);
-            hi = texels(b_image, min(col + 4u, last) / 4u, k);
+            lo = b_texels(col / 4u, k);
+            hi = b_texels(min(col + 4u, last) / 4u, k);
         } else {
             // Texel k/4 of image rows col..col+7: B(k..k+3, col + j).
-            let x = i32(k / 4u);
+            let x = k / 4u;
             lo = mat4x4<f32>(
-                textureLoad(b_image, vec2<i32>(x, i32(col))),
-                textureLoad(b_image, vec2<i32>(x, i32(min(col + 1u, last)))),
-                textureLoad(b_image, vec2<i32>(x, i32(min(col + 2u, last)))),
-                textureLoad(b_image, vec2<i32>(x, i32(min(col + 3u, last)))),
+                b_texel(x, col),
+                b_texel(x, min(col + 1u, last)),
+                b_texel(x, min(col + 2u, last)),
+                b_texel(x, min(col + 3u, last)),
             );
             hi = mat4x4<f32>(
-                textureLoad(b_image, vec2<i32>(x, i32(min(col + 4u, last)))),
-                textureLoad(b_image, vec2<i32>(x, i32(min(col + 5u, last)))),
-                textureLoad(b_image, vec2<i32>(x, i32(min(col + 6u, last)))),
-                textureLoad(b_image, vec2<i32>(x, i32(min(col + 7u, last)))),
+                b_texel(x, min(col + 4u, last)),
+                b_texel(x, min(col + 5u, last)),
+                b_texel(x, min(col + 6u, last)),
+                b_texel(x, min(col + 7u, last)),
             );
         }
         let ak = a0 + k / 4u;

@@ -5,8 +5,8 @@
 // matmul_f16b and matmul_subgroup_f16b: the same kernels, each element of B widened to f32 as it
 // is read (exactly: every f16 is an f32), so a product over f16 weights gives the same bits as the
 // f32 kernels over those weights widened. Element i lies in word i / 2, the even one in the low
-// half (little-endian, as unpack2x16float reads it). The image kernels read B from an f32 image
-// made from the f16 tensor (`Step::image`), and this binding only for K's remainder.
+// half (little-endian, as unpack2x16float reads it). The image kernels read B from an rgba16float
+// image, and this binding only for K's remainder.
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(6) var<storage, read> b4: array<vec2<u32>>;
 
@@ -20,5 +20,20 @@ fn b_at(i: u32) -> f32 {
 fn b4_at(i: u32) -> vec4<f32> {
     let w = b4[i];
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+
+// B's image: rgba16float, copied from the f16 tensor as it is (`Step::image`), each texel
+// widened to f32 as it is read.
+@group(0) @binding(6) var b_image: texture_storage_2d<rgba16float, read>;
+@group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba16float, read>;
+
+// Texel (x, y) of B's image.
+fn b_texel(x: u32, y: u32) -> vec4<f32> {
+    return textureLoad(b_image, vec2<i32>(i32(x), i32(y)));
+}
+
+// Texel (x, y) of the subgroup kernels' B image.
+fn sg_b_texel(x: u32, y: u32) -> vec4<f32> {
+    return textureLoad(sg_b_image, vec2<i32>(i32(x), i32(y)));
 }
 // ---- end of B's storage ----

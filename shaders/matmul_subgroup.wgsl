@@ -45,7 +45,7 @@
 override EPILOGUE: u32 = 0u;
 @group(0) @binding(5) var<storage, read_write> aux4: array<vec4<f32>>;
 @group(0) @binding(6) var sg_a_image: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba32float, read>;
+// B's image, sg_b_image at binding 7, is declared in matmul.wgsl's section of B's storage.
 
 @compute @workgroup_size(8, 1, 1)
 fn matmul_subgroup(
@@ -241,15 +241,17 @@ fn lane_a(y0: u32, row0: u32, lane: u32, q: u32, k: u32) -> vec4<f32> {
 fn lane_b(y0: u32, col: u32, k: u32) -> mat4x4<f32> {
     if (B_ALONG_N) {
         // Texel col/4 of image row k + kk holds B(k + kk, col .. col+3): a row of the matrix.
-        return transpose(texels(sg_b_image, col / 4u, y0 + k));
+        let y = y0 + k;
+        return transpose(mat4x4<f32>(sg_b_texel(col / 4u, y), sg_b_texel(col / 4u, y + 1u),
+            sg_b_texel(col / 4u, y + 2u), sg_b_texel(col / 4u, y + 3u)));
     }
     // Image row = B's column; texel k/4 holds B(k .. k+3, column): a column of the matrix.
-    let x = i32(k / 4u);
+    let x = k / 4u;
     return mat4x4<f32>(
-        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col))),
-        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col + 1u))),
-        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col + 2u))),
-        textureLoad(sg_b_image, vec2<i32>(x, i32(y0 + col + 3u))),
+        sg_b_texel(x, y0 + col),
+        sg_b_texel(x, y0 + col + 1u),
+        sg_b_texel(x, y0 + col + 2u),
+        sg_b_texel(x, y0 + col + 3u),
     );
 }
 

@@ -11,27 +11,35 @@
 //! rather than sampled ones: the same `textureLoad`, but lavapipe's image path has no mip levels to
 //! look up, and the matmul ran about 1.3 to 1.5 times as fast that way (docs/perf-notes.md).
 //!
-//! An image of a tensor is `height` rows of `width` texels (4 floats each): row y holds the
-//! elements `off + y*pitch ..` `+ 4*width`. Images are pooled by size like tensor buffers and
-//! obey the same reuse rule (see `tensor`'s module note): one freed during recording is reused
-//! only in recording order.
+//! An image of a tensor is `height` rows of `width` texels (4 elements each): row y holds the
+//! elements `off + y*pitch ..` `+ 4*width`. An f32 tensor's image is rgba32float, an f16 tensor's
+//! (half-precision weights) rgba16float, copied as it is and widened as it is read. Images are
+//! pooled by size and format like tensor buffers and obey the same reuse rule (see `tensor`'s
+//! module note): one freed during recording is reused only in recording order.
 
-use super::{tensor::BufferPool, Gpu, Tensor};
+use super::{tensor::BufferPool, DType, Gpu, Tensor};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-pub(super) const FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba32Float;
+/// The texel format of an image of a tensor of `dtype`.
+pub(super) fn format_of(dtype: DType) -> wgpu::TextureFormat {
+    match dtype {
+        DType::F16 => wgpu::TextureFormat::Rgba16Float,
+        _ => wgpu::TextureFormat::Rgba32Float,
+    }
+}
 
 /// A pooled texture holding a copy of a tensor's rows; returns to the pool when dropped.
 pub struct Image {
     texture: wgpu::Texture,
     view: wgpu::TextureView,
     size: (u32, u32),
+    format: wgpu::TextureFormat,
     pool: Weak<BufferPool>,
 }
 
-/// Where an image's rows lie in a tensor, in f32 elements.
+/// Where an image's rows lie in a tensor, in its elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rows {
     pub off: usize,
@@ -47,24 +55,27 @@ impl Rows {
     /// device's size limit. The error says which does not hold.
     pub fn check(&self, gpu: &Gpu, t: &Tensor) -> Result<()> {
         let max = gpu.limits.max_texture_dimension_2d as usize;
-        self.fits(max, t.image_offset(), t.numel())
+        self.fits(max, t.offset(), t.numel(), t.dtype().size())
             .map_err(|why| Error::Shape {
                 op: "image",
                 msg: format!("{self:?} of tensor {:?}: {why}", t.shape()),
             })
     }
 
-    /// `check` for a tensor of `numel` elements starting at byte `byte_offset` of its buffer, on
-    /// a device whose images are at most `max_texture` texels a side: why not, if not.
+    /// `check` for a tensor of `numel` elements of `elem` bytes starting at byte `byte_offset` of
+    /// its buffer, on a device whose images are at most `max_texture` texels a side: why not, if
+    /// not.
     pub fn fits(
         &self,
         max_texture: usize,
         byte_offset: u64,
         numel: usize,
+        elem: u64,
     ) -> std::result::Result<(), String> {
         let max = max_texture;
-        let pitch_bytes = self.pitch * 4;
-        let start = byte_offset + self.off as u64 * 4;
+        let pitch_bytes = self.pitch * elem as usize;
+        let start = byte_offset + self.off as u64 * elem;
+        let texel = 4 * elem;
         let end = self.off + self.pitch * (self.height.max(1) - 1) + 4 * self.width;
         let why = if self.width == 0 || self.height == 0 {
             "empty image".to_string()
@@ -77,8 +88,8 @@ impl Rows {
             format!("row pitch of {pitch_bytes} bytes is not a multiple of 256")
         } else if self.width * 4 > self.pitch {
             "rows overlap".to_string()
-        } else if !start.is_multiple_of(16) {
-            format!("start at byte {start} is not 16-byte aligned")
+        } else if !start.is_multiple_of(texel) {
+            format!("start at byte {start} is not aligned to a texel ({texel} bytes)")
         } else if end > numel {
             format!("rows end at element {end}, past the tensor's {numel}")
         } else {
@@ -89,35 +100,48 @@ impl Rows {
 }
 
 impl Image {
-    /// A pooled image of `size` texels for step `step`.
-    pub(super) fn alloc(gpu: &Gpu, size: (u32, u32), step: u64) -> Image {
-        let (texture, view) = gpu.pool.take_image(size, step).unwrap_or_else(|| {
-            gpu.pool
-                .images_created
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
-                label: Some("image"),
-                size: wgpu::Extent3d {
-                    width: size.0,
-                    height: size.1,
-                    depth_or_array_layers: 1,
-                },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: FORMAT,
-                usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
-                view_formats: &[],
+    /// A pooled image of `size` texels of `format` for step `step`.
+    pub(super) fn alloc(
+        gpu: &Gpu,
+        size: (u32, u32),
+        format: wgpu::TextureFormat,
+        step: u64,
+    ) -> Image {
+        let (texture, view) = gpu
+            .pool
+            .take_image((size, format), step)
+            .unwrap_or_else(|| {
+                gpu.pool
+                    .images_created
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
+                    label: Some("image"),
+                    size: wgpu::Extent3d {
+                        width: size.0,
+                        height: size.1,
+                        depth_or_array_layers: 1,
+                    },
+                    mip_level_count: 1,
+                    sample_count: 1,
+                    dimension: wgpu::TextureDimension::D2,
+                    format,
+                    usage: wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+                    view_formats: &[],
+                });
+                let view = texture.create_view(&Default::default());
+                (texture, view)
             });
-            let view = texture.create_view(&Default::default());
-            (texture, view)
-        });
         Image {
             texture,
             view,
             size,
+            format,
             pool: Arc::downgrade(&gpu.pool),
         }
+    }
+
+    pub fn format(&self) -> wgpu::TextureFormat {
+        self.format
     }
 
     pub(super) fn texture(&self) -> &wgpu::Texture {
@@ -132,7 +156,8 @@ impl Image {
 impl Drop for Image {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.put_image(self.size, (self.texture.clone(), self.view.clone()));
+            let key = (self.size, self.format);
+            pool.put_image(key, (self.texture.clone(), self.view.clone()));
         }
     }
 }

@@ -7,14 +7,23 @@ use std::sync::Mutex;
 /// How a kernel binds one resource. Binding 0 of every kernel is its uniform parameter block;
 /// storage buffers follow at bindings 1, 2, ... in the order listed, then images (read-only storage
 /// textures read with `textureLoad`, see [`super::Image`]). `Half` is a read-only storage buffer
-/// of f16 elements (a [`super::DType::F16`] tensor, read two to a word): only a binding declared
-/// so takes such a tensor, and it takes no other (`Step` checks both).
+/// of f16 elements (a [`super::DType::F16`] tensor, read two to a word) and `HalfImage` an image
+/// of one (rgba16float): only a binding declared so takes such a tensor or image, and it takes no
+/// other (`Step` checks both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
     Read,
     ReadWrite,
     Image,
     Half,
+    HalfImage,
+}
+
+impl Access {
+    /// Whether the binding is an image.
+    pub fn is_image(self) -> bool {
+        matches!(self, Access::Image | Access::HalfImage)
+    }
 }
 
 /// One entry point of one shader family, with its storage bindings.
@@ -95,8 +104,8 @@ impl Kernel {
 
     /// This kernel built from another family with the same entry points (`family`: one whose
     /// source the ops assemble from this one's, such as matmul's with f16 weights) and with the
-    /// bindings `halves` (indices into `bindings`) taking f16 tensors. Interned as in
-    /// [`Kernel::with`].
+    /// bindings `halves` (indices into `bindings`) taking f16 tensors, or their images. Interned as
+    /// in [`Kernel::with`].
     pub fn in_family(&self, family: &'static str, halves: &[usize]) -> &'static Kernel {
         static INTERNED: Mutex<BTreeMap<String, &'static Kernel>> = Mutex::new(BTreeMap::new());
         let name = format!("{}@{family}", self.name);
@@ -108,7 +117,11 @@ impl Kernel {
             .bindings
             .iter()
             .enumerate()
-            .map(|(i, &a)| if halves.contains(&i) { Access::Half } else { a })
+            .map(|(i, &a)| match (halves.contains(&i), a) {
+                (true, Access::Image) => Access::HalfImage,
+                (true, _) => Access::Half,
+                (false, a) => a,
+            })
             .collect();
         let kernel: &'static Kernel = Box::leak(Box::new(Kernel {
             name: Box::leak(name.clone().into_boxed_str()),
@@ -170,9 +183,12 @@ impl Gpu {
         }];
         for (i, a) in k.bindings.iter().enumerate() {
             let ty = match a {
-                Access::Image => wgpu::BindingType::StorageTexture {
+                Access::Image | Access::HalfImage => wgpu::BindingType::StorageTexture {
                     access: wgpu::StorageTextureAccess::ReadOnly,
-                    format: super::image::FORMAT,
+                    format: super::image::format_of(match a {
+                        Access::HalfImage => super::DType::F16,
+                        _ => super::DType::F32,
+                    }),
                     view_dimension: wgpu::TextureViewDimension::D2,
                 },
                 _ => wgpu::BindingType::Buffer {

@@ -110,11 +110,7 @@ impl<'g> Step<'g> {
         images: &[&Image],
         groups: (u32, u32, u32),
     ) -> Result<()> {
-        let n_images = kernel
-            .bindings
-            .iter()
-            .filter(|a| **a == Access::Image)
-            .count();
+        let n_images = kernel.bindings.iter().filter(|a| a.is_image()).count();
         if tensors.len() + n_images != kernel.bindings.len() || images.len() != n_images {
             return Err(Error::Invalid(format!(
                 "kernel {} takes {} buffers and {n_images} images, got {} and {}",
@@ -139,6 +135,24 @@ impl<'g> Step<'g> {
                     } else {
                         "f32 or u32"
                     }
+                )));
+            }
+        }
+        // Likewise images of f16 tensors (rgba16float) and the bindings that read them.
+        for (i, (a, im)) in kernel
+            .bindings
+            .iter()
+            .filter(|a| a.is_image())
+            .zip(images)
+            .enumerate()
+        {
+            let half = im.format() == super::image::format_of(DType::F16);
+            if (*a == Access::HalfImage) != half {
+                return Err(Error::Invalid(format!(
+                    "kernel {}: image {i} is {:?}, where it takes {}",
+                    kernel.entry,
+                    im.format(),
+                    if half { "rgba32float" } else { "rgba16float" }
                 )));
             }
         }
@@ -263,22 +277,18 @@ impl<'g> Step<'g> {
         self.dispatch_images(kernel, params, tensors, images, (x, y, 1))
     }
 
-    /// Copies `rows` of `t` into a pooled image, in recording order (see [`Image`]). An f16
-    /// tensor is widened first, into a transient f32 copy (images hold f32s).
+    /// Copies `rows` of `t` into a pooled image, in recording order (see [`Image`]).
     pub fn image(&mut self, t: &Tensor, rows: &Rows) -> Result<Image> {
-        if t.dtype() == DType::F16 {
-            let wide = crate::ops::half::widen(self, t)?;
-            return self.image(&wide, rows);
-        }
         rows.check(self.gpu, t)?;
         let size = (rows.width as u32, rows.height as u32);
-        let image = Image::alloc(self.gpu, size, self.id);
+        let image = Image::alloc(self.gpu, size, super::image::format_of(t.dtype()), self.id);
+        let elem = t.dtype().size();
         self.encoder().copy_buffer_to_texture(
             wgpu::TexelCopyBufferInfo {
                 buffer: t.buffer(),
                 layout: wgpu::TexelCopyBufferLayout {
-                    offset: t.offset() + rows.off as u64 * 4,
-                    bytes_per_row: Some(rows.pitch as u32 * 4),
+                    offset: t.offset() + rows.off as u64 * elem,
+                    bytes_per_row: Some(rows.pitch as u32 * elem as u32),
                     rows_per_image: None,
                 },
             },

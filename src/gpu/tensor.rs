@@ -73,11 +73,14 @@ impl<K: std::hash::Hash + Eq, R> FreeLists<K, R> {
     }
 }
 
+/// An image's size in texels and its format.
+pub(super) type ImageKey = ((u32, u32), wgpu::TextureFormat);
+
 #[derive(Default)]
 pub(super) struct BufferPool {
     free: FreeLists<u64, wgpu::Buffer>,
-    /// Free images (see `image`), by (width, height) in texels.
-    images: FreeLists<(u32, u32), (wgpu::Texture, wgpu::TextureView)>,
+    /// Free images (see `image`), by (width, height) in texels and format.
+    images: FreeLists<ImageKey, (wgpu::Texture, wgpu::TextureView)>,
     /// Ids of the steps being recorded, and the next id.
     open: Mutex<std::collections::BTreeSet<u64>>,
     next_step: std::sync::atomic::AtomicU64,
@@ -119,17 +122,17 @@ impl BufferPool {
         list.put(key, resource, newest_open);
     }
 
-    /// A free image of `size` usable by step `step`, if any.
+    /// A free image of `key` (size and format) usable by step `step`, if any.
     pub(super) fn take_image(
         &self,
-        size: (u32, u32),
+        key: ImageKey,
         step: u64,
     ) -> Option<(wgpu::Texture, wgpu::TextureView)> {
-        self.take(&self.images, &size, step)
+        self.take(&self.images, &key, step)
     }
 
-    pub(super) fn put_image(&self, size: (u32, u32), image: (wgpu::Texture, wgpu::TextureView)) {
-        self.put(&self.images, size, image);
+    pub(super) fn put_image(&self, key: ImageKey, image: (wgpu::Texture, wgpu::TextureView)) {
+        self.put(&self.images, key, image);
     }
 
     fn create(&self, gpu: &Gpu, size: u64, mapped_at_creation: bool) -> wgpu::Buffer {
@@ -356,16 +359,6 @@ impl Tensor {
     pub fn offset(&self) -> u64 {
         self.offset
     }
-    /// Where an image of this tensor's rows is copied from, as a byte offset into the buffer the
-    /// copy reads: its own offset, or 0 for an f16 tensor, whose images are made from a widened
-    /// copy of its own (`Step::image`).
-    pub fn image_offset(&self) -> u64 {
-        match self.dtype {
-            DType::F16 => 0,
-            _ => self.offset,
-        }
-    }
-
     /// The tensor as a storage binding: the whole buffer for a tensor of its own, the part's own
     /// byte range for a part.
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {

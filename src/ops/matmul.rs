@@ -241,7 +241,8 @@ impl<'a> View<'a> {
             cs: self.cs,
             bs: self.bs,
             numel: self.t.numel(),
-            byte_offset: self.t.image_offset(),
+            byte_offset: self.t.offset(),
+            elem: self.t.dtype().size(),
         }
     }
 }
@@ -256,6 +257,8 @@ pub struct Strides {
     pub bs: [usize; 2],
     pub numel: usize,
     pub byte_offset: u64,
+    /// Bytes per element (f16 weights: 2).
+    pub elem: u64,
 }
 
 impl Strides {
@@ -720,7 +723,7 @@ impl Dims {
         let rb = self.b.b_image_rows(self.k, self.n, self.batch, bn)?;
         // Both must fit before either is copied (Step::image checks each again, as it must for
         // any caller).
-        let fits = |r: &Rows, v: &Strides| r.fits(caps.max_texture, v.byte_offset, v.numel);
+        let fits = |r: &Rows, v: &Strides| r.fits(caps.max_texture, v.byte_offset, v.numel, v.elem);
         (fits(&ra, &self.a).is_ok() && fits(&rb, &self.b).is_ok()).then_some([ra, rb])
     }
 }
@@ -762,8 +765,9 @@ fn pack(op: &'static str, v: &View) -> Result<[u32; 5]> {
 
 impl Gemm<'_> {
     /// `kernel` as this product runs it: where B holds half-precision weights, the same kernel
-    /// from the family that reads them (its bindings of B then take the f16 tensor; the bias
-    /// binding's stand-in, where there is no bias, is A for the same reason).
+    /// from the family that reads them (its bindings of B then take the f16 tensor and its
+    /// rgba16float image; the bias binding's stand-in, where there is no bias, is A for the same
+    /// reason).
     fn for_b(&self, kernel: &'static Kernel) -> &'static Kernel {
         if self.b.t.dtype() != DType::F16 {
             return kernel;
@@ -773,13 +777,14 @@ impl Gemm<'_> {
             .find(|(_, base)| *base == kernel.family)
             .map(|(half, _)| *half)
             .expect("every matmul family has an f16 twin");
-        // Binding 2 is B's scalar view; binding 6, where a buffer, its vec4 view.
-        let halves: &[usize] = if kernel.bindings.get(5) == Some(&Access::Read) {
-            &[1, 5]
-        } else {
-            &[1]
-        };
-        kernel.in_family(family, halves)
+        // Binding 2 is B's scalar view; binding 6, where a buffer, its vec4 view; and B's image,
+        // where the kernel reads one, is its last image.
+        let mut halves = vec![1];
+        if kernel.bindings.get(5) == Some(&Access::Read) {
+            halves.push(5);
+        }
+        halves.extend(kernel.bindings.iter().rposition(|a| *a == Access::Image));
+        kernel.in_family(family, &halves)
     }
 
     /// Which of a kernel's pipelines stores C for this product (see `stores!`).
@@ -1204,6 +1209,7 @@ mod tests {
             bs: [rows * cols, 0],
             numel: rows * cols,
             byte_offset: 0,
+            elem: 4,
         }
     }
 

@@ -7,7 +7,6 @@ pub mod amad;
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
-pub mod half;
 pub mod image;
 pub mod layernorm;
 pub mod loss;
@@ -40,7 +39,6 @@ pub const SHADERS: &[(&str, &str)] = &[
         "attention_subgroup",
         include_str!("../../shaders/attention_subgroup.wgsl"),
     ),
-    ("half", include_str!("../../shaders/half.wgsl")),
 ];
 
 /// Families whose source begins with another family's (WGSL has no includes): each adds kernels
@@ -160,7 +158,6 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &image::RESIZE_H,
     &image::RESIZE_V,
     &image::PATCHIFY,
-    &half::WIDEN,
     &amad::ALIGN_STATS,
     &amad::ALIGN_SUM,
     &amad::ALIGN_WEIGHTS,
