@@ -5,7 +5,8 @@
 #      its `_shared` rows are the workgroup-memory matmul (AMAD_SHARED_MATMUL=1) beside the vec4 one
 #   2. the full-size distillation step (amad bench distill) beside scripts/bench_distill_torch.py,
 #      with the vec4 matmul and with the workgroup-memory one (lines tagged "shared")
-#   3. caption latency, greedy and 4 beams (amad bench caption) beside scripts/bench_caption_torch.py
+#   3. caption latency, greedy and 4 beams (amad bench caption) beside scripts/bench_caption_torch.py,
+#      and greedy with --half-weights (lines tagged "half_weights")
 #   4. amad_torch.distill on one GPU: seconds per step at global batch 16 (docs/scale.md), alone and
 #      under torchrun, whose process group is NCCL on a GPU
 # The full-size model is nlpconnect/vit-gpt2-image-captioning's shape with random weights
@@ -61,6 +62,7 @@ if wants hub; then
     part "caption_amad_beams$beams" 40 sh -c "$amad bench caption --json --model $model --beam $beams --max-tokens 15 ${photos[*]} >>$out/hub.jsonl"
     part "caption_torch_beams$beams" 40 sh -c "$py scripts/bench_caption_torch.py --model $model --device $device --beam $beams --max-tokens 15 ${photos[*]} >>$out/hub.jsonl"
   done
+  part caption_amad_half 30 sh -c "$amad bench caption --json --half-weights --model $model --max-tokens 15 ${photos[*]} | sed 's/^{/{\"half_weights\":true,/' >>$out/hub.jsonl"
 fi
 
 if wants scale; then
