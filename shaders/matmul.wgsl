@@ -55,11 +55,12 @@ fn b4_at(i: u32) -> vec4<f32> {
 
 // B's image (see matmul_image): binding 6, or 7 in the subgroup kernels, whose binding 6 is A's
 // (declared here, unused by this family's own kernels, so that one section holds every form in
-// which B is read).
+// which B is stored).
 @group(0) @binding(6) var b_image: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba32float, read>;
+// ---- end of B's storage ----
 
-// Texel (x, y) of B's image.
+// Texel (x, y) of B's image, widened to f32 whatever its format.
 fn b_texel(x: u32, y: u32) -> vec4<f32> {
     return textureLoad(b_image, vec2<i32>(i32(x), i32(y)));
 }
@@ -68,7 +69,6 @@ fn b_texel(x: u32, y: u32) -> vec4<f32> {
 fn sg_b_texel(x: u32, y: u32) -> vec4<f32> {
     return textureLoad(sg_b_image, vec2<i32>(i32(x), i32(y)));
 }
-// ---- end of B's storage ----
 
 // Where workgroup g's tile of C lies: its batch matrix (b1, b2) and its first row and column.
 // Tiles are numbered batch-major, then row-major; `valid` is false for the spare workgroups of a

@@ -22,18 +22,8 @@ fn b4_at(i: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
 }
 
-// B's image: rgba16float, copied from the f16 tensor as it is (`Step::image`), each texel
-// widened to f32 as it is read.
+// B's image: rgba16float, copied from the f16 tensor as it is (`Step::image`); matmul.wgsl's
+// readers widen each texel to f32 as they load it.
 @group(0) @binding(6) var b_image: texture_storage_2d<rgba16float, read>;
 @group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba16float, read>;
-
-// Texel (x, y) of B's image.
-fn b_texel(x: u32, y: u32) -> vec4<f32> {
-    return textureLoad(b_image, vec2<i32>(i32(x), i32(y)));
-}
-
-// Texel (x, y) of the subgroup kernels' B image.
-fn sg_b_texel(x: u32, y: u32) -> vec4<f32> {
-    return textureLoad(sg_b_image, vec2<i32>(i32(x), i32(y)));
-}
 // ---- end of B's storage ----

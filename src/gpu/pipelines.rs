@@ -76,62 +76,64 @@ impl Kernel {
     }
 
     /// This kernel with further override constants whose values are known only at run time (the
-    /// AMAD passes' head counts, which size their loops). Interned: each distinct variant is made
-    /// once per process and kept for its life, as the `&'static Kernel` that pipelines are cached
-    /// under and dispatches take; a process meets a few (one per pair of head counts it aligns).
+    /// AMAD passes' head counts, which size their loops), made once per process (`interned`).
     pub fn with(&self, extra: &[(&'static str, u32)]) -> &'static Kernel {
-        static INTERNED: Mutex<BTreeMap<String, &'static Kernel>> = Mutex::new(BTreeMap::new());
         let values: Vec<String> = extra.iter().map(|(c, v)| format!("{c}={v}")).collect();
-        let name = format!("{}[{}]", self.name, values.join(","));
-        let mut interned = INTERNED.lock().unwrap();
-        if let Some(k) = interned.get(&name) {
-            return k;
-        }
-        let constants: Vec<(&'static str, f64)> = self
-            .constants
-            .iter()
-            .copied()
-            .chain(extra.iter().map(|&(c, v)| (c, v as f64)))
-            .collect();
-        let kernel: &'static Kernel = Box::leak(Box::new(Kernel {
-            name: Box::leak(name.clone().into_boxed_str()),
-            constants: Box::leak(constants.into_boxed_slice()),
-            ..*self
-        }));
-        interned.insert(name, kernel);
-        kernel
+        interned(format!("{}[{}]", self.name, values.join(",")), |name| {
+            let constants: Vec<(&'static str, f64)> = self
+                .constants
+                .iter()
+                .copied()
+                .chain(extra.iter().map(|&(c, v)| (c, v as f64)))
+                .collect();
+            Kernel {
+                name,
+                constants: Box::leak(constants.into_boxed_slice()),
+                ..*self
+            }
+        })
     }
 
     /// This kernel built from another family with the same entry points (`family`: one whose
     /// source the ops assemble from this one's, such as matmul's with f16 weights) and with the
-    /// bindings `halves` (indices into `bindings`) taking f16 tensors, or their images. Interned as
-    /// in [`Kernel::with`].
+    /// bindings `halves` (indices into `bindings`) taking f16 tensors, or their images; made once
+    /// per process (`interned`).
     pub fn in_family(&self, family: &'static str, halves: &[usize]) -> &'static Kernel {
-        static INTERNED: Mutex<BTreeMap<String, &'static Kernel>> = Mutex::new(BTreeMap::new());
-        let name = format!("{}@{family}", self.name);
-        let mut interned = INTERNED.lock().unwrap();
-        if let Some(k) = interned.get(&name) {
-            return k;
-        }
-        let bindings: Vec<Access> = self
-            .bindings
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| match (halves.contains(&i), a) {
-                (true, Access::Image) => Access::HalfImage,
-                (true, _) => Access::Half,
-                (false, a) => a,
-            })
-            .collect();
-        let kernel: &'static Kernel = Box::leak(Box::new(Kernel {
-            name: Box::leak(name.clone().into_boxed_str()),
-            family,
-            bindings: Box::leak(bindings.into_boxed_slice()),
-            ..*self
-        }));
-        interned.insert(name, kernel);
-        kernel
+        interned(format!("{}@{family}", self.name), |name| {
+            let bindings: Vec<Access> = self
+                .bindings
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| match (halves.contains(&i), a) {
+                    (true, Access::Image) => Access::HalfImage,
+                    (true, _) => Access::Half,
+                    (false, a) => a,
+                })
+                .collect();
+            Kernel {
+                name,
+                family,
+                bindings: Box::leak(bindings.into_boxed_slice()),
+                ..*self
+            }
+        })
     }
+}
+
+/// The kernel variant called `name`, made by `make` (given the name to keep) the first time it is
+/// asked for and kept for the process's life: the `&'static Kernel` that pipelines are cached under
+/// and dispatches take. A process meets a few (one per pair of head counts it aligns, one per
+/// kernel that reads f16 weights).
+fn interned(name: String, make: impl FnOnce(&'static str) -> Kernel) -> &'static Kernel {
+    static INTERNED: Mutex<BTreeMap<String, &'static Kernel>> = Mutex::new(BTreeMap::new());
+    let mut interned = INTERNED.lock().unwrap();
+    if let Some(k) = interned.get(&name) {
+        return k;
+    }
+    let kernel: &'static Kernel =
+        Box::leak(Box::new(make(Box::leak(name.clone().into_boxed_str()))));
+    interned.insert(name, kernel);
+    kernel
 }
 
 pub(super) struct Built {
@@ -257,5 +259,18 @@ mod tests {
             ("entry[N=3]", "entry", "family")
         );
         assert_eq!(a.constants, [("N", 3.0)]);
+    }
+
+    #[test]
+    fn family_variants_are_made_once_each_with_their_half_bindings() {
+        use super::Access::{Half, HalfImage, Image, Read, ReadWrite};
+        const K: Kernel = Kernel::new("family", "entry", &[Read, Read, ReadWrite, Image, Image]);
+        let a = K.in_family("family_f16", &[1, 4]);
+        assert!(std::ptr::eq(a, K.in_family("family_f16", &[1, 4])));
+        assert_eq!(
+            (a.name, a.entry, a.family),
+            ("entry@family_f16", "entry", "family_f16")
+        );
+        assert_eq!(a.bindings, [Read, Half, ReadWrite, Image, HalfImage]);
     }
 }

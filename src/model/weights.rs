@@ -662,3 +662,18 @@ pub fn f32_safetensors(
     safetensors::serialize(views, meta)
         .map_err(|e| Error::Invalid(format!("serialising the tensors: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_half_range;
+
+    #[test]
+    fn values_beyond_half_precision_are_refused_by_name() {
+        // 65519.99 rounds to 65504, the largest finite half; 65520 would round to infinity.
+        assert!(check_half_range("w", &[0.5, -65504.0, 65519.99]).is_ok());
+        let err = check_half_range("decoder.w", &[1.0, -65520.0]).unwrap_err();
+        assert!(err.to_string().contains("decoder.w holds -65520"), "{err}");
+        // What is already infinite or NaN stays so, as in f32.
+        assert!(check_half_range("w", &[f32::INFINITY, f32::NAN]).is_ok());
+    }
+}
