@@ -79,3 +79,11 @@ fn gelu_slope4(v: vec4<f32>, tanh: bool) -> vec4<f32> {
     return vec4<f32>(gelu_erf_slope(v.x), gelu_erf_slope(v.y), gelu_erf_slope(v.z),
         gelu_erf_slope(v.w));
 }
+
+// Element i of a tensor of f16 elements held two to a 32-bit word, given the word that holds it
+// (i / 2): the even element in the low half, as unpack2x16float reads it (little-endian), widened
+// to f32 exactly. For the families that read half-precision weights.
+fn half_at(word: u32, i: u32) -> f32 {
+    let pair = unpack2x16float(word);
+    return select(pair.x, pair.y, (i & 1u) == 1u);
+}

@@ -23,8 +23,17 @@ struct Params {
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
 
 // forward
-@group(0) @binding(2) var<storage, read> table: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// ---- half-precision section: the table in f32 (src/ops/mod.rs puts shaders/embedding_f16t.wgsl
+// here instead for a token embedding held in f16) ----
+@group(0) @binding(2) var<storage, read> table: array<f32>;
+
+// Element i of the table.
+fn table_at(i: u32) -> f32 {
+    return table[i];
+}
+// ---- end of the half-precision section ----
 
 @compute @workgroup_size(256)
 fn embedding_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -37,7 +46,7 @@ fn embedding_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let id = ids[t];
     var v = 0.0;
     if (id < p.vocab) {
-        v = table[id * p.dim + c];
+        v = table_at(id * p.dim + c);
     }
     out[i] = v;
 }
@@ -53,7 +62,7 @@ fn embedding_fwd_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
     let id = ids[i / p.dim];
     if (id >= p.first && id - p.first < p.vocab) {
-        out[i] = table[(id - p.first) * p.dim + i % p.dim];
+        out[i] = table_at((id - p.first) * p.dim + i % p.dim);
     }
 }
 

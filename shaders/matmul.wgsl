@@ -38,8 +38,8 @@ override ACCUMULATE: bool = false;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 
-// ---- B's storage: f32 (src/ops/mod.rs puts shaders/matmul_f16b.wgsl's section here instead for
-// the families that read f16 weights) ----
+// ---- half-precision section: B's storage in f32 (src/ops/mod.rs puts shaders/matmul_f16b.wgsl
+// here instead for the families that read f16 weights) ----
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
 
@@ -58,7 +58,7 @@ fn b4_at(i: u32) -> vec4<f32> {
 // which B is stored).
 @group(0) @binding(6) var b_image: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba32float, read>;
-// ---- end of B's storage ----
+// ---- end of the half-precision section ----
 
 // Texel (x, y) of B's image, widened to f32 whatever its format.
 fn b_texel(x: u32, y: u32) -> vec4<f32> {

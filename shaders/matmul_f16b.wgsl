@@ -1,4 +1,4 @@
-// ---- B's storage: f16, two elements to a 32-bit word (a model's weights loaded in half
+// ---- half-precision section: B's storage in f16, two elements to a 32-bit word (a model's weights loaded in half
 // precision: `Precision::HalfWeights`, DType::F16) ----
 //
 // src/ops/mod.rs puts this section in place of matmul.wgsl's f32 one to make the families
@@ -12,8 +12,7 @@
 
 // Element i of B's binding.
 fn b_at(i: u32) -> f32 {
-    let pair = unpack2x16float(b[i / 2u]);
-    return select(pair.x, pair.y, (i & 1u) == 1u);
+    return half_at(b[i / 2u], i);
 }
 
 // Elements 4i .. 4i+3 of B's binding.
@@ -26,4 +25,4 @@ fn b4_at(i: u32) -> vec4<f32> {
 // readers widen each texel to f32 as they load it.
 @group(0) @binding(6) var b_image: texture_storage_2d<rgba16float, read>;
 @group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba16float, read>;
-// ---- end of B's storage ----
+// ---- end of the half-precision section ----

@@ -45,7 +45,7 @@
 override EPILOGUE: u32 = 0u;
 @group(0) @binding(5) var<storage, read_write> aux4: array<vec4<f32>>;
 @group(0) @binding(6) var sg_a_image: texture_storage_2d<rgba32float, read>;
-// B's image, sg_b_image at binding 7, is declared in matmul.wgsl's section of B's storage.
+// B's image, sg_b_image at binding 7, is declared in matmul.wgsl's half-precision section.
 
 @compute @workgroup_size(8, 1, 1)
 fn matmul_subgroup(

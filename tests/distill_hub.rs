@@ -240,14 +240,14 @@ fn the_memory_estimate_finds_the_largest_batch_that_fits() {
     let e = memory::estimate((&teacher, Precision::F32), &student, &cfg, 8, 20);
     // The logits' gradient, its rows padded from 50,257 to 50,304 for the backward's products.
     assert_eq!(e.largest.bytes, 8 * 20 * 50304 * 4, "{e:?}");
-    // A teacher with half-precision weights needs two bytes less for each weight of its products.
+    // A teacher with half-precision weights needs two bytes less for each of those weights.
     let half = memory::estimate((&teacher, Precision::HalfWeights), &student, &cfg, 8, 20);
     let layout = Layout::new(&teacher);
-    let product: usize = (layout.product_weights().iter())
+    let halved: usize = (layout.half_weights().iter())
         .map(|&i| layout.specs[i].shape.iter().product::<usize>())
         .sum();
-    assert!(product > 0);
-    assert_eq!(e.total() - half.total(), 2 * product as u64);
+    assert!(halved > 0);
+    assert_eq!(e.total() - half.total(), 2 * halved as u64);
     let err = memory::check(
         (&teacher, Precision::F32),
         &student,

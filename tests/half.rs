@@ -1,8 +1,9 @@
 //! Half-precision weights: the f16 tensors a model loaded with `Precision::HalfWeights` holds, and
-//! the products that read them. A kernel widens each f16 element exactly, so every product over
-//! f16 weights must give the same bits as the same product over those weights widened to f32, on
-//! every path a product can take (the buffer kernels, the image kernels reading a widened copy,
-//! few rows with and without held images, K in chunks); and no other kernel takes an f16 tensor.
+//! the products and lookups that read them. A kernel widens each f16 element exactly, so every
+//! product over f16 weights must give the same bits as the same product over those weights widened
+//! to f32, on every path a product can take (the buffer kernels, the image kernels reading an
+//! rgba16float image, few rows with and without held images, K in chunks), and a lookup in an f16
+//! table the rows of the widened table; no other kernel takes an f16 tensor.
 
 mod common;
 use amad::gpu::{DType, Gpu};
@@ -123,7 +124,44 @@ fn products_over_half_weights_give_the_bits_of_their_widened_values() {
 }
 
 #[test]
-fn no_kernel_but_a_product_takes_half_weights() {
+fn lookups_in_a_half_table_give_the_rows_of_the_widened_table() {
+    use amad::ops::embedding::{embedding, embedding_rows};
+    let g = gpu();
+    let mut rng = Rng::new(5);
+    let (vocab, dim) = (70, 12);
+    let (bits, wide) = halves(&mut rng, vocab * dim);
+    let t16 = Tensor::from_f16_bits(g, &[vocab, dim], &bits).unwrap();
+    let t32 = Tensor::from_slice(g, &[vocab, dim], &wide).unwrap();
+    // Ids across the whole table, one past it (a zero row), repeated ones.
+    let ids: Vec<u32> = vec![0, 69, 5, 70, 33, 5, 68, 1];
+    let ids = Tensor::from_u32(g, &[2, 4], &ids).unwrap();
+    let whole = |t: &Tensor| run_on(g, |s| Ok(vec![embedding(s, &ids, t)?])).remove(0);
+    same_bits("lookup", &whole(&t16), &whole(&t32));
+    // The same table in row blocks, as a token embedding larger than one binding is held (blocks
+    // of 32 rows; parts of one buffer, as `Weights` lays them out).
+    let blocks = |t: &Tensor| -> Vec<(usize, Tensor)> {
+        [(0, 32), (32, 32), (64, 6)]
+            .iter()
+            .map(|&(r, n)| {
+                (
+                    r,
+                    t.reshape(&[vocab * dim])
+                        .unwrap()
+                        .part(g, r * dim, &[n, dim])
+                        .unwrap(),
+                )
+            })
+            .collect()
+    };
+    let rows = |t: &Tensor| run_on(g, |s| Ok(vec![embedding_rows(s, &ids, &blocks(t))?])).remove(0);
+    let ran = kernels_run(g, || {
+        same_bits("lookup in row blocks", &rows(&t16), &rows(&t32))
+    });
+    assert!(ran.contains(&"embedding_fwd_rows"), "{ran:?}");
+}
+
+#[test]
+fn no_kernel_but_a_product_or_lookup_takes_half_weights() {
     let g = gpu();
     let mut rng = Rng::new(3);
     let (bits, _) = halves(&mut rng, 64);
@@ -166,22 +204,22 @@ fn a_model_with_half_weights_computes_on_its_rounded_weights() {
         let full = Captioner::load(&g, dir).unwrap();
         let half = Captioner::load_as(&g, dir, Precision::HalfWeights).unwrap();
         let layout = &full.model.layout;
-        let product = layout.product_weights();
+        let halved = layout.half_weights();
         for (i, t) in half.model.weights.tensors.iter().enumerate() {
-            let want = if product.contains(&i) {
+            let want = if halved.contains(&i) {
                 DType::F16
             } else {
                 DType::F32
             };
             assert_eq!(t.dtype(), want, "{}", layout.specs[i].name);
         }
-        // The same model in f32 with its product weights rounded to f16, as the half model holds
+        // The same model in f32 with those weights rounded to f16, as the half model holds
         // them (read back, they are exactly those values).
         let values = pollster::block_on(full.model.weights.values(&g)).unwrap();
         let rounded: Vec<Vec<f32>> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| match product.contains(&i) {
+            .map(|(i, v)| match halved.contains(&i) {
                 true => v.iter().map(|&x| f16_to_f32(f32_to_f16(x))).collect(),
                 false => v.clone(),
             })

@@ -1,6 +1,6 @@
 //! Every shader family parses and validates with naga, and every kernel's entry point exists.
 
-use amad::ops::{kernels, shader_source, EXTENDS, HALF_B, SHADERS};
+use amad::ops::{kernels, shader_source, EXTENDS, HALF, SHADERS};
 
 fn validate(name: &str) -> naga::Module {
     let src = shader_source(name);
@@ -8,10 +8,10 @@ fn validate(name: &str) -> naga::Module {
         .unwrap_or_else(|e| panic!("{name}.wgsl does not parse:\n{}", e.emit_to_string(&src)));
     // Only the families that extend another (and their f16 twins) may use subgroup operations
     // (the device opens with them only where the adapter has them).
-    let base = HALF_B
+    let base = HALF
         .iter()
-        .find(|(f, _)| *f == name)
-        .map_or(name, |(_, b)| b);
+        .find(|(f, _, _)| *f == name)
+        .map_or(name, |(_, b, _)| b);
     let subgroups = EXTENDS.iter().any(|(f, _)| *f == base);
     // unpack2x16float (the families that read f16 weights) is core WGSL; naga asks for the
     // capability that wgpu grants every WebGPU-compliant device (DownlevelFlags::SHADER_F16_IN_F32).
@@ -40,7 +40,7 @@ fn every_shader_parses_and_validates() {
 
 #[test]
 fn every_half_weights_family_validates_with_its_bases_entry_points() {
-    for (half, base) in HALF_B {
+    for (half, base, _) in HALF {
         let names = |m: naga::Module| -> Vec<String> {
             m.entry_points.into_iter().map(|e| e.name).collect()
         };

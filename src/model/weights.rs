@@ -24,9 +24,9 @@ pub enum Precision {
     /// Every parameter in f32: what training needs, and the default.
     #[default]
     F32,
-    /// The weights of the linear maps (`Layout::product_weights`) in f16, everything else
-    /// (embeddings, biases, LayerNorms) in f32: about 40% of the memory of a ViT-B + GPT-2 model
-    /// saved, and half the bytes its products read. Each weight is rounded to the nearest f16 on
+    /// The weights of the linear maps and the token embedding (`Layout::half_weights`) in f16,
+    /// everything else (biases, LayerNorms, position embeddings) in f32: half the memory of a
+    /// ViT-B + GPT-2 model saved, and half the bytes its products read. Each weight is rounded to the nearest f16 on
     /// loading and widened exactly as a product reads it, so the model computes in f32 on those
     /// rounded weights. For a model that only runs forward: captioning, a distillation's teacher.
     HalfWeights,
@@ -256,11 +256,13 @@ impl Layout {
         }
     }
 
-    /// The weights only products read (each linear map's, the patch projection's): the ones
-    /// `Precision::HalfWeights` holds in f16. The embeddings stay f32, since a lookup reads
-    /// them too (the token embedding is also the tied LM head).
-    pub fn product_weights(&self) -> Vec<usize> {
-        let mut w = vec![self.patch.0];
+    /// The parameters `Precision::HalfWeights` holds in f16: each linear map's weight, the patch
+    /// projection's and the token embedding (read by the lookup and as the tied LM head), the
+    /// large matrices that products and lookups read. The rest (biases, LayerNorms, position
+    /// embeddings, the class token: under 1% of a ViT-B + GPT-2) stays f32 for the kernels that
+    /// add them.
+    pub fn half_weights(&self) -> Vec<usize> {
+        let mut w = vec![self.patch.0, self.wte];
         for l in &self.enc {
             w.extend([l.qkv.0, l.out.0, l.fc1.0, l.fc2.0]);
         }
@@ -284,7 +286,7 @@ impl Layout {
         let halves = match precision {
             Precision::F32 => 0,
             Precision::HalfWeights => self
-                .product_weights()
+                .half_weights()
                 .iter()
                 .map(|&i| self.specs[i].shape.iter().product::<usize>())
                 .sum(),
@@ -376,7 +378,7 @@ impl Weights {
     ) -> Result<Weights> {
         let half = match precision {
             Precision::F32 => vec![],
-            Precision::HalfWeights => layout.product_weights(),
+            Precision::HalfWeights => layout.half_weights(),
         };
         let dtype_of = |i: usize| {
             if half.contains(&i) {

@@ -20,6 +20,15 @@ struct Params {
     first: u32,
 }
 
+/// A lookup `kernel` as it reads `table`: from the family that reads f16 where the table is held so
+/// (a token embedding loaded with half-precision weights).
+fn for_table(kernel: &'static Kernel, table: &Tensor) -> &'static Kernel {
+    match table.dtype() {
+        DType::F16 => kernel.in_family(super::half_twin(kernel.family), &[1]),
+        _ => kernel,
+    }
+}
+
 fn params(ids: &Tensor, table: &Tensor) -> Result<Params> {
     if ids.dtype() != DType::U32 {
         return shape_err("embedding", "ids must be a u32 tensor");
@@ -45,7 +54,7 @@ pub fn embedding(step: &mut Step, ids: &Tensor, table: &Tensor) -> Result<Tensor
     shape.push(p.dim as usize);
     let out = step.empty(&shape)?;
     step.dispatch_linear(
-        &FWD,
+        for_table(&FWD, table),
         &p,
         &[ids, table, &out],
         groups(ids.numel() * p.dim as usize, 256),
@@ -74,7 +83,7 @@ pub fn embedding_rows(step: &mut Step, ids: &Tensor, blocks: &[(usize, Tensor)])
             return shape_err("embedding", "row blocks of different widths");
         }
         let n = groups(out.numel(), 256);
-        step.dispatch_linear(&FWD_ROWS, &p, &[ids, table, &out], n)?;
+        step.dispatch_linear(for_table(&FWD_ROWS, table), &p, &[ids, table, &out], n)?;
     }
     Ok(out)
 }

@@ -772,11 +772,7 @@ impl Gemm<'_> {
         if self.b.t.dtype() != DType::F16 {
             return kernel;
         }
-        let family = crate::ops::HALF_B
-            .iter()
-            .find(|(_, base)| *base == kernel.family)
-            .map(|(half, _)| *half)
-            .expect("every matmul family has an f16 twin");
+        let family = crate::ops::half_twin(kernel.family);
         // Binding 2 is B's scalar view; binding 6, where a buffer, its vec4 view; and B's image,
         // where the kernel reads one, is its last image.
         let mut halves = vec![1];

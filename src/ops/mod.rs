@@ -55,30 +55,41 @@ pub const PRELUDE: &str = include_str!("../../shaders/common.wgsl");
 /// Added after the base of every family that extends one (those that use subgroup operations).
 const SUBGROUP_HELPERS: &str = include_str!("../../shaders/subgroup.wgsl");
 
-/// Families that read f16 weights as B: (family, the family it is made from). Each is its base with
-/// shaders/matmul_f16b.wgsl's section in place of matmul.wgsl's f32 storage of B.
-pub const HALF_B: &[(&str, &str)] = &[
-    ("matmul_f16b", "matmul"),
-    ("matmul_subgroup_f16b", "matmul_subgroup"),
+/// Families that read half-precision weights: (family, the family it is made from, the section it
+/// puts in place of its base's "half-precision section", which holds the f32 storage of what it
+/// reads in f16). The matmul's twins read B in f16, the embedding's its table.
+pub const HALF: &[(&str, &str, &str)] = &[
+    ("matmul_f16b", "matmul", MATMUL_HALF),
+    ("matmul_subgroup_f16b", "matmul_subgroup", MATMUL_HALF),
+    ("embedding_f16t", "embedding", EMBEDDING_HALF),
 ];
 
-const HALF_B_STORAGE: &str = include_str!("../../shaders/matmul_f16b.wgsl");
+const MATMUL_HALF: &str = include_str!("../../shaders/matmul_f16b.wgsl");
+const EMBEDDING_HALF: &str = include_str!("../../shaders/embedding_f16t.wgsl");
 
-/// `src` with its section of B's storage (from its "---- B's storage" line through its "---- end
-/// of B's storage ----" line) replaced by the f16 one.
-fn with_half_b(src: &str) -> String {
-    const START: &str = "// ---- B's storage";
-    const END: &str = "// ---- end of B's storage ----";
+/// `src` with its half-precision section (from its "---- half-precision section" line through its
+/// "---- end of the half-precision section ----" line) replaced by `section`.
+fn with_half(src: &str, section: &str) -> String {
+    const START: &str = "// ---- half-precision section";
+    const END: &str = "// ---- end of the half-precision section ----";
     let (Some(a), Some(b)) = (src.find(START), src.find(END)) else {
-        panic!("no section of B's storage to replace");
+        panic!("no half-precision section to replace");
     };
-    format!("{}{HALF_B_STORAGE}{}", &src[..a], &src[b + END.len()..])
+    format!("{}{section}{}", &src[..a], &src[b + END.len()..])
+}
+
+/// The family that reads in f16 what `family` reads in f32.
+pub fn half_twin(family: &str) -> &'static str {
+    HALF.iter()
+        .find(|(_, base, _)| *base == family)
+        .map(|(half, _, _)| *half)
+        .unwrap_or_else(|| panic!("{family} has no twin that reads f16"))
 }
 
 /// Full WGSL source of a shader family, prelude and any family it extends included.
 pub fn shader_source(family: &str) -> String {
-    if let Some((_, base)) = HALF_B.iter().find(|(f, _)| *f == family) {
-        return with_half_b(&shader_source(base));
+    if let Some((_, base, section)) = HALF.iter().find(|(f, _, _)| *f == family) {
+        return with_half(&shader_source(base), section);
     }
     let own = |family: &str| {
         SHADERS
