@@ -39,7 +39,7 @@ out = [f"# Caption latency: a full-size captioner, amad beside transformers", ""
        f"{len(amad[next(iter(amad))])} rounds alternating amad, amad with `--half-weights` and transformers; medians "
        f"of each image's best-of-3 per round. CPU: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores. "
        f"amad on {adapter}; {versions}, eager, on the same CPU. Each cell: amad in f32 / amad with half-precision "
-       f"weights (its linear maps' weights rounded to f16, a different model's numbers) / transformers in f32.", "",
+       f"weights (its linear maps' weights and token embedding rounded to f16: a different model's numbers) / transformers in f32.", "",
        "| image | tokens | encoder ms | decoder ms/token | total ms |",
        "|---|---|---|---|---|"]
 for img in amad:

@@ -135,8 +135,8 @@ mod cli {
         /// The most tokens a caption gets.
         #[arg(long, value_name = "N", value_parser = positive)]
         max_tokens: Option<usize>,
-        /// Holds the linear maps' weights in f16: about 40% less memory for a ViT-B + GPT-2
-        /// model, with captions from its weights rounded to half precision.
+        /// Holds the linear maps' weights and the token embedding in f16: half the memory of a
+        /// ViT-B + GPT-2 model, with captions from its weights rounded to half precision.
         #[arg(long)]
         half_weights: bool,
         #[arg(required = true, value_name = "IMAGE")]
@@ -246,8 +246,8 @@ mod cli {
         /// The teacher's directory.
         #[arg(long, value_name = "DIR")]
         teacher: PathBuf,
-        /// Holds the teacher's linear maps' weights in f16 (about 40% less memory for a ViT-B +
-        /// GPT-2 teacher); it then teaches from its weights rounded to half precision. Keep it
+        /// Holds the teacher's linear maps' weights and token embedding in f16 (half the memory of
+        /// a ViT-B + GPT-2 teacher); it then teaches from its weights rounded to half precision. Keep it
         /// the same over a run: the teacher's captions of --images are made once and reused.
         #[arg(long)]
         teacher_half_weights: bool,
@@ -391,7 +391,7 @@ mod cli {
             /// The teacher's directory.
             #[arg(long, value_name = "DIR")]
             teacher: PathBuf,
-            /// Holds the teacher's linear maps' weights in f16.
+            /// Holds the teacher's linear maps' weights and token embedding in f16.
             #[arg(long)]
             teacher_half_weights: bool,
             #[arg(long, value_name = "B", default_value_t = 16, value_parser = positive)]
