@@ -7,6 +7,7 @@ mod common;
 use amad::model::captioner::Captioner;
 use amad::model::formats::{self, zip, Dtype};
 use amad::model::generate::Generation;
+use amad::model::Precision;
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -595,7 +596,7 @@ fn an_embedding_larger_than_a_binding_is_split_by_rows() {
 /// nlpconnect/vit-gpt2-image-captioning's full shape (239 M parameters) with random weights,
 /// made here: it loads under WebGPU's default 128 MiB binding limit with its token embedding
 /// (154 MB) in two row blocks, and its first tokens and their logits are the CPU reference's
-/// (src/reference/captioner.rs, f64).
+/// (src/reference/captioner.rs, f64); with half-precision weights, in one block, the same tokens.
 #[test]
 fn a_full_size_captioner_runs_under_the_default_binding_limit() {
     let g = capped_device(128 << 20);
@@ -673,6 +674,27 @@ fn a_full_size_captioner_runs_under_the_default_binding_limit() {
         );
         prefix.push(want);
     }
+    // With half-precision weights the token embedding (77 MB in f16) fits one binding, the
+    // weights take half the memory, and the first tokens are the f32 model's.
+    let f32_bytes = c.model.weights.device_bytes();
+    drop(c);
+    let weights =
+        amad::model::Weights::from_values_as(&g, &layout, &values, Precision::HalfWeights).unwrap();
+    assert_eq!(weights.row_blocks[layout.wte].len(), 1);
+    let half = amad::model::Model {
+        cfg,
+        layout,
+        weights,
+    };
+    let half_bytes = half.weights.device_bytes();
+    assert!(
+        half_bytes < f32_bytes * 51 / 100,
+        "{half_bytes} of {f32_bytes} bytes"
+    );
+    let half_ids = pollster::block_on(half.generate(&g, &patches, three))
+        .unwrap()
+        .remove(0);
+    assert_eq!(half_ids, ids);
 }
 
 /// preprocessor_config.json as ViTImageProcessor writes it: size as an integer or {height,

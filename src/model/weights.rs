@@ -502,6 +502,16 @@ impl Weights {
 
     /// Weights holding `values`, one per spec of the layout, in its order.
     pub fn from_values(gpu: &Gpu, layout: &Layout, values: &[Vec<f32>]) -> Result<Weights> {
+        Self::from_values_as(gpu, layout, values, Precision::F32)
+    }
+
+    /// [`Weights::from_values`], held as `precision` says.
+    pub fn from_values_as(
+        gpu: &Gpu,
+        layout: &Layout,
+        values: &[Vec<f32>],
+        precision: Precision,
+    ) -> Result<Weights> {
         let sizes: Vec<usize> = layout
             .specs
             .iter()
@@ -514,7 +524,7 @@ impl Weights {
                 msg: format!("the layout holds tensors of {sizes:?} elements, got {given:?}"),
             });
         }
-        Self::build(gpu, layout, Precision::F32, |i| Ok(Some(values[i].clone())))
+        Self::build(gpu, layout, precision, |i| Ok(Some(values[i].clone())))
     }
 
     /// Zero tensors shaped like every parameter (gradients, optimiser moments).
