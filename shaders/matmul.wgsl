@@ -54,8 +54,8 @@ fn b4_at(i: u32) -> vec4<f32> {
 }
 
 // B's image (see matmul_image): binding 6, or 7 in the subgroup kernels, whose binding 6 is A's
-// (declared here, unused by this family's own kernels, so that one section holds every form in
-// which B is stored).
+// (sg_b_image is declared here though only matmul_subgroup.wgsl reads it, so that one section
+// holds every form in which B is stored).
 @group(0) @binding(6) var b_image: texture_storage_2d<rgba32float, read>;
 @group(0) @binding(7) var sg_b_image: texture_storage_2d<rgba32float, read>;
 // ---- end of the half-precision section ----

@@ -1,12 +1,11 @@
-// ---- half-precision section: B's storage in f16, two elements to a 32-bit word (a model's weights loaded in half
-// precision: `Precision::HalfWeights`, DType::F16) ----
+// ---- half-precision section: B's storage in f16, two elements to a 32-bit word (a model's
+// weights loaded in half precision: `Precision::HalfWeights`, DType::F16) ----
 //
 // src/ops/mod.rs puts this section in place of matmul.wgsl's f32 one to make the families
 // matmul_f16b and matmul_subgroup_f16b: the same kernels, each element of B widened to f32 as it
 // is read (exactly: every f16 is an f32), so a product over f16 weights gives the same bits as the
-// f32 kernels over those weights widened. Element i lies in word i / 2, the even one in the low
-// half (little-endian, as unpack2x16float reads it). The image kernels read B from an rgba16float
-// image, and this binding only for K's remainder.
+// f32 kernels over those weights widened. Element i lies in word i / 2 (common.wgsl's half_at).
+// The image kernels read B from an rgba16float image, and this binding only for K's remainder.
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(6) var<storage, read> b4: array<vec2<u32>>;
 
