@@ -24,13 +24,6 @@ fn halves(rng: &mut Rng, n: usize) -> (Vec<u16>, Vec<f32>) {
     (bits, wide)
 }
 
-fn same_bits(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
-        panic!("{what}: element {i} is {} against {}", got[i], want[i]);
-    }
-}
-
 /// One product x · op(W) (+ bias) with W as f16 and as its widened f32 values, on `g`: the two
 /// results, and the kernels the f16 one ran.
 fn both(

@@ -102,23 +102,6 @@ fn random_shapes_all_transposes() {
     }
 }
 
-/// Asserts that two results are the same bits, naming how many elements differ and the first.
-fn same_bits(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let differ: Vec<usize> = (0..got.len())
-        .filter(|&i| got[i].to_bits() != want[i].to_bits())
-        .collect();
-    if let Some(&i) = differ.first() {
-        panic!(
-            "{what}: {} of {} elements differ, the first at {i}: {} against {}",
-            differ.len(),
-            got.len(),
-            got[i],
-            want[i]
-        );
-    }
-}
-
 /// Runs `f` on each of three devices (subgroup, image and buffer kernels), checks that each ran
 /// its kernel (the only one, or among others where `only` is false), and that all three give the
 /// same bits.

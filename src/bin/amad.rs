@@ -50,6 +50,7 @@ fn private_runtime_dir() {
 mod cli {
     use amad::distill::maps_file;
     use amad::model::captioner::Captioner;
+    use amad::model::Precision;
     use amad::train::RunOptions;
     use amad::{Error, Gpu, Result};
     use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -141,14 +142,6 @@ mod cli {
         half_weights: bool,
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
-    }
-
-    /// How `--half-weights` (or its teacher's form) asks a model to be held.
-    fn precision(half_weights: bool) -> amad::model::Precision {
-        match half_weights {
-            true => amad::model::Precision::HalfWeights,
-            false => amad::model::Precision::F32,
-        }
     }
 
     /// The options of a training run, shared by train-teacher and distill. Each command's
@@ -468,8 +461,11 @@ mod cli {
                     profile,
                 } => {
                     let gpu = gpu()?;
-                    let teacher =
-                        Captioner::load_as(&gpu, &teacher, precision(teacher_half_weights))?;
+                    let teacher = Captioner::load_as(
+                        &gpu,
+                        &teacher,
+                        Precision::with_half_weights(teacher_half_weights),
+                    )?;
                     amad::bench::distill(&gpu, &teacher, batch, len, iters, json, profile)
                 }
                 BenchCommand::Caption {
@@ -504,7 +500,8 @@ mod cli {
 
     fn caption(a: CaptionArgs) -> Result<()> {
         let gpu = gpu()?;
-        let captioner = Captioner::load_as(&gpu, &a.model, precision(a.half_weights))?;
+        let captioner =
+            Captioner::load_as(&gpu, &a.model, Precision::with_half_weights(a.half_weights))?;
         // The checkpoint's own generation settings, where the command line does not override them.
         let generation = captioner.generation.overridden(a.beam, a.max_tokens);
         let mut failed = 0;
@@ -580,7 +577,11 @@ mod cli {
         }
         .with_method(&a.method, a.tau, a.detach_weights)?;
         let gpu = gpu()?;
-        let teacher = Captioner::load_as(&gpu, &a.teacher, precision(a.teacher_half_weights))?;
+        let teacher = Captioner::load_as(
+            &gpu,
+            &a.teacher,
+            Precision::with_half_weights(a.teacher_half_weights),
+        )?;
         let shape = StudentShape::default_for(&teacher.model.cfg).overridden(
             a.student_layers,
             a.student_width,
@@ -741,7 +742,7 @@ mod cli {
             .map(|p| Ok((file_name(p), read_image(p)?)))
             .collect::<Result<Vec<_>>>()?;
         let gpu = gpu()?;
-        let c = Captioner::load_as(&gpu, &a.model, precision(a.half_weights))?;
+        let c = Captioner::load_as(&gpu, &a.model, Precision::with_half_weights(a.half_weights))?;
         let generation = c.generation.overridden(a.beam, a.max_tokens);
         if profile {
             return amad::bench::caption_profile(&gpu, &c, &images[0].1, generation);

@@ -221,10 +221,7 @@ impl Model {
 
     /// How this model holds its parameters.
     pub fn precision(&self) -> Precision {
-        match self.weights.has_halves() {
-            true => Precision::HalfWeights,
-            false => Precision::F32,
-        }
+        Precision::with_half_weights(self.weights.has_halves())
     }
 
     pub(crate) fn w(&self, i: usize) -> &Tensor {

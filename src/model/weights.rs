@@ -32,6 +32,16 @@ pub enum Precision {
     HalfWeights,
 }
 
+impl Precision {
+    /// `HalfWeights` where `half` (a flag or box that asks for half-precision weights), else `F32`.
+    pub fn with_half_weights(half: bool) -> Precision {
+        match half {
+            true => Precision::HalfWeights,
+            false => Precision::F32,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Spec {
     pub name: String,

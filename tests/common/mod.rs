@@ -87,6 +87,23 @@ pub fn upload_u32(shape: &[usize], data: &[u32]) -> Tensor {
     Tensor::from_u32(gpu(), shape, data).unwrap()
 }
 
+/// Asserts that two results are the same bits, naming how many elements differ and the first.
+pub fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let differ: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    if let Some(&i) = differ.first() {
+        panic!(
+            "{what}: {} of {} elements differ, the first at {i}: {} against {}",
+            differ.len(),
+            got.len(),
+            got[i],
+            want[i]
+        );
+    }
+}
+
 /// Asserts |got - want| <= atol + rtol·|want| elementwise, naming the worst element.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
