@@ -46,8 +46,8 @@ fn json(path: &Path) -> Value {
 fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
     let (images, out) = (temp_dir("crops"), temp_dir("out"));
     photo_crops(&images);
-    let run = |steps: &str| {
-        amad_cli([
+    let run_with = |steps: &str, extra: &[&str]| {
+        let mut args = vec![
             "distill",
             "--teacher",
             HUB_TINY,
@@ -69,8 +69,11 @@ fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
             "0.25",
             "--checkpoint-every",
             "15",
-        ])
+        ];
+        args.extend(extra);
+        amad_cli(args)
     };
+    let run = |steps: &str| run_with(steps, &[]);
     let r = run("30");
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(r.status.success(), "{err}");
@@ -147,6 +150,36 @@ fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
         std::fs::read_to_string(out.join("targets.jsonl")).unwrap(),
         targets
     );
+    // The captions are this teacher's: the same teacher at half precision is another teacher,
+    // and the run its captions trained is not resumed with it; nothing in OUT changes.
+    let checkpoint = std::fs::read(out.join("model.safetensors")).unwrap();
+    let r = run_with("32", &["--teacher-half-weights"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{err}");
+    assert!(
+        err.contains("another teacher captioned") && err.contains("give a new --out"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("targets.jsonl")).unwrap(),
+        targets
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        checkpoint
+    );
+    // With no run to resume, that teacher captions the images again and keeps its own captions.
+    std::fs::remove_file(out.join("train_state.safetensors")).unwrap();
+    let r = run_with("1", &["--teacher-half-weights"]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(
+        err.contains("captions 12 files") && err.contains("(0 captions reused"),
+        "{err}"
+    );
+    let half = std::fs::read_to_string(out.join("targets.jsonl")).unwrap();
+    assert_eq!(half.lines().count(), 12);
+    assert_ne!(half, targets);
     std::fs::remove_dir_all(images).ok();
     std::fs::remove_dir_all(out).ok();
 }

@@ -16,6 +16,17 @@ let history = { steps: [], evals: [] };
 // The run whose checkpoints are saved: a new one's id at each start, a resumed one's own.
 let runId = null;
 
+// The loaded teacher's key in the caption cache (the `key` of its load summary): the captions it
+// makes of the user's images are kept under it.
+let teacherKey = null;
+
+// Loads a checkpoint's files (a Map of name → Uint8Array) as model `name`; returns its summary.
+function loadCheckpoint(name, source, files, half) {
+  const summary = JSON.parse(amad.load_checkpoint(name, source, files, half));
+  if (name === 'teacher') teacherKey = summary.key;
+  return summary;
+}
+
 // The Hub download in progress.
 let download = null;
 const MANIFEST = '.amad-files.json';
@@ -73,12 +84,12 @@ const handlers = {
         if (!r.ok) throw new Error(`models/${dir}/${file}: HTTP ${r.status}`);
         return [file, new Uint8Array(await r.arrayBuffer())];
       }));
-    return JSON.parse(amad.load_checkpoint(name, `models/${dir}`, new Map(files), half));
+    return loadCheckpoint(name, `models/${dir}`, new Map(files), half);
   },
 
   // Loads a checkpoint from the user's files: [[file name, ArrayBuffer]], as a folder holds them.
   async loadFiles(name, files, half = false) {
-    return JSON.parse(amad.load_checkpoint(name, 'your files', new Map(files.map(([n, b]) => [n, new Uint8Array(b)])), half));
+    return loadCheckpoint(name, 'your files', new Map(files.map(([n, b]) => [n, new Uint8Array(b)])), half);
   },
 
   // Loads a captioner from the Hugging Face Hub (or a mirror: `hub`) as model `name`, in the
@@ -204,7 +215,7 @@ const handlers = {
       await storeFile(store, MANIFEST, new TextEncoder().encode(list)).catch(() => {});
     }
     self.postMessage({ event: 'download', repo: where, loading: true });
-    const summary = JSON.parse(amad.load_checkpoint(name, where, files, half));
+    const summary = loadCheckpoint(name, where, files, half);
     return { ...summary, notCached, bytes: all };
   },
 
@@ -244,20 +255,18 @@ const handlers = {
     ));
     let targets = null;
     if (images && images.length) {
-      // The teacher's captions are kept per teacher, by each image's bytes, so a run on the same
-      // photos (a resume, another method) captions nothing again. A teacher from the user's own
-      // files has no stable name, so its captions are not kept.
-      const teacher = options.teacher || 'bundled';
-      const keep = teacher !== 'your files';
-      const cached = keep ? ((await db('get', undefined, 'captions', teacher)) || {}) : {};
+      // The teacher's captions are kept per teacher (by its key: its files and precision), by
+      // each image's bytes, so a run on the same photos (a resume, another method) captions
+      // nothing again, and another teacher never reuses them.
+      const cached = (teacherKey && await db('get', undefined, 'captions', teacherKey)) || {};
       targets = JSON.parse(await amad.distill_images(
         images.map(([n, b]) => [n, new Uint8Array(b)]),
         JSON.stringify(cached),
         (done, total) => self.postMessage({ event: 'captioning', done, total }),
       ));
-      if (keep) {
+      if (teacherKey) {
         for (const t of targets.images) cached[t.key] = t.caption;
-        await db('put', cached, 'captions', teacher);
+        await db('put', cached, 'captions', teacherKey);
       }
     }
     // A resumed run continues the history it saved, up to its checkpoint's step.
@@ -398,7 +407,7 @@ async function saveCheckpoint() {
 }
 
 // IndexedDB: in 'runs', the current run's latest checkpoint (key 'current'); in 'captions', per
-// teacher, the captions it made of the user's images, by image key.
+// teacher key (its files and precision), the captions it made of the user's images, by image key.
 function db(op, value, storeName = 'runs', key = 'current') {
   return new Promise((resolve, reject) => {
     const open = indexedDB.open('amad', 2);

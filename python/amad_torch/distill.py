@@ -6,7 +6,8 @@ PyTorch, alone or under torchrun with DistributedDataParallel.
 
 It follows amad's definitions step for step (docs/method.md), so that the two agree:
 - the teacher captions each image once (greedy or as its generation settings say), kept in
-  OUT/targets.jsonl by a hash of the image's bytes, the same file and keys amad writes;
+  OUT/targets.jsonl by a hash of the image's bytes and the teacher's key, the same file and keys
+  amad writes (a run is resumed only with the teacher that captioned its images);
 - images are held out for validation, and batches drawn, with amad's rules and its generator, so
   that step s sees the same images in both;
 - the loss is α·CE + β·T²·KD + γ·(mean over paired layers and kinds of the attention loss);
@@ -21,9 +22,11 @@ import json
 import math
 import os
 import shutil
+import struct
 import sys
 import time
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -66,6 +69,72 @@ def image_key(data):
     for b in data:
         h = ((h ^ b) * 0x100000001B3) & Rng.M
     return f"{h:016x}"
+
+
+# amad's teacher key (src/train/batch.rs `teacher_key`): the files amad reads from a checkpoint
+# directory, and the block size its hash takes them in.
+OPTIONAL_FILES = ["tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "generation_config.json"]
+KEY_BLOCK = 1 << 20
+FNV_PRIME = 0x100000001B3
+FNV_BASIS = 0xCBF29CE484222325
+
+
+def words_hash(data):
+    """amad's words_hash: FNV-1a over little-endian 64-bit words (the last zero-padded), then over
+    the byte count."""
+    h = FNV_BASIS
+    for (w,) in struct.iter_unpack("<Q", bytes(data) + b"\0" * (-len(data) % 8)):
+        h = ((h ^ w) * FNV_PRIME) & Rng.M
+    return ((h ^ len(data)) * FNV_PRIME) & Rng.M
+
+
+def block_hashes(data):
+    """words_hash of each KEY_BLOCK bytes of `data`: the whole blocks side by side in numpy (its
+    uint64 products wrap, as FNV's do), a last part word by word."""
+    whole = len(data) // KEY_BLOCK
+    out = []
+    if whole:
+        words = np.frombuffer(data, dtype="<u8", count=whole * KEY_BLOCK // 8).reshape(whole, -1)
+        h = np.full(whole, FNV_BASIS, dtype=np.uint64)
+        prime = np.uint64(FNV_PRIME)
+        for j in range(words.shape[1]):
+            h = (h ^ words[:, j]) * prime
+        out = [int(x) for x in (h ^ np.uint64(KEY_BLOCK)) * prime]
+    if len(data) % KEY_BLOCK:
+        out.append(words_hash(data[whole * KEY_BLOCK:]))
+    return out
+
+
+def checkpoint_files(teacher_dir):
+    """The files of a checkpoint directory amad reads (its Captioner::read_files): the configs,
+    the tokenizer files present, and one weight format (safetensors, else the shards of a sharded
+    one with their index, else pytorch_model.bin)."""
+    has = lambda n: os.path.isfile(os.path.join(teacher_dir, n))  # noqa: E731
+    names = [n for n in OPTIONAL_FILES + ["config.json", "preprocessor_config.json"] if has(n)]
+    if has("model.safetensors"):
+        names.append("model.safetensors")
+    elif has("model.safetensors.index.json"):
+        with open(os.path.join(teacher_dir, "model.safetensors.index.json")) as f:
+            names += ["model.safetensors.index.json", *sorted(set(json.load(f)["weight_map"].values()))]
+    elif has("pytorch_model.bin"):
+        names.append("pytorch_model.bin")
+    return names
+
+
+def teacher_key(teacher_dir, precision="f32"):
+    """amad's key of the teacher whose captions targets.jsonl keeps: over its files by name (the
+    name's hash, each 1 MiB block's, the length) and the precision of its weights ("f32" here:
+    amad_torch's teacher runs in f32)."""
+    step = lambda h, x: ((h ^ x) * FNV_PRIME) & Rng.M  # noqa: E731
+    h = FNV_BASIS
+    for name in sorted(checkpoint_files(teacher_dir)):
+        with open(os.path.join(teacher_dir, name), "rb") as f:
+            data = f.read()
+        h = step(h, words_hash(name.encode()))
+        for x in block_hashes(data):
+            h = step(h, x)
+        h = step(h, len(data))
+    return f"{step(h, words_hash(precision.encode())):016x}"
 
 
 def learning_rate(a, step):
@@ -220,16 +289,27 @@ def load_images(a, teacher, processor, tokenizer, world):
     if not items:
         raise SystemExit(f"amad_torch: none of the {len(names)} files in {a.images} is an image it can read")
     cache_path = os.path.join(a.out, "targets.jsonl")
+    key = teacher_key(a.teacher)
     cached = {}
+    other_teacher = False
     if os.path.exists(cache_path):
         with open(cache_path) as f:
             lines = f.readlines()
         for line in lines:
             try:
                 v = json.loads(line)
-                cached[v["key"]] = v["caption"]
-            except (ValueError, KeyError):
-                continue  # a line that does not parse is captioned again, never trusted
+                # A line without a teacher's key (written before captions were kept per teacher)
+                # is captioned again, as one that does not parse: never trusted.
+                if v.get("teacher") == key:
+                    cached[v["key"]] = v["caption"]
+                elif "teacher" in v:
+                    other_teacher = True
+            except (ValueError, KeyError, AttributeError):
+                continue
+    if other_teacher and os.path.exists(os.path.join(a.out, "train_state.safetensors")):
+        raise SystemExit(f"amad_torch: {a.out} holds a run whose targets another teacher captioned (other files, or its "
+                         f"weights at another precision; {cache_path} says so): resume it with that teacher, or give a new "
+                         "--out to distil from this one")
     todo = [it for it in items if it["key"] not in cached]
     world.say(f"the teacher captions {len(todo)} of {len(items)} images ({len(items) - len(todo)} from {cache_path})")
     length = new_tokens(a.teacher)
@@ -246,7 +326,7 @@ def load_images(a, teacher, processor, tokenizer, world):
         os.makedirs(a.out, exist_ok=True)
         with open(cache_path, "w") as f:
             for it in items:
-                f.write(json.dumps({"file": it["file"], "key": it["key"], "caption": it["caption"]}) + "\n")
+                f.write(json.dumps({"file": it["file"], "key": it["key"], "teacher": key, "caption": it["caption"]}) + "\n")
     return items
 
 

@@ -14,6 +14,7 @@ import unittest
 import torch
 from safetensors.torch import load_file
 
+from amad_torch.distill import KEY_BLOCK, block_hashes, teacher_key, words_hash
 from test_losses import AMAD, NEED_AMAD, ROOT
 
 TEACHER = os.path.join(ROOT, "tests", "fixtures", "hub_tiny")
@@ -39,6 +40,42 @@ def torch_distill(out, *args, processes=1):
 def metrics(d):
     with open(os.path.join(d, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+class TeacherKey(unittest.TestCase):
+    def test_blocks_hashed_side_by_side_as_one_by_one(self):
+        data = bytes((i * 7 + i // 251) % 256 for i in range(2 * KEY_BLOCK + 13))
+        blocks = [data[at:at + KEY_BLOCK] for at in range(0, len(data), KEY_BLOCK)]
+        self.assertEqual(block_hashes(data), [words_hash(b) for b in blocks])
+        self.assertEqual(block_hashes(data[:2 * KEY_BLOCK]), [words_hash(b) for b in blocks[:2]])
+        self.assertEqual(block_hashes(b""), [])
+
+    @unittest.skipUnless(NEED_AMAD or os.access(AMAD, os.X_OK), f"no amad binary at {AMAD}: cargo build --release")
+    def test_the_key_is_the_one_amad_writes(self):
+        with tempfile.TemporaryDirectory() as d:
+            for half, precision in [([], "f32"), (["--teacher-half-weights"], "half weights")]:
+                out = os.path.join(d, precision)
+                run([AMAD, "distill", "--teacher", TEACHER, "--images", PHOTOS, "--out", out, "--steps", "1",
+                     "--batch", "2", "--val-fraction", "0", *half])
+                with open(os.path.join(out, "targets.jsonl")) as f:
+                    keys = {json.loads(line)["teacher"] for line in f}
+                self.assertEqual(keys, {teacher_key(TEACHER, precision)}, precision)
+            # A teacher with one file changed is another teacher: amad_torch does not resume amad's
+            # run with it, and leaves the run as it was.
+            other = os.path.join(d, "other-teacher")
+            shutil.copytree(TEACHER, other)
+            with open(os.path.join(other, "config.json"), "a") as f:
+                f.write("\n")
+            out = os.path.join(d, "f32")
+            with open(os.path.join(out, "targets.jsonl")) as f:
+                targets = f.read()
+            r = subprocess.run([sys.executable, "-m", "amad_torch.distill", "--teacher", other, "--images", PHOTOS,
+                                "--out", out, "--steps", "2", "--batch", "2", "--val-fraction", "0"],
+                               capture_output=True, text=True, env=ENV, timeout=600)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("another teacher captioned", r.stderr)
+            with open(os.path.join(out, "targets.jsonl")) as f:
+                self.assertEqual(f.read(), targets)
 
 
 class Distill(unittest.TestCase):
@@ -69,7 +106,9 @@ class Distill(unittest.TestCase):
             # The teacher's captions as amad made them, so that both train on the same targets.
             os.makedirs(t_out)
             shutil.copy(os.path.join(a_out, "targets.jsonl"), os.path.join(t_out, "targets.jsonl"))
-            torch_distill(t_out, "--student-init", self.path("init"), "--batch", "3", "--steps", "1", "--method", method, *extra)
+            r = torch_distill(t_out, "--student-init", self.path("init"), "--batch", "3", "--steps", "1", "--method", method, *extra)
+            # amad_torch keys the teacher as amad does, so it takes them all.
+            self.assertIn("the teacher captions 0 of 3 images", r.stdout + r.stderr)
             a, t = metrics(a_out)[0], metrics(t_out)[0]
             self.assertEqual((a["step"], t["step"]), (1, 1))
             # One step of CE, KD and the attention term in f32 on lavapipe and in PyTorch on the CPU.

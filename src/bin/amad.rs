@@ -82,7 +82,7 @@ mod cli {
         /// Distils a student from a teacher, on generated scenes or on your images.
         ///
         /// The teacher is the bundled one or a Hub captioner's directory. With --images the
-        /// teacher captions each image once (kept in OUT/targets.jsonl by the image's bytes) and
+        /// teacher captions each image once (kept in OUT/targets.jsonl by teacher and image) and
         /// those captions are the targets. The student shares the teacher's vocabulary and image
         /// geometry. OUT/alignment.json gets the AMAD alignment weights at each checkpoint. A run
         /// started again on the same OUT resumes from its checkpoint.
@@ -240,8 +240,9 @@ mod cli {
         #[arg(long, value_name = "DIR")]
         teacher: PathBuf,
         /// Holds the teacher's linear maps' weights and token embedding in f16 (half the memory of
-        /// a ViT-B + GPT-2 teacher); it then teaches from its weights rounded to half precision. Keep it
-        /// the same over a run: the teacher's captions of --images are made once and reused.
+        /// a ViT-B + GPT-2 teacher); it then teaches from its weights rounded to half precision. Keep
+        /// it the same over a run: captions of --images are kept per teacher and precision, and a
+        /// run is resumed only with the teacher that captioned its images.
         #[arg(long)]
         teacher_half_weights: bool,
         /// The run's directory.
@@ -577,11 +578,12 @@ mod cli {
         }
         .with_method(&a.method, a.tau, a.detach_weights)?;
         let gpu = gpu()?;
-        let teacher = Captioner::load_as(
-            &gpu,
-            &a.teacher,
-            Precision::with_half_weights(a.teacher_half_weights),
-        )?;
+        let precision = Precision::with_half_weights(a.teacher_half_weights);
+        let files = Captioner::read_files(&a.teacher)?;
+        let teacher_key = amad::train::batch::teacher_key(&files, precision);
+        let teacher =
+            Captioner::from_file_map(&gpu, &files, &a.teacher.display().to_string(), precision)?;
+        drop(files);
         let shape = StudentShape::default_for(&teacher.model.cfg).overridden(
             a.student_layers,
             a.student_width,
@@ -607,7 +609,7 @@ mod cli {
         let source = match &a.images {
             None => amad::train::Source::Scenes,
             Some(dir) => {
-                let all = image_targets(&gpu, &teacher, dir, &a.out)?;
+                let all = image_targets(&gpu, &teacher, &teacher_key, dir, &a.out)?;
                 let (train, held_out) = all.split(a.val_fraction)?;
                 eprintln!(
                     "{} images to train on, {} held out for validation",
@@ -650,12 +652,14 @@ mod cli {
         print_validation(&gpu, &c, &source)
     }
     /// The teacher's captions of the images in `dir` (non-recursive, sorted by name), kept in
-    /// `out`/targets.jsonl: captions already there (matched by the image's bytes) are reused, so
-    /// a resumed or repeated run captions nothing twice. Unreadable files are reported and
-    /// skipped.
+    /// `out`/targets.jsonl with the teacher's key (`teacher_key`): captions this teacher already
+    /// made there (matched by the image's bytes) are reused, so a resumed or repeated run
+    /// captions nothing twice. Unreadable files are reported and skipped. A run in `out` that
+    /// another teacher's captions trained is not resumed with this one.
     fn image_targets(
         gpu: &Gpu,
         teacher: &Captioner,
+        teacher_key: &str,
         dir: &Path,
         out: &Path,
     ) -> Result<amad::train::batch::ImageTargets> {
@@ -673,11 +677,28 @@ mod cli {
             }
         }
         let path = out.join("targets.jsonl");
-        // A line that does not parse is captioned again, never trusted.
-        let cached: std::collections::HashMap<String, String> = std::fs::read_to_string(&path)
+        // A line that does not parse is captioned again, never trusted; so is one without a
+        // teacher's key (written before captions were kept per teacher).
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let other_teacher = lines
+            .iter()
+            .any(|v| v["teacher"].as_str().is_some_and(|k| k != teacher_key));
+        if other_teacher && amad::train::resumes(out) {
+            return Err(Error::Invalid(format!(
+                "{} holds a run whose targets another teacher captioned (other files, or its \
+                 weights at another precision; {} says so): resume it with that teacher, or give \
+                 a new --out to distil from this one",
+                out.display(),
+                path.display()
+            )));
+        }
+        let cached: std::collections::HashMap<String, String> = lines
+            .iter()
+            .filter(|v| v["teacher"].as_str() == Some(teacher_key))
             .filter_map(|v| {
                 Some((
                     v["key"].as_str()?.to_string(),
@@ -720,7 +741,8 @@ mod cli {
             .map(|i| {
                 format!(
                     "{}\n",
-                    serde_json::json!({"file": t.names[i], "key": t.keys[i], "caption": t.captions[i]})
+                    serde_json::json!({"file": t.names[i], "key": t.keys[i],
+                        "teacher": teacher_key, "caption": t.captions[i]})
                 )
             })
             .collect();

@@ -234,6 +234,14 @@ impl Captioner {
     /// [`Captioner::load`], the weights held as `precision` says.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_as(gpu: &Gpu, dir: &std::path::Path, precision: Precision) -> Result<Captioner> {
+        let files = Self::read_files(dir)?;
+        Self::from_file_map(gpu, &files, &dir.display().to_string(), precision)
+    }
+
+    /// The files of the checkpoint directory `dir` that `from_file_map` uses, by name: its
+    /// configs, tokenizer files and one weight format (the shards of a sharded one).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_files(dir: &std::path::Path) -> Result<HashMap<String, Vec<u8>>> {
         let has = |name: &str| dir.join(name).is_file();
         let mut names: Vec<String> = OPTIONAL_FILES
             .iter()
@@ -260,7 +268,7 @@ impl Captioner {
             let b = read(&n)?;
             files.insert(n, b);
         }
-        Self::from_file_map(gpu, &files, &dir.display().to_string(), precision)
+        Ok(files)
     }
 
     /// Writes the five files into `dir`: config.json, model.safetensors,

@@ -9,6 +9,11 @@ use std::time::Instant;
 /// The optimiser's state beside the checkpoint: moments and the step count.
 const STATE: &str = "train_state.safetensors";
 
+/// Whether `dir` holds a run's checkpoint, so that a run started on it resumes.
+pub fn resumes(dir: &Path) -> bool {
+    dir.join(STATE).exists()
+}
+
 /// Writes the captioner and the optimiser state (with the shape head, if any) into `dir`; `step`
 /// steps are done.
 pub async fn checkpoint(
@@ -192,7 +197,7 @@ fn run_captioner(
 ) -> Result<Captioner> {
     use crate::ops::optim::AdamW;
     opts.check()?;
-    let resuming = dir.join(STATE).exists();
+    let resuming = resumes(dir);
     let c = if resuming {
         Captioner::load(gpu, dir)?
     } else {
@@ -333,7 +338,7 @@ pub fn distill_captioner(
         )));
     }
     // The student's config, to refuse a batch that cannot fit before anything starts.
-    let resuming = dir.join(STATE).exists();
+    let resuming = resumes(dir);
     let student = if resuming { None } else { Some(fresh()?) };
     let student_cfg = match &student {
         Some(c) => c.model.cfg.clone(),

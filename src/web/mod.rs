@@ -114,7 +114,7 @@ async fn self_test(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
-fn summary(c: &Captioner) -> String {
+fn summary(c: &Captioner) -> serde_json::Value {
     let (e, d) = (&c.model.cfg.encoder, &c.model.cfg.decoder);
     serde_json::json!({
         "parameters": c.model.layout.param_count(),
@@ -126,13 +126,13 @@ fn summary(c: &Captioner) -> String {
         "patch_size": e.patch_size,
         "vocab_size": d.vocab_size,
     })
-    .to_string()
 }
 
 /// Loads a checkpoint from its files, a Map of file name → Uint8Array (a bundled model, a Hub
 /// download or the user's own files, in any of the formats `Captioner::from_file_map` reads), as
 /// model `name`, with its linear maps' weights in f16 where `half_weights` (`Precision`);
-/// `source` names it in errors. Returns a JSON summary of its sizes.
+/// `source` names it in errors. Returns a JSON summary of its sizes, with `key`: the checkpoint's
+/// key in the caption cache (`batch::teacher_key`), for the captions it makes as a teacher.
 #[wasm_bindgen]
 pub fn load_checkpoint(
     name: &str,
@@ -152,8 +152,11 @@ pub fn load_checkpoint(
     }
     let precision = Precision::with_half_weights(half_weights);
     let c = Captioner::from_file_map(&gpu, &map, source, precision).map_err(js)?;
+    let key = batch::teacher_key(&map, precision);
     drop(map);
-    let out = summary(&c);
+    let mut out = summary(&c);
+    out["key"] = key.into();
+    let out = out.to_string();
     STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), Rc::new(c)));
     Ok(out)
 }
@@ -291,7 +294,7 @@ fn distill_start_inner(
         gpu.max_binding(),
         gpu.available_memory(),
     )?;
-    let out = summary(&student);
+    let out = summary(&student).to_string();
     let r = Run {
         teacher,
         student: Rc::new(student),
@@ -549,7 +552,7 @@ pub async fn checkpoint() -> std::result::Result<js_sys::Object, JsError> {
 pub fn use_student(name: &str) -> std::result::Result<String, JsError> {
     let r = run().map_err(js)?;
     let student = r.borrow().student.clone();
-    let out = summary(&student);
+    let out = summary(&student).to_string();
     STATE.with(|s| s.borrow_mut().models.insert(name.to_string(), student));
     Ok(out)
 }
