@@ -610,6 +610,21 @@ pub fn distill(
         }
         .print(gpu, json);
     }
+    let held = gpu.stats();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"device_tensor_bytes": held.tensor_bytes,
+                "device_image_bytes": held.image_bytes, "estimated_bytes": need.total()})
+        );
+    } else {
+        println!(
+            "device memory: {:.0} MB of tensor buffers, {:.0} MB of images (estimated {:.0} MB)",
+            held.tensor_bytes as f64 / 1e6,
+            held.image_bytes as f64 / 1e6,
+            need.total() as f64 / 1e6
+        );
+    }
     match (peak_resident(), json) {
         (Some(peak), false) => println!("peak resident memory: {:.0} MB", peak as f64 / 1e6),
         (Some(peak), true) => println!("{}", serde_json::json!({"peak_resident_bytes": peak})),

@@ -114,6 +114,11 @@ impl Image {
                 gpu.pool
                     .images_created
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let texel = format.block_copy_size(None).unwrap_or(16) as u64;
+                gpu.pool.image_bytes_created.fetch_add(
+                    size.0 as u64 * size.1 as u64 * texel,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 let texture = gpu.device.create_texture(&wgpu::TextureDescriptor {
                     label: Some("image"),
                     size: wgpu::Extent3d {

@@ -37,6 +37,10 @@ pub struct Stats {
     pub images_created: u64,
     /// Images held now for fixed tensors (see [`Gpu::hold_images`]).
     pub images_held: usize,
+    /// Bytes of the tensor buffers and of the images created so far: pooled, never given back,
+    /// so the device memory they take.
+    pub tensor_bytes: u64,
+    pub image_bytes: u64,
     pub pipelines_built: usize,
 }
 
@@ -289,6 +293,14 @@ impl Gpu {
                 .images_created
                 .load(std::sync::atomic::Ordering::Relaxed),
             images_held: self.held.lock().unwrap().as_ref().map_or(0, |h| h.len()),
+            tensor_bytes: self
+                .pool
+                .bytes_created
+                .load(std::sync::atomic::Ordering::Relaxed),
+            image_bytes: self
+                .pool
+                .image_bytes_created
+                .load(std::sync::atomic::Ordering::Relaxed),
             pipelines_built: self.pipelines.len(),
         }
     }

@@ -88,6 +88,10 @@ pub(super) struct BufferPool {
     pub(super) created: std::sync::atomic::AtomicU64,
     /// Images created so far (see `Gpu::stats`).
     pub(super) images_created: std::sync::atomic::AtomicU64,
+    /// Bytes of the buffers and images created so far: the pool keeps all it made, so these are
+    /// the device memory amad holds, bar the uniform chunks (see `Gpu::stats`).
+    pub(super) bytes_created: std::sync::atomic::AtomicU64,
+    pub(super) image_bytes_created: std::sync::atomic::AtomicU64,
 }
 
 impl BufferPool {
@@ -138,6 +142,8 @@ impl BufferPool {
     fn create(&self, gpu: &Gpu, size: u64, mapped_at_creation: bool) -> wgpu::Buffer {
         self.created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.bytes_created
+            .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size,
