@@ -582,6 +582,28 @@ async function loadHubTeacher(half = false) {
   return { seen: await page.evaluate(() => window.teacherStatuses), asked, getsWhenAsked };
 }
 
+// The three photos of tests/fixtures/photos, dropped on the Distill tab.
+async function dropPhotos() {
+  await page.click('#tab-distill');
+  const photo = (n) => ({ path: path.join(here, `../fixtures/photos/${n}.png`), type: 'image/png' });
+  await drop([photo('astronaut'), photo('chelsea'), photo('coffee')]);
+}
+
+// Runs `steps` steps on the dropped photos, validating every `evalEvery`, a third held out, into
+// the teacher's default student (sizes left empty: a reload may have filled them in from a saved
+// run); returns the targets line once the run completes.
+async function distillPhotos(steps, evalEvery) {
+  await page.selectOption('#distill-form [name=data]', 'images');
+  await page.fill('#distill-form [name=steps]', String(steps));
+  await page.fill('#distill-form [name=eval_every]', String(evalEvery));
+  await page.fill('#distill-form [name=val_fraction]', '0.34');
+  for (const k of ['layers', 'width', 'heads']) await page.fill(`#distill-form [name=${k}]`, '');
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction((n) => (document.getElementById('distill-steps').textContent === n && document.getElementById('distill-state').textContent === 'complete') || !document.getElementById('distill-error').hidden, String(steps), { timeout: 300000 });
+  assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
+  return page.textContent('#targets');
+}
+
 await check('a Hub captioner loads by repo id from a mock Hub, with progress, and captions a photo as transformers does', async () => {
   const gets = () => hubLog.filter((l) => l.startsWith('GET ')).length;
   const { seen, asked, getsWhenAsked } = await loadHubTeacher();
@@ -600,25 +622,13 @@ await check('a Hub captioner loads by repo id from a mock Hub, with progress, an
 });
 
 await check('a student distils from the Hub teacher on dropped photos, then captions beside it with its speed-up', async () => {
-  await page.click('#tab-distill');
-  const photo = (n) => ({ path: path.join(here, `../fixtures/photos/${n}.png`), type: 'image/png' });
-  await drop([photo('astronaut'), photo('chelsea'), photo('coffee')]);
+  await dropPhotos();
   // Generated scenes are refused for this teacher: they speak the bundled vocabulary.
   await page.selectOption('#distill-form [name=data]', 'scenes');
   await page.click('[data-testid=distill-start]');
   const refused = await page.textContent('#distill-error');
   assert(/distils on your photos/.test(refused), refused);
-  await page.selectOption('#distill-form [name=data]', 'images');
-  await page.fill('#distill-form [name=steps]', '3');
-  await page.fill('#distill-form [name=eval_every]', '3');
-  await page.fill('#distill-form [name=val_fraction]', '0.34');
-  // Sizes left empty take the teacher's default student (a reload may have filled them in from
-  // a saved run).
-  for (const k of ['layers', 'width', 'heads']) await page.fill(`#distill-form [name=${k}]`, '');
-  await page.click('[data-testid=distill-start]');
-  await page.waitForFunction(() => (document.getElementById('distill-steps').textContent === '3' && document.getElementById('distill-state').textContent === 'complete') || !document.getElementById('distill-error').hidden, null, { timeout: 300000 });
-  assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
-  const targets = await page.textContent('#targets');
+  const targets = await distillPhotos(3, 3);
   // The sizes left empty take the teacher's default student: fewer heads than its 3 and 4.
   assert(/captions of 3 images/.test(targets) && /2\/48\/2 encoder, 2\/32\/2 decoder/.test(targets), targets);
   const rows = await page.$$eval('[data-testid=eval-table] tbody tr', (rs) => rs.map((r) => [...r.cells].map((c) => c.textContent)));
@@ -639,11 +649,7 @@ await check('a student distils from the Hub teacher on dropped photos, then capt
   console.log(`     ${targets.slice(targets.indexOf('Targets'))} Student: "${c.student}" (${speed})`);
   // A second run on the same photos takes the teacher's captions from IndexedDB.
   await page.click('#tab-distill');
-  await page.fill('#distill-form [name=steps]', '1');
-  await page.click('[data-testid=distill-start]');
-  await page.waitForFunction(() => (document.getElementById('distill-steps').textContent === '1' && document.getElementById('distill-state').textContent === 'complete') || !document.getElementById('distill-error').hidden, null, { timeout: 300000 });
-  assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
-  const again = await page.textContent('#targets');
+  const again = await distillPhotos(1, 3);
   assert(/captions of 3 images \(3 kept from an earlier run\)/.test(again), again);
   await page.selectOption('#distill-form [name=data]', 'scenes');
   await page.fill('#distill-form [name=eval_every]', '0');
@@ -696,18 +702,8 @@ await check('with half-precision weights the Hub captioner takes less GPU memory
   assert(!c.error && c.teacher.startsWith(golden.coffee.greedy_text), JSON.stringify(c));
   console.log(`     weights ${mb(full)} MB in f32, ${mb(half)} MB with half precision: "${c.teacher}"`);
   // The captions kept from the f32 teacher's runs on these photos are not this teacher's.
-  await page.click('#tab-distill');
-  const photo = (n) => ({ path: path.join(here, `../fixtures/photos/${n}.png`), type: 'image/png' });
-  await drop([photo('astronaut'), photo('chelsea'), photo('coffee')]);
-  await page.selectOption('#distill-form [name=data]', 'images');
-  await page.fill('#distill-form [name=steps]', '1');
-  await page.fill('#distill-form [name=eval_every]', '0');
-  await page.fill('#distill-form [name=val_fraction]', '0.34');
-  for (const k of ['layers', 'width', 'heads']) await page.fill(`#distill-form [name=${k}]`, '');
-  await page.click('[data-testid=distill-start]');
-  await page.waitForFunction(() => (document.getElementById('distill-steps').textContent === '1' && document.getElementById('distill-state').textContent === 'complete') || !document.getElementById('distill-error').hidden, null, { timeout: 300000 });
-  assert(await page.$eval('#distill-error', (e) => e.hidden), await page.textContent('#distill-error'));
-  const targets = await page.textContent('#targets');
+  await dropPhotos();
+  const targets = await distillPhotos(1, 0);
   assert(/captions of 3 images/.test(targets) && !/kept from an earlier run/.test(targets), targets);
 });
 
