@@ -25,9 +25,9 @@ import json, statistics, sys, subprocess
 beams = sys.argv[1]
 sys.path.insert(0, "scripts")
 from bench_jsonl import load  # noqa: E402
-amad, amad_peak = load("target/bench/caption-amad.jsonl", "image")
-half, half_peak = load("target/bench/caption-amad-half.jsonl", "image")
-torch, torch_peak = load("target/bench/caption-torch.jsonl", "image")
+amad, amad_peak, _ = load("target/bench/caption-amad.jsonl", "image")
+half, half_peak, _ = load("target/bench/caption-amad-half.jsonl", "image")
+torch, torch_peak, _ = load("target/bench/caption-torch.jsonl", "image")
 med = lambda rs, k: statistics.median(r[k] for r in rs)
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
 versions = subprocess.run([".venv/bin/python", "-c", "import torch, transformers; print(f'transformers {transformers.__version__}, torch {torch.__version__}')"],

@@ -24,8 +24,8 @@ python3 - <<'PY'
 import json, statistics, subprocess, sys
 sys.path.insert(0, "scripts")
 from bench_jsonl import load  # noqa: E402
-amad, amad_peak = load("target/bench/distill-amad.jsonl", "name")
-torch, torch_peak = load("target/bench/distill-torch.jsonl", "name")
+amad, amad_peak, amad_memory = load("target/bench/distill-amad.jsonl", "name")
+torch, torch_peak, _ = load("target/bench/distill-torch.jsonl", "name")
 med = lambda rs: statistics.median(r["ms"] for r in rs)
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 first = lambda rows: next(iter(rows.values()))[0]
@@ -53,6 +53,12 @@ for name, label in [("hub_teacher_forward", "teacher forward (logits and paired 
 if amad_peak and torch_peak:
     lines += ["", f"Peak resident memory: amad {max(amad_peak) / 1e6:.0f} MB (on a CPU adapter the device's "
               f"buffers live in the process), PyTorch {max(torch_peak) / 1e6:.0f} MB."]
+memory = [m for m in amad_memory if "device_tensor_bytes" in m]
+if memory:
+    m = memory[-1]
+    lines += ["", f"Device memory amad allocated by the end of a step: {m['device_tensor_bytes'] / 1e6:.0f} MB of tensor "
+              f"buffers and {m['device_image_bytes'] / 1e6:.0f} MB of operand images (a CPU adapter's), against its "
+              f"estimate of {m['estimated_bytes'] / 1e6:.0f} MB (docs/perf-notes.md)."]
 lines += ["", "<!-- notes -->", "<!-- /notes -->", ""]
 path = "docs/benchmarks-distill.md"
 try:
