@@ -79,6 +79,7 @@ async function boot() {
       call('loadBundled', 'teacher', 'teacher'),
       call('loadBundled', 'student', 'student'),
     ]);
+    teacherKey = teacher.key;
     $('models-status').textContent =
       `Ready: student ${fmtParams(student.parameters)} parameters, teacher ${fmtParams(teacher.parameters)}.`;
     // The form shows the worker's defaults: one home for them (src/web, page_defaults).
@@ -343,6 +344,9 @@ $('new-scene').onclick = async () => {
 // 'bundled', or what else the teacher is (a Hub repo, "your files"): a student distilled from the
 // bundled teacher does not belong to another teacher, so captions then show none.
 let teacherKind = 'bundled';
+// The loaded teacher's key (its files and the precision of its weights; src/train/batch.rs
+// teacher_key): which teacher a run distils from, where a name ('your files') cannot tell.
+let teacherKey = null;
 // The teacher the Caption tab's student was distilled from (the bundled student's is the bundled
 // teacher); a student shows in caption cards only beside its own teacher.
 let studentTeacher = 'bundled';
@@ -369,6 +373,7 @@ function onDownload(m) {
 
 function teacherReady(what, s) {
   teacherKind = what;
+  teacherKey = s.key;
   const note = s.notCached && s.notCached.length ? ` Not cached: ${s.notCached.join(', ')}.` : '';
   const weights = `${MB(s.weight_bytes)} MB of weights on the GPU${s.half_weights ? ', half precision' : ''}`;
   teacherStatus(`Teacher ready: ${what}, ${fmtParams(s.parameters)} parameters (${weights}), ${s.image_size}×${s.image_size} images, ` +
@@ -475,6 +480,7 @@ function formOptions() {
   // The validation size and the warmup are the worker's (RunOptions::PAGE, page_warmup).
   // The run belongs to the teacher it distils from: a resume needs the same one.
   o.teacher = teacherKind;
+  o.teacher_key = teacherKey;
   return o;
 }
 
@@ -705,6 +711,10 @@ $('distill-resume').onclick = async () => {
   const from = (saved && saved.options.teacher) || 'bundled';
   if (saved && from !== teacherKind) {
     return showError(`The saved run distils from ${from}; load that teacher in the Caption tab first (the teacher now is ${teacherKind}).`);
+  }
+  // The same name, another teacher: other files, or its weights at another precision.
+  if (saved && saved.options.teacher_key && saved.options.teacher_key !== teacherKey) {
+    return showError(`The saved run distils from another teacher than the one loaded now (${teacherKind}: other files, or the half-precision box set otherwise); load the run's teacher in the Caption tab first.`);
   }
   let changes;
   try {

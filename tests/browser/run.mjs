@@ -705,6 +705,21 @@ await check('with half-precision weights the Hub captioner takes less GPU memory
   await dropPhotos();
   const targets = await distillPhotos(1, 0);
   assert(/captions of 3 images/.test(targets) && !/kept from an earlier run/.test(targets), targets);
+  // A run stopped with this teacher is not resumed with the f32 one of the same name.
+  await page.fill('#distill-form [name=steps]', '50');
+  await page.fill('#distill-form [name=checkpoint_every]', '1');
+  await page.click('[data-testid=distill-start]');
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid=distill-step]').textContent) >= 1, null, { timeout: 300000 });
+  await page.click('[data-testid=distill-stop]');
+  await page.waitForFunction(() => document.getElementById('distill-state').textContent === 'stopped', null, { timeout: 120000 });
+  await loadHubTeacher();
+  await page.click('#tab-distill');
+  await page.waitForFunction(() => !document.querySelector('[data-testid=distill-resume]').hidden, null, { timeout: 60000 });
+  await page.click('[data-testid=distill-resume]');
+  await page.waitForFunction(() => document.getElementById('distill-error').textContent !== '' || document.getElementById('distill-state').textContent === 'running', null, { timeout: 60000 });
+  const refused = await page.textContent('#distill-error');
+  assert(/another teacher than the one loaded now/.test(refused), `${refused} (state ${await page.textContent('#distill-state')})`);
+  await page.click('[data-testid=distill-forget]');
 });
 
 await browser.close();
