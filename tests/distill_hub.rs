@@ -137,7 +137,8 @@ fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
         format!("coffee.png\t{own}")
     );
     // The teacher's captions are kept: a resumed run captions nothing again.
-    let targets = std::fs::read_to_string(out.join("targets.jsonl")).unwrap();
+    let read_targets = || std::fs::read_to_string(out.join("targets.jsonl")).unwrap();
+    let targets = read_targets();
     assert_eq!(targets.lines().count(), 12);
     let r = run("31");
     let err = String::from_utf8_lossy(&r.stderr);
@@ -146,10 +147,7 @@ fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
         err.contains("captions 0 files") && err.contains("12 captions reused"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read_to_string(out.join("targets.jsonl")).unwrap(),
-        targets
-    );
+    assert_eq!(read_targets(), targets);
     // The captions are this teacher's: the same teacher at half precision is another teacher,
     // and the run its captions trained is not resumed with it; nothing in OUT changes.
     let checkpoint = std::fs::read(out.join("model.safetensors")).unwrap();
@@ -160,10 +158,7 @@ fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
         err.contains("another teacher captioned") && err.contains("give a new --out"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read_to_string(out.join("targets.jsonl")).unwrap(),
-        targets
-    );
+    assert_eq!(read_targets(), targets);
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         checkpoint
@@ -177,7 +172,7 @@ fn a_student_distils_from_the_tiny_bpe_teacher_on_photo_crops() {
         err.contains("captions 12 files") && err.contains("(0 captions reused"),
         "{err}"
     );
-    let half = std::fs::read_to_string(out.join("targets.jsonl")).unwrap();
+    let half = read_targets();
     assert_eq!(half.lines().count(), 12);
     assert_ne!(half, targets);
     std::fs::remove_dir_all(images).ok();

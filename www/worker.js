@@ -16,17 +16,6 @@ let history = { steps: [], evals: [] };
 // The run whose checkpoints are saved: a new one's id at each start, a resumed one's own.
 let runId = null;
 
-// The loaded teacher's key in the caption cache (the `key` of its load summary): the captions it
-// makes of the user's images are kept under it.
-let teacherKey = null;
-
-// Loads a checkpoint's files (a Map of name → Uint8Array) as model `name`; returns its summary.
-function loadCheckpoint(name, source, files, half) {
-  const summary = JSON.parse(amad.load_checkpoint(name, source, files, half));
-  if (name === 'teacher') teacherKey = summary.key;
-  return summary;
-}
-
 // The Hub download in progress.
 let download = null;
 const MANIFEST = '.amad-files.json';
@@ -84,12 +73,12 @@ const handlers = {
         if (!r.ok) throw new Error(`models/${dir}/${file}: HTTP ${r.status}`);
         return [file, new Uint8Array(await r.arrayBuffer())];
       }));
-    return loadCheckpoint(name, `models/${dir}`, new Map(files), half);
+    return JSON.parse(amad.load_checkpoint(name, `models/${dir}`, new Map(files), half));
   },
 
   // Loads a checkpoint from the user's files: [[file name, ArrayBuffer]], as a folder holds them.
   async loadFiles(name, files, half = false) {
-    return loadCheckpoint(name, 'your files', new Map(files.map(([n, b]) => [n, new Uint8Array(b)])), half);
+    return JSON.parse(amad.load_checkpoint(name, 'your files', new Map(files.map(([n, b]) => [n, new Uint8Array(b)])), half));
   },
 
   // Loads a captioner from the Hugging Face Hub (or a mirror: `hub`) as model `name`, in the
@@ -215,7 +204,7 @@ const handlers = {
       await storeFile(store, MANIFEST, new TextEncoder().encode(list)).catch(() => {});
     }
     self.postMessage({ event: 'download', repo: where, loading: true });
-    const summary = loadCheckpoint(name, where, files, half);
+    const summary = JSON.parse(amad.load_checkpoint(name, where, files, half));
     return { ...summary, notCached, bytes: all };
   },
 
@@ -255,9 +244,10 @@ const handlers = {
     ));
     let targets = null;
     if (images && images.length) {
-      // The teacher's captions are kept per teacher (by its key: its files and precision), by
-      // each image's bytes, so a run on the same photos (a resume, another method) captions
-      // nothing again, and another teacher never reuses them.
+      // The teacher's captions are kept per teacher (by its key, which the run's options carry:
+      // its files and precision), by each image's bytes, so a run on the same photos (a resume,
+      // another method) captions nothing again, and another teacher never reuses them.
+      const teacherKey = options.teacher_key;
       const cached = (teacherKey && await db('get', undefined, 'captions', teacherKey)) || {};
       targets = JSON.parse(await amad.distill_images(
         images.map(([n, b]) => [n, new Uint8Array(b)]),

@@ -610,18 +610,18 @@ pub fn distill(
         }
         .print(gpu, json);
     }
-    let held = gpu.stats();
+    let made = gpu.stats();
     if json {
         println!(
             "{}",
-            serde_json::json!({"device_tensor_bytes": held.tensor_bytes,
-                "device_image_bytes": held.image_bytes, "estimated_bytes": need.total()})
+            serde_json::json!({"device_tensor_bytes": made.tensor_bytes,
+                "device_image_bytes": made.image_bytes, "estimated_bytes": need.total()})
         );
     } else {
         println!(
             "device memory: {:.0} MB of tensor buffers, {:.0} MB of images (estimated {:.0} MB)",
-            held.tensor_bytes as f64 / 1e6,
-            held.image_bytes as f64 / 1e6,
+            made.tensor_bytes as f64 / 1e6,
+            made.image_bytes as f64 / 1e6,
             need.total() as f64 / 1e6
         );
     }
