@@ -69,13 +69,35 @@ pub struct Gpu {
 }
 
 /// Whether to open a device with subgroup operations, which the subgroup matmul needs: natively,
-/// where the adapter has them and every subgroup holds at least the kernel's 8 invocations. (In
-/// the browser, WGSL needs `enable subgroups;`, which naga does not parse; images are for CPU
-/// adapters, and the browser's own is far slower than the native one in any case.)
+/// where the adapter has them and all its subgroups hold the same 8 or 16 invocations, the
+/// kernel's workgroup (lavapipe: the lanes of a 256- or 512-bit register). (In the browser, WGSL
+/// needs `enable subgroups;`, which naga does not parse; images are for CPU adapters, and the
+/// browser's own is far slower than the native one in any case.)
 fn wants_subgroups(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
     cfg!(not(target_arch = "wasm32"))
         && adapter.features().contains(wgpu::Features::SUBGROUP)
-        && adapter.get_info().subgroup_min_size >= 8
+        && info.subgroup_min_size == info.subgroup_max_size
+        && matches!(info.subgroup_min_size, 8 | 16)
+}
+
+/// Lavapipe (Mesa's CPU Vulkan driver) compiles shaders for 256-bit registers unless told
+/// otherwise, even on CPUs with 512-bit ones. At 512 bits each instruction of the subgroup matmul
+/// does twice the work for about the same time (ARCHITECTURE.md has the figures), so where the CPU
+/// has AVX-512 and the environment does not say, amad asks for 512 before its first instance
+/// loads the driver. LP_NATIVE_VECTOR_WIDTH=256 keeps Mesa's default.
+#[cfg(not(target_arch = "wasm32"))]
+fn widen_lavapipe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("LP_NATIVE_VECTOR_WIDTH").is_none()
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            // Before any instance exists, so no driver thread reads the environment meanwhile.
+            std::env::set_var("LP_NATIVE_VECTOR_WIDTH", "512");
+        }
+    });
 }
 
 /// Whether a new device's image matmuls use the subgroup kernel, where it can: yes, unless the
@@ -138,6 +160,8 @@ impl Gpu {
 
     /// Like [`Gpu::new`], restricted to the given backends.
     pub async fn with_backends(backends: wgpu::Backends) -> Result<Gpu> {
+        #[cfg(not(target_arch = "wasm32"))]
+        widen_lavapipe();
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
@@ -230,7 +254,7 @@ impl Gpu {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether image matmuls (see [`Gpu::image_operands`]) share each texel among the 8
+    /// Whether image matmuls (see [`Gpu::image_operands`]) share each texel among the 8 or 16
     /// invocations of a subgroup (`matmul_subgroup` in shaders/matmul_subgroup.wgsl), and the
     /// attention products of long sequences likewise (shaders/attention_subgroup.wgsl): on devices
     /// with subgroups of at least 8, unless turned off. On lavapipe the invocations of a subgroup
@@ -244,6 +268,11 @@ impl Gpu {
             && self
                 .subgroup_matmul
                 .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Invocations per subgroup (8 or 16 where the subgroup matmul runs; see `wants_subgroups`).
+    pub fn subgroup_lanes(&self) -> u32 {
+        self.info.subgroup_min_size
     }
 
     /// Turns the subgroup matmul on or off (tests and benchmarks compare the kernels on one

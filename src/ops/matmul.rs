@@ -206,7 +206,8 @@ const MIN_SPLIT_K: usize = 256;
 /// Output tile of one workgroup (rows, columns): see the shader.
 const SCALAR_TILE: (usize, usize) = (16, 64);
 const VEC4_TILE: (usize, usize) = (64, 64);
-const SUBGROUP_TILE: (usize, usize) = (32, 64);
+/// The subgroup kernel's tile is this many rows by 8 columns per lane of a subgroup.
+const SUBGROUP_TILE_ROWS: usize = 32;
 
 /// A strided view of a batch of matrices in a tensor: element (r, c) of batch (b1, b2) sits at
 /// `off + r*rs + c*cs + b1*bs[0] + b2*bs[1]`.
@@ -393,8 +394,9 @@ pub struct Caps {
     pub split_k: bool,
     /// Read operands from images (`Gpu::image_operands`: CPU adapters).
     pub image_operands: bool,
-    /// The subgroup kernel (`Gpu::subgroup_matmul`).
-    pub subgroup: bool,
+    /// The subgroup kernel (`Gpu::subgroup_matmul`), with the invocations of the device's
+    /// subgroups (`Gpu::subgroup_lanes`): its workgroup, and an eighth of its tile's width.
+    pub subgroup: Option<u32>,
     /// Workgroup-memory tiles in place of the vec4 kernel (`Gpu::shared_matmul`).
     pub shared: bool,
     /// max_texture_dimension_2d: the largest image of operand rows.
@@ -406,7 +408,7 @@ impl Caps {
         Caps {
             split_k: gpu.split_k(),
             image_operands: gpu.image_operands(),
-            subgroup: gpu.subgroup_matmul(),
+            subgroup: gpu.subgroup_matmul().then(|| gpu.subgroup_lanes()),
             shared: gpu.shared_matmul(),
             max_texture: gpu.limits.max_texture_dimension_2d as usize,
         }
@@ -467,6 +469,7 @@ pub enum Tiled {
         b_along_n: bool,
         rows: [Rows; 2],
         c_vec4: bool,
+        lanes: u32,
     },
 }
 
@@ -476,7 +479,7 @@ impl Tiled {
         match self {
             Tiled::Scalar => SCALAR_TILE,
             Tiled::Vec4 { .. } | Tiled::Shared { .. } | Tiled::Image { .. } => VEC4_TILE,
-            Tiled::Subgroup { .. } => SUBGROUP_TILE,
+            Tiled::Subgroup { lanes, .. } => (SUBGROUP_TILE_ROWS, 8 * *lanes as usize),
         }
     }
 
@@ -575,27 +578,30 @@ impl Dims {
         }
         let tiled = match orientation {
             None => Tiled::Scalar,
-            Some((a_along_k, b_along_n)) => match self.image_rows(caps, a_along_k, b_along_n) {
-                None if caps.shared => Tiled::Shared {
-                    a_along_k,
-                    b_along_n,
-                },
-                None => Tiled::Vec4 {
-                    a_along_k,
-                    b_along_n,
-                },
-                Some(rows) if caps.subgroup => Tiled::Subgroup {
-                    a_along_k,
-                    b_along_n,
-                    rows,
-                    c_vec4: self.c_rows_vec4(),
-                },
-                Some(rows) => Tiled::Image {
-                    a_along_k,
-                    b_along_n,
-                    rows,
-                },
-            },
+            Some((a_along_k, b_along_n)) => {
+                match (self.image_rows(caps, a_along_k, b_along_n), caps.subgroup) {
+                    (None, _) if caps.shared => Tiled::Shared {
+                        a_along_k,
+                        b_along_n,
+                    },
+                    (None, _) => Tiled::Vec4 {
+                        a_along_k,
+                        b_along_n,
+                    },
+                    (Some(rows), Some(lanes)) => Tiled::Subgroup {
+                        a_along_k,
+                        b_along_n,
+                        rows,
+                        c_vec4: self.c_rows_vec4(),
+                        lanes,
+                    },
+                    (Some(rows), None) => Tiled::Image {
+                        a_along_k,
+                        b_along_n,
+                        rows,
+                    },
+                }
+            }
         };
         if epilogue.is_some() && !matches!(tiled, Tiled::Subgroup { c_vec4: true, .. }) {
             return None;
@@ -1098,7 +1104,12 @@ impl Gemm<'_> {
         };
         let total = tiles.div_ceil(group_tiles);
         let params = self.params((tiles_m, tiles_n), group_tiles)?;
-        let kernel = self.for_b(t.kernel(self.store(), epilogue.and_then(|e| e.wanted().index)));
+        let kernel = t.kernel(self.store(), epilogue.and_then(|e| e.wanted().index));
+        let kernel = match t {
+            Tiled::Subgroup { lanes, .. } => kernel.with(&[("LANES", lanes)]),
+            _ => kernel,
+        };
+        let kernel = self.for_b(kernel);
         let bias = self.bias.unwrap_or(self.a.t);
         let (a, b, c) = (self.a.t, self.b.t, self.c.t);
         match t {
@@ -1235,14 +1246,14 @@ mod tests {
     const LAVAPIPE: Caps = Caps {
         split_k: false,
         image_operands: true,
-        subgroup: true,
+        subgroup: Some(8),
         shared: false,
         max_texture: 16384,
     };
     const GPU: Caps = Caps {
         split_k: true,
         image_operands: false,
-        subgroup: false,
+        subgroup: None,
         shared: false,
         max_texture: 16384,
     };
@@ -1284,7 +1295,7 @@ mod tests {
             Some(Plan::Tiled(Tiled::Subgroup { c_vec4: false, .. }))
         ));
         let no_subgroups = Caps {
-            subgroup: false,
+            subgroup: None,
             ..LAVAPIPE
         };
         assert!(matches!(
@@ -1351,7 +1362,7 @@ mod tests {
         assert_eq!(x.plan(&GPU, None), Some(Plan::Tiled(vec4)));
         // Without subgroups, CPU adapters read images in the image kernel.
         let images = Caps {
-            subgroup: false,
+            subgroup: None,
             ..LAVAPIPE
         };
         assert!(matches!(
