@@ -765,3 +765,63 @@ fn a_pickle_that_multiplies_its_values_is_refused() {
         "{err}"
     );
 }
+
+/// A model held to run forward only (`Precision::F32Forward`: how `amad caption` and a
+/// distillation's teacher load it) holds the ViT's linear maps [in, out], transposed on loading,
+/// and computes what the model held as transformers lays it out does, to the bit: its logits and
+/// every attention map, on both kinds of device. It reads back in transformers' layouts, captions
+/// as transformers does, and refuses to train.
+#[test]
+fn a_model_held_to_run_forward_computes_the_same_bits() {
+    use amad::model::Model;
+    let dir = Path::new(HUB_TINY);
+    for images in [true, false] {
+        let g = own_device(images);
+        let trained = Captioner::load(&g, dir).unwrap();
+        let forward = Captioner::load_as(&g, dir, Precision::F32Forward).unwrap();
+        assert_eq!(forward.model.precision(), Precision::F32Forward);
+        let layout = &trained.model.layout;
+        for i in layout.vit_linear_weights() {
+            let s = &layout.specs[i].shape;
+            let held = forward.model.weights.tensors[i].shape().to_vec();
+            assert_eq!(
+                held,
+                [s[1..].iter().product(), s[0]],
+                "{}",
+                layout.specs[i].name
+            );
+        }
+        let values = |m: &Model| pollster::block_on(m.weights.values(&g)).unwrap();
+        for (i, (a, b)) in values(&forward.model)
+            .iter()
+            .zip(&values(&trained.model))
+            .enumerate()
+        {
+            same_bits(&layout.specs[i].name, a, b);
+        }
+        let ids = amad::Tensor::from_u32(&g, &[1, 6], &[EOT, 64, 582, 10311, 257, 6769]).unwrap();
+        for photo in ["astronaut", "coffee", "chelsea"] {
+            let bytes = std::fs::read(Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
+            let px = amad::data::image::decode(&bytes, photo).unwrap();
+            let px = trained.patches(&g, &px).unwrap();
+            let outputs = |m: &Model| {
+                run_on(&g, |s| {
+                    let f = m.forward(s, &px, &ids)?;
+                    let mut out = vec![f.logits().clone()];
+                    out.extend(f.encoder.blocks.iter().map(|b| b.probs.padded().clone()));
+                    Ok(out)
+                })
+            };
+            for (k, (a, b)) in outputs(&forward.model)
+                .iter()
+                .zip(&outputs(&trained.model))
+                .enumerate()
+            {
+                same_bits(&format!("{photo} output {k}, images={images}"), a, b);
+            }
+        }
+        let err = forward.model.check_trainable().unwrap_err().to_string();
+        assert!(err.contains("forward only"), "{err}");
+    }
+    assert_greedy_as_transformers(&Captioner::load_as(gpu(), dir, Precision::F32Forward).unwrap());
+}

@@ -465,7 +465,7 @@ mod cli {
                     let teacher = Captioner::load_as(
                         &gpu,
                         &teacher,
-                        Precision::with_half_weights(teacher_half_weights),
+                        Precision::forward(teacher_half_weights),
                     )?;
                     amad::bench::distill(&gpu, &teacher, batch, len, iters, json, profile)
                 }
@@ -501,8 +501,7 @@ mod cli {
 
     fn caption(a: CaptionArgs) -> Result<()> {
         let gpu = gpu()?;
-        let captioner =
-            Captioner::load_as(&gpu, &a.model, Precision::with_half_weights(a.half_weights))?;
+        let captioner = Captioner::load_as(&gpu, &a.model, Precision::forward(a.half_weights))?;
         // The checkpoint's own generation settings, where the command line does not override them.
         let generation = captioner.generation.overridden(a.beam, a.max_tokens);
         let mut failed = 0;
@@ -578,7 +577,7 @@ mod cli {
         }
         .with_method(&a.method, a.tau, a.detach_weights)?;
         let gpu = gpu()?;
-        let precision = Precision::with_half_weights(a.teacher_half_weights);
+        let precision = Precision::forward(a.teacher_half_weights);
         let files = Captioner::read_files(&a.teacher)?;
         let teacher_key = amad::train::batch::teacher_key(&files, precision);
         let teacher =
@@ -764,7 +763,7 @@ mod cli {
             .map(|p| Ok((file_name(p), read_image(p)?)))
             .collect::<Result<Vec<_>>>()?;
         let gpu = gpu()?;
-        let c = Captioner::load_as(&gpu, &a.model, Precision::with_half_weights(a.half_weights))?;
+        let c = Captioner::load_as(&gpu, &a.model, Precision::forward(a.half_weights))?;
         let generation = c.generation.overridden(a.beam, a.max_tokens);
         if profile {
             return amad::bench::caption_profile(&gpu, &c, &images[0].1, generation);

@@ -1,7 +1,7 @@
 //! The ViT encoder, forward and backward: patch embedding, CLS and positions, pre-LN blocks with
 //! exact-GELU MLPs, final LayerNorm, and the projection to the decoder's width when they differ.
 
-use super::linear::{linear_bwd_params, Layout::OutIn};
+use super::linear::linear_bwd_params;
 use super::mlp::{Mlp, MlpActs};
 use super::weights::EncLayer;
 use super::{self_attention_bwd, LayerMaps, Model, Weights};
@@ -42,7 +42,7 @@ impl Model {
             ln: layer.ln2,
             fc: layer.fc1,
             proj: layer.fc2,
-            layout: OutIn,
+            layout: self.vit_layout(),
             activation: self.cfg.encoder.hidden_act,
             eps: self.cfg.encoder.layer_norm_eps,
         }
@@ -70,7 +70,7 @@ impl Model {
     ) -> Result<(Tensor, BlockActs)> {
         let eps = self.cfg.encoder.layer_norm_eps;
         let (a, s1) = layernorm(step, &x, self.w(layer.ln1.0), self.w(layer.ln1.1), eps)?;
-        let qkv = self.lin(OutIn, step, &a, layer.qkv)?;
+        let qkv = self.lin(self.vit_layout(), step, &a, layer.qkv)?;
         let (attn, probs) = attention(
             step,
             dims,
@@ -79,7 +79,7 @@ impl Model {
             Seq::part(&qkv, 2, 3),
             Masks::default(),
         )?;
-        let x_mid = self.lin_residual(OutIn, step, &attn, layer.out, &x)?;
+        let x_mid = self.lin_residual(self.vit_layout(), step, &attn, layer.out, &x)?;
         let (x_out, mlp) = self.mlp(step, &x_mid, &self.enc_mlp(layer))?;
         let acts = BlockActs {
             x,
@@ -96,7 +96,7 @@ impl Model {
     /// Patch embedding, CLS and positions: the first block's input [B, T, width].
     fn enc_embed(&self, step: &mut Step, patches: &Tensor) -> Result<Tensor> {
         let l = &self.layout;
-        let embedded = self.lin(OutIn, step, patches, l.patch)?;
+        let embedded = self.lin(self.vit_layout(), step, patches, l.patch)?;
         vit_tokens(step, &embedded, self.w(l.cls), self.w(l.pos))
     }
 
@@ -106,7 +106,7 @@ impl Model {
         let eps = self.cfg.encoder.layer_norm_eps;
         let (normed, ln_stats) = layernorm(step, x, self.w(l.enc_ln.0), self.w(l.enc_ln.1), eps)?;
         let states = match l.enc_to_dec {
-            Some(p) => self.lin(OutIn, step, &normed, p)?,
+            Some(p) => self.lin(self.vit_layout(), step, &normed, p)?,
             None => normed.clone(),
         };
         Ok((normed, ln_stats, states))
@@ -165,7 +165,7 @@ impl Model {
         let l = &self.layout;
         let dims = self.enc_dims(acts.patches.shape()[0]);
         let dnormed = match l.enc_to_dec {
-            Some(p) => self.lin_bwd(OutIn, step, &acts.normed, p, dstates, g)?,
+            Some(p) => self.lin_bwd(self.vit_layout(), step, &acts.normed, p, dstates, g)?,
             None => dstates.clone(),
         };
         let stats = (&acts.x_final, &acts.ln_stats);
@@ -176,7 +176,7 @@ impl Model {
         }
         let dembedded = vit_tokens_bwd(step, &dx, &g.tensors[l.cls], &g.tensors[l.pos])?;
         // The patches are data: their gradient is not needed.
-        let patch = self.grad(OutIn, l.patch, g);
+        let patch = self.grad(self.vit_layout(), l.patch, g);
         linear_bwd_params(step, &acts.patches, patch, &dembedded, None)
     }
 
@@ -194,13 +194,13 @@ impl Model {
         // x_out = x_mid + fc2(activation(fc1(ln2(x_mid))))
         let dx_mid = self.mlp_bwd(step, &a.x_mid, &self.enc_mlp(layer), &a.mlp, dx, g)?;
         // x_mid = x + out(attention(qkv(ln1 x))), query, key and value as one product
-        let dattn = self.lin_bwd(OutIn, step, &a.attn, layer.out, &dx_mid, g)?;
+        let dattn = self.lin_bwd(self.vit_layout(), step, &a.attn, layer.out, &dx_mid, g)?;
         let saved = Saved {
             out: &a.attn,
             probs: &a.probs,
         };
         let dqkv = self_attention_bwd(step, dims, &a.qkv, saved, &dattn, dprobs)?;
-        let dln1 = self.lin_bwd(OutIn, step, &a.ln1.0, layer.qkv, &dqkv, g)?;
+        let dln1 = self.lin_bwd(self.vit_layout(), step, &a.ln1.0, layer.qkv, &dqkv, g)?;
         self.ln_bwd(step, layer.ln1, (&a.x, &a.ln1.1), &dln1, g, Some(dx_mid))
     }
 }

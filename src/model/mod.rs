@@ -221,7 +221,20 @@ impl Model {
 
     /// How this model holds its parameters.
     pub fn precision(&self) -> Precision {
-        Precision::with_half_weights(self.weights.has_halves())
+        match (self.weights.has_halves(), self.weights.vit_in_out()) {
+            (true, _) => Precision::HalfWeights,
+            (false, true) => Precision::F32Forward,
+            (false, false) => Precision::F32,
+        }
+    }
+
+    /// How the ViT's linear maps hold their weights: transformers' [out, in], or [in, out] in a
+    /// model held to run forward only (see `Precision::F32Forward`).
+    fn vit_layout(&self) -> linear::Layout {
+        match self.weights.vit_in_out() {
+            true => linear::Layout::InOut,
+            false => linear::Layout::OutIn,
+        }
     }
 
     pub(crate) fn w(&self, i: usize) -> &Tensor {
@@ -401,6 +414,13 @@ impl Model {
             return Err(Error::Invalid(
                 "this model was loaded with half-precision weights, which serve captioning and \
                  a distillation's teacher only; load it in f32 to train it"
+                    .into(),
+            ));
+        }
+        if self.weights.vit_in_out() {
+            return Err(Error::Invalid(
+                "this model was loaded to run forward only (captioning, a distillation's \
+                 teacher), its ViT's weights laid out for that; load it for training to train it"
                     .into(),
             ));
         }

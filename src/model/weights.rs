@@ -18,27 +18,40 @@ pub enum Init {
     Ones,
 }
 
-/// How a model holds its parameters on the device.
+/// How a model holds its parameters on the device: their element type, and for a model that only
+/// runs forward (captioning, a distillation's teacher) the layout its products read fastest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
-    /// Every parameter in f32: what training needs, and the default.
+    /// Every parameter in f32, in transformers' layouts: what training needs, and the default.
     #[default]
     F32,
+    /// Every parameter in f32, the ViT's linear maps held [in, out] (`Layout::vit_linear_weights`;
+    /// transformers holds them [out, in]), transposed once on loading. Their products then read B
+    /// along its rows, which the subgroup matmul does fastest on lavapipe (ARCHITECTURE.md): the
+    /// same sums in the same order, so the same bits as `F32`. For a model that only runs forward.
+    F32Forward,
     /// The weights of the linear maps and the token embedding (`Layout::half_weights`) in f16,
     /// everything else (biases, LayerNorms, position embeddings) in f32: half the memory of a
     /// ViT-B + GPT-2 model saved, and half the bytes its products read. Each weight is rounded to the nearest f16 on
     /// loading and widened exactly as a product reads it, so the model computes in f32 on those
-    /// rounded weights. For a model that only runs forward: captioning, a distillation's teacher.
+    /// rounded weights. For a model that only runs forward: captioning, a distillation's teacher;
+    /// the ViT's linear maps are held [in, out] as in `F32Forward`.
     HalfWeights,
 }
 
 impl Precision {
-    /// `HalfWeights` where `half` (a flag or box that asks for half-precision weights), else `F32`.
-    pub fn with_half_weights(half: bool) -> Precision {
+    /// How a model that only runs forward is held: `HalfWeights` where `half` (a flag or box that
+    /// asks for half-precision weights), else `F32Forward`.
+    pub fn forward(half: bool) -> Precision {
         match half {
             true => Precision::HalfWeights,
-            false => Precision::F32,
+            false => Precision::F32Forward,
         }
+    }
+
+    /// Whether a model held so only runs forward (it cannot be trained or saved as it is held).
+    pub fn forward_only(self) -> bool {
+        self != Precision::F32
     }
 }
 
@@ -272,11 +285,8 @@ impl Layout {
     /// embeddings, the class token: under 1% of a ViT-B + GPT-2) stays f32 for the kernels that
     /// add them.
     pub fn half_weights(&self) -> Vec<usize> {
-        let mut w = vec![self.patch.0, self.wte];
-        for l in &self.enc {
-            w.extend([l.qkv.0, l.out.0, l.fc1.0, l.fc2.0]);
-        }
-        w.extend(self.enc_to_dec.map(|p| p.0));
+        let mut w = self.vit_linear_weights();
+        w.push(self.wte);
         for l in &self.dec {
             w.extend([
                 l.qkv.0,
@@ -291,10 +301,22 @@ impl Layout {
         w
     }
 
+    /// The weights of the ViT's linear maps (the patch projection's, each block's, and the
+    /// projection to the decoder's width), which transformers holds [out, in] and a model that
+    /// only runs forward holds [in, out] (see `Precision::F32Forward`).
+    pub fn vit_linear_weights(&self) -> Vec<usize> {
+        let mut w = vec![self.patch.0];
+        for l in &self.enc {
+            w.extend([l.qkv.0, l.out.0, l.fc1.0, l.fc2.0]);
+        }
+        w.extend(self.enc_to_dec.map(|p| p.0));
+        w
+    }
+
     /// The bytes of the parameters held as `precision` says.
     pub fn bytes(&self, precision: Precision) -> u64 {
         let halves = match precision {
-            Precision::F32 => 0,
+            Precision::F32 | Precision::F32Forward => 0,
             Precision::HalfWeights => self
                 .half_weights()
                 .iter()
@@ -346,6 +368,19 @@ pub struct Weights {
     pub blocks: Vec<Tensor>,
     /// Where each parameter's row blocks live: (block, first element, elements).
     places: Vec<Vec<(usize, usize, usize)>>,
+    /// The parameters held transposed, [in, out] (`Precision::F32Forward`).
+    in_out: Vec<usize>,
+}
+
+/// `values` of an [rows, cols] matrix as [cols, rows].
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; values.len()];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
+        }
+    }
+    t
 }
 
 /// Refuses to hold `values` of tensor `name` in f16 where one lies beyond f16's range (its largest
@@ -387,8 +422,21 @@ impl Weights {
         mut data: impl FnMut(usize) -> Result<Option<Vec<f32>>>,
     ) -> Result<Weights> {
         let half = match precision {
-            Precision::F32 => vec![],
+            Precision::F32 | Precision::F32Forward => vec![],
             Precision::HalfWeights => layout.half_weights(),
+        };
+        let in_out = match precision.forward_only() {
+            true => layout.vit_linear_weights(),
+            false => vec![],
+        };
+        // The shape parameter i is held in: [in, out] for those held transposed (the patch
+        // projection's [out, C, P, P] as [C·P·P, out]).
+        let held_shape = |i: usize| {
+            let shape = &layout.specs[i].shape;
+            match in_out.contains(&i) {
+                true => vec![shape[1..].iter().product(), shape[0]],
+                false => shape.clone(),
+            }
         };
         let dtype_of = |i: usize| {
             if half.contains(&i) {
@@ -402,14 +450,15 @@ impl Weights {
         // Per block: its element type and the elements laid out in it so far.
         let mut lens: Vec<(DType, usize)> = vec![];
         for (i, s) in layout.specs.iter().enumerate() {
+            let spec_shape = held_shape(i);
             let dtype = dtype_of(i);
             let size = dtype.size() as usize;
             let align = (gpu.limits.min_storage_buffer_offset_alignment as usize / size).max(4);
             let cap = (gpu.max_binding() as usize / size) / NORM_SEGMENT * NORM_SEGMENT;
             let mut held = vec![];
             let mut held_shapes = vec![];
-            for (first, rows) in row_split(&s.shape, cap) {
-                let mut shape = s.shape.clone();
+            for (first, rows) in row_split(&spec_shape, cap) {
+                let mut shape = spec_shape.clone();
                 if !shape.is_empty() {
                     shape[0] = rows;
                 }
@@ -439,9 +488,15 @@ impl Weights {
             .map(|&(_, n)| vec![0.0; n.next_multiple_of(NORM_SEGMENT)])
             .collect();
         for (i, held) in places.iter().enumerate() {
-            if let Some(d) = data(i)? {
+            if let Some(mut d) = data(i)? {
                 if dtype_of(i) == DType::F16 {
                     check_half_range(&layout.specs[i].name, &d)?;
+                }
+                if in_out.contains(&i) {
+                    let [inp, out] = held_shape(i)[..] else {
+                        unreachable!("held [in, out]")
+                    };
+                    d = transpose(&d, out, inp);
                 }
                 let mut from = 0;
                 for &(b, at, n) in held {
@@ -478,6 +533,7 @@ impl Weights {
             row_blocks,
             blocks,
             places,
+            in_out,
         })
     }
 
@@ -489,6 +545,11 @@ impl Weights {
     /// Whether any parameter is held in f16 (`Precision::HalfWeights`).
     pub fn has_halves(&self) -> bool {
         self.blocks.iter().any(|b| b.dtype() == DType::F16)
+    }
+
+    /// Whether the ViT's linear maps are held [in, out] (`Precision::F32Forward`, `HalfWeights`).
+    pub fn vit_in_out(&self) -> bool {
+        !self.in_out.is_empty()
     }
 
     /// Whether any parameter is held in several row blocks (training needs each whole).
@@ -619,7 +680,8 @@ impl Weights {
     }
 
     /// Reads every tensor back and serialises them as model.safetensors bytes.
-    /// Every parameter's values, in layout order (row blocks joined), read back.
+    /// Every parameter's values, in layout order and transformers' layouts (row blocks joined,
+    /// transposed ones turned back), read back.
     pub async fn values(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
         let mut blocks = vec![];
         for b in &self.blocks {
@@ -628,10 +690,19 @@ impl Weights {
         Ok(self
             .places
             .iter()
-            .map(|held| {
-                held.iter()
+            .enumerate()
+            .map(|(i, held)| {
+                let v: Vec<f32> = held
+                    .iter()
                     .flat_map(|&(b, at, n)| blocks[b][at..at + n].iter().copied())
-                    .collect()
+                    .collect();
+                match self.in_out.contains(&i) {
+                    true => {
+                        let s = self.tensors[i].shape();
+                        transpose(&v, s[0], s[1])
+                    }
+                    false => v,
+                }
             })
             .collect())
     }

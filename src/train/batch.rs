@@ -203,7 +203,8 @@ pub fn teacher_key(files: &HashMap<String, Vec<u8>>, precision: Precision) -> St
         fnv_step(h, files[n].len() as u64)
     });
     let tag: &[u8] = match precision {
-        Precision::F32 => b"f32",
+        // The same values and the same sums, so the same captions, whatever their layout.
+        Precision::F32 | Precision::F32Forward => b"f32",
         Precision::HalfWeights => b"half weights",
     };
     format!("{:016x}", fnv_step(h, words_hash(tag)))

@@ -150,7 +150,7 @@ pub fn load_checkpoint(
             .ok_or_else(|| JsError::new("a file without a name"))?;
         map.insert(file, js_sys::Uint8Array::new(&pair.get(1)).to_vec());
     }
-    let precision = Precision::with_half_weights(half_weights);
+    let precision = Precision::forward(half_weights);
     let c = Captioner::from_file_map(&gpu, &map, source, precision).map_err(js)?;
     let key = batch::teacher_key(&map, precision);
     drop(map);
