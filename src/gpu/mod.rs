@@ -257,10 +257,10 @@ impl Gpu {
     /// Whether image matmuls (see [`Gpu::image_operands`]) share each texel among the 8 or 16
     /// invocations of a subgroup (`matmul_subgroup` in shaders/matmul_subgroup.wgsl), and the
     /// attention products of long sequences likewise (shaders/attention_subgroup.wgsl): on devices
-    /// with subgroups of at least 8, unless turned off. On lavapipe the invocations of a subgroup
-    /// are the lanes of a SIMD register, and a texel fetch costs the same for 8 lanes fetching
-    /// one texel as for 8 fetching eight, so fetching each once and broadcasting it saves most of
-    /// the fetches.
+    /// whose subgroups hold 8 or 16 (see `wants_subgroups`), unless turned off. On lavapipe the
+    /// invocations of a subgroup are the lanes of a SIMD register, and a texel fetch costs the same
+    /// for 8 lanes fetching one texel as for 8 fetching eight, so fetching each once and
+    /// broadcasting it saves most of the fetches.
     pub fn subgroup_matmul(&self) -> bool {
         // The device has subgroup operations only where `wants_subgroups` asked for them.
         self.device.features().contains(wgpu::Features::SUBGROUP)
