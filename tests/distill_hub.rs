@@ -10,9 +10,6 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
-const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
-
 /// Two crops of each fixture photo (left and right halves) and their mirror images: 12 PNGs.
 fn photo_crops(dir: &Path) {
     for name in ["astronaut", "chelsea", "coffee"] {

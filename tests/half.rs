@@ -175,16 +175,6 @@ fn no_kernel_but_a_product_or_lookup_takes_half_weights() {
     );
 }
 
-const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
-const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
-
-/// The tiny Hub model's patches for a fixture photo.
-fn patches(c: &amad::model::captioner::Captioner, g: &Gpu, photo: &str) -> Tensor {
-    let bytes = std::fs::read(std::path::Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
-    let px = amad::data::image::decode(&bytes, photo).unwrap();
-    c.patches(g, &px).unwrap()
-}
-
 #[test]
 fn a_model_with_half_weights_computes_on_its_rounded_weights() {
     use amad::model::captioner::Captioner;
@@ -229,7 +219,7 @@ fn a_model_with_half_weights_computes_on_its_rounded_weights() {
         let ids = Tensor::from_u32(&g, &[1, 6], &[50256, 64, 582, 10311, 257, 6769]).unwrap();
         let (mut worst, mut largest): (f32, f32) = (0.0, 0.0);
         for photo in ["astronaut", "coffee", "chelsea"] {
-            let px = patches(&full, &g, photo);
+            let px = photo_patches(&full, &g, photo);
             let logits = |m: &Model| {
                 run_on(&g, |s| Ok(vec![m.forward(s, &px, &ids)?.logits().clone()])).remove(0)
             };

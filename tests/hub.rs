@@ -12,8 +12,6 @@ use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
-const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
 const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/hub_tiny_golden.json"
@@ -46,9 +44,7 @@ fn generated(seq: &Value) -> Vec<u32> {
 }
 
 fn caption_ids(c: &Captioner, photo: &str, generation: Generation) -> Vec<u32> {
-    let bytes = std::fs::read(Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
-    let px = amad::data::image::decode(&bytes, photo).unwrap();
-    let patches = c.patches(gpu(), &px).unwrap();
+    let patches = photo_patches(c, gpu(), photo);
     pollster::block_on(c.model.generate(gpu(), &patches, generation))
         .unwrap()
         .remove(0)
@@ -801,9 +797,7 @@ fn a_model_held_to_run_forward_computes_the_same_bits() {
         }
         let ids = amad::Tensor::from_u32(&g, &[1, 6], &[EOT, 64, 582, 10311, 257, 6769]).unwrap();
         for photo in ["astronaut", "coffee", "chelsea"] {
-            let bytes = std::fs::read(Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
-            let px = amad::data::image::decode(&bytes, photo).unwrap();
-            let px = trained.patches(&g, &px).unwrap();
+            let px = photo_patches(&trained, &g, photo);
             let outputs = |m: &Model| {
                 run_on(&g, |s| {
                     let f = m.forward(s, &px, &ids)?;

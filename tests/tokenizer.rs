@@ -5,10 +5,9 @@
 
 mod common;
 use amad::model::Tokenizer;
-use common::merges_lines;
+use common::{merges_lines, HUB_TINY};
 use serde_json::{json, Value};
 
-const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
 const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/tokenizer_golden.json"

@@ -368,7 +368,7 @@ pub struct Weights {
     pub blocks: Vec<Tensor>,
     /// Where each parameter's row blocks live: (block, first element, elements).
     places: Vec<Vec<(usize, usize, usize)>>,
-    /// The parameters held transposed, [in, out] (`Precision::F32Forward`).
+    /// The parameters held transposed, [in, out] (`Precision::F32Forward`, `HalfWeights`).
     in_out: Vec<usize>,
 }
 
@@ -493,10 +493,8 @@ impl Weights {
                     check_half_range(&layout.specs[i].name, &d)?;
                 }
                 if in_out.contains(&i) {
-                    let [inp, out] = held_shape(i)[..] else {
-                        unreachable!("held [in, out]")
-                    };
-                    d = transpose(&d, out, inp);
+                    let out = layout.specs[i].shape[0];
+                    d = transpose(&d, out, d.len() / out);
                 }
                 let mut from = 0;
                 for &(b, at, n) in held {
@@ -679,7 +677,6 @@ impl Weights {
         })
     }
 
-    /// Reads every tensor back and serialises them as model.safetensors bytes.
     /// Every parameter's values, in layout order and transformers' layouts (row blocks joined,
     /// transposed ones turned back), read back.
     pub async fn values(&self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
@@ -707,6 +704,7 @@ impl Weights {
             .collect())
     }
 
+    /// Reads every tensor back and serialises them as model.safetensors bytes.
     pub async fn to_safetensors(&self, gpu: &Gpu, layout: &Layout) -> Result<Vec<u8>> {
         let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
         f32_safetensors(&named_values(gpu, layout, &[("", self)]).await?, Some(meta))

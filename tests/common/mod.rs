@@ -260,3 +260,15 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The tiny random Hub captioner with GPT-2's vocabulary (tests/fixtures/make_hub_tiny.py).
+pub const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hub_tiny");
+/// CC0 photos from scikit-image (tests/fixtures/photos).
+pub const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
+
+/// A fixture photo (`PHOTOS`/`photo`.png) as `c`'s normalised patches on `g`.
+pub fn photo_patches(c: &amad::model::captioner::Captioner, g: &Gpu, photo: &str) -> Tensor {
+    let bytes = std::fs::read(std::path::Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
+    let px = amad::data::image::decode(&bytes, photo).unwrap();
+    c.patches(g, &px).unwrap()
+}
