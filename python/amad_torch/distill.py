@@ -228,6 +228,14 @@ class World:
         if self.rank == 0:
             print(*args, file=sys.stderr, **kw)
 
+    def close(self):
+        """Leaves the group once every process has come here. A gloo process that tears its group
+        down while another still writes files can die in gloo's threads (SIGABRT, "terminate
+        called without an active exception"), which failed a CI run of the DDP test."""
+        if self.backend:
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
 
 def student_config(teacher_config, a):
     """The student's config as amad's StudentShape::default_for and Config::student_of make it:
@@ -564,8 +572,7 @@ def main(argv=None):
             pairs = [(k, js, jt, world.sum(w) / a.batch) for k, js, jt, w in pairs]
             save(a, step + 1, run.model, run.optimizer, a.teacher, pairs, world)
     world.say("")
-    if world.backend:
-        torch.distributed.destroy_process_group()
+    world.close()
 
 
 if __name__ == "__main__":

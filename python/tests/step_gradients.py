@@ -15,5 +15,4 @@ run.backward(0)
 if world.rank == 0:
     names = {id(p): n for n, p in run.student.named_parameters()}
     torch.save({names[id(p)]: p.grad.detach().clone() for p in run.params}, os.path.join(a.out, "gradients.pt"))
-if world.backend:
-    torch.distributed.destroy_process_group()
+world.close()
