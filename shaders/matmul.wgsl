@@ -609,13 +609,17 @@ fn matmul_rows(
 // Each invocation owns 8 columns of C for all ROWS rows (two vec4s per row: 4 x 4 blocks of B
 // fetched as two texel columns per step of 4 along K); the sums are matmul_rows' (`rows_step`),
 // added in the same order. Image rows: K when B runs along n, else B's columns (n).
-@compute @workgroup_size(8)
+// Workgroups of 16 (128 columns each): half as many workgroups as with 8, and lavapipe's cost per
+// workgroup is what the difference measured. The LM head's half (1 x 25129 x 768) took 3.5-3.9 ms
+// against 5.6-5.7, at 256-bit registers as at 512; 32 was no faster than 16.
+const ROWS_IMAGE_INVOCATIONS = 16u;
+@compute @workgroup_size(ROWS_IMAGE_INVOCATIONS)
 fn matmul_rows_image(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let col = 8u * (group_index(wid, nwg) * 8u + lid);
+    let col = 8u * (group_index(wid, nwg) * ROWS_IMAGE_INVOCATIONS + lid);
     if (col >= p.n) {
         return;
     }

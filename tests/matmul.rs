@@ -812,6 +812,8 @@ fn few_row_products_from_held_images() {
         for (n, k, tb, bias, images) in [
             (128, 64, false, true, Some(1)),
             (128, 64, false, false, Some(1)),
+            // Two workgroups of 128 columns, the second half full.
+            (192, 64, false, true, Some(1)),
             (64, 72, false, false, None),
             (257, 128, true, false, Some(5)),
             (257, 128, true, true, None),

@@ -1030,7 +1030,8 @@ impl Gemm<'_> {
         for (g, image) in parts {
             let bias = g.bias.unwrap_or(g.a.t);
             let tensors = [g.a.t, g.b.t, bias, g.c.t, g.a.t];
-            let groups = g.n.div_ceil(8 * 8) as u64;
+            // 8 columns per invocation, ROWS_IMAGE_INVOCATIONS (16) per workgroup.
+            let groups = g.n.div_ceil(8 * 16) as u64;
             let params = g.params((1, 1), 1)?;
             step.dispatch_linear_images(kernel, &params, &tensors, &[&image], groups)?;
         }
