@@ -44,7 +44,7 @@ struct Params {
     o_off: u32,      // apply: the output
     o_stride: u32,
     row: u32,        // the maps' padded row length
-    _pad1: u32,
+    z_off: u32,      // row_image: V (its stride is Y's)
     _pad2: u32,
 }
 
@@ -678,6 +678,101 @@ fn attention_apply_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
 // The output sequence as vec4s (aout's binding; the launcher checks that its offset and stride
 // are multiples of 4): lavapipe stores a vec4 for about the cost of one scalar.
 @group(0) @binding(3) var<storage, read_write> aout4: array<vec4<f32>>;
+
+// ---- row_image: a generated token's attention, scores_row_image, softmax and apply_row_image
+// in one dispatch ----
+//
+// One workgroup per (batch, head). Generating a token runs attention twice per decoder layer, and
+// on lavapipe each dispatch costs about 30 µs of its own, more than this work. The three kernels'
+// terms are added in their order, so all three paths give the same bits (tests/attention.rs):
+// invocation lid computes keys 8·lid .. +7, then every 128th block, as scores_row_image does; the
+// scaled scores wait in workgroup memory; every invocation runs the softmax's running maximum and
+// sum over the whole row (the same values in each; no second barrier); and invocation lid applies
+// the probabilities to columns 4·lid .. +3 of V, as apply_row_image. Q, K and V come from images
+// (seq_x, seq_y, seq_v; V's columns start at z_off). Rows of more than ROW_KEYS keys take the
+// three kernels.
+const ROW_KEYS = 1024u;
+const ROW_INVOCATIONS = 16u;
+var<workgroup> row_scores: array<vec4<f32>, 256>;   // ROW_KEYS / 4
+@group(0) @binding(6) var seq_v: texture_storage_2d<rgba32float, read>;
+
+@compute @workgroup_size(ROW_INVOCATIONS)
+fn attention_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let bh = group_index(wid, nwg);
+    if (bh >= p.batch * p.heads) {
+        return;
+    }
+    let b = bh / p.heads;
+    let h = bh % p.heads;
+    let xr = i32(b * p.tq);
+    let xt = (p.x_off + h * p.hd) / 4u;
+    let yt = (p.y_off + h * p.hd) / 4u;
+    for (var c0 = 8u * lid; c0 < p.tk; c0 += 8u * ROW_INVOCATIONS) {
+        let yr0 = seq_rows(b, p.tk, c0);
+        let yr1 = seq_rows(b, p.tk, c0 + 4u);
+        var s0 = vec4<f32>();
+        var s1 = vec4<f32>();
+        for (var dt = 0u; dt < p.hd / 4u; dt++) {
+            let x = textureLoad(seq_x, vec2<i32>(i32(xt + dt), xr));
+            let y0 = transpose(seq_texels(seq_y, yt + dt, yr0));
+            let y1 = transpose(seq_texels(seq_y, yt + dt, yr1));
+            for (var dd = 0u; dd < 4u; dd++) {
+                s0 += x[dd] * y0[dd];
+                s1 += x[dd] * y1[dd];
+            }
+        }
+        row_scores[c0 / 4u] = p.alpha * s0;
+        if (c0 + 4u < p.row) {
+            row_scores[c0 / 4u + 1u] = p.alpha * s1;
+        }
+    }
+    workgroupBarrier();
+    // attention_softmax's running maximum and sum, keys past Tk left out.
+    let n4 = p.row / 4u;
+    var mx = -3.4e38;
+    var sum = 0.0;
+    for (var t = 0u; t < n4; t++) {
+        let v = row_scores[t];
+        for (var j = 0u; j < 4u; j++) {
+            let s = v[j];
+            if (4u * t + j < p.tk) {
+                if (s > mx) {
+                    sum = sum * exp(mx - s) + 1.0;
+                    mx = s;
+                } else {
+                    sum += exp(s - mx);
+                }
+            }
+        }
+    }
+    var inv = 0.0;
+    if (sum > 0.0) {
+        inv = 1.0 / sum;
+    }
+    let zt = (p.z_off + h * p.hd) / 4u;
+    let zrow = b * p.tk;
+    let last_z = zrow + p.tk - 1u;
+    for (var c = 4u * lid; c < p.hd; c += 4u * ROW_INVOCATIONS) {
+        let tx = i32(zt + c / 4u);
+        var acc = vec4<f32>();
+        for (var c4 = 0u; c4 < n4; c4++) {
+            let v = row_scores[c4];
+            let k = 4u * c4;
+            var w = vec4<f32>();
+            for (var j = 0u; j < 4u; j++) {
+                if (k + j < p.tk) {
+                    w[j] = exp(v[j] - mx) * inv;
+                }
+            }
+            let z = zrow + k;
+            acc += w.x * textureLoad(seq_v, vec2<i32>(tx, i32(z)));
+            acc += w.y * textureLoad(seq_v, vec2<i32>(tx, i32(min(z + 1u, last_z))));
+            acc += w.z * textureLoad(seq_v, vec2<i32>(tx, i32(min(z + 2u, last_z))));
+            acc += w.w * textureLoad(seq_v, vec2<i32>(tx, i32(min(z + 3u, last_z))));
+        }
+        store_row4(b, h, 1u, 0u, c, acc);
+    }
+}
 
 // store_out with each row's four elements d0 .. d0+3 stored as one vec4 (the head's width is a
 // multiple of 4, so they lie within it or past it together).

@@ -368,3 +368,71 @@ fn attention_one_query_row_kernels() {
         );
     }
 }
+
+/// `attention_out`, a generated token's attention where the maps are not kept: on a CPU adapter
+/// one dispatch (`attention_row_image`) for the scores, the softmax and O = P V, giving the bits
+/// of the three row kernels (`attention`'s output) and of the buffer kernels on a device without
+/// images, close to the reference. Rows of more than 1,024 keys take the three kernels.
+#[test]
+fn attention_out_at_one_query_row_is_one_dispatch() {
+    let images = own_device(true);
+    let buffers = own_device(false);
+    let mut rng = Rng::new(57);
+    // (b, h, tk, d): GPT-2's cross-attention over 197 image tokens with 4 beams, a short
+    // self-attention cache, a head wider than the workgroup's 64 columns, keys past 1,024.
+    for (b, h, tk, d) in [
+        (4, 12, 197, 64),
+        (1, 4, 6, 16),
+        (2, 2, 13, 128),
+        (1, 2, 1030, 32),
+    ] {
+        let a = r::AttnDims { b, h, tq: 1, tk, d };
+        let (x, _) = attention_inputs(&mut rng, a, 0);
+        let [q, k, v, _] = &x;
+        let no_masks = r::Masks {
+            causal: false,
+            key_mask: None,
+        };
+        let (want, _) = r::attention(q, k, v, a, no_masks);
+        let w = h * d;
+        // K and V side by side, as the decoder's caches hold them.
+        let kv: Vec<f64> = (0..b * tk)
+            .flat_map(|t| k[t * w..(t + 1) * w].iter().chain(&v[t * w..(t + 1) * w]))
+            .copied()
+            .collect();
+        let what = format!("{:?}", (b, h, tk, d));
+        let mut outs = vec![];
+        for g in [&images, &buffers] {
+            let (tq, tkv) = (
+                upload_on(g, &[b, 1, w], q),
+                upload_on(g, &[b, tk, 2 * w], &kv),
+            );
+            let dims = attention::Dims::new(b, h, 1, tk, d);
+            let seqs = (
+                attention::Seq::whole(&tq),
+                attention::Seq::part(&tkv, 0, 2),
+                attention::Seq::part(&tkv, 1, 2),
+            );
+            let mut one = vec![];
+            let ran = kernels_run(g, || {
+                one = run_on(g, |s| {
+                    Ok(vec![attention::attention_out(
+                        s, dims, seqs.0, seqs.1, seqs.2,
+                    )?])
+                });
+            });
+            let fused = std::ptr::eq(g, &images) && tk <= 1024;
+            assert_eq!(ran == ["attention_row_image"], fused, "{what}: {ran:?}");
+            let three = run_on(g, |s| {
+                let masks = softmax::Masks::default();
+                Ok(vec![
+                    attention::attention(s, dims, seqs.0, seqs.1, seqs.2, masks)?.0,
+                ])
+            });
+            assert!(one == three, "{what}: attention_out differs from attention");
+            assert_close(&format!("{what} out"), &one[0], &want, 2e-5, 1e-4);
+            outs.push(one.remove(0));
+        }
+        assert!(outs[0] == outs[1], "{what}: images and buffers differ");
+    }
+}

@@ -9,11 +9,10 @@ use super::linear::Layout::InOut;
 use super::Model;
 use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Step, Tensor};
-use crate::ops::attention::{attention, Seq};
+use crate::ops::attention::{attention_out, Seq};
 use crate::ops::elementwise::add;
 use crate::ops::embedding::embedding;
 use crate::ops::layernorm::layernorm;
-use crate::ops::softmax::Masks;
 use serde_json::Value;
 
 /// transformers' `early_stopping`: stop a beam search when `beams` hypotheses have finished
@@ -233,19 +232,29 @@ impl Model {
                 }
                 step.copy_range(&qkv, r * 3 * d + d, 2 * d, &kv, (r * (t + 1) + t) * 2 * d)?;
             }
-            let (self_out, _) = attention(
+            // The maps are not kept: attention_out takes one dispatch where it can.
+            let self_out = attention_out(
                 step,
                 self.dec_dims(n, 1, t + 1, i),
                 Seq::part(&qkv, 0, 3),
                 Seq::part(&kv, 0, 2),
                 Seq::part(&kv, 1, 2),
-                Masks::default(),
             )?;
             self_kv.push(kv);
             let x_mid1 = self.lin_residual(InOut, step, &self_out, layer.attn_proj, &x)?;
+            // The cross-attention sublayer (`cross_sublayer`) without its maps.
             let cross = &cache.cross_kv[i];
-            let dims = self.dec_dims(n, 1, cross.shape()[1], i);
-            let x_mid2 = self.cross_sublayer(step, layer, dims, &x_mid1, cross)?.y;
+            let (ln_w, ln_b) = (self.w(layer.ln_cross.0), self.w(layer.ln_cross.1));
+            let (a, _) = layernorm(step, &x_mid1, ln_w, ln_b, eps)?;
+            let q = self.lin(InOut, step, &a, layer.cross_q)?;
+            let cross_out = attention_out(
+                step,
+                self.dec_dims(n, 1, cross.shape()[1], i),
+                Seq::whole(&q),
+                Seq::part(cross, 0, 2),
+                Seq::part(cross, 1, 2),
+            )?;
+            let x_mid2 = self.lin_residual(InOut, step, &cross_out, layer.cross_proj, &x_mid1)?;
             x = self.mlp(step, &x_mid2, &self.dec_mlp(layer))?.0;
         }
         let (hidden, _) = layernorm(step, &x, self.w(l.ln_f.0), self.w(l.ln_f.1), eps)?;

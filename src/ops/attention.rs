@@ -98,6 +98,11 @@ pub const SCORES_ROW_IMAGE: Kernel =
     Kernel::new("attention", "attention_scores_row_image", &[R, R, W, I, I]);
 pub const APPLY_ROW_IMAGE: Kernel =
     Kernel::new("attention", "attention_apply_row_image", &[R, R, W, I]);
+/// SCORES_ROW_IMAGE, the softmax and APPLY_ROW_IMAGE in one dispatch, one workgroup per (batch,
+/// head): a generated token's attention where the maps are not kept ([`attention_out`]).
+pub const ROW_IMAGE: Kernel = Kernel::new("attention", "attention_row_image", &[R, R, W, I, I, I]);
+/// The most keys ROW_IMAGE takes (the shader's ROW_KEYS: its scores wait in workgroup memory).
+const ROW_KEYS: usize = 1024;
 /// APPLY reading Z from an image and the map as vec4s, [W Z, Wᵀ Z] (the TRANSPOSED constant).
 pub const APPLY_IMAGE: [Kernel; 2] = [
     Kernel::specialised(
@@ -163,7 +168,9 @@ struct Params {
     y: [u32; 2],
     o: [u32; 2],
     row: u32,
-    _pad: [u32; 2],
+    /// `ROW_IMAGE`: V's first column (its image's texels; see the shader).
+    z_off: u32,
+    _pad: u32,
 }
 
 /// Images of the sequences one attention call reads, each tensor copied once: Q, K and V are
@@ -279,7 +286,8 @@ impl Dims {
             y: pair(views[1])?,
             o: pair(views[2])?,
             row: u(self.row())?,
-            _pad: [0; 2],
+            z_off: 0,
+            _pad: 0,
         })
     }
 
@@ -466,6 +474,40 @@ pub fn attention(
         k_len: d.k_len,
     };
     Ok((out, probs))
+}
+
+/// [`attention`]'s output alone, O [B, Tq, H·D], for callers that do not keep the maps (a
+/// generated token's layers): at one query row on a device that reads images, one dispatch
+/// ([`ROW_IMAGE`]) instead of three, with the same bits.
+pub fn attention_out(step: &mut Step, d: Dims, q: Seq, k: Seq, v: Seq) -> Result<Tensor> {
+    let fused = d.q_len == 1 && d.k_len <= ROW_KEYS && v.stride == k.stride;
+    if fused && d.heads > 0 && d.head_dim > 0 {
+        d.check("q", &q, d.q_len)?;
+        d.check("k", &k, d.k_len)?;
+        d.check("v", &v, d.k_len)?;
+        let mut images = SeqImages::default();
+        let (iq, ik, iv) = (
+            images.of(step, &d, &q)?,
+            images.of(step, &d, &k)?,
+            images.of(step, &d, &v)?,
+        );
+        if let (Some(iq), Some(ik), Some(iv)) = (iq, ik, iv) {
+            let out = step.empty(&[d.batch, 1, d.width()])?;
+            let p = Params {
+                z_off: u32_of("attention", "size", v.off)?,
+                ..d.params(
+                    d.scale,
+                    false,
+                    [Some(&q), Some(&k), Some(&Seq::whole(&out))],
+                )?
+            };
+            let im = [images.get(iq), images.get(ik), images.get(iv)];
+            let tensors = [q.t, k.t, &out];
+            step.dispatch_linear_images(&ROW_IMAGE, &p, &tensors, &im, (d.batch * d.heads) as u64)?;
+            return Ok(out);
+        }
+    }
+    Ok(attention(step, d, q, k, v, Masks::default())?.0)
 }
 
 /// The gradients of [`attention`]'s inputs, written into `grads` = (dQ, dK, dV) views.

@@ -196,6 +196,7 @@ const OTHER_KERNELS: &[&crate::gpu::Kernel] = &[
     &attention::APPLY_IMAGE[1],
     &attention::SCORES_ROW_IMAGE,
     &attention::APPLY_ROW_IMAGE,
+    &attention::ROW_IMAGE,
     &attention::UNPAD,
     &attention::UNPAD4,
     &amad::ONE_TO_ONE,
