@@ -50,6 +50,30 @@ fn caption_ids(c: &Captioner, photo: &str, generation: Generation) -> Vec<u32> {
         .remove(0)
 }
 
+/// Photos captioned together (`Captioner::captions`, as `amad caption` takes its images) get the
+/// captions each gets alone: greedy for three photos, and 2 beams each for two (4 rows).
+#[test]
+fn photos_captioned_together_get_their_captions_alone() {
+    let c = Captioner::load(gpu(), Path::new(HUB_TINY)).unwrap();
+    let photos: Vec<_> = ["astronaut", "coffee", "chelsea"].map(photo_pixels).into();
+    for (beams, n) in [(1, 3), (2, 2)] {
+        let g = Generation {
+            beams,
+            ..Generation::default()
+        };
+        let alone: Vec<String> = photos[..n]
+            .iter()
+            .map(|p| pollster::block_on(c.caption(gpu(), p, g)).unwrap())
+            .collect();
+        assert_ne!(
+            alone[0], alone[1],
+            "the photos must caption apart for the test to tell"
+        );
+        let together = pollster::block_on(c.captions(gpu(), &photos[..n], g)).unwrap();
+        assert_eq!(together, alone, "{beams} beam(s)");
+    }
+}
+
 /// Greedy captions of the three photos: the same tokens and text as transformers' generate.
 fn assert_greedy_as_transformers(c: &Captioner) {
     let g = golden();

@@ -140,6 +140,7 @@ mod cli {
         /// ViT-B + GPT-2 model, with captions from its weights rounded to half precision.
         #[arg(long)]
         half_weights: bool,
+        /// Captioned together, up to four at a time (each token's rows: images × beams).
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
     }
@@ -504,16 +505,36 @@ mod cli {
         let captioner = Captioner::load_as(&gpu, &a.model, Precision::forward(a.half_weights))?;
         // The checkpoint's own generation settings, where the command line does not override them.
         let generation = captioner.generation.overridden(a.beam, a.max_tokens);
+        // Images are captioned together, as many as make the rows that the one-token products
+        // take (FEW_ROWS, beams counted): each token then reads the weights once for all.
+        let together = (amad::ops::matmul::FEW_ROWS / generation.beams.max(1)).max(1);
         let mut failed = 0;
-        for path in &a.images {
-            let result = read_image(path).and_then(|pixels| {
-                pollster::block_on(captioner.caption(&gpu, &pixels, generation))
-            });
-            match result {
-                Ok(text) => println!("{}\t{text}", file_name(path)),
+        for paths in a.images.chunks(together) {
+            let (mut names, mut images) = (vec![], vec![]);
+            for path in paths {
+                match read_image(path) {
+                    Ok(pixels) => {
+                        names.push(file_name(path));
+                        images.push(pixels);
+                    }
+                    Err(e) => {
+                        eprintln!("amad: {e}");
+                        failed += 1;
+                    }
+                }
+            }
+            if images.is_empty() {
+                continue;
+            }
+            match pollster::block_on(captioner.captions(&gpu, &images, generation)) {
+                Ok(texts) => {
+                    for (name, text) in names.iter().zip(texts) {
+                        println!("{name}\t{text}");
+                    }
+                }
                 Err(e) => {
-                    eprintln!("amad: {e}");
-                    failed += 1;
+                    eprintln!("amad: {}: {e}", names.join(", "));
+                    failed += names.len();
                 }
             }
         }

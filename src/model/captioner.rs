@@ -8,7 +8,7 @@ use super::formats::shard_names;
 use super::generate::Generation;
 use super::{preprocessor, Model, Precision, Tokenizer, WeightFiles};
 use crate::data::image::Pixels;
-use crate::error::{Error, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::image::{preprocess, Preprocess};
 use std::collections::HashMap;
@@ -293,12 +293,32 @@ impl Captioner {
 
     /// Normalised patches [1, N, C·P·P] of one image.
     pub fn patches(&self, gpu: &Gpu, image: &Pixels) -> Result<Tensor> {
+        self.batch_patches(gpu, std::slice::from_ref(image))
+    }
+
+    /// Normalised patches [B, N, C·P·P] of B images, preprocessed in one step.
+    pub fn batch_patches(&self, gpu: &Gpu, images: &[Pixels]) -> Result<Tensor> {
         let mut step = gpu.step();
-        let rgba = step.upload_u32(&[image.height, image.width], &image.rgba)?;
-        let patches = preprocess(&mut step, &rgba, &self.preprocess)?;
+        let mut each = Vec::with_capacity(images.len());
+        for image in images {
+            let rgba = step.upload_u32(&[image.height, image.width], &image.rgba)?;
+            each.push(preprocess(&mut step, &rgba, &self.preprocess)?);
+        }
+        let [first, ..] = &each[..] else {
+            return shape_err("patches", "no images");
+        };
+        let s = first.shape().to_vec();
+        let patches = if let [one] = &each[..] {
+            one.clone()
+        } else {
+            let all = step.empty(&[each.len() * s[0], s[1]])?;
+            for (i, p) in each.iter().enumerate() {
+                step.copy_range(p, 0, p.numel(), &all, i * p.numel())?;
+            }
+            all
+        };
         step.submit()?;
-        let s = patches.shape().to_vec();
-        patches.reshape(&[1, s[0], s[1]])
+        patches.reshape(&[images.len(), s[0], s[1]])
     }
 
     /// Where each generated token looked: for caption `ids` of the image `patches` [1, N, C·P·P],
@@ -357,8 +377,23 @@ impl Captioner {
         image: &Pixels,
         generation: Generation,
     ) -> Result<String> {
-        let patches = self.patches(gpu, image)?;
+        let mut one = self
+            .captions(gpu, std::slice::from_ref(image), generation)
+            .await?;
+        Ok(one.remove(0))
+    }
+
+    /// The captions of several images, generated together: each token's products read every
+    /// weight once for all of them. Each caption is the one the image gets alone (every kernel
+    /// sums a row's terms in the same order whatever the rows beside it).
+    pub async fn captions(
+        &self,
+        gpu: &Gpu,
+        images: &[Pixels],
+        generation: Generation,
+    ) -> Result<Vec<String>> {
+        let patches = self.batch_patches(gpu, images)?;
         let ids = self.model.generate(gpu, &patches, generation).await?;
-        Ok(self.tokenizer.decode(&ids[0]))
+        Ok(ids.iter().map(|ids| self.tokenizer.decode(ids)).collect())
     }
 }

@@ -130,7 +130,7 @@ pub static MATMUL_ROWS_IMAGE: [[[Kernel; 4]; 2]; 4] =
 
 /// The most rows `matmul_rows` takes (the shader's FEW_ROWS), and the fewest columns: narrower
 /// products (the losses' head-by-head ones) keep the tiled kernels.
-const FEW_ROWS: usize = 4;
+pub const FEW_ROWS: usize = 4;
 const FEW_ROWS_MIN_N: usize = 64;
 /// Rows of B per chunk of K in `matmul_rows` (see `Gemm::record_few_rows`).
 const FEW_ROWS_CHUNK: usize = 64;

@@ -266,9 +266,13 @@ pub const HUB_TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/
 /// CC0 photos from scikit-image (tests/fixtures/photos).
 pub const PHOTOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/photos");
 
+/// A fixture photo (`PHOTOS`/`photo`.png), decoded.
+pub fn photo_pixels(photo: &str) -> amad::data::image::Pixels {
+    let bytes = std::fs::read(std::path::Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
+    amad::data::image::decode(&bytes, photo).unwrap()
+}
+
 /// A fixture photo (`PHOTOS`/`photo`.png) as `c`'s normalised patches on `g`.
 pub fn photo_patches(c: &amad::model::captioner::Captioner, g: &Gpu, photo: &str) -> Tensor {
-    let bytes = std::fs::read(std::path::Path::new(PHOTOS).join(format!("{photo}.png"))).unwrap();
-    let px = amad::data::image::decode(&bytes, photo).unwrap();
-    c.patches(g, &px).unwrap()
+    c.patches(g, &photo_pixels(photo)).unwrap()
 }
