@@ -260,11 +260,18 @@ fn attention_scores_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     if (!blk.valid) {
         return;
     }
-    let b = blk.b;
-    let h = blk.h;
+    let s = row_products(blk.b, blk.h, blk.c0);
+    let base = blk.bh * p.tq * p.row;
+    store_map_row(base, 0u, blk.c0, s[0]);
+    store_map_row(base, 0u, blk.c0 + 4u, s[1]);
+}
+
+// Σ_d X(0, d) Y(c0 + j, d) of (batch b, head h)'s one query row, keys c0 .. c0+7 (columns 0 and
+// 1: four keys each).
+fn row_products(b: u32, h: u32, c0: u32) -> mat2x4<f32> {
     let xr = i32(b * p.tq);
-    let yr0 = seq_rows(b, p.tk, blk.c0);
-    let yr1 = seq_rows(b, p.tk, blk.c0 + 4u);
+    let yr0 = seq_rows(b, p.tk, c0);
+    let yr1 = seq_rows(b, p.tk, c0 + 4u);
     let xt = (p.x_off + h * p.hd) / 4u;
     let yt = (p.y_off + h * p.hd) / 4u;
     var s0 = vec4<f32>();
@@ -279,9 +286,7 @@ fn attention_scores_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
             s1 += x[dd] * y1[dd];
         }
     }
-    let base = blk.bh * p.tq * p.row;
-    store_map_row(base, 0u, blk.c0, s0);
-    store_map_row(base, 0u, blk.c0 + 4u, s1);
+    return mat2x4<f32>(s0, s1);
 }
 
 // ---- softmax: one invocation per row of the map, in place ----
@@ -704,26 +709,11 @@ fn attention_row_image(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     }
     let b = bh / p.heads;
     let h = bh % p.heads;
-    let xr = i32(b * p.tq);
-    let xt = (p.x_off + h * p.hd) / 4u;
-    let yt = (p.y_off + h * p.hd) / 4u;
     for (var c0 = 8u * lid; c0 < p.tk; c0 += 8u * ROW_INVOCATIONS) {
-        let yr0 = seq_rows(b, p.tk, c0);
-        let yr1 = seq_rows(b, p.tk, c0 + 4u);
-        var s0 = vec4<f32>();
-        var s1 = vec4<f32>();
-        for (var dt = 0u; dt < p.hd / 4u; dt++) {
-            let x = textureLoad(seq_x, vec2<i32>(i32(xt + dt), xr));
-            let y0 = transpose(seq_texels(seq_y, yt + dt, yr0));
-            let y1 = transpose(seq_texels(seq_y, yt + dt, yr1));
-            for (var dd = 0u; dd < 4u; dd++) {
-                s0 += x[dd] * y0[dd];
-                s1 += x[dd] * y1[dd];
-            }
-        }
-        row_scores[c0 / 4u] = p.alpha * s0;
+        let s = row_products(b, h, c0);
+        row_scores[c0 / 4u] = p.alpha * s[0];
         if (c0 + 4u < p.row) {
-            row_scores[c0 / 4u + 1u] = p.alpha * s1;
+            row_scores[c0 / 4u + 1u] = p.alpha * s[1];
         }
     }
     workgroupBarrier();
