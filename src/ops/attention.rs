@@ -480,8 +480,7 @@ pub fn attention(
 /// generated token's layers): at one query row on a device that reads images, one dispatch
 /// ([`ROW_IMAGE`]) instead of three, with the same bits.
 pub fn attention_out(step: &mut Step, d: Dims, q: Seq, k: Seq, v: Seq) -> Result<Tensor> {
-    let fused = d.q_len == 1 && d.k_len <= ROW_KEYS && v.stride == k.stride;
-    if fused && d.heads > 0 && d.head_dim > 0 {
+    if d.q_len == 1 && d.k_len <= ROW_KEYS && d.heads > 0 && d.head_dim > 0 {
         d.check("q", &q, d.q_len)?;
         d.check("k", &k, d.k_len)?;
         d.check("v", &v, d.k_len)?;
