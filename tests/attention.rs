@@ -378,13 +378,15 @@ fn attention_out_at_one_query_row_is_one_dispatch() {
     let images = own_device(true);
     let buffers = own_device(false);
     let mut rng = Rng::new(57);
-    // (b, h, tk, d): GPT-2's cross-attention over 197 image tokens with 4 beams, a short
-    // self-attention cache, a head wider than the workgroup's 64 columns, keys past 1,024.
-    for (b, h, tk, d) in [
-        (4, 12, 197, 64),
-        (1, 4, 6, 16),
-        (2, 2, 13, 128),
-        (1, 2, 1030, 32),
+    // (b, h, tk, d, V beside K): GPT-2's cross-attention over 197 image tokens with 4 beams, a
+    // short self-attention cache, a head wider than a workgroup's 64 columns, V in a tensor of
+    // its own, keys past 1,024.
+    for (b, h, tk, d, beside) in [
+        (4, 12, 197, 64, true),
+        (1, 4, 6, 16, true),
+        (2, 2, 13, 128, true),
+        (2, 2, 70, 32, false),
+        (1, 2, 1030, 32, true),
     ] {
         let a = r::AttnDims { b, h, tq: 1, tk, d };
         let (x, _) = attention_inputs(&mut rng, a, 0);
@@ -395,23 +397,29 @@ fn attention_out_at_one_query_row_is_one_dispatch() {
         };
         let (want, _) = r::attention(q, k, v, a, no_masks);
         let w = h * d;
-        // K and V side by side, as the decoder's caches hold them.
+        // K and V side by side, as the decoder's caches hold them (V is read from there, or from
+        // a tensor of its own, at another stride).
         let kv: Vec<f64> = (0..b * tk)
             .flat_map(|t| k[t * w..(t + 1) * w].iter().chain(&v[t * w..(t + 1) * w]))
             .copied()
             .collect();
-        let what = format!("{:?}", (b, h, tk, d));
+        let what = format!("{:?}", (b, h, tk, d, beside));
         let mut outs = vec![];
         for g in [&images, &buffers] {
-            let (tq, tkv) = (
+            let (tq, tkv, tv) = (
                 upload_on(g, &[b, 1, w], q),
                 upload_on(g, &[b, tk, 2 * w], &kv),
+                upload_on(g, &[b, tk, w], v),
             );
             let dims = attention::Dims::new(b, h, 1, tk, d);
             let seqs = (
                 attention::Seq::whole(&tq),
                 attention::Seq::part(&tkv, 0, 2),
-                attention::Seq::part(&tkv, 1, 2),
+                if beside {
+                    attention::Seq::part(&tkv, 1, 2)
+                } else {
+                    attention::Seq::whole(&tv)
+                },
             );
             let mut one = vec![];
             let ran = kernels_run(g, || {
