@@ -18,6 +18,7 @@ It follows amad's definitions step for step (docs/method.md), so that the two ag
 by the global counts, and the step equals a single process's.
 """
 import argparse
+import gc
 import json
 import math
 import os
@@ -230,8 +231,10 @@ class World:
 
     def close(self):
         """Leaves the group once every process has come here. A gloo process that tears its group
-        down while another still writes files can die in gloo's threads (SIGABRT, "terminate
-        called without an active exception"), which failed a CI run of the DDP test."""
+        down while another still writes files, or whose group outlives this call (held by a DDP
+        model until the interpreter exits), can die in gloo's threads (SIGABRT, "terminate called
+        without an active exception"), which failed CI runs of the DDP test: free DDP models
+        first."""
         if self.backend:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
@@ -572,6 +575,10 @@ def main(argv=None):
             pairs = [(k, js, jt, world.sum(w) / a.batch) for k, js, jt, w in pairs]
             save(a, step + 1, run.model, run.optimizer, a.teacher, pairs, world)
     world.say("")
+    # The DDP-wrapped student holds the process group: freed while the group is whole, not at
+    # the interpreter's exit (see World.close).
+    del run
+    gc.collect()
     world.close()
 
 

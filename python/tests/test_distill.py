@@ -20,8 +20,10 @@ from test_losses import AMAD, NEED_AMAD, ROOT
 TEACHER = os.path.join(ROOT, "tests", "fixtures", "hub_tiny")
 PHOTOS = os.path.join(ROOT, "tests", "fixtures", "photos")
 PYTHON = os.path.join(ROOT, "python")
+# PYTHONFAULTHANDLER: a process that dies on a signal prints where it was.
 ENV = {**os.environ, "PYTHONPATH": PYTHON + os.pathsep + os.environ.get("PYTHONPATH", ""),
-       "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "/tmp"), "OMP_NUM_THREADS": "1"}
+       "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "/tmp"), "OMP_NUM_THREADS": "1",
+       "PYTHONFAULTHANDLER": "1"}
 
 
 def run(args, **kw):
