@@ -1,7 +1,6 @@
 """The gradients of step 1 of a run set up as `python -m amad_torch.distill` sets it up (its
 arguments), alone or under torchrun: process 0 saves them, summed over the processes as the
 optimiser sees them, to OUT/gradients.pt. For python/tests/test_distill.py."""
-import gc
 import os
 import sys
 
@@ -19,10 +18,7 @@ def main():
         names = {id(p): n for n, p in run.student.named_parameters()}
         grads = {names[id(p)]: p.grad.detach().clone() for p in run.params}
         torch.save(grads, os.path.join(a.out, "gradients.pt"))
-    # The DDP-wrapped student holds the process group: freed while the group is whole, not at
-    # the interpreter's exit (see World.close).
-    del run
-    gc.collect()
+    del run  # its DDP-wrapped student holds the process group (see World.close)
     world.close()
 
 

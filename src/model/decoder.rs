@@ -99,9 +99,7 @@ impl Model {
         x: &Tensor,
         kv: &Tensor,
     ) -> Result<CrossActs> {
-        let (ln_w, ln_b) = (self.w(layer.ln_cross.0), self.w(layer.ln_cross.1));
-        let ln = layernorm(step, x, ln_w, ln_b, self.cfg.decoder.layer_norm_epsilon)?;
-        let q = self.lin(InOut, step, &ln.0, layer.cross_q)?;
+        let (ln, q) = self.cross_queries(step, layer, x)?;
         let (kq, vq) = (Seq::part(kv, 0, 2), Seq::part(kv, 1, 2));
         let (out, probs) = attention(step, dims, Seq::whole(&q), kq, vq, Masks::default())?;
         let y = self.lin_residual(InOut, step, &out, layer.cross_proj, x)?;
@@ -112,6 +110,19 @@ impl Model {
             out,
             y,
         })
+    }
+
+    /// The cross-attention's queries from x: LayerNorm(x) with its per-row stats, and q.
+    pub(super) fn cross_queries(
+        &self,
+        step: &mut Step,
+        layer: &DecLayer,
+        x: &Tensor,
+    ) -> Result<((Tensor, Tensor), Tensor)> {
+        let (ln_w, ln_b) = (self.w(layer.ln_cross.0), self.w(layer.ln_cross.1));
+        let ln = layernorm(step, x, ln_w, ln_b, self.cfg.decoder.layer_norm_epsilon)?;
+        let q = self.lin(InOut, step, &ln.0, layer.cross_q)?;
+        Ok((ln, q))
     }
 
     /// The token embeddings of `ids`, from the table whole or in row blocks (see `Weights`).

@@ -244,9 +244,7 @@ impl Model {
             let x_mid1 = self.lin_residual(InOut, step, &self_out, layer.attn_proj, &x)?;
             // The cross-attention sublayer (`cross_sublayer`) without its maps.
             let cross = &cache.cross_kv[i];
-            let (ln_w, ln_b) = (self.w(layer.ln_cross.0), self.w(layer.ln_cross.1));
-            let (a, _) = layernorm(step, &x_mid1, ln_w, ln_b, eps)?;
-            let q = self.lin(InOut, step, &a, layer.cross_q)?;
+            let (_, q) = self.cross_queries(step, layer, &x_mid1)?;
             let cross_out = attention_out(
                 step,
                 self.dec_dims(n, 1, cross.shape()[1], i),
